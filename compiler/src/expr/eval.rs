@@ -1,0 +1,72 @@
+//! The interpreter: the reference every JIT-compiled function is tested against.
+
+use std::fmt;
+
+use super::primitives::{imps, powi_f64};
+use super::{Expr, Name, Table};
+
+/// What an expression's names evaluate to.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<f64>;
+    fn def(&self, name: &str) -> Option<f64>;
+    fn table(&self, name: &str) -> Option<&Table>;
+}
+
+/// A name the environment does not know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnboundName(pub Name);
+
+impl fmt::Display for UnboundName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` has no value here", self.0)
+    }
+}
+
+impl std::error::Error for UnboundName {}
+
+/// An environment of variables only (no sub-expressions, no tables).
+pub struct Vars<'a>(pub &'a [(&'a str, f64)]);
+
+impl Env for Vars<'_> {
+    fn var(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+    fn def(&self, _: &str) -> Option<f64> {
+        None
+    }
+    fn table(&self, _: &str) -> Option<&Table> {
+        None
+    }
+}
+
+impl Expr {
+    /// Evaluates the expression.
+    pub fn eval(&self, env: &dyn Env) -> Result<f64, UnboundName> {
+        let r = |e: &Expr| e.eval(env);
+        Ok(match self {
+            Expr::Const(v) => *v,
+            Expr::Var(n) => env.var(n).ok_or_else(|| UnboundName(n.clone()))?,
+            Expr::Def(n) => env.def(n).ok_or_else(|| UnboundName(n.clone()))?,
+            Expr::Neg(a) => -r(a)?,
+            Expr::Add(a, b) => r(a)? + r(b)?,
+            Expr::Sub(a, b) => r(a)? - r(b)?,
+            Expr::Mul(a, b) => r(a)? * r(b)?,
+            Expr::Div(a, b) => r(a)? / r(b)?,
+            Expr::Powi(a, n) => powi_f64(r(a)?, *n),
+            Expr::Pow(a, b) => imps::pow(r(a)?, r(b)?),
+            Expr::Call(f, args) => {
+                let mut vals = [0.0; 2];
+                for (slot, a) in vals.iter_mut().zip(args) {
+                    *slot = r(a)?;
+                }
+                f.primitive().eval(&vals[..args.len()])
+            }
+            Expr::Table(tf, name, a) => {
+                let x = r(a)?;
+                env.table(name)
+                    .ok_or_else(|| UnboundName(name.clone()))?
+                    .eval(*tf, x)
+            }
+        })
+    }
+}

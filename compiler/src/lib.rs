@@ -1,0 +1,13 @@
+//! adeis-compiler: everything in adeis that depends on time only.
+//!
+//! Formulas (text, macro tokens or built-in constructors) become [`expr::Expr`] trees in a
+//! [`program::Program`]; the compiler differentiates them symbolically, derives the schedule
+//! quantities and the inverse of lambda ([`schedule`]), and lowers them to native code with
+//! cranelift ([`jit`]). It never touches tensors.
+
+pub mod expr;
+pub mod jit;
+pub mod program;
+
+pub use expr::{Expr, Func, Name, Table};
+pub use program::{Program, ProgramError};
