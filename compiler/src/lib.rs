@@ -8,6 +8,8 @@
 pub mod expr;
 pub mod jit;
 pub mod program;
+pub mod schedule;
 
 pub use expr::{Expr, Func, Name, Table};
 pub use program::{Program, ProgramError};
+pub use schedule::{Quantity, Schedule, ScheduleDef, ScheduleError, ScheduleValues};

@@ -23,6 +23,13 @@ pub fn neg(a: Expr) -> Expr {
         Expr::Neg(x) => *x,
         Expr::Sub(x, y) => Expr::Sub(y, x),
         Expr::Mul(x, y) if x.as_const().is_some() => mul(Expr::Const(-x.as_const().unwrap()), *y),
+        // Push the sign into a constant factor of a numerator.
+        Expr::Div(x, y)
+            if matches!(*x, Expr::Const(_))
+                || matches!(&*x, Expr::Mul(c, _) if c.as_const().is_some()) =>
+        {
+            div(neg(*x), *y)
+        }
         a => Expr::Neg(b(a)),
     }
 }
@@ -73,8 +80,9 @@ pub fn mul(x: Expr, y: Expr) -> Expr {
         (Expr::Powi(p, n), q) if *p == q => powi(q, n + 1),
         (p, Expr::Powi(q, n)) if p == *q => powi(p, n + 1),
         (Expr::Powi(p, n), Expr::Powi(q, m)) if p == q => powi(*p, n + m),
-        (p, Expr::Div(one, q)) if is(&one, 1.0) => div(p, *q),
-        (Expr::Div(one, p), q) if is(&one, 1.0) => div(q, *p),
+        // A constant numerator joins the product: p * (c / q) = (c p) / q.
+        (p, Expr::Div(c, q)) if c.as_const().is_some() => div(mul(*c, p), *q),
+        (Expr::Div(c, p), q) if c.as_const().is_some() => div(mul(*c, q), *p),
         (x, y) => Expr::Mul(b(x), b(y)),
     }
 }
@@ -91,6 +99,14 @@ pub fn div(x: Expr, y: Expr) -> Expr {
         (p, Expr::Div(q, r)) => div(mul(p, *r), *q),
         (Expr::Div(p, q), r) => div(*p, mul(*q, r)),
         (Expr::Powi(p, n), q) if *p == q => powi(q, n - 1),
+        // (a p) / p = a and (a p^n) / p = a p^(n-1), as the product rule leaves them.
+        (Expr::Mul(a, p), q) if *p == q => *a,
+        (Expr::Mul(a, p), q) if matches!(&*p, Expr::Powi(base, _) if **base == q) => {
+            let Expr::Powi(base, n) = *p else {
+                unreachable!()
+            };
+            mul(*a, powi(*base, n - 1))
+        }
         (x, y) => Expr::Div(b(x), b(y)),
     }
 }
