@@ -35,7 +35,7 @@ fn prec(e: &Expr) -> u8 {
         Expr::Add(..) | Expr::Sub(..) => ADD,
         Expr::Mul(..) | Expr::Div(..) => MUL,
         Expr::Neg(_) => NEG,
-        Expr::Const(v) if v.is_sign_negative() && *v != 0.0 => NEG,
+        Expr::Const(v) if v.is_sign_negative() => NEG,
         Expr::Powi(..) | Expr::Pow(..) => POW,
         _ => ATOM,
     }
@@ -99,7 +99,9 @@ impl Printer<'_> {
                     Expr::Const(v) if v.is_finite() && *v == v.trunc() => {
                         out.push_str(&format!("{v:.1}"))
                     }
-                    // The exponent is read as a unary expression (right associative).
+                    // A negated exponent is parenthesised: `x^-2` would read back as `Powi`.
+                    b @ Expr::Neg(_) => self.child(b, ATOM, out),
+                    // Otherwise the exponent is read as a unary expression (right associative).
                     b => self.child(b, NEG, out),
                 }
             }
