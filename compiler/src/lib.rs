@@ -9,7 +9,9 @@ pub mod expr;
 pub mod jit;
 pub mod program;
 pub mod schedule;
+pub mod spec;
 
 pub use expr::{Expr, Func, Name, Table};
 pub use program::{Program, ProgramError};
 pub use schedule::{Quantity, Schedule, ScheduleDef, ScheduleError, ScheduleValues};
+pub use spec::{ScheduleSpec, Spec, SpecError};

@@ -11,6 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::expr::parse::{parse_expr, ParseError, Scope};
+use crate::expr::simplify::simplify;
 use crate::expr::{Expr, Name, Table};
 use crate::jit::{compile, JitError, JitFn};
 use crate::program::Program;
@@ -356,6 +357,19 @@ impl ScheduleDef {
             (a_other.into(), parse(a_other, a_derived)?),
             (s_other.into(), parse(s_other, s_derived)?),
         ];
+        // The derived partner (sigma = exp(log_sigma(t)), say) with the given formula inlined
+        // one level, where that simplifies: exp(0.5 ln(x)) becomes sqrt(x), one native
+        // instruction instead of two calls.
+        let mut formulas = formulas;
+        for derived in 2..4 {
+            let partner = &formulas[derived - 2];
+            let (pname, pexpr) = (partner.0.clone(), partner.1.clone());
+            let with_ref = formulas[derived].1.clone();
+            let inlined = simplify(&with_ref.substitute_defs(&mut |n| (*n == pname).then(|| pexpr.clone())));
+            if inlined.size() < with_ref.size() + pexpr.size() - 1 {
+                formulas[derived].1 = inlined;
+            }
+        }
         let refs: Vec<(Name, Vec<Name>)> = formulas
             .iter()
             .map(|(n, e)| (n.clone(), e.def_refs()))
@@ -645,7 +659,7 @@ pub fn newton_inverse(
             hi = t;
         }
         let mut next = t - g / dl;
-        if !(next > lo && next < hi) || !next.is_finite() || dl >= 0.0 {
+        if !(next > lo && next < hi && next.is_finite()) || dl >= 0.0 {
             next = 0.5 * (lo + hi);
         }
         if (next - t).abs() <= 2.0 * f64::EPSILON * t.abs().max(f64::MIN_POSITIVE)
@@ -979,36 +993,8 @@ impl ScheduleDef {
         )
     }
 
-    /// The built-in schedules by name, with default parameters.
-    pub fn builtin(name: &str) -> Option<Result<ScheduleDef, ScheduleError>> {
-        Some(match name {
-            "vp_linear" => Self::vp_linear(0.1, 20.0),
-            "vp_cosine" => Self::vp_cosine(0.008),
-            "ve" => Self::ve(0.01, 50.0),
-            "edm" => Self::edm(0.002, 80.0),
-            "discrete" | "discrete_linear" => Self::discrete(
-                &DiscreteBetas::Linear {
-                    start: 1e-4,
-                    end: 0.02,
-                    n: 1000,
-                },
-                None,
-            ),
-            "discrete_scaled_linear" => Self::discrete(
-                &DiscreteBetas::ScaledLinear {
-                    start: 0.00085,
-                    end: 0.012,
-                    n: 1000,
-                },
-                None,
-            ),
-            "discrete_squaredcos_cap_v2" => {
-                Self::discrete(&DiscreteBetas::SquaredCosCapV2 { n: 1000 }, None)
-            }
-            _ => return None,
-        })
-    }
-
+    /// The names `adeis schedule` accepts for the built-in schedules (see
+    /// [`crate::spec::ScheduleSpec::builtin`]).
     pub const BUILTIN_NAMES: [&'static str; 7] = [
         "vp_linear",
         "vp_cosine",

@@ -2,7 +2,7 @@
 //! JIT against the interpreter.
 
 use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, Inverse, SigmaFormula};
-use adeis_compiler::{Quantity, ScheduleDef, ScheduleError};
+use adeis_compiler::{Quantity, ScheduleDef, ScheduleError, ScheduleSpec};
 
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-300)
@@ -25,7 +25,7 @@ fn times(a: f64, b: f64, n: usize) -> Vec<f64> {
 fn all_builtins() -> Vec<ScheduleDef> {
     ScheduleDef::BUILTIN_NAMES
         .iter()
-        .map(|n| ScheduleDef::builtin(n).unwrap().unwrap())
+        .map(|n| ScheduleSpec::builtin(n).unwrap().to_def().unwrap())
         .collect()
 }
 
@@ -111,8 +111,9 @@ fn discrete_tables_match_ddpm() {
     let linear: Vec<f64> = (0..n)
         .map(|i| 1e-4 + (0.02 - 1e-4) * i as f64 / (n - 1) as f64)
         .collect();
-    let s = ScheduleDef::builtin("discrete")
+    let s = ScheduleSpec::builtin("discrete")
         .unwrap()
+        .to_def()
         .unwrap()
         .compile()
         .unwrap();
@@ -134,8 +135,9 @@ fn discrete_tables_match_ddpm() {
             .cos()
             .powi(2)
     };
-    let cos = ScheduleDef::builtin("discrete_squaredcos_cap_v2")
+    let cos = ScheduleSpec::builtin("discrete_squaredcos_cap_v2")
         .unwrap()
+        .to_def()
         .unwrap();
     let la = DiscreteBetas::SquaredCosCapV2 { n }
         .log_alphas("x")

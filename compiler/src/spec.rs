@@ -1,0 +1,464 @@
+//! The serde IR of a spec file: what a TOML or JSON file (and, later, the macros) declare.
+//! Loading a file is the facade's job; this module turns the declarations into validated
+//! compiler objects, with errors that name the key path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{AlphaFormula, DiscreteBetas, ScheduleDef, ScheduleError, SigmaFormula};
+
+/// An error in a spec, at a key path such as `schedule.log_alpha`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl SpecError {
+    fn at(path: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    fn schedule(e: ScheduleError) -> SpecError {
+        let path = match e.field() {
+            Some(f) => format!("schedule.{f}"),
+            None => "schedule".to_string(),
+        };
+        SpecError::at(path, e.to_string())
+    }
+}
+
+/// A whole spec file. Later issues add `[sampler]` and `[gradient]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub schedule: ScheduleSpec,
+}
+
+/// The DDPM beta tables by name.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    Linear,
+    ScaledLinear,
+    SquaredcosCapV2,
+}
+
+/// The schedule families.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    VpLinear,
+    VpCosine,
+    Discrete,
+    Ve,
+    Edm,
+    Custom,
+}
+
+impl ScheduleKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScheduleKind::VpLinear => "vp_linear",
+            ScheduleKind::VpCosine => "vp_cosine",
+            ScheduleKind::Discrete => "discrete",
+            ScheduleKind::Ve => "ve",
+            ScheduleKind::Edm => "edm",
+            ScheduleKind::Custom => "custom",
+        }
+    }
+
+    /// The keys a `[schedule]` table of this kind may have besides `kind`.
+    pub fn keys(self) -> &'static [&'static str] {
+        match self {
+            ScheduleKind::VpLinear => &["beta_min", "beta_max", "t_range"],
+            ScheduleKind::VpCosine => &["s", "t_range"],
+            ScheduleKind::Discrete => &[
+                "beta_schedule",
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "betas",
+                "alphas_cumprod",
+                "t_range",
+            ],
+            ScheduleKind::Ve => &["sigma_min", "sigma_max", "t_range"],
+            ScheduleKind::Edm => &["sigma_min", "sigma_max"],
+            ScheduleKind::Custom => &[
+                "log_alpha",
+                "alpha",
+                "sigma",
+                "log_sigma",
+                "params",
+                "t_range",
+                "inverse",
+            ],
+        }
+    }
+}
+
+/// The `[schedule]` table: `kind` selects the family, the other keys are that family's
+/// parameters (see [`ScheduleKind::keys`]). One flat table rather than a tagged enum, so that
+/// serde reports type errors at their key path and line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    pub kind: ScheduleKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_schedule: Option<BetaSchedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_train_timesteps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_start: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_end: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub betas: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alphas_cumprod: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma_min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma_max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_alpha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_sigma: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t_range: Option<[f64; 2]>,
+    /// An optional closed form of t(lambda), in `lambda` and the parameters; without one the
+    /// inverse is a safeguarded Newton iteration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inverse: Option<String>,
+}
+
+fn one_of<T: Clone>(
+    a: (&'static str, &Option<T>),
+    b: (&'static str, &Option<T>),
+    alternatives: &'static str,
+) -> Result<(&'static str, T), ScheduleError> {
+    match (a.1, b.1) {
+        (Some(x), None) => Ok((a.0, x.clone())),
+        (None, Some(y)) => Ok((b.0, y.clone())),
+        (Some(_), Some(_)) => Err(ScheduleError::BothFormulas {
+            first: a.0,
+            second: b.0,
+        }),
+        (None, None) => Err(ScheduleError::MissingFormula {
+            field: a.0,
+            alternatives,
+        }),
+    }
+}
+
+impl ScheduleSpec {
+    /// A table of the given kind with every other key left at its default.
+    pub fn of_kind(kind: ScheduleKind) -> ScheduleSpec {
+        ScheduleSpec {
+            kind,
+            beta_min: None,
+            beta_max: None,
+            s: None,
+            beta_schedule: None,
+            num_train_timesteps: None,
+            beta_start: None,
+            beta_end: None,
+            betas: None,
+            alphas_cumprod: None,
+            sigma_min: None,
+            sigma_max: None,
+            log_alpha: None,
+            alpha: None,
+            sigma: None,
+            log_sigma: None,
+            params: None,
+            t_range: None,
+            inverse: None,
+        }
+    }
+
+    /// The keys this table sets, besides `kind`.
+    pub fn present_keys(&self) -> Vec<&'static str> {
+        let present = [
+            ("beta_min", self.beta_min.is_some()),
+            ("beta_max", self.beta_max.is_some()),
+            ("s", self.s.is_some()),
+            ("beta_schedule", self.beta_schedule.is_some()),
+            ("num_train_timesteps", self.num_train_timesteps.is_some()),
+            ("beta_start", self.beta_start.is_some()),
+            ("beta_end", self.beta_end.is_some()),
+            ("betas", self.betas.is_some()),
+            ("alphas_cumprod", self.alphas_cumprod.is_some()),
+            ("sigma_min", self.sigma_min.is_some()),
+            ("sigma_max", self.sigma_max.is_some()),
+            ("log_alpha", self.log_alpha.is_some()),
+            ("alpha", self.alpha.is_some()),
+            ("sigma", self.sigma.is_some()),
+            ("log_sigma", self.log_sigma.is_some()),
+            ("params", self.params.is_some()),
+            ("t_range", self.t_range.is_some()),
+            ("inverse", self.inverse.is_some()),
+        ];
+        present.iter().filter(|p| p.1).map(|p| p.0).collect()
+    }
+
+    /// The validated symbolic schedule this table declares.
+    pub fn to_def(&self) -> Result<ScheduleDef, SpecError> {
+        let allowed = self.kind.keys();
+        if let Some(key) = self.present_keys().into_iter().find(|k| !allowed.contains(k)) {
+            return Err(SpecError::at(
+                format!("schedule.{key}"),
+                format!(
+                    "`{key}` is not a key of kind `{}`; its keys are: kind, {}",
+                    self.kind.name(),
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        self.build().map_err(SpecError::schedule)
+    }
+
+    fn build(&self) -> Result<ScheduleDef, ScheduleError> {
+        match self.kind {
+            ScheduleKind::VpLinear => ScheduleDef::vp_linear_on(
+                self.beta_min.unwrap_or(0.1),
+                self.beta_max.unwrap_or(20.0),
+                self.t_range.unwrap_or([1e-3, 1.0]),
+            ),
+            ScheduleKind::VpCosine => ScheduleDef::vp_cosine_on(
+                self.s.unwrap_or(0.008),
+                self.t_range.unwrap_or([1e-3, 0.9946]),
+            ),
+            ScheduleKind::Ve => ScheduleDef::ve_on(
+                self.sigma_min.unwrap_or(0.01),
+                self.sigma_max.unwrap_or(50.0),
+                self.t_range.unwrap_or([0.0, 1.0]),
+            ),
+            ScheduleKind::Edm => {
+                ScheduleDef::edm(self.sigma_min.unwrap_or(0.002), self.sigma_max.unwrap_or(80.0))
+            }
+            ScheduleKind::Discrete => self.build_discrete(),
+            ScheduleKind::Custom => self.build_custom(),
+        }
+    }
+
+    fn build_discrete(&self) -> Result<ScheduleDef, ScheduleError> {
+        let given = [
+            ("beta_schedule", self.beta_schedule.is_some()),
+            ("betas", self.betas.is_some()),
+            ("alphas_cumprod", self.alphas_cumprod.is_some()),
+        ];
+        let named: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        if named.len() > 1 {
+            return Err(ScheduleError::Table {
+                field: named[1].into(),
+                message: format!(
+                    "give one of beta_schedule, betas or alphas_cumprod, not {}",
+                    named.join(" and ")
+                ),
+            });
+        }
+        let explicit = self.betas.is_some() || self.alphas_cumprod.is_some();
+        for (key, present) in [
+            ("num_train_timesteps", self.num_train_timesteps.is_some()),
+            ("beta_start", self.beta_start.is_some()),
+            ("beta_end", self.beta_end.is_some()),
+        ] {
+            if present && explicit {
+                return Err(ScheduleError::Table {
+                    field: key.into(),
+                    message: format!(
+                        "`{key}` goes with `beta_schedule`, not with an explicit table"
+                    ),
+                });
+            }
+        }
+        let n = self.num_train_timesteps.unwrap_or(1000);
+        if n < 2 {
+            return Err(ScheduleError::Param {
+                name: "num_train_timesteps".into(),
+                value: n as f64,
+                allowed: "an integer >= 2".into(),
+            });
+        }
+        let betas = if let Some(b) = &self.betas {
+            DiscreteBetas::Betas(b.clone())
+        } else if let Some(ac) = &self.alphas_cumprod {
+            DiscreteBetas::AlphasCumprod(ac.clone())
+        } else {
+            match self.beta_schedule.unwrap_or(BetaSchedule::Linear) {
+                BetaSchedule::Linear => DiscreteBetas::Linear {
+                    start: self.beta_start.unwrap_or(1e-4),
+                    end: self.beta_end.unwrap_or(0.02),
+                    n,
+                },
+                BetaSchedule::ScaledLinear => DiscreteBetas::ScaledLinear {
+                    start: self.beta_start.unwrap_or(0.00085),
+                    end: self.beta_end.unwrap_or(0.012),
+                    n,
+                },
+                BetaSchedule::SquaredcosCapV2 => {
+                    if let Some(key) = [("beta_start", self.beta_start), ("beta_end", self.beta_end)]
+                        .iter()
+                        .find(|k| k.1.is_some())
+                        .map(|k| k.0)
+                    {
+                        return Err(ScheduleError::Table {
+                            field: key.into(),
+                            message: "squaredcos_cap_v2 has no beta_start or beta_end".into(),
+                        });
+                    }
+                    DiscreteBetas::SquaredCosCapV2 { n }
+                }
+            }
+        };
+        ScheduleDef::discrete(&betas, self.t_range)
+    }
+
+    fn build_custom(&self) -> Result<ScheduleDef, ScheduleError> {
+        let a = match one_of(
+            ("log_alpha", &self.log_alpha),
+            ("alpha", &self.alpha),
+            "`log_alpha` or `alpha` (a formula in t)",
+        )? {
+            ("log_alpha", text) => AlphaFormula::LogAlpha(text),
+            (_, text) => AlphaFormula::Alpha(text),
+        };
+        let s = match one_of(
+            ("sigma", &self.sigma),
+            ("log_sigma", &self.log_sigma),
+            "`sigma` or `log_sigma` (a formula in t)",
+        )? {
+            ("sigma", text) => SigmaFormula::Sigma(text),
+            (_, text) => SigmaFormula::LogSigma(text),
+        };
+        let t_range = self.t_range.ok_or(ScheduleError::MissingFormula {
+            field: "t_range",
+            alternatives: "`t_range = [t_min, t_max]`",
+        })?;
+        let params = self.params.clone().unwrap_or_default();
+        for (name, value) in &params {
+            let reserved = ["t", "lambda", "alpha", "log_alpha", "sigma", "log_sigma", "pi", "inf", "nan"];
+            if reserved.contains(&name.as_str()) || crate::Func::by_name(name).is_some() {
+                return Err(ScheduleError::Param {
+                    name: format!("params.{name}"),
+                    value: *value,
+                    allowed: format!(
+                        "a parameter name that is not `t`, `lambda`, a formula name, a constant or a function (`{name}` is taken)"
+                    ),
+                });
+            }
+            if !value.is_finite() {
+                return Err(ScheduleError::Param {
+                    name: format!("params.{name}"),
+                    value: *value,
+                    allowed: "a finite number".into(),
+                });
+            }
+        }
+        let ps: Vec<(&str, f64)> = params.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        ScheduleDef::from_formulas("custom", &ps, vec![], a, s, t_range, self.inverse.as_deref())
+    }
+
+    /// The table of a built-in schedule by its `adeis schedule` name.
+    pub fn builtin(name: &str) -> Option<ScheduleSpec> {
+        let kind = match name {
+            "vp_linear" => ScheduleKind::VpLinear,
+            "vp_cosine" => ScheduleKind::VpCosine,
+            "ve" => ScheduleKind::Ve,
+            "edm" => ScheduleKind::Edm,
+            "discrete" | "discrete_linear" => ScheduleKind::Discrete,
+            "discrete_scaled_linear" | "discrete_squaredcos_cap_v2" => {
+                let mut s = ScheduleSpec::of_kind(ScheduleKind::Discrete);
+                s.beta_schedule = Some(if name == "discrete_scaled_linear" {
+                    BetaSchedule::ScaledLinear
+                } else {
+                    BetaSchedule::SquaredcosCapV2
+                });
+                return Some(s);
+            }
+            _ => return None,
+        };
+        Some(ScheduleSpec::of_kind(kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Spec, String> {
+        toml::from_str::<Spec>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_allowed_ones() {
+        let e = load("[schedule]\nkind = \"vp_linear\"\nbeta_mx = 3.0\n").unwrap_err();
+        assert!(e.contains("unknown field `beta_mx`, expected one of `kind`, `beta_min`, `beta_max`"), "{e}");
+        let spec = load("[schedule]\nkind = \"ve\"\nbeta_max = 3.0\n").unwrap();
+        let e = spec.schedule.to_def().unwrap_err();
+        assert_eq!(e.to_string(), "schedule.beta_max: `beta_max` is not a key of kind `ve`; its keys are: kind, sigma_min, sigma_max, t_range");
+        let e = load("[schedule]\nkind = \"vp_lin\"\n").unwrap_err();
+        assert!(e.contains("unknown variant `vp_lin`, expected one of `vp_linear`"), "{e}");
+        let e = load("[schedul]\nkind = \"vp_linear\"\n").unwrap_err();
+        assert!(e.contains("unknown field `schedul`, expected `schedule`"), "{e}");
+    }
+
+    #[test]
+    fn custom_errors_name_the_key() {
+        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 * b\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))\"\nparams = { b = 2.0 }\nt_range = [0.01, 1.0]\n").unwrap();
+        let e = spec.schedule.to_def().unwrap_err();
+        assert_eq!(e.path, "schedule.sigma");
+        assert!(e.message.starts_with("at column 29: expected `,` or `)`"), "{e}");
+
+        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nt_range = [0.01, 1.0]\n").unwrap();
+        let e = spec.schedule.to_def().unwrap_err();
+        assert_eq!(e.to_string(), "schedule.sigma: missing formula `sigma`: give `sigma` or `log_sigma` (a formula in t)");
+
+        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nalpha = \"1\"\nsigma = \"t\"\nt_range = [0.01, 1.0]\n").unwrap();
+        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.alpha");
+
+        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nt_range = [1.0, 0.01]\n").unwrap();
+        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.t_range");
+
+        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nparams = { exp = 1.0 }\nt_range = [0.01, 1.0]\n").unwrap();
+        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.params.exp");
+    }
+
+    #[test]
+    fn discrete_table_choices() {
+        let spec = load("[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2]\nbeta_schedule = \"linear\"\n").unwrap();
+        let e = spec.schedule.to_def().unwrap_err();
+        assert_eq!(e.path, "schedule.betas");
+        let spec = load("[schedule]\nkind = \"discrete\"\nbeta_schedule = \"scaled_linear\"\nnum_train_timesteps = 1\n").unwrap();
+        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.num_train_timesteps");
+        let spec = load("[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2, 0.3]\n").unwrap();
+        let d = spec.schedule.to_def().unwrap();
+        assert_eq!(d.t_min(), 1.0 / 3.0);
+    }
+}

@@ -1,0 +1,95 @@
+//! Spec files: TOML or JSON, read into the compiler's serde IR with the key path of any error.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use adeis_compiler::{Spec, SpecError};
+
+/// A spec file that could not be read, parsed or validated.
+#[derive(Debug)]
+pub enum SpecFileError {
+    Io { path: PathBuf, error: std::io::Error },
+    Format { path: PathBuf, message: String },
+    Invalid { path: PathBuf, error: SpecError },
+}
+
+impl fmt::Display for SpecFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecFileError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            SpecFileError::Format { path, message } => write!(f, "{}: {message}", path.display()),
+            SpecFileError::Invalid { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for SpecFileError {}
+
+/// The format of spec text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecFormat {
+    Toml,
+    Json,
+}
+
+impl SpecFormat {
+    /// JSON for `.json` files, TOML otherwise.
+    pub fn of_path(path: &Path) -> SpecFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => SpecFormat::Json,
+            _ => SpecFormat::Toml,
+        }
+    }
+}
+
+/// Parses spec text; errors give the key path (`schedule.beta_max`) and, for TOML, the line.
+pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, String> {
+    match format {
+        SpecFormat::Toml => {
+            let de = toml::Deserializer::new(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                let inner = inner.trim_end();
+                if path == "." || path.is_empty() {
+                    inner.to_string()
+                } else {
+                    format!("at `{path}`: {inner}")
+                }
+            })
+        }
+        SpecFormat::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                if path == "." || path.is_empty() {
+                    inner
+                } else {
+                    format!("at `{path}`: {inner}")
+                }
+            })
+        }
+    }
+}
+
+/// Reads, parses and validates a spec file (the schedule is checked, not compiled).
+pub fn load_spec(path: &Path) -> Result<Spec, SpecFileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| SpecFileError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let spec = parse_spec(&text, SpecFormat::of_path(path)).map_err(|message| {
+        SpecFileError::Format {
+            path: path.to_path_buf(),
+            message,
+        }
+    })?;
+    spec.schedule
+        .to_def()
+        .map_err(|error| SpecFileError::Invalid {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    Ok(spec)
+}

@@ -1,0 +1,64 @@
+//! Spec files: a custom schedule written as text equals the built-in one; errors name the key
+//! path and, for formulas, the position.
+
+use std::path::Path;
+
+use adeis::prelude::*;
+use adeis::spec_file::{parse_spec, SpecFormat};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn custom_spec_gives_the_builtin_numbers() {
+    let builtin = ScheduleDef::vp_linear(0.1, 20.0).unwrap().compile().unwrap();
+    for file in ["vp_linear_custom.toml", "vp_linear_custom.json"] {
+        let spec = load_spec(&root().join("examples/specs").join(file)).unwrap();
+        let custom = spec.schedule.to_def().unwrap().compile().unwrap();
+        for k in 0..=200 {
+            let t = 1e-3 + (1.0 - 1e-3) * k as f64 / 200.0;
+            let (c, b) = (custom.eval(t), builtin.eval(t));
+            for q in Quantity::ALL {
+                // The hand-written sigma = sqrt(1 - exp(2 la)) cancels near t = 0 (the built-in
+                // uses expm1): round-off of relative size eps / sigma^2, nothing more.
+                let tol = (1e-14 / (b.sigma * b.sigma)).max(1e-14);
+                let err = (c.get(q) - b.get(q)).abs() / b.get(q).abs().max(1.0);
+                assert!(err < tol, "{file} {q:?} at {t}: {} vs {}", c.get(q), b.get(q));
+            }
+            assert!((custom.t_of_lambda(c.lambda) - t).abs() < 1e-12 * t, "{file}: inverse at {t}");
+        }
+    }
+}
+
+fn toml_err(text: &str) -> String {
+    match parse_spec(text, SpecFormat::Toml) {
+        Err(e) => e,
+        Ok(spec) => spec.schedule.to_def().unwrap_err().to_string(),
+    }
+}
+
+#[test]
+fn spec_errors_are_clear() {
+    // Malformed TOML: the line and column.
+    let e = toml_err("[schedule\nkind = \"vp_linear\"\n");
+    assert!(e.contains("line 1"), "{e}");
+    // Unknown key: rejected with the allowed ones.
+    let e = toml_err("[schedule]\nkind = \"ve\"\nsigma_mn = 0.1\n");
+    assert!(e.contains("at `schedule.sigma_mn`") && e.contains("line 3") && e.contains("unknown field `sigma_mn`, expected one of `kind`, `beta_min`"), "{e}");
+    // A key of another family: the keys of this one.
+    let e = toml_err("[schedule]\nkind = \"ve\"\nbeta_min = 0.1\n");
+    assert_eq!(e, "schedule.beta_min: `beta_min` is not a key of kind `ve`; its keys are: kind, sigma_min, sigma_max, t_range");
+    // Wrong type: the key path.
+    let e = toml_err("[schedule]\nkind = \"vp_linear\"\nbeta_max = \"twenty\"\n");
+    assert!(e.contains("at `schedule.beta_max`") && e.contains("line 3") && e.contains("invalid type: string \"twenty\", expected f64"), "{e}");
+    // Out-of-range value.
+    let e = toml_err("[schedule]\nkind = \"ve\"\nsigma_min = -1.0\n");
+    assert_eq!(e, "schedule.sigma_min: parameter `sigma_min` = -1 is not allowed: a finite number > 0");
+    // Bad formula text: the key and the column inside the formula.
+    let e = toml_err("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 * bta\"\nsigma = \"1\"\nparams = { beta = 2.0 }\nt_range = [0.1, 1.0]\n");
+    assert!(e.starts_with("schedule.log_alpha: at column 8: unknown name `bta`; did you mean `beta`?"), "{e}");
+    // JSON too.
+    let e = parse_spec("{\"schedule\": {\"kind\": \"edm\", \"sigma_max\": [1]}}", SpecFormat::Json).unwrap_err();
+    assert!(e.contains("at `schedule.sigma_max`"), "{e}");
+}
