@@ -76,11 +76,19 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("vp_linear_lambda");
-    g.bench_function("jit", |b| b.iter(|| jit_lambda.call1(black_box(0.37), &params)));
-    g.bench_function("interpreter", |b| {
-        b.iter(|| def.program().eval(&["lambda"], black_box(0.37), &params).unwrap()[0])
+    g.bench_function("jit", |b| {
+        b.iter(|| jit_lambda.call1(black_box(0.37), &params))
     });
-    g.bench_function("hand_written", |b| b.iter(|| hand_written_lambda(black_box(0.37))));
+    g.bench_function("interpreter", |b| {
+        b.iter(|| {
+            def.program()
+                .eval(&["lambda"], black_box(0.37), &params)
+                .unwrap()[0]
+        })
+    });
+    g.bench_function("hand_written", |b| {
+        b.iter(|| hand_written_lambda(black_box(0.37)))
+    });
     g.finish();
 
     c.bench_function("fill_table_1000_times_jit", |b| {

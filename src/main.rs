@@ -74,7 +74,10 @@ fn run_schedule(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<(), Strin
     };
     let report = ScheduleReport::new(&schedule, &ts);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json()).unwrap());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).unwrap()
+        );
     } else {
         print!("{}", report.to_text());
     }

@@ -21,7 +21,13 @@ pub const COLUMNS: [&str; 6] = ["alpha", "sigma", "lambda", "f", "g2", "t_of_lam
 pub fn default_times(def: &ScheduleDef, n: usize) -> Vec<f64> {
     let (a, b) = (def.t_min(), def.t_max());
     (0..n)
-        .map(|i| if i + 1 == n { b } else { a + (b - a) * i as f64 / (n - 1) as f64 })
+        .map(|i| {
+            if i + 1 == n {
+                b
+            } else {
+                a + (b - a) * i as f64 / (n - 1) as f64
+            }
+        })
         .collect()
 }
 
@@ -68,7 +74,12 @@ impl ScheduleReport {
         obj.insert("schedule".into(), json!(self.name));
         obj.insert(
             "params".into(),
-            Value::Object(self.params.iter().map(|(k, v)| (k.clone(), json!(v))).collect()),
+            Value::Object(
+                self.params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), json!(v)))
+                    .collect(),
+            ),
         );
         obj.insert("t_range".into(), json!(self.t_range));
         obj.insert("t".into(), json!(self.ts));
@@ -90,11 +101,19 @@ impl ScheduleReport {
 
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let params: Vec<String> = self.params.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
         s.push_str(&format!(
             "schedule {}{} on t in [{}, {}]\n\n",
             self.name,
-            if params.is_empty() { String::new() } else { format!(" ({})", params.join(", ")) },
+            if params.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", params.join(", "))
+            },
             self.t_range[0],
             self.t_range[1]
         ));

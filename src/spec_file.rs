@@ -8,9 +8,18 @@ use adeis_compiler::{Spec, SpecError};
 /// A spec file that could not be read, parsed or validated.
 #[derive(Debug)]
 pub enum SpecFileError {
-    Io { path: PathBuf, error: std::io::Error },
-    Format { path: PathBuf, message: String },
-    Invalid { path: PathBuf, error: SpecError },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Format {
+        path: PathBuf,
+        message: String,
+    },
+    Invalid {
+        path: PathBuf,
+        error: SpecError,
+    },
 }
 
 impl fmt::Display for SpecFileError {
@@ -79,12 +88,11 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecFileError> {
         path: path.to_path_buf(),
         error,
     })?;
-    let spec = parse_spec(&text, SpecFormat::of_path(path)).map_err(|message| {
-        SpecFileError::Format {
+    let spec =
+        parse_spec(&text, SpecFormat::of_path(path)).map_err(|message| SpecFileError::Format {
             path: path.to_path_buf(),
             message,
-        }
-    })?;
+        })?;
     spec.schedule
         .to_def()
         .map_err(|error| SpecFileError::Invalid {

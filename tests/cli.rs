@@ -34,8 +34,16 @@ fn schedule_json_has_one_array_per_quantity() {
 fn schedule_from_spec_file_and_every_builtin() {
     let (ok, out, err) = adeis(&["schedule", "examples/specs/vp_linear_custom.toml"]);
     assert!(ok, "{err}");
-    assert!(out.contains("schedule custom (beta_max = 20, beta_min = 0.1)"), "{out}");
-    assert_eq!(out.lines().filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())).count(), 11);
+    assert!(
+        out.contains("schedule custom (beta_max = 20, beta_min = 0.1)"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .count(),
+        11
+    );
     for name in adeis::compiler::ScheduleDef::BUILTIN_NAMES {
         let (ok, _, err) = adeis(&["schedule", name, "--json"]);
         assert!(ok, "{name}: {err}");
@@ -53,10 +61,16 @@ fn the_default_run_prints_the_report() {
 fn bad_input_gets_a_clear_error() {
     let (ok, _, err) = adeis(&["schedule", "vp_linaer"]);
     assert!(!ok);
-    assert!(err.contains("`vp_linaer` is neither a built-in schedule (vp_linear, "), "{err}");
+    assert!(
+        err.contains("`vp_linaer` is neither a built-in schedule (vp_linear, "),
+        "{err}"
+    );
     let (ok, _, err) = adeis(&["schedule", "vp_linear", "--at", "2.0"]);
     assert!(!ok);
-    assert!(err.contains("--at: t = 2 is outside the schedule's t range [0.001, 1]"), "{err}");
+    assert!(
+        err.contains("--at: t = 2 is outside the schedule's t range [0.001, 1]"),
+        "{err}"
+    );
     let (ok, _, err) = adeis(&["schedule", "no/such/file.toml"]);
     assert!(!ok);
     assert!(err.contains("no/such/file.toml"), "{err}");

@@ -12,7 +12,10 @@ fn root() -> &'static Path {
 
 #[test]
 fn custom_spec_gives_the_builtin_numbers() {
-    let builtin = ScheduleDef::vp_linear(0.1, 20.0).unwrap().compile().unwrap();
+    let builtin = ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap();
     for file in ["vp_linear_custom.toml", "vp_linear_custom.json"] {
         let spec = load_spec(&root().join("examples/specs").join(file)).unwrap();
         let custom = spec.schedule.to_def().unwrap().compile().unwrap();
@@ -24,9 +27,17 @@ fn custom_spec_gives_the_builtin_numbers() {
                 // uses expm1): round-off of relative size eps / sigma^2, nothing more.
                 let tol = (1e-14 / (b.sigma * b.sigma)).max(1e-14);
                 let err = (c.get(q) - b.get(q)).abs() / b.get(q).abs().max(1.0);
-                assert!(err < tol, "{file} {q:?} at {t}: {} vs {}", c.get(q), b.get(q));
+                assert!(
+                    err < tol,
+                    "{file} {q:?} at {t}: {} vs {}",
+                    c.get(q),
+                    b.get(q)
+                );
             }
-            assert!((custom.t_of_lambda(c.lambda) - t).abs() < 1e-12 * t, "{file}: inverse at {t}");
+            assert!(
+                (custom.t_of_lambda(c.lambda) - t).abs() < 1e-12 * t,
+                "{file}: inverse at {t}"
+            );
         }
     }
 }
@@ -45,20 +56,40 @@ fn spec_errors_are_clear() {
     assert!(e.contains("line 1"), "{e}");
     // Unknown key: rejected with the allowed ones.
     let e = toml_err("[schedule]\nkind = \"ve\"\nsigma_mn = 0.1\n");
-    assert!(e.contains("at `schedule.sigma_mn`") && e.contains("line 3") && e.contains("unknown field `sigma_mn`, expected one of `kind`, `beta_min`"), "{e}");
+    assert!(
+        e.contains("at `schedule.sigma_mn`")
+            && e.contains("line 3")
+            && e.contains("unknown field `sigma_mn`, expected one of `kind`, `beta_min`"),
+        "{e}"
+    );
     // A key of another family: the keys of this one.
     let e = toml_err("[schedule]\nkind = \"ve\"\nbeta_min = 0.1\n");
     assert_eq!(e, "schedule.beta_min: `beta_min` is not a key of kind `ve`; its keys are: kind, sigma_min, sigma_max, t_range");
     // Wrong type: the key path.
     let e = toml_err("[schedule]\nkind = \"vp_linear\"\nbeta_max = \"twenty\"\n");
-    assert!(e.contains("at `schedule.beta_max`") && e.contains("line 3") && e.contains("invalid type: string \"twenty\", expected f64"), "{e}");
+    assert!(
+        e.contains("at `schedule.beta_max`")
+            && e.contains("line 3")
+            && e.contains("invalid type: string \"twenty\", expected f64"),
+        "{e}"
+    );
     // Out-of-range value.
     let e = toml_err("[schedule]\nkind = \"ve\"\nsigma_min = -1.0\n");
-    assert_eq!(e, "schedule.sigma_min: parameter `sigma_min` = -1 is not allowed: a finite number > 0");
+    assert_eq!(
+        e,
+        "schedule.sigma_min: parameter `sigma_min` = -1 is not allowed: a finite number > 0"
+    );
     // Bad formula text: the key and the column inside the formula.
     let e = toml_err("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 * bta\"\nsigma = \"1\"\nparams = { beta = 2.0 }\nt_range = [0.1, 1.0]\n");
-    assert!(e.starts_with("schedule.log_alpha: at column 8: unknown name `bta`; did you mean `beta`?"), "{e}");
+    assert!(
+        e.starts_with("schedule.log_alpha: at column 8: unknown name `bta`; did you mean `beta`?"),
+        "{e}"
+    );
     // JSON too.
-    let e = parse_spec("{\"schedule\": {\"kind\": \"edm\", \"sigma_max\": [1]}}", SpecFormat::Json).unwrap_err();
+    let e = parse_spec(
+        "{\"schedule\": {\"kind\": \"edm\", \"sigma_max\": [1]}}",
+        SpecFormat::Json,
+    )
+    .unwrap_err();
     assert!(e.contains("at `schedule.sigma_max`"), "{e}");
 }

@@ -17,7 +17,7 @@ use cranelift_jit::{JITBuilder, JITModule};
 // Aliased: the runtime's users also import dfdx, whose `Module` trait has the same name.
 use cranelift_module::{default_libcall_names, Linkage, Module as ClifModule};
 
-use crate::expr::primitives::{imps, Imp, Native, POW_SYMBOL, PRIMITIVES};
+use crate::expr::primitives::{libm, Imp, Native, POW_SYMBOL, PRIMITIVES};
 use crate::expr::{Expr, Table, TableFn};
 use crate::program::Program;
 
@@ -314,7 +314,7 @@ fn jit_builder() -> Result<JITBuilder, JitError> {
         };
         jb.symbol(p.symbol, ptr);
     }
-    jb.symbol(POW_SYMBOL, imps::pow as *const u8);
+    jb.symbol(POW_SYMBOL, libm::pow as *const u8);
     jb.symbol(TABLE_VALUE_SYMBOL, table_value as *const u8);
     jb.symbol(TABLE_SLOPE_SYMBOL, table_slope as *const u8);
     Ok(jb)

@@ -365,7 +365,8 @@ impl ScheduleDef {
             let partner = &formulas[derived - 2];
             let (pname, pexpr) = (partner.0.clone(), partner.1.clone());
             let with_ref = formulas[derived].1.clone();
-            let inlined = simplify(&with_ref.substitute_defs(&mut |n| (*n == pname).then(|| pexpr.clone())));
+            let inlined =
+                simplify(&with_ref.substitute_defs(&mut |n| (*n == pname).then(|| pexpr.clone())));
             if inlined.size() < with_ref.size() + pexpr.size() - 1 {
                 formulas[derived].1 = inlined;
             }

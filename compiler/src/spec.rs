@@ -230,7 +230,11 @@ impl ScheduleSpec {
     /// The validated symbolic schedule this table declares.
     pub fn to_def(&self) -> Result<ScheduleDef, SpecError> {
         let allowed = self.kind.keys();
-        if let Some(key) = self.present_keys().into_iter().find(|k| !allowed.contains(k)) {
+        if let Some(key) = self
+            .present_keys()
+            .into_iter()
+            .find(|k| !allowed.contains(k))
+        {
             return Err(SpecError::at(
                 format!("schedule.{key}"),
                 format!(
@@ -259,9 +263,10 @@ impl ScheduleSpec {
                 self.sigma_max.unwrap_or(50.0),
                 self.t_range.unwrap_or([0.0, 1.0]),
             ),
-            ScheduleKind::Edm => {
-                ScheduleDef::edm(self.sigma_min.unwrap_or(0.002), self.sigma_max.unwrap_or(80.0))
-            }
+            ScheduleKind::Edm => ScheduleDef::edm(
+                self.sigma_min.unwrap_or(0.002),
+                self.sigma_max.unwrap_or(80.0),
+            ),
             ScheduleKind::Discrete => self.build_discrete(),
             ScheduleKind::Custom => self.build_custom(),
         }
@@ -323,10 +328,11 @@ impl ScheduleSpec {
                     n,
                 },
                 BetaSchedule::SquaredcosCapV2 => {
-                    if let Some(key) = [("beta_start", self.beta_start), ("beta_end", self.beta_end)]
-                        .iter()
-                        .find(|k| k.1.is_some())
-                        .map(|k| k.0)
+                    if let Some(key) =
+                        [("beta_start", self.beta_start), ("beta_end", self.beta_end)]
+                            .iter()
+                            .find(|k| k.1.is_some())
+                            .map(|k| k.0)
                     {
                         return Err(ScheduleError::Table {
                             field: key.into(),
@@ -363,7 +369,17 @@ impl ScheduleSpec {
         })?;
         let params = self.params.clone().unwrap_or_default();
         for (name, value) in &params {
-            let reserved = ["t", "lambda", "alpha", "log_alpha", "sigma", "log_sigma", "pi", "inf", "nan"];
+            let reserved = [
+                "t",
+                "lambda",
+                "alpha",
+                "log_alpha",
+                "sigma",
+                "log_sigma",
+                "pi",
+                "inf",
+                "nan",
+            ];
             if reserved.contains(&name.as_str()) || crate::Func::by_name(name).is_some() {
                 return Err(ScheduleError::Param {
                     name: format!("params.{name}"),
@@ -382,7 +398,15 @@ impl ScheduleSpec {
             }
         }
         let ps: Vec<(&str, f64)> = params.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        ScheduleDef::from_formulas("custom", &ps, vec![], a, s, t_range, self.inverse.as_deref())
+        ScheduleDef::from_formulas(
+            "custom",
+            &ps,
+            vec![],
+            a,
+            s,
+            t_range,
+            self.inverse.as_deref(),
+        )
     }
 
     /// The table of a built-in schedule by its `adeis schedule` name.
@@ -419,14 +443,23 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected_with_the_allowed_ones() {
         let e = load("[schedule]\nkind = \"vp_linear\"\nbeta_mx = 3.0\n").unwrap_err();
-        assert!(e.contains("unknown field `beta_mx`, expected one of `kind`, `beta_min`, `beta_max`"), "{e}");
+        assert!(
+            e.contains("unknown field `beta_mx`, expected one of `kind`, `beta_min`, `beta_max`"),
+            "{e}"
+        );
         let spec = load("[schedule]\nkind = \"ve\"\nbeta_max = 3.0\n").unwrap();
         let e = spec.schedule.to_def().unwrap_err();
         assert_eq!(e.to_string(), "schedule.beta_max: `beta_max` is not a key of kind `ve`; its keys are: kind, sigma_min, sigma_max, t_range");
         let e = load("[schedule]\nkind = \"vp_lin\"\n").unwrap_err();
-        assert!(e.contains("unknown variant `vp_lin`, expected one of `vp_linear`"), "{e}");
+        assert!(
+            e.contains("unknown variant `vp_lin`, expected one of `vp_linear`"),
+            "{e}"
+        );
         let e = load("[schedul]\nkind = \"vp_linear\"\n").unwrap_err();
-        assert!(e.contains("unknown field `schedul`, expected `schedule`"), "{e}");
+        assert!(
+            e.contains("unknown field `schedul`, expected `schedule`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -434,11 +467,19 @@ mod tests {
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 * b\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))\"\nparams = { b = 2.0 }\nt_range = [0.01, 1.0]\n").unwrap();
         let e = spec.schedule.to_def().unwrap_err();
         assert_eq!(e.path, "schedule.sigma");
-        assert!(e.message.starts_with("at column 29: expected `,` or `)`"), "{e}");
+        assert!(
+            e.message.starts_with("at column 29: expected `,` or `)`"),
+            "{e}"
+        );
 
-        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nt_range = [0.01, 1.0]\n").unwrap();
+        let spec =
+            load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nt_range = [0.01, 1.0]\n")
+                .unwrap();
         let e = spec.schedule.to_def().unwrap_err();
-        assert_eq!(e.to_string(), "schedule.sigma: missing formula `sigma`: give `sigma` or `log_sigma` (a formula in t)");
+        assert_eq!(
+            e.to_string(),
+            "schedule.sigma: missing formula `sigma`: give `sigma` or `log_sigma` (a formula in t)"
+        );
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nalpha = \"1\"\nsigma = \"t\"\nt_range = [0.01, 1.0]\n").unwrap();
         assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.alpha");
@@ -447,16 +488,25 @@ mod tests {
         assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.t_range");
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nparams = { exp = 1.0 }\nt_range = [0.01, 1.0]\n").unwrap();
-        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.params.exp");
+        assert_eq!(
+            spec.schedule.to_def().unwrap_err().path,
+            "schedule.params.exp"
+        );
     }
 
     #[test]
     fn discrete_table_choices() {
-        let spec = load("[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2]\nbeta_schedule = \"linear\"\n").unwrap();
+        let spec = load(
+            "[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2]\nbeta_schedule = \"linear\"\n",
+        )
+        .unwrap();
         let e = spec.schedule.to_def().unwrap_err();
         assert_eq!(e.path, "schedule.betas");
         let spec = load("[schedule]\nkind = \"discrete\"\nbeta_schedule = \"scaled_linear\"\nnum_train_timesteps = 1\n").unwrap();
-        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.num_train_timesteps");
+        assert_eq!(
+            spec.schedule.to_def().unwrap_err().path,
+            "schedule.num_train_timesteps"
+        );
         let spec = load("[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2, 0.3]\n").unwrap();
         let d = spec.schedule.to_def().unwrap();
         assert_eq!(d.t_min(), 1.0 / 3.0);

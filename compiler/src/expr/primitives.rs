@@ -36,8 +36,8 @@ pub enum Func {
 /// How a primitive is computed.
 #[derive(Clone, Copy, Debug)]
 pub enum Imp {
-    Unary(extern "C" fn(f64) -> f64),
-    Binary(extern "C" fn(f64, f64) -> f64),
+    Unary(unsafe extern "C" fn(f64) -> f64),
+    Binary(unsafe extern "C" fn(f64, f64) -> f64),
 }
 
 /// A cranelift instruction that computes the primitive exactly as `imp` does.
@@ -71,9 +71,13 @@ impl Primitive {
     }
 
     pub fn eval(&self, args: &[f64]) -> f64 {
-        match self.imp {
-            Imp::Unary(f) => f(args[0]),
-            Imp::Binary(f) => f(args[0], args[1]),
+        // SAFETY: every implementation is a pure function of its f64 arguments (C's libm or
+        // ours), defined for every input.
+        unsafe {
+            match self.imp {
+                Imp::Unary(f) => f(args[0]),
+                Imp::Binary(f) => f(args[0], args[1]),
+            }
         }
     }
 }
@@ -94,18 +98,28 @@ macro_rules! unary_imp {
     };
 }
 
-/// The implementations, shared by the interpreter and (as trampolines) the JIT.
+/// The C library's functions (what `f64::exp` and friends call): the JIT imports them
+/// directly, without a wrapper in between, and the interpreter calls the same ones.
+pub mod libm {
+    extern "C" {
+        pub fn exp(x: f64) -> f64;
+        pub fn log(x: f64) -> f64;
+        pub fn sin(x: f64) -> f64;
+        pub fn cos(x: f64) -> f64;
+        pub fn tan(x: f64) -> f64;
+        pub fn atan(x: f64) -> f64;
+        pub fn acos(x: f64) -> f64;
+        pub fn asin(x: f64) -> f64;
+        pub fn tanh(x: f64) -> f64;
+        pub fn expm1(x: f64) -> f64;
+        pub fn log1p(x: f64) -> f64;
+        pub fn pow(x: f64, y: f64) -> f64;
+    }
+}
+
+/// The implementations of our own, shared by the interpreter and (as trampolines) the JIT.
 pub mod imps {
-    unary_imp!(exp, |x| x.exp());
-    unary_imp!(ln, |x| x.ln());
     unary_imp!(sqrt, |x| x.sqrt());
-    unary_imp!(sin, |x| x.sin());
-    unary_imp!(cos, |x| x.cos());
-    unary_imp!(tan, |x| x.tan());
-    unary_imp!(atan, |x| x.atan());
-    unary_imp!(acos, |x| x.acos());
-    unary_imp!(asin, |x| x.asin());
-    unary_imp!(tanh, |x| x.tanh());
     // Stable on both tails: never forms exp of a large positive number.
     unary_imp!(sigmoid, |x| if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
@@ -114,8 +128,6 @@ pub mod imps {
         e / (1.0 + e)
     });
     unary_imp!(softplus, |x| x.max(0.0) + (-x.abs()).exp().ln_1p());
-    unary_imp!(expm1, |x| x.exp_m1());
-    unary_imp!(ln1p, |x| x.ln_1p());
     unary_imp!(abs, |x| x.abs());
     unary_imp!(sign, |x| if x > 0.0 {
         1.0
@@ -151,10 +163,6 @@ pub mod imps {
             a
         }
     }
-    /// Real power, `Expr::Pow`.
-    pub extern "C" fn pow(a: f64, b: f64) -> f64 {
-        a.powf(b)
-    }
 }
 
 /// The table. Derivatives are written with the simplifying constructors so that derived
@@ -164,7 +172,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Exp,
         name: "exp",
         aliases: &[],
-        imp: Imp::Unary(imps::exp),
+        imp: Imp::Unary(libm::exp),
         native: None,
         symbol: "adeis_exp",
         partials: |a| vec![call(Func::Exp, &a[0])],
@@ -173,7 +181,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Ln,
         name: "ln",
         aliases: &["log"],
-        imp: Imp::Unary(imps::ln),
+        imp: Imp::Unary(libm::log),
         native: None,
         symbol: "adeis_ln",
         partials: |a| vec![div(c(1.0), a[0].clone())],
@@ -191,7 +199,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Sin,
         name: "sin",
         aliases: &[],
-        imp: Imp::Unary(imps::sin),
+        imp: Imp::Unary(libm::sin),
         native: None,
         symbol: "adeis_sin",
         partials: |a| vec![call(Func::Cos, &a[0])],
@@ -200,7 +208,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Cos,
         name: "cos",
         aliases: &[],
-        imp: Imp::Unary(imps::cos),
+        imp: Imp::Unary(libm::cos),
         native: None,
         symbol: "adeis_cos",
         partials: |a| vec![neg(call(Func::Sin, &a[0]))],
@@ -209,7 +217,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Tan,
         name: "tan",
         aliases: &[],
-        imp: Imp::Unary(imps::tan),
+        imp: Imp::Unary(libm::tan),
         native: None,
         symbol: "adeis_tan",
         partials: |a| vec![add(c(1.0), powi(call(Func::Tan, &a[0]), 2))],
@@ -218,7 +226,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Atan,
         name: "atan",
         aliases: &[],
-        imp: Imp::Unary(imps::atan),
+        imp: Imp::Unary(libm::atan),
         native: None,
         symbol: "adeis_atan",
         partials: |a| vec![div(c(1.0), add(c(1.0), powi(a[0].clone(), 2)))],
@@ -227,7 +235,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Acos,
         name: "acos",
         aliases: &[],
-        imp: Imp::Unary(imps::acos),
+        imp: Imp::Unary(libm::acos),
         native: None,
         symbol: "adeis_acos",
         partials: |a| {
@@ -241,7 +249,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Asin,
         name: "asin",
         aliases: &[],
-        imp: Imp::Unary(imps::asin),
+        imp: Imp::Unary(libm::asin),
         native: None,
         symbol: "adeis_asin",
         partials: |a| {
@@ -255,7 +263,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Tanh,
         name: "tanh",
         aliases: &[],
-        imp: Imp::Unary(imps::tanh),
+        imp: Imp::Unary(libm::tanh),
         native: None,
         symbol: "adeis_tanh",
         partials: |a| vec![sub(c(1.0), powi(call(Func::Tanh, &a[0]), 2))],
@@ -288,7 +296,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Expm1,
         name: "expm1",
         aliases: &[],
-        imp: Imp::Unary(imps::expm1),
+        imp: Imp::Unary(libm::expm1),
         native: None,
         symbol: "adeis_expm1",
         partials: |a| vec![call(Func::Exp, &a[0])],
@@ -297,7 +305,7 @@ pub static PRIMITIVES: &[Primitive] = &[
         func: Func::Ln1p,
         name: "ln1p",
         aliases: &["log1p"],
-        imp: Imp::Unary(imps::ln1p),
+        imp: Imp::Unary(libm::log1p),
         native: None,
         symbol: "adeis_ln1p",
         partials: |a| vec![div(c(1.0), add(c(1.0), a[0].clone()))],
@@ -439,6 +447,9 @@ mod tests {
         assert_eq!(imps::sigmoid(-800.0), 0.0);
         assert_eq!(imps::sigmoid(800.0), 1.0);
         assert!((imps::softplus(-40.0) - (-40.0f64).exp()).abs() < 1e-30);
+        // The libm imports are the functions std calls.
+        assert_eq!(unsafe { libm::expm1(-1e-3) }, (-1e-3f64).exp_m1());
+        assert_eq!(unsafe { libm::log(3.0) }, 3f64.ln());
         assert_eq!(imps::softplus(800.0), 800.0);
         assert!((imps::softplus(0.0) - 2f64.ln()).abs() < 1e-16);
     }

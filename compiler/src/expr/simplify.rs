@@ -133,7 +133,10 @@ pub fn powi(x: Expr, n: i32) -> Expr {
 
 pub fn pow(x: Expr, y: Expr) -> Expr {
     match (x, y) {
-        (Expr::Const(a), Expr::Const(c)) => Expr::Const(a.powf(c)),
+        // SAFETY: libm pow is defined for every input; the interpreter uses the same.
+        (Expr::Const(a), Expr::Const(c)) => {
+            Expr::Const(unsafe { super::primitives::libm::pow(a, c) })
+        }
         (x, Expr::Const(c)) if c == c.trunc() && c.abs() <= 64.0 => powi(x, c as i32),
         (x, Expr::Const(0.5)) => call(Func::Sqrt, vec![x]),
         (x, y) => Expr::Pow(b(x), b(y)),
@@ -149,8 +152,12 @@ pub fn call(f: Func, args: Vec<Expr>) -> Expr {
     match (f, a0) {
         (Func::Exp, Expr::Call(Func::Ln, inner)) => inner[0].clone(),
         // exp(c ln x) = x^c (x > 0 where ln x is finite): exp(0.5 ln x) = sqrt(x).
-        (Func::Exp, Expr::Mul(c, l)) if c.as_const().is_some() && matches!(&**l, Expr::Call(Func::Ln, _)) => {
-            let Expr::Call(_, inner) = &**l else { unreachable!() };
+        (Func::Exp, Expr::Mul(c, l))
+            if c.as_const().is_some() && matches!(&**l, Expr::Call(Func::Ln, _)) =>
+        {
+            let Expr::Call(_, inner) = &**l else {
+                unreachable!()
+            };
             pow(inner[0].clone(), (**c).clone())
         }
         (Func::Ln, Expr::Call(Func::Exp, inner)) => inner[0].clone(),
