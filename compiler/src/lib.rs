@@ -6,12 +6,17 @@
 //! cranelift ([`jit`]). It never touches tensors.
 
 pub mod expr;
+pub mod grid;
 pub mod jit;
+pub mod plan;
 pub mod program;
+pub mod sampler;
 pub mod schedule;
 pub mod spec;
 
 pub use expr::{Expr, Func, Name, Table};
+pub use plan::{Instr, Operand, Plan, Pred};
 pub use program::{Program, ProgramError};
+pub use sampler::{build_plan, Equation, Method, Prediction, SamplerSpec};
 pub use schedule::{Quantity, Schedule, ScheduleDef, ScheduleError, ScheduleValues};
 pub use spec::{ScheduleSpec, Spec, SpecError};

@@ -258,6 +258,9 @@ pub enum Inverse {
 #[derive(Clone, Debug)]
 pub struct ScheduleDef {
     name: String,
+    /// For a discrete schedule, the number of train steps N (the network's time input is the
+    /// train index (t - 1/N) N).
+    train_steps: Option<usize>,
     program: Program,
     inverse: Inverse,
     t_min: f64,
@@ -416,6 +419,7 @@ impl ScheduleDef {
         };
         let def = ScheduleDef {
             name: name.to_string(),
+            train_steps: None,
             program,
             inverse,
             t_min: t_range[0],
@@ -427,6 +431,20 @@ impl ScheduleDef {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The number of train steps of a discrete schedule.
+    pub fn train_steps(&self) -> Option<usize> {
+        self.train_steps
+    }
+
+    /// The time the network is given: the train index (t - 1/N) N for a discrete schedule,
+    /// t itself otherwise.
+    pub fn model_time(&self, t: f64) -> f64 {
+        match self.train_steps {
+            Some(n) => (t - 1.0 / n as f64) * n as f64,
+            None => t,
+        }
     }
 
     pub fn program(&self) -> &Program {
@@ -936,7 +954,7 @@ impl ScheduleDef {
             la.iter().rev().copied().collect(),
             ts.iter().rev().copied().collect(),
         )?;
-        ScheduleDef::from_formulas(
+        let mut def = ScheduleDef::from_formulas(
             "discrete",
             &[],
             vec![("log_alpha_table", forward), ("t_of_log_alpha", inverse)],
@@ -944,7 +962,9 @@ impl ScheduleDef {
             SigmaFormula::LogSigma(VP_LOG_SIGMA.into()),
             t_range.unwrap_or([1.0 / n as f64, 1.0]),
             Some("interp(t_of_log_alpha, -0.5 * softplus(-2 * lambda))"),
-        )
+        )?;
+        def.train_steps = Some(n);
+        Ok(def)
     }
 
     pub fn ve(sigma_min: f64, sigma_max: f64) -> Result<ScheduleDef, ScheduleError> {

@@ -1,0 +1,154 @@
+//! Time grids for N steps from t_max down to t_min (MATH.md section 1).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
+
+/// How the sampling times are spaced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GridKind {
+    /// Uniform in lambda (half log-SNR).
+    Logsnr,
+    TimeUniform,
+    /// Uniform in sqrt(t).
+    TimeQuadratic,
+    /// Uniform in (e^{-lambda})^{1/rho} (Karras et al.), rho = 7 by default.
+    Karras,
+    /// Given times (or train indices of a discrete schedule).
+    Explicit,
+}
+
+impl fmt::Display for GridKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GridKind::Logsnr => "logsnr",
+            GridKind::TimeUniform => "time_uniform",
+            GridKind::TimeQuadratic => "time_quadratic",
+            GridKind::Karras => "karras",
+            GridKind::Explicit => "explicit",
+        })
+    }
+}
+
+/// A grid error: which key, which value, what is allowed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GridError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for GridError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for GridError {}
+
+/// N+1 times from `t_start` (noisiest) down to `t_end`.
+pub fn make_grid(
+    schedule: &Schedule,
+    kind: &GridKind,
+    steps: usize,
+    rho: f64,
+    t_start: f64,
+    t_end: f64,
+) -> Result<Vec<f64>, GridError> {
+    if steps == 0 {
+        return Err(GridError {
+            field: "steps",
+            message: "steps = 0: a sampler needs at least 1 step".into(),
+        });
+    }
+    let n = steps as f64;
+    let frac = |i: usize| i as f64 / n;
+    let mut ts: Vec<f64> = match kind {
+        GridKind::Logsnr => {
+            let (l0, l1) = (schedule.lambda(t_start), schedule.lambda(t_end));
+            (0..=steps)
+                .map(|i| schedule.t_of_lambda(l0 + (l1 - l0) * frac(i)))
+                .collect()
+        }
+        GridKind::TimeUniform => (0..=steps)
+            .map(|i| t_start + (t_end - t_start) * frac(i))
+            .collect(),
+        GridKind::TimeQuadratic => {
+            let (a, b) = (t_start.sqrt(), t_end.sqrt());
+            (0..=steps)
+                .map(|i| {
+                    let r = a + (b - a) * frac(i);
+                    r * r
+                })
+                .collect()
+        }
+        GridKind::Karras => {
+            if !(rho > 0.0 && rho.is_finite()) {
+                return Err(GridError {
+                    field: "rho",
+                    message: format!("rho = {rho}: must be a finite number > 0"),
+                });
+            }
+            let (s0, s1) = (
+                (-schedule.lambda(t_start)).exp().powf(1.0 / rho),
+                (-schedule.lambda(t_end)).exp().powf(1.0 / rho),
+            );
+            (0..=steps)
+                .map(|i| {
+                    let s = (s0 + (s1 - s0) * frac(i)).powf(rho);
+                    schedule.t_of_lambda(-s.ln())
+                })
+                .collect()
+        }
+        GridKind::Explicit => {
+            return Err(GridError {
+                field: "grid",
+                message: "grid = \"explicit\" needs `times` or `train_indices`".into(),
+            })
+        }
+    };
+    // The ends exactly, whatever the inverse's round-off.
+    ts[0] = t_start;
+    ts[steps] = t_end;
+    check_grid(schedule, &ts)?;
+    Ok(ts)
+}
+
+/// Checks a grid: at least two times, strictly decreasing, inside the schedule's t range.
+pub fn check_grid(schedule: &Schedule, ts: &[f64]) -> Result<(), GridError> {
+    if ts.len() < 2 {
+        return Err(GridError {
+            field: "times",
+            message: format!("a grid needs at least 2 times, found {}", ts.len()),
+        });
+    }
+    let (a, b) = (schedule.t_min(), schedule.t_max());
+    if let Some((i, t)) = ts.iter().enumerate().find(|(_, t)| !(**t >= a && **t <= b)) {
+        return Err(GridError {
+            field: "times",
+            message: format!("grid time [{i}] = {t} is outside the schedule's t range [{a}, {b}]"),
+        });
+    }
+    if let Some(i) = ts.windows(2).position(|w| w[1] >= w[0]) {
+        return Err(GridError {
+            field: "times",
+            message: format!(
+                "grid times must decrease strictly (noisiest first): [{i}] = {} then [{}] = {}",
+                ts[i],
+                i + 1,
+                ts[i + 1]
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The times of train indices of a discrete schedule with `n_train` steps: t = (k + 1) / N.
+pub fn train_index_times(indices: &[usize], n_train: usize) -> Vec<f64> {
+    indices
+        .iter()
+        .map(|&k| (k + 1) as f64 / n_train as f64)
+        .collect()
+}

@@ -1,0 +1,76 @@
+//! Standard normal noise for the SDE samplers: seeded and replayable (noise i of seed s is the
+//! same in every run and every dtype), or given.
+
+use dfdx::prelude::*;
+
+use crate::denoiser::Batch;
+use crate::from_f64;
+
+/// Where an SDE sampler's noises come from.
+#[derive(Clone, Debug)]
+pub enum NoiseSource<E: Dtype, D: Device<E>> {
+    Seeded(u64),
+    Given(Vec<Batch<E, D>>),
+}
+
+/// SplitMix64: a small, well-mixed generator; one stream per (seed, noise index).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+}
+
+/// `n` standard normals from stream (seed, index) by Box-Muller, in f64.
+pub fn normals(seed: u64, index: u64, n: usize) -> Vec<f64> {
+    let mut rng = SplitMix(seed ^ index.wrapping_mul(0xD1B54A32D192ED03));
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let (u1, u2) = (rng.uniform(), rng.uniform());
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = 2.0 * std::f64::consts::PI * u2;
+        out.push(r * th.cos());
+        out.push(r * th.sin());
+    }
+    out.truncate(n);
+    out
+}
+
+impl<E: Dtype, D: Device<E>> NoiseSource<E, D> {
+    /// Noise `i` for a batch of the given shape.
+    pub fn get(&self, dev: &D, i: usize, batch: usize, dim: usize) -> Result<Batch<E, D>, String> {
+        match self {
+            NoiseSource::Seeded(seed) => Ok(from_f64(
+                dev,
+                &normals(*seed, i as u64, batch * dim),
+                batch,
+                dim,
+            )),
+            NoiseSource::Given(list) => {
+                let n = list.get(i).ok_or_else(|| {
+                    format!(
+                        "the sampler needs noise {i} but only {} noises were given",
+                        list.len()
+                    )
+                })?;
+                if *n.shape() != (batch, dim) {
+                    return Err(format!(
+                        "noise {i} has shape {:?}, the state has ({batch}, {dim})",
+                        n.shape()
+                    ));
+                }
+                Ok(n.clone())
+            }
+        }
+    }
+}
