@@ -1,19 +1,22 @@
 //! The `adeis` command-line program.
 
-use std::path::{Path, PathBuf};
+mod cli;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use adeis::prelude::*;
-use adeis::report::{default_times, ScheduleReport};
 use clap::{Parser, Subcommand};
+
+use cli::Dtype;
 
 #[derive(Parser)]
 #[command(
     name = "adeis",
     version,
-    about = "Gradients through diffusion samplers: declare a schedule, get every time-only quantity compiled",
+    about = "Gradients through diffusion samplers: declare a schedule and a sampler, get compiled coefficients and samples",
     long_about = "adeis derives the time-only quantities of a diffusion schedule (alpha, sigma, lambda, \
-f, g^2, the inverse of lambda) symbolically and compiles them with cranelift.\n\n\
+f, g^2, the inverse of lambda) and the coefficients of every exponential-integrator sampler \
+symbolically, compiles them with cranelift, and samples on dfdx.\n\n\
 Run without a command for the default report on the built-in VP linear schedule."
 )]
 struct Cli {
@@ -37,61 +40,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn schedule_def(arg: &str) -> Result<ScheduleDef, String> {
-    let path = Path::new(arg);
-    if path.extension().is_some() || path.exists() {
-        let spec = load_spec(&PathBuf::from(arg)).map_err(|e| e.to_string())?;
-        return spec.schedule.to_def().map_err(|e| format!("{arg}: {e}"));
-    }
-    match ScheduleSpec::builtin(arg) {
-        Some(spec) => spec.to_def().map_err(|e| e.to_string()),
-        None => Err(format!(
-            "`{arg}` is neither a built-in schedule ({}) nor a spec file (.toml or .json)",
-            ScheduleDef::BUILTIN_NAMES.join(", ")
-        )),
-    }
-}
-
-fn run_schedule(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<(), String> {
-    let def = schedule_def(arg)?;
-    let schedule = def.compile().map_err(|e| e.to_string())?;
-    let ts = match at {
-        Some(ts) => {
-            for t in &ts {
-                if !(*t >= def.t_min() && *t <= def.t_max()) {
-                    return Err(format!(
-                        "--at: t = {t} is outside the schedule's t range [{}, {}]",
-                        def.t_min(),
-                        def.t_max()
-                    ));
-                }
-            }
-            ts
-        }
-        None => default_times(&def, 11),
-    };
-    let report = ScheduleReport::new(&schedule, &ts);
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report.to_json()).unwrap()
-        );
-    } else {
-        print!("{}", report.to_text());
-    }
-    Ok(())
+    /// Sample from x_T with the spec's [schedule] and [sampler] on a model.
+    Sample {
+        /// Spec file (.toml or .json) with [schedule] and [sampler] tables.
+        #[arg(long)]
+        spec: PathBuf,
+        /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t) or
+        /// `gmm:mixture.json` (weights, means, variances).
+        #[arg(long)]
+        model: String,
+        /// The starting noise: a .npy array of shape [batch, dim] (f32 or f64).
+        #[arg(long = "x-t")]
+        x_t: PathBuf,
+        /// Where to write the samples (.npy, [batch, dim], in the run's precision).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the SDE samplers' noise (replayable: the same seed gives the same noise).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write the states at every model evaluation and the final one
+        /// (.npy, [points, batch, dim]).
+        #[arg(long)]
+        trajectory: Option<PathBuf>,
+        /// Precision of the run.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Schedule { schedule, at, json }) => run_schedule(&schedule, at, json),
+        Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
+        Some(Command::Sample {
+            spec,
+            model,
+            x_t,
+            out,
+            seed,
+            trajectory,
+            dtype,
+        }) => cli::sample::run(&cli::sample::SampleArgs {
+            spec,
+            model,
+            x_t,
+            out,
+            seed,
+            trajectory,
+            dtype,
+        }),
         None => {
             println!("adeis: no command given; the default report on the built-in VP linear schedule follows.");
             println!("(`adeis --help` lists the commands.)\n");
-            run_schedule("vp_linear", None, false)
+            cli::schedule::run("vp_linear", None, false)
         }
     };
     match result {

@@ -93,11 +93,11 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecFileError> {
             path: path.to_path_buf(),
             message,
         })?;
-    spec.schedule
-        .to_def()
-        .map_err(|error| SpecFileError::Invalid {
-            path: path.to_path_buf(),
-            error,
-        })?;
+    let invalid = |error| SpecFileError::Invalid {
+        path: path.to_path_buf(),
+        error,
+    };
+    spec.schedule.to_def().map_err(invalid)?;
+    spec.checked_sampler().map_err(invalid)?;
     Ok(spec)
 }

@@ -75,3 +75,218 @@ fn bad_input_gets_a_clear_error() {
     assert!(!ok);
     assert!(err.contains("no/such/file.toml"), "{err}");
 }
+
+mod sample {
+    use super::adeis;
+    use adeis::npy::{read_npy, write_npy};
+    use std::path::{Path, PathBuf};
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("adeis-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn write_spec(name: &str, sampler: &str) -> PathBuf {
+        let p = tmp(name);
+        std::fs::write(
+            &p,
+            format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\n{sampler}\n"),
+        )
+        .unwrap();
+        p
+    }
+
+    fn x_t(name: &str, shape: &[usize]) -> PathBuf {
+        let p = tmp(name);
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = (0..n).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();
+        write_npy(&p, shape, &data, 8).unwrap();
+        p
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    #[test]
+    fn samples_gaussian_data_to_the_closed_form() {
+        let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/specs/sample_dpmpp.toml");
+        let xt = x_t("xt.npy", &[4, 3]);
+        let out = tmp("out.npy");
+        let traj = tmp("traj.npy");
+        let (ok, stdout, err) = adeis(&[
+            "sample",
+            "--spec",
+            s(&spec),
+            "--model",
+            "gaussian:mu=1.0,s2=0.3",
+            "--x-t",
+            s(&xt),
+            "--out",
+            s(&out),
+            "--trajectory",
+            s(&traj),
+            "--dtype",
+            "f64",
+        ]);
+        assert!(ok, "{err}");
+        assert!(stdout.contains("NFE 25"), "{stdout}");
+        let x = read_npy(&xt).unwrap();
+        let y = read_npy(&out).unwrap();
+        assert_eq!((y.shape.clone(), y.word), (vec![4, 3], 8));
+        // Closed-form flow map of VP linear (beta 0.1..20) on [1e-3, 1].
+        let la = |t: f64| -(19.9) * t * t / 4.0 - 0.1 * t / 2.0;
+        let (a0, a1) = (la(1e-3).exp(), la(1.0).exp());
+        let v = |a: f64| a * a * 0.3 + (1.0 - a * a);
+        let k = (v(a0) / v(a1)).sqrt();
+        for (xi, yi) in x.data.iter().zip(&y.data) {
+            let exact = a0 * 1.0 + k * (xi - a1 * 1.0);
+            // 25 steps of DPM-Solver++(3M): the orders test measures 2e-3 at 20 steps.
+            assert!((yi - exact).abs() < 3e-3, "{yi} vs {exact}");
+        }
+        let tr = read_npy(&traj).unwrap();
+        assert_eq!(tr.shape, vec![26, 4, 3]);
+        // f32 by default, written as f32.
+        let (ok, _, err) = adeis(&[
+            "sample",
+            "--spec",
+            s(&spec),
+            "--model",
+            "gaussian:mu=1.0,s2=0.3",
+            "--x-t",
+            s(&xt),
+            "--out",
+            s(&out),
+        ]);
+        assert!(ok, "{err}");
+        let y32 = read_npy(&out).unwrap();
+        assert_eq!(y32.word, 4);
+        for (a, b) in y32.data.iter().zip(&y.data) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn sde_sampling_is_seeded() {
+        let spec = write_spec(
+            "sde.toml",
+            "method = \"sde_dpm_solver_pp\"\norder = 2\nsteps = 30",
+        );
+        let xt = x_t("xt2.npy", &[2, 2]);
+        let run = |seed: &str, out: &Path| {
+            let (ok, _, err) = adeis(&[
+                "sample",
+                "--spec",
+                s(&spec),
+                "--model",
+                "gaussian:mu=0.0,s2=1.0",
+                "--x-t",
+                s(&xt),
+                "--out",
+                s(out),
+                "--seed",
+                seed,
+                "--dtype",
+                "f64",
+            ]);
+            assert!(ok, "{err}");
+            read_npy(out).unwrap().data
+        };
+        let a = run("5", &tmp("a.npy"));
+        assert_eq!(a, run("5", &tmp("b.npy")));
+        assert_ne!(a, run("6", &tmp("c.npy")));
+    }
+
+    #[test]
+    fn bad_sampler_specs_and_arrays_are_reported() {
+        let xt = x_t("xt3.npy", &[2, 3]);
+        let out = tmp("o.npy");
+        let cases = [
+            (
+                "method = \"dpm_solver_plus\"",
+                "unknown variant `dpm_solver_plus`, expected one of `ddim`",
+            ),
+            (
+                "method = \"ddim\"\norder = 2",
+                "sampler.order: order = 2: method `ddim` has orders [1]",
+            ),
+            ("method = \"deis\"\nsteps = 0", "sampler.steps: steps = 0"),
+            (
+                "method = \"ddim\"\ntimes = [1.0, 0.5, 0.0]",
+                "grid time [2] = 0 is outside the schedule's t range [0.001, 1]",
+            ),
+            (
+                "method = \"unipc\"\norder = 2\nequation = \"sde\"",
+                "method `unipc` has no SDE form",
+            ),
+            ("method = \"ddim\"\nstep = 3", "unknown field `step`"),
+        ];
+        for (i, (sampler, want)) in cases.iter().enumerate() {
+            let spec = write_spec(&format!("bad{i}.toml"), sampler);
+            let (ok, _, err) = adeis(&[
+                "sample",
+                "--spec",
+                s(&spec),
+                "--model",
+                "gaussian:mu=0,s2=1",
+                "--x-t",
+                s(&xt),
+                "--out",
+                s(&out),
+            ]);
+            assert!(!ok);
+            assert!(err.contains(want), "{sampler}: {err}");
+        }
+        let spec = write_spec("good.toml", "method = \"ddim\"\nsteps = 5");
+        let x3 = x_t("xt4.npy", &[2, 3, 1]);
+        let (ok, _, err) = adeis(&[
+            "sample",
+            "--spec",
+            s(&spec),
+            "--model",
+            "gaussian:mu=0,s2=1",
+            "--x-t",
+            s(&x3),
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            !ok && err.contains("has shape [2, 3, 1]; expected [batch, dim]"),
+            "{err}"
+        );
+        let gmm = tmp("gmm.json");
+        std::fs::write(
+            &gmm,
+            r#"{"weights": [1.0], "means": [[0.0, 1.0]], "variances": [0.5]}"#,
+        )
+        .unwrap();
+        let (ok, _, err) = adeis(&[
+            "sample",
+            "--spec",
+            s(&spec),
+            "--model",
+            &format!("gmm:{}", s(&gmm)),
+            "--x-t",
+            s(&xt),
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            !ok && err.contains("--x-t has dimension 3 but the mixture's means have dimension 2"),
+            "{err}"
+        );
+        let (ok, _, err) = adeis(&[
+            "sample",
+            "--spec",
+            s(&spec),
+            "--model",
+            "gaussian:mu=0,s2=-1",
+            "--x-t",
+            s(&xt),
+            "--out",
+            s(&out),
+        ]);
+        assert!(!ok && err.contains("s2 > 0"), "{err}");
+    }
+}

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sampler::SamplerSpec;
 use crate::schedule::{AlphaFormula, DiscreteBetas, ScheduleDef, ScheduleError, SigmaFormula};
 
 /// An error in a spec, at a key path such as `schedule.log_alpha`.
@@ -41,11 +42,28 @@ impl SpecError {
     }
 }
 
-/// A whole spec file. Later issues add `[sampler]` and `[gradient]`.
+/// A whole spec file: `[schedule]`, and `[sampler]` for the commands that sample.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub schedule: ScheduleSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SamplerSpec>,
+}
+
+impl Spec {
+    /// The `[sampler]` table, checked on its own (its grid is checked against the schedule
+    /// when the plan is built).
+    pub fn checked_sampler(&self) -> Result<Option<&SamplerSpec>, SpecError> {
+        match &self.sampler {
+            None => Ok(None),
+            Some(s) => {
+                s.validate()
+                    .map_err(|e| SpecError::at(format!("sampler.{}", e.field), e.message))?;
+                Ok(Some(s))
+            }
+        }
+    }
 }
 
 /// The DDPM beta tables by name.

@@ -1,0 +1,190 @@
+//! Reading and writing .npy arrays (f32 or f64, little-endian, C order), written atomically
+//! (a temporary file renamed into place, so an interrupted run leaves no half-written file).
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// An array read from or written to .npy, values held as f64.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub data: Vec<f64>,
+    /// The element size in the file: 4 (f32) or 8 (f64).
+    pub word: usize,
+}
+
+fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let i = header.find(&format!("'{key}'"))?;
+    let rest = header[i + key.len() + 2..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
+    Some(rest)
+}
+
+/// Reads a .npy file of f32 or f64 values.
+pub fn read_npy(path: &Path) -> Result<NpyArray, String> {
+    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = |why: &str| format!("{}: not a supported .npy file: {why}", path.display());
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic"));
+    }
+    let (hlen, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 => {
+            if bytes.len() < 12 {
+                return Err(bad("truncated header"));
+            }
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
+        }
+        v => return Err(bad(&format!("format version {v}"))),
+    };
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + hlen)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header is not text"))?;
+    let descr = header_value(header, "descr").ok_or_else(|| bad("no descr"))?;
+    let word = if descr.starts_with("'<f8'") || descr.starts_with("'float64'") {
+        8
+    } else if descr.starts_with("'<f4'") {
+        4
+    } else {
+        return Err(bad(&format!(
+            "dtype {} (adeis reads little-endian f32 '<f4' or f64 '<f8')",
+            descr.split(',').next().unwrap_or(descr)
+        )));
+    };
+    if header_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err(bad("Fortran order (save the array in C order)"));
+    }
+    let shape_text = header_value(header, "shape").ok_or_else(|| bad("no shape"))?;
+    let inner = shape_text
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("malformed shape"))?;
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad("malformed shape")))
+        .collect::<Result<_, _>>()?;
+    let n: usize = shape.iter().product();
+    let body = &bytes[start + hlen..];
+    if body.len() != n * word {
+        return Err(bad(&format!(
+            "shape {shape:?} needs {} bytes of data, found {}",
+            n * word,
+            body.len()
+        )));
+    }
+    let data = if word == 8 {
+        body.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    } else {
+        body.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect()
+    };
+    Ok(NpyArray { shape, data, word })
+}
+
+/// Writes `data` with `shape` as f32 (word 4) or f64 (word 8), atomically.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Result<(), String> {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
+    let shape_text = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let descr = if word == 4 { "<f4" } else { "<f8" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Pad so that the data starts on a 64-byte boundary; the header ends with a newline.
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * word);
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        if word == 4 {
+            bytes.extend_from_slice(&(*v as f32).to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    write_atomic(path, &bytes)
+}
+
+/// Writes a file by renaming a finished temporary file into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_f32_and_f64() {
+        let dir = std::env::temp_dir().join(format!("adeis-npy-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for word in [4, 8] {
+            let p = dir.join(format!("a{word}.npy"));
+            let data: Vec<f64> = (0..6).map(|i| i as f64 * 0.5 - 1.0).collect();
+            write_npy(&p, &[2, 3], &data, word).unwrap();
+            let a = read_npy(&p).unwrap();
+            assert_eq!(
+                a,
+                NpyArray {
+                    shape: vec![2, 3],
+                    data,
+                    word
+                }
+            );
+            let bytes = fs::read(&p).unwrap();
+            let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+            assert_eq!((10 + hlen) % 64, 0);
+        }
+        fs::write(dir.join("bad.npy"), b"hello").unwrap();
+        assert!(read_npy(&dir.join("bad.npy"))
+            .unwrap_err()
+            .contains("magic"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
