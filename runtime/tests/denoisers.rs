@@ -1,0 +1,246 @@
+//! Parameterisations, guidance, thresholding and the dfdx-module adapter.
+
+use adeis_compiler::{build_plan, Method, Pred, Prediction, SamplerSpec, ScheduleDef};
+use adeis_runtime::analytic::GaussianModel;
+use adeis_runtime::denoiser::threshold;
+use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis_runtime::noise::normals;
+use adeis_runtime::{
+    from_f64, sample, to_f64, Batch, Denoiser, Guidance, ModelFn, NoiseSource, Threshold, TimeInfo,
+};
+use dfdx::prelude::*;
+
+/// The Gaussian model re-expressed as an x0- or v-predicting network.
+struct As(GaussianModel, Prediction);
+
+impl Denoiser<f64, Cpu> for As {
+    fn prediction(&self) -> Prediction {
+        self.1
+    }
+    fn dim(&self) -> usize {
+        self.0.dim
+    }
+    fn forward(
+        &self,
+        x: &Batch<f64, Cpu>,
+        z: Option<&Batch<f64, Cpu>>,
+        time: &TimeInfo,
+    ) -> Batch<f64, Cpu> {
+        let eps = Denoiser::<f64, Cpu>::forward(&self.0, x, z, time);
+        let (a, s) = (time.alpha, time.sigma);
+        match self.1 {
+            Prediction::Eps => eps,
+            Prediction::X0 => (x.clone() - eps * s) * (1.0 / a),
+            // v = alpha eps - sigma x0 = (eps - sigma x) / alpha for VP.
+            Prediction::V => (eps - x.clone() * s) * (1.0 / a),
+        }
+    }
+}
+
+#[test]
+fn every_parameterisation_samples_the_same() {
+    let s = ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap();
+    let dev = Cpu::default();
+    let x: Batch<f64, Cpu> = from_f64(&dev, &normals(1, 0, 6), 2, 3);
+    let g = GaussianModel {
+        mu: 0.4,
+        s2: 0.5,
+        dim: 3,
+    };
+    for method in [Method::Ddim, Method::DpmSolverPp] {
+        let plan = build_plan(&s, &SamplerSpec::new(method, 1, 30)).unwrap();
+        let run = |m: &As| {
+            to_f64(
+                &sample(
+                    &plan,
+                    &s,
+                    &ModelFn::new(m),
+                    &x,
+                    None,
+                    &NoiseSource::Seeded(0),
+                    false,
+                )
+                .unwrap()
+                .x,
+            )
+        };
+        let base = run(&As(g.clone(), Prediction::Eps));
+        for p in [Prediction::X0, Prediction::V] {
+            let other = run(&As(g.clone(), p));
+            let e = base
+                .iter()
+                .zip(&other)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(e < 1e-10, "{method:?} {p:?}: {e}");
+        }
+    }
+}
+
+/// Output = the conditioning itself: guidance arithmetic is visible directly.
+struct Echo;
+
+impl Denoiser<f64, Cpu> for Echo {
+    fn prediction(&self) -> Prediction {
+        Prediction::Eps
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+    fn cond_dim(&self) -> usize {
+        2
+    }
+    fn forward(
+        &self,
+        _x: &Batch<f64, Cpu>,
+        z: Option<&Batch<f64, Cpu>>,
+        _t: &TimeInfo,
+    ) -> Batch<f64, Cpu> {
+        z.unwrap().clone()
+    }
+}
+
+#[test]
+fn guidance_and_thresholding() {
+    let dev = Cpu::default();
+    let x: Batch<f64, Cpu> = from_f64(&dev, &[0.0; 2], 1, 2);
+    let cond: Batch<f64, Cpu> = from_f64(&dev, &[1.0, 2.0], 1, 2);
+    let null: Batch<f64, Cpu> = from_f64(&dev, &[0.5, -1.0], 1, 2);
+    let time = TimeInfo {
+        t: 0.5,
+        model_t: 0.5,
+        alpha: 0.6,
+        sigma: 0.8,
+    };
+    let mut m = ModelFn::new(&Echo);
+    m.guidance = Some(Guidance {
+        scale: 3.0,
+        null_cond: null,
+    });
+    let out = to_f64(&m.predict(&x, Some(&cond), &time, Pred::Eps));
+    assert_eq!(out, vec![0.5 + 3.0 * 0.5, -1.0 + 3.0 * 3.0]);
+
+    let x0: Batch<f64, Cpu> = from_f64(&dev, &[3.0, -0.5, 0.2, 0.1, 0.4, -0.3], 2, 3);
+    let th = to_f64(&threshold(
+        &x0,
+        Threshold {
+            quantile: 0.95,
+            max: 2.0,
+        },
+    ));
+    // Row 1: s = min(max(|x| quantile, 1), 2) = 2: clipped to [-2, 2] then / 2.
+    assert_eq!(&th[..3], &[1.0, -0.25, 0.1]);
+    // Row 2: all |x| < 1: s = 1, unchanged.
+    assert_eq!(&th[3..], &[0.1, 0.4, -0.3]);
+}
+
+#[test]
+fn a_dfdx_mlp_is_a_denoiser() {
+    // [x (3), z (2), 4 frequencies -> 8 features] = 13 -> 16 -> 3
+    type Net = (Linear<13, 16>, Tanh, Linear<16, 3>);
+    let dev = Cpu::default();
+    let net = dev.build_module::<Net, f64>();
+    let m = MlpDenoiser::<_, 13, 3>::new(net, 3, 2, TimeFeatures::new(4, 1000.0), Prediction::Eps);
+    let s = ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap();
+    let x: Batch<f64, Cpu> = from_f64(&dev, &normals(2, 0, 12), 4, 3);
+    let z: Batch<f64, Cpu> = from_f64(&dev, &normals(3, 0, 8), 4, 2);
+    let plan = build_plan(&s, &SamplerSpec::new(Method::DpmSolverPp, 2, 10)).unwrap();
+    let out = sample(
+        &plan,
+        &s,
+        &ModelFn::new(&m),
+        &x,
+        Some(&z),
+        &NoiseSource::Seeded(0),
+        true,
+    )
+    .unwrap();
+    assert_eq!(out.nfe, 10);
+    assert_eq!(out.trajectory.as_ref().unwrap().len(), 11);
+    assert!(to_f64(&out.x).iter().all(|v| v.is_finite()));
+    // The adapter's input rows are [x, z, sin(w t), cos(w t)].
+    let input = m.input(&x, Some(&z), 0.25).as_vec();
+    assert_eq!(
+        &input[..5],
+        &[
+            to_f64(&x)[0],
+            to_f64(&x)[1],
+            to_f64(&x)[2],
+            to_f64(&z)[0],
+            to_f64(&z)[1]
+        ]
+    );
+    assert!((input[5] - 0.25f64.sin()).abs() < 1e-15 && (input[9] - 0.25f64.cos()).abs() < 1e-15);
+    // A conditioning of the wrong width is an error, not a panic.
+    let bad: Batch<f64, Cpu> = from_f64(&dev, &[0.0; 12], 4, 3);
+    let e = sample(
+        &plan,
+        &s,
+        &ModelFn::new(&m),
+        &x,
+        Some(&bad),
+        &NoiseSource::Seeded(0),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the conditioning has shape (4, 3); expected (4, 2)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn nan_stops_with_the_step_and_time() {
+    struct Blowup;
+    impl Denoiser<f64, Cpu> for Blowup {
+        fn prediction(&self) -> Prediction {
+            Prediction::Eps
+        }
+        fn dim(&self) -> usize {
+            1
+        }
+        fn forward(
+            &self,
+            x: &Batch<f64, Cpu>,
+            _z: Option<&Batch<f64, Cpu>>,
+            t: &TimeInfo,
+        ) -> Batch<f64, Cpu> {
+            if t.t < 0.5 {
+                x.clone() * f64::NAN
+            } else {
+                x.clone()
+            }
+        }
+    }
+    let s = ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap();
+    let dev = Cpu::default();
+    let x: Batch<f64, Cpu> = from_f64(&dev, &[1.0], 1, 1);
+    let mut sp = SamplerSpec::new(Method::Ddim, 1, 4);
+    sp.grid = adeis_compiler::grid::GridKind::TimeUniform;
+    let plan = build_plan(&s, &sp).unwrap();
+    let e = sample(
+        &plan,
+        &s,
+        &ModelFn::new(&Blowup),
+        &x,
+        None,
+        &NoiseSource::Seeded(0),
+        false,
+    )
+    .unwrap_err();
+    // Grid 1, 0.75025, 0.5005, 0.25075, 0.001: the first time below 0.5 is step 3.
+    assert_eq!(
+        e.to_string(),
+        "the solver produced NaN or Inf in the model output at step 3 (t = 0.25075000000000003)"
+    );
+}
