@@ -5,7 +5,7 @@ use adeis_compiler::Prediction;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::denoiser::{Batch, Denoiser, TimeInfo};
+use crate::denoiser::{Batch, Denoiser, ParamGrads, TimeInfo};
 use crate::{from_f64, to_f64};
 
 /// Data N(mu, s2 I). eps*(x, t) = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2). The
@@ -37,6 +37,42 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
 
     fn cond_dim(&self) -> usize {
         self.dim
+    }
+
+    fn param_grads(&self) -> ParamGrads<E, D> {
+        ParamGrads::Values(vec![0.0])
+    }
+
+    /// theta = [s2]: d eps/d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
+    fn vjp(
+        &self,
+        x: &Batch<E, D>,
+        z: Option<&Batch<E, D>>,
+        time: &TimeInfo,
+        cot: &Batch<E, D>,
+        theta: Option<(&mut ParamGrads<E, D>, f64)>,
+    ) -> (Batch<E, D>, Option<Batch<E, D>>) {
+        let (ax, amu) = self.coefficients(time);
+        if let Some((ParamGrads::Values(acc), w)) = theta {
+            let (a, s) = (time.alpha, time.sigma);
+            let v = a * a * self.s2 + s * s;
+            let xs = to_f64(x);
+            let mus = z.map(to_f64);
+            let cs = to_f64(cot);
+            let d: f64 = xs
+                .iter()
+                .zip(&cs)
+                .enumerate()
+                .map(|(i, (xi, ci))| {
+                    let mu = mus.as_ref().map_or(self.mu, |m| m[i]);
+                    ci * (-s * a * a * (xi - a * mu) / (v * v))
+                })
+                .sum();
+            acc[0] += w * d;
+        }
+        let dx = cot.clone() * crate::e::<E>(ax);
+        let dz = z.map(|_| cot.clone() * crate::e::<E>(amu));
+        (dx, dz)
     }
 
     fn forward(&self, x: &Batch<E, D>, z: Option<&Batch<E, D>>, time: &TimeInfo) -> Batch<E, D> {
@@ -190,6 +226,24 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GmmModel {
             .flat_map(|row| self.eps_at(row, time))
             .collect();
         from_f64(&x.device().clone(), &out, batch, dim)
+    }
+
+    fn vjp(
+        &self,
+        x: &Batch<E, D>,
+        _z: Option<&Batch<E, D>>,
+        time: &TimeInfo,
+        cot: &Batch<E, D>,
+        _theta: Option<(&mut ParamGrads<E, D>, f64)>,
+    ) -> (Batch<E, D>, Option<Batch<E, D>>) {
+        let (batch, dim) = *x.shape();
+        let (xs, cs) = (to_f64(x), to_f64(cot));
+        let out: Vec<f64> = xs
+            .chunks(dim)
+            .zip(cs.chunks(dim))
+            .flat_map(|(row, c)| self.eps_vjp_at(row, time, c))
+            .collect();
+        (from_f64(&x.device().clone(), &out, batch, dim), None)
     }
 }
 

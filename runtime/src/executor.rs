@@ -1,4 +1,5 @@
-//! The one executor of forward plans: every sampler, ODE or SDE, forward or inverted.
+//! The one executor of forward plans: every sampler, ODE or SDE, forward or inverted. The
+//! adjoints reuse it to record or recompute the states their VJPs need.
 
 use std::fmt;
 
@@ -9,10 +10,10 @@ use crate::denoiser::{Batch, Denoiser, ModelFn, TimeInfo};
 use crate::e;
 use crate::noise::NoiseSource;
 
-/// A failure while running a plan.
+/// A failure while running a plan or its adjoint.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RuntimeError {
-    /// A state or model output stopped being finite.
+    /// A state, model output or cotangent stopped being finite.
     NonFinite {
         what: String,
         step: usize,
@@ -20,6 +21,7 @@ pub enum RuntimeError {
     },
     Shape(String),
     Noise(String),
+    Invalid(String),
 }
 
 impl fmt::Display for RuntimeError {
@@ -29,7 +31,9 @@ impl fmt::Display for RuntimeError {
                 f,
                 "the solver produced NaN or Inf in {what} at step {step} (t = {t})"
             ),
-            RuntimeError::Shape(m) | RuntimeError::Noise(m) => f.write_str(m),
+            RuntimeError::Shape(m) | RuntimeError::Noise(m) | RuntimeError::Invalid(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -57,10 +61,169 @@ pub fn time_info(schedule: &Schedule, t: f64) -> TimeInfo {
     }
 }
 
-fn finite<E: Dtype, D: Device<E>>(t: &Batch<E, D>) -> bool {
+/// Whether every element is finite (one reduction).
+pub fn finite<E: Dtype, D: Device<E>>(t: &Batch<E, D>) -> bool {
     t.clone().sum::<Rank0, _>().as_vec()[0]
         .to_f64()
         .is_some_and(|v| v.is_finite())
+}
+
+/// Checks x_t and z against the model.
+pub fn check_shapes<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+    model: &M,
+    x_t: &Batch<E, D>,
+    z: Option<&Batch<E, D>>,
+) -> Result<(), RuntimeError> {
+    let (batch, dim) = *x_t.shape();
+    if dim != model.dim() {
+        return Err(RuntimeError::Shape(format!(
+            "x_t has dimension {dim} but the model's is {}",
+            model.dim()
+        )));
+    }
+    if let Some(z) = z {
+        if z.shape().0 != batch || z.shape().1 != model.cond_dim() {
+            return Err(RuntimeError::Shape(format!(
+                "the conditioning has shape {:?}; expected ({batch}, {})",
+                z.shape(),
+                model.cond_dim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The slots of a plan being executed: a checkpoint is a clone of it (tensors are shared,
+/// not copied).
+#[derive(Clone, Debug)]
+pub struct Slots<E: Dtype, D: Device<E>> {
+    pub states: Vec<Option<Batch<E, D>>>,
+    pub outs: Vec<Option<Batch<E, D>>>,
+}
+
+/// Runs the instructions of a plan over a range, on given slots.
+pub struct Exec<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
+    pub plan: &'p Plan,
+    pub schedule: &'p Schedule,
+    pub model: &'p ModelFn<'m, E, D, M>,
+    pub z: Option<&'p Batch<E, D>>,
+    pub noise: &'p NoiseSource<E, D>,
+    pub nfe: usize,
+    shape: (usize, usize),
+    dev: D,
+    last_state: Vec<usize>,
+    last_out: Vec<usize>,
+}
+
+impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E, D, M> {
+    pub fn new(
+        plan: &'p Plan,
+        schedule: &'p Schedule,
+        model: &'p ModelFn<'m, E, D, M>,
+        z: Option<&'p Batch<E, D>>,
+        noise: &'p NoiseSource<E, D>,
+        x_t: &Batch<E, D>,
+    ) -> Self {
+        let (last_state, last_out) = plan.last_uses();
+        Exec {
+            plan,
+            schedule,
+            model,
+            z,
+            noise,
+            nfe: 0,
+            shape: *x_t.shape(),
+            dev: x_t.device().clone(),
+            last_state,
+            last_out,
+        }
+    }
+
+    /// Slots holding only x_T.
+    pub fn start(&self, x_t: &Batch<E, D>) -> Slots<E, D> {
+        let mut states = vec![None; self.plan.n_states];
+        states[0] = Some(x_t.clone());
+        Slots {
+            states,
+            outs: vec![None; self.plan.n_outputs],
+        }
+    }
+
+    /// Runs instructions `from..to`. With `keep`, no slot is freed (a recording run);
+    /// otherwise each slot is dropped after its last reader.
+    pub fn run(
+        &mut self,
+        slots: &mut Slots<E, D>,
+        from: usize,
+        to: usize,
+        keep: bool,
+    ) -> Result<(), RuntimeError> {
+        let (batch, dim) = self.shape;
+        for k in from..to {
+            match &self.plan.instrs[k] {
+                Instr::Eval {
+                    out,
+                    input,
+                    t,
+                    pred,
+                    step,
+                } => {
+                    let x = slots.states[*input].as_ref().expect("plan order");
+                    let time = time_info(self.schedule, *t);
+                    let o = self.model.predict(x, self.z, &time, *pred);
+                    self.nfe += 1;
+                    if !finite(&o) {
+                        return Err(RuntimeError::NonFinite {
+                            what: "the model output".into(),
+                            step: *step,
+                            t: *t,
+                        });
+                    }
+                    slots.outs[*out] = Some(o);
+                }
+                Instr::Combine { dst, terms, step } => {
+                    let mut acc: Option<Batch<E, D>> = None;
+                    for (op, c) in terms {
+                        let v = match op {
+                            Operand::State(s) => slots.states[*s].clone().expect("plan order"),
+                            Operand::Out(o) => slots.outs[*o].clone().expect("plan order"),
+                            Operand::Noise(i) => self
+                                .noise
+                                .get(&self.dev, *i, batch, dim)
+                                .map_err(RuntimeError::Noise)?,
+                        };
+                        let term = v * e::<E>(*c);
+                        acc = Some(match acc {
+                            None => term,
+                            Some(a) => a + term,
+                        });
+                    }
+                    let new = acc.expect("a combination has at least one term");
+                    if !finite(&new) {
+                        return Err(RuntimeError::NonFinite {
+                            what: "the state".into(),
+                            step: *step,
+                            t: self.plan.state_times[*dst],
+                        });
+                    }
+                    slots.states[*dst] = Some(new);
+                }
+            }
+            if !keep {
+                for (s, last) in slots.states.iter_mut().zip(&self.last_state) {
+                    if *last == k {
+                        *s = None;
+                    }
+                }
+                for (o, last) in slots.outs.iter_mut().zip(&self.last_out) {
+                    if *last == k {
+                        *o = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs a forward plan from `x_t` (shape (batch, dim)) with conditioning `z`.
@@ -73,98 +236,26 @@ pub fn sample<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     noise: &NoiseSource<E, D>,
     record: bool,
 ) -> Result<SampleOutput<E, D>, RuntimeError> {
-    let (batch, dim) = *x_t.shape();
-    if dim != model.model.dim() {
-        return Err(RuntimeError::Shape(format!(
-            "x_t has dimension {dim} but the model's is {}",
-            model.model.dim()
-        )));
-    }
-    if let Some(z) = z {
-        if z.shape().0 != batch || z.shape().1 != model.model.cond_dim() {
-            return Err(RuntimeError::Shape(format!(
-                "the conditioning has shape {:?}; expected ({batch}, {})",
-                z.shape(),
-                model.model.cond_dim()
-            )));
-        }
-    }
-    let dev = x_t.device().clone();
-    let (state_last, out_last) = plan.last_uses();
-    let mut states: Vec<Option<Batch<E, D>>> = vec![None; plan.n_states];
-    let mut outs: Vec<Option<Batch<E, D>>> = vec![None; plan.n_outputs];
-    states[0] = Some(x_t.clone());
-    let mut trajectory = record.then(Vec::new);
-    let mut nfe = 0;
-    for (k, ins) in plan.instrs.iter().enumerate() {
-        match ins {
-            Instr::Eval {
-                out,
-                input,
-                t,
-                pred,
-                step,
-            } => {
-                let x = states[*input].as_ref().expect("plan order");
-                let time = time_info(schedule, *t);
-                let o = model.predict(x, z, &time, *pred);
-                nfe += 1;
-                if !finite(&o) {
-                    return Err(RuntimeError::NonFinite {
-                        what: "the model output".into(),
-                        step: *step,
-                        t: *t,
-                    });
-                }
-                if let Some(tr) = trajectory.as_mut() {
-                    tr.push((*t, x.clone()));
-                }
-                outs[*out] = Some(o);
-            }
-            Instr::Combine { dst, terms, step } => {
-                let mut acc: Option<Batch<E, D>> = None;
-                for (op, c) in terms {
-                    let v = match op {
-                        Operand::State(s) => states[*s].clone().expect("plan order"),
-                        Operand::Out(o) => outs[*o].clone().expect("plan order"),
-                        Operand::Noise(i) => noise
-                            .get(&dev, *i, batch, dim)
-                            .map_err(RuntimeError::Noise)?,
-                    };
-                    let term = v * e::<E>(*c);
-                    acc = Some(match acc {
-                        None => term,
-                        Some(a) => a + term,
-                    });
-                }
-                let new = acc.unwrap_or_else(|| dev.zeros_like(&(batch, dim)));
-                if !finite(&new) {
-                    return Err(RuntimeError::NonFinite {
-                        what: "the state".into(),
-                        step: *step,
-                        t: plan.state_times[*dst],
-                    });
-                }
-                states[*dst] = Some(new);
-            }
-        }
-        // Free what no later instruction reads (unless it is the output).
-        if !record {
-            for (s, last) in states.iter_mut().zip(&state_last) {
-                if *last == k {
-                    *s = None;
-                }
-            }
-        }
-        for (o, last) in outs.iter_mut().zip(&out_last) {
-            if *last == k {
-                *o = None;
-            }
-        }
-    }
-    let x = states[plan.output].take().expect("plan output");
-    if let Some(tr) = trajectory.as_mut() {
+    check_shapes(model.model, x_t, z)?;
+    let mut exec = Exec::new(plan, schedule, model, z, noise, x_t);
+    let mut slots = exec.start(x_t);
+    exec.run(&mut slots, 0, plan.instrs.len(), record)?;
+    let x = slots.states[plan.output].clone().expect("plan output");
+    let trajectory = record.then(|| {
+        let mut tr: Vec<(f64, Batch<E, D>)> = plan
+            .instrs
+            .iter()
+            .filter_map(|i| match i {
+                Instr::Eval { input, t, .. } => Some((*t, slots.states[*input].clone().unwrap())),
+                _ => None,
+            })
+            .collect();
         tr.push((plan.state_times[plan.output], x.clone()));
-    }
-    Ok(SampleOutput { x, trajectory, nfe })
+        tr
+    });
+    Ok(SampleOutput {
+        x,
+        trajectory,
+        nfe: exec.nfe,
+    })
 }

@@ -4,6 +4,7 @@
 //! with the `cuda` feature, on an NVIDIA GPU. It never parses text or evaluates a schedule
 //! formula itself: time-only coefficients come from the compiler's JIT-filled tables.
 
+pub mod adjoint;
 pub mod analytic;
 pub mod denoiser;
 pub mod executor;
@@ -12,7 +13,7 @@ pub mod noise;
 
 pub use dfdx;
 
-pub use denoiser::{Batch, Denoiser, Guidance, ModelFn, Threshold, TimeInfo};
+pub use denoiser::{Batch, Denoiser, Guidance, ModelFn, ParamGrads, Threshold, TimeInfo};
 pub use executor::{sample, RuntimeError, SampleOutput};
 pub use noise::NoiseSource;
 

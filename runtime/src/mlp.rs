@@ -1,10 +1,12 @@
 //! The adapter from a dfdx module to a [`Denoiser`]: the module maps
 //! `[x (D), z (C), sin(w_k t), cos(w_k t)]` (IN = D + C + 2F features) to an output of OUT = D.
 
+use std::sync::{Arc, Mutex};
+
 use adeis_compiler::Prediction;
 use dfdx::prelude::*;
 
-use crate::denoiser::{Batch, Denoiser, TimeInfo};
+use crate::denoiser::{Batch, Denoiser, ParamGrads, TimeInfo};
 use crate::e;
 
 /// Sinusoidal time features with frequencies `w_k = exp(linspace(0, ln max_freq, n))`.
@@ -43,6 +45,9 @@ impl TimeFeatures {
         v
     }
 }
+
+/// The network's input: one row [x, z, time features] per sample.
+pub type InputRows<E, D, const IN: usize> = Tensor<(usize, Const<IN>), E, D>;
 
 /// A dfdx module as a denoiser. `IN` must equal dim + cond_dim + time features.
 #[derive(Clone, Debug)]
@@ -104,7 +109,11 @@ impl<M, const IN: usize, const OUT: usize> MlpDenoiser<M, IN, OUT> {
 impl<E: Dtype, D: Device<E>, M, const IN: usize, const OUT: usize> Denoiser<E, D>
     for MlpDenoiser<M, IN, OUT>
 where
-    M: Module<Tensor<(usize, Const<IN>), E, D>, Output = Tensor<(usize, Const<OUT>), E, D>>,
+    M: Module<Tensor<(usize, Const<IN>), E, D>, Output = Tensor<(usize, Const<OUT>), E, D>>
+        + Module<
+            Tensor<(usize, Const<IN>), E, D, OwnedTape<E, D>>,
+            Output = Tensor<(usize, Const<OUT>), E, D, OwnedTape<E, D>>,
+        > + ZeroGrads<E, D>,
 {
     fn prediction(&self) -> Prediction {
         self.prediction
@@ -120,11 +129,71 @@ where
 
     fn forward(&self, x: &Batch<E, D>, z: Option<&Batch<E, D>>, time: &TimeInfo) -> Batch<E, D> {
         let input = self.input(x, z, time.model_t);
-        let out = self
-            .module
-            .try_forward(input)
+        let out = <M as Module<Tensor<(usize, Const<IN>), E, D>>>::try_forward(&self.module, input)
             .unwrap_or_else(|e| panic!("dfdx forward: {e:?}"));
         let batch = out.shape().0;
         out.reshape_like(&(batch, OUT))
+    }
+
+    fn param_grads(&self) -> ParamGrads<E, D> {
+        ParamGrads::Dfdx(self.module.alloc_grads())
+    }
+
+    fn vjp(
+        &self,
+        x: &Batch<E, D>,
+        z: Option<&Batch<E, D>>,
+        time: &TimeInfo,
+        cot: &Batch<E, D>,
+        theta: Option<(&mut ParamGrads<E, D>, f64)>,
+    ) -> (Batch<E, D>, Option<Batch<E, D>>) {
+        let (batch, dim) = *x.shape();
+        let input = self.input(x, z, time.model_t);
+        // With theta the backward pass accumulates w cot^T d out/d theta into the caller's
+        // gradients, whose leaves are the parameters: dfdx drops every other gradient after
+        // backward, so memory stays at one step's activations.
+        let (mut acc, w) = match theta {
+            Some((ParamGrads::Dfdx(acc), w)) if w != 0.0 => (Some(acc), w),
+            _ => (None, 1.0),
+        };
+        let c: Tensor<(usize, Const<OUT>), E, D> = cot.clone().reshape_like(&(batch, Const::<OUT>));
+        // The input's gradient is read by a backward op registered on the input's tape before
+        // the forward pass: it runs last, before dfdx drops the non-leaf gradients.
+        let sink: Arc<Mutex<Option<InputRows<E, D, IN>>>> = Arc::default();
+        let grads = match &mut acc {
+            Some(a) => std::mem::replace(&mut **a, Gradients::leaky()),
+            None => Gradients::leaky(),
+        };
+        let (traced, mut tape) = input.clone().trace(grads).split_tape();
+        let (probe, slot) = (input.clone(), sink.clone());
+        tape.add_backward_op(move |g| {
+            *slot.lock().unwrap() = Some(g.get(&probe));
+            Ok(())
+        });
+        let out = <M as Module<Tensor<(usize, Const<IN>), E, D, OwnedTape<E, D>>>>::try_forward(
+            &self.module,
+            traced.put_tape(tape),
+        )
+        .unwrap_or_else(|e| panic!("dfdx forward: {e:?}"));
+        let g = (out * (c * e::<E>(w))).sum().backward();
+        if let Some(a) = acc {
+            *a = g;
+        }
+        let d_in = sink
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the input's gradient")
+            .as_vec();
+        let inv = e::<E>(1.0 / w);
+        let mut dx = Vec::with_capacity(batch * dim);
+        let mut dz = Vec::with_capacity(batch * self.cond_dim);
+        for row in d_in.chunks_exact(IN) {
+            dx.extend(row[..dim].iter().map(|v| *v * inv));
+            dz.extend(row[dim..dim + self.cond_dim].iter().map(|v| *v * inv));
+        }
+        let dev = x.device();
+        let dz = z.map(|_| dev.tensor_from_vec(dz, (batch, self.cond_dim)));
+        (dev.tensor_from_vec(dx, (batch, dim)), dz)
     }
 }

@@ -6,7 +6,8 @@ use adeis_runtime::denoiser::threshold;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::noise::normals;
 use adeis_runtime::{
-    from_f64, sample, to_f64, Batch, Denoiser, Guidance, ModelFn, NoiseSource, Threshold, TimeInfo,
+    from_f64, sample, to_f64, Batch, Denoiser, Guidance, ModelFn, NoiseSource, ParamGrads,
+    Threshold, TimeInfo,
 };
 use dfdx::prelude::*;
 
@@ -34,6 +35,23 @@ impl Denoiser<f64, Cpu> for As {
             // v = alpha eps - sigma x0 = (eps - sigma x) / alpha for VP.
             Prediction::V => (eps - x.clone() * s) * (1.0 / a),
         }
+    }
+    fn vjp(
+        &self,
+        x: &Batch<f64, Cpu>,
+        z: Option<&Batch<f64, Cpu>>,
+        time: &TimeInfo,
+        cot: &Batch<f64, Cpu>,
+        theta: Option<(&mut ParamGrads<f64, Cpu>, f64)>,
+    ) -> (Batch<f64, Cpu>, Option<Batch<f64, Cpu>>) {
+        let (a, s) = (time.alpha, time.sigma);
+        let (ce, cx) = match self.1 {
+            Prediction::Eps => (1.0, 0.0),
+            Prediction::X0 => (-s / a, 1.0 / a),
+            Prediction::V => (1.0 / a, -s / a),
+        };
+        let (dx, dz) = Denoiser::<f64, Cpu>::vjp(&self.0, x, z, time, &(cot.clone() * ce), theta);
+        (dx + cot.clone() * cx, dz)
     }
 }
 
@@ -100,6 +118,16 @@ impl Denoiser<f64, Cpu> for Echo {
         _t: &TimeInfo,
     ) -> Batch<f64, Cpu> {
         z.unwrap().clone()
+    }
+    fn vjp(
+        &self,
+        x: &Batch<f64, Cpu>,
+        _z: Option<&Batch<f64, Cpu>>,
+        _t: &TimeInfo,
+        cot: &Batch<f64, Cpu>,
+        _theta: Option<(&mut ParamGrads<f64, Cpu>, f64)>,
+    ) -> (Batch<f64, Cpu>, Option<Batch<f64, Cpu>>) {
+        (x.clone() * 0.0, Some(cot.clone()))
     }
 }
 
@@ -217,6 +245,16 @@ fn nan_stops_with_the_step_and_time() {
             } else {
                 x.clone()
             }
+        }
+        fn vjp(
+            &self,
+            _x: &Batch<f64, Cpu>,
+            _z: Option<&Batch<f64, Cpu>>,
+            _t: &TimeInfo,
+            cot: &Batch<f64, Cpu>,
+            _theta: Option<(&mut ParamGrads<f64, Cpu>, f64)>,
+        ) -> (Batch<f64, Cpu>, Option<Batch<f64, Cpu>>) {
+            (cot.clone(), None)
         }
     }
     let s = ScheduleDef::vp_linear(0.1, 20.0)

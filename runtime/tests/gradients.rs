@@ -1,0 +1,485 @@
+//! Gradients: AdjointDEIS against the closed-form Gaussian gradients (orders by refinement),
+//! the discrete adjoint against finite differences and against the closed form, checkpointing
+//! against recording, VJPs against finite differences.
+
+use adeis_compiler::{build_plan, Method, Plan, Pred, SamplerSpec, Schedule, ScheduleDef};
+use adeis_runtime::adjoint::{
+    adjoint_deis, discrete_adjoint, AdjointDeis, Gradient, StateStorage, Wrt,
+};
+use adeis_runtime::analytic::{GaussianModel, GmmModel};
+use adeis_runtime::executor::time_info;
+use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis_runtime::noise::normals;
+use adeis_runtime::{
+    from_f64, sample, to_f64, Batch, Denoiser, ModelFn, NoiseSource, ParamGrads, RuntimeError,
+};
+use dfdx::prelude::*;
+
+type Dev = Cpu;
+const DIM: usize = 3;
+const BATCH: usize = 2;
+
+fn vp() -> Schedule {
+    ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap()
+}
+
+fn tensor(seed: u64, batch: usize, dim: usize) -> Batch<f64, Dev> {
+    from_f64(&Dev::default(), &normals(seed, 0, batch * dim), batch, dim)
+}
+
+/// L = sum(a0 * x0): the cotangent is a0 whatever x0 is.
+fn linear_loss(
+    a0: Batch<f64, Dev>,
+) -> impl FnOnce(&Batch<f64, Dev>) -> Result<Batch<f64, Dev>, RuntimeError> {
+    move |_| Ok(a0)
+}
+
+fn spec(method: Method, order: usize, steps: usize) -> SamplerSpec {
+    let mut s = SamplerSpec::new(method, order, steps);
+    s.lower_order_final = false;
+    s
+}
+
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den
+}
+
+fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
+    let xs: Vec<f64> = ns.iter().map(|n| (*n as f64).ln()).collect();
+    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
+    let (mx, my) = (
+        xs.iter().sum::<f64>() / xs.len() as f64,
+        ys.iter().sum::<f64>() / ys.len() as f64,
+    );
+    let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    -num / den
+}
+
+/// The exact gradients of L = sum(a0 x0) for Gaussian data (MATH.md section 4), mu as z.
+struct Exact {
+    dx: Vec<f64>,
+    dmu: Vec<f64>,
+    ds2: f64,
+}
+
+fn exact(s: &Schedule, g: &GaussianModel, x_t: &[f64], mu: &[f64], a0: &[f64], sde: bool) -> Exact {
+    let (t0, tt) = (time_info(s, s.t_min()), time_info(s, s.t_max()));
+    let v = |t: &adeis_runtime::TimeInfo| t.alpha * t.alpha * g.s2 + t.sigma * t.sigma;
+    let (v0, vt) = (v(&t0), v(&tt));
+    let k = (v0 / vt).sqrt();
+    let (kx, kmu) = if sde {
+        (
+            (tt.alpha / t0.alpha) * (v0 / vt),
+            t0.alpha - tt.alpha * tt.alpha * v0 / (t0.alpha * vt),
+        )
+    } else {
+        (k, t0.alpha - tt.alpha * k)
+    };
+    let dk = 0.5 * k * (t0.alpha * t0.alpha / v0 - tt.alpha * tt.alpha / vt);
+    Exact {
+        dx: a0.iter().map(|a| kx * a).collect(),
+        dmu: a0.iter().map(|a| kmu * a).collect(),
+        ds2: a0
+            .iter()
+            .zip(x_t)
+            .zip(mu)
+            .map(|((a, x), m)| a * (x - tt.alpha * m) * dk)
+            .sum(),
+    }
+}
+
+fn theta_value(g: &Gradient<f64, Dev>) -> f64 {
+    match &g.dtheta {
+        ParamGrads::Values(v) => v[0],
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn adjoint_deis_converges_to_the_exact_gaussian_gradients() {
+    let s = vp();
+    let g = GaussianModel {
+        mu: 0.0,
+        s2: 0.3,
+        dim: DIM,
+    };
+    let (x_t, z, a0) = (
+        tensor(1, BATCH, DIM),
+        tensor(2, BATCH, DIM),
+        tensor(3, BATCH, DIM),
+    );
+    let wrt = Wrt {
+        cond: true,
+        params: true,
+    };
+    let ms = [320, 640, 1280, 2560];
+    let mut failures = vec![];
+    for sde in [false, true] {
+        let ex = exact(&s, &g, &to_f64(&x_t), &to_f64(&z), &to_f64(&a0), sde);
+        for order in [1, 2] {
+            let mut errs = [vec![], vec![], vec![]];
+            for &m in &ms {
+                // Forward: an accurate sampler on the same grid (its states feed the adjoint).
+                let sp = if sde {
+                    spec(Method::SdeDpmSolverPp, 2, m)
+                } else {
+                    spec(Method::DpmSolverPp, 3, m)
+                };
+                let plan = build_plan(&s, &sp).unwrap();
+                let opts = AdjointDeis {
+                    order,
+                    steps: None,
+                    sde,
+                    states: StateStorage::Record,
+                };
+                let gr = adjoint_deis(
+                    &plan,
+                    &s,
+                    &ModelFn::new(&g),
+                    &x_t,
+                    Some(&z),
+                    &NoiseSource::Seeded(4),
+                    wrt,
+                    opts,
+                    linear_loss(a0.clone()),
+                )
+                .unwrap();
+                assert_eq!(gr.vjps, m);
+                errs[0].push(rel_err(&to_f64(&gr.dx_t), &ex.dx));
+                errs[1].push(rel_err(&to_f64(gr.dz.as_ref().unwrap()), &ex.dmu));
+                errs[2].push((theta_value(&gr) - ex.ds2).abs() / ex.ds2.abs());
+            }
+            for (name, e) in ["a_x", "a_z", "a_theta"].iter().zip(&errs) {
+                if sde && *name == "a_theta" {
+                    continue; // pathwise d/d s2 of the SDE depends on the noise: no closed form
+                }
+                let p = fitted_order(&ms, e);
+                let shown: Vec<String> = e.iter().map(|x| format!("{x:.2e}")).collect();
+                eprintln!(
+                    "AdjointDEIS-{order}{} {} {name}: [{}] -> order {p:.2}",
+                    if order == 2 { "M" } else { "" },
+                    if sde { "SDE" } else { "ODE" },
+                    shown.join(", ")
+                );
+                if (p - order as f64).abs() > 0.3 {
+                    failures.push(format!("order {order} sde {sde} {name}: {p:.2}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn run_discrete(
+    s: &Schedule,
+    model: &dyn Denoiser<f64, Dev>,
+    plan: &Plan,
+    x_t: &Batch<f64, Dev>,
+    z: Option<&Batch<f64, Dev>>,
+    a0: &Batch<f64, Dev>,
+    storage: StateStorage,
+) -> Gradient<f64, Dev> {
+    let wrt = Wrt {
+        cond: z.is_some(),
+        params: true,
+    };
+    discrete_adjoint(
+        plan,
+        s,
+        &ModelFn::new(model),
+        x_t,
+        z,
+        &NoiseSource::Seeded(8),
+        wrt,
+        storage,
+        linear_loss(a0.clone()),
+    )
+    .unwrap()
+}
+
+/// Central finite differences of L = sum(a0 x0) in x_T (a few components).
+fn fd_dx(
+    s: &Schedule,
+    model: &dyn Denoiser<f64, Dev>,
+    plan: &Plan,
+    x_t: &Batch<f64, Dev>,
+    z: Option<&Batch<f64, Dev>>,
+    a0: &[f64],
+) -> Vec<f64> {
+    let base = to_f64(x_t);
+    let (b, d) = *x_t.shape();
+    let loss = |x: &[f64]| {
+        let xt = from_f64(&Dev::default(), x, b, d);
+        let out = sample(
+            plan,
+            s,
+            &ModelFn::new(model),
+            &xt,
+            z,
+            &NoiseSource::Seeded(8),
+            false,
+        )
+        .unwrap();
+        to_f64(&out.x)
+            .iter()
+            .zip(a0)
+            .map(|(x, a)| x * a)
+            .sum::<f64>()
+    };
+    (0..base.len())
+        .map(|i| {
+            let h = 1e-5;
+            let (mut p, mut m) = (base.clone(), base.clone());
+            p[i] += h;
+            m[i] -= h;
+            (loss(&p) - loss(&m)) / (2.0 * h)
+        })
+        .collect()
+}
+
+#[test]
+fn discrete_adjoint_matches_finite_differences_for_every_sampler() {
+    let s = vp();
+    let gmm = GmmModel {
+        weights: vec![0.4, 0.6],
+        means: vec![vec![1.0, -0.5, 0.2], vec![-1.2, 0.8, 0.0]],
+        variances: vec![0.2, 0.3],
+    };
+    let (x_t, a0) = (tensor(1, BATCH, DIM), tensor(3, BATCH, DIM));
+    let mut cases = vec![];
+    for m in [Method::Ddim, Method::Deis] {
+        for o in m.orders() {
+            cases.push(spec(m, *o, 8));
+        }
+    }
+    for o in [1, 2, 3] {
+        cases.push(spec(Method::DpmSolverPp, o, 8));
+        let mut single = spec(Method::DpmSolver, o, 6);
+        single.multistep = Some(false);
+        cases.push(single);
+        let mut uni = spec(Method::Unipc, o, 8);
+        uni.variant = adeis_compiler::sampler::UnipcVariant::Bh1;
+        cases.push(uni);
+    }
+    cases.push(spec(Method::SdeDpmSolver, 1, 8));
+    cases.push(spec(Method::SdeDpmSolverPp, 2, 8));
+    let mut dtz = spec(Method::DpmSolverPp, 2, 8);
+    dtz.denoise_to_zero = true;
+    cases.push(dtz);
+    for sp in cases {
+        let plan = build_plan(&s, &sp).unwrap();
+        let gr = run_discrete(&s, &gmm, &plan, &x_t, None, &a0, StateStorage::Record);
+        assert_eq!(
+            (gr.nfe, gr.vjps),
+            (plan.nfe(), plan.nfe()),
+            "{}",
+            plan.description
+        );
+        let fd = fd_dx(&s, &gmm, &plan, &x_t, None, &to_f64(&a0));
+        let e = rel_err(&to_f64(&gr.dx_t), &fd);
+        assert!(
+            e < 1e-7,
+            "{}: relative error {e:.2e} against finite differences",
+            plan.description
+        );
+    }
+}
+
+#[test]
+fn checkpointing_equals_recording() {
+    let s = vp();
+    let g = GaussianModel {
+        mu: 0.0,
+        s2: 0.3,
+        dim: DIM,
+    };
+    let (x_t, z, a0) = (
+        tensor(1, BATCH, DIM),
+        tensor(2, BATCH, DIM),
+        tensor(3, BATCH, DIM),
+    );
+    for sp in [
+        spec(Method::DpmSolverPp, 3, 30),
+        spec(Method::Unipc, 2, 17),
+        {
+            let mut x = spec(Method::DpmSolver, 3, 9);
+            x.multistep = Some(false);
+            x
+        },
+        spec(Method::SdeDpmSolverPp, 2, 20),
+    ] {
+        let plan = build_plan(&s, &sp).unwrap();
+        let rec = run_discrete(&s, &g, &plan, &x_t, Some(&z), &a0, StateStorage::Record);
+        assert_eq!(
+            (rec.nfe, rec.vjps),
+            (plan.nfe(), plan.nfe()),
+            "N forward + N VJP"
+        );
+        for slots in [0, 1, 2, 3, 5, 40] {
+            let ck = run_discrete(
+                &s,
+                &g,
+                &plan,
+                &x_t,
+                Some(&z),
+                &a0,
+                StateStorage::Checkpoint(slots),
+            );
+            assert_eq!(ck.vjps, plan.nfe());
+            assert!(ck.nfe >= 2 * plan.nfe() - 1, "recomputation happened");
+            let e = rel_err(&to_f64(&ck.dx_t), &to_f64(&rec.dx_t)).max(rel_err(
+                &to_f64(ck.dz.as_ref().unwrap()),
+                &to_f64(rec.dz.as_ref().unwrap()),
+            ));
+            assert!(
+                e < 1e-13,
+                "{} with {slots} slots: {e:.2e}",
+                plan.description
+            );
+            assert!((theta_value(&ck) - theta_value(&rec)).abs() < 1e-12 * theta_value(&rec).abs());
+            eprintln!(
+                "{} with {slots} checkpoint slots: {} forward evaluations",
+                plan.description, ck.nfe
+            );
+        }
+    }
+}
+
+#[test]
+fn discrete_adjoint_converges_to_the_exact_gradient_at_the_sampler_order() {
+    let s = vp();
+    let g = GaussianModel {
+        mu: 0.0,
+        s2: 0.3,
+        dim: DIM,
+    };
+    let (x_t, z, a0) = (
+        tensor(1, BATCH, DIM),
+        tensor(2, BATCH, DIM),
+        tensor(3, BATCH, DIM),
+    );
+    let ex = exact(&s, &g, &to_f64(&x_t), &to_f64(&z), &to_f64(&a0), false);
+    for (sp, order) in [(Method::Ddim, 1.0), (Method::DpmSolverPp, 2.0)] {
+        let ns = [40, 80, 160, 320];
+        let errs: Vec<f64> = ns
+            .iter()
+            .map(|&n| {
+                let plan = build_plan(&s, &spec(sp, order as usize, n)).unwrap();
+                let gr = run_discrete(&s, &g, &plan, &x_t, Some(&z), &a0, StateStorage::Record);
+                rel_err(&to_f64(&gr.dx_t), &ex.dx)
+                    .max(rel_err(&to_f64(gr.dz.as_ref().unwrap()), &ex.dmu))
+            })
+            .collect();
+        let p = fitted_order(&ns, &errs);
+        eprintln!("discrete adjoint of {sp:?}: {errs:?} -> order {p:.2}");
+        assert!((p - order).abs() < 0.3, "{sp:?}: {p:.2}");
+    }
+}
+
+#[test]
+fn vjps_match_finite_differences() {
+    let dev = Dev::default();
+    type Net = (Linear<13, 16>, Tanh, Linear<16, 3>);
+    let net = dev.build_module::<Net, f64>();
+    let mlp = MlpDenoiser::<_, 13, 3>::new(
+        net,
+        3,
+        2,
+        TimeFeatures::new(4, 1000.0),
+        adeis_compiler::Prediction::V,
+    );
+    let x = tensor(5, 2, 3);
+    let z = tensor(6, 2, 2);
+    let cot = tensor(7, 2, 3);
+    let time = adeis_runtime::TimeInfo {
+        t: 0.4,
+        model_t: 0.4,
+        alpha: 0.8,
+        sigma: 0.6,
+    };
+    let gauss = GaussianModel {
+        mu: 0.2,
+        s2: 0.5,
+        dim: 3,
+    };
+    let zg = tensor(8, 2, 3);
+    for (name, model, z) in [
+        ("mlp", &mlp as &dyn Denoiser<f64, Dev>, &z),
+        ("gaussian", &gauss as &dyn Denoiser<f64, Dev>, &zg),
+    ] {
+        for want in [Pred::Eps, Pred::Data] {
+            let f = ModelFn::new(model);
+            let mut theta = model.param_grads();
+            let (dx, dz) = f.vjp(&x, Some(z), &time, want, &cot, Some((&mut theta, 1.0)));
+            let (dx, dz) = (to_f64(&dx), to_f64(&dz.unwrap()));
+            let l = |x: &Batch<f64, Dev>, z: &Batch<f64, Dev>| {
+                to_f64(&f.predict(x, Some(z), &time, want))
+                    .iter()
+                    .zip(to_f64(&cot))
+                    .map(|(a, b)| a * b)
+                    .sum::<f64>()
+            };
+            let h = 1e-6;
+            for i in 0..6 {
+                let (mut p, mut m) = (to_f64(&x), to_f64(&x));
+                p[i] += h;
+                m[i] -= h;
+                let fd =
+                    (l(&from_f64(&dev, &p, 2, 3), z) - l(&from_f64(&dev, &m, 2, 3), z)) / (2.0 * h);
+                assert!(
+                    (fd - dx[i]).abs() < 1e-7 * fd.abs().max(1.0),
+                    "{name} {want:?} dx[{i}]: {fd} vs {}",
+                    dx[i]
+                );
+            }
+            let zd = z.shape().1;
+            for i in 0..2 * zd {
+                let (mut p, mut m) = (to_f64(z), to_f64(z));
+                p[i] += h;
+                m[i] -= h;
+                let fd = (l(&x, &from_f64(&dev, &p, 2, zd)) - l(&x, &from_f64(&dev, &m, 2, zd)))
+                    / (2.0 * h);
+                assert!(
+                    (fd - dz[i]).abs() < 1e-7 * fd.abs().max(1.0),
+                    "{name} {want:?} dz[{i}]: {fd} vs {}",
+                    dz[i]
+                );
+            }
+            if name == "gaussian" {
+                let d = theta_value_of(&theta);
+                let lp = |s2: f64| {
+                    let g2 = GaussianModel {
+                        s2,
+                        ..gauss.clone()
+                    };
+                    let f2 = ModelFn::new(&g2);
+                    to_f64(&f2.predict(&x, Some(z), &time, want))
+                        .iter()
+                        .zip(to_f64(&cot))
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>()
+                };
+                let fd = (lp(0.5 + h) - lp(0.5 - h)) / (2.0 * h);
+                assert!((fd - d).abs() < 1e-7, "gaussian d/ds2: {fd} vs {d}");
+            }
+        }
+    }
+}
+
+fn theta_value_of(t: &ParamGrads<f64, Dev>) -> f64 {
+    match t {
+        ParamGrads::Values(v) => v[0],
+        _ => panic!(),
+    }
+}
