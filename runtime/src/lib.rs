@@ -10,6 +10,7 @@ pub mod denoiser;
 pub mod executor;
 pub mod mlp;
 pub mod noise;
+pub mod tape;
 
 pub use dfdx;
 

@@ -483,3 +483,128 @@ fn theta_value_of(t: &ParamGrads<f64, Dev>) -> f64 {
         _ => panic!(),
     }
 }
+
+mod tape_reference {
+    use super::*;
+    use adeis_runtime::tape::tape_gradient;
+
+    type Net = (Linear<13, 16>, Tanh, Linear<16, 3>);
+
+    macro_rules! tape_check {
+        ($name:ident, $E:ty, $tol:expr) => {
+            #[test]
+            fn $name() {
+                type E = $E;
+                let dev = Cpu::seed_from_u64(0);
+                let net = dev.build_module::<Net, E>();
+                let to64 = |v: Vec<E>| -> Vec<f64> { v.iter().map(|x| *x as f64).collect() };
+                let param_err = |a: &ParamGrads<E, Cpu>, b: &ParamGrads<E, Cpu>| -> f64 {
+                    let (ParamGrads::Dfdx(a), ParamGrads::Dfdx(b)) = (a, b) else {
+                        panic!("dfdx gradients expected")
+                    };
+                    [
+                        rel_err(
+                            &to64(a.get(&net.0.weight).as_vec()),
+                            &to64(b.get(&net.0.weight).as_vec()),
+                        ),
+                        rel_err(
+                            &to64(a.get(&net.0.bias).as_vec()),
+                            &to64(b.get(&net.0.bias).as_vec()),
+                        ),
+                        rel_err(
+                            &to64(a.get(&net.2.weight).as_vec()),
+                            &to64(b.get(&net.2.weight).as_vec()),
+                        ),
+                        rel_err(
+                            &to64(a.get(&net.2.bias).as_vec()),
+                            &to64(b.get(&net.2.bias).as_vec()),
+                        ),
+                    ]
+                    .into_iter()
+                    .fold(0.0, f64::max)
+                };
+                for prediction in [
+                    adeis_compiler::Prediction::Eps,
+                    adeis_compiler::Prediction::V,
+                ] {
+                    let mlp = MlpDenoiser::<_, 13, 3>::new(
+                        net.clone(),
+                        3,
+                        2,
+                        TimeFeatures::new(4, 1000.0),
+                        prediction,
+                    );
+                    let s = vp();
+                    let x_t: Batch<E, Cpu> = from_f64(&dev, &normals(1, 0, 12), 4, 3);
+                    let z: Batch<E, Cpu> = from_f64(&dev, &normals(2, 0, 8), 4, 2);
+                    let a0: Batch<E, Cpu> = from_f64(&dev, &normals(3, 0, 12), 4, 3);
+                    let mut cases = vec![
+                        spec(Method::Ddim, 1, 6),
+                        spec(Method::DpmSolverPp, 3, 7),
+                        spec(Method::Deis, 2, 5),
+                        spec(Method::Unipc, 2, 6),
+                        spec(Method::SdeDpmSolverPp, 2, 5),
+                    ];
+                    let mut single = spec(Method::DpmSolver, 3, 3);
+                    single.multistep = Some(false);
+                    cases.push(single);
+                    for sp in cases {
+                        let plan = build_plan(&s, &sp).unwrap();
+                        let wrt = Wrt {
+                            cond: true,
+                            params: true,
+                        };
+                        let loss = |a: Batch<E, Cpu>| {
+                            move |_: &Batch<E, Cpu>| -> Result<Batch<E, Cpu>, RuntimeError> {
+                                Ok(a)
+                            }
+                        };
+                        let noise = NoiseSource::Seeded(5);
+                        let tape = tape_gradient(
+                            &plan,
+                            &s,
+                            &mlp,
+                            &x_t,
+                            Some(&z),
+                            &noise,
+                            wrt,
+                            loss(a0.clone()),
+                        )
+                        .unwrap();
+                        let disc = discrete_adjoint(
+                            &plan,
+                            &s,
+                            &ModelFn::new(&mlp),
+                            &x_t,
+                            Some(&z),
+                            &noise,
+                            wrt,
+                            StateStorage::Record,
+                            loss(a0.clone()),
+                        )
+                        .unwrap();
+                        let ex = rel_err(&to_f64(&disc.dx_t), &to_f64(&tape.dx_t));
+                        let ez = rel_err(
+                            &to_f64(disc.dz.as_ref().unwrap()),
+                            &to_f64(tape.dz.as_ref().unwrap()),
+                        );
+                        let ep = param_err(&disc.dtheta, &tape.dtheta);
+                        eprintln!(
+                            "{} ({prediction:?}, {}): x_T {ex:.1e}, z {ez:.1e}, params {ep:.1e}",
+                            plan.description,
+                            stringify!($E)
+                        );
+                        assert!(
+                            ex < $tol && ez < $tol && ep < $tol,
+                            "{}: x_T {ex:.2e}, z {ez:.2e}, params {ep:.2e}",
+                            plan.description
+                        );
+                    }
+                }
+            }
+        };
+    }
+
+    tape_check!(discrete_adjoint_equals_the_full_tape_f64, f64, 1e-10);
+    tape_check!(discrete_adjoint_equals_the_full_tape_f32, f32, 1e-4);
+}
