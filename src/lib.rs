@@ -17,6 +17,7 @@
 
 pub mod npy;
 pub mod report;
+pub mod safetensors;
 pub mod spec_file;
 
 pub use adeis_compiler as compiler;

@@ -66,6 +66,41 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Dtype::F32)]
         dtype: Dtype,
     },
+    /// The gradient of a loss on the sample with respect to x_T, the conditioning and the
+    /// model's parameters, by the spec's [gradient] method. Prints a JSON summary.
+    Grad {
+        /// Spec file with [schedule], [sampler] and (optionally) [gradient] tables.
+        #[arg(long)]
+        spec: PathBuf,
+        /// `gaussian:mu=1.0,s2=0.3` or `gmm:mixture.json` (see `adeis sample --help`).
+        #[arg(long)]
+        model: String,
+        /// The starting noise: .npy, [batch, dim].
+        #[arg(long = "x-t")]
+        x_t: PathBuf,
+        /// dL/dx_0 for the batch (.npy, [batch, dim]); or use --loss.
+        #[arg(long)]
+        cot: Option<PathBuf>,
+        /// A built-in loss instead of --cot: `mse` (mean squared error to --target).
+        #[arg(long)]
+        loss: Option<String>,
+        /// The target of --loss mse (.npy, [batch, dim]).
+        #[arg(long)]
+        target: Option<PathBuf>,
+        /// The conditioning z (.npy, [batch, cond_dim]); the Gaussian model's conditioning is
+        /// its mean, which fills z when this is absent.
+        #[arg(long)]
+        cond: Option<PathBuf>,
+        /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
+        /// gradient.wrt includes "params").
+        #[arg(long = "out-dir")]
+        out_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+        /// Seed of the SDE samplers' noise (replayed by the adjoint).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +122,29 @@ fn main() -> ExitCode {
             out,
             seed,
             trajectory,
+            dtype,
+        }),
+        Some(Command::Grad {
+            spec,
+            model,
+            x_t,
+            cot,
+            loss,
+            target,
+            cond,
+            out_dir,
+            dtype,
+            seed,
+        }) => cli::grad::run(&cli::grad::GradArgs {
+            spec,
+            model,
+            x_t,
+            cot,
+            loss,
+            target,
+            cond,
+            out_dir,
+            seed,
             dtype,
         }),
         None => {

@@ -99,5 +99,6 @@ pub fn load_spec(path: &Path) -> Result<Spec, SpecFileError> {
     };
     spec.schedule.to_def().map_err(invalid)?;
     spec.checked_sampler().map_err(invalid)?;
+    spec.checked_gradient().map_err(invalid)?;
     Ok(spec)
 }

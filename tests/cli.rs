@@ -290,3 +290,141 @@ mod sample {
         assert!(!ok && err.contains("s2 > 0"), "{err}");
     }
 }
+
+mod grad {
+    use super::adeis;
+    use adeis::npy::{read_npy, write_npy};
+    use std::path::{Path, PathBuf};
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("adeis-grad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
+    }
+
+    fn spec(name: &str, gradient: &str) -> PathBuf {
+        let p = tmp(name);
+        std::fs::write(
+            &p,
+            format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 200\n\n[gradient]\n{gradient}\n"),
+        )
+        .unwrap();
+        p
+    }
+
+    fn arr(name: &str, data: &[f64], shape: &[usize]) -> PathBuf {
+        let p = tmp(name);
+        write_npy(&p, shape, data, 8).unwrap();
+        p
+    }
+
+    #[test]
+    fn gradients_match_the_closed_form() {
+        let xt = arr("xt.npy", &[0.3, -1.2, 0.8, 0.1], &[2, 2]);
+        let cot = arr("cot.npy", &[1.0, -0.5, 0.25, 2.0], &[2, 2]);
+        // VP linear (0.1, 20) on [1e-3, 1], Gaussian data mu = 0.5, s2 = 0.3.
+        let la = |t: f64| -(19.9) * t * t / 4.0 - 0.1 * t / 2.0;
+        let (a0, a1) = (la(1e-3).exp(), la(1.0).exp());
+        let v = |a: f64| a * a * 0.3 + (1.0 - a * a);
+        let k = (v(a0) / v(a1)).sqrt();
+        for (i, g) in [
+            "method = \"discrete\"\nwrt = [\"x_t\", \"cond\", \"params\"]",
+            "method = \"adjoint_deis\"\norder = 2\nwrt = [\"x_t\", \"cond\", \"params\"]",
+            "method = \"discrete\"\nstates = \"checkpoint\"\ncheckpoints = 4\nwrt = [\"x_t\", \"cond\", \"params\"]",
+            "method = \"tape\"\nwrt = [\"x_t\", \"cond\"]",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let out = tmp(&format!("out{i}"));
+            let sp = spec(&format!("g{i}.toml"), g);
+            let (ok, stdout, err) = adeis(&["grad", "--spec", s(&sp), "--model", "gaussian:mu=0.5,s2=0.3", "--x-t", s(&xt), "--cot", s(&cot), "--out-dir", s(&out), "--dtype", "f64"]);
+            assert!(ok, "{g}: {err}");
+            let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert!(summary["peak_memory_bytes"].as_u64().unwrap() > 0);
+            if !g.contains("tape") {
+                assert_eq!(summary["vjps"].as_u64(), Some(200), "{g}");
+            }
+            let dx = read_npy(&out.join("dx_t.npy")).unwrap().data;
+            let dz = read_npy(&out.join("dz.npy")).unwrap().data;
+            // The discrete gradients are exact for the 200-step sampler, which is within 1e-3
+            // of the flow; AdjointDEIS-2M at M = 200 is still 1.6% off (its error falls as
+            // M^-2 only from M ~ 300 on: see the runtime's gradient tests).
+            let tol = if g.contains("adjoint_deis") { 3e-2 } else { 1e-3 };
+            for (j, c) in [1.0, -0.5, 0.25, 2.0].iter().enumerate() {
+                assert!((dx[j] - k * c).abs() < tol * (k * c).abs().max(0.1), "{g}: dx[{j}] = {} vs {}", dx[j], k * c);
+                assert!((dz[j] - (a0 - a1 * k) * c).abs() < tol * ((a0 - a1 * k) * c).abs().max(0.1), "{g}: dz[{j}]");
+            }
+            if g.contains("params") {
+                let p = adeis::safetensors::read_safetensors(&out.join("dparams.safetensors")).unwrap();
+                let dk = 0.5 * k * (a0 * a0 / v(a0) - a1 * a1 / v(a1));
+                let x = [0.3, -1.2, 0.8, 0.1];
+                let exact: f64 = [1.0, -0.5, 0.25, 2.0].iter().zip(x).map(|(c, x)| c * (x - a1 * 0.5) * dk).sum();
+                assert!((p["s2"].1[0] - exact).abs() < tol * exact.abs().max(1.0), "{g}: {} vs {exact}", p["s2"].1[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn grad_errors_are_clear() {
+        let xt = arr("xt2.npy", &[0.3, -1.2, 0.8, 0.1], &[2, 2]);
+        let out = tmp("out-err");
+        let run = |sp: &Path, extra: &[&str]| {
+            let mut a = vec![
+                "grad",
+                "--spec",
+                s(sp),
+                "--model",
+                "gaussian:mu=0,s2=1",
+                "--x-t",
+                s(&xt),
+                "--out-dir",
+                s(&out),
+            ];
+            a.extend_from_slice(extra);
+            adeis(&a)
+        };
+        let good = spec("good.toml", "method = \"discrete\"");
+        let bad_cot = arr("badcot.npy", &[1.0, 2.0, 3.0], &[1, 3]);
+        let (ok, _, err) = run(&good, &["--cot", s(&bad_cot)]);
+        assert!(
+            !ok && err.contains("--cot has shape [1, 3]; the sample has [2, 2]"),
+            "{err}"
+        );
+        let (ok, _, err) = run(
+            &spec("o3.toml", "method = \"adjoint_deis\"\norder = 3"),
+            &["--cot", s(&bad_cot)],
+        );
+        assert!(
+            !ok && err.contains("gradient.order: order = 3: adjoint_deis has orders 1 and 2"),
+            "{err}"
+        );
+        let nan_target = arr("nan.npy", &[f64::NAN, 0.0, 0.0, 0.0], &[2, 2]);
+        let (ok, _, err) = run(&good, &["--loss", "mse", "--target", s(&nan_target)]);
+        assert!(
+            !ok && err.contains("the loss is NaN at the sample"),
+            "{err}"
+        );
+        let (ok, _, err) = run(&good, &[]);
+        assert!(!ok && err.contains("give --cot"), "{err}");
+        let (ok, _, err) = run(
+            &spec("bs.toml", "method = \"discrete\"\nstates = \"backsolve\""),
+            &["--cot", s(&bad_cot)],
+        );
+        assert!(!ok && err.contains("gradient.states"), "{err}");
+        let (ok, _, err) = run(
+            &spec("w.toml", "wrt = [\"x_t\", \"x_t\"]"),
+            &["--cot", s(&bad_cot)],
+        );
+        assert!(!ok && err.contains("gradient.wrt"), "{err}");
+        // mse works end to end.
+        let target = arr("target.npy", &[0.0; 4], &[2, 2]);
+        let (ok, stdout, err) = run(&good, &["--loss", "mse", "--target", s(&target)]);
+        assert!(ok, "{err}");
+        assert!(stdout.contains("\"loss\""));
+    }
+}

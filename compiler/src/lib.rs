@@ -6,6 +6,7 @@
 //! cranelift ([`jit`]). It never touches tensors.
 
 pub mod expr;
+pub mod gradient;
 pub mod grid;
 pub mod jit;
 pub mod plan;
@@ -15,6 +16,7 @@ pub mod schedule;
 pub mod spec;
 
 pub use expr::{Expr, Func, Name, Table};
+pub use gradient::{GradMethod, GradientSpec, WrtKey};
 pub use plan::{Instr, Operand, Plan, Pred};
 pub use program::{Program, ProgramError};
 pub use sampler::{build_plan, Equation, Method, Prediction, SamplerSpec};

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gradient::GradientSpec;
 use crate::sampler::SamplerSpec;
 use crate::schedule::{AlphaFormula, DiscreteBetas, ScheduleDef, ScheduleError, SigmaFormula};
 
@@ -49,9 +50,27 @@ pub struct Spec {
     pub schedule: ScheduleSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<GradientSpec>,
 }
 
 impl Spec {
+    /// The `[gradient]` table, checked on its own and against the sampler.
+    pub fn checked_gradient(&self) -> Result<Option<&GradientSpec>, SpecError> {
+        let Some(g) = &self.gradient else {
+            return Ok(None);
+        };
+        g.validate()
+            .map_err(|e| SpecError::at(format!("gradient.{}", e.field), e.message))?;
+        if self.sampler.is_none() {
+            return Err(SpecError::at(
+                "gradient",
+                "a [gradient] table needs a [sampler] table",
+            ));
+        }
+        Ok(Some(g))
+    }
+
     /// The `[sampler]` table, checked on its own (its grid is checked against the schedule
     /// when the plan is built).
     pub fn checked_sampler(&self) -> Result<Option<&SamplerSpec>, SpecError> {

@@ -505,3 +505,65 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         vjps,
     })
 }
+
+/// Runs the gradient method a `[gradient]` table declares (`sde`: the sampler solves the SDE,
+/// so AdjointDEIS takes its factor 2).
+#[allow(clippy::too_many_arguments)]
+pub fn compute_gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+    plan: &Plan,
+    schedule: &Schedule,
+    model: &ModelFn<E, D, M>,
+    x_t: &Batch<E, D>,
+    z: Option<&Batch<E, D>>,
+    noise: &NoiseSource<E, D>,
+    spec: &adeis_compiler::GradientSpec,
+    sde: bool,
+    loss_grad: impl FnOnce(&Batch<E, D>) -> Result<Batch<E, D>, RuntimeError>,
+) -> Result<Gradient<E, D>, RuntimeError> {
+    use adeis_compiler::gradient::States;
+    use adeis_compiler::{GradMethod, WrtKey};
+    let wrt = Wrt {
+        cond: spec.wants(WrtKey::Cond),
+        params: spec.wants(WrtKey::Params),
+    };
+    if wrt.cond && z.is_none() {
+        return Err(RuntimeError::Invalid(
+            "wrt includes \"cond\" but the model has no conditioning".into(),
+        ));
+    }
+    match spec.method {
+        GradMethod::Discrete => {
+            let storage = match spec.states {
+                States::Checkpoint => StateStorage::Checkpoint(spec.checkpoints.unwrap_or(0)),
+                _ => StateStorage::Record,
+            };
+            discrete_adjoint(
+                plan, schedule, model, x_t, z, noise, wrt, storage, loss_grad,
+            )
+        }
+        GradMethod::AdjointDeis => {
+            let opts = AdjointDeis {
+                order: spec.adjoint_order(),
+                steps: spec.steps,
+                sde,
+                states: if spec.states == States::Backsolve {
+                    StateStorage::Backsolve
+                } else {
+                    StateStorage::Record
+                },
+            };
+            adjoint_deis(plan, schedule, model, x_t, z, noise, wrt, opts, loss_grad)
+        }
+        GradMethod::Tape => {
+            if model.guidance.is_some() || model.threshold.is_some() {
+                return Err(RuntimeError::Invalid(
+                    "the tape reference runs the bare model: no guidance or thresholding".into(),
+                ));
+            }
+            let taped = model.model.as_taped().ok_or_else(|| {
+                RuntimeError::Invalid("method = \"tape\" needs a model that runs on dfdx's tape (an MLP or the Gaussian model)".into())
+            })?;
+            crate::tape::tape_gradient(plan, schedule, taped, x_t, z, noise, wrt, loss_grad)
+        }
+    }
+}

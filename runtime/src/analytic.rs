@@ -43,6 +43,10 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
         ParamGrads::Values(vec![0.0])
     }
 
+    fn as_taped(&self) -> Option<&dyn crate::tape::TapedDenoiser<E, D>> {
+        Some(self)
+    }
+
     /// theta = [s2]: d eps/d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
     fn vjp(
         &self,

@@ -43,6 +43,11 @@ pub trait Denoiser<E: Dtype, D: Device<E>> {
     /// The output at (x, z, t).
     fn forward(&self, x: &Batch<E, D>, z: Option<&Batch<E, D>>, time: &TimeInfo) -> Batch<E, D>;
 
+    /// This model on dfdx's tape, where it can run there (the full-tape reference).
+    fn as_taped(&self) -> Option<&dyn crate::tape::TapedDenoiser<E, D>> {
+        None
+    }
+
     /// A zero accumulator for this model's parameter gradients.
     fn param_grads(&self) -> ParamGrads<E, D> {
         ParamGrads::None

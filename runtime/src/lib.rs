@@ -8,6 +8,7 @@ pub mod adjoint;
 pub mod analytic;
 pub mod denoiser;
 pub mod executor;
+pub mod loss;
 pub mod mlp;
 pub mod noise;
 pub mod tape;

@@ -139,6 +139,10 @@ where
         ParamGrads::Dfdx(self.module.alloc_grads())
     }
 
+    fn as_taped(&self) -> Option<&dyn crate::tape::TapedDenoiser<E, D>> {
+        Some(self)
+    }
+
     fn vjp(
         &self,
         x: &Batch<E, D>,

@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 use crate::adjoint::{Gradient, Wrt};
 use crate::denoiser::{Batch, Denoiser, ParamGrads, TimeInfo};
 use crate::e;
-use crate::executor::{check_shapes, time_info, RuntimeError};
+use crate::executor::{time_info, RuntimeError};
 use crate::mlp::MlpDenoiser;
 use crate::noise::NoiseSource;
 
@@ -68,7 +68,7 @@ fn take<E: Dtype, D: Device<E>>(slot: &mut Option<Taped<E, D>>, last: bool) -> T
 /// The gradient of L = sum(cot * x0) by back-propagating through the whole taped loop.
 /// `cot` is dL/dx_0 given the sample (computed from the untaped sample first).
 #[allow(clippy::too_many_arguments)]
-pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D>>(
+pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     plan: &Plan,
     schedule: &Schedule,
     model: &M,
@@ -78,7 +78,13 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D>>(
     wrt: Wrt,
     loss_grad: impl FnOnce(&Batch<E, D>) -> Result<Batch<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D>, RuntimeError> {
-    check_shapes(model, x_t, z)?;
+    if model.dim() != x_t.shape().1 {
+        return Err(RuntimeError::Shape(format!(
+            "x_t has dimension {} but the model's is {}",
+            x_t.shape().1,
+            model.dim()
+        )));
+    }
     let (batch, dim) = *x_t.shape();
     let dev = x_t.device().clone();
     let (last_state, last_out) = plan.last_uses();
@@ -169,4 +175,19 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D>>(
         nfe,
         vjps: 0,
     })
+}
+
+impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for crate::analytic::GaussianModel {
+    fn forward_taped(
+        &self,
+        x: Taped<E, D>,
+        z: Option<Taped<E, D>>,
+        time: &TimeInfo,
+    ) -> Taped<E, D> {
+        let (ax, amu) = self.coefficients(time);
+        match z {
+            Some(z) => x * e::<E>(ax) + z * e::<E>(amu),
+            None => x * e::<E>(ax) + e::<E>(amu * self.mu),
+        }
+    }
 }
