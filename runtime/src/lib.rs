@@ -6,6 +6,7 @@
 
 pub mod adjoint;
 pub mod analytic;
+pub mod conditioning;
 pub mod denoiser;
 pub mod executor;
 pub mod loss;
