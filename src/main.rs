@@ -101,6 +101,31 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Time a gradient (or a sample) on a fixed MLP workload against its floor, with the
+    /// process's peak memory.
+    Bench {
+        /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64) or tiny (for CI).
+        #[arg(long, default_value = "w1")]
+        workload: String,
+        /// sample, discrete, adjoint_deis or tape.
+        #[arg(long, default_value = "discrete")]
+        method: String,
+        /// AdjointDEIS order (1 or 2).
+        #[arg(long, default_value_t = 1)]
+        order: usize,
+        /// Sampler steps N (DDIM on a logsnr grid).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Timed runs after one warm-up; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// States of the discrete adjoint: record or checkpoint (sqrt(N) slots).
+        #[arg(long, default_value = "record")]
+        states: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -147,6 +172,15 @@ fn main() -> ExitCode {
             seed,
             dtype,
         }),
+        Some(Command::Bench {
+            workload,
+            method,
+            order,
+            steps,
+            repeat,
+            states,
+            json,
+        }) => cli::bench(&workload, &method, order, steps, repeat, &states, json),
         None => {
             println!("adeis: no command given; the default report on the built-in VP linear schedule follows.");
             println!("(`adeis --help` lists the commands.)\n");

@@ -149,8 +149,8 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
         }
     }
 
-    /// Runs instructions `from..to`. With `keep`, no slot is freed (a recording run);
-    /// otherwise each slot is dropped after its last reader.
+    /// Runs instructions `from..to`. With `keep`, no state is freed (a recording run);
+    /// otherwise each state is dropped after its last reader. Outputs always are.
     pub fn run(
         &mut self,
         slots: &mut Slots<E, D>,
@@ -209,15 +209,17 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                     slots.states[*dst] = Some(new);
                 }
             }
+            // Model outputs are freed after their last reader even when recording: the
+            // adjoints need only the states.
+            for (o, last) in slots.outs.iter_mut().zip(&self.last_out) {
+                if *last == k {
+                    *o = None;
+                }
+            }
             if !keep {
                 for (s, last) in slots.states.iter_mut().zip(&self.last_state) {
                     if *last == k {
                         *s = None;
-                    }
-                }
-                for (o, last) in slots.outs.iter_mut().zip(&self.last_out) {
-                    if *last == k {
-                        *o = None;
                     }
                 }
             }

@@ -31,3 +31,47 @@ pub enum Dtype {
     F32,
     F64,
 }
+
+/// `adeis bench`.
+pub fn bench(
+    workload: &str,
+    method: &str,
+    order: usize,
+    steps: usize,
+    repeat: usize,
+    states: &str,
+    json: bool,
+) -> Result<(), String> {
+    use adeis::bench::{run, BenchMethod};
+    use adeis::compiler::gradient::States;
+    use adeis::compiler::GradMethod;
+    let m = match method {
+        "sample" => BenchMethod::Sample,
+        "discrete" => BenchMethod::Gradient(GradMethod::Discrete),
+        "adjoint_deis" => BenchMethod::Gradient(GradMethod::AdjointDeis),
+        "tape" => BenchMethod::Gradient(GradMethod::Tape),
+        other => {
+            return Err(format!(
+                "--method {other}: one of sample, discrete, adjoint_deis, tape"
+            ))
+        }
+    };
+    if !(order == 1 || order == 2) {
+        return Err(format!("--order {order}: AdjointDEIS has orders 1 and 2"));
+    }
+    let st = match states {
+        "record" => States::Record,
+        "checkpoint" => States::Checkpoint,
+        other => return Err(format!("--states {other}: record or checkpoint")),
+    };
+    if st == States::Checkpoint && m != BenchMethod::Gradient(GradMethod::Discrete) {
+        return Err("--states checkpoint is for --method discrete".into());
+    }
+    let r = run(workload, m, order, steps, repeat, st)?;
+    if json {
+        println!("{}", serde_json::to_string(&r).unwrap());
+    } else {
+        println!("{}", r.to_text());
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The parts of a gradient on workload W1 (D 64, H 256, batch 16, f32): one forward
+//! evaluation, one VJP, one sampler step, one adjoint step, and filling coefficient tables.
+//!
+//! Run: `cargo bench --bench gradient_parts`. Compare ratios from one run.
+
+use std::hint::black_box;
+
+use adeis::compiler::{build_plan, Method, SamplerSpec, ScheduleDef};
+use adeis::runtime::adjoint::{discrete_adjoint, StateStorage, Wrt};
+use adeis::runtime::dfdx::prelude::*;
+use adeis::runtime::executor::time_info;
+use adeis::runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis::runtime::noise::normals;
+use adeis::runtime::{from_f64, sample, Denoiser, ModelFn, NoiseSource};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const D: usize = 64;
+const IN: usize = D + 8 + 32;
+type W1 = (
+    Linear<IN, 256>,
+    FastGeLU,
+    Linear<256, 256>,
+    FastGeLU,
+    Linear<256, D>,
+);
+
+fn bench(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let model = MlpDenoiser::<_, IN, D>::new(
+        dev.build_module::<W1, f32>(),
+        D,
+        8,
+        TimeFeatures::new(16, 1000.0),
+        adeis::compiler::Prediction::Eps,
+    );
+    let schedule = ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap();
+    let x = from_f64::<f32, Cpu>(&dev, &normals(1, 0, 16 * D), 16, D);
+    let z = from_f64::<f32, Cpu>(&dev, &normals(2, 0, 16 * 8), 16, 8);
+    let cot = from_f64::<f32, Cpu>(&dev, &normals(3, 0, 16 * D), 16, D);
+    let time = time_info(&schedule, 0.5);
+    let f = ModelFn::new(&model);
+
+    c.bench_function("w1_forward", |b| {
+        b.iter(|| black_box(Denoiser::<f32, Cpu>::forward(&model, &x, Some(&z), &time)))
+    });
+    let mut acc = Denoiser::<f32, Cpu>::param_grads(&model);
+    c.bench_function("w1_vjp_x_z_params", |b| {
+        b.iter(|| {
+            black_box(Denoiser::<f32, Cpu>::vjp(
+                &model,
+                &x,
+                Some(&z),
+                &time,
+                &cot,
+                Some((&mut acc, 1.0)),
+            ))
+        })
+    });
+    let one_step = build_plan(&schedule, &SamplerSpec::new(Method::Ddim, 1, 1)).unwrap();
+    c.bench_function("w1_ddim_sampler_step", |b| {
+        b.iter(|| {
+            black_box(
+                sample(
+                    &one_step,
+                    &schedule,
+                    &f,
+                    &x,
+                    Some(&z),
+                    &NoiseSource::Seeded(0),
+                    false,
+                )
+                .unwrap(),
+            )
+        })
+    });
+    let wrt = Wrt {
+        cond: true,
+        params: true,
+    };
+    c.bench_function("w1_discrete_adjoint_step_with_its_forward", |b| {
+        b.iter(|| {
+            black_box(
+                discrete_adjoint(
+                    &one_step,
+                    &schedule,
+                    &f,
+                    &x,
+                    Some(&z),
+                    &NoiseSource::Seeded(0),
+                    wrt,
+                    StateStorage::Record,
+                    |_| Ok(cot.clone()),
+                )
+                .unwrap(),
+            )
+        })
+    });
+    for (name, method, order) in [
+        ("dpm_solver_pp_3m", Method::DpmSolverPp, 3),
+        ("deis_3", Method::Deis, 3),
+        ("unipc_2", Method::Unipc, 2),
+    ] {
+        let spec = SamplerSpec::new(method, order, 1000);
+        c.bench_function(&format!("fill_coefficient_tables_{name}_1000_steps"), |b| {
+            b.iter(|| black_box(build_plan(&schedule, &spec).unwrap()))
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
