@@ -59,6 +59,16 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    // The tensor work of a step outside the model: dfdx's elementwise ops and the NaN check.
+    c.bench_function("w1_combine_two_terms", |b| {
+        b.iter(|| black_box(x.clone() * 0.9f32 + cot.clone() * -0.1f32))
+    });
+    c.bench_function("w1_finite_check", |b| {
+        b.iter(|| black_box(adeis::runtime::executor::finite(&x)))
+    });
+    c.bench_function("w1_time_info", |b| {
+        b.iter(|| black_box(time_info(&schedule, black_box(0.5))))
+    });
     let one_step = build_plan(&schedule, &SamplerSpec::new(Method::Ddim, 1, 1)).unwrap();
     c.bench_function("w1_ddim_sampler_step", |b| {
         b.iter(|| {

@@ -494,7 +494,9 @@ mod tests {
         );
         let e = load("[schedul]\nkind = \"vp_linear\"\n").unwrap_err();
         assert!(
-            e.contains("unknown field `schedul`, expected `schedule`"),
+            e.contains(
+                "unknown field `schedul`, expected one of `schedule`, `sampler`, `gradient`"
+            ),
             "{e}"
         );
     }

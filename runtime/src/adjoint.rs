@@ -3,6 +3,8 @@
 //! recorded or binomially checkpointed states, and the continuous AdjointDEIS-1 / -2M for the
 //! probability-flow ODE and the diffusion SDE.
 
+use std::collections::HashMap;
+
 use adeis_compiler::{Instr, Operand, Plan, Pred, Schedule};
 use dfdx::prelude::*;
 
@@ -50,6 +52,14 @@ fn add_into<E: Dtype, D: Device<E>>(slot: &mut Option<Batch<E, D>>, v: Batch<E, 
     });
 }
 
+fn add_at<E: Dtype, D: Device<E>>(map: &mut HashMap<usize, Batch<E, D>>, k: usize, v: Batch<E, D>) {
+    let new = match map.remove(&k) {
+        None => v,
+        Some(a) => a + v,
+    };
+    map.insert(k, new);
+}
+
 /// The loss gradient at x_0, checked.
 fn cotangent<E: Dtype, D: Device<E>>(
     x0: &Batch<E, D>,
@@ -72,8 +82,9 @@ fn cotangent<E: Dtype, D: Device<E>>(
 }
 
 struct Reverse<'a, E: Dtype, D: Device<E>> {
-    xbar: Vec<Option<Batch<E, D>>>,
-    obar: Vec<Option<Batch<E, D>>>,
+    // Pending cotangents by slot: sparse, so the bookkeeping does not grow with the steps.
+    xbar: HashMap<usize, Batch<E, D>>,
+    obar: HashMap<usize, Batch<E, D>>,
     zbar: Option<Batch<E, D>>,
     theta: ParamGrads<E, D>,
     wrt: Wrt,
@@ -95,15 +106,13 @@ impl<E: Dtype, D: Device<E>> Reverse<'_, E, D> {
         for k in (from..to).rev() {
             match &self.plan.instrs[k] {
                 Instr::Combine { dst, terms, .. } => {
-                    let Some(g) = self.xbar[*dst].take() else {
+                    let Some(g) = self.xbar.remove(dst) else {
                         continue;
                     };
                     for (op, c) in terms {
                         match op {
-                            Operand::State(s) => {
-                                add_into(&mut self.xbar[*s], g.clone() * e::<E>(*c))
-                            }
-                            Operand::Out(o) => add_into(&mut self.obar[*o], g.clone() * e::<E>(*c)),
+                            Operand::State(s) => add_at(&mut self.xbar, *s, g.clone() * e::<E>(*c)),
+                            Operand::Out(o) => add_at(&mut self.obar, *o, g.clone() * e::<E>(*c)),
                             Operand::Noise(_) => {}
                         }
                     }
@@ -115,10 +124,10 @@ impl<E: Dtype, D: Device<E>> Reverse<'_, E, D> {
                     pred,
                     step,
                 } => {
-                    let Some(g) = self.obar[*out].take() else {
+                    let Some(g) = self.obar.remove(out) else {
                         continue;
                     };
-                    let x = slots.states[*input].as_ref().expect("recorded state");
+                    let x = slots.states.get(input).expect("recorded state");
                     let time = time_info(schedule, *t);
                     let theta = self.wrt.params.then_some((&mut self.theta, 1.0));
                     let (dx, dz) = model.vjp(x, z, &time, *pred, &g, theta);
@@ -130,7 +139,7 @@ impl<E: Dtype, D: Device<E>> Reverse<'_, E, D> {
                             t: *t,
                         });
                     }
-                    add_into(&mut self.xbar[*input], dx);
+                    add_at(&mut self.xbar, *input, dx);
                     if let (true, Some(dz)) = (self.wrt.cond, dz) {
                         add_into(&mut self.zbar, dz);
                     }
@@ -186,8 +195,8 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     let bounds = step_bounds(plan);
     let n_steps = bounds.len() - 1;
     let mut rev = Reverse {
-        xbar: vec![None; plan.n_states],
-        obar: vec![None; plan.n_outputs],
+        xbar: HashMap::new(),
+        obar: HashMap::new(),
         zbar: None,
         theta: if wrt.params {
             model.model.param_grads()
@@ -202,8 +211,8 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         StateStorage::Record => {
             let mut slots = start;
             exec.run(&mut slots, 0, plan.instrs.len(), true)?;
-            let x0 = slots.states[plan.output].clone().unwrap();
-            rev.xbar[plan.output] = Some(cotangent(&x0, loss_grad)?);
+            let x0 = slots.states[&plan.output].clone();
+            rev.xbar.insert(plan.output, cotangent(&x0, loss_grad)?);
             rev.run(&slots, 0, plan.instrs.len(), schedule, model, z)?;
             x0
         }
@@ -211,9 +220,9 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             // One forward sweep for x_0 (keeping nothing), then revolve.
             let mut slots = start.clone();
             exec.run(&mut slots, 0, plan.instrs.len(), false)?;
-            let x0 = slots.states[plan.output].clone().unwrap();
+            let x0 = slots.states[&plan.output].clone();
             drop(slots);
-            rev.xbar[plan.output] = Some(cotangent(&x0, loss_grad)?);
+            rev.xbar.insert(plan.output, cotangent(&x0, loss_grad)?);
             revolve(&mut exec, &mut rev, &bounds, 0, n_steps, start, free, z)?;
             x0
         }
@@ -223,8 +232,9 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             ))
         }
     };
-    let dx_t = rev.xbar[0]
-        .take()
+    let dx_t = rev
+        .xbar
+        .remove(&0)
         .unwrap_or_else(|| x_t.clone() * e::<E>(0.0));
     Ok(Gradient {
         x0,
@@ -345,11 +355,13 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     };
     let split = if dtz.is_some() { n - 2 } else { n };
     exec.run(&mut slots, 0, split, record)?;
-    let x_end = slots.states[dtz.unwrap_or(plan.output)]
-        .clone()
+    let x_end = slots
+        .states
+        .get(&dtz.unwrap_or(plan.output))
+        .cloned()
         .expect("live state");
     exec.run(&mut slots, split, n, record)?;
-    let x0 = slots.states[plan.output].clone().unwrap();
+    let x0 = slots.states[&plan.output].clone();
     let mut vjps = 0;
     let mut theta = if wrt.params {
         model.model.param_grads()
@@ -401,9 +413,9 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         for &t in grid.iter() {
             let slot = (0..plan.n_states)
                 .rev()
-                .find(|&s| plan.state_times[s] == t && slots.states[s].is_some());
+                .find(|&s| plan.state_times[s] == t && slots.states.contains_key(&s));
             if let Some(s) = slot {
-                v.push((t, schedule.lambda(t), slots.states[s].clone().unwrap()));
+                v.push((t, schedule.lambda(t), slots.states[&s].clone()));
             }
         }
         v

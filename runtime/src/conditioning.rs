@@ -145,9 +145,9 @@ pub fn cycle_sde_encode<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             {
                 let target = drawn(plan.state_times[*dst], draw)?;
                 draw += 1;
-                let deterministic = slots.states[*dst].clone().unwrap();
+                let deterministic = slots.states[dst].clone();
                 noises[*i] = Some((target.clone() - deterministic) * e::<E>(1.0 / c));
-                slots.states[*dst] = Some(target);
+                slots.states.insert(*dst, target);
             }
         }
     }

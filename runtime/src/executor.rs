@@ -1,6 +1,7 @@
 //! The one executor of forward plans: every sampler, ODE or SDE, forward or inverted. The
 //! adjoints reuse it to record or recompute the states their VJPs need.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use adeis_compiler::{Instr, Operand, Plan, Schedule};
@@ -93,12 +94,18 @@ pub fn check_shapes<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     Ok(())
 }
 
-/// The slots of a plan being executed: a checkpoint is a clone of it (tensors are shared,
-/// not copied).
+/// The live slots of a plan being executed, by slot number: a checkpoint is a clone of it
+/// (tensors are shared, not copied), and holds only what is live, not one entry per step.
 #[derive(Clone, Debug)]
 pub struct Slots<E: Dtype, D: Device<E>> {
-    pub states: Vec<Option<Batch<E, D>>>,
-    pub outs: Vec<Option<Batch<E, D>>>,
+    pub states: HashMap<usize, Batch<E, D>>,
+    pub outs: HashMap<usize, Batch<E, D>>,
+}
+
+impl<E: Dtype, D: Device<E>> Slots<E, D> {
+    pub fn state(&self, i: usize) -> Option<&Batch<E, D>> {
+        self.states.get(&i)
+    }
 }
 
 /// Runs the instructions of a plan over a range, on given slots.
@@ -141,11 +148,9 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
 
     /// Slots holding only x_T.
     pub fn start(&self, x_t: &Batch<E, D>) -> Slots<E, D> {
-        let mut states = vec![None; self.plan.n_states];
-        states[0] = Some(x_t.clone());
         Slots {
-            states,
-            outs: vec![None; self.plan.n_outputs],
+            states: HashMap::from([(0, x_t.clone())]),
+            outs: HashMap::new(),
         }
     }
 
@@ -168,7 +173,7 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                     pred,
                     step,
                 } => {
-                    let x = slots.states[*input].as_ref().expect("plan order");
+                    let x = slots.states.get(input).expect("plan order");
                     let time = time_info(self.schedule, *t);
                     let o = self.model.predict(x, self.z, &time, *pred);
                     self.nfe += 1;
@@ -179,14 +184,14 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                             t: *t,
                         });
                     }
-                    slots.outs[*out] = Some(o);
+                    slots.outs.insert(*out, o);
                 }
                 Instr::Combine { dst, terms, step } => {
                     let mut acc: Option<Batch<E, D>> = None;
                     for (op, c) in terms {
                         let v = match op {
-                            Operand::State(s) => slots.states[*s].clone().expect("plan order"),
-                            Operand::Out(o) => slots.outs[*o].clone().expect("plan order"),
+                            Operand::State(s) => slots.states.get(s).cloned().expect("plan order"),
+                            Operand::Out(o) => slots.outs.get(o).cloned().expect("plan order"),
                             Operand::Noise(i) => self
                                 .noise
                                 .get(&self.dev, *i, batch, dim)
@@ -206,20 +211,28 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                             t: self.plan.state_times[*dst],
                         });
                     }
-                    slots.states[*dst] = Some(new);
+                    slots.states.insert(*dst, new);
                 }
             }
-            // Model outputs are freed after their last reader even when recording: the
-            // adjoints need only the states.
-            for (o, last) in slots.outs.iter_mut().zip(&self.last_out) {
-                if *last == k {
-                    *o = None;
+            // Free what this instruction read for the last time. Model outputs go even when
+            // recording: the adjoints need only the states.
+            match &self.plan.instrs[k] {
+                Instr::Eval { input, .. } => {
+                    if !keep && self.last_state[*input] == k {
+                        slots.states.remove(input);
+                    }
                 }
-            }
-            if !keep {
-                for (s, last) in slots.states.iter_mut().zip(&self.last_state) {
-                    if *last == k {
-                        *s = None;
+                Instr::Combine { terms, .. } => {
+                    for (op, _) in terms {
+                        match op {
+                            Operand::State(s) if !keep && self.last_state[*s] == k => {
+                                slots.states.remove(s);
+                            }
+                            Operand::Out(o) if self.last_out[*o] == k => {
+                                slots.outs.remove(o);
+                            }
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -242,13 +255,13 @@ pub fn sample<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     let mut exec = Exec::new(plan, schedule, model, z, noise, x_t);
     let mut slots = exec.start(x_t);
     exec.run(&mut slots, 0, plan.instrs.len(), record)?;
-    let x = slots.states[plan.output].clone().expect("plan output");
+    let x = slots.states[&plan.output].clone();
     let trajectory = record.then(|| {
         let mut tr: Vec<(f64, Batch<E, D>)> = plan
             .instrs
             .iter()
             .filter_map(|i| match i {
-                Instr::Eval { input, t, .. } => Some((*t, slots.states[*input].clone().unwrap())),
+                Instr::Eval { input, t, .. } => Some((*t, slots.states[input].clone())),
                 _ => None,
             })
             .collect();
