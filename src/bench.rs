@@ -66,7 +66,9 @@ pub enum BenchMethod {
     Gradient(GradMethod),
 }
 
-fn run_workload<const IN: usize, const H: usize, const D: usize>(
+#[allow(clippy::too_many_arguments)]
+fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usize>(
+    dev: Dev,
     name: &str,
     batch: usize,
     method: BenchMethod,
@@ -75,8 +77,7 @@ fn run_workload<const IN: usize, const H: usize, const D: usize>(
     repeat: usize,
     states: States,
 ) -> Result<BenchResult, String> {
-    let dev = Cpu::seed_from_u64(0);
-    let net = dev.build_module::<Mlp<IN, H, D>, f32>();
+    let net = <Mlp<IN, H, D> as BuildOnDevice<Dev, f32>>::build_on_device(&dev);
     let model = MlpDenoiser::<_, IN, D>::new(
         net,
         D,
@@ -90,9 +91,9 @@ fn run_workload<const IN: usize, const H: usize, const D: usize>(
         .map_err(|e| e.to_string())?;
     let plan =
         build_plan(&schedule, &SamplerSpec::new(Method::Ddim, 1, steps)).map_err(|e| e.message)?;
-    let x_t = from_f64::<f32, Cpu>(&dev, &normals(1, 0, batch * D), batch, D);
-    let z = from_f64::<f32, Cpu>(&dev, &normals(2, 0, batch * COND), batch, COND);
-    let target = from_f64::<f32, Cpu>(&dev, &normals(3, 0, batch * D), batch, D);
+    let x_t = from_f64::<f32, Dev>(&dev, &normals(1, 0, batch * D), batch, D);
+    let z = from_f64::<f32, Dev>(&dev, &normals(2, 0, batch * COND), batch, COND);
+    let target = from_f64::<f32, Dev>(&dev, &normals(3, 0, batch * D), batch, D);
     let f = ModelFn::new(&model);
     let noise = NoiseSource::Seeded(0);
     let spec = match method {
@@ -150,18 +151,18 @@ fn run_workload<const IN: usize, const H: usize, const D: usize>(
         (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                let out = Denoiser::<f32, Cpu>::forward(&model, &x_t, Some(&z), &time);
+                let out = Denoiser::<f32, Dev>::forward(&model, &x_t, Some(&z), &time);
                 std::hint::black_box(out);
                 t.elapsed().as_secs_f64()
             })
             .collect(),
     );
-    let mut acc = Denoiser::<f32, Cpu>::param_grads(&model);
+    let mut acc = Denoiser::<f32, Dev>::param_grads(&model);
     let vjp = median(
         (0..reps)
             .map(|_| {
                 let t = Instant::now();
-                let out = Denoiser::<f32, Cpu>::vjp(
+                let out = Denoiser::<f32, Dev>::vjp(
                     &model,
                     &x_t,
                     Some(&z),
@@ -200,10 +201,13 @@ fn run_workload<const IN: usize, const H: usize, const D: usize>(
     })
 }
 
-/// Runs a workload by name: `w1` (D 64, H 256, batch 16), `w2` (D 784, H 2048, batch 64), or
-/// `tiny` (D 4, H 16, batch 2; for CI).
+/// Runs a workload by name on a device: `w1` (D 64, H 256, batch 16), `w2` (D 784, H 2048,
+/// batch 64), or `tiny` (D 4, H 16, batch 2; for CI); `cpu`, or `cuda` (a build with the
+/// `cuda` feature).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     workload: &str,
+    device: &str,
     method: BenchMethod,
     order: usize,
     steps: usize,
@@ -216,15 +220,56 @@ pub fn run(
     if repeat == 0 {
         return Err("--repeat 0: at least one timed run".into());
     }
+    match device {
+        "cpu" => run_on(
+            Cpu::seed_from_u64(0),
+            workload,
+            method,
+            order,
+            steps,
+            repeat,
+            states,
+        ),
+        #[cfg(feature = "cuda")]
+        "cuda" => run_on(
+            adeis_runtime::CudaDevice::seed_from_u64(0),
+            workload,
+            method,
+            order,
+            steps,
+            repeat,
+            states,
+        ),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => {
+            Err("--device cuda: this build has no CUDA support (build with --features cuda)".into())
+        }
+        other => Err(format!("--device {other}: cpu or cuda")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_on<Dev: Device<f32>>(
+    dev: Dev,
+    workload: &str,
+    method: BenchMethod,
+    order: usize,
+    steps: usize,
+    repeat: usize,
+    states: States,
+) -> Result<BenchResult, String> {
+    const W1_IN: usize = 64 + COND + 2 * FREQS;
+    const W2_IN: usize = 784 + COND + 2 * FREQS;
+    const TINY_IN: usize = 4 + COND + 2 * FREQS;
     match workload {
-        "w1" => run_workload::<{ 64 + COND + 2 * FREQS }, 256, 64>(
-            "w1", 16, method, order, steps, repeat, states,
+        "w1" => {
+            run_workload::<Dev, W1_IN, 256, 64>(dev, "w1", 16, method, order, steps, repeat, states)
+        }
+        "w2" => run_workload::<Dev, W2_IN, 2048, 784>(
+            dev, "w2", 64, method, order, steps, repeat, states,
         ),
-        "w2" => run_workload::<{ 784 + COND + 2 * FREQS }, 2048, 784>(
-            "w2", 64, method, order, steps, repeat, states,
-        ),
-        "tiny" => run_workload::<{ 4 + COND + 2 * FREQS }, 16, 4>(
-            "tiny", 2, method, order, steps, repeat, states,
+        "tiny" => run_workload::<Dev, TINY_IN, 16, 4>(
+            dev, "tiny", 2, method, order, steps, repeat, states,
         ),
         other => Err(format!(
             "--workload {other}: the workloads are w1, w2 and tiny"

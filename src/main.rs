@@ -107,6 +107,9 @@ enum Command {
         /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64) or tiny (for CI).
         #[arg(long, default_value = "w1")]
         workload: String,
+        /// cpu, or cuda (a build with the `cuda` feature and an NVIDIA GPU).
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// sample, discrete, adjoint_deis or tape.
         #[arg(long, default_value = "discrete")]
         method: String,
@@ -174,13 +177,16 @@ fn main() -> ExitCode {
         }),
         Some(Command::Bench {
             workload,
+            device,
             method,
             order,
             steps,
             repeat,
             states,
             json,
-        }) => cli::bench(&workload, &method, order, steps, repeat, &states, json),
+        }) => cli::bench(
+            &workload, &device, &method, order, steps, repeat, &states, json,
+        ),
         None => {
             println!("adeis: no command given; the default report on the built-in VP linear schedule follows.");
             println!("(`adeis --help` lists the commands.)\n");

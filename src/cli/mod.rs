@@ -33,8 +33,10 @@ pub enum Dtype {
 }
 
 /// `adeis bench`.
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     workload: &str,
+    device: &str,
     method: &str,
     order: usize,
     steps: usize,
@@ -67,7 +69,7 @@ pub fn bench(
     if st == States::Checkpoint && m != BenchMethod::Gradient(GradMethod::Discrete) {
         return Err("--states checkpoint is for --method discrete".into());
     }
-    let r = run(workload, m, order, steps, repeat, st)?;
+    let r = run(workload, device, m, order, steps, repeat, st)?;
     if json {
         println!("{}", serde_json::to_string(&r).unwrap());
     } else {
