@@ -2,7 +2,7 @@
 //! the discrete adjoint against finite differences and against the closed form, checkpointing
 //! against recording, VJPs against finite differences.
 
-use adeis_compiler::{build_plan, Method, Plan, Pred, SamplerSpec, Schedule, ScheduleDef};
+use adeis_compiler::{build_plan, Method, Plan, Pred, Schedule};
 use adeis_runtime::adjoint::{
     adjoint_deis, discrete_adjoint, AdjointDeis, Gradient, StateStorage, Wrt,
 };
@@ -15,16 +15,12 @@ use adeis_runtime::{
 };
 use dfdx::prelude::*;
 
+mod common;
+use common::{fitted_order, spec, vp};
+
 type Dev = Cpu;
 const DIM: usize = 3;
 const BATCH: usize = 2;
-
-fn vp() -> Schedule {
-    ScheduleDef::vp_linear(0.1, 20.0)
-        .unwrap()
-        .compile()
-        .unwrap()
-}
 
 fn tensor(seed: u64, batch: usize, dim: usize) -> Batch<f64, Dev> {
     from_f64(&Dev::default(), &normals(seed, 0, batch * dim), batch, dim)
@@ -37,12 +33,6 @@ fn linear_loss(
     move |_| Ok(a0)
 }
 
-fn spec(method: Method, order: usize, steps: usize) -> SamplerSpec {
-    let mut s = SamplerSpec::new(method, order, steps);
-    s.lower_order_final = false;
-    s
-}
-
 fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let num = a
         .iter()
@@ -52,18 +42,6 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
         .sqrt();
     let den = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     num / den
-}
-
-fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
-    let xs: Vec<f64> = ns.iter().map(|n| (*n as f64).ln()).collect();
-    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
-    let (mx, my) = (
-        xs.iter().sum::<f64>() / xs.len() as f64,
-        ys.iter().sum::<f64>() / ys.len() as f64,
-    );
-    let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    -num / den
 }
 
 /// The exact gradients of L = sum(a0 x0) for Gaussian data (MATH.md section 4), mu as z.

@@ -2,21 +2,17 @@
 //! equivalences, SDE replay, inversion and NFE counts.
 
 use adeis_compiler::sampler::{SolverType, ThirdOrder, UnipcVariant};
-use adeis_compiler::{build_plan, Method, Plan, SamplerSpec, Schedule, ScheduleDef};
+use adeis_compiler::{build_plan, Method, Plan, SamplerSpec, Schedule};
 use adeis_runtime::analytic::{GaussianModel, GmmModel};
 use adeis_runtime::executor::time_info;
 use adeis_runtime::noise::normals;
 use adeis_runtime::{from_f64, sample, to_f64, Denoiser, ModelFn, NoiseSource};
 use dfdx::prelude::*;
 
-type Dev = Cpu;
+mod common;
+use common::{fitted_order, spec, vp};
 
-fn vp() -> Schedule {
-    ScheduleDef::vp_linear(0.1, 20.0)
-        .unwrap()
-        .compile()
-        .unwrap()
-}
+type Dev = Cpu;
 
 const DIM: usize = 3;
 const BATCH: usize = 2;
@@ -71,25 +67,6 @@ fn max_err(a: &[f64], b: &[f64]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
-}
-
-/// Least-squares slope of log(err) against log(N), negated: the observed order.
-fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
-    let xs: Vec<f64> = ns.iter().map(|n| (*n as f64).ln()).collect();
-    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
-    let (mx, my) = (
-        xs.iter().sum::<f64>() / xs.len() as f64,
-        ys.iter().sum::<f64>() / ys.len() as f64,
-    );
-    let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
-    let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
-    -num / den
-}
-
-fn spec(method: Method, order: usize, steps: usize) -> SamplerSpec {
-    let mut s = SamplerSpec::new(method, order, steps);
-    s.lower_order_final = false;
-    s
 }
 
 /// The fitted order of `err(N)` over `ns`, printed; a failure message if it is off.

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis::compiler::{build_plan, Equation, GradientSpec, WrtKey};
-use adeis::npy::{read_npy, write_npy, NpyArray};
+use adeis::compiler::{Equation, GradientSpec, WrtKey};
+use adeis::npy::{write_npy, NpyArray};
 use adeis::prelude::*;
 use adeis::runtime::adjoint::compute_gradient;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::mse;
-use adeis::runtime::{from_f64, to_f64, Denoiser, ModelFn, NoiseSource, ParamGrads, RuntimeError};
+use adeis::runtime::{from_f64, to_f64, ModelFn, NoiseSource, ParamGrads, RuntimeError};
 use adeis::safetensors::{peak_memory_bytes, write_safetensors, NamedTensor};
 
 use super::model::{parse_model, ModelChoice};
@@ -29,26 +29,13 @@ pub struct GradArgs {
     pub dtype: Dtype,
 }
 
-fn read_2d(flag: &str, path: &std::path::Path) -> Result<NpyArray, String> {
-    let a = read_npy(path).map_err(|e| format!("{flag}: {e}"))?;
-    if a.shape.len() != 2 {
-        return Err(format!(
-            "{flag}: {} has shape {:?}; expected [batch, dim]",
-            path.display(),
-            a.shape
-        ));
-    }
-    Ok(a)
-}
-
 pub fn run(args: &GradArgs) -> Result<(), String> {
-    let spec = load_spec(&args.spec).map_err(|e| e.to_string())?;
-    let sampler = spec.sampler.clone().ok_or_else(|| {
-        format!(
-            "{}: no [sampler] table; `adeis grad` needs one",
-            args.spec.display()
-        )
-    })?;
+    let super::Run {
+        spec,
+        sampler,
+        schedule,
+        plan,
+    } = super::load_run(&args.spec, "grad")?;
     let gradient = spec.gradient.clone().unwrap_or_default();
     gradient.validate().map_err(|e| {
         format!(
@@ -58,17 +45,7 @@ pub fn run(args: &GradArgs) -> Result<(), String> {
             e.message
         )
     })?;
-    let def = spec.schedule.to_def().map_err(|e| e.to_string())?;
-    let schedule = def.compile().map_err(|e| e.to_string())?;
-    let plan = build_plan(&schedule, &sampler).map_err(|e| {
-        format!(
-            "{}: sampler.{}: {}",
-            args.spec.display(),
-            e.field,
-            e.message
-        )
-    })?;
-    let x = read_2d("--x-t", &args.x_t)?;
+    let x = super::read_2d("--x-t", &args.x_t)?;
     let (batch, dim) = (x.shape[0], x.shape[1]);
     let model = parse_model(&args.model)?;
     model.check_dim(dim)?;
@@ -78,7 +55,7 @@ pub fn run(args: &GradArgs) -> Result<(), String> {
             return Err("give --cot cot.npy (dL/dx_0) or --loss mse --target t.npy".into())
         }
         (Some(p), None) => {
-            let c = read_2d("--cot", p)?;
+            let c = super::read_2d("--cot", p)?;
             if c.shape != x.shape {
                 return Err(format!(
                     "--cot has shape {:?}; the sample has [{batch}, {dim}]",
@@ -92,7 +69,7 @@ pub fn run(args: &GradArgs) -> Result<(), String> {
                 .target
                 .as_ref()
                 .ok_or("--loss mse needs --target t.npy")?;
-            let t = read_2d("--target", p)?;
+            let t = super::read_2d("--target", p)?;
             if t.shape != x.shape {
                 return Err(format!(
                     "--target has shape {:?}; the sample has [{batch}, {dim}]",
@@ -108,7 +85,7 @@ pub fn run(args: &GradArgs) -> Result<(), String> {
         }
     };
     let cond = match &args.cond {
-        Some(p) => Some(read_2d("--cond", p)?),
+        Some(p) => Some(super::read_2d("--cond", p)?),
         None => None,
     };
     let sde = sampler.effective_equation() == Equation::Sde;
@@ -149,10 +126,7 @@ where
 {
     let dev = Cpu::default();
     let x_t = from_f64::<E, Cpu>(&dev, x, batch, dim);
-    let denoiser: Box<dyn Denoiser<E, Cpu>> = match model {
-        ModelChoice::Gaussian { .. } => Box::new(model.gaussian(dim).unwrap()),
-        ModelChoice::Gmm(g) => Box::new(g.clone()),
-    };
+    let denoiser = model.denoiser::<E>(dim);
     // The Gaussian model's conditioning is its mean: without --cond, z = mu everywhere.
     let z = match (&cond, model) {
         (Some(c), _) => {

@@ -25,6 +25,49 @@ pub fn schedule_def(arg: &str) -> Result<ScheduleDef, String> {
     }
 }
 
+/// What a sampling command runs: the spec, its compiled schedule, its sampler and the plan.
+pub struct Run {
+    pub spec: Spec,
+    pub sampler: adeis::compiler::SamplerSpec,
+    pub schedule: Schedule,
+    pub plan: adeis::compiler::Plan,
+}
+
+/// Loads a spec with a [sampler] table and builds its plan (`command` names the caller in
+/// errors).
+pub fn load_run(path: &Path, command: &str) -> Result<Run, String> {
+    let spec = load_spec(path).map_err(|e| e.to_string())?;
+    let sampler = spec.sampler.clone().ok_or_else(|| {
+        format!(
+            "{}: no [sampler] table; `adeis {command}` needs one",
+            path.display()
+        )
+    })?;
+    let def = spec.schedule.to_def().map_err(|e| e.to_string())?;
+    let schedule = def.compile().map_err(|e| e.to_string())?;
+    let plan = adeis::compiler::build_plan(&schedule, &sampler)
+        .map_err(|e| format!("{}: sampler.{}: {}", path.display(), e.field, e.message))?;
+    Ok(Run {
+        spec,
+        sampler,
+        schedule,
+        plan,
+    })
+}
+
+/// Reads a [batch, dim] array.
+pub fn read_2d(flag: &str, path: &Path) -> Result<adeis::npy::NpyArray, String> {
+    let a = adeis::npy::read_npy(path).map_err(|e| format!("{flag}: {e}"))?;
+    if a.shape.len() != 2 {
+        return Err(format!(
+            "{flag}: {} has shape {:?}; expected [batch, dim]",
+            path.display(),
+            a.shape
+        ));
+    }
+    Ok(a)
+}
+
 /// The precision of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {

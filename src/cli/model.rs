@@ -3,6 +3,8 @@
 use std::path::Path;
 
 use adeis::runtime::analytic::{GaussianModel, GmmModel};
+use adeis::runtime::dfdx::prelude::{Cpu, Device};
+use adeis::runtime::Denoiser;
 
 /// A model named on the command line.
 #[derive(Clone, Debug)]
@@ -70,14 +72,21 @@ impl ModelChoice {
         }
     }
 
-    pub fn gaussian(&self, dim: usize) -> Option<GaussianModel> {
+    /// The model as a denoiser on the CPU for data of dimension `dim`.
+    pub fn denoiser<E: adeis::runtime::dfdx::dtypes::Dtype>(
+        &self,
+        dim: usize,
+    ) -> Box<dyn Denoiser<E, Cpu>>
+    where
+        Cpu: Device<E>,
+    {
         match self {
-            ModelChoice::Gaussian { mu, s2 } => Some(GaussianModel {
+            ModelChoice::Gaussian { mu, s2 } => Box::new(GaussianModel {
                 mu: *mu,
                 s2: *s2,
                 dim,
             }),
-            _ => None,
+            ModelChoice::Gmm(g) => Box::new(g.clone()),
         }
     }
 }

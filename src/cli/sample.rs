@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis::compiler::build_plan;
-use adeis::npy::{read_npy, write_npy};
+use adeis::npy::write_npy;
 use adeis::prelude::*;
 use adeis::runtime::dfdx::prelude::*;
-use adeis::runtime::{from_f64, sample, to_f64, Denoiser, ModelFn, NoiseSource};
+use adeis::runtime::{from_f64, sample, to_f64, ModelFn, NoiseSource};
 
 use super::model::{parse_model, ModelChoice};
 use super::Dtype;
@@ -23,31 +22,8 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: &SampleArgs) -> Result<(), String> {
-    let spec = load_spec(&args.spec).map_err(|e| e.to_string())?;
-    let sampler = spec.sampler.clone().ok_or_else(|| {
-        format!(
-            "{}: no [sampler] table; `adeis sample` needs one",
-            args.spec.display()
-        )
-    })?;
-    let def = spec.schedule.to_def().map_err(|e| e.to_string())?;
-    let schedule = def.compile().map_err(|e| e.to_string())?;
-    let plan = build_plan(&schedule, &sampler).map_err(|e| {
-        format!(
-            "{}: sampler.{}: {}",
-            args.spec.display(),
-            e.field,
-            e.message
-        )
-    })?;
-    let x = read_npy(&args.x_t).map_err(|e| format!("--x-t: {e}"))?;
-    if x.shape.len() != 2 {
-        return Err(format!(
-            "--x-t: {} has shape {:?}; expected [batch, dim]",
-            args.x_t.display(),
-            x.shape
-        ));
-    }
+    let super::Run { plan, schedule, .. } = super::load_run(&args.spec, "sample")?;
+    let x = super::read_2d("--x-t", &args.x_t)?;
     let model = parse_model(&args.model)?;
     model.check_dim(x.shape[1])?;
     match args.dtype {
@@ -76,10 +52,7 @@ where
 {
     let dev = Cpu::default();
     let x_t = from_f64::<E, Cpu>(&dev, x, batch, dim);
-    let denoiser: Box<dyn Denoiser<E, Cpu>> = match model {
-        ModelChoice::Gaussian { .. } => Box::new(model.gaussian(dim).unwrap()),
-        ModelChoice::Gmm(g) => Box::new(g.clone()),
-    };
+    let denoiser = model.denoiser::<E>(dim);
     let start = Instant::now();
     let out = sample(
         plan,

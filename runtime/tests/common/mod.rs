@@ -1,0 +1,32 @@
+//! Helpers shared by the runtime's test files.
+#![allow(dead_code)]
+
+use adeis_compiler::{Method, SamplerSpec, Schedule, ScheduleDef};
+
+/// The VP linear schedule (0.1, 20) on [1e-3, 1].
+pub fn vp() -> Schedule {
+    ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap()
+}
+
+/// A sampler without lower_order_final, so every step has the method's order.
+pub fn spec(method: Method, order: usize, steps: usize) -> SamplerSpec {
+    let mut s = SamplerSpec::new(method, order, steps);
+    s.lower_order_final = false;
+    s
+}
+
+/// Least-squares slope of log(err) against log(N), negated: the observed order.
+pub fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
+    let xs: Vec<f64> = ns.iter().map(|n| (*n as f64).ln()).collect();
+    let ys: Vec<f64> = errs.iter().map(|e| e.ln()).collect();
+    let (mx, my) = (
+        xs.iter().sum::<f64>() / xs.len() as f64,
+        ys.iter().sum::<f64>() / ys.len() as f64,
+    );
+    let num: f64 = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+    -num / den
+}
