@@ -40,6 +40,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate a spec file and print what adeis derives from it: the schedule's formulas,
+    /// the sampler plan (steps, NFE) with the coefficients of its first steps, the gradient
+    /// plan (VJP count).
+    Check {
+        /// Spec file (.toml or .json).
+        spec: PathBuf,
+        /// How many steps of the coefficient table to print.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+    },
     /// Sample from x_T with the spec's [schedule] and [sampler] on a model.
     Sample {
         /// Spec file (.toml or .json) with [schedule] and [sampler] tables.
@@ -135,6 +145,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
+        Some(Command::Check { spec, steps }) => cli::check::run(&spec, steps),
         Some(Command::Sample {
             spec,
             model,

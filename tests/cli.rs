@@ -428,3 +428,26 @@ mod grad {
         assert!(stdout.contains("\"loss\""));
     }
 }
+
+#[test]
+fn check_prints_the_derived_plans() {
+    let (ok, out, err) = adeis(&["check", "examples/specs/sample_dpmpp.toml", "--steps", "2"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("examples/specs/sample_dpmpp.toml: valid"),
+        "{out}"
+    );
+    assert!(
+        out.contains("t(lambda): 2 * softplus(-2 * lambda)"),
+        "{out}"
+    );
+    assert!(out.contains("25 steps, NFE 25"), "{out}");
+    assert!(out.contains("[  1] x2 = "), "{out}");
+    assert!(!out.contains("[  2] x3 = "), "{out}");
+    assert!(
+        out.contains("gradient: discrete (the default), wrt [x_t]: forward NFE 25, VJPs 25"),
+        "{out}"
+    );
+    let (ok, _, err) = adeis(&["check", "examples/specs/does_not_exist.toml"]);
+    assert!(!ok && err.contains("does_not_exist.toml"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! The subcommands of the `adeis` program.
 
+pub mod check;
 pub mod grad;
 pub mod model;
 pub mod sample;

@@ -1,0 +1,140 @@
+//! `adeis check`: validate a spec and show what the compiler derived from it.
+
+use std::path::Path;
+
+use adeis::compiler::{build_plan, GradMethod, Instr, Operand, Quantity};
+use adeis::prelude::*;
+
+pub fn run(path: &Path, rows: usize) -> Result<(), String> {
+    let spec = load_spec(path).map_err(|e| e.to_string())?;
+    let def = spec.schedule.to_def().map_err(|e| e.to_string())?;
+    println!("{}: valid", path.display());
+    println!();
+    let params: Vec<String> = def
+        .param_names()
+        .iter()
+        .zip(def.default_params())
+        .map(|(n, v)| format!("{n} = {v}"))
+        .collect();
+    println!(
+        "schedule {}{} on t in [{}, {}]",
+        def.name(),
+        if params.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", params.join(", "))
+        },
+        def.t_min(),
+        def.t_max()
+    );
+    for q in [
+        Quantity::LogAlpha,
+        Quantity::Sigma,
+        Quantity::Lambda,
+        Quantity::F,
+        Quantity::G2,
+    ] {
+        println!("  {}(t) = {}", q.name(), def.expression(q));
+    }
+    println!(
+        "  t(lambda): {}",
+        match def.inverse() {
+            adeis::compiler::schedule::Inverse::Closed(p) =>
+                p.def_expr("t").unwrap().to_text("lambda"),
+            adeis::compiler::schedule::Inverse::Newton =>
+                "safeguarded Newton on the compiled lambda (no closed form given)".into(),
+        }
+    );
+    let Some(sampler) = &spec.sampler else {
+        println!("\nno [sampler] table");
+        return Ok(());
+    };
+    let schedule = def.compile().map_err(|e| e.to_string())?;
+    let plan = build_plan(&schedule, sampler)
+        .map_err(|e| format!("{}: sampler.{}: {}", path.display(), e.field, e.message))?;
+    println!("\nsampler: {}", plan.description);
+    println!(
+        "  {} steps, NFE {}, {} noises, {} states",
+        plan.steps(),
+        plan.nfe(),
+        plan.n_noises,
+        plan.n_states
+    );
+    println!(
+        "  coefficient table of the first steps (x = states, o = model outputs, xi = noises):"
+    );
+    let shown: Vec<&Instr> = plan
+        .instrs
+        .iter()
+        .filter(|i| match i {
+            Instr::Eval { step, .. } | Instr::Combine { step, .. } => *step < rows,
+        })
+        .collect();
+    for ins in shown {
+        match ins {
+            Instr::Eval {
+                out,
+                input,
+                t,
+                pred,
+                step,
+            } => {
+                println!("  [{step:>3}] o{out} = {pred:?} prediction at (x{input}, t = {t:.6})")
+            }
+            Instr::Combine { dst, terms, step } => {
+                let ts: Vec<String> = terms
+                    .iter()
+                    .map(|(op, c)| {
+                        let n = match op {
+                            Operand::State(s) => format!("x{s}"),
+                            Operand::Out(o) => format!("o{o}"),
+                            Operand::Noise(n) => format!("xi{n}"),
+                        };
+                        format!("{c:+.9e} {n}")
+                    })
+                    .collect();
+                println!("  [{step:>3}] x{dst} = {}", ts.join(" "))
+            }
+        }
+    }
+    let gradient = spec.gradient.clone().unwrap_or_default();
+    let (vjps, nfe) = match gradient.method {
+        GradMethod::Discrete => (plan.nfe(), plan.nfe()),
+        GradMethod::AdjointDeis => (gradient.steps.unwrap_or(plan.steps()), plan.nfe()),
+        GradMethod::Tape => (0, plan.nfe()),
+    };
+    println!(
+        "\ngradient: {}{}{}, wrt [{}]: forward NFE {nfe}, VJPs {vjps}{}",
+        gradient.method.name(),
+        if gradient.method == GradMethod::AdjointDeis {
+            format!(" order {}", gradient.adjoint_order())
+        } else {
+            String::new()
+        },
+        if spec.gradient.is_none() {
+            " (the default)"
+        } else {
+            ""
+        },
+        gradient
+            .wrt
+            .iter()
+            .map(|k| match k {
+                adeis::compiler::WrtKey::XT => "x_t",
+                adeis::compiler::WrtKey::Cond => "cond",
+                adeis::compiler::WrtKey::Params => "params",
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        match gradient.states {
+            adeis::compiler::gradient::States::Checkpoint => format!(
+                ", checkpointing with {} slots (more forward evaluations)",
+                gradient.checkpoints.unwrap_or(0)
+            ),
+            adeis::compiler::gradient::States::Backsolve =>
+                ", states back-solved (+1 evaluation per adjoint point)".into(),
+            adeis::compiler::gradient::States::Record => String::new(),
+        }
+    );
+    Ok(())
+}
