@@ -5,6 +5,7 @@
 //! quantities and the inverse of lambda ([`schedule`]), and lowers them to native code with
 //! cranelift ([`jit`]). It never touches tensors.
 
+pub mod dsl;
 pub mod expr;
 pub mod gradient;
 pub mod grid;

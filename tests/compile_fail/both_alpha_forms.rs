@@ -1,0 +1,10 @@
+adeis::schedule! {
+    pub S {
+        log_alpha(t) = -t;
+        alpha(t) = exp(-t);
+        sigma(t) = sqrt(1.0 - exp(2.0 * log_alpha(t)));
+        t in [1e-3, 1.0];
+    }
+}
+
+fn main() {}
