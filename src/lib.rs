@@ -47,9 +47,49 @@ macro_rules! schedule {
     };
 }
 
+/// Declares a whole problem (schedule, equation, prediction, sampler, gradient method, wrt,
+/// loss), checked when it compiles, as a type with `sample`, `gradient` and `optimize`.
+///
+/// ```
+/// use adeis::runtime::dfdx::prelude::*;
+/// use adeis::runtime::tape::Taped;
+///
+/// /// Pull the sample towards 1: L = sum((x0 - 1)^2). A loss is a function on dfdx's tape,
+/// /// generic over the dtype and the device like the generated methods.
+/// fn to_one<E: Dtype, D: Device<E>>(x0: Taped<E, D>) -> Tensor<Rank0, E, D, OwnedTape<E, D>> {
+///     (x0 - E::from_f64(1.0).unwrap()).square().sum()
+/// }
+///
+/// adeis::diffusion! {
+///     pub Steer {
+///         schedule: vp_linear,
+///         equation: ode,
+///         prediction: eps,
+///         sampler: dpm_solver_pp(order = 2, steps = 20),
+///         gradient: discrete,               // exact for these 20 steps; or adjoint_deis(order = 2, steps = 500)
+///         wrt: [x_t, cond],
+///         loss: to_one,
+///     }
+/// }
+///
+/// let model = adeis::runtime::analytic::GaussianModel { mu: 0.0, s2: 0.5, dim: 2 };
+/// let dev = Cpu::default();
+/// let x_t = adeis::runtime::from_f64::<f64, Cpu>(&dev, &[0.3, -0.4], 1, 2);
+/// let z = adeis::runtime::from_f64::<f64, Cpu>(&dev, &[0.0, 0.0], 1, 2);
+/// let (_, _, losses) = Steer::optimize(&model, &x_t, Some(&z), 0, 10, 0.3).unwrap();
+/// assert!(losses[9] < 1e-3 * losses[0], "{losses:?}");
+/// ```
+#[macro_export]
+macro_rules! diffusion {
+    ($($tt:tt)*) => {
+        $crate::__private::diffusion_impl! { $crate; $($tt)* }
+    };
+}
+
 #[doc(hidden)]
 pub mod __private {
-    pub use adeis_macros::schedule_impl;
+    pub use adeis_macros::{diffusion_impl, schedule_impl};
+    pub use serde_json;
 }
 
 /// What a user program usually needs.

@@ -9,3 +9,9 @@ use proc_macro::TokenStream;
 pub fn schedule_impl(input: TokenStream) -> TokenStream {
     adeis_compiler::dsl::expand_schedule(input.into()).into()
 }
+
+/// Expands `adeis::diffusion!` (input: `CRATE_PATH; declaration`).
+#[proc_macro]
+pub fn diffusion_impl(input: TokenStream) -> TokenStream {
+    adeis_compiler::dsl::diffusion::expand_diffusion(input.into()).into()
+}

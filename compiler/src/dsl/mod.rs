@@ -439,10 +439,12 @@ impl ScheduleDecl {
     }
 }
 
-/// `schedule!`: the input is `KRATE_PATH; declaration` (the facade's macro_rules wrapper
-/// passes `$crate`, so a renamed dependency still works).
-pub fn expand_schedule(input: TokenStream) -> TokenStream {
-    let mut iter = input.into_iter().peekable();
+pub mod diffusion;
+
+/// Splits `KRATE_PATH; rest`: the facade's macro_rules wrappers pass `$crate` first, so the
+/// generated code names the crate as the user sees it (a renamed dependency still works).
+pub fn split_krate(input: TokenStream) -> (TokenStream, TokenStream) {
+    let mut iter = input.into_iter();
     let mut krate = TokenStream::new();
     for tt in iter.by_ref() {
         if matches!(&tt, TokenTree::Punct(p) if p.as_char() == ';') {
@@ -450,7 +452,12 @@ pub fn expand_schedule(input: TokenStream) -> TokenStream {
         }
         krate.extend([tt]);
     }
-    let rest: TokenStream = iter.collect();
+    (krate, iter.collect())
+}
+
+/// `schedule!`: the input is `KRATE_PATH; declaration`.
+pub fn expand_schedule(input: TokenStream) -> TokenStream {
+    let (krate, rest) = split_krate(input);
     match syn::parse2::<ScheduleDecl>(rest).and_then(|d| d.expand(&krate)) {
         Ok(ts) => ts,
         Err(e) => e.to_compile_error(),

@@ -1,0 +1,590 @@
+//! `diffusion!`: a whole problem (schedule, equation, prediction, sampler, gradient, wrt, loss)
+//! validated when it compiles and emitted as a type with `sample`, `gradient` and `optimize`.
+//!
+//! ```text
+//! diffusion! {
+//!     pub Morph {
+//!         schedule: LinearVp,                 // a schedule! type, or a built-in name: vp_linear, ...
+//!         equation: ode,
+//!         prediction: eps,
+//!         sampler: dpm_solver_pp(order = 2, steps = 20, grid = logsnr),
+//!         gradient: adjoint_deis(order = 2, steps = 20),   // or discrete, or tape
+//!         wrt: [x_t, cond, params],
+//!         loss: my_loss,                      // fn(Taped x_0) -> scalar on dfdx's tape
+//!     }
+//! }
+//! ```
+
+use proc_macro2::{Span, TokenStream};
+use quote::quote;
+use syn::parse::{Parse, ParseStream};
+use syn::{bracketed, parenthesized, Attribute, Ident, Path, Token, Visibility};
+
+use crate::expr::parse::did_you_mean;
+use crate::gradient::{GradMethod, GradientSpec, States, WrtKey};
+use crate::sampler::{Equation, Method, Prediction, SamplerSpec};
+
+struct Opt {
+    key: Ident,
+    value: OptValue,
+}
+
+enum OptValue {
+    Num(f64, Span),
+    Word(Ident),
+    Bool(bool, Span),
+}
+
+impl OptValue {
+    fn span(&self) -> Span {
+        match self {
+            OptValue::Num(_, s) | OptValue::Bool(_, s) => *s,
+            OptValue::Word(i) => i.span(),
+        }
+    }
+}
+
+struct Call {
+    name: Ident,
+    opts: Vec<Opt>,
+}
+
+fn parse_call(input: ParseStream) -> syn::Result<Call> {
+    let name: Ident = input.parse()?;
+    let mut opts = vec![];
+    if input.peek(syn::token::Paren) {
+        let content;
+        parenthesized!(content in input);
+        while !content.is_empty() {
+            let key: Ident = content.parse()?;
+            content.parse::<Token![=]>()?;
+            let value = if content.peek(syn::Lit) {
+                match content.parse::<syn::Lit>()? {
+                    syn::Lit::Int(i) => OptValue::Num(i.base10_parse()?, i.span()),
+                    syn::Lit::Float(f) => OptValue::Num(f.base10_parse()?, f.span()),
+                    syn::Lit::Bool(b) => OptValue::Bool(b.value, b.span),
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            "expected a number, true/false or a name",
+                        ))
+                    }
+                }
+            } else {
+                OptValue::Word(content.parse()?)
+            };
+            if opts.iter().any(|o: &Opt| o.key == key) {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("option `{key}` is given twice"),
+                ));
+            }
+            opts.push(Opt { key, value });
+            if !content.is_empty() {
+                content.parse::<Token![,]>()?;
+            }
+        }
+    }
+    Ok(Call { name, opts })
+}
+
+/// A parsed `diffusion!` declaration.
+pub struct DiffusionDecl {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    name: Ident,
+    schedule: Path,
+    equation: Option<Ident>,
+    prediction: Option<Ident>,
+    sampler: Call,
+    gradient: Option<Call>,
+    wrt: Vec<Ident>,
+    loss: Path,
+}
+
+const FIELDS: [&str; 7] = [
+    "schedule",
+    "equation",
+    "prediction",
+    "sampler",
+    "gradient",
+    "wrt",
+    "loss",
+];
+
+impl Parse for DiffusionDecl {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let name: Ident = input.parse()?;
+        let body;
+        syn::braced!(body in input);
+        let mut seen: Vec<Ident> = vec![];
+        let (
+            mut schedule,
+            mut equation,
+            mut prediction,
+            mut sampler,
+            mut gradient,
+            mut wrt,
+            mut loss,
+        ) = (None, None, None, None, None, None, None);
+        while !body.is_empty() {
+            let key: Ident = body.parse()?;
+            let k = key.to_string();
+            if !FIELDS.contains(&k.as_str()) {
+                let hint = did_you_mean(&k, FIELDS)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "unknown field `{k}`: the fields are {}{hint}",
+                        FIELDS.join(", ")
+                    ),
+                ));
+            }
+            if seen.contains(&key) {
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!("field `{k}` is given twice"),
+                ));
+            }
+            seen.push(key.clone());
+            body.parse::<Token![:]>()?;
+            match k.as_str() {
+                "schedule" => schedule = Some(body.parse::<Path>()?),
+                "equation" => equation = Some(body.parse::<Ident>()?),
+                "prediction" => prediction = Some(body.parse::<Ident>()?),
+                "sampler" => sampler = Some(parse_call(&body)?),
+                "gradient" => gradient = Some(parse_call(&body)?),
+                "wrt" => {
+                    let content;
+                    bracketed!(content in body);
+                    let list = content.parse_terminated(Ident::parse, Token![,])?;
+                    wrt = Some(list.into_iter().collect::<Vec<_>>());
+                }
+                _ => loss = Some(body.parse::<Path>()?),
+            }
+            if !body.is_empty() {
+                body.parse::<Token![,]>()?;
+            }
+        }
+        let missing = |f: &str| syn::Error::new(name.span(), format!("missing field `{f}`"));
+        Ok(DiffusionDecl {
+            attrs,
+            vis,
+            schedule: schedule.ok_or_else(|| missing("schedule"))?,
+            equation,
+            prediction,
+            sampler: sampler.ok_or_else(|| missing("sampler"))?,
+            gradient,
+            wrt: wrt.unwrap_or_default(),
+            loss: loss.ok_or_else(|| missing("loss"))?,
+            name,
+        })
+    }
+}
+
+fn word<T>(id: &Ident, table: &[(&str, T)]) -> syn::Result<T>
+where
+    T: Copy,
+{
+    let s = id.to_string();
+    table
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            let hint = did_you_mean(&s, names.iter().copied())
+                .map(|h| format!("; did you mean `{h}`?"))
+                .unwrap_or_default();
+            syn::Error::new(
+                id.span(),
+                format!("unknown `{s}`: one of {}{hint}", names.join(", ")),
+            )
+        })
+}
+
+fn count(o: &Opt) -> syn::Result<usize> {
+    match o.value {
+        OptValue::Num(v, _) if v >= 0.0 && v == v.trunc() => Ok(v as usize),
+        _ => Err(syn::Error::new(
+            o.value.span(),
+            format!("`{}` takes a whole number", o.key),
+        )),
+    }
+}
+
+impl DiffusionDecl {
+    /// The sampler and gradient declarations, validated, with errors at their tokens.
+    pub fn specs(&self) -> syn::Result<(SamplerSpec, GradientSpec)> {
+        let methods: Vec<(&str, Method)> = Method::ALL.iter().map(|m| (m.name(), *m)).collect();
+        let method = word(&self.sampler.name, &methods)?;
+        let mut sp = SamplerSpec::new(method, 1, 20);
+        let mut spans: Vec<(&'static str, Span)> = vec![("method", self.sampler.name.span())];
+        for o in &self.sampler.opts {
+            let k = o.key.to_string();
+            match k.as_str() {
+                "order" => sp.order = count(o)?,
+                "steps" => sp.steps = count(o)?,
+                "rho" => match o.value {
+                    OptValue::Num(v, _) => sp.rho = v,
+                    _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
+                },
+                "grid" | "solver_type" | "variant" | "third_order" => {
+                    let OptValue::Word(w) = &o.value else {
+                        return Err(syn::Error::new(
+                            o.value.span(),
+                            format!("`{k}` takes a name"),
+                        ));
+                    };
+                    match k.as_str() {
+                        "grid" => {
+                            sp.grid = word(
+                                w,
+                                &[
+                                    ("logsnr", 0),
+                                    ("time_uniform", 1),
+                                    ("time_quadratic", 2),
+                                    ("karras", 3),
+                                ],
+                            )
+                            .map(|i| {
+                                [
+                                    crate::grid::GridKind::Logsnr,
+                                    crate::grid::GridKind::TimeUniform,
+                                    crate::grid::GridKind::TimeQuadratic,
+                                    crate::grid::GridKind::Karras,
+                                ][i]
+                                    .clone()
+                            })?
+                        }
+                        "solver_type" => {
+                            sp.solver_type = word(
+                                w,
+                                &[
+                                    ("midpoint", crate::sampler::SolverType::Midpoint),
+                                    ("heun", crate::sampler::SolverType::Heun),
+                                ],
+                            )?
+                        }
+                        "variant" => {
+                            sp.variant = word(
+                                w,
+                                &[
+                                    ("bh1", crate::sampler::UnipcVariant::Bh1),
+                                    ("bh2", crate::sampler::UnipcVariant::Bh2),
+                                ],
+                            )?
+                        }
+                        _ => {
+                            sp.third_order = word(
+                                w,
+                                &[
+                                    ("taylor", crate::sampler::ThirdOrder::Taylor),
+                                    ("reference", crate::sampler::ThirdOrder::Reference),
+                                ],
+                            )?
+                        }
+                    }
+                }
+                "multistep" | "corrector" | "lower_order_final" | "denoise_to_zero" => {
+                    let OptValue::Bool(b, _) = o.value else {
+                        return Err(syn::Error::new(
+                            o.value.span(),
+                            format!("`{k}` takes true or false"),
+                        ));
+                    };
+                    match k.as_str() {
+                        "multistep" => sp.multistep = Some(b),
+                        "corrector" => sp.corrector = b,
+                        "lower_order_final" => sp.lower_order_final = b,
+                        _ => sp.denoise_to_zero = b,
+                    }
+                }
+                _ => {
+                    let keys = [
+                        "order",
+                        "steps",
+                        "grid",
+                        "rho",
+                        "multistep",
+                        "solver_type",
+                        "third_order",
+                        "variant",
+                        "corrector",
+                        "lower_order_final",
+                        "denoise_to_zero",
+                    ];
+                    let hint = did_you_mean(&k, keys)
+                        .map(|h| format!("; did you mean `{h}`?"))
+                        .unwrap_or_default();
+                    return Err(syn::Error::new(
+                        o.key.span(),
+                        format!("unknown sampler option `{k}`{hint}"),
+                    ));
+                }
+            }
+            for f in ["order", "steps", "multistep"] {
+                if k == f {
+                    spans.push((f, o.value.span()));
+                }
+            }
+        }
+        if let Some(e) = &self.equation {
+            sp.equation = Some(word(e, &[("ode", Equation::Ode), ("sde", Equation::Sde)])?);
+            spans.push(("equation", e.span()));
+        }
+        if let Some(p) = &self.prediction {
+            sp.prediction = word(
+                p,
+                &[
+                    ("eps", Prediction::Eps),
+                    ("x0", Prediction::X0),
+                    ("v", Prediction::V),
+                ],
+            )?;
+        }
+        let at = |field: &str| {
+            spans
+                .iter()
+                .rev()
+                .find(|(f, _)| *f == field)
+                .map(|(_, s)| *s)
+                .unwrap_or(self.sampler.name.span())
+        };
+        sp.validate()
+            .map_err(|e| syn::Error::new(at(e.field), e.message))?;
+
+        let mut g = GradientSpec::default();
+        let mut gspans: Vec<(&'static str, Span)> = vec![];
+        if let Some(call) = &self.gradient {
+            g.method = word(
+                &call.name,
+                &[
+                    ("discrete", GradMethod::Discrete),
+                    ("adjoint_deis", GradMethod::AdjointDeis),
+                    ("tape", GradMethod::Tape),
+                ],
+            )?;
+            gspans.push(("method", call.name.span()));
+            for o in &call.opts {
+                let k = o.key.to_string();
+                match k.as_str() {
+                    "order" => g.order = Some(count(o)?),
+                    "steps" => g.steps = Some(count(o)?),
+                    "checkpoints" => {
+                        g.checkpoints = Some(count(o)?);
+                        g.states = States::Checkpoint;
+                    }
+                    "states" => {
+                        let OptValue::Word(w) = &o.value else {
+                            return Err(syn::Error::new(
+                                o.value.span(),
+                                "`states` takes record, checkpoint or backsolve",
+                            ));
+                        };
+                        g.states = word(
+                            w,
+                            &[
+                                ("record", States::Record),
+                                ("checkpoint", States::Checkpoint),
+                                ("backsolve", States::Backsolve),
+                            ],
+                        )?;
+                    }
+                    _ => {
+                        let hint = did_you_mean(&k, ["order", "steps", "states", "checkpoints"])
+                            .map(|h| format!("; did you mean `{h}`?"))
+                            .unwrap_or_default();
+                        return Err(syn::Error::new(
+                            o.key.span(),
+                            format!("unknown gradient option `{k}`{hint}"),
+                        ));
+                    }
+                }
+                for f in ["order", "steps", "states", "checkpoints"] {
+                    if k == f {
+                        gspans.push((f, o.value.span()));
+                    }
+                }
+            }
+        }
+        if !self.wrt.is_empty() {
+            g.wrt = self
+                .wrt
+                .iter()
+                .map(|w| {
+                    word(
+                        w,
+                        &[
+                            ("x_t", WrtKey::XT),
+                            ("cond", WrtKey::Cond),
+                            ("params", WrtKey::Params),
+                        ],
+                    )
+                })
+                .collect::<syn::Result<_>>()?;
+        }
+        let gat = |field: &str| {
+            gspans
+                .iter()
+                .rev()
+                .find(|(f, _)| *f == field)
+                .map(|(_, s)| *s)
+                .or_else(|| self.gradient.as_ref().map(|c| c.name.span()))
+                .unwrap_or(self.name.span())
+        };
+        g.validate()
+            .map_err(|e| syn::Error::new(gat(e.field), e.message))?;
+        Ok((sp, g))
+    }
+
+    pub fn expand(&self, krate: &TokenStream) -> syn::Result<TokenStream> {
+        let (sp, g) = self.specs()?;
+        let sampler_json = serde_json_string(&sp);
+        let gradient_json = serde_json_string(&g);
+        let DiffusionDecl {
+            attrs,
+            vis,
+            name,
+            schedule,
+            loss,
+            ..
+        } = self;
+        // A lower-case single name is a built-in schedule; anything else a schedule! type.
+        let builtin = schedule.get_ident().map(|i| i.to_string()).filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        });
+        let schedule_expr = match &builtin {
+            Some(b) => {
+                if crate::spec::ScheduleSpec::builtin(b).is_none() {
+                    return Err(syn::Error::new(
+                        schedule.get_ident().unwrap().span(),
+                        format!(
+                            "unknown built-in schedule `{b}`: one of {}",
+                            crate::schedule::ScheduleDef::BUILTIN_NAMES.join(", ")
+                        ),
+                    ));
+                }
+                quote! {
+                    #krate::compiler::ScheduleSpec::builtin(#b)
+                        .expect("a built-in schedule")
+                        .to_def()
+                        .map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))?
+                        .compile()
+                        .map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))
+                }
+            }
+            None => quote! {
+                #schedule::new().compile().map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))
+            },
+        };
+        Ok(quote! {
+            #(#attrs)*
+            #[derive(Clone, Copy, Debug, Default)]
+            #vis struct #name;
+
+            impl #name {
+                /// The compiled schedule.
+                pub fn schedule() -> ::std::result::Result<#krate::compiler::Schedule, #krate::runtime::RuntimeError> {
+                    #schedule_expr
+                }
+
+                /// The sampler declaration (validated when the macro expanded).
+                pub fn sampler() -> #krate::compiler::SamplerSpec {
+                    #krate::__private::serde_json::from_str(#sampler_json).expect("validated sampler")
+                }
+
+                /// The gradient declaration (validated when the macro expanded).
+                pub fn gradient_spec() -> #krate::compiler::GradientSpec {
+                    #krate::__private::serde_json::from_str(#gradient_json).expect("validated gradient")
+                }
+
+                /// The sampler's plan on the schedule.
+                pub fn plan(schedule: &#krate::compiler::Schedule) -> ::std::result::Result<#krate::compiler::Plan, #krate::runtime::RuntimeError> {
+                    #krate::compiler::build_plan(schedule, &Self::sampler()).map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))
+                }
+
+                /// Samples x_0 from x_T (noise for SDE samplers from `seed`).
+                pub fn sample<E, D, M>(model: &M, x_t: &#krate::runtime::Batch<E, D>, z: ::std::option::Option<&#krate::runtime::Batch<E, D>>, seed: u64)
+                    -> ::std::result::Result<#krate::runtime::Batch<E, D>, #krate::runtime::RuntimeError>
+                where
+                    E: #krate::runtime::dfdx::dtypes::Dtype,
+                    D: #krate::runtime::dfdx::tensor_ops::Device<E>,
+                    M: #krate::runtime::Denoiser<E, D>,
+                {
+                    let schedule = Self::schedule()?;
+                    let plan = Self::plan(&schedule)?;
+                    let f = #krate::runtime::ModelFn::new(model);
+                    ::std::result::Result::Ok(#krate::runtime::sample(&plan, &schedule, &f, x_t, z, &#krate::runtime::NoiseSource::Seeded(seed), false)?.x)
+                }
+
+                /// The loss on the sample and its gradient by the declared method.
+                pub fn gradient<E, D, M>(model: &M, x_t: &#krate::runtime::Batch<E, D>, z: ::std::option::Option<&#krate::runtime::Batch<E, D>>, seed: u64)
+                    -> ::std::result::Result<(f64, #krate::runtime::adjoint::Gradient<E, D>), #krate::runtime::RuntimeError>
+                where
+                    E: #krate::runtime::dfdx::dtypes::Dtype,
+                    D: #krate::runtime::dfdx::tensor_ops::Device<E>,
+                    M: #krate::runtime::Denoiser<E, D>,
+                {
+                    let schedule = Self::schedule()?;
+                    let plan = Self::plan(&schedule)?;
+                    let spec = Self::gradient_spec();
+                    let sde = Self::sampler().effective_equation() == #krate::compiler::Equation::Sde;
+                    let mut value = f64::NAN;
+                    let g = #krate::runtime::adjoint::compute_gradient(
+                        &plan, &schedule, &#krate::runtime::ModelFn::new(model), x_t, z,
+                        &#krate::runtime::NoiseSource::Seeded(seed), &spec, sde,
+                        |x0| {
+                            let lg = #krate::runtime::loss::tape_loss(x0, #loss)?;
+                            value = lg.value;
+                            ::std::result::Result::Ok(lg.grad)
+                        },
+                    )?;
+                    ::std::result::Result::Ok((value, g))
+                }
+
+                /// Gradient descent on x_T (and z, when wrt includes cond) for `iters` steps of
+                /// size `lr`; returns the optimised x_T, z and the loss before each step.
+                pub fn optimize<E, D, M>(model: &M, x_t: &#krate::runtime::Batch<E, D>, z: ::std::option::Option<&#krate::runtime::Batch<E, D>>, seed: u64, iters: usize, lr: f64)
+                    -> ::std::result::Result<(#krate::runtime::Batch<E, D>, ::std::option::Option<#krate::runtime::Batch<E, D>>, ::std::vec::Vec<f64>), #krate::runtime::RuntimeError>
+                where
+                    E: #krate::runtime::dfdx::dtypes::Dtype,
+                    D: #krate::runtime::dfdx::tensor_ops::Device<E>,
+                    M: #krate::runtime::Denoiser<E, D>,
+                {
+                    let mut x = x_t.clone();
+                    let mut zc = z.cloned();
+                    let mut losses = ::std::vec::Vec::with_capacity(iters);
+                    let step = #krate::runtime::e::<E>(-lr);
+                    for _ in 0..iters {
+                        let (value, g) = Self::gradient(model, &x, zc.as_ref(), seed)?;
+                        losses.push(value);
+                        x = x + g.dx_t * step;
+                        if let ::std::option::Option::Some(dz) = g.dz {
+                            zc = zc.map(|zv| zv + dz * step);
+                        }
+                    }
+                    ::std::result::Result::Ok((x, zc, losses))
+                }
+            }
+        })
+    }
+}
+
+fn serde_json_string<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("specs serialize")
+}
+
+/// `diffusion!`: the input is `KRATE_PATH; declaration`.
+pub fn expand_diffusion(input: TokenStream) -> TokenStream {
+    let (krate, rest) = super::split_krate(input);
+    match syn::parse2::<DiffusionDecl>(rest).and_then(|d| d.expand(&krate)) {
+        Ok(ts) => ts,
+        Err(e) => e.to_compile_error(),
+    }
+}
