@@ -92,6 +92,11 @@ pub mod __private {
     pub use serde_json;
 }
 
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// What a user program usually needs.
 pub mod prelude {
     pub use crate::spec_file::{load_spec, parse_spec, SpecFileError};
