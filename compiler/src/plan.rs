@@ -43,6 +43,38 @@ pub enum Instr {
     },
 }
 
+impl fmt::Display for Instr {
+    /// `[step] o1 = Data prediction at (x1, t = ...)` or `[step] x2 = +c x1 +c o1 ...`, with
+    /// the coefficients at full precision.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Instr::Eval {
+                out,
+                input,
+                t,
+                pred,
+                step,
+            } => {
+                write!(
+                    f,
+                    "[{step:>3}] o{out} = {pred:?} prediction at (x{input}, t = {t:.6})"
+                )
+            }
+            Instr::Combine { dst, terms, step } => {
+                write!(f, "[{step:>3}] x{dst} =")?;
+                for (op, c) in terms {
+                    match op {
+                        Operand::State(s) => write!(f, " {c:+.9e} x{s}")?,
+                        Operand::Out(o) => write!(f, " {c:+.9e} o{o}")?,
+                        Operand::Noise(n) => write!(f, " {c:+.9e} xi{n}")?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A forward plan with its coefficient tables filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -105,29 +137,7 @@ impl fmt::Display for Plan {
             self.nfe()
         )?;
         for ins in &self.instrs {
-            match ins {
-                Instr::Eval {
-                    out,
-                    input,
-                    t,
-                    pred,
-                    step,
-                } => writeln!(f, "  [{step:>3}] o{out} = {pred:?}(x{input}, t = {t:.6})")?,
-                Instr::Combine { dst, terms, step } => {
-                    let ts: Vec<String> = terms
-                        .iter()
-                        .map(|(op, c)| {
-                            let name = match op {
-                                Operand::State(s) => format!("x{s}"),
-                                Operand::Out(o) => format!("o{o}"),
-                                Operand::Noise(n) => format!("xi{n}"),
-                            };
-                            format!("{c:+.6e} {name}")
-                        })
-                        .collect();
-                    writeln!(f, "  [{step:>3}] x{dst} = {}", ts.join(" "))?
-                }
-            }
+            writeln!(f, "  {ins}")?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use adeis::compiler::{build_plan, GradMethod, Instr, Operand, Quantity};
+use adeis::compiler::{build_plan, GradMethod, Instr, Quantity};
 use adeis::prelude::*;
 
 pub fn run(path: &Path, rows: usize) -> Result<(), String> {
@@ -71,31 +71,7 @@ pub fn run(path: &Path, rows: usize) -> Result<(), String> {
         })
         .collect();
     for ins in shown {
-        match ins {
-            Instr::Eval {
-                out,
-                input,
-                t,
-                pred,
-                step,
-            } => {
-                println!("  [{step:>3}] o{out} = {pred:?} prediction at (x{input}, t = {t:.6})")
-            }
-            Instr::Combine { dst, terms, step } => {
-                let ts: Vec<String> = terms
-                    .iter()
-                    .map(|(op, c)| {
-                        let n = match op {
-                            Operand::State(s) => format!("x{s}"),
-                            Operand::Out(o) => format!("o{o}"),
-                            Operand::Noise(n) => format!("xi{n}"),
-                        };
-                        format!("{c:+.9e} {n}")
-                    })
-                    .collect();
-                println!("  [{step:>3}] x{dst} = {}", ts.join(" "))
-            }
-        }
+        println!("  {ins}");
     }
     let gradient = spec.gradient.clone().unwrap_or_default();
     let (vjps, nfe) = match gradient.method {
