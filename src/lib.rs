@@ -16,7 +16,11 @@
 //! ```
 
 pub mod bench;
+pub mod digits;
+pub mod image;
+pub mod morph;
 pub mod npy;
+pub mod progress;
 pub mod report;
 pub mod safetensors;
 pub mod spec_file;

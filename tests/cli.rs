@@ -1,19 +1,7 @@
 //! The `adeis` command line.
 
-use std::process::Command;
-
-fn adeis(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_adeis"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod support;
+use support::adeis;
 
 #[test]
 fn schedule_json_has_one_array_per_quantity() {
@@ -48,13 +36,6 @@ fn schedule_from_spec_file_and_every_builtin() {
         let (ok, _, err) = adeis(&["schedule", name, "--json"]);
         assert!(ok, "{name}: {err}");
     }
-}
-
-#[test]
-fn the_default_run_prints_the_report() {
-    let (ok, out, err) = adeis(&[]);
-    assert!(ok, "{err}");
-    assert!(out.contains("schedule vp_linear"), "{out}");
 }
 
 #[test]

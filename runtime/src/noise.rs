@@ -13,11 +13,13 @@ pub enum NoiseSource<E: Dtype, D: Device<E>> {
     Given(Vec<Batch<E, D>>),
 }
 
-/// SplitMix64: a small, well-mixed generator; one stream per (seed, noise index).
-struct SplitMix(u64);
+/// SplitMix64: a small, well-mixed generator; one stream per (seed, noise index). Also the
+/// generator of the digits training (batches, times, dropout), so runs replay from a seed.
+#[derive(Clone, Debug)]
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
@@ -26,8 +28,13 @@ impl SplitMix {
     }
 
     /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
+    pub fn uniform(&mut self) -> f64 {
         ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// Uniform in 0..n (n > 0; the modulo bias is below 2^-40 for the n used here).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
 }
 

@@ -54,7 +54,7 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice, String> {
     }
     if Path::new(arg).exists() {
         return Err(format!(
-            "--model: {arg}: trained-weights files are not supported yet (the digits model of the main-job issue brings them); {HELP}"
+            "--model: {arg}: weights files are not a MODEL here; the trained digits models run in `adeis morph --models DIR` and `adeis train`; {HELP}"
         ));
     }
     Err(format!("--model: `{arg}` is not a model; {HELP}"))

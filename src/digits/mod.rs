@@ -1,0 +1,93 @@
+//! The digits application: data, networks, training, generation. The morphing experiment on
+//! top of it is in `crate::morph`.
+
+pub mod data;
+pub mod nets;
+pub mod train;
+
+use std::path::Path;
+
+use adeis_compiler::{build_plan, SamplerSpec, Schedule, ScheduleSpec};
+use adeis_runtime::dfdx::prelude::*;
+use adeis_runtime::noise::normals;
+use adeis_runtime::{from_f64, sample, to_f64, Batch, Guidance, ModelFn, NoiseSource};
+
+use data::{CLASSES, PIXELS, SIDE};
+use nets::{DigitsModels, NULL_CLASS};
+
+/// The schedule the digits denoiser was trained on: the built-in VP linear one.
+pub fn schedule() -> Result<Schedule, String> {
+    let spec = ScheduleSpec::builtin("vp_linear").expect("vp_linear is built in");
+    let def = spec.to_def().map_err(|e| e.to_string())?;
+    def.compile().map_err(|e| e.to_string())
+}
+
+/// A sampler from its spec-file keys (validated like a `[sampler]` table).
+pub fn sampler(keys: serde_json::Value) -> Result<SamplerSpec, String> {
+    let s: SamplerSpec =
+        serde_json::from_value(keys.clone()).map_err(|e| format!("sampler {keys}: {e}"))?;
+    s.validate()
+        .map_err(|e| format!("sampler.{}: {}", e.field, e.message))?;
+    Ok(s)
+}
+
+/// Standard normal starting noise for `n` digits (stream `seed`).
+pub fn noise(dev: &Cpu, seed: u64, n: usize) -> Batch<f32, Cpu> {
+    from_f64(dev, &normals(seed, u64::MAX, n * PIXELS), n, PIXELS)
+}
+
+/// Generates one digit per entry of `classes` (NULL_CLASS: unconditional) from x_T, with
+/// classifier-free guidance `guidance` (1: the plain conditional model).
+pub fn generate(
+    models: &DigitsModels,
+    classes: &[usize],
+    x_t: &Batch<f32, Cpu>,
+    sampler: &SamplerSpec,
+    guidance: f64,
+    seed: u64,
+) -> Result<Vec<Vec<f64>>, String> {
+    let schedule = schedule()?;
+    let plan = build_plan(&schedule, sampler)
+        .map_err(|e| format!("sampler.{}: {}", e.field, e.message))?;
+    let z = models.cond(classes);
+    let mut model = ModelFn::new(&models.denoiser);
+    if guidance != 1.0 {
+        model.guidance = Some(Guidance {
+            scale: guidance,
+            null_cond: models.cond(&vec![NULL_CLASS; classes.len()]),
+        });
+    }
+    let out = sample(
+        &plan,
+        &schedule,
+        &model,
+        x_t,
+        Some(&z),
+        &NoiseSource::Seeded(seed),
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(rows(&out.x))
+}
+
+/// A batch as rows of f64.
+pub fn rows(x: &Batch<f32, Cpu>) -> Vec<Vec<f64>> {
+    to_f64(x).chunks_exact(PIXELS).map(|r| r.to_vec()).collect()
+}
+
+/// Writes a 10 x 10 grid of generated digits (row c: class c; DPM-Solver++ 2M, 25 steps, no
+/// guidance) and returns the fraction the classifier reads as the class they were asked for.
+pub fn sample_grid(models: &DigitsModels, seed: u64, path: &Path) -> Result<f64, String> {
+    let per = 10;
+    let classes: Vec<usize> = (0..CLASSES)
+        .flat_map(|c| std::iter::repeat_n(c, per))
+        .collect();
+    let spec = sampler(serde_json::json!({"method": "dpm_solver_pp", "order": 2, "steps": 25}))?;
+    let x_t = noise(&models.dev, seed, classes.len());
+    let imgs = generate(models, &classes, &x_t, &spec, 1.0, seed)?;
+    let read = models.classify(&imgs);
+    let agree = read.iter().zip(&classes).filter(|(a, b)| a == b).count();
+    let grid: Vec<Vec<Vec<f64>>> = imgs.chunks(per).map(|r| r.to_vec()).collect();
+    crate::image::digit_grid(&grid, SIDE, 6, 4).save_png(path)?;
+    Ok(agree as f64 / classes.len() as f64)
+}

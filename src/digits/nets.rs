@@ -1,0 +1,203 @@
+//! The digits networks: a conditional MLP denoiser (eps prediction on the VP linear schedule,
+//! sinusoidal time features, a learned 16-dim embedding per class plus a "no class" row for
+//! classifier-free guidance) and a classifier MLP whose penultimate activations are the
+//! "identity" features of the morphing experiment. f32 on the CPU, weights in safetensors.
+
+use std::path::{Path, PathBuf};
+
+use adeis_compiler::Prediction;
+use adeis_runtime::dfdx::prelude::*;
+use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis_runtime::tape::Taped;
+use adeis_runtime::{from_f64, Batch};
+
+use super::data::{CLASSES, PIXELS};
+
+/// Width of the conditioning z (one learned embedding per class).
+pub const COND_DIM: usize = 16;
+/// The embedding row that means "no class" (classifier-free guidance, unconditional sampling).
+pub const NULL_CLASS: usize = CLASSES;
+/// Sinusoidal time frequencies exp(linspace(0, ln MAX_FREQ, FREQS)).
+pub const FREQS: usize = 16;
+pub const MAX_FREQ: f64 = 500.0;
+pub const HIDDEN: usize = 256;
+/// The denoiser's input: [x (64), z (16), sin/cos time features (32)].
+pub const NET_IN: usize = PIXELS + COND_DIM + 2 * FREQS;
+/// Width of the identity features (the classifier's penultimate layer).
+pub const FEATURES: usize = 64;
+
+/// One-hot class (10 digits + "no class") to its embedding z.
+pub type EmbeddingNet = Linear<{ CLASSES + 1 }, COND_DIM>;
+pub type DenoiserNet = (
+    Linear<NET_IN, HIDDEN>,
+    FastGeLU,
+    Residual<(Linear<HIDDEN, HIDDEN>, FastGeLU)>,
+    Residual<(Linear<HIDDEN, HIDDEN>, FastGeLU)>,
+    Linear<HIDDEN, PIXELS>,
+);
+/// What training optimises and the denoiser file stores: the embedding and the network.
+pub type DenoiserFile = (EmbeddingNet, DenoiserNet);
+/// The identity features are the penultimate layer's output: signed, like a face-recognition
+/// embedding. The head is a cosine classifier (NormFace): logits = s W (v / |v|) + b, so that
+/// training separates the classes by angle and the cosine distance the verifier and the
+/// identity loss use is the quantity the classifier was trained on.
+pub type FeatureNet = (
+    Linear<PIXELS, 128>,
+    FastGeLU,
+    Linear<128, 128>,
+    FastGeLU,
+    Linear<128, FEATURES>,
+);
+pub type ClassifierNet = (FeatureNet, Linear<FEATURES, CLASSES>);
+/// The scale s of the cosine classifier.
+pub const COSINE_SCALE: f32 = 16.0;
+
+/// Class logits of the cosine classifier, on any tape.
+pub fn classifier_logits<T: Tape<f32, Cpu> + Merge<T> + Default>(
+    net: &Built<ClassifierNet>,
+    x: Tensor<(usize, Const<PIXELS>), f32, Cpu, T>,
+) -> Tensor<(usize, Const<CLASSES>), f32, Cpu, T> {
+    let v = net.0.forward(x);
+    let shape = *v.shape();
+    let norm = (v.retaped::<T>().square().sum::<(usize,), Axis<1>>() + 1e-12).sqrt();
+    let unit = v / norm.broadcast_like(&shape);
+    net.1.forward(unit * COSINE_SCALE)
+}
+
+/// A network built on the CPU in f32.
+pub type Built<M> = <M as BuildOnDevice<Cpu, f32>>::Built;
+pub type DigitsDenoiser = MlpDenoiser<Built<DenoiserNet>, NET_IN, PIXELS>;
+
+pub const DENOISER_FILE: &str = "denoiser.safetensors";
+pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
+
+/// The committed weights (trained by `adeis train`, see models/digits/README.md).
+pub fn default_models_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join("digits")
+}
+
+pub fn time_features() -> TimeFeatures {
+    TimeFeatures::new(FREQS, MAX_FREQ)
+}
+
+/// Rows of one-hot vectors (width CLASSES + 1) for the given classes.
+pub fn one_hot(classes: &[usize], width: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; classes.len() * width];
+    for (i, &c) in classes.iter().enumerate() {
+        v[i * width + c] = 1.0;
+    }
+    v
+}
+
+/// The trained models: denoiser (with its class embedding) and classifier.
+pub struct DigitsModels {
+    pub denoiser: DigitsDenoiser,
+    pub embedding: Built<EmbeddingNet>,
+    pub classifier: Built<ClassifierNet>,
+    pub dev: Cpu,
+}
+
+fn load_into<M: LoadFromSafetensors<f32, Cpu>>(m: &mut M, path: &Path) -> Result<(), String> {
+    if !path.exists() {
+        return Err(format!(
+            "{}: no such weights file (run `adeis train --out {}` to make it)",
+            path.display(),
+            path.parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
+    m.load_safetensors(path)
+        .map_err(|e| format!("{}: cannot load weights: {e:?}", path.display()))
+}
+
+/// The denoiser file (embedding and network) in `dir`.
+pub fn load_denoiser(dev: &Cpu, dir: &Path) -> Result<Built<DenoiserFile>, String> {
+    let mut file = dev.build_module::<DenoiserFile, f32>();
+    load_into(&mut file, &dir.join(DENOISER_FILE))?;
+    Ok(file)
+}
+
+/// The classifier in `dir`.
+pub fn load_classifier(dev: &Cpu, dir: &Path) -> Result<Built<ClassifierNet>, String> {
+    let mut classifier = dev.build_module::<ClassifierNet, f32>();
+    load_into(&mut classifier, &dir.join(CLASSIFIER_FILE))?;
+    Ok(classifier)
+}
+
+impl DigitsModels {
+    pub fn from_parts(
+        file: Built<DenoiserFile>,
+        classifier: Built<ClassifierNet>,
+        dev: Cpu,
+    ) -> Self {
+        let (embedding, net) = file;
+        DigitsModels {
+            denoiser: MlpDenoiser::new(net, PIXELS, COND_DIM, time_features(), Prediction::Eps),
+            embedding,
+            classifier,
+            dev,
+        }
+    }
+
+    /// Loads `denoiser.safetensors` and `classifier.safetensors` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let dev = Cpu::default();
+        Ok(Self::from_parts(
+            load_denoiser(&dev, dir)?,
+            load_classifier(&dev, dir)?,
+            dev,
+        ))
+    }
+
+    /// The conditioning z of each class (NULL_CLASS: no class), one row each.
+    pub fn cond(&self, classes: &[usize]) -> Batch<f32, Cpu> {
+        let w = CLASSES + 1;
+        let oh = self.dev.tensor_from_vec(
+            one_hot(classes, w),
+            (classes.len(), Const::<{ CLASSES + 1 }>),
+        );
+        let z = self.embedding.forward(oh);
+        z.reshape_like(&(classes.len(), COND_DIM))
+    }
+
+    /// Identity features of images on the tape (for losses).
+    pub fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu> {
+        let b = x.shape().0;
+        let x = x.reshape_like(&(b, Const::<PIXELS>));
+        self.classifier.0.forward(x).reshape_like(&(b, FEATURES))
+    }
+
+    /// Identity features of images.
+    pub fn features(&self, x: &Batch<f32, Cpu>) -> Batch<f32, Cpu> {
+        let b = x.shape().0;
+        let x = x.clone().reshape_like(&(b, Const::<PIXELS>));
+        self.classifier.0.forward(x).reshape_like(&(b, FEATURES))
+    }
+
+    /// Class logits of images on the tape.
+    pub fn logits_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu> {
+        let b = x.shape().0;
+        let x = x.reshape_like(&(b, Const::<PIXELS>));
+        classifier_logits(&self.classifier, x).reshape_like(&(b, CLASSES))
+    }
+
+    /// Predicted class of each image.
+    pub fn classify(&self, images: &[Vec<f64>]) -> Vec<usize> {
+        let b = images.len();
+        let flat: Vec<f64> = images.iter().flatten().copied().collect();
+        let x: Batch<f32, Cpu> = from_f64(&self.dev, &flat, b, PIXELS);
+        let x = x.reshape_like(&(b, Const::<PIXELS>));
+        let logits = classifier_logits(&self.classifier, x).as_vec();
+        logits
+            .chunks_exact(CLASSES)
+            .map(|row| {
+                (0..CLASSES)
+                    .max_by(|&i, &j| row[i].total_cmp(&row[j]))
+                    .unwrap()
+            })
+            .collect()
+    }
+}
