@@ -13,7 +13,7 @@ use cli::Dtype;
 #[command(
     name = "adeis",
     version,
-    about = "Gradients through diffusion samplers: declare a schedule and a sampler, get compiled coefficients and samples",
+    about = "Gradients through diffusion samplers: declare a schedule and a sampler, get compiled coefficients, samples and exact gradients; train and morph the digits models",
     long_about = "adeis derives the time-only quantities of a diffusion schedule (alpha, sigma, lambda, \
 f, g^2, the inverse of lambda) and the coefficients of every exponential-integrator sampler \
 symbolically, compiles them with cranelift, and samples on dfdx.\n\n\
@@ -112,7 +112,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Train the digits models: the conditional denoiser (eps prediction on the VP linear
+    /// Train the digits models (the denoiser and the classifier of `adeis morph`).
+    ///
+    /// The conditional denoiser (eps prediction on the VP linear
     /// schedule, a learned 16-dim embedding per class with classifier-free dropout) and the
     /// classifier whose penultimate features are the identity features of `adeis morph`.
     /// Deterministic for a seed; writes denoiser.safetensors, classifier.safetensors (also as
@@ -150,14 +152,15 @@ enum Command {
         #[arg(long, value_enum)]
         only: Option<adeis::digits::train::Network>,
     },
-    /// Morph pairs of digits (the AdjointDEIS paper's face-morphing experiment on the digits
-    /// models): encode both digits by DDIM inversion, start from the blend of their noises and
-    /// class embeddings, and optimise x_T and z through the sampler against the identity loss
-    /// d(v, v_a) + d(v, v_b) + |d(v, v_a) - d(v, v_b)| on the classifier's features, with each
-    /// gradient method of --methods. With --pairs N it is the evaluation: MMPMR (morphs accepted
-    /// as both digits at a false-match rate of 0.1%) per method, with NFE and seconds, printed
-    /// and written to OUT/report.md. Writes pair_NNN_a_b.png, loss_curve.png, report.md and
-    /// report.json.
+    /// Morph pairs of digits through the sampler; with --pairs N, the MMPMR evaluation.
+    ///
+    /// The AdjointDEIS paper's face-morphing experiment on the digits models: encode both
+    /// digits by DDIM inversion, start from the blend of their noises and class embeddings, and
+    /// optimise x_T and z through the sampler against the identity loss d(v, v_a) + d(v, v_b) +
+    /// |d(v, v_a) - d(v, v_b)| on the classifier's features, with each gradient method of
+    /// --methods. With --pairs N it is the evaluation: MMPMR (morphs accepted as both digits at
+    /// a false-match rate of 0.1%) per method, with NFE and seconds, printed and written to
+    /// OUT/report.md. Writes pair_NNN_a_b.png, loss_curve.png, report.md and report.json.
     Morph(cli::MorphArgs),
     /// Time a gradient (or a sample) on a fixed MLP workload against its floor, with the
     /// process's peak memory.
