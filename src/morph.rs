@@ -778,7 +778,9 @@ fn write_outputs(
 ) -> Result<(), String> {
     let out = |name: &str| opts.out.join(name);
     let mut written: Vec<PathBuf> = Vec::new();
-    // One grid per pair: a, b, the initial morph, then each optimising method's morph.
+    // One grid per pair: a, b, the initial morph, then each optimising method's morph; and all
+    // of them as the rows of pairs.png.
+    let mut all_rows = Vec::new();
     for (i, (ca, cb)) in report.classes.iter().enumerate().take(opts.max_pair_images) {
         let mut row = vec![
             img_a[i * PIXELS..(i + 1) * PIXELS].to_vec(),
@@ -793,9 +795,13 @@ fn write_outputs(
                 .map(|m| m.pairs[i].morph.clone()),
         );
         let p = out(&format!("pair_{i:03}_{ca}_{cb}.png"));
-        digit_grid(&[row], SIDE, 12, 6).save_png(&p)?;
+        digit_grid(std::slice::from_ref(&row), SIDE, 12, 6).save_png(&p)?;
         written.push(p);
+        all_rows.push(row);
     }
+    let p = out("pairs.png");
+    digit_grid(&all_rows, SIDE, 8, 4).save_png(&p)?;
+    written.push(p);
     let curves: Vec<Vec<f64>> = report
         .methods
         .iter()
@@ -890,7 +896,7 @@ fn markdown(r: &MorphReport) -> String {
     let _ = writeln!(s, "\n## Files\n");
     let _ = writeln!(
         s,
-        "- `pair_NNN_a_b.png`: digit a, digit b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, numbered in the table's order (colours: {})\n- `report.json`: everything here, with every morph's pixels",
+        "- `pair_NNN_a_b.png`: digit a, digit b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order; `pairs.png`: all of them, one pair per row\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, numbered in the table's order (colours: {})\n- `report.json`: everything here, with every morph's pixels",
         r.methods.iter().enumerate().map(|(k, m)| format!("{} {}", m.method, colour_name(k))).collect::<Vec<_>>().join(", ")
     );
     s
