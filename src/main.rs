@@ -120,38 +120,7 @@ enum Command {
     /// Deterministic for a seed; writes denoiser.safetensors, classifier.safetensors (also as
     /// checkpoints while training), training.json and samples.png (a grid of generated digits,
     /// row c = class c).
-    Train {
-        /// Output folder (the committed models are in models/digits).
-        #[arg(long, default_value = "models/digits")]
-        out: PathBuf,
-        /// Adam steps of the denoiser.
-        #[arg(long, default_value_t = 30_000)]
-        denoiser_steps: usize,
-        /// Adam steps of the classifier.
-        #[arg(long, default_value_t = 4_000)]
-        classifier_steps: usize,
-        /// Digits per step.
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
-        /// Peak learning rate (cosine decay to a tenth of it).
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// Seed of the initial weights, the batches, the times and the noise.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Probability of training a digit as "no class" (classifier-free guidance).
-        #[arg(long, default_value_t = 0.1)]
-        cfg_dropout: f64,
-        /// Save the weights every this many steps (0: only at the end).
-        #[arg(long, default_value_t = 2_000)]
-        checkpoint_every: usize,
-        /// Skip the grid of generated digits at the end.
-        #[arg(long)]
-        no_sample_grid: bool,
-        /// Train only this network; the other is loaded from --out.
-        #[arg(long, value_enum)]
-        only: Option<adeis::digits::train::Network>,
-    },
+    Train(cli::TrainArgs),
     /// Morph pairs of digits through the sampler; with --pairs N, the MMPMR evaluation.
     ///
     /// The AdjointDEIS paper's face-morphing experiment on the digits models: encode both
@@ -249,29 +218,7 @@ fn main() -> ExitCode {
         }) => cli::bench(
             &workload, &device, &method, order, steps, repeat, &states, json,
         ),
-        Some(Command::Train {
-            out,
-            denoiser_steps,
-            classifier_steps,
-            batch,
-            lr,
-            seed,
-            cfg_dropout,
-            checkpoint_every,
-            no_sample_grid,
-            only,
-        }) => cli::train(&adeis::digits::train::TrainOptions {
-            out,
-            denoiser_steps,
-            classifier_steps,
-            batch,
-            lr,
-            seed,
-            cfg_dropout,
-            checkpoint_every,
-            sample_grid: !no_sample_grid,
-            only,
-        }),
+        Some(Command::Train(args)) => cli::train(args),
         Some(Command::Morph(args)) => cli::morph(args),
         None => cli::demo(),
     };

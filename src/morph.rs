@@ -828,7 +828,7 @@ pub fn table(r: &MorphReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| method | MMPMR | identity loss (start -> end) | gradient cosine | NFE / morph | VJPs / morph | seconds (all {} pairs) | seconds / morph |",
+        "| method | MMPMR | identity loss (start -> end) | gradient cosine | NFE / morph | VJPs / morph | seconds (batch of {}) | seconds / morph |",
         r.pairs.len()
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");

@@ -76,8 +76,55 @@ pub enum Dtype {
     F64,
 }
 
+/// The options of `adeis train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Output folder (the committed models are in models/digits).
+    #[arg(long, default_value = "models/digits")]
+    pub out: PathBuf,
+    /// Adam steps of the denoiser.
+    #[arg(long, default_value_t = 30_000)]
+    pub denoiser_steps: usize,
+    /// Adam steps of the classifier.
+    #[arg(long, default_value_t = 4_000)]
+    pub classifier_steps: usize,
+    /// Digits per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Peak learning rate (cosine decay to a tenth of it).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed of the initial weights, the batches, the times and the noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Probability of training a digit as "no class" (classifier-free guidance).
+    #[arg(long, default_value_t = 0.1)]
+    pub cfg_dropout: f64,
+    /// Save the weights every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 2_000)]
+    pub checkpoint_every: usize,
+    /// Skip the grid of generated digits at the end.
+    #[arg(long)]
+    pub no_sample_grid: bool,
+    /// Train only this network; the other is loaded from --out.
+    #[arg(long, value_enum)]
+    pub only: Option<adeis::digits::train::Network>,
+}
+
 /// `adeis train`.
-pub fn train(opts: &adeis::digits::train::TrainOptions) -> Result<(), String> {
+pub fn train(a: TrainArgs) -> Result<(), String> {
+    let opts = &adeis::digits::train::TrainOptions {
+        out: a.out,
+        denoiser_steps: a.denoiser_steps,
+        classifier_steps: a.classifier_steps,
+        batch: a.batch,
+        lr: a.lr,
+        seed: a.seed,
+        cfg_dropout: a.cfg_dropout,
+        checkpoint_every: a.checkpoint_every,
+        sample_grid: !a.no_sample_grid,
+        only: a.only,
+    };
     let r = adeis::digits::train::run(opts)?;
     println!(
         "denoiser: {} steps in {:.0} s, loss {:.4} (held-out {:.4}); classifier: {} steps in {:.0} s, held-out accuracy {:.1}%",
