@@ -5,13 +5,12 @@
 
 use std::hint::black_box;
 
-use adeis::compiler::{build_plan, Method, SamplerSpec, ScheduleDef};
-use adeis::runtime::adjoint::{discrete_adjoint, StateStorage, Wrt};
+use adeis::compiler::{build_plan, Method, SamplerSpec, ScheduleDef, Wrt};
+use adeis::prelude::Problem;
 use adeis::runtime::dfdx::prelude::*;
-use adeis::runtime::executor::time_info;
 use adeis::runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis::runtime::noise::normals;
-use adeis::runtime::{from_f64, sample, Denoiser, ModelFn, NoiseSource};
+use adeis::runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const D: usize = 64;
@@ -40,13 +39,13 @@ fn bench(c: &mut Criterion) {
     let x = from_f64::<f32, Cpu>(&dev, &normals(1, 0, 16 * D), 16, D);
     let z = from_f64::<f32, Cpu>(&dev, &normals(2, 0, 16 * 8), 16, 8);
     let cot = from_f64::<f32, Cpu>(&dev, &normals(3, 0, 16 * D), 16, D);
-    let time = time_info(&schedule, 0.5);
+    let time = schedule.time_info(0.5);
     let f = ModelFn::new(&model);
 
     c.bench_function("w1_forward", |b| {
         b.iter(|| black_box(Denoiser::<f32, Cpu>::forward(&model, &x, Some(&z), &time)))
     });
-    let mut acc = Denoiser::<f32, Cpu>::param_grads(&model);
+    let mut acc = Denoiser::<f32, Cpu>::zero_grads(&model);
     c.bench_function("w1_vjp_x_z_params", |b| {
         b.iter(|| {
             black_box(Denoiser::<f32, Cpu>::vjp(
@@ -61,52 +60,22 @@ fn bench(c: &mut Criterion) {
     });
     // The tensor work of a step outside the model: dfdx's elementwise ops and the NaN check.
     c.bench_function("w1_combine_two_terms", |b| {
-        b.iter(|| black_box(x.clone() * 0.9f32 + cot.clone() * -0.1f32))
+        b.iter(|| black_box(x.clone() * 0.9 + cot.clone() * -0.1))
     });
-    c.bench_function("w1_finite_check", |b| {
-        b.iter(|| black_box(adeis::runtime::executor::finite(&x)))
-    });
+    c.bench_function("w1_finite_check", |b| b.iter(|| black_box(x.is_finite())));
     c.bench_function("w1_time_info", |b| {
-        b.iter(|| black_box(time_info(&schedule, black_box(0.5))))
+        b.iter(|| black_box(schedule.time_info(black_box(0.5))))
     });
-    let one_step = build_plan(&schedule, &SamplerSpec::new(Method::Ddim, 1, 1)).unwrap();
+    let one_step = Problem::new(schedule.clone(), &SamplerSpec::new(Method::Ddim, 1, 1))
+        .unwrap()
+        .with_wrt(Wrt::ALL);
+    let noise = NoiseSource::Seeded(0);
+    let input = Input::new(&x, Some(&z), &noise);
     c.bench_function("w1_ddim_sampler_step", |b| {
-        b.iter(|| {
-            black_box(
-                sample(
-                    &one_step,
-                    &schedule,
-                    &f,
-                    &x,
-                    Some(&z),
-                    &NoiseSource::Seeded(0),
-                    false,
-                )
-                .unwrap(),
-            )
-        })
+        b.iter(|| black_box(sample(one_step.plan(), &f, &input, false).unwrap()))
     });
-    let wrt = Wrt {
-        cond: true,
-        params: true,
-    };
     c.bench_function("w1_discrete_adjoint_step_with_its_forward", |b| {
-        b.iter(|| {
-            black_box(
-                discrete_adjoint(
-                    &one_step,
-                    &schedule,
-                    &f,
-                    &x,
-                    Some(&z),
-                    &NoiseSource::Seeded(0),
-                    wrt,
-                    StateStorage::Record,
-                    |_| Ok(cot.clone()),
-                )
-                .unwrap(),
-            )
-        })
+        b.iter(|| black_box(gradient(&one_step, &f, &input, |_| Ok(cot.clone())).unwrap()))
     });
     for (name, method, order) in [
         ("dpm_solver_pp_3m", Method::DpmSolverPp, 3),

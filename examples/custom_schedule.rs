@@ -3,13 +3,12 @@
 //!
 //! Run: `cargo run --release --example custom_schedule`
 
-use adeis::compiler::{build_plan, Method, SamplerSpec};
-use adeis::runtime::adjoint::{discrete_adjoint, StateStorage, Wrt};
+use adeis::prelude::*;
 use adeis::runtime::analytic::GaussianModel;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::mse;
 use adeis::runtime::noise::normals;
-use adeis::runtime::{from_f64, sample, to_f64, ModelFn, NoiseSource};
+use adeis::runtime::{from_f64, to_f64};
 
 adeis::schedule! {
     /// A variance-preserving schedule whose log-SNR bends: cubic in t.
@@ -26,7 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "f(t)  = {}",
         BentVp::def().expression(adeis::compiler::Quantity::F)
     );
-    let plan = build_plan(&schedule, &SamplerSpec::new(Method::DpmSolverPp, 2, 25))?;
+    // The sampler's plan and the gradient method, built once: the discrete adjoint with
+    // recorded states, with respect to x_T, z and the model's parameters.
+    let problem = Problem::new(schedule, &SamplerSpec::new(Method::DpmSolverPp, 2, 25))?
+        .with_adjoint(Adjoint::default())?
+        .with_wrt(Wrt::ALL);
+    let plan = problem.plan();
     println!(
         "{}: {} steps, NFE {}",
         plan.description,
@@ -44,34 +48,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let x_t = from_f64::<f32, Cpu>(&dev, &normals(1, 0, 8), 2, 4);
     let z = from_f64::<f32, Cpu>(&dev, &[0.5; 8], 2, 4);
     let f = ModelFn::new(&model);
-    let x0 = sample(
-        &plan,
-        &schedule,
-        &f,
-        &x_t,
-        Some(&z),
-        &NoiseSource::Seeded(0),
-        false,
-    )?
-    .x;
+    let noise = NoiseSource::Seeded(0);
+    let input = Input::new(&x_t, Some(&z), &noise);
+    let x0 = sample(plan, &f, &input, false)?.x;
     println!("x0 = {:?}", to_f64(&x0));
 
     // Steer the sample towards a target: dL/dx_T and dL/dz of the mean squared error.
     let target = from_f64::<f32, Cpu>(&dev, &[1.0; 8], 2, 4);
-    let g = discrete_adjoint(
-        &plan,
-        &schedule,
-        &f,
-        &x_t,
-        Some(&z),
-        &NoiseSource::Seeded(0),
-        Wrt {
-            cond: true,
-            params: true,
-        },
-        StateStorage::Record,
-        |x0| Ok(mse(x0, &target)?.grad),
-    )?;
+    let g = gradient(&problem, &f, &input, |x0| Ok(mse(x0, &target)?.grad))?;
     println!("dL/dx_T = {:?}", to_f64(&g.dx_t));
     println!("dL/dz   = {:?}", to_f64(g.dz.as_ref().unwrap()));
     println!("{} model evaluations, {} VJPs", g.nfe, g.vjps);

@@ -7,16 +7,15 @@
 //! Writes adeis-out/guided_digit.png (top row: the unconditional samples from the initial
 //! noises; bottom row: after optimisation) and prints how sure the classifier is of DIGIT.
 
-use adeis::compiler::{build_plan, GradientSpec};
-use adeis::digits::data::{CLASSES, SIDE};
-use adeis::digits::nets::{default_models_dir, one_hot, DigitsModels, NULL_CLASS};
-use adeis::morph::{Optimizer, Step};
-use adeis::runtime::adjoint::compute_gradient;
+use adeis::prelude::*;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::tape_loss;
-use adeis::runtime::{from_f64, sample, to_f64, ModelFn, NoiseSource};
+use adeis::runtime::optim::{Optimizer, OptimizerKind};
+use adeis::runtime::{from_f64, to_f64};
+use adeis_digits::data::{CLASSES, SIDE};
+use adeis_digits::nets::{one_hot, DigitsModels, NULL_CLASS};
 
-fn main() -> Result<(), String> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let digit: usize = args
         .first()
@@ -27,13 +26,14 @@ fn main() -> Result<(), String> {
         .map_or(Ok(30), |s| s.parse())
         .map_err(|e| format!("ITERATIONS: {e}"))?;
     if digit >= CLASSES {
-        return Err(format!("DIGIT {digit}: digits are 0 to 9"));
+        return Err(format!("DIGIT {digit}: digits are 0 to 9").into());
     }
-    let models = DigitsModels::load(&default_models_dir())?;
+    let models = DigitsModels::committed()?;
     let dev = models.dev.clone();
-    let schedule = adeis::digits::schedule()?;
-    let spec = adeis::digits::sampler(serde_json::json!({"method": "ddim", "steps": 20}))?;
-    let plan = build_plan(&schedule, &spec).map_err(|e| e.message)?;
+    // The exact gradient of the DDIM sampler (the default method: the discrete adjoint), with
+    // respect to x_T only.
+    let spec = adeis_digits::sampler(serde_json::json!({"method": "ddim", "steps": 20}))?;
+    let problem = adeis_digits::generate::problem(&spec)?;
     let batch = 8;
     // The unconditional model: every sample gets the "no class" embedding.
     let z = models.cond(&vec![NULL_CLASS; batch]);
@@ -41,14 +41,18 @@ fn main() -> Result<(), String> {
     let noise = NoiseSource::Seeded(0);
     let target = dev.tensor_from_vec(one_hot(&vec![digit; batch], CLASSES), (batch, CLASSES));
     // L = cross-entropy of the classifier's logits against DIGIT, on dfdx's tape.
-    let loss = |x0: &adeis::runtime::Batch<f32, Cpu>| {
+    let loss = |x0: &State<f32, Cpu>| {
         tape_loss(x0, |x| {
             let logits = models.logits_taped(x);
             cross_entropy_with_logits_loss(logits, target.clone()) * (batch as f32)
         })
     };
-    let prob = |x0: &adeis::runtime::Batch<f32, Cpu>| -> Vec<f64> {
-        let logits = to_f64(&models.logits_taped(x0.leaky_trace()).retaped::<NoneTape>());
+    let prob = |x0: &State<f32, Cpu>| -> Vec<f64> {
+        let logits = to_f64(
+            &models
+                .logits_taped(x0.rows().leaky_trace())
+                .retaped::<NoneTape>(),
+        );
         logits
             .chunks_exact(CLASSES)
             .map(|r| {
@@ -59,46 +63,30 @@ fn main() -> Result<(), String> {
             .collect()
     };
     let generate = |x: &[f64]| {
+        let x_t = from_f64(&dev, x, batch, 64);
         sample(
-            &plan,
-            &schedule,
+            problem.plan(),
             &model,
-            &from_f64(&dev, x, batch, 64),
-            Some(&z),
-            &noise,
+            &Input::new(&x_t, Some(&z), &noise),
             false,
         )
         .map(|out| out.x)
-        .map_err(|e| e.to_string())
     };
-    let mut x = to_f64(&adeis::digits::noise(&dev, 11, batch));
+    let mut x = to_f64(&adeis_digits::noise(&dev, 11, batch));
     let first = generate(&x)?;
-    // The exact gradient of the DDIM sampler (discrete adjoint), with respect to x_T only.
-    let grad_spec = GradientSpec::default();
-    let mut opt = Step::new(Optimizer::Adam, 0.05, x.len());
+    let mut opt = Optimizer::new(OptimizerKind::Adam, 0.05, x.len());
     for k in 0..iters {
         let xt = from_f64(&dev, &x, batch, 64);
         let mut value = 0.0;
-        let g = compute_gradient(
-            &plan,
-            &schedule,
-            &model,
-            &xt,
-            Some(&z),
-            &noise,
-            &grad_spec,
-            false,
-            |x0| {
-                let l = loss(x0)?;
-                value = l.value / batch as f64;
-                Ok(l.grad)
-            },
-        )
-        .map_err(|e| e.to_string())?;
+        let g = gradient(&problem, &model, &Input::new(&xt, Some(&z), &noise), |x0| {
+            let l = loss(x0)?;
+            value = l.value / batch as f64;
+            Ok(l.grad)
+        })?;
         if k % 10 == 0 || k + 1 == iters {
             println!("iteration {k:3}: cross-entropy {value:.4}");
         }
-        opt.apply(&mut x, &to_f64(&g.dx_t));
+        opt.step(&mut x, &to_f64(&g.dx_t));
     }
     let last = generate(&x)?;
     let (p0, p1) = (prob(&first), prob(&last));
@@ -108,9 +96,9 @@ fn main() -> Result<(), String> {
         mean(&p0),
         mean(&p1)
     );
-    std::fs::create_dir_all("adeis-out").map_err(|e| e.to_string())?;
-    let grid = adeis::image::digit_grid(
-        &[adeis::digits::rows(&first), adeis::digits::rows(&last)],
+    std::fs::create_dir_all("adeis-out")?;
+    let grid = adeis_digits::image::digit_grid(
+        &[adeis_digits::rows(&first), adeis_digits::rows(&last)],
         SIDE,
         8,
         4,

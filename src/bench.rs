@@ -6,20 +6,28 @@
 
 use std::time::Instant;
 
-use adeis_compiler::gradient::States;
+use std::num::NonZeroUsize;
+
 use adeis_compiler::{
-    build_plan, GradMethod, GradientSpec, Method, SamplerSpec, Schedule, ScheduleDef, WrtKey,
+    Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, GradMethod, Method, Problem,
+    SamplerSpec, ScheduleDef, Wrt,
 };
-use adeis_runtime::adjoint::compute_gradient;
 use adeis_runtime::dfdx::prelude::*;
-use adeis_runtime::executor::time_info;
 use adeis_runtime::loss::mse;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::noise::normals;
-use adeis_runtime::{from_f64, sample, Denoiser, ModelFn, NoiseSource, RuntimeError};
+use adeis_runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource};
 use serde::Serialize;
 
-use crate::safetensors::peak_memory_bytes;
+use crate::error::Error;
+
+/// The peak resident memory of this process, in bytes (Linux: VmHWM), if known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
 
 /// The conditioning width and the number of time frequencies of every workload.
 pub const COND: usize = 8;
@@ -66,17 +74,59 @@ pub enum BenchMethod {
     Gradient(GradMethod),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one benchmark run measures.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// w1, w2 or tiny.
+    pub workload: String,
+    /// cpu or cuda.
+    pub device: String,
+    pub method: BenchMethod,
+    /// AdjointDEIS's order (1 or 2).
+    pub order: usize,
+    /// Sampler steps N.
+    pub steps: usize,
+    /// Timed runs after one warm-up.
+    pub repeat: usize,
+    /// The discrete adjoint with binomial checkpointing (sqrt(N) slots) instead of recording.
+    pub checkpoint: bool,
+}
+
+impl BenchOptions {
+    /// The gradient method as a value (None: sampling only).
+    fn adjoint(&self) -> Option<Adjoint> {
+        let BenchMethod::Gradient(m) = self.method else {
+            return None;
+        };
+        Some(match m {
+            GradMethod::Discrete if self.checkpoint => Adjoint::Discrete {
+                states: DiscreteStates::Checkpoint {
+                    slots: (self.steps as f64).sqrt().ceil() as usize,
+                },
+            },
+            GradMethod::Discrete => Adjoint::Discrete {
+                states: DiscreteStates::Record,
+            },
+            GradMethod::AdjointDeis => Adjoint::AdjointDeis {
+                order: if self.order == 2 {
+                    AdjointOrder::TwoM
+                } else {
+                    AdjointOrder::One
+                },
+                steps: None::<NonZeroUsize>,
+                states: ContinuousStates::Record,
+            },
+            GradMethod::Tape => Adjoint::Tape,
+        })
+    }
+}
+
 fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usize>(
     dev: Dev,
-    name: &str,
-    batch: usize,
-    method: BenchMethod,
-    order: usize,
-    steps: usize,
-    repeat: usize,
-    states: States,
-) -> Result<BenchResult, String> {
+    (name, batch): (&str, usize),
+    opts: &BenchOptions,
+) -> Result<BenchResult, Error> {
+    let (method, steps, repeat) = (opts.method, opts.steps, opts.repeat);
     let net = <Mlp<IN, H, D> as BuildOnDevice<Dev, f32>>::build_on_device(&dev);
     let model = MlpDenoiser::<_, IN, D>::new(
         net,
@@ -85,53 +135,33 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
         TimeFeatures::new(FREQS, 1000.0),
         adeis_compiler::Prediction::Eps,
     );
-    let schedule: Schedule = ScheduleDef::vp_linear(0.1, 20.0)
-        .map_err(|e| e.to_string())?
+    let schedule = ScheduleDef::vp_linear(0.1, 20.0)
+        .map_err(adeis_compiler::Error::from)?
         .compile()
-        .map_err(|e| e.to_string())?;
-    let plan =
-        build_plan(&schedule, &SamplerSpec::new(Method::Ddim, 1, steps)).map_err(|e| e.message)?;
+        .map_err(adeis_compiler::Error::from)?;
+    let mut problem = Problem::new(schedule, &SamplerSpec::new(Method::Ddim, 1, steps))
+        .map_err(adeis_compiler::Error::from)?
+        .with_wrt(Wrt::ALL);
+    let adjoint = opts.adjoint();
+    if let Some(a) = adjoint {
+        problem = problem
+            .with_adjoint(a)
+            .map_err(adeis_compiler::Error::from)?;
+    }
     let x_t = from_f64::<f32, Dev>(&dev, &normals(1, 0, batch * D), batch, D);
     let z = from_f64::<f32, Dev>(&dev, &normals(2, 0, batch * COND), batch, COND);
     let target = from_f64::<f32, Dev>(&dev, &normals(3, 0, batch * D), batch, D);
     let f = ModelFn::new(&model);
     let noise = NoiseSource::Seeded(0);
-    let spec = match method {
-        BenchMethod::Gradient(m) => Some(GradientSpec {
-            method: m,
-            order: (m == GradMethod::AdjointDeis).then_some(order),
-            steps: None,
-            states,
-            checkpoints: (states == States::Checkpoint)
-                .then_some(((steps as f64).sqrt().ceil()) as usize),
-            wrt: vec![WrtKey::XT, WrtKey::Cond, WrtKey::Params],
-        }),
-        BenchMethod::Sample => None,
-    };
-    let once = || -> Result<(usize, usize), String> {
-        match &spec {
+    let input = Input::new(&x_t, Some(&z), &noise);
+    let once = || -> Result<(usize, usize), Error> {
+        match adjoint {
             None => {
-                let out = sample(&plan, &schedule, &f, &x_t, Some(&z), &noise, false)
-                    .map_err(|e| e.to_string())?;
+                let out = sample(problem.plan(), &f, &input, false)?;
                 Ok((out.nfe, 0))
             }
-            Some(spec) => {
-                let g = compute_gradient(
-                    &plan,
-                    &schedule,
-                    &f,
-                    &x_t,
-                    Some(&z),
-                    &noise,
-                    spec,
-                    false,
-                    |x0| {
-                        mse(x0, &target)
-                            .map(|l| l.grad)
-                            .map_err(|e: RuntimeError| e)
-                    },
-                )
-                .map_err(|e| e.to_string())?;
+            Some(_) => {
+                let g = gradient(&problem, &f, &input, |x0| mse(x0, &target).map(|l| l.grad))?;
                 Ok((g.nfe, g.vjps))
             }
         }
@@ -145,7 +175,7 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
     }
     let seconds = median(times);
     // The floor: one forward and one VJP in isolation, at a mid-grid time.
-    let time = time_info(&schedule, 0.5);
+    let time = problem.schedule().time_info(0.5);
     let reps = 7;
     let fwd = median(
         (0..reps)
@@ -157,7 +187,7 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
             })
             .collect(),
     );
-    let mut acc = Denoiser::<f32, Dev>::param_grads(&model);
+    let mut acc = Denoiser::<f32, Dev>::zero_grads(&model);
     let vjp = median(
         (0..reps)
             .map(|_| {
@@ -187,7 +217,8 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
             BenchMethod::Sample => "sample".into(),
             BenchMethod::Gradient(m) => m.name().into(),
         },
-        order: matches!(method, BenchMethod::Gradient(GradMethod::AdjointDeis)).then_some(order),
+        order: matches!(method, BenchMethod::Gradient(GradMethod::AdjointDeis))
+            .then_some(opts.order),
         steps,
         repeat,
         seconds,
@@ -204,76 +235,38 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
 /// Runs a workload by name on a device: `w1` (D 64, H 256, batch 16), `w2` (D 784, H 2048,
 /// batch 64), or `tiny` (D 4, H 16, batch 2; for CI); `cpu`, or `cuda` (a build with the
 /// `cuda` feature).
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    workload: &str,
-    device: &str,
-    method: BenchMethod,
-    order: usize,
-    steps: usize,
-    repeat: usize,
-    states: States,
-) -> Result<BenchResult, String> {
-    if steps == 0 {
-        return Err("--steps 0: a sampler needs at least 1 step".into());
+pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
+    if opts.steps == 0 {
+        return Err(Error::Usage(
+            "--steps 0: a sampler needs at least 1 step".into(),
+        ));
     }
-    if repeat == 0 {
-        return Err("--repeat 0: at least one timed run".into());
+    if opts.repeat == 0 {
+        return Err(Error::Usage("--repeat 0: at least one timed run".into()));
     }
-    match device {
-        "cpu" => run_on(
-            Cpu::seed_from_u64(0),
-            workload,
-            method,
-            order,
-            steps,
-            repeat,
-            states,
-        ),
+    match opts.device.as_str() {
+        "cpu" => run_on(Cpu::seed_from_u64(0), opts),
         #[cfg(feature = "cuda")]
-        "cuda" => run_on(
-            adeis_runtime::CudaDevice::seed_from_u64(0),
-            workload,
-            method,
-            order,
-            steps,
-            repeat,
-            states,
-        ),
+        "cuda" => run_on(adeis_runtime::CudaDevice::seed_from_u64(0), opts),
         #[cfg(not(feature = "cuda"))]
-        "cuda" => {
-            Err("--device cuda: this build has no CUDA support (build with --features cuda)".into())
-        }
-        other => Err(format!("--device {other}: cpu or cuda")),
+        "cuda" => Err(Error::Usage(
+            "--device cuda: this build has no CUDA support (build with --features cuda)".into(),
+        )),
+        other => Err(Error::Usage(format!("--device {other}: cpu or cuda"))),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_on<Dev: Device<f32>>(
-    dev: Dev,
-    workload: &str,
-    method: BenchMethod,
-    order: usize,
-    steps: usize,
-    repeat: usize,
-    states: States,
-) -> Result<BenchResult, String> {
+fn run_on<Dev: Device<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult, Error> {
     const W1_IN: usize = 64 + COND + 2 * FREQS;
     const W2_IN: usize = 784 + COND + 2 * FREQS;
     const TINY_IN: usize = 4 + COND + 2 * FREQS;
-    match workload {
-        "w1" => {
-            run_workload::<Dev, W1_IN, 256, 64>(dev, "w1", 16, method, order, steps, repeat, states)
-        }
-        "w2" => run_workload::<Dev, W2_IN, 2048, 784>(
-            dev, "w2", 64, method, order, steps, repeat, states,
-        ),
-        "tiny" => run_workload::<Dev, TINY_IN, 16, 4>(
-            dev, "tiny", 2, method, order, steps, repeat, states,
-        ),
-        other => Err(format!(
+    match opts.workload.as_str() {
+        "w1" => run_workload::<Dev, W1_IN, 256, 64>(dev, ("w1", 16), opts),
+        "w2" => run_workload::<Dev, W2_IN, 2048, 784>(dev, ("w2", 64), opts),
+        "tiny" => run_workload::<Dev, TINY_IN, 16, 4>(dev, ("tiny", 2), opts),
+        other => Err(Error::Usage(format!(
             "--workload {other}: the workloads are w1, w2 and tiny"
-        )),
+        ))),
     }
 }
 

@@ -16,17 +16,14 @@
 //! ```
 
 pub mod bench;
-pub mod digits;
-pub mod image;
-pub mod morph;
-pub mod npy;
-pub mod progress;
+pub mod error;
 pub mod report;
-pub mod safetensors;
 pub mod spec_file;
 
 pub use adeis_compiler as compiler;
+pub use adeis_io::{npy, safetensors};
 pub use adeis_runtime as runtime;
+pub use error::Error;
 
 /// Declares a noise schedule as formulas in t, checked when it compiles (errors point at the
 /// offending token) and JIT-compiled on first use.
@@ -93,7 +90,6 @@ macro_rules! diffusion {
 #[doc(hidden)]
 pub mod __private {
     pub use adeis_macros::{diffusion_impl, schedule_impl};
-    pub use serde_json;
 }
 
 /// The README's Rust examples, compiled and run as doctests.
@@ -101,12 +97,18 @@ pub mod __private {
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-/// What a user program usually needs.
+/// What a user program usually needs: schedules and specs, the problem and its gradient
+/// methods, the samplers, and the runtime's solve functions, states and models.
 pub mod prelude {
-    pub use crate::spec_file::{load_spec, parse_spec, SpecFileError};
+    pub use crate::error::SpecFileError;
+    pub use crate::spec_file::{load_spec, parse_spec};
     pub use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, SigmaFormula};
     pub use adeis_compiler::{
-        Expr, Program, Quantity, Schedule, ScheduleDef, ScheduleError, ScheduleSpec,
-        ScheduleValues, Spec, SpecError,
+        Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, Equation, Expr, FieldError,
+        Method, Prediction, Problem, Program, Quantity, SamplerSpec, Schedule, ScheduleDef,
+        ScheduleError, ScheduleSpec, ScheduleValues, Spec, Wrt,
+    };
+    pub use adeis_runtime::{
+        gradient, sample, Denoiser, Gradient, Input, ModelFn, NoiseSource, RuntimeError, State,
     };
 }

@@ -133,36 +133,24 @@ enum Command {
     Morph(cli::MorphArgs),
     /// Time a gradient (or a sample) on a fixed MLP workload against its floor, with the
     /// process's peak memory.
-    Bench {
-        /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64) or tiny (for CI).
-        #[arg(long, default_value = "w1")]
-        workload: String,
-        /// cpu, or cuda (a build with the `cuda` feature and an NVIDIA GPU).
-        #[arg(long, default_value = "cpu")]
-        device: String,
-        /// sample, discrete, adjoint_deis or tape.
-        #[arg(long, default_value = "discrete")]
-        method: String,
-        /// AdjointDEIS order (1 or 2).
-        #[arg(long, default_value_t = 1)]
-        order: usize,
-        /// Sampler steps N (DDIM on a logsnr grid).
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        /// Timed runs after one warm-up; the median is reported.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-        /// States of the discrete adjoint: record or checkpoint (sqrt(N) slots).
-        #[arg(long, default_value = "record")]
-        states: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(cli::BenchArgs),
+}
+
+/// Ctrl-C: the first asks the running work to stop at its next step (outputs are written
+/// whole, by rename, or not at all); a second one exits at once.
+fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        if adeis::runtime::interrupt::request() {
+            eprintln!("\ninterrupted again: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after the current step (Ctrl-C again to exit now)");
+    });
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_ctrlc();
     let result = match cli.command {
         Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
         Some(Command::Check { spec, steps }) => cli::check::run(&spec, steps),
@@ -206,18 +194,7 @@ fn main() -> ExitCode {
             seed,
             dtype,
         }),
-        Some(Command::Bench {
-            workload,
-            device,
-            method,
-            order,
-            steps,
-            repeat,
-            states,
-            json,
-        }) => cli::bench(
-            &workload, &device, &method, order, steps, repeat, &states, json,
-        ),
+        Some(Command::Bench(args)) => cli::bench(args),
         Some(Command::Train(args)) => cli::train(args),
         Some(Command::Morph(args)) => cli::morph(args),
         None => cli::demo(),
@@ -225,7 +202,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The one place errors are printed: the whole chain, outermost first.
+            eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -1,38 +1,10 @@
 //! Spec files: TOML or JSON, read into the compiler's serde IR with the key path of any error.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use adeis_compiler::{Spec, SpecError};
+use adeis_compiler::Spec;
 
-/// A spec file that could not be read, parsed or validated.
-#[derive(Debug)]
-pub enum SpecFileError {
-    Io {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    Format {
-        path: PathBuf,
-        message: String,
-    },
-    Invalid {
-        path: PathBuf,
-        error: SpecError,
-    },
-}
-
-impl fmt::Display for SpecFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpecFileError::Io { path, error } => write!(f, "{}: {error}", path.display()),
-            SpecFileError::Format { path, message } => write!(f, "{}: {message}", path.display()),
-            SpecFileError::Invalid { path, error } => write!(f, "{}: {error}", path.display()),
-        }
-    }
-}
-
-impl std::error::Error for SpecFileError {}
+use crate::error::Error;
 
 /// The format of spec text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +24,7 @@ impl SpecFormat {
 }
 
 /// Parses spec text; errors give the key path (`schedule.beta_max`) and, for TOML, the line.
-pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, String> {
+pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, Error> {
     match format {
         SpecFormat::Toml => {
             let de = toml::Deserializer::new(text);
@@ -60,11 +32,11 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, String> {
                 let path = e.path().to_string();
                 let inner = e.into_inner().to_string();
                 let inner = inner.trim_end();
-                if path == "." || path.is_empty() {
+                Error::Syntax(if path == "." || path.is_empty() {
                     inner.to_string()
                 } else {
                     format!("at `{path}`: {inner}")
-                }
+                })
             })
         }
         SpecFormat::Json => {
@@ -72,28 +44,27 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, String> {
             serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner().to_string();
-                if path == "." || path.is_empty() {
+                Error::Syntax(if path == "." || path.is_empty() {
                     inner
                 } else {
                     format!("at `{path}`: {inner}")
-                }
+                })
             })
         }
     }
 }
 
 /// Reads, parses and validates a spec file (the schedule is checked, not compiled).
-pub fn load_spec(path: &Path) -> Result<Spec, SpecFileError> {
-    let text = std::fs::read_to_string(path).map_err(|error| SpecFileError::Io {
+pub fn load_spec(path: &Path) -> Result<Spec, Error> {
+    let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    let spec =
-        parse_spec(&text, SpecFormat::of_path(path)).map_err(|message| SpecFileError::Format {
-            path: path.to_path_buf(),
-            message,
-        })?;
-    let invalid = |error| SpecFileError::Invalid {
+    let spec = parse_spec(&text, SpecFormat::of_path(path)).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let invalid = |error| Error::Invalid {
         path: path.to_path_buf(),
         error,
     };

@@ -3,11 +3,10 @@
 //! gradients.
 
 use adeis::prelude::*;
-use adeis::runtime::adjoint::{discrete_adjoint, StateStorage, Wrt};
 use adeis::runtime::analytic::GaussianModel;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::noise::normals;
-use adeis::runtime::{from_f64, sample, to_f64, ModelFn, NoiseSource};
+use adeis::runtime::{from_f64, to_f64};
 
 #[test]
 fn compile_errors_point_at_the_offending_token() {
@@ -57,26 +56,16 @@ fn macro_toml_and_builtin_give_the_same_samples_and_gradients() {
         dim: 4,
     };
     let run = |s: &adeis::compiler::Schedule| {
-        let plan = adeis::compiler::build_plan(s, &sampler).unwrap();
+        let problem = Problem::new(s.clone(), &sampler).unwrap().with_wrt(Wrt {
+            x_t: true,
+            cond: false,
+            params: true,
+        });
         let f = ModelFn::new(&model);
-        let x0 = sample(&plan, s, &f, &x_t, None, &NoiseSource::Seeded(7), false)
-            .unwrap()
-            .x;
-        let g = discrete_adjoint(
-            &plan,
-            s,
-            &f,
-            &x_t,
-            None,
-            &NoiseSource::Seeded(7),
-            Wrt {
-                cond: false,
-                params: true,
-            },
-            StateStorage::Record,
-            |_| Ok(a0.clone()),
-        )
-        .unwrap();
+        let noise = NoiseSource::Seeded(7);
+        let input = Input::new(&x_t, None, &noise);
+        let x0 = sample(problem.plan(), &f, &input, false).unwrap().x;
+        let g = gradient(&problem, &f, &input, |_| Ok(a0.clone())).unwrap();
         (to_f64(&x0), to_f64(&g.dx_t))
     };
     let (m, t, b) = (run(&from_macro), run(&from_toml), run(&builtin));
@@ -130,20 +119,23 @@ fn diffusion_types_sample_differentiate_and_optimise() {
     assert!(g.nfe > 15, "checkpointing recomputes");
     // The same gradient by hand: the declared sampler and gradient on the declared schedule.
     let s = DeclaredVp::new().compile().unwrap();
-    let plan = adeis::compiler::build_plan(&s, &OnDeclared::sampler()).unwrap();
-    let cot = from_f64::<f64, Cpu>(&dev, &x0v.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 2, 3);
-    let by_hand = discrete_adjoint(
-        &plan,
-        &s,
-        &ModelFn::new(&model),
-        &x_t,
-        Some(&z),
-        &NoiseSource::Seeded(0),
-        Wrt {
+    let problem = Problem::new(s, &OnDeclared::sampler())
+        .unwrap()
+        .with_adjoint(Adjoint::Discrete {
+            states: DiscreteStates::Record,
+        })
+        .unwrap()
+        .with_wrt(Wrt {
+            x_t: true,
             cond: true,
             params: false,
-        },
-        StateStorage::Record,
+        });
+    let cot = from_f64::<f64, Cpu>(&dev, &x0v.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 2, 3);
+    let noise = NoiseSource::Seeded(0);
+    let by_hand = gradient(
+        &problem,
+        &ModelFn::new(&model),
+        &Input::new(&x_t, Some(&z), &noise),
         |_| Ok(cot.clone()),
     )
     .unwrap();

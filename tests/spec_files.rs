@@ -44,7 +44,7 @@ fn custom_spec_gives_the_builtin_numbers() {
 
 fn toml_err(text: &str) -> String {
     match parse_spec(text, SpecFormat::Toml) {
-        Err(e) => e,
+        Err(e) => e.to_string(),
         Ok(spec) => spec.schedule.to_def().unwrap_err().to_string(),
     }
 }
@@ -90,6 +90,7 @@ fn spec_errors_are_clear() {
         "{\"schedule\": {\"kind\": \"edm\", \"sigma_max\": [1]}}",
         SpecFormat::Json,
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("at `schedule.sigma_max`"), "{e}");
 }

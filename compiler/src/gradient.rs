@@ -1,9 +1,12 @@
-//! The `[gradient]` table: which gradient method, on which grid, with which state storage,
-//! with respect to what.
+//! The `[gradient]` table (which gradient method, on which grid, with which state storage,
+//! with respect to what) and the method as a value, [`Adjoint`], with its validity rules as
+//! types: a discrete adjoint records or checkpoints, AdjointDEIS records or back-solves.
 
-use std::fmt;
+use std::num::NonZeroUsize;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::FieldError;
 
 /// How the gradient is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -84,21 +87,6 @@ impl Default for GradientSpec {
     }
 }
 
-/// A gradient declaration that does not hold together, with the key concerned.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GradientError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for GradientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for GradientError {}
-
 impl GradientSpec {
     pub fn wants(&self, k: WrtKey) -> bool {
         self.wrt.contains(&k)
@@ -109,23 +97,23 @@ impl GradientSpec {
         self.order.unwrap_or(1)
     }
 
-    pub fn validate(&self) -> Result<(), GradientError> {
-        let err = |field: &'static str, message: String| Err(GradientError { field, message });
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |field: &str, message: String| Err(FieldError::new(field, message));
         let m = self.method.name();
         match (self.method, self.order) {
             (GradMethod::AdjointDeis, Some(o)) if !(o == 1 || o == 2) => {
-                return err(
+                return Err(FieldError::value(
                     "order",
-                    format!("order = {o}: adjoint_deis has orders 1 and 2 (AdjointDEIS-1 and -2M)"),
-                )
+                    o,
+                    "adjoint_deis has orders 1 and 2 (AdjointDEIS-1 and -2M)",
+                ))
             }
             (GradMethod::Discrete | GradMethod::Tape, Some(o)) => {
-                return err(
+                return Err(FieldError::value(
                     "order",
-                    format!(
-                        "order = {o}: `{m}` takes the sampler's order; `order` is for adjoint_deis"
-                    ),
-                )
+                    o,
+                    format!("`{m}` takes the sampler's order; `order` is for adjoint_deis"),
+                ))
             }
             _ => {}
         }
@@ -133,10 +121,11 @@ impl GradientSpec {
             return err("steps", format!("`steps` (the adjoint grid) is for adjoint_deis; `{m}` differentiates the sampler's own steps"));
         }
         if self.steps == Some(0) {
-            return err(
+            return Err(FieldError::value(
                 "steps",
-                "steps = 0: the adjoint grid needs at least 1 step".into(),
-            );
+                0,
+                "the adjoint grid needs at least 1 step",
+            ));
         }
         match (self.method, self.states) {
             (GradMethod::Tape, s) if s != States::Record => {
@@ -174,5 +163,145 @@ impl GradientSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// What the gradient is taken with respect to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Wrt {
+    /// The starting noise x_T (its cotangent comes with the recursion whatever this says; it
+    /// decides what is written out).
+    pub x_t: bool,
+    /// The conditioning z.
+    pub cond: bool,
+    /// The model's parameters theta.
+    pub params: bool,
+}
+
+impl Wrt {
+    /// x_T only.
+    pub const X_T: Wrt = Wrt {
+        x_t: true,
+        cond: false,
+        params: false,
+    };
+
+    /// x_T, z and theta.
+    pub const ALL: Wrt = Wrt {
+        x_t: true,
+        cond: true,
+        params: true,
+    };
+}
+
+/// Where the discrete adjoint gets the forward states it differentiates at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiscreteStates {
+    /// Keep every state of the forward pass.
+    Record,
+    /// Binomial (revolve-style) checkpointing with this many slots; segments are recomputed.
+    Checkpoint { slots: usize },
+}
+
+/// Where AdjointDEIS gets the states x_t it evaluates the model at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContinuousStates {
+    /// From the recorded forward trajectory (interpolated in lambda where the grids differ).
+    Record,
+    /// Re-solved by DDIM from t_min upwards alongside the adjoint (no recorded trajectory).
+    Backsolve,
+}
+
+/// AdjointDEIS's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdjointOrder {
+    /// AdjointDEIS-1.
+    One,
+    /// AdjointDEIS-2M (multistep; its first step is first order).
+    TwoM,
+}
+
+impl AdjointOrder {
+    pub fn get(self) -> usize {
+        match self {
+            AdjointOrder::One => 1,
+            AdjointOrder::TwoM => 2,
+        }
+    }
+}
+
+/// The gradient method, as a value handed to the problem (as diffrax hands its adjoint to its
+/// solve function).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adjoint {
+    /// The exact gradient of the sampler that ran: its plan transposed, one VJP per evaluation.
+    Discrete { states: DiscreteStates },
+    /// The continuous adjoint, AdjointDEIS-1 or -2M, on the sampling grid (`steps: None`) or on
+    /// its own grid of `steps` steps uniform in lambda over [t_min, t_max].
+    AdjointDeis {
+        order: AdjointOrder,
+        steps: Option<NonZeroUsize>,
+        states: ContinuousStates,
+    },
+    /// The whole loop on dfdx's tape (the reference; memory grows with the steps).
+    Tape,
+}
+
+impl Default for Adjoint {
+    fn default() -> Self {
+        Adjoint::Discrete {
+            states: DiscreteStates::Record,
+        }
+    }
+}
+
+impl Adjoint {
+    /// The `[gradient] method` name.
+    pub fn method(&self) -> GradMethod {
+        match self {
+            Adjoint::Discrete { .. } => GradMethod::Discrete,
+            Adjoint::AdjointDeis { .. } => GradMethod::AdjointDeis,
+            Adjoint::Tape => GradMethod::Tape,
+        }
+    }
+}
+
+impl GradientSpec {
+    /// The method this table declares, as a value (validated first).
+    pub fn adjoint(&self) -> Result<Adjoint, FieldError> {
+        self.validate()?;
+        Ok(match self.method {
+            GradMethod::Discrete => Adjoint::Discrete {
+                states: match self.states {
+                    States::Checkpoint => DiscreteStates::Checkpoint {
+                        slots: self.checkpoints.unwrap_or(0),
+                    },
+                    _ => DiscreteStates::Record,
+                },
+            },
+            GradMethod::AdjointDeis => Adjoint::AdjointDeis {
+                order: if self.adjoint_order() == 2 {
+                    AdjointOrder::TwoM
+                } else {
+                    AdjointOrder::One
+                },
+                steps: self.steps.and_then(NonZeroUsize::new),
+                states: if self.states == States::Backsolve {
+                    ContinuousStates::Backsolve
+                } else {
+                    ContinuousStates::Record
+                },
+            },
+            GradMethod::Tape => Adjoint::Tape,
+        })
+    }
+
+    /// What this table differentiates with respect to.
+    pub fn wrt_set(&self) -> Wrt {
+        Wrt {
+            x_t: self.wants(WrtKey::XT),
+            cond: self.wants(WrtKey::Cond),
+            params: self.wants(WrtKey::Params),
+        }
     }
 }

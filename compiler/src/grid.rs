@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::FieldError;
 use crate::schedule::Schedule;
 
 /// How the sampling times are spaced.
@@ -33,21 +34,6 @@ impl fmt::Display for GridKind {
     }
 }
 
-/// A grid error: which key, which value, what is allowed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GridError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl fmt::Display for GridError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for GridError {}
-
 /// N+1 times from `t_start` (noisiest) down to `t_end`.
 pub fn make_grid(
     schedule: &Schedule,
@@ -56,12 +42,13 @@ pub fn make_grid(
     rho: f64,
     t_start: f64,
     t_end: f64,
-) -> Result<Vec<f64>, GridError> {
+) -> Result<Vec<f64>, FieldError> {
     if steps == 0 {
-        return Err(GridError {
-            field: "steps",
-            message: "steps = 0: a sampler needs at least 1 step".into(),
-        });
+        return Err(FieldError::value(
+            "steps",
+            0,
+            "a sampler needs at least 1 step",
+        ));
     }
     let n = steps as f64;
     let frac = |i: usize| i as f64 / n;
@@ -86,10 +73,7 @@ pub fn make_grid(
         }
         GridKind::Karras => {
             if !(rho > 0.0 && rho.is_finite()) {
-                return Err(GridError {
-                    field: "rho",
-                    message: format!("rho = {rho}: must be a finite number > 0"),
-                });
+                return Err(FieldError::value("rho", rho, "must be a finite number > 0"));
             }
             let (s0, s1) = (
                 (-schedule.lambda(t_start)).exp().powf(1.0 / rho),
@@ -103,10 +87,10 @@ pub fn make_grid(
                 .collect()
         }
         GridKind::Explicit => {
-            return Err(GridError {
-                field: "grid",
-                message: "grid = \"explicit\" needs `times` or `train_indices`".into(),
-            })
+            return Err(FieldError::new(
+                "grid",
+                "grid = \"explicit\" needs `times` or `train_indices`",
+            ))
         }
     };
     // The ends exactly, whatever the inverse's round-off.
@@ -117,30 +101,30 @@ pub fn make_grid(
 }
 
 /// Checks a grid: at least two times, strictly decreasing, inside the schedule's t range.
-pub fn check_grid(schedule: &Schedule, ts: &[f64]) -> Result<(), GridError> {
+pub fn check_grid(schedule: &Schedule, ts: &[f64]) -> Result<(), FieldError> {
     if ts.len() < 2 {
-        return Err(GridError {
-            field: "times",
-            message: format!("a grid needs at least 2 times, found {}", ts.len()),
-        });
+        return Err(FieldError::new(
+            "times",
+            format!("a grid needs at least 2 times, found {}", ts.len()),
+        ));
     }
     let (a, b) = (schedule.t_min(), schedule.t_max());
     if let Some((i, t)) = ts.iter().enumerate().find(|(_, t)| !(**t >= a && **t <= b)) {
-        return Err(GridError {
-            field: "times",
-            message: format!("grid time [{i}] = {t} is outside the schedule's t range [{a}, {b}]"),
-        });
+        return Err(FieldError::new(
+            "times",
+            format!("grid time [{i}] = {t} is outside the schedule's t range [{a}, {b}]"),
+        ));
     }
     if let Some(i) = ts.windows(2).position(|w| w[1] >= w[0]) {
-        return Err(GridError {
-            field: "times",
-            message: format!(
+        return Err(FieldError::new(
+            "times",
+            format!(
                 "grid times must decrease strictly (noisiest first): [{i}] = {} then [{}] = {}",
                 ts[i],
                 i + 1,
                 ts[i + 1]
             ),
-        });
+        ));
     }
     Ok(())
 }

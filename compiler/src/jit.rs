@@ -21,16 +21,9 @@ use crate::expr::primitives::{libm, Imp, Native, POW_SYMBOL, PRIMITIVES};
 use crate::expr::{Expr, Table, TableFn};
 use crate::program::Program;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("JIT compilation failed: {0}")]
 pub struct JitError(pub String);
-
-impl fmt::Display for JitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "JIT compilation failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for JitError {}
 
 fn jerr(e: impl fmt::Display) -> JitError {
     JitError(e.to_string())

@@ -1,11 +1,15 @@
 //! Step plans: every sampler as a straight-line program of model evaluations and affine
-//! combinations (MATH.md section 2). The runtime has one executor for all of them, and the
+//! combinations (docs/math.md section 2). The runtime has one executor for all of them, and the
 //! discrete adjoint is this program transposed.
 //!
 //! Slots are single-assignment: state 0 is x_T, each `Combine` defines a new state, each
-//! `Eval` a new model output; `output` names the final state.
+//! `Eval` a new model output; `output` names the final state. A plan carries everything the
+//! runtime needs about time: each evaluation its t, the network's time input, alpha and sigma;
+//! each grid point the state that lives there; a terminal denoising step is marked as such.
 
 use std::fmt;
+
+use crate::schedule::Schedule;
 
 /// What a model evaluation returns: the noise prediction or the data (x0) prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -13,6 +17,16 @@ use std::fmt;
 pub enum Pred {
     Eps,
     Data,
+}
+
+/// The time of a state or a model evaluation: the sampler's t, what the network is given (the
+/// train index for a discrete schedule), and the schedule's alpha and sigma there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeInfo {
+    pub t: f64,
+    pub model_t: f64,
+    pub alpha: f64,
+    pub sigma: f64,
 }
 
 /// An operand of an affine combination.
@@ -26,11 +40,11 @@ pub enum Operand {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Instr {
-    /// out = model(state `input`, t) in the form `pred`.
+    /// out = model(state `input`, at `time`) in the form `pred`.
     Eval {
         out: usize,
         input: usize,
-        t: f64,
+        time: TimeInfo,
         pred: Pred,
         /// The grid step this evaluation belongs to.
         step: usize,
@@ -43,6 +57,15 @@ pub enum Instr {
     },
 }
 
+impl Instr {
+    /// The grid step the instruction belongs to.
+    pub fn step(&self) -> usize {
+        match self {
+            Instr::Eval { step, .. } | Instr::Combine { step, .. } => *step,
+        }
+    }
+}
+
 impl fmt::Display for Instr {
     /// `[step] o1 = Data prediction at (x1, t = ...)` or `[step] x2 = +c x1 +c o1 ...`, with
     /// the coefficients at full precision.
@@ -51,13 +74,14 @@ impl fmt::Display for Instr {
             Instr::Eval {
                 out,
                 input,
-                t,
+                time,
                 pred,
                 step,
             } => {
                 write!(
                     f,
-                    "[{step:>3}] o{out} = {pred:?} prediction at (x{input}, t = {t:.6})"
+                    "[{step:>3}] o{out} = {pred:?} prediction at (x{input}, t = {:.6})",
+                    time.t
                 )
             }
             Instr::Combine { dst, terms, step } => {
@@ -75,6 +99,16 @@ impl fmt::Display for Instr {
     }
 }
 
+/// The last two instructions of a plan that returns the data prediction at t_min
+/// (`denoise_to_zero`): `eval` is the evaluation at the state `input`, the last state on the
+/// grid, and the plan's output is a copy of that prediction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FinalDenoise {
+    pub input: usize,
+    /// The index of the evaluation in `instrs`.
+    pub eval: usize,
+}
+
 /// A forward plan with its coefficient tables filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -83,10 +117,14 @@ pub struct Plan {
     pub n_outputs: usize,
     pub n_noises: usize,
     pub output: usize,
-    /// The time of each state (x_T's is grid[0]).
-    pub state_times: Vec<f64>,
+    /// The time of each state (x_T's is the grid's first).
+    pub states: Vec<TimeInfo>,
     /// The sampling grid, from t_max down to t_min.
     pub grid: Vec<f64>,
+    /// The state that holds at each grid point (the corrected one where a corrector ran).
+    pub grid_states: Vec<usize>,
+    /// The terminal denoising step, when the plan has one.
+    pub final_denoise: Option<FinalDenoise>,
     pub description: String,
 }
 
@@ -101,6 +139,11 @@ impl Plan {
 
     pub fn steps(&self) -> usize {
         self.grid.len() - 1
+    }
+
+    /// The time t of state `i`.
+    pub fn state_time(&self, i: usize) -> f64 {
+        self.states[i].t
     }
 
     /// For every slot, the index of the last instruction that reads it (states, then outputs),
@@ -125,6 +168,20 @@ impl Plan {
         states[self.output] = usize::MAX;
         (states, outs)
     }
+
+    /// The first instruction of each grid step, then the end.
+    pub fn step_bounds(&self) -> Vec<usize> {
+        let mut bounds = vec![0];
+        let mut cur = 0;
+        for (k, ins) in self.instrs.iter().enumerate() {
+            if ins.step() != cur {
+                bounds.push(k);
+                cur = ins.step();
+            }
+        }
+        bounds.push(self.instrs.len());
+        bounds
+    }
 }
 
 impl fmt::Display for Plan {
@@ -143,22 +200,42 @@ impl fmt::Display for Plan {
     }
 }
 
-/// Builds a plan instruction by instruction.
+/// Builds a plan instruction by instruction, on a grid of a schedule: every state gets its
+/// time information as it is defined.
 #[derive(Debug)]
-pub struct PlanBuilder {
+pub struct PlanBuilder<'a> {
+    schedule: &'a Schedule,
+    grid: Vec<TimeInfo>,
     instrs: Vec<Instr>,
-    state_times: Vec<f64>,
+    states: Vec<TimeInfo>,
+    grid_states: Vec<usize>,
+    final_denoise: Option<FinalDenoise>,
     n_outputs: usize,
     n_noises: usize,
     step: usize,
 }
 
-impl PlanBuilder {
-    /// A builder whose state 0 (x_T) lives at `t0`.
-    pub fn new(t0: f64) -> PlanBuilder {
+impl<'a> PlanBuilder<'a> {
+    /// A builder on `grid` (noisiest first) whose state 0 (x_T) lives at the grid's first time.
+    pub fn new(schedule: &'a Schedule, grid: &[f64]) -> PlanBuilder<'a> {
+        let grid: Vec<TimeInfo> = schedule
+            .fill(grid)
+            .iter()
+            .zip(grid)
+            .map(|(v, &t)| TimeInfo {
+                t,
+                model_t: schedule.def().model_time(t),
+                alpha: v.alpha,
+                sigma: v.sigma,
+            })
+            .collect();
         PlanBuilder {
+            schedule,
+            states: vec![grid[0]],
+            grid_states: vec![0; grid.len()],
+            grid,
             instrs: vec![],
-            state_times: vec![t0],
+            final_denoise: None,
             n_outputs: 0,
             n_noises: 0,
             step: 0,
@@ -169,13 +246,14 @@ impl PlanBuilder {
         self.step = step;
     }
 
+    /// The model's output at state `input`, in the form `pred`.
     pub fn eval(&mut self, input: usize, pred: Pred) -> usize {
         let out = self.n_outputs;
         self.n_outputs += 1;
         self.instrs.push(Instr::Eval {
             out,
             input,
-            t: self.state_times[input],
+            time: self.states[input],
             pred,
             step: self.step,
         });
@@ -187,10 +265,10 @@ impl PlanBuilder {
         self.n_noises - 1
     }
 
-    /// A new state at time `t`; terms with a zero coefficient are dropped.
-    pub fn combine(&mut self, t: f64, terms: Vec<(Operand, f64)>) -> usize {
-        let dst = self.state_times.len();
-        self.state_times.push(t);
+    fn combine(&mut self, time: TimeInfo, terms: Vec<(Operand, f64)>) -> usize {
+        let dst = self.states.len();
+        self.states.push(time);
+        // Terms with a zero coefficient are dropped: nothing to compute or differentiate.
         let terms = terms.into_iter().filter(|(_, c)| *c != 0.0).collect();
         self.instrs.push(Instr::Combine {
             dst,
@@ -200,15 +278,39 @@ impl PlanBuilder {
         dst
     }
 
+    /// A new state at grid point `i`: the state that holds there from now on.
+    pub fn combine_at_grid(&mut self, i: usize, terms: Vec<(Operand, f64)>) -> usize {
+        let dst = self.combine(self.grid[i], terms);
+        self.grid_states[i] = dst;
+        dst
+    }
+
+    /// A new intermediate state at time `t` (a singlestep stage), off the grid.
+    pub fn combine_at_stage(&mut self, t: f64, terms: Vec<(Operand, f64)>) -> usize {
+        let time = self.schedule.time_info(t);
+        self.combine(time, terms)
+    }
+
+    /// Ends the plan with the data prediction at state `x` (the last grid point) as its output.
+    pub fn denoise_to_zero(&mut self, x: usize) -> usize {
+        let eval = self.instrs.len();
+        let o = self.eval(x, Pred::Data);
+        self.final_denoise = Some(FinalDenoise { input: x, eval });
+        let time = self.states[x];
+        self.combine(time, vec![(Operand::Out(o), 1.0)])
+    }
+
     pub fn finish(self, output: usize, grid: Vec<f64>, description: String) -> Plan {
         Plan {
-            n_states: self.state_times.len(),
+            n_states: self.states.len(),
             instrs: self.instrs,
             n_outputs: self.n_outputs,
             n_noises: self.n_noises,
             output,
-            state_times: self.state_times,
+            states: self.states,
             grid,
+            grid_states: self.grid_states,
+            final_denoise: self.final_denoise,
             description,
         }
     }

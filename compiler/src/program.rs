@@ -12,29 +12,17 @@ use crate::expr::parse::{parse_expr, ParseError, Scope};
 use crate::expr::simplify::simplify;
 use crate::expr::{Expr, Name, Table};
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ProgramError {
+    #[error("`{0}` is defined twice")]
     DuplicateName(Name),
+    #[error("`{def}` refers to `{missing}`, which is not defined before it")]
     UnknownDef { def: Name, missing: Name },
+    #[error("in `{def}`: {error}")]
     Parse { def: Name, error: ParseError },
+    #[error(transparent)]
     Unbound(UnboundName),
 }
-
-impl fmt::Display for ProgramError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ProgramError::DuplicateName(n) => write!(f, "`{n}` is defined twice"),
-            ProgramError::UnknownDef { def, missing } => write!(
-                f,
-                "`{def}` refers to `{missing}`, which is not defined before it"
-            ),
-            ProgramError::Parse { def, error } => write!(f, "in `{def}`: {error}"),
-            ProgramError::Unbound(u) => u.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ProgramError {}
 
 #[derive(Clone, Debug)]
 pub struct Program {

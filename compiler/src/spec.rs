@@ -2,45 +2,22 @@
 //! Loading a file is the facade's job; this module turns the declarations into validated
 //! compiler objects, with errors that name the key path.
 
-use std::collections::BTreeMap;
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
+use crate::error::FieldError;
 use crate::gradient::GradientSpec;
 use crate::sampler::SamplerSpec;
 use crate::schedule::{AlphaFormula, DiscreteBetas, ScheduleDef, ScheduleError, SigmaFormula};
 
-/// An error in a spec, at a key path such as `schedule.log_alpha`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SpecError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for SpecError {}
-
-impl SpecError {
-    fn at(path: impl Into<String>, message: impl Into<String>) -> SpecError {
-        SpecError {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-
-    fn schedule(e: ScheduleError) -> SpecError {
-        let path = match e.field() {
-            Some(f) => format!("schedule.{f}"),
-            None => "schedule".to_string(),
-        };
-        SpecError::at(path, e.to_string())
-    }
+/// An error in a spec is a [`FieldError`] whose field is the key path from the spec's root
+/// (`schedule.log_alpha`).
+fn schedule_error(e: ScheduleError) -> FieldError {
+    let path = match e.field() {
+        Some(f) => format!("schedule.{f}"),
+        None => "schedule".to_string(),
+    };
+    FieldError::new(path, e.to_string())
 }
 
 /// A whole spec file: `[schedule]`, and `[sampler]` for the commands that sample.
@@ -56,14 +33,13 @@ pub struct Spec {
 
 impl Spec {
     /// The `[gradient]` table, checked on its own and against the sampler.
-    pub fn checked_gradient(&self) -> Result<Option<&GradientSpec>, SpecError> {
+    pub fn checked_gradient(&self) -> Result<Option<&GradientSpec>, FieldError> {
         let Some(g) = &self.gradient else {
             return Ok(None);
         };
-        g.validate()
-            .map_err(|e| SpecError::at(format!("gradient.{}", e.field), e.message))?;
+        g.validate().map_err(|e| e.under("gradient"))?;
         if self.sampler.is_none() {
-            return Err(SpecError::at(
+            return Err(FieldError::new(
                 "gradient",
                 "a [gradient] table needs a [sampler] table",
             ));
@@ -73,12 +49,11 @@ impl Spec {
 
     /// The `[sampler]` table, checked on its own (its grid is checked against the schedule
     /// when the plan is built).
-    pub fn checked_sampler(&self) -> Result<Option<&SamplerSpec>, SpecError> {
+    pub fn checked_sampler(&self) -> Result<Option<&SamplerSpec>, FieldError> {
         match &self.sampler {
             None => Ok(None),
             Some(s) => {
-                s.validate()
-                    .map_err(|e| SpecError::at(format!("sampler.{}", e.field), e.message))?;
+                s.validate().map_err(|e| e.under("sampler"))?;
                 Ok(Some(s))
             }
         }
@@ -265,14 +240,14 @@ impl ScheduleSpec {
     }
 
     /// The validated symbolic schedule this table declares.
-    pub fn to_def(&self) -> Result<ScheduleDef, SpecError> {
+    pub fn to_def(&self) -> Result<ScheduleDef, FieldError> {
         let allowed = self.kind.keys();
         if let Some(key) = self
             .present_keys()
             .into_iter()
             .find(|k| !allowed.contains(k))
         {
-            return Err(SpecError::at(
+            return Err(FieldError::new(
                 format!("schedule.{key}"),
                 format!(
                     "`{key}` is not a key of kind `{}`; its keys are: kind, {}",
@@ -281,7 +256,7 @@ impl ScheduleSpec {
                 ),
             ));
         }
-        self.build().map_err(SpecError::schedule)
+        self.build().map_err(schedule_error)
     }
 
     fn build(&self) -> Result<ScheduleDef, ScheduleError> {
@@ -505,9 +480,9 @@ mod tests {
     fn custom_errors_name_the_key() {
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 * b\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))\"\nparams = { b = 2.0 }\nt_range = [0.01, 1.0]\n").unwrap();
         let e = spec.schedule.to_def().unwrap_err();
-        assert_eq!(e.path, "schedule.sigma");
+        assert_eq!(e.field(), "schedule.sigma");
         assert!(
-            e.message.starts_with("at column 29: expected `,` or `)`"),
+            e.message().starts_with("at column 29: expected `,` or `)`"),
             "{e}"
         );
 
@@ -521,14 +496,20 @@ mod tests {
         );
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nalpha = \"1\"\nsigma = \"t\"\nt_range = [0.01, 1.0]\n").unwrap();
-        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.alpha");
+        assert_eq!(
+            spec.schedule.to_def().unwrap_err().field(),
+            "schedule.alpha"
+        );
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nt_range = [1.0, 0.01]\n").unwrap();
-        assert_eq!(spec.schedule.to_def().unwrap_err().path, "schedule.t_range");
+        assert_eq!(
+            spec.schedule.to_def().unwrap_err().field(),
+            "schedule.t_range"
+        );
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nparams = { exp = 1.0 }\nt_range = [0.01, 1.0]\n").unwrap();
         assert_eq!(
-            spec.schedule.to_def().unwrap_err().path,
+            spec.schedule.to_def().unwrap_err().field(),
             "schedule.params.exp"
         );
     }
@@ -540,10 +521,10 @@ mod tests {
         )
         .unwrap();
         let e = spec.schedule.to_def().unwrap_err();
-        assert_eq!(e.path, "schedule.betas");
+        assert_eq!(e.field(), "schedule.betas");
         let spec = load("[schedule]\nkind = \"discrete\"\nbeta_schedule = \"scaled_linear\"\nnum_train_timesteps = 1\n").unwrap();
         assert_eq!(
-            spec.schedule.to_def().unwrap_err().path,
+            spec.schedule.to_def().unwrap_err().field(),
             "schedule.num_train_timesteps"
         );
         let spec = load("[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2, 0.3]\n").unwrap();

@@ -1,12 +1,15 @@
-//! Closed-form denoisers for testing (MATH.md section 4): isotropic Gaussian data, and a
+//! Closed-form denoisers for testing (docs/math.md section 4): isotropic Gaussian data, and a
 //! Gaussian mixture, each with its exact Jacobian.
 
-use adeis_compiler::Prediction;
+use adeis_compiler::{FieldError, Prediction, TimeInfo};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::denoiser::{Batch, Denoiser, ParamGrads, TimeInfo};
-use crate::{from_f64, to_f64};
+use crate::denoiser::{check_vector_input, Cotangents, Denoiser, NoParams};
+use crate::error::RuntimeError;
+use crate::rows_from_f64;
+use crate::state::State;
+use crate::tape::{Taped, TapedDenoiser};
 
 /// Data N(mu, s2 I). eps*(x, t) = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2). The
 /// conditioning z, when given, is mu (one row per sample); otherwise `mu` is used.
@@ -26,43 +29,51 @@ impl GaussianModel {
     }
 }
 
+/// The Gaussian model's one parameter gradient: dL/d s2.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GaussianGrads {
+    pub s2: f64,
+}
+
 impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
+    type Grads = GaussianGrads;
+
     fn prediction(&self) -> Prediction {
         Prediction::Eps
     }
 
-    fn dim(&self) -> usize {
-        self.dim
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        check_vector_input(item, self.dim, "the Gaussian model")
     }
 
     fn cond_dim(&self) -> usize {
         self.dim
     }
 
-    fn param_grads(&self) -> ParamGrads<E, D> {
-        ParamGrads::Values(vec![0.0])
+    fn zero_grads(&self) -> GaussianGrads {
+        GaussianGrads::default()
     }
 
-    fn as_taped(&self) -> Option<&dyn crate::tape::TapedDenoiser<E, D>> {
+    fn as_taped(&self) -> Option<&dyn TapedDenoiser<E, D, Grads = GaussianGrads>> {
         Some(self)
     }
 
     /// theta = [s2]: d eps/d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
     fn vjp(
         &self,
-        x: &Batch<E, D>,
-        z: Option<&Batch<E, D>>,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
         time: &TimeInfo,
-        cot: &Batch<E, D>,
-        theta: Option<(&mut ParamGrads<E, D>, f64)>,
-    ) -> (Batch<E, D>, Option<Batch<E, D>>) {
+        cot: &State<E, D>,
+        theta: Option<(&mut GaussianGrads, f64)>,
+    ) -> Cotangents<E, D> {
         let (ax, amu) = self.coefficients(time);
-        if let Some((ParamGrads::Values(acc), w)) = theta {
+        if let Some((acc, w)) = theta {
             let (a, s) = (time.alpha, time.sigma);
             let v = a * a * self.s2 + s * s;
-            let xs = to_f64(x);
-            let mus = z.map(to_f64);
-            let cs = to_f64(cot);
+            let xs = x.to_f64();
+            let mus = z.map(State::to_f64);
+            let cs = cot.to_f64();
             let d: f64 = xs
                 .iter()
                 .zip(&cs)
@@ -72,24 +83,46 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
                     ci * (-s * a * a * (xi - a * mu) / (v * v))
                 })
                 .sum();
-            acc[0] += w * d;
+            acc.s2 += w * d;
         }
-        let dx = cot.clone() * crate::e::<E>(ax);
-        let dz = z.map(|_| cot.clone() * crate::e::<E>(amu));
-        (dx, dz)
+        Cotangents {
+            x: cot.clone() * ax,
+            cond: z.map(|_| cot.clone() * amu),
+            time: None,
+        }
     }
 
-    fn forward(&self, x: &Batch<E, D>, z: Option<&Batch<E, D>>, time: &TimeInfo) -> Batch<E, D> {
+    fn forward(&self, x: &State<E, D>, z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
         let (ax, amu) = self.coefficients(time);
-        let (batch, dim) = *x.shape();
-        let xs = to_f64(x);
-        let mus = z.map(to_f64);
+        let xs = x.to_f64();
+        let mus = z.map(State::to_f64);
         let out: Vec<f64> = xs
             .iter()
             .enumerate()
             .map(|(i, xi)| ax * xi + amu * mus.as_ref().map_or(self.mu, |m| m[i]))
             .collect();
-        from_f64(&x.device().clone(), &out, batch, dim)
+        x.like(rows_from_f64(&x.device(), &out, x.batch(), x.width()))
+    }
+}
+
+impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for GaussianModel {
+    fn forward_taped(
+        &self,
+        x: Taped<E, D>,
+        _item: &[usize],
+        z: Option<Taped<E, D>>,
+        time: &TimeInfo,
+    ) -> Taped<E, D> {
+        let (ax, amu) = self.coefficients(time);
+        match z {
+            Some(z) => x * crate::e::<E>(ax) + z * crate::e::<E>(amu),
+            None => x * crate::e::<E>(ax) + crate::e::<E>(amu * self.mu),
+        }
+    }
+
+    /// s2 is a constant of the taped forward pass: the tape has no gradient for it.
+    fn grads_from_tape(&self, _grads: &Gradients<E, D>) -> Option<GaussianGrads> {
+        None
     }
 }
 
@@ -105,17 +138,23 @@ pub struct GmmModel {
 
 impl GmmModel {
     /// Checks the mixture: matching lengths, positive weights and variances, one dimension.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         let k = self.weights.len();
         if k == 0 {
-            return Err("weights: a mixture needs at least one component".into());
+            return Err(FieldError::new(
+                "weights",
+                "a mixture needs at least one component",
+            ));
         }
         if self.means.len() != k || self.variances.len() != k {
-            return Err(format!(
-                "weights, means and variances must have the same length: {} weights, {} means, {} variances",
-                k,
-                self.means.len(),
-                self.variances.len()
+            return Err(FieldError::new(
+                "means",
+                format!(
+                    "weights, means and variances must have the same length: {} weights, {} means, {} variances",
+                    k,
+                    self.means.len(),
+                    self.variances.len()
+                ),
             ));
         }
         if let Some((i, w)) = self
@@ -124,7 +163,11 @@ impl GmmModel {
             .enumerate()
             .find(|(_, w)| !(**w > 0.0 && w.is_finite()))
         {
-            return Err(format!("weights[{i}] = {w}: must be a finite number > 0"));
+            return Err(FieldError::value(
+                format!("weights[{i}]"),
+                w,
+                "must be a finite number > 0",
+            ));
         }
         if let Some((i, v)) = self
             .variances
@@ -132,13 +175,17 @@ impl GmmModel {
             .enumerate()
             .find(|(_, v)| !(**v > 0.0 && v.is_finite()))
         {
-            return Err(format!("variances[{i}] = {v}: must be a finite number > 0"));
+            return Err(FieldError::value(
+                format!("variances[{i}]"),
+                v,
+                "must be a finite number > 0",
+            ));
         }
         let d = self.means[0].len();
         if let Some((i, m)) = self.means.iter().enumerate().find(|(_, m)| m.len() != d) {
-            return Err(format!(
-                "means[{i}] has dimension {}, means[0] has {d}",
-                m.len()
+            return Err(FieldError::new(
+                format!("means[{i}]"),
+                format!("means[{i}] has dimension {}, means[0] has {d}", m.len()),
             ));
         }
         Ok(())
@@ -214,40 +261,50 @@ impl GmmModel {
 }
 
 impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GmmModel {
+    type Grads = NoParams;
+
     fn prediction(&self) -> Prediction {
         Prediction::Eps
     }
 
-    fn dim(&self) -> usize {
-        self.dim_of()
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        check_vector_input(item, self.dim_of(), "the mixture")
     }
 
-    fn forward(&self, x: &Batch<E, D>, _z: Option<&Batch<E, D>>, time: &TimeInfo) -> Batch<E, D> {
-        let (batch, dim) = *x.shape();
-        let xs = to_f64(x);
-        let out: Vec<f64> = xs
+    fn zero_grads(&self) -> NoParams {
+        NoParams
+    }
+
+    fn forward(&self, x: &State<E, D>, _z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
+        let dim = x.width();
+        let out: Vec<f64> = x
+            .to_f64()
             .chunks(dim)
             .flat_map(|row| self.eps_at(row, time))
             .collect();
-        from_f64(&x.device().clone(), &out, batch, dim)
+        x.like(rows_from_f64(&x.device(), &out, x.batch(), dim))
     }
 
     fn vjp(
         &self,
-        x: &Batch<E, D>,
-        _z: Option<&Batch<E, D>>,
+        x: &State<E, D>,
+        _z: Option<&State<E, D>>,
         time: &TimeInfo,
-        cot: &Batch<E, D>,
-        _theta: Option<(&mut ParamGrads<E, D>, f64)>,
-    ) -> (Batch<E, D>, Option<Batch<E, D>>) {
-        let (batch, dim) = *x.shape();
-        let (xs, cs) = (to_f64(x), to_f64(cot));
+        cot: &State<E, D>,
+        _theta: Option<(&mut NoParams, f64)>,
+    ) -> Cotangents<E, D> {
+        let dim = x.width();
+        let (xs, cs) = (x.to_f64(), cot.to_f64());
         let out: Vec<f64> = xs
             .chunks(dim)
             .zip(cs.chunks(dim))
             .flat_map(|(row, c)| self.eps_vjp_at(row, time, c))
             .collect();
-        (from_f64(&x.device().clone(), &out, batch, dim), None)
+        Cotangents {
+            x: x.like(rows_from_f64(&x.device(), &out, x.batch(), dim)),
+            cond: None,
+            time: None,
+        }
     }
 }
 

@@ -1,93 +1,60 @@
 //! The one executor of forward plans: every sampler, ODE or SDE, forward or inverted. The
-//! adjoints reuse it to record or recompute the states their VJPs need.
+//! adjoints reuse it to record or recompute the states their VJPs need. It reads every time
+//! quantity from the plan: the runtime evaluates no schedule formula.
 
 use std::collections::HashMap;
-use std::fmt;
 
-use adeis_compiler::{Instr, Operand, Plan, Schedule};
+use adeis_compiler::{Instr, Operand, Plan};
 use dfdx::prelude::*;
 
-use crate::denoiser::{Batch, Denoiser, ModelFn, TimeInfo};
-use crate::e;
+use crate::denoiser::Denoiser;
+use crate::error::RuntimeError;
+use crate::model_fn::ModelFn;
 use crate::noise::NoiseSource;
+use crate::state::State;
 
-/// A failure while running a plan or its adjoint.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RuntimeError {
-    /// A state, model output or cotangent stopped being finite.
-    NonFinite {
-        what: String,
-        step: usize,
-        t: f64,
-    },
-    Shape(String),
-    Noise(String),
-    Invalid(String),
+/// What a run starts from: x_T, the conditioning z (when the model has one) and the SDE
+/// samplers' noise.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a, E: Dtype, D: Device<E>> {
+    pub x_t: &'a State<E, D>,
+    pub cond: Option<&'a State<E, D>>,
+    pub noise: &'a NoiseSource<E, D>,
 }
 
-impl fmt::Display for RuntimeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RuntimeError::NonFinite { what, step, t } => write!(
-                f,
-                "the solver produced NaN or Inf in {what} at step {step} (t = {t})"
-            ),
-            RuntimeError::Shape(m) | RuntimeError::Noise(m) | RuntimeError::Invalid(m) => {
-                f.write_str(m)
-            }
-        }
+impl<'a, E: Dtype, D: Device<E>> Input<'a, E, D> {
+    pub fn new(
+        x_t: &'a State<E, D>,
+        cond: Option<&'a State<E, D>>,
+        noise: &'a NoiseSource<E, D>,
+    ) -> Self {
+        Input { x_t, cond, noise }
     }
 }
-
-impl std::error::Error for RuntimeError {}
 
 /// What a sampling run returns.
 #[derive(Clone, Debug)]
 pub struct SampleOutput<E: Dtype, D: Device<E>> {
-    pub x: Batch<E, D>,
+    pub x: State<E, D>,
     /// The states at every model evaluation (time, state), then the final state, when asked.
-    pub trajectory: Option<Vec<(f64, Batch<E, D>)>>,
+    pub trajectory: Option<Vec<(f64, State<E, D>)>>,
     /// Model evaluations made (each may be two network passes with guidance).
     pub nfe: usize,
-}
-
-/// The time information of the schedule at t.
-pub fn time_info(schedule: &Schedule, t: f64) -> TimeInfo {
-    let v = schedule.eval(t);
-    TimeInfo {
-        t,
-        model_t: schedule.def().model_time(t),
-        alpha: v.alpha,
-        sigma: v.sigma,
-    }
-}
-
-/// Whether every element is finite (one reduction).
-pub fn finite<E: Dtype, D: Device<E>>(t: &Batch<E, D>) -> bool {
-    t.clone().sum::<Rank0, _>().as_vec()[0]
-        .to_f64()
-        .is_some_and(|v| v.is_finite())
 }
 
 /// Checks x_t and z against the model.
 pub fn check_shapes<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     model: &M,
-    x_t: &Batch<E, D>,
-    z: Option<&Batch<E, D>>,
+    x_t: &State<E, D>,
+    z: Option<&State<E, D>>,
 ) -> Result<(), RuntimeError> {
-    let (batch, dim) = *x_t.shape();
-    if dim != model.dim() {
-        return Err(RuntimeError::Shape(format!(
-            "x_t has dimension {dim} but the model's is {}",
-            model.dim()
-        )));
-    }
+    model.check_input(x_t.item())?;
     if let Some(z) = z {
-        if z.shape().0 != batch || z.shape().1 != model.cond_dim() {
+        let want = (x_t.batch(), model.cond_dim());
+        if z.rows().shape() != &want || z.item().len() != 1 {
             return Err(RuntimeError::Shape(format!(
-                "the conditioning has shape {:?}; expected ({batch}, {})",
-                z.shape(),
-                model.cond_dim()
+                "the conditioning has shape {:?}; expected {want:?}",
+                z.rows().shape()
             )));
         }
     }
@@ -98,12 +65,12 @@ pub fn check_shapes<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
 /// (tensors are shared, not copied), and holds only what is live, not one entry per step.
 #[derive(Clone, Debug)]
 pub struct Slots<E: Dtype, D: Device<E>> {
-    pub states: HashMap<usize, Batch<E, D>>,
-    pub outs: HashMap<usize, Batch<E, D>>,
+    pub states: HashMap<usize, State<E, D>>,
+    pub outs: HashMap<usize, State<E, D>>,
 }
 
 impl<E: Dtype, D: Device<E>> Slots<E, D> {
-    pub fn state(&self, i: usize) -> Option<&Batch<E, D>> {
+    pub fn state(&self, i: usize) -> Option<&State<E, D>> {
         self.states.get(&i)
     }
 }
@@ -111,45 +78,34 @@ impl<E: Dtype, D: Device<E>> Slots<E, D> {
 /// Runs the instructions of a plan over a range, on given slots.
 pub struct Exec<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
     pub plan: &'p Plan,
-    pub schedule: &'p Schedule,
     pub model: &'p ModelFn<'m, E, D, M>,
-    pub z: Option<&'p Batch<E, D>>,
+    pub z: Option<&'p State<E, D>>,
     pub noise: &'p NoiseSource<E, D>,
     pub nfe: usize,
-    shape: (usize, usize),
-    dev: D,
+    x_t: State<E, D>,
     last_state: Vec<usize>,
     last_out: Vec<usize>,
 }
 
 impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E, D, M> {
-    pub fn new(
-        plan: &'p Plan,
-        schedule: &'p Schedule,
-        model: &'p ModelFn<'m, E, D, M>,
-        z: Option<&'p Batch<E, D>>,
-        noise: &'p NoiseSource<E, D>,
-        x_t: &Batch<E, D>,
-    ) -> Self {
+    pub fn new(plan: &'p Plan, model: &'p ModelFn<'m, E, D, M>, input: &Input<'p, E, D>) -> Self {
         let (last_state, last_out) = plan.last_uses();
         Exec {
             plan,
-            schedule,
             model,
-            z,
-            noise,
+            z: input.cond,
+            noise: input.noise,
             nfe: 0,
-            shape: *x_t.shape(),
-            dev: x_t.device().clone(),
+            x_t: input.x_t.clone(),
             last_state,
             last_out,
         }
     }
 
     /// Slots holding only x_T.
-    pub fn start(&self, x_t: &Batch<E, D>) -> Slots<E, D> {
+    pub fn start(&self) -> Slots<E, D> {
         Slots {
-            states: HashMap::from([(0, x_t.clone())]),
+            states: HashMap::from([(0, self.x_t.clone())]),
             outs: HashMap::new(),
         }
     }
@@ -163,52 +119,47 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
         to: usize,
         keep: bool,
     ) -> Result<(), RuntimeError> {
-        let (batch, dim) = self.shape;
         for k in from..to {
             match &self.plan.instrs[k] {
                 Instr::Eval {
                     out,
                     input,
-                    t,
+                    time,
                     pred,
                     step,
                 } => {
                     let x = slots.states.get(input).expect("plan order");
-                    let time = time_info(self.schedule, *t);
-                    let o = self.model.predict(x, self.z, &time, *pred);
+                    let o = self.model.predict(x, self.z, time, *pred);
                     self.nfe += 1;
-                    if !finite(&o) {
+                    if !o.is_finite() {
                         return Err(RuntimeError::NonFinite {
                             what: "the model output".into(),
                             step: *step,
-                            t: *t,
+                            t: time.t,
                         });
                     }
                     slots.outs.insert(*out, o);
                 }
                 Instr::Combine { dst, terms, step } => {
-                    let mut acc: Option<Batch<E, D>> = None;
+                    let mut acc: Option<State<E, D>> = None;
                     for (op, c) in terms {
                         let v = match op {
                             Operand::State(s) => slots.states.get(s).cloned().expect("plan order"),
                             Operand::Out(o) => slots.outs.get(o).cloned().expect("plan order"),
-                            Operand::Noise(i) => self
-                                .noise
-                                .get(&self.dev, *i, batch, dim)
-                                .map_err(RuntimeError::Noise)?,
+                            Operand::Noise(i) => self.noise.get(*i, &self.x_t)?,
                         };
-                        let term = v * e::<E>(*c);
+                        let term = v * *c;
                         acc = Some(match acc {
                             None => term,
                             Some(a) => a + term,
                         });
                     }
                     let new = acc.expect("a combination has at least one term");
-                    if !finite(&new) {
+                    if !new.is_finite() {
                         return Err(RuntimeError::NonFinite {
                             what: "the state".into(),
                             step: *step,
-                            t: self.plan.state_times[*dst],
+                            t: self.plan.state_time(*dst),
                         });
                     }
                     slots.states.insert(*dst, new);
@@ -241,31 +192,28 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
     }
 }
 
-/// Runs a forward plan from `x_t` (shape (batch, dim)) with conditioning `z`.
+/// Runs a forward plan from `input`; with `record`, also returns the trajectory.
 pub fn sample<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     plan: &Plan,
-    schedule: &Schedule,
     model: &ModelFn<E, D, M>,
-    x_t: &Batch<E, D>,
-    z: Option<&Batch<E, D>>,
-    noise: &NoiseSource<E, D>,
+    input: &Input<E, D>,
     record: bool,
 ) -> Result<SampleOutput<E, D>, RuntimeError> {
-    check_shapes(model.model, x_t, z)?;
-    let mut exec = Exec::new(plan, schedule, model, z, noise, x_t);
-    let mut slots = exec.start(x_t);
+    check_shapes(model.model, input.x_t, input.cond)?;
+    let mut exec = Exec::new(plan, model, input);
+    let mut slots = exec.start();
     exec.run(&mut slots, 0, plan.instrs.len(), record)?;
     let x = slots.states[&plan.output].clone();
     let trajectory = record.then(|| {
-        let mut tr: Vec<(f64, Batch<E, D>)> = plan
+        let mut tr: Vec<(f64, State<E, D>)> = plan
             .instrs
             .iter()
             .filter_map(|i| match i {
-                Instr::Eval { input, t, .. } => Some((*t, slots.states[input].clone())),
+                Instr::Eval { input, time, .. } => Some((time.t, slots.states[input].clone())),
                 _ => None,
             })
             .collect();
-        tr.push((plan.state_times[plan.output], x.clone()));
+        tr.push((plan.state_time(plan.output), x.clone()));
         tr
     });
     Ok(SampleOutput {

@@ -4,22 +4,22 @@
 
 use dfdx::prelude::*;
 
-use crate::denoiser::Batch;
-use crate::executor::{finite, RuntimeError};
+use crate::error::RuntimeError;
+use crate::state::{Rows, State};
 use crate::tape::Taped;
 
 /// A loss value and its gradient with respect to x_0.
 pub struct LossGrad<E: Dtype, D: Device<E>> {
     pub value: f64,
-    pub grad: Batch<E, D>,
+    pub grad: State<E, D>,
 }
 
-/// Evaluates `f` on x_0 on the tape and back-propagates: any user loss.
+/// Evaluates `f` on the rows of x_0 on the tape and back-propagates: any user loss.
 pub fn tape_loss<E: Dtype, D: Device<E>>(
-    x0: &Batch<E, D>,
+    x0: &State<E, D>,
     f: impl FnOnce(Taped<E, D>) -> Tensor<Rank0, E, D, OwnedTape<E, D>>,
 ) -> Result<LossGrad<E, D>, RuntimeError> {
-    let l = f(x0.leaky_trace());
+    let l = f(x0.rows().leaky_trace());
     let value = l.as_vec()[0].to_f64().unwrap_or(f64::NAN);
     if !value.is_finite() {
         return Err(RuntimeError::Invalid(format!(
@@ -27,8 +27,8 @@ pub fn tape_loss<E: Dtype, D: Device<E>>(
         )));
     }
     let g = l.backward();
-    let grad = g.get(x0);
-    if !finite(&grad) {
+    let grad = x0.like(g.get(x0.rows()));
+    if !grad.is_finite() {
         return Err(RuntimeError::Invalid(
             "the loss gradient at the sample is NaN or Inf".into(),
         ));
@@ -38,24 +38,24 @@ pub fn tape_loss<E: Dtype, D: Device<E>>(
 
 /// Mean squared error to `target`: mean over all elements of (x_0 - target)^2.
 pub fn mse<E: Dtype, D: Device<E>>(
-    x0: &Batch<E, D>,
-    target: &Batch<E, D>,
+    x0: &State<E, D>,
+    target: &State<E, D>,
 ) -> Result<LossGrad<E, D>, RuntimeError> {
-    if x0.shape() != target.shape() {
+    if !x0.same_shape(target) {
         return Err(RuntimeError::Shape(format!(
             "the target has shape {:?}; the sample has {:?}",
             target.shape(),
             x0.shape()
         )));
     }
-    tape_loss(x0, |x| (x - target.clone()).square().mean())
+    tape_loss(x0, |x| (x - target.rows().clone()).square().mean())
 }
 
 /// Row-wise cosine distance 1 - <a, b> / (|a| |b|) on the tape, b constant. `eps` guards the
 /// norms.
 pub fn cosine_distance<E: Dtype, D: Device<E>>(
     a: Taped<E, D>,
-    b: &Batch<E, D>,
+    b: &Rows<E, D>,
 ) -> Tensor<(usize,), E, D, OwnedTape<E, D>> {
     let eps = crate::e::<E>(1e-12);
     let na = a
@@ -73,10 +73,10 @@ pub fn cosine_distance<E: Dtype, D: Device<E>>(
 /// d(v, v_a) + d(v, v_b) + |d(v, v_a) - d(v, v_b)| with v = features(x_0) and d the cosine
 /// distance.
 pub fn identity_loss<E: Dtype, D: Device<E>>(
-    x0: &Batch<E, D>,
+    x0: &State<E, D>,
     features: impl FnOnce(Taped<E, D>) -> Taped<E, D>,
-    v_a: &Batch<E, D>,
-    v_b: &Batch<E, D>,
+    v_a: &Rows<E, D>,
+    v_b: &Rows<E, D>,
 ) -> Result<LossGrad<E, D>, RuntimeError> {
     tape_loss(x0, |x| {
         let v = features(x);
@@ -90,16 +90,16 @@ pub fn identity_loss<E: Dtype, D: Device<E>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::from_f64;
+    use crate::{from_f64, rows_from_f64};
 
     #[test]
     fn mse_and_identity_gradients_match_finite_differences() {
         let dev = Cpu::default();
-        let x: Batch<f64, Cpu> = from_f64(&dev, &[0.3, -0.2, 0.5, 0.1, 0.4, -0.7], 2, 3);
-        let t: Batch<f64, Cpu> = from_f64(&dev, &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 2, 3);
-        let va: Batch<f64, Cpu> = from_f64(&dev, &[1.0, 0.2, -0.3, 0.5, 0.5, 0.1], 2, 3);
-        let vb: Batch<f64, Cpu> = from_f64(&dev, &[-0.2, 0.9, 0.1, 0.3, -0.4, 0.8], 2, 3);
-        type LossFn<'a> = Box<dyn Fn(&Batch<f64, Cpu>) -> LossGrad<f64, Cpu> + 'a>;
+        let x: State<f64, Cpu> = from_f64(&dev, &[0.3, -0.2, 0.5, 0.1, 0.4, -0.7], 2, 3);
+        let t: State<f64, Cpu> = from_f64(&dev, &[0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 2, 3);
+        let va: Rows<f64, Cpu> = rows_from_f64(&dev, &[1.0, 0.2, -0.3, 0.5, 0.5, 0.1], 2, 3);
+        let vb: Rows<f64, Cpu> = rows_from_f64(&dev, &[-0.2, 0.9, 0.1, 0.3, -0.4, 0.8], 2, 3);
+        type LossFn<'a> = Box<dyn Fn(&State<f64, Cpu>) -> LossGrad<f64, Cpu> + 'a>;
         let losses: Vec<LossFn> = vec![
             Box::new(|x| mse(x, &t).unwrap()),
             Box::new(|x| identity_loss(x, |v| v.tanh(), &va, &vb).unwrap()),
@@ -116,7 +116,7 @@ mod tests {
                 assert!((fd - g[i]).abs() < 1e-7, "{i}: {fd} vs {}", g[i]);
             }
         }
-        let nan: Batch<f64, Cpu> = from_f64(&dev, &[f64::NAN; 6], 2, 3);
+        let nan: State<f64, Cpu> = from_f64(&dev, &[f64::NAN; 6], 2, 3);
         assert!(mse(&nan, &t).err().unwrap().to_string().contains("NaN"));
     }
 }

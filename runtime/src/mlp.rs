@@ -1,13 +1,18 @@
 //! The adapter from a dfdx module to a [`Denoiser`]: the module maps
 //! `[x (D), z (C), sin(w_k t), cos(w_k t)]` (IN = D + C + 2F features) to an output of OUT = D.
+//! The input rows are assembled on the device (concatenation with the broadcast time
+//! features), and the VJP slices the input's gradient there too.
 
 use std::sync::{Arc, Mutex};
 
-use adeis_compiler::Prediction;
+use adeis_compiler::{Prediction, TimeInfo};
 use dfdx::prelude::*;
 
-use crate::denoiser::{Batch, Denoiser, ParamGrads, TimeInfo};
+use crate::denoiser::{check_vector_input, Cotangents, Denoiser};
 use crate::e;
+use crate::error::RuntimeError;
+use crate::state::{Rows, State};
+use crate::tape::{Taped, TapedDenoiser};
 
 /// Sinusoidal time features with frequencies `w_k = exp(linspace(0, ln max_freq, n))`.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,27 +87,30 @@ impl<M, const IN: usize, const OUT: usize> MlpDenoiser<M, IN, OUT> {
         }
     }
 
-    /// The network's input rows [x, z, time features].
+    /// The time features at `model_t`, one row broadcast to the batch.
+    fn features<E: Dtype, D: Device<E>>(&self, dev: &D, batch: usize, model_t: f64) -> Rows<E, D> {
+        let row: Vec<E> = self.time.at(model_t).into_iter().map(e::<E>).collect();
+        let row = dev.tensor_from_vec(row, (self.time.len(),));
+        row.broadcast_like::<_, Axis<0>>(&(batch, self.time.len()))
+    }
+
+    /// The network's input rows [x, z, time features] (z = 0 without conditioning).
     pub fn input<E: Dtype, D: Device<E>>(
         &self,
-        x: &Batch<E, D>,
-        z: Option<&Batch<E, D>>,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
         model_t: f64,
-    ) -> Tensor<(usize, Const<IN>), E, D> {
-        let (batch, dim) = *x.shape();
-        let xs = x.as_vec();
-        let zs = z.map(|z| z.as_vec());
-        let feats: Vec<E> = self.time.at(model_t).into_iter().map(e::<E>).collect();
-        let mut data = Vec::with_capacity(batch * IN);
-        for i in 0..batch {
-            data.extend_from_slice(&xs[i * dim..(i + 1) * dim]);
-            match &zs {
-                Some(z) => data.extend_from_slice(&z[i * self.cond_dim..(i + 1) * self.cond_dim]),
-                None => data.extend(std::iter::repeat_n(E::default(), self.cond_dim)),
-            }
-            data.extend_from_slice(&feats);
-        }
-        x.device().tensor_from_vec(data, (batch, Const::<IN>))
+    ) -> InputRows<E, D, IN> {
+        let batch = x.batch();
+        let dev = x.device();
+        let zr = match z {
+            Some(z) => z.rows().clone(),
+            None => dev.zeros_like(&(batch, self.cond_dim)),
+        };
+        let xz = (x.rows().clone(), zr).concat_along(Axis::<1>);
+        (xz, self.features(&dev, batch, model_t))
+            .concat_along(Axis::<1>)
+            .realize::<(usize, Const<IN>)>()
     }
 }
 
@@ -115,52 +123,56 @@ where
             Output = Tensor<(usize, Const<OUT>), E, D, OwnedTape<E, D>>,
         > + ZeroGrads<E, D>,
 {
+    /// The module's parameter gradients, by tensor (read with `grads.get(&module.weight)`).
+    type Grads = Gradients<E, D>;
+
     fn prediction(&self) -> Prediction {
         self.prediction
     }
 
-    fn dim(&self) -> usize {
-        self.dim
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        check_vector_input(item, self.dim, "this MLP")
     }
 
     fn cond_dim(&self) -> usize {
         self.cond_dim
     }
 
-    fn forward(&self, x: &Batch<E, D>, z: Option<&Batch<E, D>>, time: &TimeInfo) -> Batch<E, D> {
+    fn forward(&self, x: &State<E, D>, z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
         let input = self.input(x, z, time.model_t);
         let out = <M as Module<Tensor<(usize, Const<IN>), E, D>>>::try_forward(&self.module, input)
             .unwrap_or_else(|e| panic!("dfdx forward: {e:?}"));
         let batch = out.shape().0;
-        out.reshape_like(&(batch, OUT))
+        x.like(out.realize::<(usize, usize)>().reshape_like(&(batch, OUT)))
     }
 
-    fn param_grads(&self) -> ParamGrads<E, D> {
-        ParamGrads::Dfdx(self.module.alloc_grads())
+    fn zero_grads(&self) -> Gradients<E, D> {
+        self.module.alloc_grads()
     }
 
-    fn as_taped(&self) -> Option<&dyn crate::tape::TapedDenoiser<E, D>> {
+    fn as_taped(&self) -> Option<&dyn TapedDenoiser<E, D, Grads = Gradients<E, D>>> {
         Some(self)
     }
 
     fn vjp(
         &self,
-        x: &Batch<E, D>,
-        z: Option<&Batch<E, D>>,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
         time: &TimeInfo,
-        cot: &Batch<E, D>,
-        theta: Option<(&mut ParamGrads<E, D>, f64)>,
-    ) -> (Batch<E, D>, Option<Batch<E, D>>) {
-        let (batch, dim) = *x.shape();
+        cot: &State<E, D>,
+        theta: Option<(&mut Gradients<E, D>, f64)>,
+    ) -> Cotangents<E, D> {
+        let batch = x.batch();
         let input = self.input(x, z, time.model_t);
         // With theta the backward pass accumulates w cot^T d out/d theta into the caller's
         // gradients, whose leaves are the parameters: dfdx drops every other gradient after
         // backward, so memory stays at one step's activations.
         let (mut acc, w) = match theta {
-            Some((ParamGrads::Dfdx(acc), w)) if w != 0.0 => (Some(acc), w),
+            Some((acc, w)) if w != 0.0 => (Some(acc), w),
             _ => (None, 1.0),
         };
-        let c: Tensor<(usize, Const<OUT>), E, D> = cot.clone().reshape_like(&(batch, Const::<OUT>));
+        let c: Tensor<(usize, Const<OUT>), E, D> =
+            cot.rows().clone().reshape_like(&(batch, Const::<OUT>));
         // The input's gradient is read by a backward op registered on the input's tape before
         // the forward pass: it runs last, before dfdx drops the non-leaf gradients.
         let sink: Arc<Mutex<Option<InputRows<E, D, IN>>>> = Arc::default();
@@ -188,16 +200,55 @@ where
             .unwrap()
             .take()
             .expect("the input's gradient")
-            .as_vec();
-        let inv = e::<E>(1.0 / w);
-        let mut dx = Vec::with_capacity(batch * dim);
-        let mut dz = Vec::with_capacity(batch * self.cond_dim);
-        for row in d_in.chunks_exact(IN) {
-            dx.extend(row[..dim].iter().map(|v| *v * inv));
-            dz.extend(row[dim..dim + self.cond_dim].iter().map(|v| *v * inv));
+            .realize::<(usize, usize)>();
+        // Undo the weight on the input's gradient (it is w cot^T d out/d input).
+        let d_in = if w == 1.0 {
+            d_in
+        } else {
+            d_in * e::<E>(1.0 / w)
+        };
+        let (dim, cd) = (self.dim, self.cond_dim);
+        let dx = d_in.clone().slice((.., 0..dim)).realize::<(usize, usize)>();
+        let dz = z.map(|z| z.like(d_in.slice((.., dim..dim + cd)).realize::<(usize, usize)>()));
+        Cotangents {
+            x: x.like(dx),
+            cond: dz,
+            time: None,
         }
-        let dev = x.device();
-        let dz = z.map(|_| dev.tensor_from_vec(dz, (batch, self.cond_dim)));
-        (dev.tensor_from_vec(dx, (batch, dim)), dz)
+    }
+}
+
+impl<E: Dtype, D: Device<E>, M, const IN: usize, const OUT: usize> TapedDenoiser<E, D>
+    for MlpDenoiser<M, IN, OUT>
+where
+    MlpDenoiser<M, IN, OUT>: Denoiser<E, D, Grads = Gradients<E, D>>,
+    M: Module<
+        Tensor<(usize, Const<IN>), E, D, OwnedTape<E, D>>,
+        Output = Tensor<(usize, Const<OUT>), E, D, OwnedTape<E, D>>,
+    >,
+{
+    fn forward_taped(
+        &self,
+        x: Taped<E, D>,
+        _item: &[usize],
+        z: Option<Taped<E, D>>,
+        time: &TimeInfo,
+    ) -> Taped<E, D> {
+        let (batch, _) = *x.shape();
+        let dev = x.device().clone();
+        let feats = self.features::<E, D>(&dev, batch, time.model_t);
+        let xz = match z {
+            Some(z) => (x, z).concat_along(Axis::<1>),
+            None => (x, dev.zeros_like(&(batch, self.cond_dim))).concat_along(Axis::<1>),
+        };
+        let input = (xz, feats)
+            .concat_along(Axis::<1>)
+            .realize::<(usize, Const<IN>)>();
+        let out = self.module.forward(input);
+        out.realize::<(usize, usize)>()
+    }
+
+    fn grads_from_tape(&self, grads: &Gradients<E, D>) -> Option<Gradients<E, D>> {
+        Some(grads.clone())
     }
 }

@@ -3,14 +3,15 @@
 
 use dfdx::prelude::*;
 
-use crate::denoiser::Batch;
-use crate::from_f64;
+use crate::error::RuntimeError;
+use crate::rows_from_f64;
+use crate::state::State;
 
 /// Where an SDE sampler's noises come from.
 #[derive(Clone, Debug)]
 pub enum NoiseSource<E: Dtype, D: Device<E>> {
     Seeded(u64),
-    Given(Vec<Batch<E, D>>),
+    Given(Vec<State<E, D>>),
 }
 
 /// SplitMix64: a small, well-mixed generator; one stream per (seed, noise index). Also the
@@ -54,27 +55,31 @@ pub fn normals(seed: u64, index: u64, n: usize) -> Vec<f64> {
 }
 
 impl<E: Dtype, D: Device<E>> NoiseSource<E, D> {
-    /// Noise `i` for a batch of the given shape.
-    pub fn get(&self, dev: &D, i: usize, batch: usize, dim: usize) -> Result<Batch<E, D>, String> {
+    /// Noise `i`, of the shape of `like` (the state it is added to).
+    pub fn get(&self, i: usize, like: &State<E, D>) -> Result<State<E, D>, RuntimeError> {
         match self {
-            NoiseSource::Seeded(seed) => Ok(from_f64(
-                dev,
-                &normals(*seed, i as u64, batch * dim),
-                batch,
-                dim,
-            )),
+            NoiseSource::Seeded(seed) => {
+                let n = like.batch() * like.width();
+                Ok(like.like(rows_from_f64(
+                    &like.device(),
+                    &normals(*seed, i as u64, n),
+                    like.batch(),
+                    like.width(),
+                )))
+            }
             NoiseSource::Given(list) => {
                 let n = list.get(i).ok_or_else(|| {
-                    format!(
+                    RuntimeError::Noise(format!(
                         "the sampler needs noise {i} but only {} noises were given",
                         list.len()
-                    )
+                    ))
                 })?;
-                if *n.shape() != (batch, dim) {
-                    return Err(format!(
-                        "noise {i} has shape {:?}, the state has ({batch}, {dim})",
-                        n.shape()
-                    ));
+                if !n.same_shape(like) {
+                    return Err(RuntimeError::Noise(format!(
+                        "noise {i} has shape {:?}, the state has {:?}",
+                        n.shape(),
+                        like.shape()
+                    )));
                 }
                 Ok(n.clone())
             }

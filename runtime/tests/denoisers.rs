@@ -1,13 +1,14 @@
 //! Parameterisations, guidance, thresholding and the dfdx-module adapter.
 
 use adeis_compiler::{build_plan, Method, Pred, Prediction, SamplerSpec, ScheduleDef};
+use adeis_runtime::analytic::GaussianGrads;
 use adeis_runtime::analytic::GaussianModel;
-use adeis_runtime::denoiser::threshold;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis_runtime::model_fn::threshold;
 use adeis_runtime::noise::normals;
 use adeis_runtime::{
-    from_f64, sample, to_f64, Batch, Denoiser, Guidance, ModelFn, NoiseSource, ParamGrads,
-    Threshold, TimeInfo,
+    from_f64, sample, to_f64, Cotangents, Denoiser, Guidance, Input, ModelFn, NoParams,
+    NoiseSource, RuntimeError, State, Threshold, TimeInfo,
 };
 use dfdx::prelude::*;
 
@@ -15,18 +16,22 @@ use dfdx::prelude::*;
 struct As(GaussianModel, Prediction);
 
 impl Denoiser<f64, Cpu> for As {
+    type Grads = GaussianGrads;
     fn prediction(&self) -> Prediction {
         self.1
     }
-    fn dim(&self) -> usize {
-        self.0.dim
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        Denoiser::<f64, Cpu>::check_input(&self.0, item)
+    }
+    fn zero_grads(&self) -> GaussianGrads {
+        GaussianGrads::default()
     }
     fn forward(
         &self,
-        x: &Batch<f64, Cpu>,
-        z: Option<&Batch<f64, Cpu>>,
+        x: &State<f64, Cpu>,
+        z: Option<&State<f64, Cpu>>,
         time: &TimeInfo,
-    ) -> Batch<f64, Cpu> {
+    ) -> State<f64, Cpu> {
         let eps = Denoiser::<f64, Cpu>::forward(&self.0, x, z, time);
         let (a, s) = (time.alpha, time.sigma);
         match self.1 {
@@ -38,20 +43,23 @@ impl Denoiser<f64, Cpu> for As {
     }
     fn vjp(
         &self,
-        x: &Batch<f64, Cpu>,
-        z: Option<&Batch<f64, Cpu>>,
+        x: &State<f64, Cpu>,
+        z: Option<&State<f64, Cpu>>,
         time: &TimeInfo,
-        cot: &Batch<f64, Cpu>,
-        theta: Option<(&mut ParamGrads<f64, Cpu>, f64)>,
-    ) -> (Batch<f64, Cpu>, Option<Batch<f64, Cpu>>) {
+        cot: &State<f64, Cpu>,
+        theta: Option<(&mut GaussianGrads, f64)>,
+    ) -> Cotangents<f64, Cpu> {
         let (a, s) = (time.alpha, time.sigma);
         let (ce, cx) = match self.1 {
             Prediction::Eps => (1.0, 0.0),
             Prediction::X0 => (-s / a, 1.0 / a),
             Prediction::V => (1.0 / a, -s / a),
         };
-        let (dx, dz) = Denoiser::<f64, Cpu>::vjp(&self.0, x, z, time, &(cot.clone() * ce), theta);
-        (dx + cot.clone() * cx, dz)
+        let inner = Denoiser::<f64, Cpu>::vjp(&self.0, x, z, time, &(cot.clone() * ce), theta);
+        Cotangents {
+            x: inner.x + cot.clone() * cx,
+            ..inner
+        }
     }
 }
 
@@ -62,7 +70,7 @@ fn every_parameterisation_samples_the_same() {
         .compile()
         .unwrap();
     let dev = Cpu::default();
-    let x: Batch<f64, Cpu> = from_f64(&dev, &normals(1, 0, 6), 2, 3);
+    let x: State<f64, Cpu> = from_f64(&dev, &normals(1, 0, 6), 2, 3);
     let g = GaussianModel {
         mu: 0.4,
         s2: 0.5,
@@ -74,11 +82,8 @@ fn every_parameterisation_samples_the_same() {
             to_f64(
                 &sample(
                     &plan,
-                    &s,
                     &ModelFn::new(m),
-                    &x,
-                    None,
-                    &NoiseSource::Seeded(0),
+                    &Input::new(&x, None, &NoiseSource::Seeded(0)),
                     false,
                 )
                 .unwrap()
@@ -102,41 +107,49 @@ fn every_parameterisation_samples_the_same() {
 struct Echo;
 
 impl Denoiser<f64, Cpu> for Echo {
+    type Grads = NoParams;
     fn prediction(&self) -> Prediction {
         Prediction::Eps
     }
-    fn dim(&self) -> usize {
-        2
+    fn check_input(&self, _item: &[usize]) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    fn zero_grads(&self) -> NoParams {
+        NoParams
     }
     fn cond_dim(&self) -> usize {
         2
     }
     fn forward(
         &self,
-        _x: &Batch<f64, Cpu>,
-        z: Option<&Batch<f64, Cpu>>,
+        _x: &State<f64, Cpu>,
+        z: Option<&State<f64, Cpu>>,
         _t: &TimeInfo,
-    ) -> Batch<f64, Cpu> {
+    ) -> State<f64, Cpu> {
         z.unwrap().clone()
     }
     fn vjp(
         &self,
-        x: &Batch<f64, Cpu>,
-        _z: Option<&Batch<f64, Cpu>>,
+        x: &State<f64, Cpu>,
+        _z: Option<&State<f64, Cpu>>,
         _t: &TimeInfo,
-        cot: &Batch<f64, Cpu>,
-        _theta: Option<(&mut ParamGrads<f64, Cpu>, f64)>,
-    ) -> (Batch<f64, Cpu>, Option<Batch<f64, Cpu>>) {
-        (x.clone() * 0.0, Some(cot.clone()))
+        cot: &State<f64, Cpu>,
+        _theta: Option<(&mut NoParams, f64)>,
+    ) -> Cotangents<f64, Cpu> {
+        Cotangents {
+            x: x.clone() * 0.0,
+            cond: Some(cot.clone()),
+            time: None,
+        }
     }
 }
 
 #[test]
 fn guidance_and_thresholding() {
     let dev = Cpu::default();
-    let x: Batch<f64, Cpu> = from_f64(&dev, &[0.0; 2], 1, 2);
-    let cond: Batch<f64, Cpu> = from_f64(&dev, &[1.0, 2.0], 1, 2);
-    let null: Batch<f64, Cpu> = from_f64(&dev, &[0.5, -1.0], 1, 2);
+    let x: State<f64, Cpu> = from_f64(&dev, &[0.0; 2], 1, 2);
+    let cond: State<f64, Cpu> = from_f64(&dev, &[1.0, 2.0], 1, 2);
+    let null: State<f64, Cpu> = from_f64(&dev, &[0.5, -1.0], 1, 2);
     let time = TimeInfo {
         t: 0.5,
         model_t: 0.5,
@@ -151,7 +164,7 @@ fn guidance_and_thresholding() {
     let out = to_f64(&m.predict(&x, Some(&cond), &time, Pred::Eps));
     assert_eq!(out, vec![0.5 + 3.0 * 0.5, -1.0 + 3.0 * 3.0]);
 
-    let x0: Batch<f64, Cpu> = from_f64(&dev, &[3.0, -0.5, 0.2, 0.1, 0.4, -0.3], 2, 3);
+    let x0: State<f64, Cpu> = from_f64(&dev, &[3.0, -0.5, 0.2, 0.1, 0.4, -0.3], 2, 3);
     let th = to_f64(&threshold(
         &x0,
         Threshold {
@@ -176,16 +189,13 @@ fn a_dfdx_mlp_is_a_denoiser() {
         .unwrap()
         .compile()
         .unwrap();
-    let x: Batch<f64, Cpu> = from_f64(&dev, &normals(2, 0, 12), 4, 3);
-    let z: Batch<f64, Cpu> = from_f64(&dev, &normals(3, 0, 8), 4, 2);
+    let x: State<f64, Cpu> = from_f64(&dev, &normals(2, 0, 12), 4, 3);
+    let z: State<f64, Cpu> = from_f64(&dev, &normals(3, 0, 8), 4, 2);
     let plan = build_plan(&s, &SamplerSpec::new(Method::DpmSolverPp, 2, 10)).unwrap();
     let out = sample(
         &plan,
-        &s,
         &ModelFn::new(&m),
-        &x,
-        Some(&z),
-        &NoiseSource::Seeded(0),
+        &Input::new(&x, Some(&z), &NoiseSource::Seeded(0)),
         true,
     )
     .unwrap();
@@ -206,14 +216,11 @@ fn a_dfdx_mlp_is_a_denoiser() {
     );
     assert!((input[5] - 0.25f64.sin()).abs() < 1e-15 && (input[9] - 0.25f64.cos()).abs() < 1e-15);
     // A conditioning of the wrong width is an error, not a panic.
-    let bad: Batch<f64, Cpu> = from_f64(&dev, &[0.0; 12], 4, 3);
+    let bad: State<f64, Cpu> = from_f64(&dev, &[0.0; 12], 4, 3);
     let e = sample(
         &plan,
-        &s,
         &ModelFn::new(&m),
-        &x,
-        Some(&bad),
-        &NoiseSource::Seeded(0),
+        &Input::new(&x, Some(&bad), &NoiseSource::Seeded(0)),
         false,
     )
     .unwrap_err();
@@ -228,18 +235,22 @@ fn a_dfdx_mlp_is_a_denoiser() {
 fn nan_stops_with_the_step_and_time() {
     struct Blowup;
     impl Denoiser<f64, Cpu> for Blowup {
+        type Grads = NoParams;
         fn prediction(&self) -> Prediction {
             Prediction::Eps
         }
-        fn dim(&self) -> usize {
-            1
+        fn check_input(&self, _item: &[usize]) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn zero_grads(&self) -> NoParams {
+            NoParams
         }
         fn forward(
             &self,
-            x: &Batch<f64, Cpu>,
-            _z: Option<&Batch<f64, Cpu>>,
+            x: &State<f64, Cpu>,
+            _z: Option<&State<f64, Cpu>>,
             t: &TimeInfo,
-        ) -> Batch<f64, Cpu> {
+        ) -> State<f64, Cpu> {
             if t.t < 0.5 {
                 x.clone() * f64::NAN
             } else {
@@ -248,13 +259,17 @@ fn nan_stops_with_the_step_and_time() {
         }
         fn vjp(
             &self,
-            _x: &Batch<f64, Cpu>,
-            _z: Option<&Batch<f64, Cpu>>,
+            _x: &State<f64, Cpu>,
+            _z: Option<&State<f64, Cpu>>,
             _t: &TimeInfo,
-            cot: &Batch<f64, Cpu>,
-            _theta: Option<(&mut ParamGrads<f64, Cpu>, f64)>,
-        ) -> (Batch<f64, Cpu>, Option<Batch<f64, Cpu>>) {
-            (cot.clone(), None)
+            cot: &State<f64, Cpu>,
+            _theta: Option<(&mut NoParams, f64)>,
+        ) -> Cotangents<f64, Cpu> {
+            Cotangents {
+                x: cot.clone(),
+                cond: None,
+                time: None,
+            }
         }
     }
     let s = ScheduleDef::vp_linear(0.1, 20.0)
@@ -262,17 +277,14 @@ fn nan_stops_with_the_step_and_time() {
         .compile()
         .unwrap();
     let dev = Cpu::default();
-    let x: Batch<f64, Cpu> = from_f64(&dev, &[1.0], 1, 1);
+    let x: State<f64, Cpu> = from_f64(&dev, &[1.0], 1, 1);
     let mut sp = SamplerSpec::new(Method::Ddim, 1, 4);
     sp.grid = adeis_compiler::grid::GridKind::TimeUniform;
     let plan = build_plan(&s, &sp).unwrap();
     let e = sample(
         &plan,
-        &s,
         &ModelFn::new(&Blowup),
-        &x,
-        None,
-        &NoiseSource::Seeded(0),
+        &Input::new(&x, None, &NoiseSource::Seeded(0)),
         false,
     )
     .unwrap_err();

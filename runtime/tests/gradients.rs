@@ -2,16 +2,18 @@
 //! the discrete adjoint against finite differences and against the closed form, checkpointing
 //! against recording, VJPs against finite differences.
 
-use adeis_compiler::{build_plan, Method, Plan, Pred, Schedule};
-use adeis_runtime::adjoint::{
-    adjoint_deis, discrete_adjoint, AdjointDeis, Gradient, StateStorage, Wrt,
+use adeis_compiler::{
+    build_plan, AdjointDeisPlan, AdjointOrder, ContinuousStates, DiscreteStates, Method, Plan,
+    Pred, Schedule, Wrt,
 };
+use adeis_runtime::adjoint::deis::adjoint_deis;
+use adeis_runtime::adjoint::discrete::discrete_adjoint;
+use adeis_runtime::analytic::GaussianGrads;
 use adeis_runtime::analytic::{GaussianModel, GmmModel};
-use adeis_runtime::executor::time_info;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::noise::normals;
 use adeis_runtime::{
-    from_f64, sample, to_f64, Batch, Denoiser, ModelFn, NoiseSource, ParamGrads, RuntimeError,
+    from_f64, sample, to_f64, Denoiser, Gradient, Input, ModelFn, NoiseSource, RuntimeError, State,
 };
 use dfdx::prelude::*;
 
@@ -22,14 +24,14 @@ type Dev = Cpu;
 const DIM: usize = 3;
 const BATCH: usize = 2;
 
-fn tensor(seed: u64, batch: usize, dim: usize) -> Batch<f64, Dev> {
+fn tensor(seed: u64, batch: usize, dim: usize) -> State<f64, Dev> {
     from_f64(&Dev::default(), &normals(seed, 0, batch * dim), batch, dim)
 }
 
 /// L = sum(a0 * x0): the cotangent is a0 whatever x0 is.
 fn linear_loss(
-    a0: Batch<f64, Dev>,
-) -> impl FnOnce(&Batch<f64, Dev>) -> Result<Batch<f64, Dev>, RuntimeError> {
+    a0: State<f64, Dev>,
+) -> impl FnOnce(&State<f64, Dev>) -> Result<State<f64, Dev>, RuntimeError> {
     move |_| Ok(a0)
 }
 
@@ -44,7 +46,7 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     num / den
 }
 
-/// The exact gradients of L = sum(a0 x0) for Gaussian data (MATH.md section 4), mu as z.
+/// The exact gradients of L = sum(a0 x0) for Gaussian data (docs/math.md section 4), mu as z.
 struct Exact {
     dx: Vec<f64>,
     dmu: Vec<f64>,
@@ -52,7 +54,7 @@ struct Exact {
 }
 
 fn exact(s: &Schedule, g: &GaussianModel, x_t: &[f64], mu: &[f64], a0: &[f64], sde: bool) -> Exact {
-    let (t0, tt) = (time_info(s, s.t_min()), time_info(s, s.t_max()));
+    let (t0, tt) = (s.time_info(s.t_min()), s.time_info(s.t_max()));
     let v = |t: &adeis_runtime::TimeInfo| t.alpha * t.alpha * g.s2 + t.sigma * t.sigma;
     let (v0, vt) = (v(&t0), v(&tt));
     let k = (v0 / vt).sqrt();
@@ -77,11 +79,43 @@ fn exact(s: &Schedule, g: &GaussianModel, x_t: &[f64], mu: &[f64], a0: &[f64], s
     }
 }
 
-fn theta_value(g: &Gradient<f64, Dev>) -> f64 {
-    match &g.dtheta {
-        ParamGrads::Values(v) => v[0],
-        other => panic!("{other:?}"),
-    }
+fn theta_value(g: &Gradient<f64, Dev, GaussianGrads>) -> f64 {
+    g.dtheta.expect("wrt params").s2
+}
+
+/// AdjointDEIS's options as the tests vary them.
+#[derive(Clone, Copy)]
+struct DeisOpts {
+    order: usize,
+    steps: Option<usize>,
+    sde: bool,
+    states: ContinuousStates,
+}
+
+/// AdjointDEIS compiled for `plan` and run.
+fn run_deis<M: Denoiser<f64, Dev>>(
+    s: &Schedule,
+    plan: &Plan,
+    model: &M,
+    input: &Input<f64, Dev>,
+    wrt: Wrt,
+    opts: DeisOpts,
+    loss: impl FnOnce(&State<f64, Dev>) -> Result<State<f64, Dev>, RuntimeError>,
+) -> Result<Gradient<f64, Dev, M::Grads>, RuntimeError> {
+    let order = if opts.order == 2 {
+        AdjointOrder::TwoM
+    } else {
+        AdjointOrder::One
+    };
+    let deis = AdjointDeisPlan::new(s, plan, order, opts.steps, opts.sde)?;
+    adjoint_deis(
+        plan,
+        &deis,
+        &ModelFn::new(model),
+        input,
+        (wrt, opts.states),
+        loss,
+    )
 }
 
 #[test]
@@ -98,6 +132,7 @@ fn adjoint_deis_converges_to_the_exact_gaussian_gradients() {
         tensor(3, BATCH, DIM),
     );
     let wrt = Wrt {
+        x_t: true,
         cond: true,
         params: true,
     };
@@ -115,19 +150,17 @@ fn adjoint_deis_converges_to_the_exact_gaussian_gradients() {
                     spec(Method::DpmSolverPp, 3, m)
                 };
                 let plan = build_plan(&s, &sp).unwrap();
-                let opts = AdjointDeis {
+                let opts = DeisOpts {
                     order,
                     steps: None,
                     sde,
-                    states: StateStorage::Record,
+                    states: ContinuousStates::Record,
                 };
-                let gr = adjoint_deis(
-                    &plan,
+                let gr = run_deis(
                     &s,
-                    &ModelFn::new(&g),
-                    &x_t,
-                    Some(&z),
-                    &NoiseSource::Seeded(4),
+                    &plan,
+                    &g,
+                    &Input::new(&x_t, Some(&z), &NoiseSource::Seeded(4)),
                     wrt,
                     opts,
                     linear_loss(a0.clone()),
@@ -159,26 +192,23 @@ fn adjoint_deis_converges_to_the_exact_gaussian_gradients() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-fn run_discrete(
-    s: &Schedule,
-    model: &dyn Denoiser<f64, Dev>,
+fn run_discrete<M: Denoiser<f64, Dev>>(
+    model: &M,
     plan: &Plan,
-    x_t: &Batch<f64, Dev>,
-    z: Option<&Batch<f64, Dev>>,
-    a0: &Batch<f64, Dev>,
-    storage: StateStorage,
-) -> Gradient<f64, Dev> {
+    x_t: &State<f64, Dev>,
+    z: Option<&State<f64, Dev>>,
+    a0: &State<f64, Dev>,
+    storage: DiscreteStates,
+) -> Gradient<f64, Dev, M::Grads> {
     let wrt = Wrt {
+        x_t: true,
         cond: z.is_some(),
         params: true,
     };
     discrete_adjoint(
         plan,
-        s,
         &ModelFn::new(model),
-        x_t,
-        z,
-        &NoiseSource::Seeded(8),
+        &Input::new(x_t, z, &NoiseSource::Seeded(8)),
         wrt,
         storage,
         linear_loss(a0.clone()),
@@ -187,25 +217,21 @@ fn run_discrete(
 }
 
 /// Central finite differences of L = sum(a0 x0) in x_T (a few components).
-fn fd_dx(
-    s: &Schedule,
-    model: &dyn Denoiser<f64, Dev>,
+fn fd_dx<M: Denoiser<f64, Dev>>(
+    model: &M,
     plan: &Plan,
-    x_t: &Batch<f64, Dev>,
-    z: Option<&Batch<f64, Dev>>,
+    x_t: &State<f64, Dev>,
+    z: Option<&State<f64, Dev>>,
     a0: &[f64],
 ) -> Vec<f64> {
     let base = to_f64(x_t);
-    let (b, d) = *x_t.shape();
+    let (b, d) = (x_t.batch(), x_t.width());
     let loss = |x: &[f64]| {
         let xt = from_f64(&Dev::default(), x, b, d);
         let out = sample(
             plan,
-            s,
             &ModelFn::new(model),
-            &xt,
-            z,
-            &NoiseSource::Seeded(8),
+            &Input::new(&xt, z, &NoiseSource::Seeded(8)),
             false,
         )
         .unwrap();
@@ -257,14 +283,14 @@ fn discrete_adjoint_matches_finite_differences_for_every_sampler() {
     cases.push(dtz);
     for sp in cases {
         let plan = build_plan(&s, &sp).unwrap();
-        let gr = run_discrete(&s, &gmm, &plan, &x_t, None, &a0, StateStorage::Record);
+        let gr = run_discrete(&gmm, &plan, &x_t, None, &a0, DiscreteStates::Record);
         assert_eq!(
             (gr.nfe, gr.vjps),
             (plan.nfe(), plan.nfe()),
             "{}",
             plan.description
         );
-        let fd = fd_dx(&s, &gmm, &plan, &x_t, None, &to_f64(&a0));
+        let fd = fd_dx(&gmm, &plan, &x_t, None, &to_f64(&a0));
         let e = rel_err(&to_f64(&gr.dx_t), &fd);
         assert!(
             e < 1e-7,
@@ -298,7 +324,7 @@ fn checkpointing_equals_recording() {
         spec(Method::SdeDpmSolverPp, 2, 20),
     ] {
         let plan = build_plan(&s, &sp).unwrap();
-        let rec = run_discrete(&s, &g, &plan, &x_t, Some(&z), &a0, StateStorage::Record);
+        let rec = run_discrete(&g, &plan, &x_t, Some(&z), &a0, DiscreteStates::Record);
         assert_eq!(
             (rec.nfe, rec.vjps),
             (plan.nfe(), plan.nfe()),
@@ -306,13 +332,12 @@ fn checkpointing_equals_recording() {
         );
         for slots in [0, 1, 2, 3, 5, 40] {
             let ck = run_discrete(
-                &s,
                 &g,
                 &plan,
                 &x_t,
                 Some(&z),
                 &a0,
-                StateStorage::Checkpoint(slots),
+                DiscreteStates::Checkpoint { slots },
             );
             assert_eq!(ck.vjps, plan.nfe());
             assert!(ck.nfe >= 2 * plan.nfe() - 1, "recomputation happened");
@@ -354,7 +379,7 @@ fn discrete_adjoint_converges_to_the_exact_gradient_at_the_sampler_order() {
             .iter()
             .map(|&n| {
                 let plan = build_plan(&s, &spec(sp, order as usize, n)).unwrap();
-                let gr = run_discrete(&s, &g, &plan, &x_t, Some(&z), &a0, StateStorage::Record);
+                let gr = run_discrete(&g, &plan, &x_t, Some(&z), &a0, DiscreteStates::Record);
                 rel_err(&to_f64(&gr.dx_t), &ex.dx)
                     .max(rel_err(&to_f64(gr.dz.as_ref().unwrap()), &ex.dmu))
             })
@@ -392,74 +417,73 @@ fn vjps_match_finite_differences() {
         dim: 3,
     };
     let zg = tensor(8, 2, 3);
-    for (name, model, z) in [
-        ("mlp", &mlp as &dyn Denoiser<f64, Dev>, &z),
-        ("gaussian", &gauss as &dyn Denoiser<f64, Dev>, &zg),
-    ] {
-        for want in [Pred::Eps, Pred::Data] {
-            let f = ModelFn::new(model);
-            let mut theta = model.param_grads();
-            let (dx, dz) = f.vjp(&x, Some(z), &time, want, &cot, Some((&mut theta, 1.0)));
-            let (dx, dz) = (to_f64(&dx), to_f64(&dz.unwrap()));
-            let l = |x: &Batch<f64, Dev>, z: &Batch<f64, Dev>| {
-                to_f64(&f.predict(x, Some(z), &time, want))
-                    .iter()
-                    .zip(to_f64(&cot))
-                    .map(|(a, b)| a * b)
-                    .sum::<f64>()
+    for want in [Pred::Eps, Pred::Data] {
+        check_vjp("mlp", &mlp, [&x, &z, &cot], &time, want);
+        let theta = check_vjp("gaussian", &gauss, [&x, &zg, &cot], &time, want);
+        let (d, h) = (theta.s2, 1e-6);
+        let lp = |s2: f64| {
+            let g2 = GaussianModel {
+                s2,
+                ..gauss.clone()
             };
-            let h = 1e-6;
-            for i in 0..6 {
-                let (mut p, mut m) = (to_f64(&x), to_f64(&x));
-                p[i] += h;
-                m[i] -= h;
-                let fd =
-                    (l(&from_f64(&dev, &p, 2, 3), z) - l(&from_f64(&dev, &m, 2, 3), z)) / (2.0 * h);
-                assert!(
-                    (fd - dx[i]).abs() < 1e-7 * fd.abs().max(1.0),
-                    "{name} {want:?} dx[{i}]: {fd} vs {}",
-                    dx[i]
-                );
-            }
-            let zd = z.shape().1;
-            for i in 0..2 * zd {
-                let (mut p, mut m) = (to_f64(z), to_f64(z));
-                p[i] += h;
-                m[i] -= h;
-                let fd = (l(&x, &from_f64(&dev, &p, 2, zd)) - l(&x, &from_f64(&dev, &m, 2, zd)))
-                    / (2.0 * h);
-                assert!(
-                    (fd - dz[i]).abs() < 1e-7 * fd.abs().max(1.0),
-                    "{name} {want:?} dz[{i}]: {fd} vs {}",
-                    dz[i]
-                );
-            }
-            if name == "gaussian" {
-                let d = theta_value_of(&theta);
-                let lp = |s2: f64| {
-                    let g2 = GaussianModel {
-                        s2,
-                        ..gauss.clone()
-                    };
-                    let f2 = ModelFn::new(&g2);
-                    to_f64(&f2.predict(&x, Some(z), &time, want))
-                        .iter()
-                        .zip(to_f64(&cot))
-                        .map(|(a, b)| a * b)
-                        .sum::<f64>()
-                };
-                let fd = (lp(0.5 + h) - lp(0.5 - h)) / (2.0 * h);
-                assert!((fd - d).abs() < 1e-7, "gaussian d/ds2: {fd} vs {d}");
-            }
-        }
+            let f2 = ModelFn::new(&g2);
+            to_f64(&f2.predict(&x, Some(&zg), &time, want))
+                .iter()
+                .zip(to_f64(&cot))
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        let fd = (lp(0.5 + h) - lp(0.5 - h)) / (2.0 * h);
+        assert!((fd - d).abs() < 1e-7, "gaussian d/ds2: {fd} vs {d}");
     }
 }
 
-fn theta_value_of(t: &ParamGrads<f64, Dev>) -> f64 {
-    match t {
-        ParamGrads::Values(v) => v[0],
-        _ => panic!(),
+/// The VJP of the prediction `want` against central finite differences in x and z; returns
+/// the parameter gradients it accumulated.
+fn check_vjp<M: Denoiser<f64, Dev>>(
+    name: &str,
+    model: &M,
+    [x, z, cot]: [&State<f64, Dev>; 3],
+    time: &adeis_runtime::TimeInfo,
+    want: Pred,
+) -> M::Grads {
+    let dev = Dev::default();
+    let f = ModelFn::new(model);
+    let mut theta = model.zero_grads();
+    let c = f.vjp(x, Some(z), time, want, cot, Some((&mut theta, 1.0)));
+    let (dx, dz) = (to_f64(&c.x), to_f64(&c.cond.unwrap()));
+    let l = |x: &State<f64, Dev>, z: &State<f64, Dev>| {
+        to_f64(&f.predict(x, Some(z), time, want))
+            .iter()
+            .zip(to_f64(cot))
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+    };
+    let h = 1e-6;
+    for i in 0..6 {
+        let (mut p, mut m) = (to_f64(x), to_f64(x));
+        p[i] += h;
+        m[i] -= h;
+        let fd = (l(&from_f64(&dev, &p, 2, 3), z) - l(&from_f64(&dev, &m, 2, 3), z)) / (2.0 * h);
+        assert!(
+            (fd - dx[i]).abs() < 1e-7 * fd.abs().max(1.0),
+            "{name} {want:?} dx[{i}]: {fd} vs {}",
+            dx[i]
+        );
     }
+    let zd = z.width();
+    for i in 0..2 * zd {
+        let (mut p, mut m) = (to_f64(z), to_f64(z));
+        p[i] += h;
+        m[i] -= h;
+        let fd = (l(x, &from_f64(&dev, &p, 2, zd)) - l(x, &from_f64(&dev, &m, 2, zd))) / (2.0 * h);
+        assert!(
+            (fd - dz[i]).abs() < 1e-7 * fd.abs().max(1.0),
+            "{name} {want:?} dz[{i}]: {fd} vs {}",
+            dz[i]
+        );
+    }
+    theta
 }
 
 mod tape_reference {
@@ -476,10 +500,7 @@ mod tape_reference {
                 let dev = Cpu::seed_from_u64(0);
                 let net = dev.build_module::<Net, E>();
                 let to64 = |v: Vec<E>| -> Vec<f64> { v.iter().map(|x| *x as f64).collect() };
-                let param_err = |a: &ParamGrads<E, Cpu>, b: &ParamGrads<E, Cpu>| -> f64 {
-                    let (ParamGrads::Dfdx(a), ParamGrads::Dfdx(b)) = (a, b) else {
-                        panic!("dfdx gradients expected")
-                    };
+                let param_err = |a: &Gradients<E, Cpu>, b: &Gradients<E, Cpu>| -> f64 {
                     [
                         rel_err(
                             &to64(a.get(&net.0.weight).as_vec()),
@@ -513,9 +534,9 @@ mod tape_reference {
                         prediction,
                     );
                     let s = vp();
-                    let x_t: Batch<E, Cpu> = from_f64(&dev, &normals(1, 0, 12), 4, 3);
-                    let z: Batch<E, Cpu> = from_f64(&dev, &normals(2, 0, 8), 4, 2);
-                    let a0: Batch<E, Cpu> = from_f64(&dev, &normals(3, 0, 12), 4, 3);
+                    let x_t: State<E, Cpu> = from_f64(&dev, &normals(1, 0, 12), 4, 3);
+                    let z: State<E, Cpu> = from_f64(&dev, &normals(2, 0, 8), 4, 2);
+                    let a0: State<E, Cpu> = from_f64(&dev, &normals(3, 0, 12), 4, 3);
                     let mut cases = vec![
                         spec(Method::Ddim, 1, 6),
                         spec(Method::DpmSolverPp, 3, 7),
@@ -529,35 +550,30 @@ mod tape_reference {
                     for sp in cases {
                         let plan = build_plan(&s, &sp).unwrap();
                         let wrt = Wrt {
+                            x_t: true,
                             cond: true,
                             params: true,
                         };
-                        let loss = |a: Batch<E, Cpu>| {
-                            move |_: &Batch<E, Cpu>| -> Result<Batch<E, Cpu>, RuntimeError> {
+                        let loss = |a: State<E, Cpu>| {
+                            move |_: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
                                 Ok(a)
                             }
                         };
                         let noise = NoiseSource::Seeded(5);
                         let tape = tape_gradient(
                             &plan,
-                            &s,
                             &mlp,
-                            &x_t,
-                            Some(&z),
-                            &noise,
+                            &Input::new(&x_t, Some(&z), &noise),
                             wrt,
                             loss(a0.clone()),
                         )
                         .unwrap();
                         let disc = discrete_adjoint(
                             &plan,
-                            &s,
                             &ModelFn::new(&mlp),
-                            &x_t,
-                            Some(&z),
-                            &noise,
+                            &Input::new(&x_t, Some(&z), &noise),
                             wrt,
-                            StateStorage::Record,
+                            DiscreteStates::Record,
                             loss(a0.clone()),
                         )
                         .unwrap();
@@ -566,7 +582,8 @@ mod tape_reference {
                             &to_f64(disc.dz.as_ref().unwrap()),
                             &to_f64(tape.dz.as_ref().unwrap()),
                         );
-                        let ep = param_err(&disc.dtheta, &tape.dtheta);
+                        let ep =
+                            param_err(disc.dtheta.as_ref().unwrap(), tape.dtheta.as_ref().unwrap());
                         eprintln!(
                             "{} ({prediction:?}, {}): x_T {ex:.1e}, z {ez:.1e}, params {ep:.1e}",
                             plan.description,
@@ -606,25 +623,18 @@ mod conditioning {
         ] {
             let plan = build_plan(&s, &sp).unwrap();
             let f = ModelFn::new(&gmm);
-            let (x_t, noises) = cycle_sde_encode(&plan, &s, &f, &x0, None, 3).unwrap();
+            let (x_t, noises) = cycle_sde_encode(&plan, &f, &x0, None, 3).unwrap();
             assert_eq!(noises.len(), 40);
             let out = sample(
                 &plan,
-                &s,
                 &f,
-                &x_t,
-                None,
-                &NoiseSource::Given(noises),
+                &Input::new(&x_t, None, &NoiseSource::Given(noises)),
                 false,
             )
             .unwrap();
             // The last drawn state: alpha_min x0 + sigma_min n.
-            let tmin = time_info(&s, s.t_min());
-            let n = to_f64(
-                &NoiseSource::<f64, Dev>::Seeded(3)
-                    .get(&Dev::default(), 40, BATCH, DIM)
-                    .unwrap(),
-            );
+            let tmin = s.time_info(s.t_min());
+            let n = to_f64(&NoiseSource::<f64, Dev>::Seeded(3).get(40, &x0).unwrap());
             let target: Vec<f64> = to_f64(&x0)
                 .iter()
                 .zip(&n)
@@ -635,7 +645,7 @@ mod conditioning {
             assert!(rel_err(&to_f64(&out.x), &to_f64(&x0)) < 0.05);
         }
         let ode = build_plan(&s, &spec(Method::Ddim, 1, 10)).unwrap();
-        assert!(cycle_sde_encode(&ode, &s, &ModelFn::new(&gmm), &x0, None, 3).is_err());
+        assert!(cycle_sde_encode(&ode, &ModelFn::new(&gmm), &x0, None, 3).is_err());
     }
 
     #[test]
@@ -664,20 +674,18 @@ mod conditioning {
             })
             .collect();
         let z3 = from_f64(&Dev::default(), &zs, BATCH, 3 * DIM);
-        let whole = run_discrete(&s, &g, &plan, &x_t, Some(&z), &a0, StateStorage::Record);
+        let whole = run_discrete(&g, &plan, &x_t, Some(&z), &a0, DiscreteStates::Record);
         let wrt = Wrt {
+            x_t: true,
             cond: true,
             params: false,
         };
         let pieces = discrete_adjoint(
             &plan,
-            &s,
             &ModelFn::new(&pw),
-            &x_t,
-            Some(&z3),
-            &NoiseSource::Seeded(8),
+            &Input::new(&x_t, Some(&z3), &NoiseSource::Seeded(8)),
             wrt,
-            StateStorage::Record,
+            DiscreteStates::Record,
             linear_loss(a0.clone()),
         )
         .unwrap();
@@ -694,11 +702,8 @@ mod conditioning {
             let zt = from_f64(&Dev::default(), zz, BATCH, 3 * DIM);
             let out = sample(
                 &plan,
-                &s,
                 &ModelFn::new(&pw),
-                &x_t,
-                Some(&zt),
-                &NoiseSource::Seeded(8),
+                &Input::new(&x_t, Some(&zt), &NoiseSource::Seeded(8)),
                 false,
             )
             .unwrap();
@@ -721,31 +726,27 @@ mod conditioning {
             );
         }
         // AdjointDEIS attributes per piece as well: its pieces add up to its constant-z gradient.
-        let opts = AdjointDeis {
+        let opts = DeisOpts {
             order: 2,
             steps: None,
             sde: false,
-            states: StateStorage::Record,
+            states: ContinuousStates::Record,
         };
-        let ad = adjoint_deis(
-            &plan,
+        let ad = run_deis(
             &s,
-            &ModelFn::new(&pw),
-            &x_t,
-            Some(&z3),
-            &NoiseSource::Seeded(8),
+            &plan,
+            &pw,
+            &Input::new(&x_t, Some(&z3), &NoiseSource::Seeded(8)),
             wrt,
             opts,
             linear_loss(a0.clone()),
         )
         .unwrap();
-        let ad_whole = adjoint_deis(
-            &plan,
+        let ad_whole = run_deis(
             &s,
-            &ModelFn::new(&g),
-            &x_t,
-            Some(&z),
-            &NoiseSource::Seeded(8),
+            &plan,
+            &g,
+            &Input::new(&x_t, Some(&z), &NoiseSource::Seeded(8)),
             wrt,
             opts,
             linear_loss(a0.clone()),
@@ -781,35 +782,34 @@ fn adjoint_grid_may_differ_from_the_sampling_grid_and_states_may_be_backsolved()
     );
     let ex = exact(&s, &g, &to_f64(&x_t), &to_f64(&z), &to_f64(&a0), false);
     let wrt = Wrt {
+        x_t: true,
         cond: true,
         params: true,
     };
     // Forward on 160 steps, adjoint on 640 (states interpolated in lambda), against the same
     // adjoint on the forward grid of 640 steps: a_x and a_z do not depend on the states for
     // Gaussian data; a_theta does, through x, and the interpolation costs little.
-    let run = |n: usize, m: Option<usize>, states: StateStorage| {
+    let run = |n: usize, m: Option<usize>, states: ContinuousStates| {
         let plan = build_plan(&s, &spec(Method::DpmSolverPp, 3, n)).unwrap();
-        let opts = AdjointDeis {
+        let opts = DeisOpts {
             order: 2,
             steps: m,
             sde: false,
             states,
         };
-        adjoint_deis(
-            &plan,
+        run_deis(
             &s,
-            &ModelFn::new(&g),
-            &x_t,
-            Some(&z),
-            &NoiseSource::Seeded(4),
+            &plan,
+            &g,
+            &Input::new(&x_t, Some(&z), &NoiseSource::Seeded(4)),
             wrt,
             opts,
             linear_loss(a0.clone()),
         )
         .unwrap()
     };
-    let fine = run(640, None, StateStorage::Record);
-    let mixed = run(160, Some(640), StateStorage::Record);
+    let fine = run(640, None, ContinuousStates::Record);
+    let mixed = run(160, Some(640), ContinuousStates::Record);
     assert_eq!(mixed.vjps, 640);
     assert!(rel_err(&to_f64(&mixed.dx_t), &to_f64(&fine.dx_t)) < 1e-12);
     assert!(
@@ -825,7 +825,7 @@ fn adjoint_grid_may_differ_from_the_sampling_grid_and_states_may_be_backsolved()
         "interpolated states: {e_mixed:.2e} vs {e_fine:.2e}"
     );
     // Back-solved states: one more evaluation per adjoint point, no recorded trajectory.
-    let back = run(640, None, StateStorage::Backsolve);
+    let back = run(640, None, ContinuousStates::Backsolve);
     assert_eq!(back.nfe, 640 + 640);
     let e_back = (theta_value(&back) - ex.ds2).abs() / ex.ds2.abs();
     assert!(e_back < 0.05, "back-solved states: {e_back:.2e}");

@@ -4,9 +4,8 @@
 use adeis_compiler::sampler::{SolverType, ThirdOrder, UnipcVariant};
 use adeis_compiler::{build_plan, Method, Plan, SamplerSpec, Schedule};
 use adeis_runtime::analytic::{GaussianModel, GmmModel};
-use adeis_runtime::executor::time_info;
 use adeis_runtime::noise::normals;
-use adeis_runtime::{from_f64, sample, to_f64, Denoiser, ModelFn, NoiseSource};
+use adeis_runtime::{from_f64, sample, to_f64, Denoiser, Input, ModelFn, NoiseSource, State};
 use dfdx::prelude::*;
 
 mod common;
@@ -17,7 +16,7 @@ type Dev = Cpu;
 const DIM: usize = 3;
 const BATCH: usize = 2;
 
-fn x_t(dev: &Dev) -> Tensor<(usize, usize), f64, Dev> {
+fn x_t(dev: &Dev) -> State<f64, Dev> {
     from_f64(dev, &normals(7, 0, BATCH * DIM), BATCH, DIM)
 }
 
@@ -29,11 +28,11 @@ fn gaussian() -> GaussianModel {
     }
 }
 
-/// The probability-flow ODE's exact map for Gaussian data (MATH.md section 4).
+/// The probability-flow ODE's exact map for Gaussian data (docs/math.md section 4).
 fn gaussian_exact(schedule: &Schedule, x_t: &[f64], g: &GaussianModel) -> Vec<f64> {
     let (ti, tf) = (
-        time_info(schedule, schedule.t_max()),
-        time_info(schedule, schedule.t_min()),
+        schedule.time_info(schedule.t_max()),
+        schedule.time_info(schedule.t_min()),
     );
     let v = |t: &adeis_runtime::TimeInfo| t.alpha * t.alpha * g.s2 + t.sigma * t.sigma;
     let k = (v(&tf) / v(&ti)).sqrt();
@@ -51,11 +50,8 @@ fn run<M: Denoiser<f64, Dev>>(
     let plan = build_plan(schedule, spec).unwrap();
     let out = sample(
         &plan,
-        schedule,
         &ModelFn::new(model),
-        &x_t(&dev),
-        None,
-        &NoiseSource::Seeded(3),
+        &Input::new(&x_t(&dev), None, &NoiseSource::Seeded(3)),
         false,
     )
     .unwrap();
@@ -413,21 +409,15 @@ fn sde_samplers_replay_their_noise() {
         assert_eq!(plan.n_noises, 30);
         let a = sample(
             &plan,
-            &s,
             &ModelFn::new(&g),
-            &x_t(&dev),
-            None,
-            &NoiseSource::Seeded(11),
+            &Input::new(&x_t(&dev), None, &NoiseSource::Seeded(11)),
             false,
         )
         .unwrap();
         let b = sample(
             &plan,
-            &s,
             &ModelFn::new(&g),
-            &x_t(&dev),
-            None,
-            &NoiseSource::Seeded(11),
+            &Input::new(&x_t(&dev), None, &NoiseSource::Seeded(11)),
             false,
         )
         .unwrap();
@@ -435,28 +425,22 @@ fn sde_samplers_replay_their_noise() {
         let given: Vec<_> = (0..30)
             .map(|i| {
                 NoiseSource::<f64, Dev>::Seeded(11)
-                    .get(&dev, i, BATCH, DIM)
+                    .get(i, &x_t(&dev))
                     .unwrap()
             })
             .collect();
         let c = sample(
             &plan,
-            &s,
             &ModelFn::new(&g),
-            &x_t(&dev),
-            None,
-            &NoiseSource::Given(given),
+            &Input::new(&x_t(&dev), None, &NoiseSource::Given(given)),
             false,
         )
         .unwrap();
         assert_eq!(to_f64(&a.x), to_f64(&c.x));
         let d = sample(
             &plan,
-            &s,
             &ModelFn::new(&g),
-            &x_t(&dev),
-            None,
-            &NoiseSource::Seeded(12),
+            &Input::new(&x_t(&dev), None, &NoiseSource::Seeded(12)),
             false,
         )
         .unwrap();
@@ -479,22 +463,19 @@ fn sde_sampler_is_consistent_in_distribution() {
     };
     let dev = Dev::default();
     let n = 4000;
-    let x_t: Tensor<(usize, usize), f64, Dev> = from_f64(&dev, &normals(5, 0, n), n, 1);
+    let x_t: State<f64, Dev> = from_f64(&dev, &normals(5, 0, n), n, 1);
     let plan = build_plan(&s, &spec(Method::SdeDpmSolverPp, 2, 200)).unwrap();
     let out = sample(
         &plan,
-        &s,
         &ModelFn::new(&g),
-        &x_t,
-        None,
-        &NoiseSource::Seeded(9),
+        &Input::new(&x_t, None, &NoiseSource::Seeded(9)),
         false,
     )
     .unwrap();
     let v = to_f64(&out.x);
     let mean = v.iter().sum::<f64>() / n as f64;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-    let tmin = time_info(&s, s.t_min());
+    let tmin = s.time_info(s.t_min());
     let (m_exact, v_exact) = (
         tmin.alpha * 0.5,
         tmin.alpha.powi(2) * 0.2 + tmin.sigma.powi(2),
@@ -519,33 +500,24 @@ fn ode_inversion_then_sampling_returns_the_input() {
     let inverse = adeis_compiler::sampler::build_plan_on(&s, &sp, reversed);
     let data = sample(
         &forward,
-        &s,
         &ModelFn::new(&gmm),
-        &x_t(&dev),
-        None,
-        &NoiseSource::Seeded(0),
+        &Input::new(&x_t(&dev), None, &NoiseSource::Seeded(0)),
         false,
     )
     .unwrap()
     .x;
     let noise = sample(
         &inverse,
-        &s,
         &ModelFn::new(&gmm),
-        &data,
-        None,
-        &NoiseSource::Seeded(0),
+        &Input::new(&data, None, &NoiseSource::Seeded(0)),
         false,
     )
     .unwrap()
     .x;
     let back = sample(
         &forward,
-        &s,
         &ModelFn::new(&gmm),
-        &noise,
-        None,
-        &NoiseSource::Seeded(0),
+        &Input::new(&noise, None, &NoiseSource::Seeded(0)),
         false,
     )
     .unwrap()
@@ -560,26 +532,26 @@ fn ode_inversion_then_sampling_returns_the_input() {
 fn bad_specs_are_rejected() {
     let s = vp();
     let e = build_plan(&s, &SamplerSpec::new(Method::Ddim, 2, 10)).unwrap_err();
-    assert_eq!(e.field, "order");
-    assert!(e.message.contains("method `ddim` has orders [1]"), "{e}");
+    assert_eq!(e.field(), "order");
+    assert!(e.message().contains("method `ddim` has orders [1]"), "{e}");
     let e = build_plan(&s, &SamplerSpec::new(Method::Deis, 1, 0)).unwrap_err();
-    assert_eq!(e.field, "steps");
+    assert_eq!(e.field(), "steps");
     let mut sp = SamplerSpec::new(Method::Unipc, 2, 10);
     sp.equation = Some(adeis_compiler::Equation::Sde);
     let e = build_plan(&s, &sp).unwrap_err();
-    assert!(e.message.contains("has no SDE form"), "{e}");
+    assert!(e.message().contains("has no SDE form"), "{e}");
     let mut sp = SamplerSpec::new(Method::Ddim, 1, 10);
     sp.times = Some(vec![1.0, 0.5, 0.0001]);
     let e = build_plan(&s, &sp).unwrap_err();
     assert!(
-        e.message
+        e.message()
             .contains("outside the schedule's t range [0.001, 1]"),
         "{e}"
     );
     let mut sp = SamplerSpec::new(Method::Ddim, 1, 10);
     sp.train_indices = Some(vec![999, 500, 0]);
     let e = build_plan(&s, &sp).unwrap_err();
-    assert!(e.message.contains("need a discrete schedule"), "{e}");
+    assert!(e.message().contains("need a discrete schedule"), "{e}");
 }
 
 #[test]

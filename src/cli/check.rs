@@ -2,12 +2,13 @@
 
 use std::path::Path;
 
-use adeis::compiler::{build_plan, GradMethod, Instr, Quantity};
+use adeis::compiler::{GradMethod, Instr, Quantity};
 use adeis::prelude::*;
+use anyhow::Result;
 
-pub fn run(path: &Path, rows: usize) -> Result<(), String> {
-    let spec = load_spec(path).map_err(|e| e.to_string())?;
-    let def = spec.schedule.to_def().map_err(|e| e.to_string())?;
+pub fn run(path: &Path, rows: usize) -> Result<()> {
+    let spec = load_spec(path)?;
+    let def = spec.schedule.to_def()?;
     println!("{}: valid", path.display());
     println!();
     let params: Vec<String> = def
@@ -45,13 +46,13 @@ pub fn run(path: &Path, rows: usize) -> Result<(), String> {
                 "safeguarded Newton on the compiled lambda (no closed form given)".into(),
         }
     );
-    let Some(sampler) = &spec.sampler else {
+    if spec.sampler.is_none() {
         println!("\nno [sampler] table");
         return Ok(());
-    };
-    let schedule = def.compile().map_err(|e| e.to_string())?;
-    let plan = build_plan(&schedule, sampler)
-        .map_err(|e| format!("{}: sampler.{}: {}", path.display(), e.field, e.message))?;
+    }
+    let problem =
+        Problem::from_spec(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let plan = problem.plan();
     println!("\nsampler: {}", plan.description);
     println!(
         "  {} steps, NFE {}, {} noises, {} states",
@@ -63,13 +64,7 @@ pub fn run(path: &Path, rows: usize) -> Result<(), String> {
     println!(
         "  coefficient table of the first steps (x = states, o = model outputs, xi = noises):"
     );
-    let shown: Vec<&Instr> = plan
-        .instrs
-        .iter()
-        .filter(|i| match i {
-            Instr::Eval { step, .. } | Instr::Combine { step, .. } => *step < rows,
-        })
-        .collect();
+    let shown: Vec<&Instr> = plan.instrs.iter().filter(|i| i.step() < rows).collect();
     for ins in shown {
         println!("  {ins}");
     }

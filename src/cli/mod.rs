@@ -1,4 +1,5 @@
-//! The subcommands of the `adeis` program.
+//! The subcommands of the `adeis` program. Every command returns `anyhow::Result`; `main`
+//! prints the error in one place.
 
 pub mod check;
 pub mod grad;
@@ -8,63 +9,51 @@ pub mod schedule;
 
 use std::path::{Path, PathBuf};
 
+use adeis::compiler::FieldError;
 use adeis::prelude::*;
+use adeis::runtime::optim::OptimizerKind;
+use adeis_digits::morph::{MorphMethod, MorphOptions, PairKind};
+use adeis_digits::train::{Network, TrainOptions};
+use anyhow::{anyhow, bail, Result};
 
 /// A schedule from a built-in name or a spec file.
-pub fn schedule_def(arg: &str) -> Result<ScheduleDef, String> {
+pub fn schedule_def(arg: &str) -> Result<ScheduleDef> {
     let path = Path::new(arg);
     if path.extension().is_some() || path.exists() {
-        let spec = load_spec(path).map_err(|e| e.to_string())?;
-        return spec.schedule.to_def().map_err(|e| format!("{arg}: {e}"));
+        let spec = load_spec(path)?;
+        return spec.schedule.to_def().map_err(|e| anyhow!("{arg}: {e}"));
     }
     match ScheduleSpec::builtin(arg) {
-        Some(spec) => spec.to_def().map_err(|e| e.to_string()),
-        None => Err(format!(
+        Some(spec) => Ok(spec.to_def()?),
+        None => bail!(
             "`{arg}` is neither a built-in schedule ({}) nor a spec file (.toml or .json)",
             ScheduleDef::BUILTIN_NAMES.join(", ")
-        )),
+        ),
     }
 }
 
-/// What a sampling command runs: the spec, its compiled schedule, its sampler and the plan.
-pub struct Run {
-    pub spec: Spec,
-    pub sampler: adeis::compiler::SamplerSpec,
-    pub schedule: Schedule,
-    pub plan: adeis::compiler::Plan,
-}
-
-/// Loads a spec with a [sampler] table and builds its plan (`command` names the caller in
-/// errors).
-pub fn load_run(path: &Path, command: &str) -> Result<Run, String> {
-    let spec = load_spec(path).map_err(|e| e.to_string())?;
-    let sampler = spec.sampler.clone().ok_or_else(|| {
-        format!(
+/// Loads a spec with a [sampler] table and builds its problem (`command` names the caller in
+/// errors, which carry the file's path and the key path).
+pub fn load_problem(path: &Path, command: &str) -> Result<Problem> {
+    let spec = load_spec(path)?;
+    if spec.sampler.is_none() {
+        bail!(
             "{}: no [sampler] table; `adeis {command}` needs one",
             path.display()
-        )
-    })?;
-    let def = spec.schedule.to_def().map_err(|e| e.to_string())?;
-    let schedule = def.compile().map_err(|e| e.to_string())?;
-    let plan = adeis::compiler::build_plan(&schedule, &sampler)
-        .map_err(|e| format!("{}: sampler.{}: {}", path.display(), e.field, e.message))?;
-    Ok(Run {
-        spec,
-        sampler,
-        schedule,
-        plan,
-    })
+        );
+    }
+    Problem::from_spec(&spec).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// Reads a [batch, dim] array.
-pub fn read_2d(flag: &str, path: &Path) -> Result<adeis::npy::NpyArray, String> {
-    let a = adeis::npy::read_npy(path).map_err(|e| format!("{flag}: {e}"))?;
+pub fn read_2d(flag: &str, path: &Path) -> Result<adeis::npy::NpyArray> {
+    let a = adeis::npy::read_npy(path).map_err(|e| anyhow!("{flag}: {e}"))?;
     if a.shape.len() != 2 {
-        return Err(format!(
+        bail!(
             "{flag}: {} has shape {:?}; expected [batch, dim]",
             path.display(),
             a.shape
-        ));
+        );
     }
     Ok(a)
 }
@@ -74,6 +63,31 @@ pub fn read_2d(flag: &str, path: &Path) -> Result<adeis::npy::NpyArray, String> 
 pub enum Dtype {
     F32,
     F64,
+}
+
+/// An option of the digits application with a value it does not allow, as the flag the user
+/// typed: `--pairs 0: at least one pair`.
+fn option_error(e: FieldError) -> anyhow::Error {
+    let flag = format!("--{}", e.key.replace('_', "-"));
+    match &e.value {
+        Some(v) => anyhow!("{flag} {v}: {}", e.allowed),
+        None => anyhow!("{flag}: {}", e.allowed),
+    }
+}
+
+/// The digits application's errors, with options named as flags.
+fn digits_error(e: adeis_digits::Error) -> anyhow::Error {
+    match e {
+        adeis_digits::Error::Option(fe) => option_error(fe),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// Which network `adeis train --only` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnlyNetwork {
+    Denoiser,
+    Classifier,
 }
 
 /// The options of `adeis train`.
@@ -108,12 +122,12 @@ pub struct TrainArgs {
     pub no_sample_grid: bool,
     /// Train only this network; the other is loaded from --out.
     #[arg(long, value_enum)]
-    pub only: Option<adeis::digits::train::Network>,
+    pub only: Option<OnlyNetwork>,
 }
 
 /// `adeis train`.
-pub fn train(a: TrainArgs) -> Result<(), String> {
-    let opts = &adeis::digits::train::TrainOptions {
+pub fn train(a: TrainArgs) -> Result<()> {
+    let opts = &TrainOptions {
         out: a.out,
         denoiser_steps: a.denoiser_steps,
         classifier_steps: a.classifier_steps,
@@ -123,9 +137,12 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
         cfg_dropout: a.cfg_dropout,
         checkpoint_every: a.checkpoint_every,
         sample_grid: !a.no_sample_grid,
-        only: a.only,
+        only: a.only.map(|n| match n {
+            OnlyNetwork::Denoiser => Network::Denoiser,
+            OnlyNetwork::Classifier => Network::Classifier,
+        }),
     };
-    let r = adeis::digits::train::run(opts)?;
+    let r = adeis_digits::train::run(opts).map_err(digits_error)?;
     println!(
         "denoiser: {} steps in {:.0} s, loss {:.4} (held-out {:.4}); classifier: {} steps in {:.0} s, held-out accuracy {:.1}%",
         r.denoiser_steps,
@@ -154,6 +171,13 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The optimiser of `adeis morph`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
 /// The options of `adeis morph`.
 #[derive(clap::Args)]
 pub struct MorphArgs {
@@ -169,7 +193,7 @@ pub struct MorphArgs {
     pub same_class: bool,
     /// Comma-separated: none, adjoint_deis_1, adjoint_deis_1_sde, adjoint_deis_2m,
     /// adjoint_deis_2m_sde, discrete, discrete_sde, tape, tape_sde.
-    #[arg(long, default_value = adeis::morph::MorphMethod::DEFAULT)]
+    #[arg(long, default_value = MorphMethod::DEFAULT)]
     pub methods: String,
     /// Optimisation iterations K per method.
     #[arg(long, default_value_t = 50)]
@@ -178,8 +202,8 @@ pub struct MorphArgs {
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
     /// Optimiser of x_T and z.
-    #[arg(long, value_enum, default_value_t = adeis::morph::Optimizer::Adam)]
-    pub optimizer: adeis::morph::Optimizer,
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
     /// Learning rate.
     #[arg(long, default_value_t = 0.05)]
     pub lr: f64,
@@ -191,7 +215,7 @@ pub struct MorphArgs {
     #[arg(long, value_name = "M")]
     pub adjoint_steps: Option<usize>,
     /// Folder with denoiser.safetensors and classifier.safetensors (default: the committed
-    /// models, trained by `adeis train`).
+    /// models, trained by `adeis train` and compiled into the program).
     #[arg(long)]
     pub models: Option<PathBuf>,
     /// Output folder.
@@ -203,51 +227,46 @@ pub struct MorphArgs {
 }
 
 /// `adeis morph`.
-pub fn morph(a: MorphArgs) -> Result<(), String> {
-    use adeis::morph::{MorphMethod, MorphOptions, PairKind};
+pub fn morph(a: MorphArgs) -> Result<()> {
     let kind = match (&a.digits, a.same_class) {
         (Some(d), _) if d.len() == 2 => PairKind::Classes(d[0], d[1]),
-        (Some(d), _) => {
-            return Err(format!(
-                "--digits {d:?}: two digits, A,B (e.g. --digits 3,8)"
-            ))
-        }
+        (Some(d), _) => bail!("--digits {d:?}: two digits, A,B (e.g. --digits 3,8)"),
         (None, true) => PairKind::SameClass,
         (None, false) => PairKind::DifferentClass,
     };
     let opts = MorphOptions {
-        models: a
-            .models
-            .unwrap_or_else(adeis::digits::nets::default_models_dir),
+        models: a.models,
         out: a.out,
         pairs: a.pairs,
         kind,
-        methods: MorphMethod::parse_list(&a.methods)?,
+        methods: MorphMethod::parse_list(&a.methods).map_err(option_error)?,
         iters: a.iters,
         steps: a.steps,
-        optimizer: a.optimizer,
+        optimizer: match a.optimizer {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+        },
         lr: a.lr,
         seed: a.seed,
         adjoint_steps: a.adjoint_steps,
         max_pair_images: a.max_pair_images,
         verbose: true,
     };
-    let r = adeis::morph::run(&opts)?;
-    println!("{}", adeis::morph::table(&r));
+    let r = adeis_digits::morph::run(&opts).map_err(digits_error)?;
+    println!("{}", adeis_digits::morph::table(&r));
     println!(
         "verification threshold {:.4} (FMR {:.3}%, FNMR {:.2}%); wrote {}",
         r.verifier.threshold,
         100.0 * r.verifier.fmr,
         100.0 * r.verifier.fnmr,
-        adeis::morph::describe(&opts.out)
+        adeis_digits::morph::describe(&opts.out)
     );
     Ok(())
 }
 
 /// `adeis` without a command: a short demo of the main job.
-pub fn demo() -> Result<(), String> {
-    use adeis::morph::{MorphOptions, PairKind};
-    let out = std::path::PathBuf::from("adeis-out/demo");
+pub fn demo() -> Result<()> {
+    let out = PathBuf::from("adeis-out/demo");
     println!(
         "adeis demo: morphing pairs of handwritten digits by optimising the starting noise and the"
     );
@@ -260,60 +279,82 @@ pub fn demo() -> Result<(), String> {
         steps: 20,
         ..MorphOptions::default()
     };
-    let r = adeis::morph::run(&opts)?;
-    let models = adeis::digits::nets::DigitsModels::load(&opts.models)?;
+    let r = adeis_digits::morph::run(&opts).map_err(digits_error)?;
+    let models = adeis_digits::nets::DigitsModels::committed().map_err(digits_error)?;
     let grid = out.join("samples.png");
-    let agree = adeis::digits::sample_grid(&models, 0, &grid)?;
-    println!("{}", adeis::morph::table(&r));
+    let agree = adeis_digits::sample_grid(&models, 0, &grid).map_err(digits_error)?;
+    println!("{}", adeis_digits::morph::table(&r));
     println!(
         "generated digits: {} (row c = class c; the classifier reads {:.0}% as the class asked for)",
         grid.display(),
         100.0 * agree
     );
-    println!("morphs: {}", adeis::morph::describe(&out));
+    println!("morphs: {}", adeis_digits::morph::describe(&out));
     println!("\nThe evaluation in the README: `cargo run --release -- morph --pairs 100` (about 2 minutes).");
     Ok(())
 }
 
+/// The options of `adeis bench`.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64) or tiny (for CI).
+    #[arg(long, default_value = "w1")]
+    pub workload: String,
+    /// cpu, or cuda (a build with the `cuda` feature and an NVIDIA GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// sample, discrete, adjoint_deis or tape.
+    #[arg(long, default_value = "discrete")]
+    pub method: String,
+    /// AdjointDEIS order (1 or 2).
+    #[arg(long, default_value_t = 1)]
+    pub order: usize,
+    /// Sampler steps N (DDIM on a logsnr grid).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Timed runs after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// States of the discrete adjoint: record or checkpoint (sqrt(N) slots).
+    #[arg(long, default_value = "record")]
+    pub states: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `adeis bench`.
-#[allow(clippy::too_many_arguments)]
-pub fn bench(
-    workload: &str,
-    device: &str,
-    method: &str,
-    order: usize,
-    steps: usize,
-    repeat: usize,
-    states: &str,
-    json: bool,
-) -> Result<(), String> {
-    use adeis::bench::{run, BenchMethod};
-    use adeis::compiler::gradient::States;
+pub fn bench(a: BenchArgs) -> Result<()> {
+    use adeis::bench::{run, BenchMethod, BenchOptions};
     use adeis::compiler::GradMethod;
-    let m = match method {
+    let method = match a.method.as_str() {
         "sample" => BenchMethod::Sample,
         "discrete" => BenchMethod::Gradient(GradMethod::Discrete),
         "adjoint_deis" => BenchMethod::Gradient(GradMethod::AdjointDeis),
         "tape" => BenchMethod::Gradient(GradMethod::Tape),
-        other => {
-            return Err(format!(
-                "--method {other}: one of sample, discrete, adjoint_deis, tape"
-            ))
-        }
+        other => bail!("--method {other}: one of sample, discrete, adjoint_deis, tape"),
     };
-    if !(order == 1 || order == 2) {
-        return Err(format!("--order {order}: AdjointDEIS has orders 1 and 2"));
+    if !(a.order == 1 || a.order == 2) {
+        bail!("--order {}: AdjointDEIS has orders 1 and 2", a.order);
     }
-    let st = match states {
-        "record" => States::Record,
-        "checkpoint" => States::Checkpoint,
-        other => return Err(format!("--states {other}: record or checkpoint")),
+    let checkpoint = match a.states.as_str() {
+        "record" => false,
+        "checkpoint" => true,
+        other => bail!("--states {other}: record or checkpoint"),
     };
-    if st == States::Checkpoint && m != BenchMethod::Gradient(GradMethod::Discrete) {
-        return Err("--states checkpoint is for --method discrete".into());
+    if checkpoint && method != BenchMethod::Gradient(GradMethod::Discrete) {
+        bail!("--states checkpoint is for --method discrete");
     }
-    let r = run(workload, device, m, order, steps, repeat, st)?;
-    if json {
+    let r = run(&BenchOptions {
+        workload: a.workload,
+        device: a.device,
+        method,
+        order: a.order,
+        steps: a.steps,
+        repeat: a.repeat,
+        checkpoint,
+    })?;
+    if a.json {
         println!("{}", serde_json::to_string(&r).unwrap());
     } else {
         println!("{}", r.to_text());

@@ -1,21 +1,22 @@
 //! `adeis schedule`: a schedule's quantities at chosen times.
 
 use adeis::report::{default_times, ScheduleReport};
+use anyhow::{bail, Result};
 
 use super::schedule_def;
 
-pub fn run(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<(), String> {
+pub fn run(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<()> {
     let def = schedule_def(arg)?;
-    let schedule = def.compile().map_err(|e| e.to_string())?;
+    let schedule = def.compile()?;
     let ts = match at {
         Some(ts) => {
             for t in &ts {
                 if !(*t >= def.t_min() && *t <= def.t_max()) {
-                    return Err(format!(
+                    bail!(
                         "--at: t = {t} is outside the schedule's t range [{}, {}]",
                         def.t_min(),
                         def.t_max()
-                    ));
+                    );
                 }
             }
             ts

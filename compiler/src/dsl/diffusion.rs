@@ -356,7 +356,7 @@ impl DiffusionDecl {
                 .unwrap_or(self.sampler.name.span())
         };
         sp.validate()
-            .map_err(|e| syn::Error::new(at(e.field), e.message))?;
+            .map_err(|e| syn::Error::new(at(&e.key), e.message()))?;
 
         let mut g = GradientSpec::default();
         let mut gspans: Vec<(&'static str, Span)> = vec![];
@@ -438,14 +438,14 @@ impl DiffusionDecl {
                 .unwrap_or(self.name.span())
         };
         g.validate()
-            .map_err(|e| syn::Error::new(gat(e.field), e.message))?;
+            .map_err(|e| syn::Error::new(gat(&e.key), e.message()))?;
         Ok((sp, g))
     }
 
     pub fn expand(&self, krate: &TokenStream) -> syn::Result<TokenStream> {
         let (sp, g) = self.specs()?;
-        let sampler_json = serde_json_string(&sp);
-        let gradient_json = serde_json_string(&g);
+        let sampler_literal = sampler_tokens(&sp, krate);
+        let gradient_literal = gradient_tokens(&g, krate);
         let DiffusionDecl {
             attrs,
             vis,
@@ -473,14 +473,13 @@ impl DiffusionDecl {
                 quote! {
                     #krate::compiler::ScheduleSpec::builtin(#b)
                         .expect("a built-in schedule")
-                        .to_def()
-                        .map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))?
+                        .to_def()?
                         .compile()
-                        .map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))
+                        .map_err(#krate::compiler::Error::from)?
                 }
             }
             None => quote! {
-                #schedule::new().compile().map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))
+                #schedule::new().compile().map_err(#krate::compiler::Error::from)?
             },
         };
         Ok(quote! {
@@ -489,56 +488,73 @@ impl DiffusionDecl {
             #vis struct #name;
 
             impl #name {
+                /// The problem (schedule, sampler plan, gradient method, wrt), built and compiled
+                /// once, on first use.
+                pub fn problem() -> ::std::result::Result<&'static #krate::compiler::Problem, #krate::runtime::RuntimeError> {
+                    static PROBLEM: ::std::sync::OnceLock<::std::result::Result<#krate::compiler::Problem, #krate::runtime::RuntimeError>> = ::std::sync::OnceLock::new();
+                    PROBLEM
+                        .get_or_init(|| {
+                            let build = || -> ::std::result::Result<#krate::compiler::Problem, #krate::compiler::Error> {
+                                let schedule = #schedule_expr;
+                                let gradient = Self::gradient_spec();
+                                ::std::result::Result::Ok(
+                                    #krate::compiler::Problem::new(schedule, &Self::sampler())?
+                                        .with_adjoint(gradient.adjoint()?)?
+                                        .with_wrt(gradient.wrt_set()),
+                                )
+                            };
+                            build().map_err(#krate::runtime::RuntimeError::from)
+                        })
+                        .as_ref()
+                        .map_err(::std::clone::Clone::clone)
+                }
+
                 /// The compiled schedule.
                 pub fn schedule() -> ::std::result::Result<#krate::compiler::Schedule, #krate::runtime::RuntimeError> {
-                    #schedule_expr
+                    ::std::result::Result::Ok(Self::problem()?.schedule().clone())
                 }
 
                 /// The sampler declaration (validated when the macro expanded).
                 pub fn sampler() -> #krate::compiler::SamplerSpec {
-                    #krate::__private::serde_json::from_str(#sampler_json).expect("validated sampler")
+                    #sampler_literal
                 }
 
                 /// The gradient declaration (validated when the macro expanded).
                 pub fn gradient_spec() -> #krate::compiler::GradientSpec {
-                    #krate::__private::serde_json::from_str(#gradient_json).expect("validated gradient")
-                }
-
-                /// The sampler's plan on the schedule.
-                pub fn plan(schedule: &#krate::compiler::Schedule) -> ::std::result::Result<#krate::compiler::Plan, #krate::runtime::RuntimeError> {
-                    #krate::compiler::build_plan(schedule, &Self::sampler()).map_err(|e| #krate::runtime::RuntimeError::Invalid(e.to_string()))
+                    #gradient_literal
                 }
 
                 /// Samples x_0 from x_T (noise for SDE samplers from `seed`).
-                pub fn sample<E, D, M>(model: &M, x_t: &#krate::runtime::Batch<E, D>, z: ::std::option::Option<&#krate::runtime::Batch<E, D>>, seed: u64)
-                    -> ::std::result::Result<#krate::runtime::Batch<E, D>, #krate::runtime::RuntimeError>
+                pub fn sample<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64)
+                    -> ::std::result::Result<#krate::runtime::State<E, D>, #krate::runtime::RuntimeError>
                 where
                     E: #krate::runtime::dfdx::dtypes::Dtype,
                     D: #krate::runtime::dfdx::tensor_ops::Device<E>,
                     M: #krate::runtime::Denoiser<E, D>,
                 {
-                    let schedule = Self::schedule()?;
-                    let plan = Self::plan(&schedule)?;
-                    let f = #krate::runtime::ModelFn::new(model);
-                    ::std::result::Result::Ok(#krate::runtime::sample(&plan, &schedule, &f, x_t, z, &#krate::runtime::NoiseSource::Seeded(seed), false)?.x)
+                    let problem = Self::problem()?;
+                    let noise = #krate::runtime::NoiseSource::Seeded(seed);
+                    let input = #krate::runtime::Input::new(x_t, z, &noise);
+                    ::std::result::Result::Ok(#krate::runtime::sample(problem.plan(), &#krate::runtime::ModelFn::new(model), &input, false)?.x)
                 }
 
                 /// The loss on the sample and its gradient by the declared method.
-                pub fn gradient<E, D, M>(model: &M, x_t: &#krate::runtime::Batch<E, D>, z: ::std::option::Option<&#krate::runtime::Batch<E, D>>, seed: u64)
-                    -> ::std::result::Result<(f64, #krate::runtime::adjoint::Gradient<E, D>), #krate::runtime::RuntimeError>
+                #[allow(clippy::type_complexity)]
+                pub fn gradient<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64)
+                    -> ::std::result::Result<(f64, #krate::runtime::Gradient<E, D, M::Grads>), #krate::runtime::RuntimeError>
                 where
                     E: #krate::runtime::dfdx::dtypes::Dtype,
                     D: #krate::runtime::dfdx::tensor_ops::Device<E>,
                     M: #krate::runtime::Denoiser<E, D>,
                 {
-                    let schedule = Self::schedule()?;
-                    let plan = Self::plan(&schedule)?;
-                    let spec = Self::gradient_spec();
-                    let sde = Self::sampler().effective_equation() == #krate::compiler::Equation::Sde;
+                    let problem = Self::problem()?;
+                    let noise = #krate::runtime::NoiseSource::Seeded(seed);
+                    let input = #krate::runtime::Input::new(x_t, z, &noise);
                     let mut value = f64::NAN;
-                    let g = #krate::runtime::adjoint::compute_gradient(
-                        &plan, &schedule, &#krate::runtime::ModelFn::new(model), x_t, z,
-                        &#krate::runtime::NoiseSource::Seeded(seed), &spec, sde,
+                    let g = #krate::runtime::gradient(
+                        problem,
+                        &#krate::runtime::ModelFn::new(model),
+                        &input,
                         |x0| {
                             let lg = #krate::runtime::loss::tape_loss(x0, #loss)?;
                             value = lg.value;
@@ -550,8 +566,9 @@ impl DiffusionDecl {
 
                 /// Gradient descent on x_T (and z, when wrt includes cond) for `iters` steps of
                 /// size `lr`; returns the optimised x_T, z and the loss before each step.
-                pub fn optimize<E, D, M>(model: &M, x_t: &#krate::runtime::Batch<E, D>, z: ::std::option::Option<&#krate::runtime::Batch<E, D>>, seed: u64, iters: usize, lr: f64)
-                    -> ::std::result::Result<(#krate::runtime::Batch<E, D>, ::std::option::Option<#krate::runtime::Batch<E, D>>, ::std::vec::Vec<f64>), #krate::runtime::RuntimeError>
+                #[allow(clippy::type_complexity)]
+                pub fn optimize<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64, iters: usize, lr: f64)
+                    -> ::std::result::Result<(#krate::runtime::State<E, D>, ::std::option::Option<#krate::runtime::State<E, D>>, ::std::vec::Vec<f64>), #krate::runtime::RuntimeError>
                 where
                     E: #krate::runtime::dfdx::dtypes::Dtype,
                     D: #krate::runtime::dfdx::tensor_ops::Device<E>,
@@ -560,13 +577,12 @@ impl DiffusionDecl {
                     let mut x = x_t.clone();
                     let mut zc = z.cloned();
                     let mut losses = ::std::vec::Vec::with_capacity(iters);
-                    let step = #krate::runtime::e::<E>(-lr);
                     for _ in 0..iters {
                         let (value, g) = Self::gradient(model, &x, zc.as_ref(), seed)?;
                         losses.push(value);
-                        x = x + g.dx_t * step;
+                        x = x + g.dx_t * (-lr);
                         if let ::std::option::Option::Some(dz) = g.dz {
-                            zc = zc.map(|zv| zv + dz * step);
+                            zc = zc.map(|zv| zv + dz * (-lr));
                         }
                     }
                     ::std::result::Result::Ok((x, zc, losses))
@@ -576,8 +592,87 @@ impl DiffusionDecl {
     }
 }
 
-fn serde_json_string<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("specs serialize")
+/// A unit variant of an enum as the path `#krate::compiler::PREFIX::Variant` (its Debug name).
+fn variant(krate: &TokenStream, prefix: TokenStream, v: &impl std::fmt::Debug) -> TokenStream {
+    let ident = syn::Ident::new(&format!("{v:?}"), Span::call_site());
+    quote!(#krate::compiler::#prefix::#ident)
+}
+
+fn opt_usize(v: Option<usize>) -> TokenStream {
+    match v {
+        Some(n) => quote!(::std::option::Option::Some(#n)),
+        None => quote!(::std::option::Option::None),
+    }
+}
+
+/// The sampler declaration as a Rust struct literal (no parsing at run time).
+fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
+    let method = variant(krate, quote!(Method), &sp.method);
+    let grid = variant(krate, quote!(grid::GridKind), &sp.grid);
+    let prediction = variant(krate, quote!(Prediction), &sp.prediction);
+    let solver_type = variant(krate, quote!(sampler::SolverType), &sp.solver_type);
+    let third_order = variant(krate, quote!(sampler::ThirdOrder), &sp.third_order);
+    let unipc_variant = variant(krate, quote!(sampler::UnipcVariant), &sp.variant);
+    let equation = match &sp.equation {
+        Some(e) => {
+            let e = variant(krate, quote!(Equation), e);
+            quote!(::std::option::Option::Some(#e))
+        }
+        None => quote!(::std::option::Option::None),
+    };
+    let multistep = match sp.multistep {
+        Some(b) => quote!(::std::option::Option::Some(#b)),
+        None => quote!(::std::option::Option::None),
+    };
+    let (order, steps, rho) = (sp.order, sp.steps, sp.rho);
+    let (corrector, lower_order_final, denoise_to_zero) =
+        (sp.corrector, sp.lower_order_final, sp.denoise_to_zero);
+    quote! {
+        #krate::compiler::SamplerSpec {
+            method: #method,
+            order: #order,
+            steps: #steps,
+            grid: #grid,
+            equation: #equation,
+            prediction: #prediction,
+            multistep: #multistep,
+            solver_type: #solver_type,
+            third_order: #third_order,
+            variant: #unipc_variant,
+            corrector: #corrector,
+            lower_order_final: #lower_order_final,
+            denoise_to_zero: #denoise_to_zero,
+            rho: #rho,
+            times: ::std::option::Option::None,
+            train_indices: ::std::option::Option::None,
+        }
+    }
+}
+
+/// The gradient declaration as a Rust struct literal.
+fn gradient_tokens(g: &GradientSpec, krate: &TokenStream) -> TokenStream {
+    let method = variant(krate, quote!(GradMethod), &g.method);
+    let states = variant(krate, quote!(gradient::States), &g.states);
+    let wrt: Vec<TokenStream> = g
+        .wrt
+        .iter()
+        .map(|k| variant(krate, quote!(WrtKey), k))
+        .collect();
+    let (order, steps, checkpoints) = (
+        opt_usize(g.order),
+        opt_usize(g.steps),
+        opt_usize(g.checkpoints),
+    );
+    quote! {
+        #krate::compiler::GradientSpec {
+            method: #method,
+            order: #order,
+            steps: #steps,
+            states: #states,
+            checkpoints: #checkpoints,
+            wrt: ::std::vec![#(#wrt),*],
+        }
+    }
 }
 
 /// `diffusion!`: the input is `KRATE_PATH; declaration`.

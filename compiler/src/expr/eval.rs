@@ -1,7 +1,5 @@
 //! The interpreter: the reference every JIT-compiled function is tested against.
 
-use std::fmt;
-
 use super::primitives::{libm, powi_f64};
 use super::{Expr, Name, Table};
 
@@ -13,16 +11,9 @@ pub trait Env {
 }
 
 /// A name the environment does not know.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("`{0}` has no value here")]
 pub struct UnboundName(pub Name);
-
-impl fmt::Display for UnboundName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` has no value here", self.0)
-    }
-}
-
-impl std::error::Error for UnboundName {}
 
 /// An environment of variables only (no sub-expressions, no tables).
 pub struct Vars<'a>(pub &'a [(&'a str, f64)]);

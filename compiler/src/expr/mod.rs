@@ -59,6 +59,11 @@ impl TableFn {
     }
 }
 
+/// A table that cannot be built: why.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TableError(pub String);
+
 /// A piecewise-linear function through `(xs[i], ys[i])`, `xs` strictly increasing, extended
 /// linearly beyond both ends. Its slope is the slope of the segment to the right of x (the
 /// last segment at and beyond the last knot).
@@ -70,28 +75,34 @@ pub struct Table {
 
 impl Table {
     /// Builds a table; `xs` must be strictly increasing, finite and at least two long.
-    pub fn new(xs: Vec<f64>, ys: Vec<f64>) -> Result<Table, String> {
+    pub fn new(xs: Vec<f64>, ys: Vec<f64>) -> Result<Table, TableError> {
         if xs.len() != ys.len() {
-            return Err(format!(
+            return Err(TableError(format!(
                 "table has {} x values but {} y values",
                 xs.len(),
                 ys.len()
-            ));
+            )));
         }
         if xs.len() < 2 {
-            return Err(format!("table needs at least 2 points, found {}", xs.len()));
+            return Err(TableError(format!(
+                "table needs at least 2 points, found {}",
+                xs.len()
+            )));
         }
         if let Some(i) = xs.iter().chain(&ys).position(|v| !v.is_finite()) {
-            return Err(format!("table value {} is not finite", i % xs.len()));
+            return Err(TableError(format!(
+                "table value {} is not finite",
+                i % xs.len()
+            )));
         }
         if let Some(i) = xs.windows(2).position(|w| w[1] <= w[0]) {
-            return Err(format!(
+            return Err(TableError(format!(
                 "table x values must increase strictly: x[{}] = {} then x[{}] = {}",
                 i,
                 xs[i],
                 i + 1,
                 xs[i + 1]
-            ));
+            )));
         }
         Ok(Table { xs, ys })
     }

@@ -11,8 +11,6 @@
 //! (`log_alpha(t)` or just `log_alpha`), tables (`interp(table, x)`), the functions of the
 //! primitive table and the constants `pi`, `inf`, `nan`. Errors carry the character column.
 
-use std::fmt;
-
 use super::primitives::Func;
 use super::{Expr, Name, TableFn};
 
@@ -61,7 +59,8 @@ impl Scope {
 }
 
 /// A parse error at a character column of the formula (0-based `column`, `len` characters).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("at column {}: {message}", column + 1)]
 pub struct ParseError {
     pub column: usize,
     pub len: usize,
@@ -80,14 +79,6 @@ impl ParseError {
         )
     }
 }
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "at column {}: {}", self.column + 1, self.message)
-    }
-}
-
-impl std::error::Error for ParseError {}
 
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {

@@ -1,38 +1,45 @@
-//! The digits application: data, networks, training, generation. The morphing experiment on
-//! top of it is in `crate::morph`.
-
-pub mod data;
-pub mod nets;
-pub mod train;
+//! Generation with the digits models: the schedule they were trained on, samplers from their
+//! spec-file keys, starting noise, class-conditional (and guided) sampling, and the sample grid.
 
 use std::path::Path;
 
-use adeis_compiler::{build_plan, SamplerSpec, Schedule, ScheduleSpec};
+use adeis_compiler::{Problem, SamplerSpec, Schedule, ScheduleSpec};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::noise::normals;
-use adeis_runtime::{from_f64, sample, to_f64, Batch, Guidance, ModelFn, NoiseSource};
+use adeis_runtime::{from_f64, sample, to_f64, Guidance, Input, ModelFn, NoiseSource, State};
 
-use data::{CLASSES, PIXELS, SIDE};
-use nets::{DigitsModels, NULL_CLASS};
+use crate::data::{CLASSES, PIXELS, SIDE};
+use crate::nets::{DigitsModels, NULL_CLASS};
+use crate::Error;
 
 /// The schedule the digits denoiser was trained on: the built-in VP linear one.
-pub fn schedule() -> Result<Schedule, String> {
+pub fn schedule() -> Result<Schedule, Error> {
     let spec = ScheduleSpec::builtin("vp_linear").expect("vp_linear is built in");
-    let def = spec.to_def().map_err(|e| e.to_string())?;
-    def.compile().map_err(|e| e.to_string())
+    let def = spec.to_def().map_err(adeis_compiler::Error::from)?;
+    Ok(def.compile().map_err(adeis_compiler::Error::from)?)
 }
 
 /// A sampler from its spec-file keys (validated like a `[sampler]` table).
-pub fn sampler(keys: serde_json::Value) -> Result<SamplerSpec, String> {
-    let s: SamplerSpec =
-        serde_json::from_value(keys.clone()).map_err(|e| format!("sampler {keys}: {e}"))?;
+pub fn sampler(keys: serde_json::Value) -> Result<SamplerSpec, Error> {
+    let s: SamplerSpec = serde_json::from_value(keys.clone()).map_err(|e| {
+        adeis_compiler::Error::from(adeis_compiler::FieldError::new(
+            "sampler",
+            format!("{keys}: {e}"),
+        ))
+    })?;
     s.validate()
-        .map_err(|e| format!("sampler.{}: {}", e.field, e.message))?;
+        .map_err(|e| adeis_compiler::Error::from(e.under("sampler")))?;
     Ok(s)
 }
 
+/// The sampling problem of `sampler` on the digits schedule.
+pub fn problem(sampler: &SamplerSpec) -> Result<Problem, Error> {
+    Ok(Problem::new(schedule()?, sampler)
+        .map_err(|e| adeis_compiler::Error::from(e.under("sampler")))?)
+}
+
 /// Standard normal starting noise for `n` digits (stream `seed`).
-pub fn noise(dev: &Cpu, seed: u64, n: usize) -> Batch<f32, Cpu> {
+pub fn noise(dev: &Cpu, seed: u64, n: usize) -> State<f32, Cpu> {
     from_f64(dev, &normals(seed, u64::MAX, n * PIXELS), n, PIXELS)
 }
 
@@ -41,14 +48,12 @@ pub fn noise(dev: &Cpu, seed: u64, n: usize) -> Batch<f32, Cpu> {
 pub fn generate(
     models: &DigitsModels,
     classes: &[usize],
-    x_t: &Batch<f32, Cpu>,
+    x_t: &State<f32, Cpu>,
     sampler: &SamplerSpec,
     guidance: f64,
     seed: u64,
-) -> Result<Vec<Vec<f64>>, String> {
-    let schedule = schedule()?;
-    let plan = build_plan(&schedule, sampler)
-        .map_err(|e| format!("sampler.{}: {}", e.field, e.message))?;
+) -> Result<Vec<Vec<f64>>, Error> {
+    let problem = problem(sampler)?;
     let z = models.cond(classes);
     let mut model = ModelFn::new(&models.denoiser);
     if guidance != 1.0 {
@@ -57,27 +62,24 @@ pub fn generate(
             null_cond: models.cond(&vec![NULL_CLASS; classes.len()]),
         });
     }
+    let noise = NoiseSource::Seeded(seed);
     let out = sample(
-        &plan,
-        &schedule,
+        problem.plan(),
         &model,
-        x_t,
-        Some(&z),
-        &NoiseSource::Seeded(seed),
+        &Input::new(x_t, Some(&z), &noise),
         false,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(rows(&out.x))
 }
 
 /// A batch as rows of f64.
-pub fn rows(x: &Batch<f32, Cpu>) -> Vec<Vec<f64>> {
+pub fn rows(x: &State<f32, Cpu>) -> Vec<Vec<f64>> {
     to_f64(x).chunks_exact(PIXELS).map(|r| r.to_vec()).collect()
 }
 
 /// Writes a 10 x 10 grid of generated digits (row c: class c; DPM-Solver++ 2M, 25 steps, no
 /// guidance) and returns the fraction the classifier reads as the class they were asked for.
-pub fn sample_grid(models: &DigitsModels, seed: u64, path: &Path) -> Result<f64, String> {
+pub fn sample_grid(models: &DigitsModels, seed: u64, path: &Path) -> Result<f64, Error> {
     let per = 10;
     let classes: Vec<usize> = (0..CLASSES)
         .flat_map(|c| std::iter::repeat_n(c, per))

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::npy::write_atomic;
+use crate::{write_atomic, Error};
 
 pub type Rgb = [u8; 3];
 
@@ -115,22 +115,24 @@ impl Canvas {
         }
     }
 
-    pub fn png_bytes(&self) -> Result<Vec<u8>, String> {
+    pub fn png_bytes(&self) -> Result<Vec<u8>, png::EncodingError> {
         let mut out = Vec::new();
         {
             let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
-            let mut w = enc.write_header().map_err(|e| e.to_string())?;
+            let mut w = enc.write_header()?;
             let flat: Vec<u8> = self.pixels.iter().flatten().copied().collect();
-            w.write_image_data(&flat).map_err(|e| e.to_string())?;
+            w.write_image_data(&flat)?;
         }
         Ok(out)
     }
 
     /// Writes the canvas as a PNG file (temporary file, then rename).
-    pub fn save_png(&self, path: &Path) -> Result<(), String> {
-        write_atomic(path, &self.png_bytes()?)
+    pub fn save_png(&self, path: &Path) -> Result<(), Error> {
+        let bytes = self.png_bytes().map_err(|e| Error::file(path, e))?;
+        write_atomic(path, &bytes)?;
+        Ok(())
     }
 }
 

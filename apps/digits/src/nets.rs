@@ -3,15 +3,17 @@
 //! classifier-free guidance) and a classifier MLP whose penultimate activations are the
 //! "identity" features of the morphing experiment. f32 on the CPU, weights in safetensors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use adeis_compiler::Prediction;
+use adeis_runtime::dfdx::nn::tensor_collection::{RecursiveWalker, TensorCollection};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::tape::Taped;
-use adeis_runtime::{from_f64, Batch};
+use adeis_runtime::{from_f64, Rows, State};
 
-use super::data::{CLASSES, PIXELS};
+use crate::data::{CLASSES, PIXELS};
+use crate::Error;
 
 /// Width of the conditioning z (one learned embedding per class).
 pub const COND_DIM: usize = 16;
@@ -71,12 +73,11 @@ pub type DigitsDenoiser = MlpDenoiser<Built<DenoiserNet>, NET_IN, PIXELS>;
 pub const DENOISER_FILE: &str = "denoiser.safetensors";
 pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
 
-/// The committed weights (trained by `adeis train`, see models/digits/README.md).
-pub fn default_models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join("digits")
-}
+/// The committed weights (trained by `adeis train`, see models/digits/README.md), compiled
+/// into the program so that it finds them wherever it runs.
+static COMMITTED_DENOISER: &[u8] = include_bytes!("../../../models/digits/denoiser.safetensors");
+static COMMITTED_CLASSIFIER: &[u8] =
+    include_bytes!("../../../models/digits/classifier.safetensors");
 
 pub fn time_features() -> TimeFeatures {
     TimeFeatures::new(FREQS, MAX_FREQ)
@@ -99,29 +100,47 @@ pub struct DigitsModels {
     pub dev: Cpu,
 }
 
-fn load_into<M: LoadFromSafetensors<f32, Cpu>>(m: &mut M, path: &Path) -> Result<(), String> {
+/// Loads safetensors bytes into a module; `what` names them in errors.
+fn load_bytes<M: TensorCollection<f32, Cpu>>(
+    m: &mut M,
+    bytes: &[u8],
+    what: &Path,
+) -> Result<(), Error> {
+    let mut tensors = ::safetensors::tensor::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::file(what, format!("cannot read the weights: {e:?}")))?;
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (m, String::new()),
+        f: &mut tensors,
+    })
+    .map(|_| ())
+    .map_err(|e| Error::file(what, format!("cannot load the weights: {e:?}")))
+}
+
+fn load_into<M: TensorCollection<f32, Cpu>>(m: &mut M, path: &Path) -> Result<(), Error> {
     if !path.exists() {
-        return Err(format!(
-            "{}: no such weights file (run `adeis train --out {}` to make it)",
-            path.display(),
-            path.parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
+        return Err(Error::file(
+            path,
+            format!(
+                "no such weights file (run `adeis train --out {}` to make it)",
+                path.parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
         ));
     }
-    m.load_safetensors(path)
-        .map_err(|e| format!("{}: cannot load weights: {e:?}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    load_bytes(m, &bytes, path)
 }
 
 /// The denoiser file (embedding and network) in `dir`.
-pub fn load_denoiser(dev: &Cpu, dir: &Path) -> Result<Built<DenoiserFile>, String> {
+pub fn load_denoiser(dev: &Cpu, dir: &Path) -> Result<Built<DenoiserFile>, Error> {
     let mut file = dev.build_module::<DenoiserFile, f32>();
     load_into(&mut file, &dir.join(DENOISER_FILE))?;
     Ok(file)
 }
 
 /// The classifier in `dir`.
-pub fn load_classifier(dev: &Cpu, dir: &Path) -> Result<Built<ClassifierNet>, String> {
+pub fn load_classifier(dev: &Cpu, dir: &Path) -> Result<Built<ClassifierNet>, Error> {
     let mut classifier = dev.build_module::<ClassifierNet, f32>();
     load_into(&mut classifier, &dir.join(CLASSIFIER_FILE))?;
     Ok(classifier)
@@ -142,8 +161,34 @@ impl DigitsModels {
         }
     }
 
+    /// The committed models, from the copy compiled into the program.
+    pub fn committed() -> Result<Self, Error> {
+        let dev = Cpu::default();
+        let mut file = dev.build_module::<DenoiserFile, f32>();
+        load_bytes(
+            &mut file,
+            COMMITTED_DENOISER,
+            Path::new("the committed denoiser.safetensors"),
+        )?;
+        let mut classifier = dev.build_module::<ClassifierNet, f32>();
+        load_bytes(
+            &mut classifier,
+            COMMITTED_CLASSIFIER,
+            Path::new("the committed classifier.safetensors"),
+        )?;
+        Ok(Self::from_parts(file, classifier, dev))
+    }
+
+    /// The models in `dir`, or the committed ones.
+    pub fn load_or_committed(dir: Option<&Path>) -> Result<Self, Error> {
+        match dir {
+            Some(d) => Self::load(d),
+            None => Self::committed(),
+        }
+    }
+
     /// Loads `denoiser.safetensors` and `classifier.safetensors` from `dir`.
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self, Error> {
         let dev = Cpu::default();
         Ok(Self::from_parts(
             load_denoiser(&dev, dir)?,
@@ -153,14 +198,14 @@ impl DigitsModels {
     }
 
     /// The conditioning z of each class (NULL_CLASS: no class), one row each.
-    pub fn cond(&self, classes: &[usize]) -> Batch<f32, Cpu> {
+    pub fn cond(&self, classes: &[usize]) -> State<f32, Cpu> {
         let w = CLASSES + 1;
         let oh = self.dev.tensor_from_vec(
             one_hot(classes, w),
             (classes.len(), Const::<{ CLASSES + 1 }>),
         );
         let z = self.embedding.forward(oh);
-        z.reshape_like(&(classes.len(), COND_DIM))
+        State::from_rows(z.reshape_like(&(classes.len(), COND_DIM)))
     }
 
     /// Identity features of images on the tape (for losses).
@@ -171,9 +216,9 @@ impl DigitsModels {
     }
 
     /// Identity features of images.
-    pub fn features(&self, x: &Batch<f32, Cpu>) -> Batch<f32, Cpu> {
-        let b = x.shape().0;
-        let x = x.clone().reshape_like(&(b, Const::<PIXELS>));
+    pub fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
+        let b = x.batch();
+        let x = x.rows().clone().reshape_like(&(b, Const::<PIXELS>));
         self.classifier.0.forward(x).reshape_like(&(b, FEATURES))
     }
 
@@ -188,8 +233,8 @@ impl DigitsModels {
     pub fn classify(&self, images: &[Vec<f64>]) -> Vec<usize> {
         let b = images.len();
         let flat: Vec<f64> = images.iter().flatten().copied().collect();
-        let x: Batch<f32, Cpu> = from_f64(&self.dev, &flat, b, PIXELS);
-        let x = x.reshape_like(&(b, Const::<PIXELS>));
+        let x: State<f32, Cpu> = from_f64(&self.dev, &flat, b, PIXELS);
+        let x = x.into_rows().reshape_like(&(b, Const::<PIXELS>));
         let logits = classifier_logits(&self.classifier, x).as_vec();
         logits
             .chunks_exact(CLASSES)

@@ -5,16 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use adeis_compiler::Schedule;
+use adeis_compiler::{FieldError, Schedule};
 use adeis_runtime::dfdx::optim::{Adam, AdamConfig};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::noise::{normals, SplitMix};
+use adeis_runtime::RuntimeError;
 use serde::Serialize;
 
-use super::data::{split, Digits, CLASSES, PIXELS};
-use super::nets::*;
-use crate::npy::write_atomic;
-use crate::progress::{bar, check_interrupt, install_ctrlc};
+use crate::data::{split, Digits, CLASSES, PIXELS};
+use crate::nets::*;
+use crate::progress::{bar, check_interrupt};
+use crate::{write_atomic, Error};
 
 /// What `adeis train` does.
 #[derive(Clone, Debug)]
@@ -36,7 +37,7 @@ pub struct TrainOptions {
 }
 
 /// One of the two networks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
     Denoiser,
     Classifier,
@@ -45,7 +46,7 @@ pub enum Network {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            out: default_models_dir(),
+            out: PathBuf::from("models/digits"),
             denoiser_steps: 30_000,
             classifier_steps: 4_000,
             batch: 128,
@@ -60,17 +61,23 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the options; errors name the option (`batch`, `lr`, `cfg_dropout`).
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.batch == 0 {
-            return Err("--batch 0: the batch needs at least one digit".into());
+            return Err(FieldError::value(
+                "batch",
+                0,
+                "the batch needs at least one digit",
+            ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!("--lr {}: a positive learning rate", self.lr));
+            return Err(FieldError::value("lr", self.lr, "a positive learning rate"));
         }
         if !(0.0..1.0).contains(&self.cfg_dropout) {
-            return Err(format!(
-                "--cfg-dropout {}: a probability in [0, 1)",
-                self.cfg_dropout
+            return Err(FieldError::value(
+                "cfg_dropout",
+                self.cfg_dropout,
+                "a probability in [0, 1)",
             ));
         }
         Ok(())
@@ -181,17 +188,25 @@ fn denoiser_loss(
     mse_loss(pred, eps)
 }
 
-fn save<M: SaveToSafetensors<f32, Cpu>>(m: &M, path: &Path) -> Result<(), String> {
+fn save<M: SaveToSafetensors<f32, Cpu>>(m: &M, path: &Path) -> Result<(), Error> {
     // dfdx writes the file itself: write beside it, then rename, so the file is whole or absent.
     let tmp = path.with_extension(format!("partial-{}", std::process::id()));
     let r = m
         .save_safetensors(&tmp)
-        .map_err(|e| format!("{}: {e:?}", path.display()))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display())));
+        .map_err(|e| Error::file(path, format!("{e:?}")))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     r
+}
+
+/// What one network's training loop is: its name, its steps, the options and its checkpoint.
+struct Fit<'a> {
+    name: &'a str,
+    steps: usize,
+    opts: &'a TrainOptions,
+    ckpt: &'a Path,
 }
 
 /// The training loop both networks share: Adam with cosine decay, a finite-loss check, a
@@ -199,24 +214,26 @@ fn save<M: SaveToSafetensors<f32, Cpu>>(m: &M, path: &Path) -> Result<(), String
 /// EMA weights for the denoiser) every `checkpoint_every` steps and on Ctrl-C. `batch_loss`
 /// builds step k's loss on the tape of the gradients it is given; `after_step` runs after
 /// each update. Returns the smoothed final loss.
-#[allow(clippy::too_many_arguments)]
 fn fit<M>(
     model: &mut M,
-    name: &str,
-    steps: usize,
-    opts: &TrainOptions,
-    ckpt: &Path,
+    run: Fit,
     mut batch_loss: impl FnMut(
         &M,
         usize,
         Gradients<f32, Cpu>,
     ) -> Tensor<Rank0, f32, Cpu, OwnedTape<f32, Cpu>>,
     mut after_step: impl FnMut(&M, usize),
-    kept: impl Fn(&M) -> Result<(), String>,
-) -> Result<f64, String>
+    kept: impl Fn(&M) -> Result<(), Error>,
+) -> Result<f64, Error>
 where
     M: TensorCollection<f32, Cpu>,
 {
+    let Fit {
+        name,
+        steps,
+        opts,
+        ckpt,
+    } = run;
     let mut opt = Adam::new(
         model,
         AdamConfig {
@@ -228,24 +245,26 @@ where
     let pb = bar(steps, name);
     let mut smooth = f64::NAN;
     for step in 0..steps {
-        if let Err(e) = check_interrupt(&format!("{name} training")) {
+        if adeis_runtime::interrupt::requested() {
             pb.abandon();
             kept(model)?;
-            return Err(format!(
-                "{e} (the weights of step {step} are in {})",
+            check_interrupt(&format!(
+                "{name} training (the weights of step {step} are in {})",
                 ckpt.display()
-            ));
+            ))?;
         }
         let loss = batch_loss(model, step, grads);
         let value = loss.array() as f64;
         if !value.is_finite() {
-            return Err(format!(
+            return Err(RuntimeError::Invalid(format!(
                 "the {name}'s loss is {value} at step {step}: stopped"
-            ));
+            ))
+            .into());
         }
         grads = loss.backward();
         opt.cfg.lr = lr_at(opts.lr, step, steps);
-        opt.update(model, &grads).map_err(|e| format!("{e:?}"))?;
+        opt.update(model, &grads)
+            .map_err(|e| RuntimeError::Invalid(format!("the {name}'s update: {e:?}")))?;
         model.zero_grads(&mut grads);
         after_step(model, step);
         smooth = if smooth.is_nan() {
@@ -273,7 +292,7 @@ pub fn train_denoiser(
     train: &Digits,
     held: &Digits,
     schedule: &Schedule,
-) -> Result<(Built<DenoiserFile>, f64, f64, f64), String> {
+) -> Result<(Built<DenoiserFile>, f64, f64, f64), Error> {
     let start = Instant::now();
     // Each network's initial weights come from its own stream, so `--only` reproduces the
     // network a full run trains.
@@ -283,10 +302,12 @@ pub fn train_denoiser(
     let ckpt = opts.out.join(DENOISER_FILE);
     let smooth = fit(
         &mut model,
-        "denoiser",
-        opts.denoiser_steps,
-        opts,
-        &ckpt,
+        Fit {
+            name: "denoiser",
+            steps: opts.denoiser_steps,
+            opts,
+            ckpt: &ckpt,
+        },
         |model, step, grads| {
             let idx: Vec<usize> = (0..opts.batch).map(|_| rng.below(train.len())).collect();
             let nb = noisy_batch(
@@ -327,17 +348,19 @@ pub fn train_classifier(
     dev: &Cpu,
     train: &Digits,
     held: &Digits,
-) -> Result<(Built<ClassifierNet>, f64, f64, f64), String> {
+) -> Result<(Built<ClassifierNet>, f64, f64, f64), Error> {
     let start = Instant::now();
     let mut model = Cpu::seed_from_u64(opts.seed ^ 0xC1A5).build_module::<ClassifierNet, f32>();
     let mut rng = SplitMix(opts.seed ^ 0xC1A5);
     let ckpt = opts.out.join(CLASSIFIER_FILE);
     let smooth = fit(
         &mut model,
-        "classifier",
-        opts.classifier_steps,
-        opts,
-        &ckpt,
+        Fit {
+            name: "classifier",
+            steps: opts.classifier_steps,
+            opts,
+            ckpt: &ckpt,
+        },
         |model, step, grads| {
             let b = opts.batch;
             let idx: Vec<usize> = (0..b).map(|_| rng.below(train.len())).collect();
@@ -377,13 +400,12 @@ pub fn train_classifier(
 }
 
 /// `adeis train`: both networks, then samples.png and training.json in `opts.out`.
-pub fn run(opts: &TrainOptions) -> Result<TrainReport, String> {
+pub fn run(opts: &TrainOptions) -> Result<TrainReport, Error> {
     opts.validate()?;
-    install_ctrlc();
-    std::fs::create_dir_all(&opts.out).map_err(|e| format!("--out {}: {e}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
     let dev = Cpu::default();
     let (train, held) = split();
-    let schedule = super::schedule()?;
+    let schedule = crate::schedule()?;
     // With --only, the other network comes from the output folder and its figures from the
     // previous training.json there.
     let previous: Option<TrainReport> = std::fs::read(opts.out.join("training.json"))
@@ -437,7 +459,7 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, String> {
     let mut report = report;
     if opts.sample_grid {
         let models = DigitsModels::from_parts(file, classifier, dev);
-        report.samples_read_as_asked = Some(super::sample_grid(
+        report.samples_read_as_asked = Some(crate::sample_grid(
             &models,
             opts.seed,
             &opts.out.join("samples.png"),
@@ -461,7 +483,7 @@ mod tests {
         let dev = Cpu::seed_from_u64(3);
         let mut model = dev.build_module::<DenoiserFile, f32>();
         let (train, _) = split();
-        let schedule = super::super::schedule().unwrap();
+        let schedule = crate::schedule().unwrap();
         let idx: Vec<usize> = (0..8).collect();
         let make = || noisy_batch(&train, &idx, &schedule, &mut SplitMix(5), 0.0, 1, 0);
         let loss = denoiser_loss(&model, &dev, make(), model.alloc_grads());

@@ -2,8 +2,9 @@
 //! (a temporary file renamed into place, so an interrupted run leaves no half-written file).
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
+
+use crate::{write_atomic, IoError};
 
 /// An array read from or written to .npy, values held as f64.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,9 +25,9 @@ fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Reads a .npy file of f32 or f64 values.
-pub fn read_npy(path: &Path) -> Result<NpyArray, String> {
-    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bad = |why: &str| format!("{}: not a supported .npy file: {why}", path.display());
+pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
+    let bytes = fs::read(path).map_err(|e| IoError::new(path, e))?;
+    let bad = |why: &str| IoError::new(path, format!("not a supported .npy file: {why}"));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing the \\x93NUMPY magic"));
     }
@@ -96,7 +97,7 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, String> {
 }
 
 /// Writes `data` with `shape` as f32 (word 4) or f64 (word 8), atomically.
-pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Result<(), String> {
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Result<(), IoError> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
     let shape_text = match shape.len() {
         1 => format!("({},)", shape[0]),
@@ -130,32 +131,6 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Res
     write_atomic(path, &bytes)
 }
 
-/// Writes a file by renaming a finished temporary file into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.partial-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| format!("{}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +159,7 @@ mod tests {
         fs::write(dir.join("bad.npy"), b"hello").unwrap();
         assert!(read_npy(&dir.join("bad.npy"))
             .unwrap_err()
+            .to_string()
             .contains("magic"));
         fs::remove_dir_all(&dir).unwrap();
     }

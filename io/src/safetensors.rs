@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::npy::write_atomic;
+use crate::{write_atomic, IoError};
 
 /// A named tensor: shape and values (written as f32 or f64).
 pub struct NamedTensor {
@@ -14,7 +14,7 @@ pub struct NamedTensor {
 }
 
 /// Writes tensors to a safetensors file, atomically. `word` is 4 (F32) or 8 (F64).
-pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> Result<(), String> {
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> Result<(), IoError> {
     let dtype = if word == 4 { "F32" } else { "F64" };
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
@@ -55,9 +55,9 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> R
 /// Tensors by name: (shape, values).
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 
-pub fn read_safetensors(path: &Path) -> Result<TensorMap, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bad = |why: &str| format!("{}: not a safetensors file: {why}", path.display());
+pub fn read_safetensors(path: &Path) -> Result<TensorMap, IoError> {
+    let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
+    let bad = |why: &str| IoError::new(path, format!("not a safetensors file: {why}"));
     if bytes.len() < 8 {
         return Err(bad("too short"));
     }
@@ -113,12 +113,4 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, String> {
         out.insert(name.clone(), (shape, vals));
     }
     Ok(out)
-}
-
-/// The peak resident memory of this process, in bytes (Linux: VmHWM), if known.
-pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

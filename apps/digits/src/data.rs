@@ -12,7 +12,7 @@ pub const CLASSES: usize = 10;
 /// threshold and the morph pairs come from these.
 pub const HOLDOUT_EVERY: usize = 6;
 
-static RAW: &[u8] = include_bytes!("../../data/digits/digits.u8");
+static RAW: &[u8] = include_bytes!("../../../data/digits/digits.u8");
 
 /// Digits as rows of 64 values in [-1, 1] (1 = full ink) and their labels.
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,444 @@
+//! `adeis morph`: the morphing experiment of the AdjointDEIS paper on the digits models.
+//!
+//! For each pair of held-out digits (a, b): encode both by ODE inversion (DDIM run backwards)
+//! with their class embeddings z_a, z_b; start from slerp(x_T^a, x_T^b; 1/2) and
+//! lerp(z_a, z_b; 1/2); sample; then optimise x_T and z through the sampler against the identity
+//! loss d(v, v_a) + d(v, v_b) + |d(v, v_a) - d(v, v_b)| (d: cosine distance between classifier
+//! features) with the chosen gradient methods. A morph is accepted as an identity when its
+//! feature distance is below the verification threshold set at a false-match rate of 0.1% on
+//! held-out genuine/impostor pairs; MMPMR is the fraction of morphs accepted as both.
+//!
+//! Pairs run as one batch (the loss is a sum over pairs and the rows are independent), so one
+//! gradient call serves every pair. Every sampler and gradient goes through one
+//! [`Problem`] per method, built once.
+
+pub mod method;
+pub mod report;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use adeis_compiler::{Adjoint, FieldError, Problem, Wrt};
+use adeis_runtime::dfdx::prelude::*;
+use adeis_runtime::loss::identity_loss;
+use adeis_runtime::optim::{Optimizer, OptimizerKind};
+use adeis_runtime::{
+    from_f64, gradient, sample, to_f64, Gradient, Input, ModelFn, NoiseSource, Rows, State,
+};
+use serde::Serialize;
+
+pub use method::MorphMethod;
+pub use report::{describe, table, MethodResult, MorphReport, PairResult};
+pub use verify::{calibrate, choose_pairs, slerp_half, Verifier};
+
+use crate::data::{split, PIXELS};
+use crate::nets::{DigitsModels, COND_DIM, FEATURES};
+use crate::progress::{bar, check_interrupt};
+use crate::{rows, sampler, Error};
+use verify::{cosine_distance, identity_terms};
+
+/// Which pairs to morph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum PairKind {
+    /// Digits of two different classes (the default: two "identities").
+    DifferentClass,
+    /// Two different digits of the same class.
+    SameClass,
+    /// A digit of class a and one of class b, as given.
+    Classes(usize, usize),
+}
+
+/// What `adeis morph` does.
+#[derive(Clone, Debug)]
+pub struct MorphOptions {
+    /// Folder with denoiser.safetensors and classifier.safetensors; None: the committed models.
+    pub models: Option<PathBuf>,
+    pub out: PathBuf,
+    pub pairs: usize,
+    pub kind: PairKind,
+    pub methods: Vec<MorphMethod>,
+    /// Optimisation iterations K.
+    pub iters: usize,
+    /// Sampler steps N (DDIM for the ODE, SDE-DPM-Solver++1 for the SDE, logsnr grid).
+    pub steps: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub seed: u64,
+    /// AdjointDEIS on its own grid of this many steps (uniform in lambda, states interpolated);
+    /// None: on the sampling grid.
+    pub adjoint_steps: Option<usize>,
+    /// Write one PNG per pair (at most this many; the evaluation may have hundreds).
+    pub max_pair_images: usize,
+    /// Print progress and the table.
+    pub verbose: bool,
+}
+
+impl Default for MorphOptions {
+    fn default() -> Self {
+        MorphOptions {
+            models: None,
+            out: PathBuf::from("adeis-out/morph"),
+            pairs: 1,
+            kind: PairKind::DifferentClass,
+            methods: MorphMethod::parse_list(MorphMethod::DEFAULT).unwrap(),
+            iters: 50,
+            steps: 20,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.05,
+            seed: 0,
+            adjoint_steps: None,
+            max_pair_images: 16,
+            verbose: true,
+        }
+    }
+}
+
+impl MorphOptions {
+    /// Checks the options; errors name the option (`pairs`, `steps`, `lr`, ...).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.pairs == 0 {
+            return Err(FieldError::value("pairs", 0, "at least one pair"));
+        }
+        if self.steps == 0 {
+            return Err(FieldError::value(
+                "steps",
+                0,
+                "the sampler needs at least one step",
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(FieldError::value("lr", self.lr, "a positive learning rate"));
+        }
+        if self.adjoint_steps == Some(0) {
+            return Err(FieldError::value("adjoint_steps", 0, "at least one step"));
+        }
+        if let PairKind::Classes(a, b) = self.kind {
+            if a > 9 || b > 9 {
+                return Err(FieldError::value(
+                    "digits",
+                    format!("{a},{b}"),
+                    "digits are 0 to 9",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything the methods share: the models, the two sampling problems, the targets' features,
+/// the starting point and the verifier.
+struct Experiment<'a> {
+    models: &'a DigitsModels,
+    /// DDIM (ODE) and SDE-DPM-Solver++1 (SDE), with respect to x_T and z.
+    ode: Problem,
+    sde: Problem,
+    v_a: Rows<f32, Cpu>,
+    v_b: Rows<f32, Cpu>,
+    /// v_a and v_b on the host, for the per-pair scores.
+    v_host: (Vec<f64>, Vec<f64>),
+    x_init: Vec<f64>,
+    z_init: Vec<f64>,
+    verifier: Verifier,
+    batch: usize,
+    seed: u64,
+}
+
+type DigitsGradient = Gradient<f32, Cpu, Gradients<f32, Cpu>>;
+
+impl Experiment<'_> {
+    fn features(&self, x0: &State<f32, Cpu>) -> Vec<Vec<f64>> {
+        to_f64(&self.models.features(x0))
+            .chunks_exact(FEATURES)
+            .map(|r| r.to_vec())
+            .collect()
+    }
+
+    /// Per-pair (loss, d_a, d_b) of a batch of morphs.
+    fn score(&self, x0: &State<f32, Cpu>) -> Vec<(f64, f64, f64)> {
+        let (va, vb) = &self.v_host;
+        self.features(x0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let r = i * FEATURES..(i + 1) * FEATURES;
+                identity_terms(v, &va[r.clone()], &vb[r])
+            })
+            .collect()
+    }
+
+    fn problem(&self, sde: bool) -> &Problem {
+        if sde {
+            &self.sde
+        } else {
+            &self.ode
+        }
+    }
+
+    fn states(&self, x: &[f64], z: &[f64]) -> (State<f32, Cpu>, State<f32, Cpu>) {
+        let dev = &self.models.dev;
+        (
+            from_f64(dev, x, self.batch, PIXELS),
+            from_f64(dev, z, self.batch, COND_DIM),
+        )
+    }
+
+    fn sample(&self, x: &[f64], z: &[f64], sde: bool) -> Result<(State<f32, Cpu>, usize), Error> {
+        let (xt, zt) = self.states(x, z);
+        let noise = NoiseSource::Seeded(self.seed);
+        let out = sample(
+            self.problem(sde).plan(),
+            &ModelFn::new(&self.models.denoiser),
+            &Input::new(&xt, Some(&zt), &noise),
+            false,
+        )?;
+        Ok((out.x, out.nfe))
+    }
+
+    /// The identity loss's gradient by `problem`'s method at (x_T, z).
+    fn gradient(
+        &self,
+        problem: &Problem,
+        xt: &State<f32, Cpu>,
+        zt: &State<f32, Cpu>,
+    ) -> Result<DigitsGradient, Error> {
+        let noise = NoiseSource::Seeded(self.seed);
+        Ok(gradient(
+            problem,
+            &ModelFn::new(&self.models.denoiser),
+            &Input::new(xt, Some(zt), &noise),
+            |x0| {
+                identity_loss(x0, |v| self.models.features_taped(v), &self.v_a, &self.v_b)
+                    .map(|l| l.grad)
+            },
+        )?)
+    }
+
+    fn run(
+        &self,
+        method: MorphMethod,
+        opts: &MorphOptions,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<MethodResult, Error> {
+        let start = Instant::now();
+        let sde = method.sde();
+        let (mut x, mut z) = (self.x_init.clone(), self.z_init.clone());
+        let (x0, nfe0) = self.sample(&x, &z, sde)?;
+        let initial = self.score(&x0);
+        let mean = |s: &[(f64, f64, f64)]| s.iter().map(|r| r.0).sum::<f64>() / s.len() as f64;
+        let mut curve = vec![mean(&initial)];
+        let (mut nfe, mut vjps) = (nfe0, 0);
+        let (mut grad_cosine, mut grad_norm_ratio) = (None, None);
+        if let Some(adjoint) = method.adjoint(opts.adjoint_steps) {
+            let problem = self.problem(sde).clone().with_adjoint(adjoint)?;
+            let (mut step_x, mut step_z) = (
+                Optimizer::new(opts.optimizer, opts.lr, x.len()),
+                Optimizer::new(opts.optimizer, opts.lr, z.len()),
+            );
+            for k in 0..opts.iters {
+                check_interrupt(&format!("the {} morphs", method.name()))?;
+                let (xt, zt) = self.states(&x, &z);
+                let g = self.gradient(&problem, &xt, &zt).map_err(|e| {
+                    adeis_runtime::RuntimeError::Invalid(format!(
+                        "{} at iteration {k}: {e}",
+                        method.name()
+                    ))
+                })?;
+                let flat = |g: &DigitsGradient| {
+                    let mut v = to_f64(&g.dx_t);
+                    v.extend(to_f64(g.dz.as_ref().expect("wrt cond")));
+                    v
+                };
+                if k == 0 {
+                    // The discrete adjoint is the reference itself: no second gradient for it.
+                    let a = flat(&g);
+                    let b = if method == (MorphMethod::Discrete { sde }) {
+                        a.clone()
+                    } else {
+                        let exact = self.problem(sde).clone().with_adjoint(Adjoint::default())?;
+                        flat(&self.gradient(&exact, &xt, &zt)?)
+                    };
+                    grad_cosine = Some(1.0 - cosine_distance(&a, &b));
+                    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    grad_norm_ratio = Some(norm(&a) / norm(&b));
+                }
+                if k > 0 {
+                    // the loss at the iterate the gradient was taken at
+                    curve.push(mean(&self.score(&g.x0)));
+                }
+                nfe += g.nfe;
+                vjps += g.vjps;
+                step_x.step(&mut x, &to_f64(&g.dx_t));
+                step_z.step(&mut z, &to_f64(g.dz.as_ref().expect("wrt cond")));
+                pb.inc(1);
+                pb.set_message(format!(
+                    "{} loss {:.4}",
+                    method.name(),
+                    curve.last().unwrap()
+                ));
+            }
+        }
+        let (x0, n) = if method == MorphMethod::None {
+            (x0, 0)
+        } else {
+            self.sample(&x, &z, sde)?
+        };
+        nfe += n;
+        let fin = self.score(&x0);
+        if method != MorphMethod::None {
+            curve.push(mean(&fin));
+        }
+        let morphs = rows(&x0);
+        let pairs: Vec<PairResult> = (0..self.batch)
+            .map(|i| PairResult {
+                loss_initial: initial[i].0,
+                loss_final: fin[i].0,
+                d_a: fin[i].1,
+                d_b: fin[i].2,
+                accepted: fin[i].1 < self.verifier.threshold && fin[i].2 < self.verifier.threshold,
+                morph: morphs[i].clone(),
+            })
+            .collect();
+        let secs = start.elapsed().as_secs_f64();
+        Ok(MethodResult {
+            method: method.name().into(),
+            label: method.label().into(),
+            mmpmr: pairs.iter().filter(|p| p.accepted).count() as f64 / pairs.len() as f64,
+            mean_loss_initial: mean(&initial),
+            mean_loss_final: mean(&fin),
+            // the gradient calls count per batch; every pair's row costs the same
+            nfe_per_morph: nfe,
+            vjps_per_morph: vjps,
+            seconds: secs,
+            seconds_per_morph: secs / self.batch as f64,
+            loss_curve: curve,
+            grad_cosine,
+            grad_norm_ratio,
+            pairs,
+        })
+    }
+}
+
+/// The sampling problem of `keys` on the digits schedule, with respect to x_T and z.
+fn morph_problem(keys: serde_json::Value) -> Result<Problem, Error> {
+    let wrt = Wrt {
+        x_t: true,
+        cond: true,
+        params: false,
+    };
+    Ok(crate::generate::problem(&sampler(keys)?)?.with_wrt(wrt))
+}
+
+/// Runs the experiment and writes its outputs into `opts.out`.
+pub fn run(opts: &MorphOptions) -> Result<MorphReport, Error> {
+    opts.validate()?;
+    let models = DigitsModels::load_or_committed(opts.models.as_deref())?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
+    let dev = models.dev.clone();
+    let (_, held) = split();
+    let ode = morph_problem(serde_json::json!({"method": "ddim", "steps": opts.steps}))?;
+    let sde = morph_problem(
+        serde_json::json!({"method": "sde_dpm_solver_pp", "order": 1, "steps": opts.steps}),
+    )?;
+
+    // Verification threshold on the held-out digits.
+    let flat: Vec<f64> = held.images.iter().flatten().copied().collect();
+    let feats = to_f64(&models.features(&from_f64(&dev, &flat, held.len(), PIXELS)));
+    let feats: Vec<Vec<f64>> = feats.chunks_exact(FEATURES).map(|r| r.to_vec()).collect();
+    let verifier = calibrate(&feats, &held.labels, 1e-3);
+
+    // Pairs, their features and their encodings.
+    let pairs = choose_pairs(&held, opts.pairs, opts.kind, opts.seed);
+    let b = pairs.len();
+    let gather = |which: fn(&(usize, usize)) -> usize| -> (Vec<f64>, Vec<usize>) {
+        let idx: Vec<usize> = pairs.iter().map(which).collect();
+        (
+            idx.iter().flat_map(|&i| held.images[i].clone()).collect(),
+            idx.iter().map(|&i| held.labels[i]).collect(),
+        )
+    };
+    let (img_a, cls_a) = gather(|p| p.0);
+    let (img_b, cls_b) = gather(|p| p.1);
+    let (za, zb) = (models.cond(&cls_a), models.cond(&cls_b));
+    let inverse = ode.inversion();
+    let encode = |img: &[f64], z: &State<f32, Cpu>| {
+        let x = from_f64(&dev, img, b, PIXELS);
+        let noise = NoiseSource::Seeded(0);
+        sample(
+            &inverse,
+            &ModelFn::new(&models.denoiser),
+            &Input::new(&x, Some(z), &noise),
+            false,
+        )
+        .map_err(|e| adeis_runtime::RuntimeError::Invalid(format!("encoding: {e}")))
+    };
+    let (enc_a, enc_b) = (encode(&img_a, &za)?, encode(&img_b, &zb)?);
+    let (xa, xb) = (to_f64(&enc_a.x), to_f64(&enc_b.x));
+    let (v_a, v_b) = (
+        models.features(&from_f64(&dev, &img_a, b, PIXELS)),
+        models.features(&from_f64(&dev, &img_b, b, PIXELS)),
+    );
+    let experiment = Experiment {
+        models: &models,
+        ode,
+        sde,
+        v_host: (to_f64(&v_a), to_f64(&v_b)),
+        v_a,
+        v_b,
+        x_init: slerp_half(&xa, &xb, PIXELS),
+        z_init: to_f64(&za)
+            .iter()
+            .zip(to_f64(&zb))
+            .map(|(p, q)| 0.5 * (p + q))
+            .collect(),
+        verifier: verifier.clone(),
+        batch: b,
+        seed: opts.seed,
+    };
+    // How faithful the encoding is: decode x_T^a with z_a.
+    let (dec_a, _) = experiment.sample(&xa, &to_f64(&za), false)?;
+    let reconstruction_error = to_f64(&dec_a)
+        .iter()
+        .zip(&img_a)
+        .map(|(p, q)| (p - q).abs())
+        .sum::<f64>()
+        / img_a.len() as f64;
+    let encode_nfe = enc_a.nfe + enc_b.nfe;
+    let (initial, _) = experiment.sample(&experiment.x_init, &experiment.z_init, false)?;
+
+    let optimised = opts
+        .methods
+        .iter()
+        .filter(|m| **m != MorphMethod::None)
+        .count();
+    let pb = bar(optimised * opts.iters, "morph");
+    if !opts.verbose {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut methods = Vec::new();
+    for m in &opts.methods {
+        let mut r = experiment.run(*m, opts, &pb)?;
+        r.nfe_per_morph += encode_nfe;
+        methods.push(r);
+    }
+    pb.finish_and_clear();
+
+    let mut report = MorphReport {
+        pairs: pairs.clone(),
+        classes: cls_a.iter().copied().zip(cls_b.iter().copied()).collect(),
+        iters: opts.iters,
+        steps: opts.steps,
+        optimizer: opts.optimizer,
+        lr: opts.lr,
+        seed: opts.seed,
+        adjoint_steps: opts.adjoint_steps,
+        verifier,
+        reconstruction_error,
+        encode_nfe_per_morph: encode_nfe,
+        initial_morphs: rows(&initial),
+        methods,
+        outputs: vec![],
+    };
+    report::write_outputs(&mut report, &img_a, &img_b, opts)?;
+    Ok(report)
+}

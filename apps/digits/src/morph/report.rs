@@ -1,0 +1,227 @@
+//! What the morphing experiment measured and how it is written: per pair and per method
+//! results, the evaluation table, report.md, report.json and the pictures.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use adeis_runtime::optim::OptimizerKind;
+use serde::Serialize;
+
+use super::verify::Verifier;
+use super::MorphOptions;
+use crate::data::{PIXELS, SIDE};
+use crate::image::{digit_grid, line_plot, PALETTE};
+use crate::{write_atomic, Error};
+
+/// One pair's outcome under one method.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairResult {
+    pub loss_initial: f64,
+    pub loss_final: f64,
+    pub d_a: f64,
+    pub d_b: f64,
+    pub accepted: bool,
+    pub morph: Vec<f64>,
+}
+
+/// One method over all pairs.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodResult {
+    pub method: String,
+    pub label: String,
+    pub mmpmr: f64,
+    pub mean_loss_initial: f64,
+    pub mean_loss_final: f64,
+    /// Forward model evaluations per morph (encoding included), and VJPs.
+    pub nfe_per_morph: usize,
+    pub vjps_per_morph: usize,
+    /// Wall time of the method over all pairs (one batch) and per morph.
+    pub seconds: f64,
+    pub seconds_per_morph: f64,
+    /// Mean identity loss over the pairs after each iteration (index 0: the start).
+    pub loss_curve: Vec<f64>,
+    /// Cosine similarity of the method's first gradient (x_T and z together) with the exact
+    /// gradient of the sampler that ran (the discrete adjoint) at the same point: how well the
+    /// method's gradient points where the loss goes down.
+    pub grad_cosine: Option<f64>,
+    /// |gradient| / |exact gradient| at the same point.
+    pub grad_norm_ratio: Option<f64>,
+    pub pairs: Vec<PairResult>,
+}
+
+/// Everything `adeis morph` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct MorphReport {
+    pub pairs: Vec<(usize, usize)>,
+    pub classes: Vec<(usize, usize)>,
+    pub iters: usize,
+    pub steps: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub seed: u64,
+    pub adjoint_steps: Option<usize>,
+    pub verifier: Verifier,
+    /// Mean absolute pixel error of decoding the encoded originals (DDIM inversion round trip).
+    pub reconstruction_error: f64,
+    pub encode_nfe_per_morph: usize,
+    /// The unoptimised morph of each pair (ODE sample from the blended start).
+    pub initial_morphs: Vec<Vec<f64>>,
+    pub methods: Vec<MethodResult>,
+    pub outputs: Vec<String>,
+}
+
+/// Writes the pictures, report.md and report.json into `opts.out`.
+pub fn write_outputs(
+    report: &mut MorphReport,
+    img_a: &[f64],
+    img_b: &[f64],
+    opts: &MorphOptions,
+) -> Result<(), Error> {
+    let out = |name: &str| opts.out.join(name);
+    let mut written: Vec<PathBuf> = Vec::new();
+    // One grid per pair: a, b, the initial morph, then each optimising method's morph; and all
+    // of them as the rows of pairs.png.
+    let mut all_rows = Vec::new();
+    for (i, (ca, cb)) in report.classes.iter().enumerate().take(opts.max_pair_images) {
+        let mut row = vec![
+            img_a[i * PIXELS..(i + 1) * PIXELS].to_vec(),
+            img_b[i * PIXELS..(i + 1) * PIXELS].to_vec(),
+            report.initial_morphs[i].clone(),
+        ];
+        row.extend(
+            report
+                .methods
+                .iter()
+                .filter(|m| m.method != "none")
+                .map(|m| m.pairs[i].morph.clone()),
+        );
+        let p = out(&format!("pair_{i:03}_{ca}_{cb}.png"));
+        digit_grid(std::slice::from_ref(&row), SIDE, 12, 6).save_png(&p)?;
+        written.push(p);
+        all_rows.push(row);
+    }
+    let p = out("pairs.png");
+    digit_grid(&all_rows, SIDE, 8, 4).save_png(&p)?;
+    written.push(p);
+    let curves: Vec<Vec<f64>> = report
+        .methods
+        .iter()
+        .map(|m| m.loss_curve.clone())
+        .collect();
+    let p = out("loss_curve.png");
+    line_plot(&curves, None, 640, 360).save_png(&p)?;
+    written.push(p);
+    let p = out("report.md");
+    written.push(p.clone());
+    let p_json = out("report.json");
+    written.push(p_json.clone());
+    report.outputs = written.iter().map(|p| p.display().to_string()).collect();
+    write_atomic(&p, markdown(report).as_bytes())?;
+    write_atomic(
+        &p_json,
+        serde_json::to_string_pretty(report).unwrap().as_bytes(),
+    )?;
+    Ok(())
+}
+
+/// The evaluation table (markdown).
+pub fn table(r: &MorphReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| method | MMPMR | identity loss (start -> end) | gradient cosine | NFE / morph | VJPs / morph | seconds (batch of {}) | seconds / morph |",
+        r.pairs.len()
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for m in &r.methods {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1}% | {:.3} -> {:.3} | {} | {} | {} | {:.1} | {:.3} |",
+            m.label,
+            100.0 * m.mmpmr,
+            m.mean_loss_initial,
+            m.mean_loss_final,
+            m.grad_cosine.map_or("-".to_string(), |c| format!("{c:.3}")),
+            m.nfe_per_morph,
+            m.vjps_per_morph,
+            m.seconds,
+            m.seconds_per_morph
+        );
+    }
+    s
+}
+
+fn markdown(r: &MorphReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Morphing report\n");
+    let _ = writeln!(
+        s,
+        "{} pairs of held-out digits; {} iterations of {:?} (lr {}), {} sampler steps (DDIM for the ODE, SDE-DPM-Solver++1 for the SDE), AdjointDEIS on {}, seed {}.\n",
+        r.pairs.len(), r.iters, r.optimizer, r.lr, r.steps,
+        r.adjoint_steps.map_or("the sampling grid".to_string(), |m| format!("its own grid of {m} steps")),
+        r.seed
+    );
+    let v = &r.verifier;
+    let _ = writeln!(
+        s,
+        "Verification threshold: cosine distance < {:.4} on the classifier's features, set at FMR {:.3}% on {} impostor pairs of held-out digits (FNMR {:.2}% on {} genuine pairs). MMPMR: the fraction of morphs accepted as both digits of their pair.\n",
+        v.threshold, 100.0 * v.fmr, v.impostor_pairs, 100.0 * v.fnmr, v.genuine_pairs
+    );
+    s.push_str(&table(r));
+    let _ = writeln!(
+        s,
+        "\nNFE per morph includes the {} evaluations of the two DDIM inversions; the pairs run as one batch, so seconds per morph is the batch's time divided by the pairs. Encoding round trip (decode x_T^a): mean absolute pixel error {:.4} (pixels in [-1, 1]).\n",
+        r.encode_nfe_per_morph, r.reconstruction_error
+    );
+    let _ = writeln!(s, "## Pairs\n");
+    let mut head = "| pair | digits |".to_string();
+    for m in &r.methods {
+        let _ = write!(head, " {} d_a / d_b |", m.method);
+    }
+    let _ = writeln!(s, "{head}");
+    let _ = writeln!(s, "|---|---|{}", "---|".repeat(r.methods.len()));
+    for (i, (ca, cb)) in r.classes.iter().enumerate() {
+        let _ = write!(s, "| {i} | {ca}, {cb} |");
+        for m in &r.methods {
+            let p = &m.pairs[i];
+            let _ = write!(
+                s,
+                " {:.3} / {:.3}{} |",
+                p.d_a,
+                p.d_b,
+                if p.accepted { " (accepted)" } else { "" }
+            );
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "\n## Files\n");
+    let _ = writeln!(
+        s,
+        "- `pair_NNN_a_b.png`: digit a, digit b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order; `pairs.png`: all of them, one pair per row\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, numbered in the table's order (colours: {})\n- `report.json`: everything here, with every morph's pixels",
+        r.methods.iter().enumerate().map(|(k, m)| format!("{} {}", m.method, colour_name(k))).collect::<Vec<_>>().join(", ")
+    );
+    s
+}
+
+fn colour_name(k: usize) -> &'static str {
+    const NAMES: [&str; 8] = [
+        "blue",
+        "vermillion",
+        "green",
+        "pink",
+        "orange",
+        "sky blue",
+        "yellow",
+        "gray",
+    ];
+    debug_assert_eq!(NAMES.len(), PALETTE.len());
+    NAMES[k % NAMES.len()]
+}
+
+/// The output folder's main files (for messages).
+pub fn describe(out: &Path) -> String {
+    format!(
+        "{}/report.md (the table), pair_*.png (a, b, the initial morph, then each method's optimised morph), loss_curve.png",
+        out.display()
+    )
+}

@@ -1,0 +1,103 @@
+//! The compiler's errors: one field-error type for every declaration that does not hold
+//! together (the key and the table it is in, the value at fault, what is allowed), and one enum
+//! for everything the crate reports.
+
+use crate::jit::JitError;
+use crate::schedule::ScheduleError;
+
+/// A value at a key that is not allowed.
+///
+/// Displayed as `table.key: key = value: allowed` (`sampler.order: order = 4: method ddim has
+/// orders [1]`), without the `table.key: ` part when the key is at the top of what was
+/// checked, and without `key = value: ` when no single value is at fault.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct FieldError {
+    /// The table the key is in, from the spec's root (`sampler`, `schedule.params`); empty
+    /// when the key is at the top of what was checked.
+    pub table: String,
+    /// The key (`order`, `times`, `weights[0]`).
+    pub key: String,
+    /// The offending value as the user wrote it, where a single value is at fault.
+    pub value: Option<String>,
+    /// What is wrong and what is allowed.
+    pub allowed: String,
+}
+
+impl FieldError {
+    /// An error at `field` (a key, or a dotted path `table.key`) that no single value causes.
+    pub fn new(field: impl Into<String>, allowed: impl Into<String>) -> FieldError {
+        let field = field.into();
+        let (table, key) = match field.rsplit_once('.') {
+            Some((t, k)) => (t.to_string(), k.to_string()),
+            None => (String::new(), field),
+        };
+        FieldError {
+            table,
+            key,
+            value: None,
+            allowed: allowed.into(),
+        }
+    }
+
+    /// An error about one value at `key`.
+    pub fn value(
+        key: impl Into<String>,
+        value: impl std::fmt::Display,
+        allowed: impl Into<String>,
+    ) -> FieldError {
+        FieldError {
+            value: Some(value.to_string()),
+            ..FieldError::new(key, allowed)
+        }
+    }
+
+    /// The same error under a parent table: `order` becomes `sampler.order`.
+    pub fn under(mut self, table: &str) -> FieldError {
+        self.table = if self.table.is_empty() {
+            table.to_string()
+        } else {
+            format!("{table}.{}", self.table)
+        };
+        self
+    }
+
+    /// The key path: `sampler.order`, or `order` at the top.
+    pub fn field(&self) -> String {
+        if self.table.is_empty() {
+            self.key.clone()
+        } else {
+            format!("{}.{}", self.table, self.key)
+        }
+    }
+
+    /// What is wrong, without the path: `order = 4: ...`, or what is allowed.
+    pub fn message(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{} = {v}: {}", self.key, self.allowed),
+            None => self.allowed.clone(),
+        }
+    }
+
+    fn render(&self) -> String {
+        if self.table.is_empty() {
+            self.message()
+        } else {
+            format!("{}: {}", self.field(), self.message())
+        }
+    }
+}
+
+/// Everything the compiler reports.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A declaration (sampler, gradient, grid, spec key) that does not hold together.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// A schedule that cannot be built, validated or compiled.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    /// Code generation failed.
+    #[error(transparent)]
+    Jit(#[from] JitError),
+}

@@ -1,0 +1,467 @@
+//! The sampler catalogue (docs/math.md section 2): from a `[sampler]` declaration and a compiled
+//! schedule to a filled [`Plan`].
+//!
+//! Each family is one module behind the small [`Family`] trait (its orders, the model-output
+//! form it works in, the steps it emits into the plan): [`multistep`] (DDIM, DPM-Solver,
+//! DPM-Solver++ and their SDE forms), [`singlestep`] (DPM-Solver-2/-3), [`deis`] and [`unipc`].
+//! A new sampler is a new module plus one line in [`Method::family`]. The affine coefficients
+//! are formulas in the step's alpha, sigma and lambda values ([`formulas`]), compiled once by
+//! the JIT; DEIS integrates its Lagrange basis by quadrature and UniPC solves its small order
+//! conditions, both on JIT-evaluated schedule values. Tables are filled once per (schedule,
+//! sampler, grid).
+
+mod deis;
+pub mod formulas;
+mod multistep;
+mod singlestep;
+mod unipc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::FieldError;
+use crate::grid::{check_grid, make_grid, train_index_times, GridKind};
+use crate::plan::{Operand, Plan, PlanBuilder, Pred};
+use crate::schedule::{Schedule, ScheduleValues};
+use formulas::StepVars;
+
+/// The sampler families (`[sampler] method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    Ddim,
+    DpmSolver,
+    DpmSolverPp,
+    Deis,
+    Unipc,
+    SdeDpmSolver,
+    SdeDpmSolverPp,
+}
+
+impl Method {
+    pub const ALL: [Method; 7] = [
+        Method::Ddim,
+        Method::DpmSolver,
+        Method::DpmSolverPp,
+        Method::Deis,
+        Method::Unipc,
+        Method::SdeDpmSolver,
+        Method::SdeDpmSolverPp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ddim => "ddim",
+            Method::DpmSolver => "dpm_solver",
+            Method::DpmSolverPp => "dpm_solver_pp",
+            Method::Deis => "deis",
+            Method::Unipc => "unipc",
+            Method::SdeDpmSolver => "sde_dpm_solver",
+            Method::SdeDpmSolverPp => "sde_dpm_solver_pp",
+        }
+    }
+
+    /// The orders this method has (for the ODE; see [`Method::sde_orders`]).
+    pub fn orders(self) -> &'static [usize] {
+        self.family().orders(self, false)
+    }
+
+    /// The orders of this method's SDE form (empty: it has none).
+    pub fn sde_orders(self) -> &'static [usize] {
+        self.family().orders(self, true)
+    }
+
+    /// The family that owns this method: the one module that knows its orders, its form and
+    /// its steps (the registration of a new sampler is one line here).
+    fn family(self) -> &'static dyn Family {
+        match self {
+            Method::Ddim
+            | Method::DpmSolver
+            | Method::DpmSolverPp
+            | Method::SdeDpmSolver
+            | Method::SdeDpmSolverPp => &multistep::Multistep,
+            Method::Deis => &deis::Deis,
+            Method::Unipc => &unipc::Unipc,
+        }
+    }
+}
+
+/// ODE (probability flow) or SDE (reverse diffusion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Equation {
+    #[default]
+    Ode,
+    Sde,
+}
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    #[default]
+    Eps,
+    X0,
+    V,
+}
+
+/// How a second-order multistep update uses the previous output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SolverType {
+    #[default]
+    Midpoint,
+    Heun,
+}
+
+/// UniPC's B(h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnipcVariant {
+    Bh1,
+    #[default]
+    Bh2,
+}
+
+/// The third-order multistep coefficients: derived from the Taylor expansion (order 3), or
+/// as the DPM-Solver reference code and diffusers write them (order 2; to reproduce them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ThirdOrder {
+    #[default]
+    Taylor,
+    Reference,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_order() -> usize {
+    1
+}
+fn d_steps() -> usize {
+    20
+}
+fn d_rho() -> f64 {
+    7.0
+}
+
+/// The `[sampler]` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    pub method: Method,
+    #[serde(default = "d_order")]
+    pub order: usize,
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    #[serde(default = "default_grid")]
+    pub grid: GridKind,
+    /// ode or sde; absent: sde for the `sde_*` methods, ode otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equation: Option<Equation>,
+    #[serde(default)]
+    pub prediction: Prediction,
+    /// Multistep (default for dpm_solver_pp, deis, unipc) or singlestep (default for
+    /// dpm_solver, whose orders 2 and 3 are DPM-Solver-2 and -3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multistep: Option<bool>,
+    #[serde(default)]
+    pub solver_type: SolverType,
+    #[serde(default)]
+    pub third_order: ThirdOrder,
+    #[serde(default)]
+    pub variant: UnipcVariant,
+    /// UniPC's corrector (UniC).
+    #[serde(default = "d_true")]
+    pub corrector: bool,
+    /// Lower the order of the last steps when steps < 15.
+    #[serde(default = "d_true")]
+    pub lower_order_final: bool,
+    /// Return the x0 prediction at the last time (one more model evaluation).
+    #[serde(default)]
+    pub denoise_to_zero: bool,
+    #[serde(default = "d_rho")]
+    pub rho: f64,
+    /// Explicit times (noisiest first); implies grid = "explicit".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<Vec<f64>>,
+    /// Explicit train indices of a discrete schedule (noisiest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_indices: Option<Vec<usize>>,
+}
+
+fn default_grid() -> GridKind {
+    GridKind::Logsnr
+}
+
+impl SamplerSpec {
+    pub fn new(method: Method, order: usize, steps: usize) -> SamplerSpec {
+        SamplerSpec {
+            method,
+            order,
+            steps,
+            grid: GridKind::Logsnr,
+            equation: None,
+            prediction: Prediction::Eps,
+            multistep: None,
+            solver_type: SolverType::Midpoint,
+            third_order: ThirdOrder::Taylor,
+            variant: UnipcVariant::Bh2,
+            corrector: true,
+            lower_order_final: true,
+            denoise_to_zero: false,
+            rho: 7.0,
+            times: None,
+            train_indices: None,
+        }
+    }
+
+    /// The equation this sampler solves (the `sde_*` methods always solve the SDE).
+    pub fn effective_equation(&self) -> Equation {
+        match (self.method, self.equation) {
+            (Method::SdeDpmSolver | Method::SdeDpmSolverPp, _) => Equation::Sde,
+            (_, e) => e.unwrap_or(Equation::Ode),
+        }
+    }
+
+    pub fn is_multistep(&self) -> bool {
+        self.multistep
+            .unwrap_or(!matches!(self.method, Method::DpmSolver))
+    }
+
+    /// Checks the choices against each other (not against a schedule).
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let err = |field: &str, message: String| Err(FieldError::new(field, message));
+        let sde = self.effective_equation() == Equation::Sde;
+        if matches!(self.method, Method::SdeDpmSolver | Method::SdeDpmSolverPp)
+            && self.equation == Some(Equation::Ode)
+        {
+            return err(
+                "equation",
+                format!(
+                    "method `{}` solves the SDE; remove `equation = \"ode\"`",
+                    self.method.name()
+                ),
+            );
+        }
+        let orders = if sde {
+            self.method.sde_orders()
+        } else {
+            self.method.orders()
+        };
+        if sde && orders.is_empty() {
+            return err(
+                "equation",
+                format!(
+                    "method `{}` has no SDE form; SDE samplers: ddim and dpm_solver (order 1), dpm_solver_pp (orders 1, 2), sde_dpm_solver, sde_dpm_solver_pp",
+                    self.method.name()
+                ),
+            );
+        }
+        if !orders.contains(&self.order) {
+            return Err(FieldError::value(
+                "order",
+                self.order,
+                format!(
+                    "method `{}`{} has orders {:?}",
+                    self.method.name(),
+                    if sde { " (SDE)" } else { "" },
+                    orders
+                ),
+            ));
+        }
+        if self.steps == 0 && self.times.is_none() && self.train_indices.is_none() {
+            return Err(FieldError::value(
+                "steps",
+                0,
+                "a sampler needs at least 1 step",
+            ));
+        }
+        if sde && !self.is_multistep() && self.order > 1 {
+            return err("multistep", "the SDE samplers are multistep".into());
+        }
+        if let (false, Some(why)) = (self.is_multistep(), self.method.family().multistep_only()) {
+            return err("multistep", why.into());
+        }
+        if self.times.is_some() && self.train_indices.is_some() {
+            return err(
+                "train_indices",
+                "give `times` or `train_indices`, not both".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The grid this sampler runs on.
+    pub fn grid_for(&self, schedule: &Schedule) -> Result<Vec<f64>, FieldError> {
+        let ts = if let Some(ts) = &self.times {
+            ts.clone()
+        } else if let Some(idx) = &self.train_indices {
+            let n_train = schedule.def().train_steps().ok_or_else(|| {
+                FieldError::new(
+                    "train_indices",
+                    format!(
+                        "train_indices need a discrete schedule; this one is `{}`",
+                        schedule.def().name()
+                    ),
+                )
+            })?;
+            if let Some(k) = idx.iter().find(|k| **k >= n_train) {
+                return Err(FieldError::new(
+                    "train_indices",
+                    format!("train index {k} is outside 0..{n_train}"),
+                ));
+            }
+            train_index_times(idx, n_train)
+        } else {
+            return make_grid(
+                schedule,
+                &self.grid,
+                self.steps,
+                self.rho,
+                schedule.t_max(),
+                schedule.t_min(),
+            );
+        };
+        check_grid(schedule, &ts)?;
+        Ok(ts)
+    }
+}
+
+/// A sampler family: the orders of its methods, the model-output form it works in, and the
+/// steps it emits into the plan.
+pub(crate) trait Family: Sync {
+    /// The orders of `method` for the probability-flow ODE, or for the SDE (empty: no SDE form).
+    fn orders(&self, method: Method, sde: bool) -> &'static [usize];
+    /// What the family asks the model for: eps or the data prediction.
+    fn form(&self, method: Method) -> Pred;
+    /// Why the family has no singlestep form, if it has none.
+    fn multistep_only(&self) -> Option<&'static str> {
+        None
+    }
+    /// Emits every step of the plan into `run`.
+    fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun);
+}
+
+/// A plan under construction: the grid with its schedule values, the builder, the current state
+/// and the model outputs so far (what every family's steps read and write).
+pub(crate) struct PlanRun<'a> {
+    pub schedule: &'a Schedule,
+    pub grid: &'a [f64],
+    pub vals: Vec<ScheduleValues>,
+    /// The number of steps.
+    pub n: usize,
+    pub sde: bool,
+    pub b: PlanBuilder<'a>,
+    /// The current state.
+    pub x: usize,
+    /// (output slot, grid index) of the multistep history, newest last.
+    pub outs: Vec<(usize, usize)>,
+    order: usize,
+    lower_order_final: bool,
+}
+
+impl PlanRun<'_> {
+    /// The order of step i: limited by the history at the start, and near the end by
+    /// `lower_order_final` when the grid is short.
+    pub fn step_order(&self, i: usize) -> usize {
+        let mut o = self.order.min(i + 1);
+        if self.lower_order_final && self.n < 15 {
+            o = o.min(self.n - i);
+        }
+        o.max(1)
+    }
+
+    /// The step variables from grid point i to i + 1.
+    pub fn vars_at(&self, i: usize) -> StepVars {
+        let (s, t) = (&self.vals[i], &self.vals[i + 1]);
+        let before = |k: usize| (i >= k).then(|| &self.vals[i - k]);
+        StepVars {
+            a_s: s.alpha,
+            s_s: s.sigma,
+            l_s: s.lambda,
+            a_t: t.alpha,
+            s_t: t.sigma,
+            l_t: t.lambda,
+            l_p1: before(1).map_or(f64::NAN, |v| v.lambda),
+            l_p2: before(2).map_or(f64::NAN, |v| v.lambda),
+            a_p1: before(1).map_or(f64::NAN, |v| v.alpha),
+            ..StepVars::default()
+        }
+    }
+
+    /// The k-th newest model output.
+    pub fn newest(&self, k: usize) -> Operand {
+        Operand::Out(self.outs[self.outs.len() - 1 - k].0)
+    }
+}
+
+fn describe(spec: &SamplerSpec, grid: &[f64]) -> String {
+    let mut s = format!("{} order {}", spec.method.name(), spec.order);
+    if spec.effective_equation() == Equation::Sde {
+        s.push_str(" (SDE)");
+    }
+    if matches!(spec.method, Method::DpmSolver | Method::DpmSolverPp) && spec.order > 1 {
+        s.push_str(if spec.is_multistep() {
+            " multistep"
+        } else {
+            " singlestep"
+        });
+    }
+    if spec.method == Method::Unipc {
+        s.push_str(&format!(
+            " {:?}{}",
+            spec.variant,
+            if spec.corrector {
+                " with corrector"
+            } else {
+                " predictor only"
+            }
+        ));
+    }
+    s.push_str(&format!(
+        ", {} grid over [{}, {}]",
+        spec.grid,
+        grid[grid.len() - 1],
+        grid[0]
+    ));
+    s
+}
+
+/// Builds the plan of `spec` on `schedule`.
+pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, FieldError> {
+    spec.validate()?;
+    let grid = spec.grid_for(schedule)?;
+    Ok(build_plan_on(schedule, spec, grid))
+}
+
+/// Builds the plan of a validated `spec` on a given grid (any direction: a grid from t_min up
+/// to t_max runs the sampler backwards, the ODE inversion).
+pub fn build_plan_on(schedule: &Schedule, spec: &SamplerSpec, grid: Vec<f64>) -> Plan {
+    let family: &dyn Family = if spec.is_multistep() || spec.order == 1 {
+        spec.method.family()
+    } else {
+        &singlestep::Singlestep
+    };
+    let mut run = PlanRun {
+        schedule,
+        grid: &grid,
+        vals: schedule.fill(&grid),
+        n: grid.len() - 1,
+        sde: spec.effective_equation() == Equation::Sde,
+        b: PlanBuilder::new(schedule, &grid),
+        x: 0,
+        outs: Vec::new(),
+        order: spec.order,
+        lower_order_final: spec.lower_order_final,
+    };
+    family.emit(spec, &mut run);
+    let mut x = run.x;
+    let mut b = run.b;
+    if spec.denoise_to_zero {
+        b.set_step(run.n);
+        x = b.denoise_to_zero(x);
+    }
+    let desc = describe(spec, &grid);
+    b.finish(x, grid.clone(), desc)
+}

@@ -1,0 +1,177 @@
+//! Singlestep DPM-Solver-2 and -3 (docs/math.md section 2): intermediate points at
+//! r1 = 1/2 (order 2), r1 = 1/3 and r2 = 2/3 (order 3) of each step in lambda, in the noise
+//! form (`dpm_solver`) or the data form (`dpm_solver_pp` with `multistep = false`).
+
+use super::formulas::{FormulaSet, StepVars};
+use super::multistep::Multistep;
+use super::{Family, Method, PlanRun, SamplerSpec};
+use crate::plan::{Operand, Pred};
+
+/// The singlestep family.
+pub(crate) struct Singlestep;
+
+static SINGLE2_NOISE: FormulaSet = FormulaSet::new(
+    "single2_noise",
+    &[],
+    &[
+        ("r1", "0.5"),
+        ("Au", "a_u1 / a_s"),
+        ("Bu0", "-s_u1 * expm1(r1 * h)"),
+        ("A", "a_t / a_s"),
+        ("phi1", "expm1(h)"),
+        ("B0", "-s_t * phi1 + s_t / (2 * r1) * phi1"),
+        ("B1", "-s_t / (2 * r1) * phi1"),
+    ],
+    &["Au", "Bu0", "A", "B0", "B1"],
+);
+
+static SINGLE2_DATA: FormulaSet = FormulaSet::new(
+    "single2_data",
+    &[],
+    &[
+        ("r1", "0.5"),
+        ("Au", "s_u1 / s_s"),
+        ("Bu0", "-a_u1 * expm1(-r1 * h)"),
+        ("A", "s_t / s_s"),
+        ("phi1", "expm1(-h)"),
+        ("B0", "-a_t * phi1 * (1 - 0.5 / r1)"),
+        ("B1", "-a_t * phi1 * 0.5 / r1"),
+    ],
+    &["Au", "Bu0", "A", "B0", "B1"],
+);
+
+static SINGLE3_NOISE: FormulaSet = FormulaSet::new(
+    "single3_noise",
+    &[],
+    &[
+        ("r1", "1 / 3"),
+        ("r2", "2 / 3"),
+        ("Au1", "a_u1 / a_s"),
+        ("Bu1_0", "-s_u1 * expm1(r1 * h)"),
+        ("phi12", "expm1(r2 * h)"),
+        ("phi22", "expm1(r2 * h) / (r2 * h) - 1"),
+        ("Au2", "a_u2 / a_s"),
+        ("Bu2_0", "-s_u2 * phi12 + r2 / r1 * s_u2 * phi22"),
+        ("Bu2_1", "-(r2 / r1) * s_u2 * phi22"),
+        ("A", "a_t / a_s"),
+        ("phi1", "expm1(h)"),
+        ("phi2", "phi1 / h - 1"),
+        ("B0", "-s_t * phi1 + s_t * phi2 / r2"),
+        ("B2", "-s_t * phi2 / r2"),
+    ],
+    &["Au1", "Bu1_0", "Au2", "Bu2_0", "Bu2_1", "A", "B0", "B2"],
+);
+
+static SINGLE3_DATA: FormulaSet = FormulaSet::new(
+    "single3_data",
+    &[],
+    &[
+        ("r1", "1 / 3"),
+        ("r2", "2 / 3"),
+        ("Au1", "s_u1 / s_s"),
+        ("Bu1_0", "-a_u1 * expm1(-r1 * h)"),
+        ("phi12", "expm1(-r2 * h)"),
+        ("phi22", "expm1(-r2 * h) / (r2 * h) + 1"),
+        ("Au2", "s_u2 / s_s"),
+        ("Bu2_0", "-a_u2 * phi12 - r2 / r1 * a_u2 * phi22"),
+        ("Bu2_1", "r2 / r1 * a_u2 * phi22"),
+        ("A", "s_t / s_s"),
+        ("phi1", "expm1(-h)"),
+        ("phi2", "phi1 / h + 1"),
+        ("B0", "-a_t * phi1 - a_t * phi2 / r2"),
+        ("B2", "a_t * phi2 / r2"),
+    ],
+    &["Au1", "Bu1_0", "Au2", "Bu2_0", "Bu2_1", "A", "B0", "B2"],
+);
+
+impl Family for Singlestep {
+    fn orders(&self, method: Method, sde: bool) -> &'static [usize] {
+        Multistep.orders(method, sde)
+    }
+
+    fn form(&self, method: Method) -> Pred {
+        Multistep.form(method)
+    }
+
+    fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun) {
+        let pred = self.form(spec.method);
+        for i in 0..run.n {
+            run.b.set_step(i);
+            let v = run.vars_at(i);
+            let x = run.x;
+            let o_s = run.b.eval(x, pred);
+            let h = v.l_t - v.l_s;
+            // An intermediate point at lambda_s + r h: its time, alpha and sigma.
+            let at = |run: &PlanRun, r: f64| {
+                let t = run.schedule.t_of_lambda(v.l_s + r * h);
+                let e = run.schedule.eval(t);
+                (t, e.alpha, e.sigma)
+            };
+            if spec.order == 2 {
+                let (tu, a_u1, s_u1) = at(run, 0.5);
+                let set = if pred == Pred::Eps {
+                    &SINGLE2_NOISE
+                } else {
+                    &SINGLE2_DATA
+                };
+                let c = set.eval(&StepVars { a_u1, s_u1, ..v });
+                let u = run.b.combine_at_stage(
+                    tu,
+                    vec![
+                        (Operand::State(x), c.get("Au")),
+                        (Operand::Out(o_s), c.get("Bu0")),
+                    ],
+                );
+                let o_u = run.b.eval(u, pred);
+                run.x = run.b.combine_at_grid(
+                    i + 1,
+                    vec![
+                        (Operand::State(x), c.get("A")),
+                        (Operand::Out(o_s), c.get("B0")),
+                        (Operand::Out(o_u), c.get("B1")),
+                    ],
+                );
+            } else {
+                let (tu1, a_u1, s_u1) = at(run, 1.0 / 3.0);
+                let (tu2, a_u2, s_u2) = at(run, 2.0 / 3.0);
+                let set = if pred == Pred::Eps {
+                    &SINGLE3_NOISE
+                } else {
+                    &SINGLE3_DATA
+                };
+                let c = set.eval(&StepVars {
+                    a_u1,
+                    s_u1,
+                    a_u2,
+                    s_u2,
+                    ..v
+                });
+                let u1 = run.b.combine_at_stage(
+                    tu1,
+                    vec![
+                        (Operand::State(x), c.get("Au1")),
+                        (Operand::Out(o_s), c.get("Bu1_0")),
+                    ],
+                );
+                let o_u1 = run.b.eval(u1, pred);
+                let u2 = run.b.combine_at_stage(
+                    tu2,
+                    vec![
+                        (Operand::State(x), c.get("Au2")),
+                        (Operand::Out(o_s), c.get("Bu2_0")),
+                        (Operand::Out(o_u1), c.get("Bu2_1")),
+                    ],
+                );
+                let o_u2 = run.b.eval(u2, pred);
+                run.x = run.b.combine_at_grid(
+                    i + 1,
+                    vec![
+                        (Operand::State(x), c.get("A")),
+                        (Operand::Out(o_s), c.get("B0")),
+                        (Operand::Out(o_u2), c.get("B2")),
+                    ],
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Noise schedules (docs/math.md section 1): alpha, sigma, lambda, f, g^2, d lambda/dt and the
+//! inverse t(lambda), derived symbolically from two formulas in t and compiled with the JIT.
+//!
+//! Every schedule, built-in or custom, is a [`ScheduleDef`] ([`def`]): a program with input `t`
+//! whose sub-expressions include the [`Quantity`] names, plus an inverse ([`inverse`]: a
+//! closed-form program with input `lambda`, or a safeguarded Newton iteration on the compiled
+//! lambda and its derivative). The built-in families ([`families`], [`discrete`]) are written as
+//! formula text and go through the same derivation as a user's formulas, so there is one path
+//! to test. Compiling a definition gives a [`Schedule`]: native code for every quantity.
+
+pub mod def;
+pub mod discrete;
+pub mod error;
+pub mod families;
+pub mod inverse;
+
+use std::sync::Arc;
+
+use crate::jit::JitFn;
+use crate::plan::TimeInfo;
+
+pub use def::{AlphaFormula, ScheduleDef, SigmaFormula};
+pub use discrete::DiscreteBetas;
+pub use error::ScheduleError;
+pub use inverse::{newton_inverse, Inverse};
+
+/// A time-only quantity of a schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Quantity {
+    Alpha,
+    Sigma,
+    Lambda,
+    LogAlpha,
+    LogSigma,
+    /// f(t) = d log(alpha)/dt
+    F,
+    /// g^2(t) = -2 sigma^2 d lambda/dt
+    G2,
+    DLambdaDt,
+}
+
+impl Quantity {
+    pub const ALL: [Quantity; 8] = [
+        Quantity::Alpha,
+        Quantity::Sigma,
+        Quantity::Lambda,
+        Quantity::LogAlpha,
+        Quantity::LogSigma,
+        Quantity::F,
+        Quantity::G2,
+        Quantity::DLambdaDt,
+    ];
+
+    /// The sub-expression name in the schedule's program.
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantity::Alpha => "alpha",
+            Quantity::Sigma => "sigma",
+            Quantity::Lambda => "lambda",
+            Quantity::LogAlpha => "log_alpha",
+            Quantity::LogSigma => "log_sigma",
+            Quantity::F => "f",
+            Quantity::G2 => "g2",
+            Quantity::DLambdaDt => "dlambda_dt",
+        }
+    }
+}
+
+/// All quantities at one time, as the compiled schedule returns them.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct ScheduleValues {
+    pub alpha: f64,
+    pub sigma: f64,
+    pub lambda: f64,
+    pub log_alpha: f64,
+    pub log_sigma: f64,
+    pub f: f64,
+    pub g2: f64,
+    pub dlambda_dt: f64,
+}
+
+impl ScheduleValues {
+    fn from_slice(v: &[f64]) -> ScheduleValues {
+        ScheduleValues {
+            alpha: v[0],
+            sigma: v[1],
+            lambda: v[2],
+            log_alpha: v[3],
+            log_sigma: v[4],
+            f: v[5],
+            g2: v[6],
+            dlambda_dt: v[7],
+        }
+    }
+
+    pub fn get(&self, q: Quantity) -> f64 {
+        match q {
+            Quantity::Alpha => self.alpha,
+            Quantity::Sigma => self.sigma,
+            Quantity::Lambda => self.lambda,
+            Quantity::LogAlpha => self.log_alpha,
+            Quantity::LogSigma => self.log_sigma,
+            Quantity::F => self.f,
+            Quantity::G2 => self.g2,
+            Quantity::DLambdaDt => self.dlambda_dt,
+        }
+    }
+}
+
+/// A compiled schedule: native functions for every quantity and for t(lambda).
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub(crate) def: Arc<ScheduleDef>,
+    pub(crate) params: Vec<f64>,
+    pub(crate) forward: Arc<JitFn>,
+    pub(crate) newton: Arc<JitFn>,
+    pub(crate) inverse: Option<Arc<JitFn>>,
+}
+
+impl Schedule {
+    pub fn def(&self) -> &ScheduleDef {
+        &self.def
+    }
+
+    pub fn params(&self) -> &[f64] {
+        &self.params
+    }
+
+    pub fn t_min(&self) -> f64 {
+        self.def.t_min
+    }
+
+    pub fn t_max(&self) -> f64 {
+        self.def.t_max
+    }
+
+    /// Every quantity at `t`.
+    #[inline]
+    pub fn eval(&self, t: f64) -> ScheduleValues {
+        let mut out = [0.0; 8];
+        self.forward.call(t, &self.params, &mut out);
+        ScheduleValues::from_slice(&out)
+    }
+
+    pub fn alpha(&self, t: f64) -> f64 {
+        self.eval(t).alpha
+    }
+
+    pub fn sigma(&self, t: f64) -> f64 {
+        self.eval(t).sigma
+    }
+
+    pub fn lambda(&self, t: f64) -> f64 {
+        let mut out = [0.0; 2];
+        self.newton.call(t, &self.params, &mut out);
+        out[0]
+    }
+
+    /// t(lambda): the closed form where the schedule has one, else compiled Newton.
+    pub fn t_of_lambda(&self, lambda: f64) -> f64 {
+        match &self.inverse {
+            Some(f) => f.call1(lambda, &self.params),
+            None => newton_inverse(lambda, self.def.t_min, self.def.t_max, |t| {
+                let mut out = [0.0; 2];
+                self.newton.call(t, &self.params, &mut out);
+                (out[0], out[1])
+            }),
+        }
+    }
+
+    /// Every quantity at each of `ts` (one native call per time).
+    pub fn fill(&self, ts: &[f64]) -> Vec<ScheduleValues> {
+        let mut flat = vec![0.0; ts.len() * 8];
+        self.forward.fill(ts, &self.params, &mut flat);
+        flat.chunks_exact(8)
+            .map(ScheduleValues::from_slice)
+            .collect()
+    }
+
+    /// What a model evaluation at `t` needs: t, the network's time input (the train index of
+    /// a discrete schedule), alpha and sigma.
+    pub fn time_info(&self, t: f64) -> TimeInfo {
+        let v = self.eval(t);
+        TimeInfo {
+            t,
+            model_t: self.def.model_time(t),
+            alpha: v.alpha,
+            sigma: v.sigma,
+        }
+    }
+
+    /// The compiled function of every quantity (for benchmarks and table filling).
+    pub fn forward_fn(&self) -> &JitFn {
+        &self.forward
+    }
+}

@@ -1,0 +1,213 @@
+//! The exact gradient of the plan that ran (docs/math.md section 3.2): the plan transposed,
+//! one VJP per model evaluation, with recorded or binomially checkpointed states.
+
+use std::collections::HashMap;
+
+use adeis_compiler::{DiscreteStates, Instr, Operand, Plan, Wrt};
+use dfdx::prelude::*;
+
+use super::{add_at, add_into, cotangent, Gradient};
+use crate::denoiser::Denoiser;
+use crate::error::RuntimeError;
+use crate::executor::{check_shapes, Exec, Input, Slots};
+use crate::model_fn::ModelFn;
+use crate::state::State;
+
+struct Reverse<'a, E: Dtype, D: Device<E>, G> {
+    // Pending cotangents by slot: sparse, so the bookkeeping does not grow with the steps.
+    xbar: HashMap<usize, State<E, D>>,
+    obar: HashMap<usize, State<E, D>>,
+    zbar: Option<State<E, D>>,
+    theta: Option<G>,
+    wrt: Wrt,
+    vjps: usize,
+    plan: &'a Plan,
+}
+
+impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
+    /// Transposes instructions `from..to` (in reverse), reading states from `slots`.
+    fn run<M: Denoiser<E, D, Grads = G> + ?Sized>(
+        &mut self,
+        slots: &Slots<E, D>,
+        span: (usize, usize),
+        model: &ModelFn<E, D, M>,
+        z: Option<&State<E, D>>,
+    ) -> Result<(), RuntimeError> {
+        for k in (span.0..span.1).rev() {
+            match &self.plan.instrs[k] {
+                Instr::Combine { dst, terms, .. } => {
+                    let Some(g) = self.xbar.remove(dst) else {
+                        continue;
+                    };
+                    for (op, c) in terms {
+                        match op {
+                            Operand::State(s) => add_at(&mut self.xbar, *s, g.clone() * *c),
+                            Operand::Out(o) => add_at(&mut self.obar, *o, g.clone() * *c),
+                            Operand::Noise(_) => {}
+                        }
+                    }
+                }
+                Instr::Eval {
+                    out,
+                    input,
+                    time,
+                    pred,
+                    step,
+                } => {
+                    let Some(g) = self.obar.remove(out) else {
+                        continue;
+                    };
+                    let x = slots.states.get(input).expect("recorded state");
+                    let theta = self.theta.as_mut().map(|acc| (acc, 1.0));
+                    let cot = model.vjp(x, z, time, *pred, &g, theta);
+                    self.vjps += 1;
+                    if !cot.x.is_finite() {
+                        return Err(RuntimeError::NonFinite {
+                            what: "the adjoint state".into(),
+                            step: *step,
+                            t: time.t,
+                        });
+                    }
+                    add_at(&mut self.xbar, *input, cot.x);
+                    if let (true, Some(dz)) = (self.wrt.cond, cot.cond) {
+                        add_into(&mut self.zbar, dz);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn binomial(n: usize, k: usize) -> usize {
+    let mut r: usize = 1;
+    for i in 0..k {
+        r = r.saturating_mul(n - i) / (i + 1);
+    }
+    r
+}
+
+/// The exact gradient of the plan that ran (its transpose): one VJP per model evaluation.
+/// `loss_grad` maps the sample x_0 to dL/dx_0.
+pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+    plan: &Plan,
+    model: &ModelFn<E, D, M>,
+    input: &Input<E, D>,
+    wrt: Wrt,
+    states: DiscreteStates,
+    loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+    check_shapes(model.model, input.x_t, input.cond)?;
+    let mut exec = Exec::new(plan, model, input);
+    let start = exec.start();
+    let bounds = plan.step_bounds();
+    let n_steps = bounds.len() - 1;
+    let mut rev = Reverse {
+        xbar: HashMap::new(),
+        obar: HashMap::new(),
+        zbar: None,
+        theta: wrt.params.then(|| model.model.zero_grads()),
+        wrt,
+        vjps: 0,
+        plan,
+    };
+    let x0 = match states {
+        DiscreteStates::Record => {
+            let mut slots = start;
+            exec.run(&mut slots, 0, plan.instrs.len(), true)?;
+            let x0 = slots.states[&plan.output].clone();
+            rev.xbar.insert(plan.output, cotangent(&x0, loss_grad)?);
+            rev.run(&slots, (0, plan.instrs.len()), model, input.cond)?;
+            x0
+        }
+        DiscreteStates::Checkpoint { slots: free } => {
+            // One forward sweep for x_0 (keeping nothing), then revolve.
+            let mut slots = start.clone();
+            exec.run(&mut slots, 0, plan.instrs.len(), false)?;
+            let x0 = slots.states[&plan.output].clone();
+            drop(slots);
+            rev.xbar.insert(plan.output, cotangent(&x0, loss_grad)?);
+            let mut r = Revolve {
+                exec: &mut exec,
+                rev: &mut rev,
+                bounds: &bounds,
+                z: input.cond,
+            };
+            r.reverse(0, n_steps, start, free)?;
+            x0
+        }
+    };
+    let dx_t = rev
+        .xbar
+        .remove(&0)
+        .unwrap_or_else(|| input.x_t.zeros_like());
+    Ok(Gradient {
+        x0,
+        dx_t,
+        dz: if wrt.cond {
+            input
+                .cond
+                .map(|z| rev.zbar.take().unwrap_or_else(|| z.zeros_like()))
+        } else {
+            None
+        },
+        dtheta: rev.theta,
+        nfe: exec.nfe,
+        vjps: rev.vjps,
+    })
+}
+
+/// Binomial checkpointing over the steps of a plan.
+struct Revolve<'r, 'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
+    exec: &'r mut Exec<'p, 'm, E, D, M>,
+    rev: &'r mut Reverse<'p, E, D, M::Grads>,
+    bounds: &'r [usize],
+    z: Option<&'p State<E, D>>,
+}
+
+impl<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Revolve<'_, '_, '_, E, D, M> {
+    /// Reverses steps `a..b` given the slots at the start of step a and `free` checkpoint
+    /// slots (Griewank's binomial schedule: the split leaves at most beta(free - 1, t) steps to
+    /// the right part, where t is the fewest repetitions with beta(free, t) >= b - a).
+    fn reverse(
+        &mut self,
+        a: usize,
+        b: usize,
+        at_a: Slots<E, D>,
+        free: usize,
+    ) -> Result<(), RuntimeError> {
+        let bounds = self.bounds;
+        let n = b - a;
+        if n == 0 {
+            return Ok(());
+        }
+        if n == 1 {
+            let mut sl = at_a;
+            self.exec.run(&mut sl, bounds[a], bounds[b], true)?;
+            return self
+                .rev
+                .run(&sl, (bounds[a], bounds[b]), self.exec.model, self.z);
+        }
+        if free == 0 {
+            // No slot left: recompute from a for every step, last first.
+            for j in (a..b).rev() {
+                let mut sl = at_a.clone();
+                self.exec.run(&mut sl, bounds[a], bounds[j], false)?;
+                self.exec.run(&mut sl, bounds[j], bounds[j + 1], true)?;
+                self.rev
+                    .run(&sl, (bounds[j], bounds[j + 1]), self.exec.model, self.z)?;
+            }
+            return Ok(());
+        }
+        let mut t = 0;
+        while binomial(free + t, free) < n {
+            t += 1;
+        }
+        let right_max = binomial(free - 1 + t, free - 1);
+        let m = (a + n.saturating_sub(right_max).max(1)).min(b - 1);
+        let mut sl = at_a.clone();
+        self.exec.run(&mut sl, bounds[a], bounds[m], false)?;
+        self.reverse(m, b, sl, free - 1)?;
+        self.reverse(a, m, at_a, free)
+    }
+}

@@ -1,0 +1,112 @@
+//! Gradients of a loss on the sample with respect to x_T, the conditioning z and the model's
+//! parameters (docs/math.md section 3), by the method the [`Problem`] carries: the exact
+//! discrete adjoint of its plan ([`discrete`]), AdjointDEIS-1 / -2M ([`deis`]), or the full
+//! tape ([`crate::tape`]). One entry point, [`gradient`].
+
+pub mod deis;
+pub mod discrete;
+
+use std::collections::HashMap;
+
+use adeis_compiler::{Adjoint, Problem};
+use dfdx::prelude::*;
+
+use crate::denoiser::Denoiser;
+use crate::error::RuntimeError;
+use crate::executor::Input;
+use crate::model_fn::ModelFn;
+use crate::state::State;
+
+/// A gradient and what it cost.
+#[derive(Debug)]
+pub struct Gradient<E: Dtype, D: Device<E>, G> {
+    /// The sample x_0 the loss was taken on.
+    pub x0: State<E, D>,
+    pub dx_t: State<E, D>,
+    /// dL/dz, when the gradient is taken with respect to the conditioning.
+    pub dz: Option<State<E, D>>,
+    /// dL/dtheta in the model's own layout, when taken with respect to the parameters.
+    pub dtheta: Option<G>,
+    /// Forward model evaluations (recomputation included).
+    pub nfe: usize,
+    /// Vector-Jacobian products of the model.
+    pub vjps: usize,
+}
+
+/// The gradient of the loss whose gradient at the sample `loss_grad` gives, by the problem's
+/// method, with respect to what the problem says.
+pub fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+    problem: &Problem,
+    model: &ModelFn<E, D, M>,
+    input: &Input<E, D>,
+    loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+    let wrt = problem.wrt();
+    if wrt.cond && input.cond.is_none() {
+        return Err(RuntimeError::Invalid(
+            "wrt includes \"cond\" but the model has no conditioning".into(),
+        ));
+    }
+    match *problem.adjoint() {
+        Adjoint::Discrete { states } => {
+            discrete::discrete_adjoint(problem.plan(), model, input, wrt, states, loss_grad)
+        }
+        Adjoint::AdjointDeis { states, .. } => {
+            let deis = problem
+                .adjoint_deis()
+                .expect("a problem with adjoint_deis carries its compiled plan");
+            deis::adjoint_deis(problem.plan(), deis, model, input, (wrt, states), loss_grad)
+        }
+        Adjoint::Tape => {
+            if model.guidance.is_some() || model.threshold.is_some() {
+                return Err(RuntimeError::Invalid(
+                    "the tape reference runs the bare model: no guidance or thresholding".into(),
+                ));
+            }
+            let taped = model.model.as_taped().ok_or_else(|| {
+                RuntimeError::Invalid("method = \"tape\" needs a model that runs on dfdx's tape (an MLP or the Gaussian model)".into())
+            })?;
+            crate::tape::tape_gradient(problem.plan(), taped, input, wrt, loss_grad)
+        }
+    }
+}
+
+pub(crate) fn add_into<E: Dtype, D: Device<E>>(slot: &mut Option<State<E, D>>, v: State<E, D>) {
+    *slot = Some(match slot.take() {
+        None => v,
+        Some(a) => a + v,
+    });
+}
+
+pub(crate) fn add_at<E: Dtype, D: Device<E>>(
+    map: &mut HashMap<usize, State<E, D>>,
+    k: usize,
+    v: State<E, D>,
+) {
+    let new = match map.remove(&k) {
+        None => v,
+        Some(a) => a + v,
+    };
+    map.insert(k, new);
+}
+
+/// The loss gradient at x_0, checked.
+pub(crate) fn cotangent<E: Dtype, D: Device<E>>(
+    x0: &State<E, D>,
+    loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+) -> Result<State<E, D>, RuntimeError> {
+    let cot = loss_grad(x0)?;
+    if !cot.same_shape(x0) {
+        return Err(RuntimeError::Shape(format!(
+            "the loss gradient has shape {:?}; the sample has {:?}",
+            cot.shape(),
+            x0.shape()
+        )));
+    }
+    if !cot.is_finite() {
+        return Err(RuntimeError::Invalid(
+            "the loss or its gradient at the sample is NaN or Inf".into(),
+        ));
+    }
+    Ok(cot)
+}

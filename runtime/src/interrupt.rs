@@ -1,0 +1,29 @@
+//! Cooperative interruption: a program (the `adeis` command installs a Ctrl-C handler) asks the
+//! running work to stop; long loops poll [`check`] between steps and stop with
+//! [`RuntimeError::Interrupted`], leaving nothing half-written. The library installs no handler.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::RuntimeError;
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks the running work to stop at its next check; returns whether it had been asked before.
+pub fn request() -> bool {
+    REQUESTED.swap(true, Ordering::SeqCst)
+}
+
+/// Whether a stop was asked for.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
+/// An error if a stop was asked for; `during` names the work that stops.
+pub fn check(during: &str) -> Result<(), RuntimeError> {
+    if requested() {
+        return Err(RuntimeError::Interrupted {
+            during: during.to_string(),
+        });
+    }
+    Ok(())
+}

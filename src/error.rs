@@ -1,0 +1,39 @@
+//! What the facade reports: spec files that cannot be read, parsed or validated, files, and
+//! the compiler's and the runtime's errors.
+
+use std::path::PathBuf;
+
+use adeis_compiler::FieldError;
+
+/// Every error of the `adeis` facade.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A spec file that cannot be read.
+    #[error("{}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Spec text that does not parse (the key path and, for TOML, the line).
+    #[error("{0}")]
+    Syntax(String),
+    /// A spec file that does not parse.
+    #[error("{}: {message}", path.display())]
+    Format { path: PathBuf, message: String },
+    /// A spec file whose declarations do not hold together.
+    #[error("{}: {error}", path.display())]
+    Invalid { path: PathBuf, error: FieldError },
+    /// A data file (.npy, safetensors) that cannot be read or written.
+    #[error(transparent)]
+    Io(#[from] adeis_io::IoError),
+    #[error(transparent)]
+    Compile(#[from] adeis_compiler::Error),
+    #[error(transparent)]
+    Runtime(#[from] adeis_runtime::RuntimeError),
+    /// A request that does not hold together (an option, a model, a workload).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The spec-file errors are the facade's errors (the name the prelude has always exported).
+pub type SpecFileError = Error;
