@@ -9,8 +9,8 @@ use std::time::Instant;
 use std::num::NonZeroUsize;
 
 use adeis_compiler::{
-    Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, GradMethod, Method, Problem,
-    SamplerSpec, ScheduleDef, Wrt,
+    Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, FieldError, GradMethod, Method,
+    Problem, SamplerSpec, ScheduleDef, Wrt,
 };
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::mse;
@@ -236,23 +236,26 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
 /// batch 64), or `tiny` (D 4, H 16, batch 2; for CI); `cpu`, or `cuda` (a build with the
 /// `cuda` feature).
 pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
+    let option = |key: &str, value: &dyn std::fmt::Display, allowed: &str| {
+        Err(Error::Option(FieldError::value(key, value, allowed)))
+    };
     if opts.steps == 0 {
-        return Err(Error::Usage(
-            "--steps 0: a sampler needs at least 1 step".into(),
-        ));
+        return option("steps", &0, "a sampler needs at least 1 step");
     }
     if opts.repeat == 0 {
-        return Err(Error::Usage("--repeat 0: at least one timed run".into()));
+        return option("repeat", &0, "at least one timed run");
     }
     match opts.device.as_str() {
         "cpu" => run_on(Cpu::seed_from_u64(0), opts),
         #[cfg(feature = "cuda")]
         "cuda" => run_on(adeis_runtime::CudaDevice::seed_from_u64(0), opts),
         #[cfg(not(feature = "cuda"))]
-        "cuda" => Err(Error::Usage(
-            "--device cuda: this build has no CUDA support (build with --features cuda)".into(),
-        )),
-        other => Err(Error::Usage(format!("--device {other}: cpu or cuda"))),
+        "cuda" => option(
+            "device",
+            &"cuda",
+            "this build has no CUDA support (build with --features cuda)",
+        ),
+        other => option("device", &other, "cpu or cuda"),
     }
 }
 
@@ -264,8 +267,10 @@ fn run_on<Dev: Device<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult
         "w1" => run_workload::<Dev, W1_IN, 256, 64>(dev, ("w1", 16), opts),
         "w2" => run_workload::<Dev, W2_IN, 2048, 784>(dev, ("w2", 64), opts),
         "tiny" => run_workload::<Dev, TINY_IN, 16, 4>(dev, ("tiny", 2), opts),
-        other => Err(Error::Usage(format!(
-            "--workload {other}: the workloads are w1, w2 and tiny"
+        other => Err(Error::Option(FieldError::value(
+            "workload",
+            other,
+            "the workloads are w1, w2 and tiny",
         ))),
     }
 }

@@ -30,9 +30,9 @@ pub enum Error {
     Compile(#[from] adeis_compiler::Error),
     #[error(transparent)]
     Runtime(#[from] adeis_runtime::RuntimeError),
-    /// A request that does not hold together (an option, a model, a workload).
-    #[error("{0}")]
-    Usage(String),
+    /// An option with a value that is not allowed (`key` is the option's name).
+    #[error(transparent)]
+    Option(FieldError),
 }
 
 /// The spec-file errors are the facade's errors (the name the prelude has always exported).

@@ -147,16 +147,7 @@ impl AdjointDeisPlan {
         let mut weight = vec![0.0; m + 1];
         let mut out = Vec::with_capacity(m);
         for k in 0..m {
-            let (s, t) = (&vals[k], &vals[k + 1]);
-            let mut v = StepVars {
-                a_s: s.alpha,
-                s_s: s.sigma,
-                l_s: s.lambda,
-                a_t: t.alpha,
-                s_t: t.sigma,
-                l_t: t.lambda,
-                ..StepVars::default()
-            };
+            let mut v = StepVars::between(&vals[k], &vals[k + 1]);
             let back = NOISE1.eval(&v);
             let (x_coef, eps_coef) = (back.get("A"), back.get("B0"));
             if order == AdjointOrder::TwoM && k >= 1 {

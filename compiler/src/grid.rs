@@ -1,4 +1,4 @@
-//! Time grids for N steps from t_max down to t_min (MATH.md section 1).
+//! Time grids for N steps from t_max down to t_min (docs/math.md section 1).
 
 use std::fmt;
 

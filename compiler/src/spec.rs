@@ -448,13 +448,15 @@ impl ScheduleSpec {
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<Spec, String> {
-        toml::from_str::<Spec>(text).map_err(|e| e.to_string())
+    fn load(text: &str) -> Result<Spec, toml::de::Error> {
+        toml::from_str::<Spec>(text)
     }
 
     #[test]
     fn unknown_keys_are_rejected_with_the_allowed_ones() {
-        let e = load("[schedule]\nkind = \"vp_linear\"\nbeta_mx = 3.0\n").unwrap_err();
+        let e = load("[schedule]\nkind = \"vp_linear\"\nbeta_mx = 3.0\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("unknown field `beta_mx`, expected one of `kind`, `beta_min`, `beta_max`"),
             "{e}"
@@ -462,12 +464,16 @@ mod tests {
         let spec = load("[schedule]\nkind = \"ve\"\nbeta_max = 3.0\n").unwrap();
         let e = spec.schedule.to_def().unwrap_err();
         assert_eq!(e.to_string(), "schedule.beta_max: `beta_max` is not a key of kind `ve`; its keys are: kind, sigma_min, sigma_max, t_range");
-        let e = load("[schedule]\nkind = \"vp_lin\"\n").unwrap_err();
+        let e = load("[schedule]\nkind = \"vp_lin\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("unknown variant `vp_lin`, expected one of `vp_linear`"),
             "{e}"
         );
-        let e = load("[schedul]\nkind = \"vp_linear\"\n").unwrap_err();
+        let e = load("[schedul]\nkind = \"vp_linear\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains(
                 "unknown field `schedul`, expected one of `schedule`, `sampler`, `gradient`"

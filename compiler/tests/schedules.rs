@@ -1,4 +1,4 @@
-//! Schedules against the closed forms of MATH.md section 1, the inverse round trip, and the
+//! Schedules against the closed forms of docs/math.md section 1, the inverse round trip, and the
 //! JIT against the interpreter.
 
 use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, Inverse, SigmaFormula};

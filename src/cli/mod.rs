@@ -353,6 +353,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         repeat: a.repeat,
         checkpoint,
+    })
+    .map_err(|e| match e {
+        adeis::Error::Option(fe) => option_error(fe),
+        other => anyhow::Error::new(other),
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&r).unwrap());

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use super::{Family, Method, PlanRun, SamplerSpec};
+use super::{ode_only, Family, Method, PlanRun, SamplerSpec};
 use crate::plan::{Operand, Pred};
 use crate::schedule::Schedule;
 
@@ -13,11 +13,7 @@ pub(crate) struct Deis;
 
 impl Family for Deis {
     fn orders(&self, _method: Method, sde: bool) -> &'static [usize] {
-        if sde {
-            &[]
-        } else {
-            &[1, 2, 3]
-        }
+        ode_only(sde)
     }
 
     fn form(&self, _method: Method) -> Pred {

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use crate::jit::{compile, JitFn};
 use crate::program::Program;
+use crate::schedule::ScheduleValues;
 
 /// The per-step variables a formula may use: the step runs from s to t; p1 and p2 are the two
 /// grid points before s (multistep); u1 and u2 are intermediate points (singlestep).
@@ -53,6 +54,19 @@ impl Default for StepVars {
 }
 
 impl StepVars {
+    /// A step from s to t (no earlier or intermediate points).
+    pub fn between(s: &ScheduleValues, t: &ScheduleValues) -> StepVars {
+        StepVars {
+            a_s: s.alpha,
+            s_s: s.sigma,
+            l_s: s.lambda,
+            a_t: t.alpha,
+            s_t: t.sigma,
+            l_t: t.lambda,
+            ..StepVars::default()
+        }
+    }
+
     fn array(&self) -> [f64; 13] {
         [
             self.a_s, self.s_s, self.l_s, self.a_t, self.s_t, self.l_t, self.l_p1, self.l_p2,

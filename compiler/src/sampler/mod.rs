@@ -343,6 +343,15 @@ pub(crate) trait Family: Sync {
     fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun);
 }
 
+/// Orders 1 to 3 for the probability-flow ODE and no SDE form (DEIS, UniPC).
+pub(crate) fn ode_only(sde: bool) -> &'static [usize] {
+    if sde {
+        &[]
+    } else {
+        &[1, 2, 3]
+    }
+}
+
 /// A plan under construction: the grid with its schedule values, the builder, the current state
 /// and the model outputs so far (what every family's steps read and write).
 pub(crate) struct PlanRun<'a> {
@@ -374,19 +383,12 @@ impl PlanRun<'_> {
 
     /// The step variables from grid point i to i + 1.
     pub fn vars_at(&self, i: usize) -> StepVars {
-        let (s, t) = (&self.vals[i], &self.vals[i + 1]);
         let before = |k: usize| (i >= k).then(|| &self.vals[i - k]);
         StepVars {
-            a_s: s.alpha,
-            s_s: s.sigma,
-            l_s: s.lambda,
-            a_t: t.alpha,
-            s_t: t.sigma,
-            l_t: t.lambda,
             l_p1: before(1).map_or(f64::NAN, |v| v.lambda),
             l_p2: before(2).map_or(f64::NAN, |v| v.lambda),
             a_p1: before(1).map_or(f64::NAN, |v| v.alpha),
-            ..StepVars::default()
+            ..StepVars::between(&self.vals[i], &self.vals[i + 1])
         }
     }
 

@@ -2,7 +2,7 @@
 //! form, with B(h) = h (bh1) or e^h - 1 (bh2); the coefficients solve small order conditions
 //! on JIT-evaluated schedule values.
 
-use super::{Family, Method, PlanRun, SamplerSpec, UnipcVariant};
+use super::{ode_only, Family, Method, PlanRun, SamplerSpec, UnipcVariant};
 use crate::plan::{Operand, Pred};
 use crate::schedule::ScheduleValues;
 
@@ -11,11 +11,7 @@ pub(crate) struct Unipc;
 
 impl Family for Unipc {
     fn orders(&self, _method: Method, sde: bool) -> &'static [usize] {
-        if sde {
-            &[]
-        } else {
-            &[1, 2, 3]
-        }
+        ode_only(sde)
     }
 
     fn form(&self, _method: Method) -> Pred {

@@ -6,7 +6,7 @@ use super::families::VP_LOG_SIGMA;
 use super::{ScheduleDef, ScheduleError};
 use crate::expr::Table;
 
-/// The DDPM beta tables of MATH.md section 1.
+/// The DDPM beta tables of docs/math.md section 1.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DiscreteBetas {
     Linear { start: f64, end: f64, n: usize },
