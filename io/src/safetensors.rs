@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use safetensors::tensor::{Dtype, SafeTensors};
+
 use crate::{write_atomic, IoError};
 
 /// A named tensor: shape and values (written as f32 or f64).
@@ -51,66 +53,44 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> R
     write_atomic(path, &bytes)
 }
 
-/// Reads a safetensors file of F32 or F64 tensors (values as f64), by name.
 /// Tensors by name: (shape, values).
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 
+/// Reads a safetensors file (header validated by the `safetensors` crate: offsets, sizes,
+/// dtypes), every tensor's values as f64: F64, F32, F16 and BF16 are converted exactly, as are
+/// the integer dtypes (labels).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, IoError> {
     let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
-    let bad = |why: &str| IoError::new(path, format!("not a safetensors file: {why}"));
-    if bytes.len() < 8 {
-        return Err(bad("too short"));
-    }
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value =
-        serde_json::from_slice(bytes.get(8..8 + n).ok_or_else(|| bad("truncated header"))?)
-            .map_err(|e| bad(&e.to_string()))?;
-    let data = &bytes[8 + n..];
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| IoError::new(path, format!("not a valid safetensors file: {e:?}")))?;
     let mut out = BTreeMap::new();
-    for (name, info) in header
-        .as_object()
-        .ok_or_else(|| bad("header is not an object"))?
-    {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = info["dtype"].as_str().unwrap_or("");
-        let word = match dtype {
-            "F32" => 4,
-            "F64" => 8,
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f64> = match view.dtype() {
+            Dtype::F64 => words(data, f64::from_le_bytes),
+            Dtype::F32 => words(data, |b: [u8; 4]| f32::from_le_bytes(b) as f64),
+            Dtype::F16 => words(data, |b: [u8; 2]| half::f16::from_le_bytes(b).to_f64()),
+            Dtype::BF16 => words(data, |b: [u8; 2]| half::bf16::from_le_bytes(b).to_f64()),
+            Dtype::I64 => words(data, |b: [u8; 8]| i64::from_le_bytes(b) as f64),
+            Dtype::I32 => words(data, |b: [u8; 4]| i32::from_le_bytes(b) as f64),
+            Dtype::U8 => data.iter().map(|v| *v as f64).collect(),
             other => {
-                return Err(bad(&format!(
-                    "tensor {name} has dtype {other} (F32 or F64 only)"
-                )))
+                return Err(IoError::new(
+                    path,
+                    format!(
+                        "tensor `{name}` has dtype {other:?}; adeis reads F64, F32, F16, BF16, I64, I32 and U8"
+                    ),
+                ))
             }
         };
-        let shape: Vec<usize> = info["shape"]
-            .as_array()
-            .ok_or_else(|| bad("shape"))?
-            .iter()
-            .map(|v| v.as_u64().unwrap_or(0) as usize)
-            .collect();
-        let off = info["data_offsets"]
-            .as_array()
-            .ok_or_else(|| bad("data_offsets"))?;
-        let (a, b) = (
-            off[0].as_u64().unwrap_or(0) as usize,
-            off[1].as_u64().unwrap_or(0) as usize,
-        );
-        let raw = data.get(a..b).ok_or_else(|| bad("data out of range"))?;
-        let vals: Vec<f64> = if word == 4 {
-            raw.chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect()
-        } else {
-            raw.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
-        if vals.len() != shape.iter().product::<usize>() {
-            return Err(bad(&format!("tensor {name}: shape and data disagree")));
-        }
-        out.insert(name.clone(), (shape, vals));
+        out.insert(name, (view.shape().to_vec(), values));
     }
     Ok(out)
+}
+
+/// Little-endian words of N bytes.
+fn words<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
+    data.chunks_exact(N)
+        .map(|c| f(c.try_into().expect("chunks of N bytes")))
+        .collect()
 }

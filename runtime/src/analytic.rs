@@ -121,7 +121,7 @@ impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for GaussianModel {
     }
 
     /// s2 is a constant of the taped forward pass: the tape has no gradient for it.
-    fn grads_from_tape(&self, _grads: &Gradients<E, D>) -> Option<GaussianGrads> {
+    fn grads_from_tape(&self, _grads: &mut Gradients<E, D>) -> Option<GaussianGrads> {
         None
     }
 }

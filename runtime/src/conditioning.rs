@@ -9,7 +9,6 @@ use crate::executor::{check_shapes, Exec, Input};
 use crate::model_fn::ModelFn;
 use crate::noise::NoiseSource;
 use crate::state::State;
-use crate::tape::TapedDenoiser;
 
 /// A piecewise-constant conditioning z(t): piece k holds on times in
 /// [boundaries[k+1], boundaries[k]) (boundaries descending from t_max to t_min; the last piece
@@ -102,10 +101,6 @@ impl<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Denoiser<E, D> for Piec
             cond,
             time: inner.time,
         }
-    }
-
-    fn as_taped(&self) -> Option<&dyn TapedDenoiser<E, D, Grads = M::Grads>> {
-        None
     }
 }
 

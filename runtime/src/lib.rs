@@ -17,10 +17,12 @@ pub mod interrupt;
 pub mod loss;
 pub mod mlp;
 pub mod model_fn;
+pub mod nn;
 pub mod noise;
 pub mod optim;
 pub mod state;
 pub mod tape;
+pub mod unet;
 
 pub use dfdx;
 

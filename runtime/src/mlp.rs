@@ -248,7 +248,7 @@ where
         out.realize::<(usize, usize)>()
     }
 
-    fn grads_from_tape(&self, grads: &Gradients<E, D>) -> Option<Gradients<E, D>> {
+    fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Gradients<E, D>> {
         Some(grads.clone())
     }
 }

@@ -29,7 +29,7 @@ pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
 
     /// The parameter gradients in the model's layout, read from the tape's gradients (None:
     /// this model's parameters are not on the tape).
-    fn grads_from_tape(&self, grads: &Gradients<E, D>) -> Option<Self::Grads>;
+    fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Self::Grads>;
 }
 
 /// Takes a slot's value: the taped original at its last use, a copy with an empty tape (same
@@ -124,10 +124,10 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     }
     let x0_taped = states[plan.output].take().expect("plan output");
     let x0 = x_t.like(x0_taped.retaped::<NoneTape>());
-    let cot = loss_grad(&x0)?;
-    let g = (x0_taped * cot.into_rows()).sum().backward();
+    let cot = crate::adjoint::cotangent(&x0, loss_grad)?;
+    let mut g = (x0_taped * cot.into_rows()).sum().backward();
     let dtheta = if wrt.params {
-        Some(model.grads_from_tape(&g).ok_or_else(|| {
+        Some(model.grads_from_tape(&mut g).ok_or_else(|| {
             RuntimeError::Invalid(
                 "the tape reference has no parameter gradients for this model (its parameters are not on dfdx's tape)".into(),
             )

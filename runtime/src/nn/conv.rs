@@ -1,0 +1,427 @@
+//! 2-D convolution with stride, asymmetric zero padding and an optional bias, with its exact
+//! VJP with respect to the input, the weight and the bias.
+//!
+//! On the CPU it is a custom operation on dfdx's tape: the input is unfolded (im2col) into a
+//! [C kh kw, Ho Wo] matrix per image and multiplied by the weight with `gemm` (the crate dfdx
+//! multiplies with); the backward pass recomputes the unfolding rather than keeping it (one
+//! more pass over the input instead of kh kw copies of it per layer), and folds the input's
+//! gradient back (col2im). A 1x1 convolution with stride 1 and no padding is a plain GEMM on
+//! the input. [`conv2d_generic`] is the same convolution through dfdx's operations (an
+//! im2col by `gather`, a batched matmul): the path of devices without the custom kernel, and
+//! the reference the custom one is tested against.
+
+use dfdx::prelude::*;
+
+use super::{Float, Image};
+
+/// A 2-D convolution's parameters and geometry.
+#[derive(Clone, Debug)]
+pub struct Conv2d<E: Dtype, D: Storage<E>> {
+    /// [out, in kh kw]: diffusers' [out, in, kh, kw] in the same memory order.
+    pub weight: Tensor<(usize, usize), E, D>,
+    pub bias: Option<Tensor<(usize,), E, D>>,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// (kh, kw)
+    pub kernel: (usize, usize),
+    pub stride: usize,
+    /// Zero padding (top, left, bottom, right).
+    pub padding: [usize; 4],
+}
+
+impl<E: Dtype, D: Storage<E>> Conv2d<E, D> {
+    /// The output's (height, width) for an input of (h, w).
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let [pt, pl, pb, pr] = self.padding;
+        let (kh, kw) = self.kernel;
+        (
+            (h + pt + pb - kh) / self.stride + 1,
+            (w + pl + pr - kw) / self.stride + 1,
+        )
+    }
+
+    /// Whether the convolution is a plain matrix product on the input (1x1, stride 1, no pad).
+    fn is_pointwise(&self) -> bool {
+        self.kernel == (1, 1) && self.stride == 1 && self.padding == [0; 4]
+    }
+
+    /// For each tap (dy, dx) and output position (oy, ox), the index into an image of (h, w),
+    /// or `h * w` where the tap falls on the padding.
+    fn tap_indices(&self, h: usize, w: usize) -> Vec<usize> {
+        let (ho, wo) = self.out_size(h, w);
+        let (kh, kw) = self.kernel;
+        let [pt, pl, _, _] = self.padding;
+        let mut idx = Vec::with_capacity(kh * kw * ho * wo);
+        for dy in 0..kh {
+            for dx in 0..kw {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let (iy, ix) = (oy * self.stride + dy, ox * self.stride + dx);
+                        let inside = iy >= pt && iy < h + pt && ix >= pl && ix < w + pl;
+                        idx.push(if inside {
+                            (iy - pt) * w + (ix - pl)
+                        } else {
+                            h * w
+                        });
+                    }
+                }
+            }
+        }
+        idx
+    }
+}
+
+/// The convolution through dfdx's operations: each image row of every channel gets a zero
+/// appended (the padding), `gather` unfolds it, and a batched matmul applies the weight.
+pub fn conv2d_generic<E: Float, D: Device<E>, T: Tape<E, D>>(
+    conv: &Conv2d<E, D>,
+    x: Image<E, D, T>,
+) -> Image<E, D, T> {
+    let (b, ci, h, w) = *x.shape();
+    assert_eq!(ci, conv.in_channels, "the convolution's input channels");
+    let (ho, wo) = conv.out_size(h, w);
+    let (kh, kw) = conv.kernel;
+    let (co, k, n) = (conv.out_channels, ci * kh * kw, ho * wo);
+    let dev = x.device().clone();
+    let rows = x.contiguous().reshape_like(&(b * ci, h * w));
+    let ext = (rows, dev.zeros_like(&(b * ci, 1))).concat_along(Axis::<1>);
+    let pattern = conv.tap_indices(h, w);
+    let mut idx = Vec::with_capacity(b * ci * pattern.len());
+    for _ in 0..b * ci {
+        idx.extend_from_slice(&pattern);
+    }
+    let idx = dev.tensor_from_vec(idx, (b * ci, kh * kw * n));
+    let cols: Tensor<(usize, usize), E, D, T> = ext.gather(idx);
+    let cols = cols.reshape_like(&(b, k, n));
+    let weight = conv
+        .weight
+        .clone()
+        .retaped::<T>()
+        .broadcast_like::<_, Axis<0>>(&(b, co, k));
+    let mut out = weight.matmul(cols);
+    if let Some(bias) = &conv.bias {
+        out = out
+            + bias
+                .clone()
+                .retaped::<T>()
+                .broadcast_like::<_, Axes2<0, 2>>(&(b, co, n));
+    }
+    out.reshape_like(&(b, co, ho, wo))
+}
+
+/// The CPU kernel: im2col, `gemm`, and a backward pass registered on dfdx's tape.
+pub(crate) mod cpu {
+    use std::sync::Arc;
+
+    use dfdx::prelude::*;
+    use rayon::prelude::*;
+
+    use super::Conv2d;
+    use crate::nn::{Float, Image};
+
+    /// The sizes of one convolution call.
+    #[derive(Clone, Copy, Debug)]
+    struct Geometry {
+        batch: usize,
+        ci: usize,
+        co: usize,
+        h: usize,
+        w: usize,
+        ho: usize,
+        wo: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        pt: usize,
+        pl: usize,
+        pointwise: bool,
+    }
+
+    impl Geometry {
+        fn k(&self) -> usize {
+            self.ci * self.kh * self.kw
+        }
+        fn n(&self) -> usize {
+            self.ho * self.wo
+        }
+        fn image(&self) -> usize {
+            self.ci * self.h * self.w
+        }
+    }
+
+    /// dst[m x n] = (dst if `acc`) + a[m x k] b[k x n]; each matrix given by its pointer and
+    /// (row stride, column stride).
+    ///
+    /// # Safety
+    /// The pointers must cover the matrices their strides describe; dst must not alias a or b.
+    #[allow(clippy::too_many_arguments)] // the BLAS calling convention, kept in one place
+    unsafe fn matmul<E: Float>(
+        (m, n, k): (usize, usize, usize),
+        dst: *mut E,
+        dst_rs: usize,
+        acc: bool,
+        (a, a_rs, a_cs): (*const E, usize, usize),
+        (b, b_rs, b_cs): (*const E, usize, usize),
+    ) {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            acc,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            if acc { E::one() } else { E::zero() },
+            E::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+
+    /// The unfolded image: cols[(c kh + dy) kw + dx, oy wo + ox] = x[c, oy s + dy - pt, ...].
+    fn im2col<E: Float>(g: &Geometry, x: &[E], cols: &mut [E]) {
+        let taps = g.kh * g.kw;
+        cols.par_chunks_mut(taps * g.n())
+            .enumerate()
+            .for_each(|(c, block)| {
+                let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+                for dy in 0..g.kh {
+                    for dx in 0..g.kw {
+                        let row = &mut block[(dy * g.kw + dx) * g.n()..][..g.n()];
+                        for oy in 0..g.ho {
+                            let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
+                            let iy = oy * g.stride + dy;
+                            if iy < g.pt || iy >= g.h + g.pt {
+                                dst.fill(E::zero());
+                                continue;
+                            }
+                            let src = &xc[(iy - g.pt) * g.w..(iy - g.pt + 1) * g.w];
+                            for (ox, d) in dst.iter_mut().enumerate() {
+                                let ix = ox * g.stride + dx;
+                                *d = if ix >= g.pl && ix < g.w + g.pl {
+                                    src[ix - g.pl]
+                                } else {
+                                    E::zero()
+                                };
+                            }
+                        }
+                    }
+                }
+            });
+    }
+
+    /// The adjoint of [`im2col`]: dx += fold(dcols).
+    fn col2im<E: Float>(g: &Geometry, dcols: &[E], dx: &mut [E]) {
+        let taps = g.kh * g.kw;
+        dx.par_chunks_mut(g.h * g.w)
+            .enumerate()
+            .for_each(|(c, dxc)| {
+                let block = &dcols[c * taps * g.n()..(c + 1) * taps * g.n()];
+                for dy in 0..g.kh {
+                    for dx_ in 0..g.kw {
+                        let row = &block[(dy * g.kw + dx_) * g.n()..][..g.n()];
+                        for oy in 0..g.ho {
+                            let iy = oy * g.stride + dy;
+                            if iy < g.pt || iy >= g.h + g.pt {
+                                continue;
+                            }
+                            let dst = &mut dxc[(iy - g.pt) * g.w..(iy - g.pt + 1) * g.w];
+                            for (ox, v) in row[oy * g.wo..(oy + 1) * g.wo].iter().enumerate() {
+                                let ix = ox * g.stride + dx_;
+                                if ix >= g.pl && ix < g.w + g.pl {
+                                    dst[ix - g.pl] += *v;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+
+    fn forward<E: Float>(g: &Geometry, x: &[E], weight: &[E], bias: Option<&[E]>) -> Vec<E> {
+        let (k, n) = (g.k(), g.n());
+        let mut out = vec![E::zero(); g.batch * g.co * n];
+        let mut cols = if g.pointwise {
+            vec![]
+        } else {
+            vec![E::zero(); k * n]
+        };
+        for bi in 0..g.batch {
+            let xb = &x[bi * g.image()..(bi + 1) * g.image()];
+            let colsb: &[E] = if g.pointwise {
+                xb
+            } else {
+                im2col(g, xb, &mut cols);
+                &cols
+            };
+            let ob = &mut out[bi * g.co * n..(bi + 1) * g.co * n];
+            if let Some(bias) = bias {
+                for (row, bv) in ob.chunks_exact_mut(n).zip(bias) {
+                    row.fill(*bv);
+                }
+            }
+            // SAFETY: ob is [co x n], weight [co x k], colsb [k x n], all row-major.
+            unsafe {
+                matmul(
+                    (g.co, n, k),
+                    ob.as_mut_ptr(),
+                    n,
+                    bias.is_some(),
+                    (weight.as_ptr(), k, 1),
+                    (colsb.as_ptr(), n, 1),
+                );
+            }
+        }
+        out
+    }
+
+    /// Adds the weight's, the bias's and the input's gradients for the output's gradient `go`.
+    fn backward<E: Float>(
+        g: &Geometry,
+        (x, weight, go): (&[E], &[E], &[E]),
+        dweight: &mut [E],
+        dbias: Option<&mut [E]>,
+        dx: &mut [E],
+    ) {
+        let (k, n) = (g.k(), g.n());
+        let mut cols = if g.pointwise {
+            vec![]
+        } else {
+            vec![E::zero(); k * n]
+        };
+        let mut dcols = if g.pointwise {
+            vec![]
+        } else {
+            vec![E::zero(); k * n]
+        };
+        for bi in 0..g.batch {
+            let xb = &x[bi * g.image()..(bi + 1) * g.image()];
+            let gob = &go[bi * g.co * n..(bi + 1) * g.co * n];
+            let colsb: &[E] = if g.pointwise {
+                xb
+            } else {
+                im2col(g, xb, &mut cols);
+                &cols
+            };
+            // SAFETY: dweight [co x k] += gob [co x n] colsb^T [n x k].
+            unsafe {
+                matmul(
+                    (g.co, k, n),
+                    dweight.as_mut_ptr(),
+                    k,
+                    true,
+                    (gob.as_ptr(), n, 1),
+                    (colsb.as_ptr(), 1, n),
+                );
+            }
+            let dxb = &mut dx[bi * g.image()..(bi + 1) * g.image()];
+            if g.pointwise {
+                // SAFETY: dxb [k x n] += weight^T [k x co] gob [co x n].
+                unsafe {
+                    matmul(
+                        (k, n, g.co),
+                        dxb.as_mut_ptr(),
+                        n,
+                        true,
+                        (weight.as_ptr(), 1, k),
+                        (gob.as_ptr(), n, 1),
+                    );
+                }
+            } else {
+                // SAFETY: dcols [k x n] = weight^T [k x co] gob [co x n].
+                unsafe {
+                    matmul(
+                        (k, n, g.co),
+                        dcols.as_mut_ptr(),
+                        n,
+                        false,
+                        (weight.as_ptr(), 1, k),
+                        (gob.as_ptr(), n, 1),
+                    );
+                }
+                col2im(g, &dcols, dxb);
+            }
+        }
+        if let Some(db) = dbias {
+            for bi in 0..g.batch {
+                let gob = &go[bi * g.co * n..(bi + 1) * g.co * n];
+                for (d, row) in db.iter_mut().zip(gob.chunks_exact(n)) {
+                    *d += row.iter().fold(E::zero(), |s, v| s + *v);
+                }
+            }
+        }
+    }
+
+    /// The convolution on the CPU, on `x`'s tape.
+    pub fn conv2d<E: Float, T: Tape<E, Cpu>>(
+        conv: &Conv2d<E, Cpu>,
+        x: Image<E, Cpu, T>,
+    ) -> Image<E, Cpu, T>
+    where
+        Cpu: Device<E>,
+        // The CPU's buffers are vectors: the backward pass reads and writes them as slices.
+        <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+    {
+        let (batch, ci, h, w) = *x.shape();
+        assert_eq!(ci, conv.in_channels, "the convolution's input channels");
+        let (ho, wo) = conv.out_size(h, w);
+        let g = Geometry {
+            batch,
+            ci,
+            co: conv.out_channels,
+            h,
+            w,
+            ho,
+            wo,
+            kh: conv.kernel.0,
+            kw: conv.kernel.1,
+            stride: conv.stride,
+            pt: conv.padding[0],
+            pl: conv.padding[1],
+            pointwise: conv.is_pointwise(),
+        };
+        // Contiguous, so that the input's gradient buffer has the layout of its values.
+        let (x, mut tape) = x.contiguous().split_tape();
+        let dev = x.device().clone();
+        let xs = x.as_vec();
+        let ws = conv.weight.as_vec();
+        let bs = conv.bias.as_ref().map(|b| b.as_vec());
+        let out = dev.tensor_from_vec(forward(&g, &xs, &ws, bs.as_deref()), (batch, g.co, ho, wo));
+        if T::OWNS_TAPE {
+            let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
+            let (weight, bias) = (conv.weight.clone(), conv.bias.clone());
+            let (xs, ws) = (Arc::new(xs), Arc::new(ws));
+            tape.add_backward_op(move |grads| {
+                let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+                let mut dweight = grads.get_or_alloc_mut(&weight)?.to_vec();
+                let mut dbias = match &bias {
+                    Some(b) => Some(grads.get_or_alloc_mut(b)?.to_vec()),
+                    None => None,
+                };
+                let mut dx = grads.get_or_alloc_mut(&x_ghost)?.to_vec();
+                backward(
+                    &g,
+                    (&xs, &ws, &go),
+                    &mut dweight,
+                    dbias.as_deref_mut(),
+                    &mut dx,
+                );
+                grads.get_or_alloc_mut(&weight)?.copy_from_slice(&dweight);
+                if let (Some(b), Some(db)) = (&bias, dbias) {
+                    grads.get_or_alloc_mut(b)?.copy_from_slice(&db);
+                }
+                grads.get_or_alloc_mut(&x_ghost)?.copy_from_slice(&dx);
+                Ok(())
+            });
+        }
+        out.put_tape(tape)
+    }
+}

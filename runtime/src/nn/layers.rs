@@ -1,0 +1,206 @@
+//! The layers around the convolution, written with dfdx's operations on any tape: linear maps,
+//! GroupNorm, SiLU, nearest 2x upsampling, the self-attention block of diffusers' `UNet2DModel`
+//! and the sinusoidal timestep embedding.
+//!
+//! Parameters are tensors without a tape; each use puts an empty tape on them
+//! (`retaped`), so that the views an operation takes (a transpose, a broadcast) record their
+//! backward and the gradient reaches the parameter itself.
+
+use dfdx::prelude::*;
+
+use super::{Float, Image};
+
+/// y = x W^T + b on rows [n, in] (W: [out, in], as torch stores it).
+#[derive(Clone, Debug)]
+pub struct Linear<E: Dtype, D: Storage<E>> {
+    pub weight: Tensor<(usize, usize), E, D>,
+    pub bias: Option<Tensor<(usize,), E, D>>,
+}
+
+impl<E: Float, D: Device<E>> Linear<E, D> {
+    pub fn out_features(&self) -> usize {
+        self.weight.shape().0
+    }
+
+    /// On rows [n, in].
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Tensor<(usize, usize), E, D, T>,
+    ) -> Tensor<(usize, usize), E, D, T> {
+        let n = x.shape().0;
+        let w = self
+            .weight
+            .clone()
+            .retaped::<T>()
+            .permute::<_, Axes2<1, 0>>();
+        let y = x.matmul(w);
+        match &self.bias {
+            Some(b) => {
+                y + b
+                    .clone()
+                    .retaped::<T>()
+                    .broadcast_like::<_, Axis<0>>(&(n, self.out_features()))
+            }
+            None => y,
+        }
+    }
+
+    /// On a batch of sequences [b, s, in].
+    pub fn forward3<T: Tape<E, D>>(
+        &self,
+        x: Tensor<(usize, usize, usize), E, D, T>,
+    ) -> Tensor<(usize, usize, usize), E, D, T> {
+        let (b, s, _) = *x.shape();
+        let w = self
+            .weight
+            .clone()
+            .retaped::<T>()
+            .permute::<_, Axes2<1, 0>>();
+        let y = x.matmul(w);
+        match &self.bias {
+            Some(bias) => {
+                y + bias
+                    .clone()
+                    .retaped::<T>()
+                    .broadcast_like::<_, Axes2<0, 1>>(&(b, s, self.out_features()))
+            }
+            None => y,
+        }
+    }
+}
+
+/// GroupNorm over (channels / groups, height, width) with a per-channel affine map.
+#[derive(Clone, Debug)]
+pub struct GroupNorm<E: Dtype, D: Storage<E>> {
+    pub weight: Tensor<(usize,), E, D>,
+    pub bias: Tensor<(usize,), E, D>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl<E: Float, D: Device<E>> GroupNorm<E, D> {
+    pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>) -> Image<E, D, T> {
+        let shape = *x.shape();
+        let (b, c, h, w) = shape;
+        let g = self.groups;
+        let normed = x
+            .contiguous()
+            .reshape_like(&(b, g, (c / g) * h * w))
+            .normalize::<Axis<2>>(self.eps)
+            .reshape_like(&shape);
+        let scale = self
+            .weight
+            .clone()
+            .retaped::<T>()
+            .broadcast_like::<_, Axes3<0, 2, 3>>(&shape);
+        let shift = self
+            .bias
+            .clone()
+            .retaped::<T>()
+            .broadcast_like::<_, Axes3<0, 2, 3>>(&shape);
+        normed * scale + shift
+    }
+}
+
+/// SiLU, x sigmoid(x), on any shape.
+pub fn silu<S: Shape, E: Float, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Tensor<S, E, D, T> {
+    x.with_empty_tape() * x.sigmoid()
+}
+
+/// Nearest-neighbour upsampling by 2 in height and width (torch's `interpolate(scale_factor=2,
+/// mode="nearest")`): each pixel becomes a 2x2 block.
+pub fn upsample2x<E: Float, D: Device<E>, T: Tape<E, D>>(x: Image<E, D, T>) -> Image<E, D, T> {
+    let (b, c, h, w) = *x.shape();
+    x.broadcast_like::<_, Axes2<3, 5>>(&(b, c, h, 2, w, 2))
+        .contiguous()
+        .reshape_like(&(b, c, 2 * h, 2 * w))
+}
+
+/// The self-attention block of `UNet2DModel` (diffusers' `Attention` built from the deprecated
+/// attention block): GroupNorm, q/k/v projections, softmax(q k^T / sqrt(d)) v per head, the
+/// output projection, the residual connection, and division by `rescale_output_factor`.
+#[derive(Clone, Debug)]
+pub struct Attention<E: Dtype, D: Storage<E>> {
+    pub group_norm: GroupNorm<E, D>,
+    pub to_q: Linear<E, D>,
+    pub to_k: Linear<E, D>,
+    pub to_v: Linear<E, D>,
+    pub to_out: Linear<E, D>,
+    pub heads: usize,
+    pub rescale_output_factor: f64,
+}
+
+impl<E: Float, D: Device<E>> Attention<E, D> {
+    pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>) -> Image<E, D, T> {
+        let shape = *x.shape();
+        let (b, c, h, w) = shape;
+        let (s, heads) = (h * w, self.heads);
+        let d = self.to_q.out_features() / heads;
+        let residual = x.with_empty_tape();
+        // [b, c, h w] -> [b, s, c]
+        let seq = self
+            .group_norm
+            .forward(x)
+            .reshape_like(&(b, c, s))
+            .permute::<_, Axes3<0, 2, 1>>()
+            .contiguous();
+        let split = |t: Tensor<(usize, usize, usize), E, D, T>| {
+            t.reshape_like(&(b, s, heads, d))
+                .permute::<_, Axes4<0, 2, 1, 3>>()
+                .contiguous()
+        };
+        let q = split(self.to_q.forward3(seq.with_empty_tape()));
+        let k = split(self.to_k.forward3(seq.with_empty_tape()));
+        let v = split(self.to_v.forward3(seq));
+        let scale = E::from_f64(1.0 / (d as f64).sqrt()).unwrap();
+        let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
+        let attn = scores.softmax::<Axis<3>>();
+        // [b, heads, s, d] -> [b, s, heads d]
+        let out = attn
+            .matmul(v)
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .contiguous()
+            .reshape_like(&(b, s, heads * d));
+        let out = self
+            .to_out
+            .forward3(out)
+            .permute::<_, Axes3<0, 2, 1>>()
+            .contiguous()
+            .reshape_like(&shape);
+        (out + residual) * E::from_f64(1.0 / self.rescale_output_factor).unwrap()
+    }
+}
+
+/// diffusers' `get_timestep_embedding` for one time t, computed as diffusers does, in f32
+/// whatever the model's dtype (torch's `arange(..., dtype=float32)` and `timesteps.float()`),
+/// then converted: `freq_k = exp(-ln(max_period) k / (half - shift))`, the vector
+/// `[sin(t freq), cos(t freq)]` (cos first with `flip_sin_to_cos`), zero-padded to an odd
+/// `dim`.
+pub fn timestep_embedding<E: Float>(
+    t: f64,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Vec<E> {
+    const MAX_PERIOD: f64 = 10000.0;
+    let half = dim / 2;
+    let (sin, cos): (Vec<E>, Vec<E>) = (0..half)
+        .map(|k| {
+            let exponent = (-MAX_PERIOD.ln()) as f32 * k as f32 / (half as f64 - freq_shift) as f32;
+            let arg = t as f32 * exponent.exp();
+            (
+                E::from_f32(arg.sin()).unwrap(),
+                E::from_f32(arg.cos()).unwrap(),
+            )
+        })
+        .unzip();
+    let mut out = if flip_sin_to_cos {
+        [cos, sin].concat()
+    } else {
+        [sin, cos].concat()
+    };
+    out.resize(dim, E::zero());
+    out
+}

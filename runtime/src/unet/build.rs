@@ -1,0 +1,390 @@
+//! Building a [`UNet2D`] from its config and its parameters by diffusers' tensor names.
+
+use std::collections::BTreeMap;
+
+use adeis_compiler::{FieldError, Prediction};
+use dfdx::prelude::*;
+
+use super::config::{DownKind, UNet2DConfig, UpKind};
+use super::{DownBlock, MidBlock, Param, ParamTensor, Resnet, UNet2D, UpBlock};
+use crate::error::RuntimeError;
+use crate::nn::{Attention, Conv2d, Float, GroupNorm, Linear, NnDevice};
+use crate::noise::normals;
+
+/// Where a model's parameters come from, by diffusers name and shape.
+pub trait ParamSource {
+    /// The values of tensor `name` (C order) with `shape`; an error names the tensor.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f64>, RuntimeError>;
+}
+
+/// Tensors read from a weights file: name -> (shape, values). The legacy attention names
+/// (`query`, `key`, `value`, `proj_attn`) answer for `to_q`, `to_k`, `to_v`, `to_out.0`.
+#[derive(Clone, Debug, Default)]
+pub struct TensorMapSource {
+    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    /// Named in errors (the file).
+    pub origin: String,
+}
+
+const LEGACY: [(&str, &str); 4] = [
+    (".to_q.", ".query."),
+    (".to_k.", ".key."),
+    (".to_v.", ".value."),
+    (".to_out.0.", ".proj_attn."),
+];
+
+impl TensorMapSource {
+    /// The tensors nobody took (an error names them all).
+    pub fn finish(self) -> Result<(), RuntimeError> {
+        if self.tensors.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.tensors.keys().map(|k| k.as_str()).collect();
+        Err(RuntimeError::Field(FieldError::new(
+            "weights",
+            format!(
+                "{}: {} tensors that this config has no place for: {}",
+                self.origin,
+                names.len(),
+                names.join(", ")
+            ),
+        )))
+    }
+}
+
+impl ParamSource for TensorMapSource {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f64>, RuntimeError> {
+        let legacy = LEGACY
+            .iter()
+            .find(|(new, _)| name.contains(new))
+            .map(|(new, old)| name.replace(new, old));
+        let key = if self.tensors.contains_key(name) {
+            name.to_string()
+        } else if let Some(l) = legacy.filter(|l| self.tensors.contains_key(l)) {
+            l
+        } else {
+            return Err(RuntimeError::Field(FieldError::new(
+                "weights",
+                format!(
+                    "{}: tensor `{name}` (shape {shape:?}) is missing",
+                    self.origin
+                ),
+            )));
+        };
+        let (have, values) = self.tensors.remove(&key).expect("present");
+        if have != shape {
+            return Err(RuntimeError::Field(FieldError::new(
+                "weights",
+                format!(
+                    "{}: tensor `{key}` has shape {have:?}; this config needs {shape:?}",
+                    self.origin
+                ),
+            )));
+        }
+        Ok(values)
+    }
+}
+
+/// Seeded random parameters (for benchmarks and tests): weights normal with variance
+/// 1 / fan-in, GroupNorm scales 1, biases and shifts small.
+#[derive(Clone, Debug)]
+pub struct RandomParams {
+    pub seed: u64,
+    count: u64,
+}
+
+impl RandomParams {
+    pub fn new(seed: u64) -> RandomParams {
+        RandomParams { seed, count: 0 }
+    }
+}
+
+impl ParamSource for RandomParams {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f64>, RuntimeError> {
+        self.count += 1;
+        let n: usize = shape.iter().product();
+        let z = normals(self.seed, self.count, n);
+        let norm = name.contains("norm");
+        Ok(if name.ends_with(".bias") {
+            z.iter().map(|v| 0.02 * v).collect()
+        } else if norm {
+            z.iter().map(|v| 1.0 + 0.02 * v).collect()
+        } else {
+            let fan_in: usize = shape[1..].iter().product::<usize>().max(1);
+            let s = 1.0 / (fan_in as f64).sqrt();
+            z.iter().map(|v| s * v).collect()
+        })
+    }
+}
+
+/// Makes tensors from a source, recording every parameter by name.
+struct Builder<'a, E: Dtype, D: Storage<E>> {
+    dev: D,
+    source: &'a mut dyn ParamSource,
+    params: Vec<Param<E, D>>,
+    eps: f64,
+    groups: usize,
+}
+
+impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
+    fn values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<E>, RuntimeError> {
+        Ok(self
+            .source
+            .take(name, shape)?
+            .into_iter()
+            .map(|v| E::from_f64(v).unwrap())
+            .collect())
+    }
+
+    fn vector(&mut self, name: &str, n: usize) -> Result<Tensor<(usize,), E, D>, RuntimeError> {
+        let values = self.values(name, &[n])?;
+        let t = self.dev.tensor_from_vec(values, (n,));
+        self.params.push(Param {
+            name: name.into(),
+            shape: vec![n],
+            tensor: ParamTensor::Vector(t.clone()),
+        });
+        Ok(t)
+    }
+
+    /// A matrix [rows, cols] stored under `shape` (a conv weight [out, in, kh, kw] is the
+    /// matrix [out, in kh kw]).
+    fn matrix(
+        &mut self,
+        name: &str,
+        (rows, cols): (usize, usize),
+        shape: &[usize],
+    ) -> Result<Tensor<(usize, usize), E, D>, RuntimeError> {
+        let values = self.values(name, shape)?;
+        let t = self.dev.tensor_from_vec(values, (rows, cols));
+        self.params.push(Param {
+            name: name.into(),
+            shape: shape.to_vec(),
+            tensor: ParamTensor::Matrix(t.clone()),
+        });
+        Ok(t)
+    }
+
+    fn conv(
+        &mut self,
+        prefix: &str,
+        (ci, co, k): (usize, usize, usize),
+        stride: usize,
+        padding: [usize; 4],
+    ) -> Result<Conv2d<E, D>, RuntimeError> {
+        Ok(Conv2d {
+            weight: self.matrix(
+                &format!("{prefix}.weight"),
+                (co, ci * k * k),
+                &[co, ci, k, k],
+            )?,
+            bias: Some(self.vector(&format!("{prefix}.bias"), co)?),
+            in_channels: ci,
+            out_channels: co,
+            kernel: (k, k),
+            stride,
+            padding,
+        })
+    }
+
+    fn conv3(&mut self, prefix: &str, ci: usize, co: usize) -> Result<Conv2d<E, D>, RuntimeError> {
+        self.conv(prefix, (ci, co, 3), 1, [1; 4])
+    }
+
+    fn linear(&mut self, prefix: &str, i: usize, o: usize) -> Result<Linear<E, D>, RuntimeError> {
+        Ok(Linear {
+            weight: self.matrix(&format!("{prefix}.weight"), (o, i), &[o, i])?,
+            bias: Some(self.vector(&format!("{prefix}.bias"), o)?),
+        })
+    }
+
+    fn norm(&mut self, prefix: &str, c: usize) -> Result<GroupNorm<E, D>, RuntimeError> {
+        Ok(GroupNorm {
+            weight: self.vector(&format!("{prefix}.weight"), c)?,
+            bias: self.vector(&format!("{prefix}.bias"), c)?,
+            groups: self.groups,
+            eps: self.eps,
+        })
+    }
+
+    fn resnet(
+        &mut self,
+        prefix: &str,
+        (ci, co, temb): (usize, usize, usize),
+        output_scale_factor: f64,
+    ) -> Result<Resnet<E, D>, RuntimeError> {
+        Ok(Resnet {
+            norm1: self.norm(&format!("{prefix}.norm1"), ci)?,
+            conv1: self.conv3(&format!("{prefix}.conv1"), ci, co)?,
+            time_emb_proj: self.linear(&format!("{prefix}.time_emb_proj"), temb, co)?,
+            norm2: self.norm(&format!("{prefix}.norm2"), co)?,
+            conv2: self.conv3(&format!("{prefix}.conv2"), co, co)?,
+            conv_shortcut: if ci != co {
+                Some(self.conv(&format!("{prefix}.conv_shortcut"), (ci, co, 1), 1, [0; 4])?)
+            } else {
+                None
+            },
+            output_scale_factor,
+        })
+    }
+
+    fn attention(
+        &mut self,
+        prefix: &str,
+        c: usize,
+        head_dim: Option<usize>,
+        rescale_output_factor: f64,
+    ) -> Result<Attention<E, D>, RuntimeError> {
+        Ok(Attention {
+            group_norm: self.norm(&format!("{prefix}.group_norm"), c)?,
+            to_q: self.linear(&format!("{prefix}.to_q"), c, c)?,
+            to_k: self.linear(&format!("{prefix}.to_k"), c, c)?,
+            to_v: self.linear(&format!("{prefix}.to_v"), c, c)?,
+            to_out: self.linear(&format!("{prefix}.to_out.0"), c, c)?,
+            heads: c / head_dim.unwrap_or(c),
+            rescale_output_factor,
+        })
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
+    /// The model of `config` (validated here) with parameters from `source` by their diffusers
+    /// names; `prediction` is what it predicts (from the scheduler config).
+    pub fn new(
+        dev: &D,
+        config: UNet2DConfig,
+        prediction: Prediction,
+        source: &mut dyn ParamSource,
+    ) -> Result<UNet2D<E, D>, RuntimeError> {
+        config.validate()?;
+        let c = &config;
+        let chans = &c.block_out_channels;
+        let n = chans.len();
+        let temb = c.time_embed_dim();
+        let mut b = Builder {
+            dev: dev.clone(),
+            source,
+            params: Vec::new(),
+            eps: c.norm_eps,
+            groups: c.groups(),
+        };
+        let conv_in = b.conv3("conv_in", c.in_channels, chans[0])?;
+        let time_linear_1 = b.linear("time_embedding.linear_1", chans[0], temb)?;
+        let time_linear_2 = b.linear("time_embedding.linear_2", temb, temb)?;
+        let class_embedding = match c.num_class_embeds {
+            Some(k) => Some(b.matrix("class_embedding.weight", (k, temb), &[k, temb])?),
+            None => None,
+        };
+        let pad = c.downsample_padding;
+        // downsample_padding = 0 pads right and bottom by one (diffusers' Downsample2D).
+        let down_pad = if pad == 0 { [0, 0, 1, 1] } else { [pad; 4] };
+        let mut down = Vec::with_capacity(n);
+        for (i, kind) in c.down_kinds().into_iter().enumerate() {
+            let (ci, co) = (if i == 0 { chans[0] } else { chans[i - 1] }, chans[i]);
+            let mut block = DownBlock {
+                resnets: vec![],
+                attentions: vec![],
+                downsample: None,
+            };
+            for l in 0..c.layers_per_block {
+                let input = if l == 0 { ci } else { co };
+                block.resnets.push(b.resnet(
+                    &format!("down_blocks.{i}.resnets.{l}"),
+                    (input, co, temb),
+                    1.0,
+                )?);
+                if kind == DownKind::AttnDown {
+                    block.attentions.push(b.attention(
+                        &format!("down_blocks.{i}.attentions.{l}"),
+                        co,
+                        c.attention_head_dim,
+                        1.0,
+                    )?);
+                }
+            }
+            if i + 1 < n {
+                block.downsample = Some(b.conv(
+                    &format!("down_blocks.{i}.downsamplers.0.conv"),
+                    (co, co, 3),
+                    2,
+                    down_pad,
+                )?);
+            }
+            down.push(block);
+        }
+        let mid = match c.mid_block_type {
+            Some(_) => {
+                let ch = chans[n - 1];
+                let scale = c.mid_block_scale_factor;
+                Some(MidBlock {
+                    first: b.resnet("mid_block.resnets.0", (ch, ch, temb), scale)?,
+                    attention: if c.add_attention {
+                        Some(b.attention(
+                            "mid_block.attentions.0",
+                            ch,
+                            c.attention_head_dim,
+                            scale,
+                        )?)
+                    } else {
+                        None
+                    },
+                    second: b.resnet("mid_block.resnets.1", (ch, ch, temb), scale)?,
+                })
+            }
+            None => None,
+        };
+        let reversed: Vec<usize> = chans.iter().rev().copied().collect();
+        let mut up = Vec::with_capacity(n);
+        let mut out_ch = reversed[0];
+        for (i, kind) in c.up_kinds().into_iter().enumerate() {
+            let prev = out_ch;
+            out_ch = reversed[i];
+            let input = reversed[(i + 1).min(n - 1)];
+            let layers = c.layers_per_block + 1;
+            let mut block = UpBlock {
+                resnets: vec![],
+                attentions: vec![],
+                upsample: None,
+            };
+            for l in 0..layers {
+                let skip = if l + 1 == layers { input } else { out_ch };
+                let res_in = if l == 0 { prev } else { out_ch };
+                block.resnets.push(b.resnet(
+                    &format!("up_blocks.{i}.resnets.{l}"),
+                    (res_in + skip, out_ch, temb),
+                    1.0,
+                )?);
+                if kind == UpKind::AttnUp {
+                    block.attentions.push(b.attention(
+                        &format!("up_blocks.{i}.attentions.{l}"),
+                        out_ch,
+                        c.attention_head_dim,
+                        1.0,
+                    )?);
+                }
+            }
+            if i + 1 < n {
+                block.upsample =
+                    Some(b.conv3(&format!("up_blocks.{i}.upsamplers.0.conv"), out_ch, out_ch)?);
+            }
+            up.push(block);
+        }
+        let norm_out = b.norm("conv_norm_out", chans[0])?;
+        let conv_out = b.conv3("conv_out", chans[0], c.out_channels)?;
+        let params = b.params;
+        Ok(UNet2D {
+            config,
+            prediction,
+            conv_in,
+            time_linear_1,
+            time_linear_2,
+            class_embedding,
+            down,
+            mid,
+            up,
+            norm_out,
+            conv_out,
+            params,
+        })
+    }
+}

@@ -1,0 +1,352 @@
+//! The keys of diffusers' `UNet2DModel` config.json that adeis reads, with diffusers' defaults,
+//! and the check that a config describes a model adeis can run (errors name the key, the value
+//! and what is supported).
+
+use adeis_compiler::FieldError;
+use serde::Deserialize;
+
+fn d_channels() -> usize {
+    3
+}
+fn d_true() -> bool {
+    true
+}
+fn d_positional() -> String {
+    "positional".into()
+}
+fn d_down() -> Vec<String> {
+    [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_up() -> Vec<String> {
+    [
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_mid() -> Option<String> {
+    Some("UNetMidBlock2D".into())
+}
+fn d_block_out() -> Vec<usize> {
+    vec![224, 448, 672, 896]
+}
+fn d_layers() -> usize {
+    2
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_conv() -> String {
+    "conv".into()
+}
+fn d_silu() -> String {
+    "silu".into()
+}
+fn d_head_dim() -> Option<usize> {
+    Some(8)
+}
+fn d_groups() -> Option<usize> {
+    Some(32)
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_default() -> String {
+    "default".into()
+}
+
+/// A `UNet2DModel` config (the keys adeis uses; others, such as `_diffusers_version` or
+/// `sample_size`, are read and ignored).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct UNet2DConfig {
+    #[serde(rename = "_class_name", default)]
+    pub class_name: Option<String>,
+    #[serde(default = "d_channels")]
+    pub in_channels: usize,
+    #[serde(default = "d_channels")]
+    pub out_channels: usize,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "d_positional")]
+    pub time_embedding_type: String,
+    #[serde(default)]
+    pub time_embedding_dim: Option<usize>,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default = "d_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "d_mid")]
+    pub mid_block_type: Option<String>,
+    #[serde(default = "d_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "d_block_out")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_layers")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_one")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default = "d_one_usize")]
+    pub downsample_padding: usize,
+    #[serde(default = "d_conv")]
+    pub downsample_type: String,
+    #[serde(default = "d_conv")]
+    pub upsample_type: String,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "d_silu")]
+    pub act_fn: String,
+    #[serde(default = "d_head_dim")]
+    pub attention_head_dim: Option<usize>,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: Option<usize>,
+    #[serde(default)]
+    pub attn_norm_num_groups: Option<usize>,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "d_default")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default = "d_true")]
+    pub add_attention: bool,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
+}
+
+fn d_one_usize() -> usize {
+    1
+}
+
+/// A down block type adeis builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownKind {
+    Down,
+    AttnDown,
+}
+
+/// An up block type adeis builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpKind {
+    Up,
+    AttnUp,
+}
+
+fn unsupported(key: &str, value: &str, supported: &str) -> FieldError {
+    FieldError::value(key, format!("{value:?}"), format!("supported: {supported}"))
+}
+
+impl UNet2DConfig {
+    /// The width of the time embedding (and of the class embedding).
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim
+            .unwrap_or(4 * self.block_out_channels[0])
+    }
+
+    /// The number of resolution levels (downsamplings + 1).
+    pub fn levels(&self) -> usize {
+        self.block_out_channels.len()
+    }
+
+    /// GroupNorm's groups (checked to be present by [`UNet2DConfig::validate`]).
+    pub fn groups(&self) -> usize {
+        self.norm_num_groups.unwrap_or(32)
+    }
+
+    /// The down block kinds (after validation).
+    pub fn down_kinds(&self) -> Vec<DownKind> {
+        self.down_block_types
+            .iter()
+            .map(|t| {
+                if t == "AttnDownBlock2D" {
+                    DownKind::AttnDown
+                } else {
+                    DownKind::Down
+                }
+            })
+            .collect()
+    }
+
+    /// The up block kinds (after validation).
+    pub fn up_kinds(&self) -> Vec<UpKind> {
+        self.up_block_types
+            .iter()
+            .map(|t| {
+                if t == "AttnUpBlock2D" {
+                    UpKind::AttnUp
+                } else {
+                    UpKind::Up
+                }
+            })
+            .collect()
+    }
+
+    /// Checks that adeis can run this model: the supported block types, activation, time
+    /// embedding, time scale shift, up/downsampling, and consistent channel counts.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(c) = &self.class_name {
+            if c != "UNet2DModel" {
+                return Err(unsupported(
+                    "_class_name",
+                    c,
+                    "UNet2DModel (UNet2DConditionModel and other models with cross-attention are not supported yet)",
+                ));
+            }
+        }
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err(FieldError::new(
+                "block_out_channels",
+                "block_out_channels is empty: give the channels of each level",
+            ));
+        }
+        for (key, len) in [
+            ("down_block_types", self.down_block_types.len()),
+            ("up_block_types", self.up_block_types.len()),
+        ] {
+            if len != n {
+                return Err(FieldError::new(
+                    key,
+                    format!("{key} has {len} entries; block_out_channels has {n}"),
+                ));
+            }
+        }
+        for (i, t) in self.down_block_types.iter().enumerate() {
+            if t != "DownBlock2D" && t != "AttnDownBlock2D" {
+                return Err(unsupported(
+                    &format!("down_block_types[{i}]"),
+                    t,
+                    "DownBlock2D, AttnDownBlock2D (cross-attention and other block types are not supported yet)",
+                ));
+            }
+        }
+        for (i, t) in self.up_block_types.iter().enumerate() {
+            if t != "UpBlock2D" && t != "AttnUpBlock2D" {
+                return Err(unsupported(
+                    &format!("up_block_types[{i}]"),
+                    t,
+                    "UpBlock2D, AttnUpBlock2D (cross-attention and other block types are not supported yet)",
+                ));
+            }
+        }
+        if let Some(m) = &self.mid_block_type {
+            if m != "UNetMidBlock2D" {
+                return Err(unsupported(
+                    "mid_block_type",
+                    m,
+                    "UNetMidBlock2D, or null (no mid block)",
+                ));
+            }
+        }
+        let checks = [
+            ("act_fn", &self.act_fn, &["silu", "swish"][..]),
+            (
+                "time_embedding_type",
+                &self.time_embedding_type,
+                &["positional"][..],
+            ),
+            (
+                "resnet_time_scale_shift",
+                &self.resnet_time_scale_shift,
+                &["default"][..],
+            ),
+            ("downsample_type", &self.downsample_type, &["conv"][..]),
+            ("upsample_type", &self.upsample_type, &["conv"][..]),
+        ];
+        for (key, value, ok) in checks {
+            if !ok.contains(&value.as_str()) {
+                return Err(unsupported(key, value, &ok.join(", ")));
+            }
+        }
+        if let Some(c) = &self.class_embed_type {
+            return Err(unsupported(
+                "class_embed_type",
+                c,
+                "null (class labels through num_class_embeds)",
+            ));
+        }
+        let Some(groups) = self.norm_num_groups else {
+            return Err(FieldError::new(
+                "norm_num_groups",
+                "norm_num_groups is null: adeis needs the GroupNorm groups",
+            ));
+        };
+        if groups == 0 {
+            return Err(FieldError::value("norm_num_groups", 0, "at least 1 group"));
+        }
+        if self.attn_norm_num_groups.is_some_and(|g| g != groups) {
+            return Err(FieldError::value(
+                "attn_norm_num_groups",
+                self.attn_norm_num_groups.unwrap(),
+                format!("null or norm_num_groups ({groups})"),
+            ));
+        }
+        for (i, c) in self.block_out_channels.iter().enumerate() {
+            if *c == 0 || c % groups != 0 {
+                return Err(FieldError::value(
+                    format!("block_out_channels[{i}]"),
+                    c,
+                    format!("a positive multiple of norm_num_groups = {groups}"),
+                ));
+            }
+        }
+        if let Some(d) = self.attention_head_dim {
+            for (i, c) in self.block_out_channels.iter().enumerate() {
+                let attends = self.down_block_types[i] == "AttnDownBlock2D"
+                    || self.up_block_types[n - 1 - i] == "AttnUpBlock2D"
+                    || (i == n - 1 && self.mid_block_type.is_some() && self.add_attention);
+                if attends && (d == 0 || c % d != 0) {
+                    return Err(FieldError::value(
+                        "attention_head_dim",
+                        d,
+                        format!("a divisor of the attending blocks' channels ({c} in block {i})"),
+                    ));
+                }
+            }
+        }
+        if self.layers_per_block == 0 {
+            return Err(FieldError::value("layers_per_block", 0, "at least 1"));
+        }
+        for (key, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+        ] {
+            if v == 0 {
+                return Err(FieldError::value(key, 0, "at least 1 channel"));
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(FieldError::value(
+                "norm_eps",
+                self.norm_eps,
+                "a finite number > 0",
+            ));
+        }
+        if self.mid_block_scale_factor == 0.0 || !self.mid_block_scale_factor.is_finite() {
+            return Err(FieldError::value(
+                "mid_block_scale_factor",
+                self.mid_block_scale_factor,
+                "a finite number other than 0",
+            ));
+        }
+        if self.num_class_embeds == Some(0) {
+            return Err(FieldError::value(
+                "num_class_embeds",
+                0,
+                "at least 1, or null",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,455 @@
+//! diffusers' `UNet2DModel` as a [`Denoiser`]: the blocks built from a [`UNet2DConfig`] and
+//! parameters by diffusers' own tensor names, the forward pass on any dfdx tape, and its VJP
+//! with respect to the input, the class-embedding vector (the conditioning z) and every
+//! parameter.
+//!
+//! The model's input is a state of items [C, H, W]; its time input is the schedule's model time
+//! (the train index of a discrete schedule), embedded as diffusers does
+//! ([`crate::nn::timestep_embedding`]). With `num_class_embeds`, the conditioning z is the
+//! class-embedding vector added to the time embedding (the embedding table's row of the class),
+//! so a gradient method can interpolate and optimise it.
+
+mod build;
+pub mod config;
+
+use adeis_compiler::{Prediction, TimeInfo};
+use dfdx::prelude::*;
+
+use crate::denoiser::{Cotangents, Denoiser};
+use crate::error::RuntimeError;
+use crate::nn::layers::{silu, upsample2x};
+use crate::nn::{timestep_embedding, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice};
+use crate::state::State;
+use crate::tape::{Taped, TapedDenoiser};
+
+pub use build::{ParamSource, RandomParams, TensorMapSource};
+pub use config::UNet2DConfig;
+
+/// `ResnetBlock2D` (time scale shift "default").
+#[derive(Clone, Debug)]
+struct Resnet<E: Dtype, D: Storage<E>> {
+    norm1: GroupNorm<E, D>,
+    conv1: Conv2d<E, D>,
+    time_emb_proj: Linear<E, D>,
+    norm2: GroupNorm<E, D>,
+    conv2: Conv2d<E, D>,
+    conv_shortcut: Option<Conv2d<E, D>>,
+    output_scale_factor: f64,
+}
+
+/// A down block: resnets (each followed by an attention in `AttnDownBlock2D`), then the
+/// stride-2 convolution except in the last block.
+#[derive(Clone, Debug)]
+struct DownBlock<E: Dtype, D: Storage<E>> {
+    resnets: Vec<Resnet<E, D>>,
+    attentions: Vec<Attention<E, D>>,
+    downsample: Option<Conv2d<E, D>>,
+}
+
+/// An up block: resnets on the skip connections (each followed by an attention in
+/// `AttnUpBlock2D`), then nearest 2x upsampling and a convolution except in the last block.
+#[derive(Clone, Debug)]
+struct UpBlock<E: Dtype, D: Storage<E>> {
+    resnets: Vec<Resnet<E, D>>,
+    attentions: Vec<Attention<E, D>>,
+    upsample: Option<Conv2d<E, D>>,
+}
+
+/// `UNetMidBlock2D`: resnet, attention (unless `add_attention` is false), resnet.
+#[derive(Clone, Debug)]
+struct MidBlock<E: Dtype, D: Storage<E>> {
+    first: Resnet<E, D>,
+    attention: Option<Attention<E, D>>,
+    second: Resnet<E, D>,
+}
+
+/// A parameter tensor by its diffusers name, with its shape there.
+#[derive(Clone, Debug)]
+pub enum ParamTensor<E: Dtype, D: Storage<E>> {
+    Vector(Tensor<(usize,), E, D>),
+    Matrix(Tensor<(usize, usize), E, D>),
+}
+
+#[derive(Clone, Debug)]
+struct Param<E: Dtype, D: Storage<E>> {
+    name: String,
+    shape: Vec<usize>,
+    tensor: ParamTensor<E, D>,
+}
+
+/// diffusers' `UNet2DModel`.
+#[derive(Clone, Debug)]
+pub struct UNet2D<E: Dtype, D: Storage<E>> {
+    config: UNet2DConfig,
+    prediction: Prediction,
+    conv_in: Conv2d<E, D>,
+    time_linear_1: Linear<E, D>,
+    time_linear_2: Linear<E, D>,
+    class_embedding: Option<Tensor<(usize, usize), E, D>>,
+    down: Vec<DownBlock<E, D>>,
+    mid: Option<MidBlock<E, D>>,
+    up: Vec<UpBlock<E, D>>,
+    norm_out: GroupNorm<E, D>,
+    conv_out: Conv2d<E, D>,
+    params: Vec<Param<E, D>>,
+}
+
+/// Gradients with respect to every parameter of a [`UNet2D`], in the model's parameter order
+/// (flat, one tensor per parameter).
+#[derive(Clone, Debug)]
+pub struct UNetGrads<E: Dtype, D: Storage<E>> {
+    pub tensors: Vec<Tensor<(usize,), E, D>>,
+}
+
+impl<E: Float, D: NnDevice<E>> Resnet<E, D> {
+    fn forward<T: Tape<E, D>>(
+        &self,
+        x: Image<E, D, T>,
+        temb: &Tensor<(usize, usize), E, D>,
+    ) -> Image<E, D, T> {
+        let h = D::conv2d(&self.conv1, silu(self.norm1.forward(x.with_empty_tape())));
+        let shape = *h.shape();
+        let t = self
+            .time_emb_proj
+            .forward(silu(temb.clone().retaped::<T>()))
+            .broadcast_like::<_, Axes2<2, 3>>(&shape);
+        let h = silu(self.norm2.forward(h + t));
+        let h = D::conv2d(&self.conv2, h);
+        let skip = match &self.conv_shortcut {
+            Some(c) => D::conv2d(c, x),
+            None => x,
+        };
+        let out = skip + h;
+        if self.output_scale_factor == 1.0 {
+            out
+        } else {
+            out * E::from_f64(1.0 / self.output_scale_factor).unwrap()
+        }
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
+    pub fn config(&self) -> &UNet2DConfig {
+        &self.config
+    }
+
+    /// The number of scalar parameters.
+    pub fn num_params(&self) -> usize {
+        self.params
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// The class-embedding vectors of `labels` (one row each): the conditioning z of a
+    /// class-conditional model.
+    pub fn class_cond(&self, labels: &[usize]) -> Result<State<E, D>, RuntimeError> {
+        let table = self.class_embedding.as_ref().ok_or_else(|| {
+            RuntimeError::Invalid(
+                "class labels were given, but this model has no class embedding (num_class_embeds is null)".into(),
+            )
+        })?;
+        let (classes, width) = *table.shape();
+        if let Some(l) = labels.iter().find(|l| **l >= classes) {
+            return Err(RuntimeError::Invalid(format!(
+                "class label {l} is out of range: the model has num_class_embeds = {classes} (labels 0..{})",
+                classes - 1
+            )));
+        }
+        let rows = table.as_vec();
+        let mut z = Vec::with_capacity(labels.len() * width);
+        for l in labels {
+            z.extend_from_slice(&rows[l * width..(l + 1) * width]);
+        }
+        Ok(State::from_rows(
+            table.device().tensor_from_vec(z, (labels.len(), width)),
+        ))
+    }
+
+    /// The blocks and their resolutions, for `adeis check`.
+    pub fn describe(&self) -> String {
+        let c = &self.config;
+        let mut s = format!(
+            "UNet2DModel: {} parameters, {} -> {} channels, time embedding {}{}\n",
+            self.num_params(),
+            c.in_channels,
+            c.out_channels,
+            c.time_embed_dim(),
+            c.num_class_embeds
+                .map_or(String::new(), |n| format!(", {n} class embeddings"))
+        );
+        for (i, (t, ch)) in c
+            .down_block_types
+            .iter()
+            .zip(&c.block_out_channels)
+            .enumerate()
+        {
+            s.push_str(&format!(
+                "  down {i}: {t}, {ch} channels, {} resnets{}, at 1/{} resolution\n",
+                c.layers_per_block,
+                if i + 1 < c.levels() {
+                    ", downsample"
+                } else {
+                    ""
+                },
+                1 << i
+            ));
+        }
+        if let Some(m) = &c.mid_block_type {
+            s.push_str(&format!(
+                "  mid: {m}, {} channels{}\n",
+                c.block_out_channels[c.levels() - 1],
+                if c.add_attention { ", attention" } else { "" }
+            ));
+        }
+        for (i, t) in c.up_block_types.iter().enumerate() {
+            s.push_str(&format!(
+                "  up {i}: {t}, {} channels, {} resnets{}\n",
+                c.block_out_channels[c.levels() - 1 - i],
+                c.layers_per_block + 1,
+                if i + 1 < c.levels() { ", upsample" } else { "" }
+            ));
+        }
+        s
+    }
+
+    /// The time embedding at model time `t` for a batch of `batch` (no tape: it depends on t
+    /// only), plus the conditioning `z` (on the tape of `x` when given).
+    fn time_embedding<T: Tape<E, D>>(
+        &self,
+        dev: &D,
+        batch: usize,
+        t: f64,
+    ) -> Tensor<(usize, usize), E, D, T> {
+        let c0 = self.config.block_out_channels[0];
+        let row =
+            timestep_embedding::<E>(t, c0, self.config.flip_sin_to_cos, self.config.freq_shift);
+        let rows: Vec<E> = (0..batch).flat_map(|_| row.iter().copied()).collect();
+        let proj = dev.tensor_from_vec(rows, (batch, c0)).retaped::<T>();
+        self.time_linear_2
+            .forward(silu(self.time_linear_1.forward(proj)))
+    }
+
+    /// The network on images `x` at model time `t`, with the conditioning `z` (the
+    /// class-embedding vector) when the model takes one, on x's tape.
+    pub fn forward_image<T: Tape<E, D>>(
+        &self,
+        x: Image<E, D, T>,
+        z: Option<Tensor<(usize, usize), E, D, T>>,
+        t: f64,
+    ) -> Image<E, D, T> {
+        let dev = x.device().clone();
+        let batch = x.shape().0;
+        let mut emb = self.time_embedding::<T>(&dev, batch, t);
+        if let Some(z) = z {
+            emb = emb + z;
+        }
+        // The time embedding's operations join x's tape; every block reads it untaped (same
+        // tensor), and dfdx runs the tape's operations in the order they were made.
+        let (emb, emb_tape) = emb.split_tape();
+        let (x, x_tape) = x.split_tape();
+        let mut h = x.put_tape(x_tape.merge(emb_tape));
+        if self.config.center_input_sample {
+            h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
+        }
+        h = D::conv2d(&self.conv_in, h);
+        let mut skips = vec![h.with_empty_tape()];
+        for block in &self.down {
+            for (k, resnet) in block.resnets.iter().enumerate() {
+                h = resnet.forward(h, &emb);
+                if let Some(a) = block.attentions.get(k) {
+                    h = a.forward(h);
+                }
+                skips.push(h.with_empty_tape());
+            }
+            if let Some(down) = &block.downsample {
+                h = D::conv2d(down, h);
+                skips.push(h.with_empty_tape());
+            }
+        }
+        if let Some(mid) = &self.mid {
+            h = mid.first.forward(h, &emb);
+            if let Some(a) = &mid.attention {
+                h = a.forward(h);
+            }
+            h = mid.second.forward(h, &emb);
+        } else {
+            // Without a mid block the first up resnet concatenates the last down output with
+            // itself; dfdx's binary operations need two tensors, so the path goes on with a
+            // copy (the product with 1 records its backward).
+            h = h * E::one();
+        }
+        for block in &self.up {
+            for (k, resnet) in block.resnets.iter().enumerate() {
+                let skip = skips.pop().expect("one skip per up resnet");
+                h = resnet.forward((h, skip).concat_along(Axis::<1>), &emb);
+                if let Some(a) = block.attentions.get(k) {
+                    h = a.forward(h);
+                }
+            }
+            if let Some(up) = &block.upsample {
+                h = D::conv2d(up, upsample2x(h));
+            }
+        }
+        D::conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
+    }
+
+    fn image_of(&self, x: &State<E, D>) -> Tensor<(usize, usize, usize, usize), E, D> {
+        let item = x.item();
+        x.rows()
+            .clone()
+            .reshape_like(&(x.batch(), item[0], item[1], item[2]))
+    }
+
+    /// The gradient of every parameter in `grads` (zeros where it has none), flat.
+    fn param_grads(&self, grads: &mut Gradients<E, D>) -> Vec<Tensor<(usize,), E, D>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let numel = p.shape.iter().product::<usize>();
+                match &p.tensor {
+                    ParamTensor::Vector(t) => {
+                        grads.try_alloc_for(t).expect("gradient allocation");
+                        grads.get(t)
+                    }
+                    ParamTensor::Matrix(t) => {
+                        grads.try_alloc_for(t).expect("gradient allocation");
+                        grads.get(t).reshape_like(&(numel,))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Parameter gradients by diffusers name: (name, shape, values), for writing them out.
+    pub fn named_grads(&self, grads: &UNetGrads<E, D>) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+        self.params
+            .iter()
+            .zip(&grads.tensors)
+            .map(|(p, g)| (p.name.clone(), p.shape.clone(), crate::to_f64(g)))
+            .collect()
+    }
+
+    /// The index of the parameter `name` in [`UNetGrads::tensors`].
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.name == name)
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
+    type Grads = UNetGrads<E, D>;
+
+    fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        let c = &self.config;
+        let factor = 1usize << (c.levels() - 1);
+        match item {
+            [ch, h, w] if *ch == c.in_channels && h % factor == 0 && w % factor == 0 => Ok(()),
+            [ch, ..] if item.len() == 3 && *ch != c.in_channels => Err(RuntimeError::Shape(format!(
+                "x_t has {ch} channels but the UNet's in_channels is {}",
+                c.in_channels
+            ))),
+            [_, h, w] => Err(RuntimeError::Shape(format!(
+                "x_t is {h} x {w}: height and width must be divisible by 2^(levels - 1) = {factor} for this UNet's {} levels",
+                c.levels()
+            ))),
+            _ => Err(RuntimeError::Shape(format!(
+                "x_t has items of shape {item:?}; the UNet takes images [channels, height, width]"
+            ))),
+        }
+    }
+
+    fn cond_dim(&self) -> usize {
+        if self.class_embedding.is_some() {
+            self.config.time_embed_dim()
+        } else {
+            0
+        }
+    }
+
+    fn forward(&self, x: &State<E, D>, z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
+        let out = self.forward_image(self.image_of(x), z.map(|z| z.rows().clone()), time.model_t);
+        let b = x.batch();
+        x.like(out.reshape_like(&(b, x.width())))
+    }
+
+    fn zero_grads(&self) -> UNetGrads<E, D> {
+        let tensors = self
+            .params
+            .iter()
+            .map(|p| {
+                let n = p.shape.iter().product::<usize>();
+                match &p.tensor {
+                    ParamTensor::Vector(t) => t.device().zeros_like(&(n,)),
+                    ParamTensor::Matrix(t) => t.device().zeros_like(&(n,)),
+                }
+            })
+            .collect();
+        UNetGrads { tensors }
+    }
+
+    fn vjp(
+        &self,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
+        time: &TimeInfo,
+        cot: &State<E, D>,
+        theta: Option<(&mut UNetGrads<E, D>, f64)>,
+    ) -> Cotangents<E, D> {
+        let image = self.image_of(x);
+        let probe = image.clone();
+        // Leaky: every gradient stays until the end of this call, so the input's and the
+        // conditioning's can be read; they are freed with `grads` on return.
+        let traced = image.trace(Gradients::leaky());
+        let zt = z.map(|z| z.rows().clone().retaped::<OwnedTape<E, D>>());
+        let out = self.forward_image(traced, zt, time.model_t);
+        let c = cot.rows().clone().reshape_like(out.shape());
+        let mut grads = (out * c).sum().backward();
+        let dx = grads.get(&probe).reshape_like(&(x.batch(), x.width()));
+        let dz = z.map(|z| {
+            grads.try_alloc_for(z.rows()).expect("gradient allocation");
+            z.like(grads.get(z.rows()))
+        });
+        if let Some((acc, w)) = theta {
+            if w != 0.0 {
+                let w = E::from_f64(w).unwrap();
+                for (a, g) in acc.tensors.iter_mut().zip(self.param_grads(&mut grads)) {
+                    *a = a.clone() + g * w;
+                }
+            }
+        }
+        Cotangents {
+            x: x.like(dx),
+            cond: dz,
+            time: None,
+        }
+    }
+
+    fn as_taped(&self) -> Option<&dyn TapedDenoiser<E, D, Grads = UNetGrads<E, D>>> {
+        Some(self)
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> TapedDenoiser<E, D> for UNet2D<E, D> {
+    fn forward_taped(
+        &self,
+        x: Taped<E, D>,
+        item: &[usize],
+        z: Option<Taped<E, D>>,
+        time: &TimeInfo,
+    ) -> Taped<E, D> {
+        let (b, width) = *x.shape();
+        let image = x.reshape_like(&(b, item[0], item[1], item[2]));
+        self.forward_image(image, z, time.model_t)
+            .reshape_like(&(b, width))
+    }
+
+    fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<UNetGrads<E, D>> {
+        Some(UNetGrads {
+            tensors: self.param_grads(grads),
+        })
+    }
+}

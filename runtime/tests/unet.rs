@@ -1,0 +1,427 @@
+//! diffusers' `UNet2DModel` against diffusers itself: the fixtures of tests/fixtures/unet (made
+//! by scripts/make-unet-fixtures.py) hold small random models in diffusers' layout and what
+//! torch computes for them. The forward pass and the VJPs (input, class-embedding vector,
+//! parameters) must agree in f64 and f32; the convolution's CPU kernel must agree with the same
+//! convolution through dfdx's operations.
+
+use std::path::{Path, PathBuf};
+
+use adeis_compiler::{Prediction, TimeInfo};
+use adeis_io::safetensors::{read_safetensors, TensorMap};
+use adeis_runtime::nn::conv::conv2d_generic;
+use adeis_runtime::nn::{Conv2d, Float, NnDevice};
+use adeis_runtime::unet::{TensorMapSource, UNet2D, UNet2DConfig};
+use adeis_runtime::{to_f64, Denoiser, State};
+use dfdx::prelude::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/unet")
+}
+
+const CASES: [&str; 6] = [
+    "attn_down_up",
+    "class_cond_cifar_style",
+    "f16_weights",
+    "bf16_weights_legacy_names",
+    "odd_channels_no_mid_nonsquare",
+    "mid_scale_factor",
+];
+
+/// The model of fixture `name` in dtype E, and its reference tensors.
+fn load<E: Float>(name: &str) -> (UNet2D<E, Cpu>, TensorMap)
+where
+    Cpu: NnDevice<E>,
+{
+    let dir = fixtures().join(name);
+    let config: UNet2DConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let mut source = TensorMapSource {
+        tensors: read_safetensors(&dir.join("diffusion_pytorch_model.safetensors")).unwrap(),
+        origin: name.into(),
+    };
+    let model = UNet2D::new(&Cpu::default(), config, Prediction::Eps, &mut source).unwrap();
+    source.finish().unwrap();
+    (
+        model,
+        read_safetensors(&dir.join("reference.safetensors")).unwrap(),
+    )
+}
+
+fn state<E: Float>(values: &[f64], shape: &[usize]) -> State<E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    State::from_f64(&Cpu::default(), values, shape).unwrap()
+}
+
+/// max |a - b| / max |b|: the error relative to the reference's scale.
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+fn time(t: f64) -> TimeInfo {
+    TimeInfo {
+        t,
+        model_t: t,
+        alpha: 1.0,
+        sigma: 1.0,
+    }
+}
+
+/// Forward and VJPs of every fixture in dtype E, against the reference computed in `tag`.
+fn check_against_diffusers<E: Float>(tag: &str, forward_tol: f64, vjp_tol: f64)
+where
+    Cpu: NnDevice<E>,
+{
+    for name in CASES {
+        let (model, r) = load::<E>(name);
+        let (xs, xv) = &r["x"];
+        let x = state::<E>(xv, xs);
+        let z = r.get("z").map(|(s, v)| state::<E>(v, s));
+        let t = time(r["timestep"].1[0]);
+        let out = model.forward(&x, z.as_ref(), &t);
+        let e = rel_err(&to_f64(&out), &r[&format!("out.{tag}")].1);
+        eprintln!("{name} ({tag}): forward {e:.2e}");
+        assert!(e < forward_tol, "{name} ({tag}): forward error {e:.2e}");
+
+        let (cs, cv) = &r["cot"];
+        let cot = state::<E>(cv, cs);
+        let mut acc = model.zero_grads();
+        let c = model.vjp(&x, z.as_ref(), &t, &cot, Some((&mut acc, 1.0)));
+        let mut errs = vec![(
+            "x".to_string(),
+            rel_err(&to_f64(&c.x), &r[&format!("dx.{tag}")].1),
+        )];
+        if let Some(dz) = &c.cond {
+            errs.push(("z".into(), rel_err(&to_f64(dz), &r[&format!("dz.{tag}")].1)));
+        }
+        let named = model.named_grads(&acc);
+        let mut params = 0;
+        for (key, (_, want)) in &r {
+            let Some(pname) = key
+                .strip_prefix("dparam.")
+                .and_then(|k| k.strip_suffix(&format!(".{tag}")))
+            else {
+                continue;
+            };
+            let (_, _, got) = named
+                .iter()
+                .find(|(n, _, _)| n == pname)
+                .unwrap_or_else(|| panic!("{name}: no parameter {pname}"));
+            errs.push((pname.to_string(), rel_err(got, want)));
+            params += 1;
+        }
+        assert!(
+            params >= 3,
+            "{name}: the fixture checks {params} parameters"
+        );
+        for (what, e) in &errs {
+            eprintln!("{name} ({tag}): VJP {what} {e:.2e}");
+            assert!(
+                *e < vjp_tol,
+                "{name} ({tag}): VJP w.r.t. {what}: error {e:.2e}"
+            );
+        }
+    }
+}
+
+/// In f64 the agreement is limited by the time embedding, which diffusers computes in f32
+/// whatever the model's dtype (as adeis does): torch's and Rust's f32 sin and cos may differ in
+/// the last bit, 6e-8 of the embedding. A model whose embedding rounds alike agrees to 1e-14.
+#[test]
+fn unet_forward_and_vjps_equal_diffusers_in_f64() {
+    check_against_diffusers::<f64>("f64", 1e-7, 1e-7);
+}
+
+#[test]
+fn unet_forward_and_vjps_equal_diffusers_in_f32() {
+    check_against_diffusers::<f32>("f32", 1e-5, 1e-4);
+}
+
+#[test]
+fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
+    let dev = Cpu::seed_from_u64(7);
+    // 3x3 stride 1 pad 1, stride 2 with diffusers' right/bottom padding, 1x1, and no bias.
+    for (k, stride, padding, bias) in [
+        (3, 1, [1; 4], true),
+        (3, 2, [0, 0, 1, 1], true),
+        (1, 1, [0; 4], true),
+        (3, 2, [1; 4], false),
+    ] {
+        let (ci, co) = (3, 5);
+        let conv = Conv2d::<f64, Cpu> {
+            weight: dev.sample_normal_like(&(co, ci * k * k)),
+            bias: bias.then(|| dev.sample_normal_like(&(co,))),
+            in_channels: ci,
+            out_channels: co,
+            kernel: (k, k),
+            stride,
+            padding,
+        };
+        let x: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+            dev.sample_normal_like(&(2, ci, 6, 7));
+        let run = |custom: bool| {
+            let traced = x.clone().trace(Gradients::leaky());
+            let out = if custom {
+                <Cpu as NnDevice<f64>>::conv2d(&conv, traced)
+            } else {
+                conv2d_generic(&conv, traced)
+            };
+            let shape = *out.shape();
+            let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+                Cpu::seed_from_u64(3).sample_normal_like(&shape);
+            let values = out.retaped::<NoneTape>().as_vec();
+            let mut g = (out * cot).sum().backward();
+            let gw = g.get(&conv.weight).as_vec();
+            let gb = conv.bias.as_ref().map(|b| {
+                g.try_alloc_for(b).unwrap();
+                g.get(b).as_vec()
+            });
+            (values, g.get(&x).as_vec(), gw, gb, shape)
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.4, b.4, "output shape");
+        assert!(rel_err(&a.0, &b.0) < 1e-13, "forward k {k} s {stride}");
+        assert!(
+            rel_err(&a.1, &b.1) < 1e-13,
+            "input gradient k {k} s {stride}"
+        );
+        assert!(
+            rel_err(&a.2, &b.2) < 1e-13,
+            "weight gradient k {k} s {stride}"
+        );
+        if let (Some(p), Some(q)) = (&a.3, &b.3) {
+            assert!(rel_err(p, q) < 1e-13, "bias gradient k {k} s {stride}");
+        }
+        // The weight's gradient against central differences of the loss.
+        let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+            Cpu::seed_from_u64(3).sample_normal_like(&a.4);
+        let loss = |w: &[f64]| {
+            let mut c = conv.clone();
+            c.weight = dev.tensor_from_vec(w.to_vec(), (co, ci * k * k));
+            let out = <Cpu as NnDevice<f64>>::conv2d(&c, x.clone());
+            let l: f64 = (out * cot.clone()).sum::<Rank0, _>().array();
+            l
+        };
+        let w0 = conv.weight.as_vec();
+        for i in [0, 7, w0.len() - 1] {
+            let h = 1e-6;
+            let (mut p, mut m) = (w0.clone(), w0.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p) - loss(&m)) / (2.0 * h);
+            assert!(
+                (fd - a.2[i]).abs() < 1e-7 * fd.abs().max(1.0),
+                "dW[{i}]: {fd} vs {}",
+                a.2[i]
+            );
+        }
+    }
+}
+
+mod through_the_sampler {
+    use super::*;
+    use adeis_compiler::{
+        build_plan, DiscreteStates, Method, SamplerSpec, Schedule, ScheduleSpec, Wrt,
+    };
+    use adeis_runtime::adjoint::discrete::discrete_adjoint;
+    use adeis_runtime::tape::tape_gradient;
+    use adeis_runtime::{sample, Input, ModelFn, NoiseSource, RuntimeError};
+
+    /// The linear DDPM schedule of 1000 train steps (diffusers' default).
+    fn ddpm() -> Schedule {
+        ScheduleSpec::builtin("discrete")
+            .unwrap()
+            .to_def()
+            .unwrap()
+            .compile()
+            .unwrap()
+    }
+
+    fn ddim(indices: &[usize]) -> SamplerSpec {
+        let mut s = SamplerSpec::new(Method::Ddim, 1, 0);
+        s.train_indices = Some(indices.to_vec());
+        s
+    }
+
+    const ALL: Wrt = Wrt {
+        x_t: true,
+        cond: true,
+        params: true,
+    };
+
+    /// The discrete adjoint through 5 DDIM steps equals the full tape for x_T, the
+    /// class-embedding vector and every parameter tensor of the UNet.
+    fn adjoint_equals_tape<E: Float>(tol: f64)
+    where
+        Cpu: NnDevice<E>,
+    {
+        let (model, r) = load::<E>("class_cond_cifar_style");
+        let plan = build_plan(&ddpm(), &ddim(&[999, 800, 600, 400, 200, 0])).unwrap();
+        let x = state::<E>(&r["x"].1, &r["x"].0);
+        let z = state::<E>(&r["z"].1, &r["z"].0);
+        let a0 = state::<E>(&r["cot"].1, &r["cot"].0);
+        let noise = NoiseSource::Seeded(0);
+        let input = Input::new(&x, Some(&z), &noise);
+        let loss = |a: &State<E, Cpu>| {
+            let a = a.clone();
+            move |_: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> { Ok(a) }
+        };
+        let disc = discrete_adjoint(
+            &plan,
+            &ModelFn::new(&model),
+            &input,
+            ALL,
+            DiscreteStates::Record,
+            loss(&a0),
+        )
+        .unwrap();
+        let tape = tape_gradient(&plan, &model, &input, ALL, loss(&a0)).unwrap();
+        assert_eq!((disc.nfe, disc.vjps), (5, 5));
+        let mut worst = vec![
+            (
+                "x_T".to_string(),
+                rel_err(&to_f64(&disc.dx_t), &to_f64(&tape.dx_t)),
+            ),
+            (
+                "z".to_string(),
+                rel_err(
+                    &to_f64(disc.dz.as_ref().unwrap()),
+                    &to_f64(tape.dz.as_ref().unwrap()),
+                ),
+            ),
+        ];
+        let (pd, pt) = (
+            model.named_grads(disc.dtheta.as_ref().unwrap()),
+            model.named_grads(tape.dtheta.as_ref().unwrap()),
+        );
+        // The gradient with respect to theta as one vector (the key projections' biases have a
+        // zero gradient, softmax being blind to them: only round-off, judged on theta's scale).
+        let flat = |g: &[(String, Vec<usize>, Vec<f64>)]| -> Vec<f64> {
+            g.iter()
+                .filter(|(n, _, _)| n != "class_embedding.weight") // unused: z is given
+                .flat_map(|(_, _, v)| v.iter().copied())
+                .collect()
+        };
+        let params = ("theta".to_string(), rel_err(&flat(&pd), &flat(&pt)));
+        worst.push(params);
+        for (what, e) in &worst {
+            eprintln!("UNet, 5 DDIM steps: discrete adjoint vs tape, {what}: {e:.2e}");
+            assert!(*e < tol, "{what}: {e:.2e}");
+        }
+    }
+
+    #[test]
+    fn unet_discrete_adjoint_equals_the_full_tape_f64() {
+        adjoint_equals_tape::<f64>(1e-10);
+    }
+
+    #[test]
+    fn unet_discrete_adjoint_equals_the_full_tape_f32() {
+        adjoint_equals_tape::<f32>(1e-4);
+    }
+
+    /// The same gradient against central finite differences of the sampled output (f64).
+    #[test]
+    fn unet_discrete_adjoint_matches_finite_differences() {
+        let (model, r) = load::<f64>("class_cond_cifar_style");
+        let plan = build_plan(&ddpm(), &ddim(&[999, 700, 400, 100, 30, 0])).unwrap();
+        let (xs, xv) = (&r["x"].0, r["x"].1.clone());
+        let (zs, zv) = (&r["z"].0, r["z"].1.clone());
+        let a0 = r["cot"].1.clone();
+        let loss = |x: &[f64], z: &[f64]| -> f64 {
+            let (x, z) = (state::<f64>(x, xs), state::<f64>(z, zs));
+            let noise = NoiseSource::Seeded(0);
+            let out = sample(
+                &plan,
+                &ModelFn::new(&model),
+                &Input::new(&x, Some(&z), &noise),
+                false,
+            )
+            .unwrap();
+            to_f64(&out.x).iter().zip(&a0).map(|(a, b)| a * b).sum()
+        };
+        let (x, z) = (state::<f64>(&xv, xs), state::<f64>(&zv, zs));
+        let noise = NoiseSource::Seeded(0);
+        let cot = state::<f64>(&a0, &r["cot"].0);
+        let g = discrete_adjoint(
+            &plan,
+            &ModelFn::new(&model),
+            &Input::new(&x, Some(&z), &noise),
+            ALL,
+            DiscreteStates::Record,
+            |_| Ok(cot.clone()),
+        )
+        .unwrap();
+        let (dx, dz) = (to_f64(&g.dx_t), to_f64(g.dz.as_ref().unwrap()));
+        let h = 1e-5;
+        for i in [0, 37, xv.len() - 1] {
+            let (mut p, mut m) = (xv.clone(), xv.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p, &zv) - loss(&m, &zv)) / (2.0 * h);
+            assert!(
+                (fd - dx[i]).abs() < 1e-7 * fd.abs().max(1.0),
+                "dx[{i}]: {fd} vs {}",
+                dx[i]
+            );
+        }
+        for i in [1, 40] {
+            let (mut p, mut m) = (zv.clone(), zv.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&xv, &p) - loss(&xv, &m)) / (2.0 * h);
+            assert!(
+                (fd - dz[i]).abs() < 1e-7 * fd.abs().max(1.0),
+                "dz[{i}]: {fd} vs {}",
+                dz[i]
+            );
+        }
+    }
+
+    /// 3 DDIM steps at train indices 999, 500, 0 and their gradient, as diffusers and torch
+    /// autograd compute them (the fixture's `ddim.*`).
+    fn ddim_equals_diffusers<E: Float>(tag: &str, tol: f64)
+    where
+        Cpu: NnDevice<E>,
+    {
+        let (model, r) = load::<E>("class_cond_cifar_style");
+        let plan = build_plan(&ddpm(), &ddim(&[999, 500, 0])).unwrap();
+        let x = state::<E>(&r["x"].1, &r["x"].0);
+        let z = state::<E>(&r["z"].1, &r["z"].0);
+        let cot = state::<E>(&r["cot"].1, &r["cot"].0);
+        let noise = NoiseSource::Seeded(0);
+        let g = discrete_adjoint(
+            &plan,
+            &ModelFn::new(&model),
+            &Input::new(&x, Some(&z), &noise),
+            ALL,
+            DiscreteStates::Record,
+            |_| Ok(cot.clone()),
+        )
+        .unwrap();
+        for (what, got) in [
+            ("x0", to_f64(&g.x0)),
+            ("dx_t", to_f64(&g.dx_t)),
+            ("dz", to_f64(g.dz.as_ref().unwrap())),
+        ] {
+            let e = rel_err(&got, &r[&format!("ddim.{what}.{tag}")].1);
+            eprintln!("3 DDIM steps ({tag}): {what} {e:.2e}");
+            assert!(e < tol, "{what} ({tag}): {e:.2e}");
+        }
+    }
+
+    #[test]
+    fn unet_ddim_sample_and_gradient_equal_diffusers() {
+        // f64: limited by the f32 time embedding (see above); f32: the forward's 1e-6 over
+        // three evaluations and their VJPs.
+        ddim_equals_diffusers::<f64>("f64", 1e-6);
+        ddim_equals_diffusers::<f32>("f32", 1e-4);
+    }
+}
