@@ -45,7 +45,7 @@ def bootstrap():
 bootstrap()
 
 import torch  # noqa: E402
-from diffusers import UNet2DModel  # noqa: E402
+from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -291,6 +291,9 @@ def main():
             for key, v in run(model, x, t, z, cot, dt).items():
                 ref[f"{key}.{tag}"] = v.to(torch.float64)
         if name == "class_cond_cifar_style":
+            # The scheduler beside the model: the schedule and prediction a spec without
+            # [schedule] takes (diffusers' DDPM defaults: linear betas 1e-4..0.02, epsilon).
+            DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(d)
             for dt, tag in [(torch.float64, "f64"), (torch.float32, "f32")]:
                 for key, v in ddim_reference(model, x, z, cot, dt).items():
                     ref[f"ddim.{key}.{tag}"] = v.to(torch.float64)

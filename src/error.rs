@@ -33,6 +33,9 @@ pub enum Error {
     /// An option with a value that is not allowed (`key` is the option's name).
     #[error(transparent)]
     Option(FieldError),
+    /// A request that does not hold together (a model directory, an input file).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// The spec-file errors are the facade's errors (the name the prelude has always exported).

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod bench;
+pub mod diffusers;
 pub mod error;
 pub mod report;
 pub mod spec_file;

@@ -45,8 +45,12 @@ enum Command {
     /// the sampler plan (steps, NFE) with the coefficients of its first steps, the gradient
     /// plan (VJP count).
     Check {
-        /// Spec file (.toml or .json).
-        spec: PathBuf,
+        /// Spec file (.toml or .json); optional with --model.
+        spec: Option<PathBuf>,
+        /// A model to check and describe (`diffusers:DIR` prints the architecture: parameter
+        /// count, blocks, resolutions); a spec without [schedule] takes its scheduler config.
+        #[arg(long)]
+        model: Option<String>,
         /// How many steps of the coefficient table to print.
         #[arg(long, default_value_t = 3)]
         steps: usize,
@@ -56,14 +60,23 @@ enum Command {
         /// Spec file (.toml or .json) with [schedule] and [sampler] tables.
         #[arg(long)]
         spec: PathBuf,
-        /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t) or
-        /// `gmm:mixture.json` (weights, means, variances).
+        /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t),
+        /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel
+        /// directory: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
         #[arg(long)]
         model: String,
-        /// The starting noise: a .npy array of shape [batch, dim] (f32 or f64).
+        /// The starting noise: a .npy array of shape [batch, dim] (f32 or f64), or
+        /// [batch, channels, height, width] for a diffusers model.
         #[arg(long = "x-t")]
         x_t: PathBuf,
-        /// Where to write the samples (.npy, [batch, dim], in the run's precision).
+        /// The conditioning z (.npy, [batch, cond_dim]): for a class-conditional diffusers model,
+        /// its class-embedding vectors.
+        #[arg(long)]
+        cond: Option<PathBuf>,
+        /// Class labels of a class-conditional diffusers model (.npy of integers, [batch]).
+        #[arg(long = "class-labels")]
+        class_labels: Option<PathBuf>,
+        /// Where to write the samples (.npy, x_T's shape, in the run's precision).
         #[arg(long)]
         out: PathBuf,
         /// Seed of the SDE samplers' noise (replayable: the same seed gives the same noise).
@@ -83,25 +96,30 @@ enum Command {
         /// Spec file with [schedule], [sampler] and (optionally) [gradient] tables.
         #[arg(long)]
         spec: PathBuf,
-        /// `gaussian:mu=1.0,s2=0.3` or `gmm:mixture.json` (see `adeis sample --help`).
+        /// `gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json` or `diffusers:DIR` (see `adeis sample
+        /// --help`).
         #[arg(long)]
         model: String,
-        /// The starting noise: .npy, [batch, dim].
+        /// The starting noise: .npy, [batch, dim] or [batch, channels, height, width].
         #[arg(long = "x-t")]
         x_t: PathBuf,
-        /// dL/dx_0 for the batch (.npy, [batch, dim]); or use --loss.
+        /// dL/dx_0 for the batch (.npy, x_T's shape); or use --loss.
         #[arg(long)]
         cot: Option<PathBuf>,
         /// A built-in loss instead of --cot: `mse` (mean squared error to --target).
         #[arg(long)]
         loss: Option<String>,
-        /// The target of --loss mse (.npy, [batch, dim]).
+        /// The target of --loss mse (.npy, x_T's shape).
         #[arg(long)]
         target: Option<PathBuf>,
         /// The conditioning z (.npy, [batch, cond_dim]); the Gaussian model's conditioning is
-        /// its mean, which fills z when this is absent.
+        /// its mean, which fills z when this is absent; a class-conditional diffusers model's is
+        /// its class-embedding vector (dz.npy is the gradient with respect to it).
         #[arg(long)]
         cond: Option<PathBuf>,
+        /// Class labels of a class-conditional diffusers model (.npy of integers, [batch]).
+        #[arg(long = "class-labels")]
+        class_labels: Option<PathBuf>,
         /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
         /// gradient.wrt includes "params").
         #[arg(long = "out-dir")]
@@ -153,11 +171,15 @@ fn main() -> ExitCode {
     install_ctrlc();
     let result = match cli.command {
         Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
-        Some(Command::Check { spec, steps }) => cli::check::run(&spec, steps),
+        Some(Command::Check { spec, model, steps }) => {
+            cli::check::run(spec.as_deref(), model.as_deref(), steps)
+        }
         Some(Command::Sample {
             spec,
             model,
             x_t,
+            cond,
+            class_labels,
             out,
             seed,
             trajectory,
@@ -166,6 +188,8 @@ fn main() -> ExitCode {
             spec,
             model,
             x_t,
+            cond,
+            class_labels,
             out,
             seed,
             trajectory,
@@ -179,6 +203,7 @@ fn main() -> ExitCode {
             loss,
             target,
             cond,
+            class_labels,
             out_dir,
             dtype,
             seed,
@@ -190,6 +215,7 @@ fn main() -> ExitCode {
             loss,
             target,
             cond,
+            class_labels,
             out_dir,
             seed,
             dtype,

@@ -68,7 +68,9 @@ pub fn load_spec(path: &Path) -> Result<Spec, Error> {
         path: path.to_path_buf(),
         error,
     };
-    spec.schedule.to_def().map_err(invalid)?;
+    if let Some(schedule) = &spec.schedule {
+        schedule.to_def().map_err(invalid)?;
+    }
     spec.checked_sampler().map_err(invalid)?;
     spec.checked_gradient().map_err(invalid)?;
     Ok(spec)

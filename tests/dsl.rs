@@ -40,7 +40,7 @@ steps = 30
 #[test]
 fn macro_toml_and_builtin_give_the_same_samples_and_gradients() {
     let spec = adeis::spec_file::parse_spec(TOML, adeis::spec_file::SpecFormat::Toml).unwrap();
-    let from_toml = spec.schedule.to_def().unwrap().compile().unwrap();
+    let from_toml = spec.schedule_def().unwrap().compile().unwrap();
     let from_macro = DeclaredVp::new().compile().unwrap();
     let builtin = ScheduleDef::vp_linear(0.1, 20.0)
         .unwrap()

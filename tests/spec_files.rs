@@ -18,7 +18,7 @@ fn custom_spec_gives_the_builtin_numbers() {
         .unwrap();
     for file in ["vp_linear_custom.toml", "vp_linear_custom.json"] {
         let spec = load_spec(&root().join("examples/specs").join(file)).unwrap();
-        let custom = spec.schedule.to_def().unwrap().compile().unwrap();
+        let custom = spec.schedule_def().unwrap().compile().unwrap();
         for k in 0..=200 {
             let t = 1e-3 + (1.0 - 1e-3) * k as f64 / 200.0;
             let (c, b) = (custom.eval(t), builtin.eval(t));
@@ -45,7 +45,7 @@ fn custom_spec_gives_the_builtin_numbers() {
 fn toml_err(text: &str) -> String {
     match parse_spec(text, SpecFormat::Toml) {
         Err(e) => e.to_string(),
-        Ok(spec) => spec.schedule.to_def().unwrap_err().to_string(),
+        Ok(spec) => spec.schedule_def().unwrap_err().to_string(),
     }
 }
 

@@ -43,7 +43,7 @@ impl Problem {
             .checked_sampler()?
             .ok_or_else(|| FieldError::new("sampler", "the spec has no [sampler] table"))?;
         let gradient = spec.checked_gradient()?.cloned().unwrap_or_default();
-        let schedule = spec.schedule.to_def()?.compile()?;
+        let schedule = spec.schedule_def()?.compile()?;
         let problem = Problem::new(schedule, sampler).map_err(|e| e.under("sampler"))?;
         let adjoint = gradient.adjoint().map_err(|e| e.under("gradient"))?;
         Ok(problem

@@ -20,11 +20,13 @@ fn schedule_error(e: ScheduleError) -> FieldError {
     FieldError::new(path, e.to_string())
 }
 
-/// A whole spec file: `[schedule]`, and `[sampler]` for the commands that sample.
+/// A whole spec file: `[schedule]` (which a model directory may supply instead), and
+/// `[sampler]` and `[gradient]` for the commands that sample and differentiate.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    pub schedule: ScheduleSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +34,21 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The `[schedule]` table.
+    pub fn schedule_spec(&self) -> Result<&ScheduleSpec, FieldError> {
+        self.schedule.as_ref().ok_or_else(|| {
+            FieldError::new(
+                "schedule",
+                "the spec has no [schedule] table (and no model directory gives a scheduler_config.json)",
+            )
+        })
+    }
+
+    /// The `[schedule]` table's validated schedule.
+    pub fn schedule_def(&self) -> Result<ScheduleDef, FieldError> {
+        self.schedule_spec()?.to_def()
+    }
+
     /// The `[gradient]` table, checked on its own and against the sampler.
     pub fn checked_gradient(&self) -> Result<Option<&GradientSpec>, FieldError> {
         let Some(g) = &self.gradient else {
@@ -462,7 +479,7 @@ mod tests {
             "{e}"
         );
         let spec = load("[schedule]\nkind = \"ve\"\nbeta_max = 3.0\n").unwrap();
-        let e = spec.schedule.to_def().unwrap_err();
+        let e = spec.schedule_def().unwrap_err();
         assert_eq!(e.to_string(), "schedule.beta_max: `beta_max` is not a key of kind `ve`; its keys are: kind, sigma_min, sigma_max, t_range");
         let e = load("[schedule]\nkind = \"vp_lin\"\n")
             .unwrap_err()
@@ -485,7 +502,7 @@ mod tests {
     #[test]
     fn custom_errors_name_the_key() {
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 * b\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))\"\nparams = { b = 2.0 }\nt_range = [0.01, 1.0]\n").unwrap();
-        let e = spec.schedule.to_def().unwrap_err();
+        let e = spec.schedule_def().unwrap_err();
         assert_eq!(e.field(), "schedule.sigma");
         assert!(
             e.message().starts_with("at column 29: expected `,` or `)`"),
@@ -495,27 +512,21 @@ mod tests {
         let spec =
             load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nt_range = [0.01, 1.0]\n")
                 .unwrap();
-        let e = spec.schedule.to_def().unwrap_err();
+        let e = spec.schedule_def().unwrap_err();
         assert_eq!(
             e.to_string(),
             "schedule.sigma: missing formula `sigma`: give `sigma` or `log_sigma` (a formula in t)"
         );
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nalpha = \"1\"\nsigma = \"t\"\nt_range = [0.01, 1.0]\n").unwrap();
-        assert_eq!(
-            spec.schedule.to_def().unwrap_err().field(),
-            "schedule.alpha"
-        );
+        assert_eq!(spec.schedule_def().unwrap_err().field(), "schedule.alpha");
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nt_range = [1.0, 0.01]\n").unwrap();
-        assert_eq!(
-            spec.schedule.to_def().unwrap_err().field(),
-            "schedule.t_range"
-        );
+        assert_eq!(spec.schedule_def().unwrap_err().field(), "schedule.t_range");
 
         let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"t\"\nparams = { exp = 1.0 }\nt_range = [0.01, 1.0]\n").unwrap();
         assert_eq!(
-            spec.schedule.to_def().unwrap_err().field(),
+            spec.schedule_def().unwrap_err().field(),
             "schedule.params.exp"
         );
     }
@@ -526,15 +537,15 @@ mod tests {
             "[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2]\nbeta_schedule = \"linear\"\n",
         )
         .unwrap();
-        let e = spec.schedule.to_def().unwrap_err();
+        let e = spec.schedule_def().unwrap_err();
         assert_eq!(e.field(), "schedule.betas");
         let spec = load("[schedule]\nkind = \"discrete\"\nbeta_schedule = \"scaled_linear\"\nnum_train_timesteps = 1\n").unwrap();
         assert_eq!(
-            spec.schedule.to_def().unwrap_err().field(),
+            spec.schedule_def().unwrap_err().field(),
             "schedule.num_train_timesteps"
         );
         let spec = load("[schedule]\nkind = \"discrete\"\nbetas = [0.1, 0.2, 0.3]\n").unwrap();
-        let d = spec.schedule.to_def().unwrap();
+        let d = spec.schedule_def().unwrap();
         assert_eq!(d.t_min(), 1.0 / 3.0);
     }
 }

@@ -11,8 +11,10 @@ use crate::{write_atomic, IoError};
 pub struct NpyArray {
     pub shape: Vec<usize>,
     pub data: Vec<f64>,
-    /// The element size in the file: 4 (f32) or 8 (f64).
+    /// The element size in the file in bytes (4 for f32, 8 for f64).
     pub word: usize,
+    /// Whether the file holds integers (labels).
+    pub integer: bool,
 }
 
 fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
@@ -51,13 +53,23 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
     )
     .map_err(|_| bad("header is not text"))?;
     let descr = header_value(header, "descr").ok_or_else(|| bad("no descr"))?;
-    let word = if descr.starts_with("'<f8'") || descr.starts_with("'float64'") {
-        8
-    } else if descr.starts_with("'<f4'") {
-        4
-    } else {
+    // (descr, bytes per element, integer): little-endian floats and integers.
+    const DTYPES: [(&str, usize, bool); 11] = [
+        ("'<f8'", 8, false),
+        ("'float64'", 8, false),
+        ("'<f4'", 4, false),
+        ("'<i8'", 8, true),
+        ("'<i4'", 4, true),
+        ("'<i2'", 2, true),
+        ("'|i1'", 1, true),
+        ("'<u8'", 8, true),
+        ("'<u4'", 4, true),
+        ("'<u2'", 2, true),
+        ("'|u1'", 1, true),
+    ];
+    let Some(&(code, word, integer)) = DTYPES.iter().find(|(d, _, _)| descr.starts_with(d)) else {
         return Err(bad(&format!(
-            "dtype {} (adeis reads little-endian f32 '<f4' or f64 '<f8')",
+            "dtype {} (adeis reads little-endian f32 '<f4', f64 '<f8' and integers '<i8', '<i4', '<i2', '|i1', '<u8', '<u4', '<u2', '|u1')",
             descr.split(',').next().unwrap_or(descr)
         )));
     };
@@ -84,21 +96,32 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
             body.len()
         )));
     }
-    let data = if word == 8 {
-        body.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    } else {
-        body.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect()
-    };
-    Ok(NpyArray { shape, data, word })
+    let data: Vec<f64> = body
+        .chunks_exact(word)
+        .map(|c| match code {
+            "'<f8'" | "'float64'" => f64::from_le_bytes(c.try_into().unwrap()),
+            "'<f4'" => f32::from_le_bytes(c.try_into().unwrap()) as f64,
+            "'<i8'" => i64::from_le_bytes(c.try_into().unwrap()) as f64,
+            "'<i4'" => i32::from_le_bytes(c.try_into().unwrap()) as f64,
+            "'<i2'" => i16::from_le_bytes(c.try_into().unwrap()) as f64,
+            "'|i1'" => c[0] as i8 as f64,
+            "'<u8'" => u64::from_le_bytes(c.try_into().unwrap()) as f64,
+            "'<u4'" => u32::from_le_bytes(c.try_into().unwrap()) as f64,
+            "'<u2'" => u16::from_le_bytes(c.try_into().unwrap()) as f64,
+            _ => c[0] as f64,
+        })
+        .collect();
+    Ok(NpyArray {
+        shape,
+        data,
+        word,
+        integer,
+    })
 }
 
-/// Writes `data` with `shape` as f32 (word 4) or f64 (word 8), atomically.
-pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Result<(), IoError> {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
+/// The .npy header for `descr` and `shape`, padded so that the data starts on a 64-byte
+/// boundary.
+fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let shape_text = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!(
@@ -110,23 +133,39 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Res
                 .join(", ")
         ),
     };
-    let descr = if word == 4 { "<f4" } else { "<f8" };
     let mut header =
         format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Pad so that the data starts on a 64-byte boundary; the header ends with a newline.
+    // The header ends with a newline.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * word);
+    let mut bytes = Vec::with_capacity(10 + header.len());
     bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
+    bytes
+}
+
+/// Writes `data` with `shape` as f32 (word 4) or f64 (word 8), atomically.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Result<(), IoError> {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
+    let mut bytes = header(if word == 4 { "<f4" } else { "<f8" }, shape);
     for v in data {
         if word == 4 {
             bytes.extend_from_slice(&(*v as f32).to_le_bytes());
         } else {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
+    }
+    write_atomic(path, &bytes)
+}
+
+/// Writes integers (class labels) as int64, atomically.
+pub fn write_npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<(), IoError> {
+    assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
+    let mut bytes = header("<i8", shape);
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
     }
     write_atomic(path, &bytes)
 }
@@ -149,7 +188,8 @@ mod tests {
                 NpyArray {
                     shape: vec![2, 3],
                     data,
-                    word
+                    word,
+                    integer: false,
                 }
             );
             let bytes = fs::read(&p).unwrap();

@@ -56,10 +56,26 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> R
 /// Tensors by name: (shape, values).
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 
+/// A tensor as the file stores it: its dtype's name (`F32`, `BF16`, ...), shape and values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTensor {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f64>,
+}
+
 /// Reads a safetensors file (header validated by the `safetensors` crate: offsets, sizes,
 /// dtypes), every tensor's values as f64: F64, F32, F16 and BF16 are converted exactly, as are
 /// the integer dtypes (labels).
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, IoError> {
+    Ok(read_stored(path)?
+        .into_iter()
+        .map(|(k, t)| (k, (t.shape, t.values)))
+        .collect())
+}
+
+/// [`read_safetensors`] with each tensor's dtype.
+pub fn read_stored(path: &Path) -> Result<BTreeMap<String, StoredTensor>, IoError> {
     let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| IoError::new(path, format!("not a valid safetensors file: {e:?}")))?;
@@ -83,7 +99,14 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, IoError> {
                 ))
             }
         };
-        out.insert(name, (view.shape().to_vec(), values));
+        out.insert(
+            name,
+            StoredTensor {
+                dtype: format!("{:?}", view.dtype()),
+                shape: view.shape().to_vec(),
+                values,
+            },
+        );
     }
     Ok(out)
 }

@@ -6,9 +6,32 @@ use adeis::compiler::{GradMethod, Instr, Quantity};
 use adeis::prelude::*;
 use anyhow::Result;
 
-pub fn run(path: &Path, rows: usize) -> Result<()> {
-    let spec = load_spec(path)?;
-    let def = spec.schedule.to_def()?;
+pub fn run(path: Option<&Path>, model: Option<&str>, rows: usize) -> Result<()> {
+    let choice = model.map(super::model::parse_model).transpose()?;
+    if let Some(super::model::ModelChoice::Diffusers(d)) = &choice {
+        let unet = d.load::<f32>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+        println!("{}: valid", d.path.display());
+        print!("{}", unet.describe());
+        if let Some(s) = d.schedule()? {
+            println!(
+                "  scheduler_config.json: {} train steps, predicts {:?}",
+                s.to_def()?.train_steps().unwrap_or(0),
+                d.prediction()?
+            );
+        }
+        println!();
+    }
+    let Some(path) = path else {
+        if choice.is_none() {
+            anyhow::bail!("give a spec file, --model, or both");
+        }
+        return Ok(());
+    };
+    let mut spec = load_spec(path)?;
+    if spec.schedule.is_none() {
+        spec.schedule = choice.as_ref().map(|c| c.schedule()).transpose()?.flatten();
+    }
+    let def = spec.schedule_def()?;
     println!("{}: valid", path.display());
     println!();
     let params: Vec<String> = def

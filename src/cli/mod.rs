@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod grad;
+pub mod inputs;
 pub mod model;
 pub mod sample;
 pub mod schedule;
@@ -21,7 +22,7 @@ pub fn schedule_def(arg: &str) -> Result<ScheduleDef> {
     let path = Path::new(arg);
     if path.extension().is_some() || path.exists() {
         let spec = load_spec(path)?;
-        return spec.schedule.to_def().map_err(|e| anyhow!("{arg}: {e}"));
+        return spec.schedule_def().map_err(|e| anyhow!("{arg}: {e}"));
     }
     match ScheduleSpec::builtin(arg) {
         Some(spec) => Ok(spec.to_def()?),
@@ -33,9 +34,17 @@ pub fn schedule_def(arg: &str) -> Result<ScheduleDef> {
 }
 
 /// Loads a spec with a [sampler] table and builds its problem (`command` names the caller in
-/// errors, which carry the file's path and the key path).
-pub fn load_problem(path: &Path, command: &str) -> Result<Problem> {
-    let spec = load_spec(path)?;
+/// errors, which carry the file's path and the key path). A spec without a [schedule] takes
+/// `model_schedule`, the one a model directory gives.
+pub fn load_problem(
+    path: &Path,
+    command: &str,
+    model_schedule: Option<ScheduleSpec>,
+) -> Result<Problem> {
+    let mut spec = load_spec(path)?;
+    if spec.schedule.is_none() {
+        spec.schedule = model_schedule;
+    }
     if spec.sampler.is_none() {
         bail!(
             "{}: no [sampler] table; `adeis {command}` needs one",

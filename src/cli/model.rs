@@ -1,10 +1,15 @@
-//! The MODEL argument: `gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json`, or a weights file; and
-//! running a command generically over the chosen model.
+//! The MODEL argument (`gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json`, `diffusers:DIR`) and what
+//! the commands ask of a model beyond the `Denoiser` interface: its default conditioning, the
+//! conditioning of class labels, and its parameter gradients under their names.
 
 use std::path::Path;
 
-use adeis::runtime::analytic::{GaussianGrads, GmmModel};
-use adeis::runtime::NoParams;
+use adeis::diffusers::DiffusersDir;
+use adeis::runtime::analytic::{GaussianGrads, GaussianModel, GmmModel};
+use adeis::runtime::dfdx::prelude::*;
+use adeis::runtime::nn::Float;
+use adeis::runtime::unet::UNet2D;
+use adeis::runtime::{from_f64, Denoiser, State};
 use adeis::safetensors::NamedTensor;
 use anyhow::{anyhow, bail, Result};
 
@@ -13,10 +18,12 @@ use anyhow::{anyhow, bail, Result};
 pub enum ModelChoice {
     Gaussian { mu: f64, s2: f64 },
     Gmm(GmmModel),
+    Diffusers(Box<DiffusersDir>),
 }
 
 const HELP: &str = "MODEL is `gaussian:mu=M,s2=S` (isotropic Gaussian data, dimension from x_t), \
-`gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]})";
+`gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}) \
+or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion_pytorch_model.safetensors)";
 
 pub fn parse_model(arg: &str) -> Result<ModelChoice> {
     if let Some(rest) = arg.strip_prefix("gaussian:") {
@@ -48,16 +55,20 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice> {
             .map_err(|e| anyhow!("--model: {file}: {e}"))?;
         return Ok(ModelChoice::Gmm(gmm));
     }
+    if let Some(dir) = arg.strip_prefix("diffusers:") {
+        let d = DiffusersDir::open(Path::new(dir)).map_err(|e| anyhow!("--model: {e}"))?;
+        return Ok(ModelChoice::Diffusers(Box::new(d)));
+    }
     if Path::new(arg).exists() {
         bail!(
-            "--model: {arg}: weights files are not a MODEL here; the trained digits models run in `adeis morph --models DIR` and `adeis train`; {HELP}"
+            "--model: {arg}: a file or folder is not a MODEL by itself; for a diffusers model write diffusers:{arg}; the trained digits models run in `adeis morph --models DIR` and `adeis train`; {HELP}"
         );
     }
     bail!("--model: `{arg}` is not a model; {HELP}")
 }
 
 impl ModelChoice {
-    /// Checks the model against the data dimension.
+    /// Checks a vector model against the data dimension.
     pub fn check_dim(&self, dim: usize) -> Result<()> {
         match self {
             ModelChoice::Gmm(g) if g.dim_of() != dim => bail!(
@@ -67,44 +78,132 @@ impl ModelChoice {
             _ => Ok(()),
         }
     }
-}
 
-/// A model's parameter gradients as the tensors `dparams.safetensors` holds (None: the model
-/// has no parameters adeis differentiates).
-pub trait NamedGrads {
-    fn named(&self) -> Option<Vec<NamedTensor>>;
-    /// Whether the model has parameters to write.
-    fn has_params() -> bool;
-}
-
-impl NamedGrads for GaussianGrads {
-    fn named(&self) -> Option<Vec<NamedTensor>> {
-        Some(vec![NamedTensor {
-            name: "s2".into(),
-            shape: vec![1],
-            data: vec![self.s2],
-        }])
+    /// Whether the model takes images [batch, channels, height, width] (else vectors).
+    pub fn takes_images(&self) -> bool {
+        matches!(self, ModelChoice::Diffusers(_))
     }
 
-    fn has_params() -> bool {
-        true
+    /// The schedule a model directory's scheduler config gives.
+    pub fn schedule(&self) -> Result<Option<adeis::compiler::ScheduleSpec>> {
+        match self {
+            ModelChoice::Diffusers(d) => Ok(d.schedule()?),
+            _ => Ok(None),
+        }
     }
 }
 
-impl NamedGrads for NoParams {
-    fn named(&self) -> Option<Vec<NamedTensor>> {
+/// What the commands ask of a model besides the `Denoiser` interface.
+pub trait CommandModel<E: Dtype>: Denoiser<E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    /// The conditioning when neither --cond nor --class-labels is given.
+    fn default_cond(&self, _x: &State<E, Cpu>) -> Option<State<E, Cpu>> {
         None
     }
 
-    fn has_params() -> bool {
+    /// The conditioning of class labels (one per sample).
+    fn class_cond(&self, _labels: &[usize]) -> Result<State<E, Cpu>> {
+        bail!("--class-labels: this model takes no class labels")
+    }
+
+    /// Whether the model needs class labels (or an explicit --cond).
+    fn needs_labels(&self) -> bool {
         false
+    }
+
+    /// The parameter gradients under the model's names (None: no parameters).
+    fn named_grads(&self, grads: &Self::Grads) -> Option<Vec<NamedTensor>>;
+}
+
+impl<E: Dtype> CommandModel<E> for GaussianModel
+where
+    Cpu: Device<E>,
+{
+    /// The Gaussian model's conditioning is its mean: z = mu everywhere.
+    fn default_cond(&self, x: &State<E, Cpu>) -> Option<State<E, Cpu>> {
+        let n = x.batch() * x.width();
+        Some(from_f64(
+            &x.device(),
+            &vec![self.mu; n],
+            x.batch(),
+            x.width(),
+        ))
+    }
+
+    fn named_grads(&self, g: &GaussianGrads) -> Option<Vec<NamedTensor>> {
+        Some(vec![NamedTensor {
+            name: "s2".into(),
+            shape: vec![1],
+            data: vec![g.s2],
+        }])
     }
 }
 
-/// Runs `$body` with `$m` bound to the chosen model as a concrete denoiser for data of
-/// dimension `$dim` (so that each model keeps its own gradient type).
+impl<E: Dtype> CommandModel<E> for GmmModel
+where
+    Cpu: Device<E>,
+{
+    fn named_grads(&self, _g: &adeis::runtime::NoParams) -> Option<Vec<NamedTensor>> {
+        None
+    }
+}
+
+impl<E: Float> CommandModel<E> for UNet2D<E, Cpu>
+where
+    Cpu: adeis::runtime::nn::NnDevice<E>,
+{
+    fn class_cond(&self, labels: &[usize]) -> Result<State<E, Cpu>> {
+        UNet2D::class_cond(self, labels).map_err(|e| anyhow!("--class-labels: {e}"))
+    }
+
+    fn needs_labels(&self) -> bool {
+        self.config().num_class_embeds.is_some()
+    }
+
+    fn named_grads(&self, g: &Self::Grads) -> Option<Vec<NamedTensor>> {
+        Some(
+            UNet2D::named_grads(self, g)
+                .into_iter()
+                .map(|(name, shape, data)| NamedTensor { name, shape, data })
+                .collect(),
+        )
+    }
+}
+
+/// Reads the class labels of --class-labels: integers, shape [batch].
+pub fn read_labels(path: &Path, batch: usize) -> Result<Vec<usize>> {
+    let a = adeis::npy::read_npy(path).map_err(|e| anyhow!("--class-labels: {e}"))?;
+    if !a.integer {
+        bail!(
+            "--class-labels: {} holds floats; class labels are integers (save them with dtype int64)",
+            path.display()
+        );
+    }
+    if a.shape != [batch] {
+        bail!(
+            "--class-labels: {} has shape {:?}; expected [{batch}] (one label per sample of x_t)",
+            path.display(),
+            a.shape
+        );
+    }
+    a.data
+        .iter()
+        .map(|v| {
+            if *v < 0.0 {
+                bail!("--class-labels: label {v} is negative")
+            } else {
+                Ok(*v as usize)
+            }
+        })
+        .collect()
+}
+
+/// Runs `$body` with `$m` bound to the chosen model as a concrete denoiser in dtype `$E` for
+/// data of dimension `$dim` (so that each model keeps its own gradient type).
 macro_rules! with_model {
-    ($choice:expr, $dim:expr, |$m:ident| $body:expr) => {
+    ($choice:expr, $E:ty, $dim:expr, |$m:ident| $body:expr) => {
         match $choice {
             $crate::cli::model::ModelChoice::Gaussian { mu, s2 } => {
                 let $m = &adeis::runtime::analytic::GaussianModel {
@@ -118,15 +217,12 @@ macro_rules! with_model {
                 let $m = g;
                 $body
             }
+            $crate::cli::model::ModelChoice::Diffusers(d) => {
+                let unet = d.load::<$E>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+                let $m = &unet;
+                $body
+            }
         }
     };
 }
 pub(crate) use with_model;
-
-/// The Gaussian model's conditioning is its mean: the z that fills in when none is given.
-pub fn default_cond(choice: &ModelChoice) -> Option<f64> {
-    match choice {
-        ModelChoice::Gaussian { mu, .. } => Some(*mu),
-        ModelChoice::Gmm(_) => None,
-    }
-}

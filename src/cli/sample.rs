@@ -3,19 +3,22 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis::npy::write_npy;
+use adeis::npy::{write_npy, NpyArray};
 use adeis::prelude::*;
 use adeis::runtime::dfdx::prelude::*;
-use adeis::runtime::{from_f64, to_f64};
+use adeis::runtime::to_f64;
 use anyhow::Result;
 
-use super::model::{parse_model, with_model};
+use super::inputs::{conditioning, read_x_t, state, CondArgs};
+use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
 pub struct SampleArgs {
     pub spec: PathBuf,
     pub model: String,
     pub x_t: PathBuf,
+    pub cond: Option<PathBuf>,
+    pub class_labels: Option<PathBuf>,
     pub out: PathBuf,
     pub seed: u64,
     pub trajectory: Option<PathBuf>,
@@ -23,36 +26,45 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
-    let problem = super::load_problem(&args.spec, "sample")?;
-    let x = super::read_2d("--x-t", &args.x_t)?;
     let choice = parse_model(&args.model)?;
-    choice.check_dim(x.shape[1])?;
-    let rows = (x.shape[0], x.shape[1]);
-    with_model!(&choice, rows.1, |m| match args.dtype {
-        Dtype::F32 => run_typed::<f32, _>(args, &problem, m, &x.data, rows),
-        Dtype::F64 => run_typed::<f64, _>(args, &problem, m, &x.data, rows),
-    })
+    let problem = super::load_problem(&args.spec, "sample", choice.schedule()?)?;
+    let x = read_x_t(&choice, &args.x_t)?;
+    let dim = x.shape[1];
+    match args.dtype {
+        Dtype::F32 => with_model!(&choice, f32, dim, |m| run_typed::<f32, _>(
+            args, &problem, m, &x
+        )),
+        Dtype::F64 => with_model!(&choice, f64, dim, |m| run_typed::<f64, _>(
+            args, &problem, m, &x
+        )),
+    }
 }
 
-fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: Denoiser<E, Cpu>>(
+fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     args: &SampleArgs,
     problem: &Problem,
     model: &M,
-    x: &[f64],
-    (batch, dim): (usize, usize),
+    x: &NpyArray,
 ) -> Result<()>
 where
     Cpu: Device<E>,
 {
     let word = std::mem::size_of::<E>();
-    let dev = Cpu::default();
-    let x_t = from_f64::<E, Cpu>(&dev, x, batch, dim);
+    let x_t = state::<E>(x)?;
+    let z = conditioning(
+        model,
+        &x_t,
+        &CondArgs {
+            cond: args.cond.as_ref(),
+            labels: args.class_labels.as_ref(),
+        },
+    )?;
     let start = Instant::now();
     let noise = NoiseSource::Seeded(args.seed);
     let out = sample(
         problem.plan(),
         &ModelFn::new(model),
-        &Input::new(&x_t, None, &noise),
+        &Input::new(&x_t, z.as_ref(), &noise),
         args.trajectory.is_some(),
     )?;
     let secs = start.elapsed().as_secs_f64();
@@ -63,8 +75,11 @@ where
         shape.extend(out.x.shape());
         write_npy(path, &shape, &data, word)?;
     }
+    let item: Vec<String> = x_t.item().iter().map(|d| d.to_string()).collect();
     println!(
-        "sampled {batch} x {dim} with {}: NFE {}, {secs:.3} s -> {}",
+        "sampled {} x {} with {}: NFE {}, {secs:.3} s -> {}",
+        x_t.batch(),
+        item.join(" x "),
         problem.plan().description,
         out.nfe,
         args.out.display()

@@ -1,0 +1,96 @@
+//! Reading a command's arrays for its model: x_T in the model's shape, arrays of x_T's shape,
+//! and the conditioning (explicit rows, class labels, or the model's default).
+
+use std::path::{Path, PathBuf};
+
+use adeis::npy::{read_npy, NpyArray};
+use adeis::runtime::dfdx::prelude::*;
+use adeis::runtime::{from_f64, State};
+use anyhow::{anyhow, bail, Result};
+
+use super::model::{read_labels, CommandModel, ModelChoice};
+
+/// --x-t: [batch, dim] for a vector model, [batch, channels, height, width] for an image model.
+pub fn read_x_t(choice: &ModelChoice, path: &Path) -> Result<NpyArray> {
+    if !choice.takes_images() {
+        let x = super::read_2d("--x-t", path)?;
+        choice.check_dim(x.shape[1])?;
+        return Ok(x);
+    }
+    let a = read_npy(path).map_err(|e| anyhow!("--x-t: {e}"))?;
+    if a.shape.len() != 4 {
+        bail!(
+            "--x-t: {} has shape {:?}; this model takes images [batch, channels, height, width]",
+            path.display(),
+            a.shape
+        );
+    }
+    Ok(a)
+}
+
+/// An array that must have x_T's shape (`flag` names it in errors).
+pub fn read_like(flag: &str, path: &Path, x: &NpyArray) -> Result<NpyArray> {
+    let a = read_npy(path).map_err(|e| anyhow!("{flag}: {e}"))?;
+    if a.shape != x.shape {
+        let want: Vec<String> = x.shape.iter().map(|d| d.to_string()).collect();
+        bail!(
+            "{flag} has shape {:?}; the sample has [{}]",
+            a.shape,
+            want.join(", ")
+        );
+    }
+    Ok(a)
+}
+
+/// Where the conditioning comes from on the command line.
+pub struct CondArgs<'a> {
+    pub cond: Option<&'a PathBuf>,
+    pub labels: Option<&'a PathBuf>,
+}
+
+/// The conditioning z for `model` and the batch of `x`.
+pub fn conditioning<E: Dtype, M: CommandModel<E>>(
+    model: &M,
+    x: &State<E, Cpu>,
+    args: &CondArgs,
+) -> Result<Option<State<E, Cpu>>>
+where
+    Cpu: Device<E>,
+{
+    let batch = x.batch();
+    match (args.cond, args.labels) {
+        (Some(_), Some(_)) => bail!("give --cond or --class-labels, not both"),
+        (Some(p), None) => {
+            let c = super::read_2d("--cond", p)?;
+            if model.cond_dim() == 0 {
+                bail!("--cond: this model takes no conditioning");
+            }
+            if c.shape[0] != batch || c.shape[1] != model.cond_dim() {
+                bail!(
+                    "--cond has shape {:?}; the model takes [{batch}, {}]",
+                    c.shape,
+                    model.cond_dim()
+                );
+            }
+            Ok(Some(from_f64(&x.device(), &c.data, batch, c.shape[1])))
+        }
+        (None, Some(p)) => Ok(Some(model.class_cond(&read_labels(p, batch)?)?)),
+        (None, None) => {
+            if model.needs_labels() {
+                bail!(
+                    "this model is class-conditional: give --class-labels labels.npy (integers, one per sample) or --cond z.npy (its class-embedding vectors, [{batch}, {}])",
+                    model.cond_dim()
+                );
+            }
+            Ok(model.default_cond(x))
+        }
+    }
+}
+
+/// x_T (or any array of its shape) as a state.
+pub fn state<E: Dtype>(a: &NpyArray) -> Result<State<E, Cpu>>
+where
+    Cpu: Device<E>,
+{
+    Ok(State::from_f64(&Cpu::default(), &a.data, &a.shape)?)
+}
