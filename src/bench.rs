@@ -1,8 +1,10 @@
-//! The fixed benchmark workloads (issue "Benchmarks"): an MLP denoiser
+//! The fixed benchmark workloads. W1, W2 and tiny: an MLP denoiser
 //! `[x (D), z (8), sin(w_k t), cos(w_k t)]` with 16 frequencies, Linear(D+40, H), GeLU (tanh
 //! approximation), Linear(H, H), GeLU, Linear(H, D); VP linear, logsnr grid from t = 1 to
 //! 1e-3, DDIM, mean squared error to a fixed target, gradients with respect to x_T, z and all
-//! parameters, seeded weights.
+//! parameters, seeded weights. W3: google/ddpm-cifar10-32's UNet (35.7M parameters, seeded
+//! weights), batch 1, 3x32x32, DDIM on N evenly spaced train indices of the linear DDPM
+//! schedule, mean squared error to a fixed target, the gradient with respect to x_T.
 
 use std::time::Instant;
 
@@ -10,13 +12,15 @@ use std::num::NonZeroUsize;
 
 use adeis_compiler::{
     Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, FieldError, GradMethod, Method,
-    Problem, SamplerSpec, ScheduleDef, Wrt,
+    Problem, SamplerSpec, ScheduleDef, ScheduleSpec, Wrt,
 };
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::mse;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::noise::normals;
-use adeis_runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource};
+use adeis_runtime::nn::NnDevice;
+use adeis_runtime::unet::{RandomParams, UNet2D, UNet2DConfig};
+use adeis_runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource, State};
 use serde::Serialize;
 
 use crate::error::Error;
@@ -126,7 +130,6 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
     (name, batch): (&str, usize),
     opts: &BenchOptions,
 ) -> Result<BenchResult, Error> {
-    let (method, steps, repeat) = (opts.method, opts.steps, opts.repeat);
     let net = <Mlp<IN, H, D> as BuildOnDevice<Dev, f32>>::build_on_device(&dev);
     let model = MlpDenoiser::<_, IN, D>::new(
         net,
@@ -139,97 +142,203 @@ fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usiz
         .map_err(adeis_compiler::Error::from)?
         .compile()
         .map_err(adeis_compiler::Error::from)?;
-    let mut problem = Problem::new(schedule, &SamplerSpec::new(Method::Ddim, 1, steps))
+    let problem = Problem::new(schedule, &SamplerSpec::new(Method::Ddim, 1, opts.steps))
         .map_err(adeis_compiler::Error::from)?
         .with_wrt(Wrt::ALL);
-    let adjoint = opts.adjoint();
-    if let Some(a) = adjoint {
-        problem = problem
-            .with_adjoint(a)
-            .map_err(adeis_compiler::Error::from)?;
-    }
     let x_t = from_f64::<f32, Dev>(&dev, &normals(1, 0, batch * D), batch, D);
     let z = from_f64::<f32, Dev>(&dev, &normals(2, 0, batch * COND), batch, COND);
     let target = from_f64::<f32, Dev>(&dev, &normals(3, 0, batch * D), batch, D);
-    let f = ModelFn::new(&model);
-    let noise = NoiseSource::Seeded(0);
-    let input = Input::new(&x_t, Some(&z), &noise);
-    let once = || -> Result<(usize, usize), Error> {
-        match adjoint {
-            None => {
-                let out = sample(problem.plan(), &f, &input, false)?;
-                Ok((out.nfe, 0))
-            }
-            Some(_) => {
-                let g = gradient(&problem, &f, &input, |x0| mse(x0, &target).map(|l| l.grad))?;
-                Ok((g.nfe, g.vjps))
-            }
+    let run = Workload {
+        name,
+        problem,
+        x_t,
+        z: Some(z),
+        target,
+    };
+    run.measure(&model, opts)
+}
+
+/// The config of google/ddpm-cifar10-32 (35.7M parameters), the UNet of workload W3.
+pub const DDPM_CIFAR10_CONFIG: &str = r#"{
+  "_class_name": "UNet2DModel",
+  "act_fn": "silu",
+  "attention_head_dim": null,
+  "block_out_channels": [128, 256, 256, 256],
+  "center_input_sample": false,
+  "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+  "downsample_padding": 0,
+  "flip_sin_to_cos": false,
+  "freq_shift": 1,
+  "in_channels": 3,
+  "layers_per_block": 2,
+  "mid_block_scale_factor": 1,
+  "norm_eps": 1e-06,
+  "norm_num_groups": 32,
+  "out_channels": 3,
+  "sample_size": 32,
+  "time_embedding_type": "positional",
+  "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"]
+}"#;
+
+/// N + 1 train indices evenly spaced from 999 down to 0: the explicit grid of N DDIM steps.
+pub fn even_train_indices(steps: usize) -> Vec<usize> {
+    (0..=steps)
+        .map(|k| ((999.0 * (steps - k) as f64) / steps as f64).round() as usize)
+        .collect()
+}
+
+/// W3: the google/ddpm-cifar10-32 UNet with seeded random weights, batch 1, 3x32x32, DDIM on N
+/// evenly spaced train indices of the linear DDPM schedule, MSE to a fixed target, gradient
+/// with respect to x_T.
+fn run_unet_workload<Dev: NnDevice<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult, Error> {
+    let config: UNet2DConfig =
+        serde_json::from_str(DDPM_CIFAR10_CONFIG).expect("the W3 config is valid JSON");
+    let model = UNet2D::<f32, Dev>::new(
+        &dev,
+        config,
+        adeis_compiler::Prediction::Eps,
+        &mut RandomParams::new(0),
+    )?;
+    let schedule = ScheduleSpec::builtin("discrete")
+        .expect("built in")
+        .to_def()
+        .map_err(adeis_compiler::Error::from)?
+        .compile()
+        .map_err(adeis_compiler::Error::from)?;
+    let mut sampler = SamplerSpec::new(Method::Ddim, 1, opts.steps);
+    sampler.grid = adeis_compiler::grid::GridKind::Explicit;
+    sampler.train_indices = Some(even_train_indices(opts.steps));
+    let problem = Problem::new(schedule, &sampler)
+        .map_err(adeis_compiler::Error::from)?
+        .with_wrt(Wrt::X_T);
+    let n = 3 * 32 * 32;
+    let state = |seed: u64| {
+        State::from_f64(&dev, &normals(seed, 0, n), &[1, 3, 32, 32]).expect("the W3 shape")
+    };
+    let run = Workload {
+        name: "w3",
+        problem,
+        x_t: state(1),
+        z: None,
+        target: state(3),
+    };
+    run.measure(&model, opts)
+}
+
+/// A workload's problem and inputs.
+struct Workload<'a, Dev: Device<f32>> {
+    name: &'a str,
+    problem: Problem,
+    x_t: State<f32, Dev>,
+    z: Option<State<f32, Dev>>,
+    target: State<f32, Dev>,
+}
+
+impl<Dev: Device<f32>> Workload<'_, Dev> {
+    /// The median seconds of `opts.repeat` runs after a warm-up, and the floor: one forward
+    /// and one VJP of the model measured in isolation.
+    fn measure<M: Denoiser<f32, Dev>>(
+        self,
+        model: &M,
+        opts: &BenchOptions,
+    ) -> Result<BenchResult, Error> {
+        let (method, steps, repeat) = (opts.method, opts.steps, opts.repeat);
+        let Workload {
+            name,
+            mut problem,
+            x_t,
+            z,
+            target,
+        } = self;
+        let adjoint = opts.adjoint();
+        if let Some(a) = adjoint {
+            problem = problem
+                .with_adjoint(a)
+                .map_err(adeis_compiler::Error::from)?;
         }
-    };
-    let (nfe, vjps) = once()?; // warm-up
-    let mut times = Vec::with_capacity(repeat);
-    for _ in 0..repeat {
-        let t = Instant::now();
-        once()?;
-        times.push(t.elapsed().as_secs_f64());
+        let f = ModelFn::new(model);
+        let noise = NoiseSource::Seeded(0);
+        let input = Input::new(&x_t, z.as_ref(), &noise);
+        let once = || -> Result<(usize, usize), Error> {
+            match adjoint {
+                None => {
+                    let out = sample(problem.plan(), &f, &input, false)?;
+                    Ok((out.nfe, 0))
+                }
+                Some(_) => {
+                    let g =
+                        gradient(&problem, &f, &input, |x0| mse(x0, &target).map(|l| l.grad))?;
+                    Ok((g.nfe, g.vjps))
+                }
+            }
+        };
+        let (nfe, vjps) = once()?; // warm-up
+        let mut times = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let t = Instant::now();
+            once()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        let seconds = median(times);
+        // The floor: one forward and one VJP in isolation, at a mid-grid evaluation.
+        let plan = problem.plan();
+        let time = plan
+            .instrs
+            .iter()
+            .filter_map(|i| match i {
+                adeis_compiler::Instr::Eval { time, .. } => Some(*time),
+                _ => None,
+            })
+            .nth(plan.nfe() / 2)
+            .expect("a plan evaluates the model");
+        let reps = if name == "w3" { 3 } else { 7 };
+        let fwd = median(
+            (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(model.forward(&x_t, z.as_ref(), &time));
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        let mut acc = model.zero_grads();
+        let theta = problem.wrt().params;
+        let vjp = median(
+            (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    let slot = theta.then_some((&mut acc, 1.0));
+                    std::hint::black_box(model.vjp(&x_t, z.as_ref(), &time, &target, slot));
+                    t.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        // The tape's floor: a forward and a backward pass for every evaluation.
+        let floor = if method == BenchMethod::Gradient(GradMethod::Tape) {
+            nfe as f64 * vjp
+        } else {
+            nfe as f64 * fwd + vjps as f64 * vjp
+        };
+        Ok(BenchResult {
+            workload: name.into(),
+            method: match method {
+                BenchMethod::Sample => "sample".into(),
+                BenchMethod::Gradient(m) => m.name().into(),
+            },
+            order: matches!(method, BenchMethod::Gradient(GradMethod::AdjointDeis))
+                .then_some(opts.order),
+            steps,
+            repeat,
+            seconds,
+            nfe,
+            vjps,
+            forward_seconds: fwd,
+            vjp_seconds: vjp,
+            floor_seconds: floor,
+            ratio: seconds / floor,
+            peak_memory_bytes: peak_memory_bytes(),
+        })
     }
-    let seconds = median(times);
-    // The floor: one forward and one VJP in isolation, at a mid-grid time.
-    let time = problem.schedule().time_info(0.5);
-    let reps = 7;
-    let fwd = median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                let out = Denoiser::<f32, Dev>::forward(&model, &x_t, Some(&z), &time);
-                std::hint::black_box(out);
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
-    let mut acc = Denoiser::<f32, Dev>::zero_grads(&model);
-    let vjp = median(
-        (0..reps)
-            .map(|_| {
-                let t = Instant::now();
-                let out = Denoiser::<f32, Dev>::vjp(
-                    &model,
-                    &x_t,
-                    Some(&z),
-                    &time,
-                    &target,
-                    Some((&mut acc, 1.0)),
-                );
-                std::hint::black_box(out);
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    );
-    // The tape's floor: a forward and a backward pass for every evaluation.
-    let floor = if method == BenchMethod::Gradient(GradMethod::Tape) {
-        nfe as f64 * vjp
-    } else {
-        nfe as f64 * fwd + vjps as f64 * vjp
-    };
-    Ok(BenchResult {
-        workload: name.into(),
-        method: match method {
-            BenchMethod::Sample => "sample".into(),
-            BenchMethod::Gradient(m) => m.name().into(),
-        },
-        order: matches!(method, BenchMethod::Gradient(GradMethod::AdjointDeis))
-            .then_some(opts.order),
-        steps,
-        repeat,
-        seconds,
-        nfe,
-        vjps,
-        forward_seconds: fwd,
-        vjp_seconds: vjp,
-        floor_seconds: floor,
-        ratio: seconds / floor,
-        peak_memory_bytes: peak_memory_bytes(),
-    })
 }
 
 /// Runs a workload by name on a device: `w1` (D 64, H 256, batch 16), `w2` (D 784, H 2048,
@@ -259,7 +368,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
     }
 }
 
-fn run_on<Dev: Device<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult, Error> {
+fn run_on<Dev: NnDevice<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult, Error> {
     const W1_IN: usize = 64 + COND + 2 * FREQS;
     const W2_IN: usize = 784 + COND + 2 * FREQS;
     const TINY_IN: usize = 4 + COND + 2 * FREQS;
@@ -267,10 +376,11 @@ fn run_on<Dev: Device<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult
         "w1" => run_workload::<Dev, W1_IN, 256, 64>(dev, ("w1", 16), opts),
         "w2" => run_workload::<Dev, W2_IN, 2048, 784>(dev, ("w2", 64), opts),
         "tiny" => run_workload::<Dev, TINY_IN, 16, 4>(dev, ("tiny", 2), opts),
+        "w3" => run_unet_workload(dev, opts),
         other => Err(Error::Option(FieldError::value(
             "workload",
             other,
-            "the workloads are w1, w2 and tiny",
+            "the workloads are w1, w2, w3 and tiny",
         ))),
     }
 }

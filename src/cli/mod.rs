@@ -306,7 +306,8 @@ pub fn demo() -> Result<()> {
 /// The options of `adeis bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64) or tiny (for CI).
+    /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64), w3 (the google/ddpm-cifar10-32
+    /// UNet, 3x32x32, batch 1; gradient w.r.t. x_T) or tiny (for CI).
     #[arg(long, default_value = "w1")]
     pub workload: String,
     /// cpu, or cuda (a build with the `cuda` feature and an NVIDIA GPU).

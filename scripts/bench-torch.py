@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""The PyTorch side of adeis's benchmarks: the same gradient `adeis bench` computes, written in
+PyTorch + diffusers, one JSON line per run (seconds per gradient, the median of --repeat runs
+after one warm-up, and the process's peak memory), so that scripts/bench-report.sh can put the
+two side by side.
+
+Workload W3 (as `adeis bench --workload w3`): google/ddpm-cifar10-32's UNet2DModel (35.7M
+parameters, seeded random weights), batch 1, 3x32x32, DDIM on N + 1 evenly spaced train
+indices round(999 (N - k) / N) of the linear DDPM schedule (1000 steps, betas 1e-4..0.02), mean
+squared error to a fixed target, the gradient with respect to x_T. Methods:
+  sample    the N steps under no_grad
+  discrete  the states recorded under no_grad, then one forward + VJP of the network per step
+            from the last step back (what adeis's discrete adjoint does)
+  tape      the whole loop on autograd's tape and one backward pass
+
+    python3 scripts/bench-torch.py --workload w3 --method discrete --steps 10 --repeat 3
+
+Without torch and diffusers it installs them into a throwaway environment (as
+make-unet-fixtures.py does) and runs there.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+PINNED = ["torch==2.15.0", "diffusers==0.42.1", "numpy"]
+
+
+def bootstrap():
+    try:
+        import diffusers  # noqa: F401
+        import torch  # noqa: F401
+        return
+    except ImportError:
+        pass
+    env = os.environ.get("ADEIS_TORCH_VENV") or os.path.join(tempfile.gettempdir(), "adeis-torch-venv")
+    python = os.path.join(env, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.check_call([sys.executable, "-m", "venv", env])
+    subprocess.check_call([python, "-m", "pip", "install", "--quiet", *PINNED])
+    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
+
+
+bootstrap()
+
+import torch  # noqa: E402
+from diffusers import UNet2DModel  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+
+CIFAR10 = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 256, 256),
+    layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    norm_eps=1e-6,
+    norm_num_groups=32,
+    attention_head_dim=None,
+)
+
+
+def w3(steps):
+    torch.manual_seed(0)
+    model = UNet2DModel(**CIFAR10).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    idx = [round(999 * (steps - k) / steps) for k in range(steps + 1)]
+    coefs = []
+    for i, j in zip(idx[:-1], idx[1:]):
+        a_i, a_j = abar[i].sqrt().item(), abar[j].sqrt().item()
+        s_i, s_j = (1 - abar[i]).sqrt().item(), (1 - abar[j]).sqrt().item()
+        # x_j = a_j x0 + s_j eps with x0 = (x_i - s_i eps) / a_i
+        coefs.append((i, a_j / a_i, s_j - a_j * s_i / a_i))
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn((1, 3, 32, 32), generator=g)
+    target = torch.randn((1, 3, 32, 32), generator=g)
+
+    def step(x, k):
+        i, cx, ce = coefs[k]
+        eps = model(x, torch.tensor(float(i))).sample
+        return cx * x + ce * eps
+
+    def sample():
+        with torch.no_grad():
+            x = x_t
+            for k in range(steps):
+                x = step(x, k)
+        return x
+
+    def loss_grad(x0):
+        x0 = x0.detach().requires_grad_(True)
+        loss = ((x0 - target) ** 2).mean()
+        loss.backward()
+        return x0.grad
+
+    def discrete():
+        with torch.no_grad():
+            states = [x_t]
+            for k in range(steps):
+                states.append(step(states[-1], k))
+        g = loss_grad(states[-1])
+        for k in reversed(range(steps)):
+            x = states[k].detach().requires_grad_(True)
+            y = step(x, k)
+            y.backward(g)
+            g = x.grad
+        return g
+
+    def tape():
+        x0 = x_t.clone().requires_grad_(True)
+        x = x0
+        for k in range(steps):
+            x = step(x, k)
+        loss = ((x - target) ** 2).mean()
+        loss.backward()
+        return x0.grad
+
+    return {"sample": sample, "discrete": discrete, "tape": tape}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", default="w3", choices=["w3"])
+    ap.add_argument("--method", default="discrete", choices=["sample", "discrete", "tape"])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    diffusers_logging.set_verbosity_error()
+    torch.set_num_threads(a.threads)
+    run = w3(a.steps)[a.method]
+    run()  # warm-up
+    times = []
+    for _ in range(a.repeat):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    print(
+        json.dumps(
+            {
+                "workload": a.workload,
+                "method": a.method,
+                "steps": a.steps,
+                "repeat": a.repeat,
+                "seconds": times[len(times) // 2],
+                "threads": a.threads,
+                "torch": torch.__version__,
+                "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
