@@ -17,8 +17,8 @@ use adeis_compiler::{
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::mse;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
-use adeis_runtime::noise::normals;
 use adeis_runtime::nn::NnDevice;
+use adeis_runtime::noise::normals;
 use adeis_runtime::unet::{RandomParams, UNet2D, UNet2DConfig};
 use adeis_runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource, State};
 use serde::Serialize;
@@ -190,7 +190,10 @@ pub fn even_train_indices(steps: usize) -> Vec<usize> {
 /// W3: the google/ddpm-cifar10-32 UNet with seeded random weights, batch 1, 3x32x32, DDIM on N
 /// evenly spaced train indices of the linear DDPM schedule, MSE to a fixed target, gradient
 /// with respect to x_T.
-fn run_unet_workload<Dev: NnDevice<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResult, Error> {
+fn run_unet_workload<Dev: NnDevice<f32>>(
+    dev: Dev,
+    opts: &BenchOptions,
+) -> Result<BenchResult, Error> {
     let config: UNet2DConfig =
         serde_json::from_str(DDPM_CIFAR10_CONFIG).expect("the W3 config is valid JSON");
     let model = UNet2D::<f32, Dev>::new(
@@ -266,8 +269,7 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
                     Ok((out.nfe, 0))
                 }
                 Some(_) => {
-                    let g =
-                        gradient(&problem, &f, &input, |x0| mse(x0, &target).map(|l| l.grad))?;
+                    let g = gradient(&problem, &f, &input, |x0| mse(x0, &target).map(|l| l.grad))?;
                     Ok((g.nfe, g.vjps))
                 }
             }
