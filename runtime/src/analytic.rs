@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::denoiser::{check_vector_input, Cotangents, Denoiser, NoParams};
 use crate::error::RuntimeError;
+use crate::nn::ParamGrads;
 use crate::rows_from_f64;
 use crate::state::State;
 use crate::tape::{Taped, TapedDenoiser};
@@ -112,6 +113,7 @@ impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for GaussianModel {
         _item: &[usize],
         z: Option<Taped<E, D>>,
         time: &TimeInfo,
+        _params: ParamGrads,
     ) -> Taped<E, D> {
         let (ax, amu) = self.coefficients(time);
         match z {

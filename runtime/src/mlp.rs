@@ -11,6 +11,7 @@ use dfdx::prelude::*;
 use crate::denoiser::{check_vector_input, Cotangents, Denoiser};
 use crate::e;
 use crate::error::RuntimeError;
+use crate::nn::ParamGrads;
 use crate::state::{Rows, State};
 use crate::tape::{Taped, TapedDenoiser};
 
@@ -233,6 +234,7 @@ where
         _item: &[usize],
         z: Option<Taped<E, D>>,
         time: &TimeInfo,
+        _params: ParamGrads,
     ) -> Taped<E, D> {
         let (batch, _) = *x.shape();
         let dev = x.device().clone();

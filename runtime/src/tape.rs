@@ -11,6 +11,7 @@ use crate::denoiser::Denoiser;
 use crate::e;
 use crate::error::RuntimeError;
 use crate::executor::{check_shapes, Input};
+use crate::nn::ParamGrads;
 use crate::state::{Rows, State};
 
 /// A batch of rows on the tape.
@@ -19,12 +20,15 @@ pub type Taped<E, D> = Tensor<(usize, usize), E, D, OwnedTape<E, D>>;
 /// A model that can run on dfdx's tape.
 pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
     /// The output rows at (x, z, t), on the tape; `item` is the shape of one item of x.
+    /// `params` says whether the parameters' gradients are wanted (a model may skip the work
+    /// of those it would not be asked for).
     fn forward_taped(
         &self,
         x: Taped<E, D>,
         item: &[usize],
         z: Option<Taped<E, D>>,
         time: &TimeInfo,
+        params: ParamGrads,
     ) -> Taped<E, D>;
 
     /// The parameter gradients in the model's layout, read from the tape's gradients (None:
@@ -80,7 +84,13 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                 // The original (with its tape, at its last use) goes through the network so
                 // that no recorded operation is dropped; the conversion uses a copy.
                 let x_copy = x.with_empty_tape();
-                let raw = model.forward_taped(x, x_t.item(), z.map(|z| z.leaky_trace()), time);
+                let raw = model.forward_taped(
+                    x,
+                    x_t.item(),
+                    z.map(|z| z.leaky_trace()),
+                    time,
+                    ParamGrads::when(wrt.params),
+                );
                 let x = x_copy;
                 nfe += 1;
                 let o = match (pred, model.prediction()) {

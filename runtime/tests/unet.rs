@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use adeis_compiler::{Prediction, TimeInfo};
 use adeis_io::safetensors::{read_safetensors, TensorMap};
-use adeis_runtime::nn::conv::conv2d_generic;
-use adeis_runtime::nn::{Conv2d, Float, NnDevice};
+use adeis_runtime::nn::{Float, NnDevice};
 use adeis_runtime::unet::{TensorMapSource, UNet2D, UNet2DConfig};
 use adeis_runtime::{to_f64, Denoiser, State};
 use dfdx::prelude::*;
@@ -142,87 +141,6 @@ fn unet_forward_and_vjps_equal_diffusers_in_f64() {
 #[test]
 fn unet_forward_and_vjps_equal_diffusers_in_f32() {
     check_against_diffusers::<f32>("f32", 1e-5, 1e-4);
-}
-
-#[test]
-fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
-    let dev = Cpu::seed_from_u64(7);
-    // 3x3 stride 1 pad 1, stride 2 with diffusers' right/bottom padding, 1x1, and no bias.
-    for (k, stride, padding, bias) in [
-        (3, 1, [1; 4], true),
-        (3, 2, [0, 0, 1, 1], true),
-        (1, 1, [0; 4], true),
-        (3, 2, [1; 4], false),
-    ] {
-        let (ci, co) = (3, 5);
-        let conv = Conv2d::<f64, Cpu> {
-            weight: dev.sample_normal_like(&(co, ci * k * k)),
-            bias: bias.then(|| dev.sample_normal_like(&(co,))),
-            in_channels: ci,
-            out_channels: co,
-            kernel: (k, k),
-            stride,
-            padding,
-        };
-        let x: Tensor<(usize, usize, usize, usize), f64, Cpu> =
-            dev.sample_normal_like(&(2, ci, 6, 7));
-        let run = |custom: bool| {
-            let traced = x.clone().trace(Gradients::leaky());
-            let out = if custom {
-                <Cpu as NnDevice<f64>>::conv2d(&conv, traced)
-            } else {
-                conv2d_generic(&conv, traced)
-            };
-            let shape = *out.shape();
-            let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
-                Cpu::seed_from_u64(3).sample_normal_like(&shape);
-            let values = out.retaped::<NoneTape>().as_vec();
-            let mut g = (out * cot).sum().backward();
-            let gw = g.get(&conv.weight).as_vec();
-            let gb = conv.bias.as_ref().map(|b| {
-                g.try_alloc_for(b).unwrap();
-                g.get(b).as_vec()
-            });
-            (values, g.get(&x).as_vec(), gw, gb, shape)
-        };
-        let (a, b) = (run(true), run(false));
-        assert_eq!(a.4, b.4, "output shape");
-        assert!(rel_err(&a.0, &b.0) < 1e-13, "forward k {k} s {stride}");
-        assert!(
-            rel_err(&a.1, &b.1) < 1e-13,
-            "input gradient k {k} s {stride}"
-        );
-        assert!(
-            rel_err(&a.2, &b.2) < 1e-13,
-            "weight gradient k {k} s {stride}"
-        );
-        if let (Some(p), Some(q)) = (&a.3, &b.3) {
-            assert!(rel_err(p, q) < 1e-13, "bias gradient k {k} s {stride}");
-        }
-        // The weight's gradient against central differences of the loss.
-        let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
-            Cpu::seed_from_u64(3).sample_normal_like(&a.4);
-        let loss = |w: &[f64]| {
-            let mut c = conv.clone();
-            c.weight = dev.tensor_from_vec(w.to_vec(), (co, ci * k * k));
-            let out = <Cpu as NnDevice<f64>>::conv2d(&c, x.clone());
-            let l: f64 = (out * cot.clone()).sum::<Rank0, _>().array();
-            l
-        };
-        let w0 = conv.weight.as_vec();
-        for i in [0, 7, w0.len() - 1] {
-            let h = 1e-6;
-            let (mut p, mut m) = (w0.clone(), w0.clone());
-            p[i] += h;
-            m[i] -= h;
-            let fd = (loss(&p) - loss(&m)) / (2.0 * h);
-            assert!(
-                (fd - a.2[i]).abs() < 1e-7 * fd.abs().max(1.0),
-                "dW[{i}]: {fd} vs {}",
-                a.2[i]
-            );
-        }
-    }
 }
 
 mod through_the_sampler {

@@ -10,6 +10,8 @@
 //! im2col by `gather`, a batched matmul): the path of devices without the custom kernel, and
 //! the reference the custom one is tested against.
 
+use std::sync::{Arc, OnceLock};
+
 use dfdx::prelude::*;
 
 use super::{Float, Image};
@@ -18,8 +20,8 @@ use super::{Float, Image};
 #[derive(Clone, Debug)]
 pub struct Conv2d<E: Dtype, D: Storage<E>> {
     /// [out, in kh kw]: diffusers' [out, in, kh, kw] in the same memory order.
-    pub weight: Tensor<(usize, usize), E, D>,
-    pub bias: Option<Tensor<(usize,), E, D>>,
+    weight: Tensor<(usize, usize), E, D>,
+    bias: Option<Tensor<(usize,), E, D>>,
     pub in_channels: usize,
     pub out_channels: usize,
     /// (kh, kw)
@@ -27,9 +29,78 @@ pub struct Conv2d<E: Dtype, D: Storage<E>> {
     pub stride: usize,
     /// Zero padding (top, left, bottom, right).
     pub padding: [usize; 4],
+    /// The weight and bias as host vectors, made on the CPU kernel's first call: dfdx gives a
+    /// tensor's values only as a copy, and copying 36M weights per network call would cost
+    /// a tenth of it. The parameters are private so that the copy cannot go stale.
+    host: OnceLock<Arc<HostParams<E>>>,
+}
+
+#[derive(Debug)]
+struct HostParams<E> {
+    weight: Vec<E>,
+    bias: Option<Vec<E>>,
 }
 
 impl<E: Dtype, D: Storage<E>> Conv2d<E, D> {
+    /// A convolution with `weight` [out, in kh kw] and `bias` [out].
+    pub fn new(
+        weight: Tensor<(usize, usize), E, D>,
+        bias: Option<Tensor<(usize,), E, D>>,
+        kernel: (usize, usize),
+        stride: usize,
+        padding: [usize; 4],
+    ) -> Self {
+        let (out_channels, k) = *weight.shape();
+        assert_eq!(
+            k % (kernel.0 * kernel.1),
+            0,
+            "the weight's columns are in kh kw"
+        );
+        if let Some(b) = &bias {
+            assert_eq!(b.shape().0, out_channels, "one bias per output channel");
+        }
+        Conv2d {
+            weight,
+            bias,
+            in_channels: k / (kernel.0 * kernel.1),
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            host: OnceLock::new(),
+        }
+    }
+
+    /// The weight, [out, in kh kw].
+    pub fn weight(&self) -> &Tensor<(usize, usize), E, D> {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor<(usize,), E, D>> {
+        self.bias.as_ref()
+    }
+
+    /// The same convolution with another weight of the same shape.
+    pub fn with_weight(&self, weight: Tensor<(usize, usize), E, D>) -> Self {
+        assert_eq!(weight.shape(), self.weight.shape(), "the weight's shape");
+        Conv2d::new(
+            weight,
+            self.bias.clone(),
+            self.kernel,
+            self.stride,
+            self.padding,
+        )
+    }
+
+    fn host(&self) -> &HostParams<E> {
+        self.host.get_or_init(|| {
+            Arc::new(HostParams {
+                weight: self.weight.as_vec(),
+                bias: self.bias.as_ref().map(|b| b.as_vec()),
+            })
+        })
+    }
+
     /// The output's (height, width) for an input of (h, w).
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
         let [pt, pl, pb, pr] = self.padding;
@@ -117,7 +188,7 @@ pub(crate) mod cpu {
     use rayon::prelude::*;
 
     use super::Conv2d;
-    use crate::nn::{Float, Image};
+    use crate::nn::{Float, Image, ParamGrads};
 
     /// The sizes of one convolution call.
     #[derive(Clone, Copy, Debug)]
@@ -146,6 +217,23 @@ pub(crate) mod cpu {
         }
         fn image(&self) -> usize {
             self.ci * self.h * self.w
+        }
+
+        /// The input row of output row `oy` under tap row `dy`, None on the padding.
+        fn input_row(&self, oy: usize, dy: usize) -> Option<usize> {
+            let iy = oy * self.stride + dy;
+            (iy >= self.pt && iy < self.h + self.pt).then(|| iy - self.pt)
+        }
+
+        /// The output columns lo..hi whose tap column `dx` falls inside the image: those
+        /// with pl <= ox s + dx < w + pl. Input column of ox: ox s + dx - pl.
+        fn inside_columns(&self, dx: usize) -> (usize, usize) {
+            let s = self.stride;
+            let hi = (self.w + self.pl)
+                .checked_sub(dx)
+                .map_or(0, |end| end.div_ceil(s).min(self.wo));
+            let lo = self.pl.saturating_sub(dx).div_ceil(s).min(hi);
+            (lo, hi)
         }
     }
 
@@ -196,21 +284,23 @@ pub(crate) mod cpu {
                 for dy in 0..g.kh {
                     for dx in 0..g.kw {
                         let row = &mut block[(dy * g.kw + dx) * g.n()..][..g.n()];
+                        let (lo, hi) = g.inside_columns(dx);
                         for oy in 0..g.ho {
                             let dst = &mut row[oy * g.wo..(oy + 1) * g.wo];
-                            let iy = oy * g.stride + dy;
-                            if iy < g.pt || iy >= g.h + g.pt {
+                            let Some(iy) = g.input_row(oy, dy) else {
                                 dst.fill(E::zero());
                                 continue;
-                            }
-                            let src = &xc[(iy - g.pt) * g.w..(iy - g.pt + 1) * g.w];
-                            for (ox, d) in dst.iter_mut().enumerate() {
-                                let ix = ox * g.stride + dx;
-                                *d = if ix >= g.pl && ix < g.w + g.pl {
-                                    src[ix - g.pl]
-                                } else {
-                                    E::zero()
-                                };
+                            };
+                            let src = &xc[iy * g.w..(iy + 1) * g.w];
+                            dst[..lo].fill(E::zero());
+                            dst[hi..].fill(E::zero());
+                            if g.stride == 1 {
+                                let first = lo + dx - g.pl;
+                                dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                            } else {
+                                for (ox, d) in dst[lo..hi].iter_mut().enumerate() {
+                                    *d = src[(lo + ox) * g.stride + dx - g.pl];
+                                }
                             }
                         }
                     }
@@ -228,16 +318,21 @@ pub(crate) mod cpu {
                 for dy in 0..g.kh {
                     for dx_ in 0..g.kw {
                         let row = &block[(dy * g.kw + dx_) * g.n()..][..g.n()];
+                        let (lo, hi) = g.inside_columns(dx_);
                         for oy in 0..g.ho {
-                            let iy = oy * g.stride + dy;
-                            if iy < g.pt || iy >= g.h + g.pt {
+                            let Some(iy) = g.input_row(oy, dy) else {
                                 continue;
-                            }
-                            let dst = &mut dxc[(iy - g.pt) * g.w..(iy - g.pt + 1) * g.w];
-                            for (ox, v) in row[oy * g.wo..(oy + 1) * g.wo].iter().enumerate() {
-                                let ix = ox * g.stride + dx_;
-                                if ix >= g.pl && ix < g.w + g.pl {
-                                    dst[ix - g.pl] += *v;
+                            };
+                            let dst = &mut dxc[iy * g.w..(iy + 1) * g.w];
+                            let src = &row[oy * g.wo + lo..oy * g.wo + hi];
+                            if g.stride == 1 {
+                                let first = lo + dx_ - g.pl;
+                                for (d, v) in dst[first..first + hi - lo].iter_mut().zip(src) {
+                                    *d += *v;
+                                }
+                            } else {
+                                for (ox, v) in src.iter().enumerate() {
+                                    dst[(lo + ox) * g.stride + dx_ - g.pl] += *v;
                                 }
                             }
                         }
@@ -246,22 +341,32 @@ pub(crate) mod cpu {
             });
     }
 
+    /// The GEMM's right operand for image `bi`: the image itself for a pointwise convolution,
+    /// else its unfolding in `cols`.
+    fn unfolded<'a, E: Float>(g: &Geometry, x: &'a [E], bi: usize, cols: &'a mut [E]) -> &'a [E] {
+        let xb = &x[bi * g.image()..(bi + 1) * g.image()];
+        if g.pointwise {
+            xb
+        } else {
+            im2col(g, xb, cols);
+            cols
+        }
+    }
+
+    fn scratch<E: Float>(g: &Geometry) -> Vec<E> {
+        if g.pointwise {
+            vec![]
+        } else {
+            vec![E::zero(); g.k() * g.n()]
+        }
+    }
+
     fn forward<E: Float>(g: &Geometry, x: &[E], weight: &[E], bias: Option<&[E]>) -> Vec<E> {
         let (k, n) = (g.k(), g.n());
         let mut out = vec![E::zero(); g.batch * g.co * n];
-        let mut cols = if g.pointwise {
-            vec![]
-        } else {
-            vec![E::zero(); k * n]
-        };
+        let mut cols = scratch(g);
         for bi in 0..g.batch {
-            let xb = &x[bi * g.image()..(bi + 1) * g.image()];
-            let colsb: &[E] = if g.pointwise {
-                xb
-            } else {
-                im2col(g, xb, &mut cols);
-                &cols
-            };
+            let colsb = unfolded(g, x, bi, &mut cols);
             let ob = &mut out[bi * g.co * n..(bi + 1) * g.co * n];
             if let Some(bias) = bias {
                 for (row, bv) in ob.chunks_exact_mut(n).zip(bias) {
@@ -283,34 +388,13 @@ pub(crate) mod cpu {
         out
     }
 
-    /// Adds the weight's, the bias's and the input's gradients for the output's gradient `go`.
-    fn backward<E: Float>(
-        g: &Geometry,
-        (x, weight, go): (&[E], &[E], &[E]),
-        dweight: &mut [E],
-        dbias: Option<&mut [E]>,
-        dx: &mut [E],
-    ) {
+    /// dweight += go colsᵀ for the output's gradient `go`.
+    fn weight_backward<E: Float>(g: &Geometry, (x, go): (&[E], &[E]), dweight: &mut [E]) {
         let (k, n) = (g.k(), g.n());
-        let mut cols = if g.pointwise {
-            vec![]
-        } else {
-            vec![E::zero(); k * n]
-        };
-        let mut dcols = if g.pointwise {
-            vec![]
-        } else {
-            vec![E::zero(); k * n]
-        };
+        let mut cols = scratch(g);
         for bi in 0..g.batch {
-            let xb = &x[bi * g.image()..(bi + 1) * g.image()];
+            let colsb = unfolded(g, x, bi, &mut cols);
             let gob = &go[bi * g.co * n..(bi + 1) * g.co * n];
-            let colsb: &[E] = if g.pointwise {
-                xb
-            } else {
-                im2col(g, xb, &mut cols);
-                &cols
-            };
             // SAFETY: dweight [co x k] += gob [co x n] colsb^T [n x k].
             unsafe {
                 matmul(
@@ -322,48 +406,53 @@ pub(crate) mod cpu {
                     (colsb.as_ptr(), 1, n),
                 );
             }
-            let dxb = &mut dx[bi * g.image()..(bi + 1) * g.image()];
-            if g.pointwise {
-                // SAFETY: dxb [k x n] += weight^T [k x co] gob [co x n].
-                unsafe {
-                    matmul(
-                        (k, n, g.co),
-                        dxb.as_mut_ptr(),
-                        n,
-                        true,
-                        (weight.as_ptr(), 1, k),
-                        (gob.as_ptr(), n, 1),
-                    );
-                }
-            } else {
-                // SAFETY: dcols [k x n] = weight^T [k x co] gob [co x n].
-                unsafe {
-                    matmul(
-                        (k, n, g.co),
-                        dcols.as_mut_ptr(),
-                        n,
-                        false,
-                        (weight.as_ptr(), 1, k),
-                        (gob.as_ptr(), n, 1),
-                    );
-                }
-                col2im(g, &dcols, dxb);
-            }
         }
-        if let Some(db) = dbias {
-            for bi in 0..g.batch {
-                let gob = &go[bi * g.co * n..(bi + 1) * g.co * n];
-                for (d, row) in db.iter_mut().zip(gob.chunks_exact(n)) {
-                    *d += row.iter().fold(E::zero(), |s, v| s + *v);
-                }
+    }
+
+    /// dbias += the sums of go's rows (over the batch and the positions).
+    fn bias_backward<E: Float>(g: &Geometry, go: &[E], dbias: &mut [E]) {
+        for gob in go.chunks_exact(g.co * g.n()) {
+            for (d, row) in dbias.iter_mut().zip(gob.chunks_exact(g.n())) {
+                *d += row.iter().fold(E::zero(), |s, v| s + *v);
             }
         }
     }
 
-    /// The convolution on the CPU, on `x`'s tape.
+    /// dx += the input's gradient for the output's gradient `go`: weightᵀ go, folded back.
+    fn input_backward<E: Float>(g: &Geometry, (weight, go): (&[E], &[E]), dx: &mut [E]) {
+        let (k, n) = (g.k(), g.n());
+        let mut dcols = scratch(g);
+        for bi in 0..g.batch {
+            let gob = &go[bi * g.co * n..(bi + 1) * g.co * n];
+            let dxb = &mut dx[bi * g.image()..(bi + 1) * g.image()];
+            let (dst, acc) = if g.pointwise {
+                (dxb.as_mut_ptr(), true)
+            } else {
+                (dcols.as_mut_ptr(), false)
+            };
+            // SAFETY: dst [k x n] (+)= weight^T [k x co] gob [co x n]; dst is dxb or dcols.
+            unsafe {
+                matmul(
+                    (k, n, g.co),
+                    dst,
+                    n,
+                    acc,
+                    (weight.as_ptr(), 1, k),
+                    (gob.as_ptr(), n, 1),
+                );
+            }
+            if !g.pointwise {
+                col2im(g, &dcols, dxb);
+            }
+        }
+    }
+
+    /// The convolution on the CPU, on `x`'s tape; with [`ParamGrads::Skip`] its backward pass
+    /// leaves the weight and the bias without gradients.
     pub fn conv2d<E: Float, T: Tape<E, Cpu>>(
         conv: &Conv2d<E, Cpu>,
         x: Image<E, Cpu, T>,
+        params: ParamGrads,
     ) -> Image<E, Cpu, T>
     where
         Cpu: Device<E>,
@@ -391,34 +480,27 @@ pub(crate) mod cpu {
         // Contiguous, so that the input's gradient buffer has the layout of its values.
         let (x, mut tape) = x.contiguous().split_tape();
         let dev = x.device().clone();
-        let xs = x.as_vec();
-        let ws = conv.weight.as_vec();
-        let bs = conv.bias.as_ref().map(|b| b.as_vec());
-        let out = dev.tensor_from_vec(forward(&g, &xs, &ws, bs.as_deref()), (batch, g.co, ho, wo));
+        let mut xs = vec![E::zero(); g.batch * g.image()];
+        x.copy_into(&mut xs);
+        conv.host();
+        let host = Arc::clone(conv.host.get().expect("made above"));
+        let out = dev.tensor_from_vec(
+            forward(&g, &xs, &host.weight, host.bias.as_deref()),
+            (batch, g.co, ho, wo),
+        );
         if T::OWNS_TAPE {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
-            let (weight, bias) = (conv.weight.clone(), conv.bias.clone());
-            let (xs, ws) = (Arc::new(xs), Arc::new(ws));
+            let weight = conv.weight.ghost();
+            let bias = conv.bias.as_ref().map(|b| b.ghost());
             tape.add_backward_op(move |grads| {
                 let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
-                let mut dweight = grads.get_or_alloc_mut(&weight)?.to_vec();
-                let mut dbias = match &bias {
-                    Some(b) => Some(grads.get_or_alloc_mut(b)?.to_vec()),
-                    None => None,
-                };
-                let mut dx = grads.get_or_alloc_mut(&x_ghost)?.to_vec();
-                backward(
-                    &g,
-                    (&xs, &ws, &go),
-                    &mut dweight,
-                    dbias.as_deref_mut(),
-                    &mut dx,
-                );
-                grads.get_or_alloc_mut(&weight)?.copy_from_slice(&dweight);
-                if let (Some(b), Some(db)) = (&bias, dbias) {
-                    grads.get_or_alloc_mut(b)?.copy_from_slice(&db);
+                if params == ParamGrads::Compute {
+                    weight_backward(&g, (&xs, &go), grads.get_or_alloc_mut(&weight)?);
+                    if let Some(b) = &bias {
+                        bias_backward(&g, &go, grads.get_or_alloc_mut(b)?);
+                    }
                 }
-                grads.get_or_alloc_mut(&x_ghost)?.copy_from_slice(&dx);
+                input_backward(&g, (&host.weight, &go), grads.get_or_alloc_mut(&x_ghost)?);
                 Ok(())
             });
         }

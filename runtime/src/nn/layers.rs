@@ -1,5 +1,5 @@
 //! The layers around the convolution, written with dfdx's operations on any tape: linear maps,
-//! GroupNorm, SiLU, nearest 2x upsampling, the self-attention block of diffusers' `UNet2DModel`
+//! SiLU, nearest 2x upsampling, the self-attention block of diffusers' `UNet2DModel`
 //! and the sinusoidal timestep embedding.
 //!
 //! Parameters are tensors without a tape; each use puts an empty tape on them
@@ -8,7 +8,7 @@
 
 use dfdx::prelude::*;
 
-use super::{Float, Image};
+use super::{Activation, Float, GroupNorm, Image, NnDevice, ParamGrads};
 
 /// y = x W^T + b on rows [n, in] (W: [out, in], as torch stores it).
 #[derive(Clone, Debug)]
@@ -69,39 +69,6 @@ impl<E: Float, D: Device<E>> Linear<E, D> {
     }
 }
 
-/// GroupNorm over (channels / groups, height, width) with a per-channel affine map.
-#[derive(Clone, Debug)]
-pub struct GroupNorm<E: Dtype, D: Storage<E>> {
-    pub weight: Tensor<(usize,), E, D>,
-    pub bias: Tensor<(usize,), E, D>,
-    pub groups: usize,
-    pub eps: f64,
-}
-
-impl<E: Float, D: Device<E>> GroupNorm<E, D> {
-    pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>) -> Image<E, D, T> {
-        let shape = *x.shape();
-        let (b, c, h, w) = shape;
-        let g = self.groups;
-        let normed = x
-            .contiguous()
-            .reshape_like(&(b, g, (c / g) * h * w))
-            .normalize::<Axis<2>>(self.eps)
-            .reshape_like(&shape);
-        let scale = self
-            .weight
-            .clone()
-            .retaped::<T>()
-            .broadcast_like::<_, Axes3<0, 2, 3>>(&shape);
-        let shift = self
-            .bias
-            .clone()
-            .retaped::<T>()
-            .broadcast_like::<_, Axes3<0, 2, 3>>(&shape);
-        normed * scale + shift
-    }
-}
-
 /// SiLU, x sigmoid(x), on any shape.
 pub fn silu<S: Shape, E: Float, D: Device<E>, T: Tape<E, D>>(
     x: Tensor<S, E, D, T>,
@@ -132,17 +99,15 @@ pub struct Attention<E: Dtype, D: Storage<E>> {
     pub rescale_output_factor: f64,
 }
 
-impl<E: Float, D: Device<E>> Attention<E, D> {
-    pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>) -> Image<E, D, T> {
+impl<E: Float, D: NnDevice<E>> Attention<E, D> {
+    pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>, params: ParamGrads) -> Image<E, D, T> {
         let shape = *x.shape();
         let (b, c, h, w) = shape;
         let (s, heads) = (h * w, self.heads);
         let d = self.to_q.out_features() / heads;
         let residual = x.with_empty_tape();
         // [b, c, h w] -> [b, s, c]
-        let seq = self
-            .group_norm
-            .forward(x)
+        let seq = D::group_norm(&self.group_norm, x, None, Activation::Identity, params)
             .reshape_like(&(b, c, s))
             .permute::<_, Axes3<0, 2, 1>>()
             .contiguous();

@@ -2,17 +2,22 @@
 //! GroupNorm, SiLU, linear maps, nearest upsampling, self-attention, and the sinusoidal
 //! timestep embedding. Each runs on any dfdx tape, so one forward pass serves sampling
 //! (no tape), one VJP (a tape for one evaluation) and the full-tape reference (one tape for the
-//! whole loop); every gradient is exact. The convolution is a custom operation on the CPU
-//! (im2col and a GEMM, with its own backward on dfdx's tape); other devices run it through
-//! dfdx's own operations ([`conv::conv2d_generic`]).
+//! whole loop); every gradient is exact. On the CPU the convolution (im2col and a GEMM) and
+//! GroupNorm (with the shift before it and the SiLU after it) are custom operations with
+//! their own backward on dfdx's tape; other devices run them through dfdx's own operations
+//! ([`conv::conv2d_generic`], [`GroupNorm::forward_generic`]). Measured on the W3 UNet
+//! (`adeis bench --workload w3`): the composed GroupNorm and SiLU cost more than the
+//! convolutions, since dfdx's CPU kernels index every element through its strides.
 
 pub mod conv;
 pub mod layers;
+pub mod norm;
 
 use dfdx::prelude::*;
 
 pub use conv::Conv2d;
-pub use layers::{timestep_embedding, Attention, GroupNorm, Linear};
+pub use layers::{timestep_embedding, Attention, Linear};
+pub use norm::{Activation, ChannelShift, GroupNorm};
 
 /// A batch of images: [batch, channels, height, width].
 pub type Image<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
@@ -22,46 +27,91 @@ pub trait Float: Dtype + num_traits::Float + Send + Sync {}
 impl Float for f32 {}
 impl Float for f64 {}
 
+/// Whether a traced pass differentiates the parameters too. A VJP with respect to the input
+/// and the conditioning alone skips the convolutions' weight gradients, a third of their
+/// backward work (the parameters then get no gradient, or zeros where one is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamGrads {
+    Compute,
+    Skip,
+}
+
+impl ParamGrads {
+    pub fn when(wanted: bool) -> Self {
+        if wanted {
+            ParamGrads::Compute
+        } else {
+            ParamGrads::Skip
+        }
+    }
+}
+
 /// A device the layers run on: dfdx's operations, and a convolution.
 pub trait NnDevice<E: Float>: Device<E> {
-    /// `conv` applied to `x`, on `x`'s tape.
-    fn conv2d<T: Tape<E, Self>>(conv: &Conv2d<E, Self>, x: Image<E, Self, T>) -> Image<E, Self, T>;
-}
+    /// `conv` applied to `x`, on `x`'s tape; `params` says whether its backward pass computes
+    /// the weight's and the bias's gradients (a device may compute them always).
+    fn conv2d<T: Tape<E, Self>>(
+        conv: &Conv2d<E, Self>,
+        x: Image<E, Self, T>,
+        params: ParamGrads,
+    ) -> Image<E, Self, T>;
 
-impl NnDevice<f32> for Cpu {
-    fn conv2d<T: Tape<f32, Cpu>>(
-        conv: &Conv2d<f32, Cpu>,
-        x: Image<f32, Cpu, T>,
-    ) -> Image<f32, Cpu, T> {
-        conv::cpu::conv2d(conv, x)
+    /// act(GroupNorm(x + shift)) on the tapes of x and shift; `params` as for
+    /// [`NnDevice::conv2d`]. By default dfdx's operations.
+    fn group_norm<T: Tape<E, Self>>(
+        norm: &GroupNorm<E, Self>,
+        x: Image<E, Self, T>,
+        shift: Option<ChannelShift<E, Self, T>>,
+        act: Activation,
+        _params: ParamGrads,
+    ) -> Image<E, Self, T> {
+        norm.forward_generic(x, shift, act)
     }
 }
 
-impl NnDevice<f64> for Cpu {
-    fn conv2d<T: Tape<f64, Cpu>>(
-        conv: &Conv2d<f64, Cpu>,
-        x: Image<f64, Cpu, T>,
-    ) -> Image<f64, Cpu, T> {
-        conv::cpu::conv2d(conv, x)
-    }
-}
+/// The CPU runs the convolution and GroupNorm as its own kernels.
+macro_rules! cpu_nn_device {
+    ($e:ty) => {
+        impl NnDevice<$e> for Cpu {
+            fn conv2d<T: Tape<$e, Cpu>>(
+                conv: &Conv2d<$e, Cpu>,
+                x: Image<$e, Cpu, T>,
+                params: ParamGrads,
+            ) -> Image<$e, Cpu, T> {
+                conv::cpu::conv2d(conv, x, params)
+            }
 
+            fn group_norm<T: Tape<$e, Cpu>>(
+                norm: &GroupNorm<$e, Cpu>,
+                x: Image<$e, Cpu, T>,
+                shift: Option<ChannelShift<$e, Cpu, T>>,
+                act: Activation,
+                params: ParamGrads,
+            ) -> Image<$e, Cpu, T> {
+                norm::cpu::group_norm(norm, x, shift, act, params)
+            }
+        }
+    };
+}
+cpu_nn_device!(f32);
+cpu_nn_device!(f64);
+
+/// Other devices run both through dfdx's operations.
 #[cfg(feature = "cuda")]
-impl NnDevice<f32> for Cuda {
-    fn conv2d<T: Tape<f32, Cuda>>(
-        conv: &Conv2d<f32, Cuda>,
-        x: Image<f32, Cuda, T>,
-    ) -> Image<f32, Cuda, T> {
-        conv::conv2d_generic(conv, x)
-    }
+macro_rules! generic_nn_device {
+    ($e:ty, $d:ty) => {
+        impl NnDevice<$e> for $d {
+            fn conv2d<T: Tape<$e, $d>>(
+                conv: &Conv2d<$e, $d>,
+                x: Image<$e, $d, T>,
+                _params: ParamGrads,
+            ) -> Image<$e, $d, T> {
+                conv::conv2d_generic(conv, x)
+            }
+        }
+    };
 }
-
 #[cfg(feature = "cuda")]
-impl NnDevice<f64> for Cuda {
-    fn conv2d<T: Tape<f64, Cuda>>(
-        conv: &Conv2d<f64, Cuda>,
-        x: Image<f64, Cuda, T>,
-    ) -> Image<f64, Cuda, T> {
-        conv::conv2d_generic(conv, x)
-    }
-}
+generic_nn_device!(f32, Cuda);
+#[cfg(feature = "cuda")]
+generic_nn_device!(f64, Cuda);

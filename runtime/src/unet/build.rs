@@ -172,19 +172,13 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         stride: usize,
         padding: [usize; 4],
     ) -> Result<Conv2d<E, D>, RuntimeError> {
-        Ok(Conv2d {
-            weight: self.matrix(
-                &format!("{prefix}.weight"),
-                (co, ci * k * k),
-                &[co, ci, k, k],
-            )?,
-            bias: Some(self.vector(&format!("{prefix}.bias"), co)?),
-            in_channels: ci,
-            out_channels: co,
-            kernel: (k, k),
-            stride,
-            padding,
-        })
+        let weight = self.matrix(
+            &format!("{prefix}.weight"),
+            (co, ci * k * k),
+            &[co, ci, k, k],
+        )?;
+        let bias = self.vector(&format!("{prefix}.bias"), co)?;
+        Ok(Conv2d::new(weight, Some(bias), (k, k), stride, padding))
     }
 
     fn conv3(&mut self, prefix: &str, ci: usize, co: usize) -> Result<Conv2d<E, D>, RuntimeError> {

@@ -17,8 +17,11 @@ use dfdx::prelude::*;
 
 use crate::denoiser::{Cotangents, Denoiser};
 use crate::error::RuntimeError;
-use crate::nn::layers::{silu, upsample2x};
-use crate::nn::{timestep_embedding, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice};
+use crate::nn::layers::{self, upsample2x};
+use crate::nn::{
+    timestep_embedding, Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice,
+    ParamGrads,
+};
 use crate::state::State;
 use crate::tape::{Taped, TapedDenoiser};
 
@@ -106,17 +109,18 @@ impl<E: Float, D: NnDevice<E>> Resnet<E, D> {
         &self,
         x: Image<E, D, T>,
         temb: &Tensor<(usize, usize), E, D>,
+        params: ParamGrads,
     ) -> Image<E, D, T> {
-        let h = D::conv2d(&self.conv1, silu(self.norm1.forward(x.with_empty_tape())));
-        let shape = *h.shape();
+        let silu = Activation::Silu;
+        let h = D::group_norm(&self.norm1, x.with_empty_tape(), None, silu, params);
+        let h = D::conv2d(&self.conv1, h, params);
         let t = self
             .time_emb_proj
-            .forward(silu(temb.clone().retaped::<T>()))
-            .broadcast_like::<_, Axes2<2, 3>>(&shape);
-        let h = silu(self.norm2.forward(h + t));
-        let h = D::conv2d(&self.conv2, h);
+            .forward(layers::silu(temb.clone().retaped::<T>()));
+        let h = D::group_norm(&self.norm2, h, Some(t), silu, params);
+        let h = D::conv2d(&self.conv2, h, params);
         let skip = match &self.conv_shortcut {
-            Some(c) => D::conv2d(c, x),
+            Some(c) => D::conv2d(c, x, params),
             None => x,
         };
         let out = skip + h;
@@ -227,16 +231,18 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         let rows: Vec<E> = (0..batch).flat_map(|_| row.iter().copied()).collect();
         let proj = dev.tensor_from_vec(rows, (batch, c0)).retaped::<T>();
         self.time_linear_2
-            .forward(silu(self.time_linear_1.forward(proj)))
+            .forward(layers::silu(self.time_linear_1.forward(proj)))
     }
 
     /// The network on images `x` at model time `t`, with the conditioning `z` (the
-    /// class-embedding vector) when the model takes one, on x's tape.
+    /// class-embedding vector) when the model takes one, on x's tape; `params` says whether
+    /// the tape's backward pass computes the parameters' gradients.
     pub fn forward_image<T: Tape<E, D>>(
         &self,
         x: Image<E, D, T>,
         z: Option<Tensor<(usize, usize), E, D, T>>,
         t: f64,
+        params: ParamGrads,
     ) -> Image<E, D, T> {
         let dev = x.device().clone();
         let batch = x.shape().0;
@@ -252,27 +258,27 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         if self.config.center_input_sample {
             h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
         }
-        h = D::conv2d(&self.conv_in, h);
+        h = D::conv2d(&self.conv_in, h, params);
         let mut skips = vec![h.with_empty_tape()];
         for block in &self.down {
             for (k, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(h, &emb);
+                h = resnet.forward(h, &emb, params);
                 if let Some(a) = block.attentions.get(k) {
-                    h = a.forward(h);
+                    h = a.forward(h, params);
                 }
                 skips.push(h.with_empty_tape());
             }
             if let Some(down) = &block.downsample {
-                h = D::conv2d(down, h);
+                h = D::conv2d(down, h, params);
                 skips.push(h.with_empty_tape());
             }
         }
         if let Some(mid) = &self.mid {
-            h = mid.first.forward(h, &emb);
+            h = mid.first.forward(h, &emb, params);
             if let Some(a) = &mid.attention {
-                h = a.forward(h);
+                h = a.forward(h, params);
             }
-            h = mid.second.forward(h, &emb);
+            h = mid.second.forward(h, &emb, params);
         } else {
             // Without a mid block the first up resnet concatenates the last down output with
             // itself; dfdx's binary operations need two tensors, so the path goes on with a
@@ -282,16 +288,17 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         for block in &self.up {
             for (k, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                h = resnet.forward((h, skip).concat_along(Axis::<1>), &emb);
+                h = resnet.forward((h, skip).concat_along(Axis::<1>), &emb, params);
                 if let Some(a) = block.attentions.get(k) {
-                    h = a.forward(h);
+                    h = a.forward(h, params);
                 }
             }
             if let Some(up) = &block.upsample {
-                h = D::conv2d(up, upsample2x(h));
+                h = D::conv2d(up, upsample2x(h), params);
             }
         }
-        D::conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
+        let h = D::group_norm(&self.norm_out, h, None, Activation::Silu, params);
+        D::conv2d(&self.conv_out, h, params)
     }
 
     fn image_of(&self, x: &State<E, D>) -> Tensor<(usize, usize, usize, usize), E, D> {
@@ -371,7 +378,12 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
     }
 
     fn forward(&self, x: &State<E, D>, z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
-        let out = self.forward_image(self.image_of(x), z.map(|z| z.rows().clone()), time.model_t);
+        let out = self.forward_image(
+            self.image_of(x),
+            z.map(|z| z.rows().clone()),
+            time.model_t,
+            ParamGrads::Skip,
+        );
         let b = x.batch();
         x.like(out.reshape_like(&(b, x.width())))
     }
@@ -405,7 +417,8 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
         // conditioning's can be read; they are freed with `grads` on return.
         let traced = image.trace(Gradients::leaky());
         let zt = z.map(|z| z.rows().clone().retaped::<OwnedTape<E, D>>());
-        let out = self.forward_image(traced, zt, time.model_t);
+        let params = ParamGrads::when(theta.as_ref().is_some_and(|(_, w)| *w != 0.0));
+        let out = self.forward_image(traced, zt, time.model_t, params);
         let c = cot.rows().clone().reshape_like(out.shape());
         let mut grads = (out * c).sum().backward();
         let dx = grads.get(&probe).reshape_like(&(x.batch(), x.width()));
@@ -440,10 +453,11 @@ impl<E: Float, D: NnDevice<E>> TapedDenoiser<E, D> for UNet2D<E, D> {
         item: &[usize],
         z: Option<Taped<E, D>>,
         time: &TimeInfo,
+        params: ParamGrads,
     ) -> Taped<E, D> {
         let (b, width) = *x.shape();
         let image = x.reshape_like(&(b, item[0], item[1], item[2]));
-        self.forward_image(image, z, time.model_t)
+        self.forward_image(image, z, time.model_t, params)
             .reshape_like(&(b, width))
     }
 

@@ -1,0 +1,262 @@
+//! The layers' CPU kernels (convolution, fused GroupNorm) against the same layers composed
+//! from dfdx's operations, and their gradients against central finite differences (f64).
+
+use adeis_runtime::nn::conv::conv2d_generic;
+use adeis_runtime::nn::{Activation, Conv2d, GroupNorm, NnDevice, ParamGrads};
+use dfdx::prelude::*;
+
+type Image = Tensor<(usize, usize, usize, usize), f64, Cpu>;
+
+/// max |a - b| / max |b|: the error relative to the reference's scale.
+fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Central differences of `loss` at `at`, entry i.
+fn central(loss: impl Fn(&[f64]) -> f64, at: &[f64], i: usize) -> f64 {
+    let h = 1e-6;
+    let (mut p, mut m) = (at.to_vec(), at.to_vec());
+    p[i] += h;
+    m[i] -= h;
+    (loss(&p) - loss(&m)) / (2.0 * h)
+}
+
+#[test]
+fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
+    let dev = Cpu::seed_from_u64(7);
+    // 3x3 stride 1 pad 1, stride 2 with diffusers' right/bottom padding, 1x1, and no bias.
+    for (k, stride, padding, bias) in [
+        (3, 1, [1; 4], true),
+        (3, 2, [0, 0, 1, 1], true),
+        (1, 1, [0; 4], true),
+        (3, 2, [1; 4], false),
+    ] {
+        let (ci, co) = (3, 5);
+        let conv = Conv2d::<f64, Cpu>::new(
+            dev.sample_normal_like(&(co, ci * k * k)),
+            bias.then(|| dev.sample_normal_like(&(co,))),
+            (k, k),
+            stride,
+            padding,
+        );
+        let x: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+            dev.sample_normal_like(&(2, ci, 6, 7));
+        let run = |custom: bool| {
+            let traced = x.clone().trace(Gradients::leaky());
+            let out = if custom {
+                <Cpu as NnDevice<f64>>::conv2d(&conv, traced, ParamGrads::Compute)
+            } else {
+                conv2d_generic(&conv, traced)
+            };
+            let shape = *out.shape();
+            let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+                Cpu::seed_from_u64(3).sample_normal_like(&shape);
+            let values = out.retaped::<NoneTape>().as_vec();
+            let mut g = (out * cot).sum().backward();
+            let gw = g.get(conv.weight()).as_vec();
+            let gb = conv.bias().map(|b| {
+                g.try_alloc_for(b).unwrap();
+                g.get(b).as_vec()
+            });
+            (values, g.get(&x).as_vec(), gw, gb, shape)
+        };
+        let (a, b) = (run(true), run(false));
+        assert_eq!(a.4, b.4, "output shape");
+        assert!(rel_err(&a.0, &b.0) < 1e-13, "forward k {k} s {stride}");
+        assert!(
+            rel_err(&a.1, &b.1) < 1e-13,
+            "input gradient k {k} s {stride}"
+        );
+        assert!(
+            rel_err(&a.2, &b.2) < 1e-13,
+            "weight gradient k {k} s {stride}"
+        );
+        if let (Some(p), Some(q)) = (&a.3, &b.3) {
+            assert!(rel_err(p, q) < 1e-13, "bias gradient k {k} s {stride}");
+        }
+        // The weight's gradient against central differences of the loss.
+        let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
+            Cpu::seed_from_u64(3).sample_normal_like(&a.4);
+        let loss = |w: &[f64]| {
+            let c = conv.with_weight(dev.tensor_from_vec(w.to_vec(), (co, ci * k * k)));
+            let out = <Cpu as NnDevice<f64>>::conv2d(&c, x.clone(), ParamGrads::Skip);
+            let l: f64 = (out * cot.clone()).sum::<Rank0, _>().array();
+            l
+        };
+        let w0 = conv.weight().as_vec();
+        for i in [0, 7, w0.len() - 1] {
+            let h = 1e-6;
+            let (mut p, mut m) = (w0.clone(), w0.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fd = (loss(&p) - loss(&m)) / (2.0 * h);
+            assert!(
+                (fd - a.2[i]).abs() < 1e-7 * fd.abs().max(1.0),
+                "dW[{i}]: {fd} vs {}",
+                a.2[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_cpu_convolution_skips_only_the_parameter_gradients() {
+    let dev = Cpu::seed_from_u64(9);
+    let conv = Conv2d::<f64, Cpu>::new(
+        dev.sample_normal_like(&(4, 3 * 9)),
+        Some(dev.sample_normal_like(&(4,))),
+        (3, 3),
+        1,
+        [1; 4],
+    );
+    let x: Image = dev.sample_normal_like(&(2, 3, 5, 4));
+    let run = |params| {
+        let out =
+            <Cpu as NnDevice<f64>>::conv2d(&conv, x.clone().trace(Gradients::leaky()), params);
+        let mut g = out.sum().backward();
+        g.try_alloc_for(conv.weight()).unwrap();
+        (g.get(&x).as_vec(), g.get(conv.weight()).as_vec())
+    };
+    let (all, skip) = (run(ParamGrads::Compute), run(ParamGrads::Skip));
+    assert_eq!(all.0, skip.0, "the input's gradient");
+    assert!(
+        all.1.iter().any(|v| *v != 0.0),
+        "a weight gradient when computed"
+    );
+    assert!(
+        skip.1.iter().all(|v| *v == 0.0),
+        "no weight gradient when skipped"
+    );
+}
+
+/// One GroupNorm call's output and gradients (x, shift, weight, bias) for cotangent `cot`.
+struct NormRun {
+    out: Vec<f64>,
+    dx: Vec<f64>,
+    dshift: Option<Vec<f64>>,
+    dweight: Vec<f64>,
+    dbias: Vec<f64>,
+}
+
+fn run_norm(
+    norm: &GroupNorm<f64, Cpu>,
+    (x, shift): (&Image, Option<&Tensor<(usize, usize), f64, Cpu>>),
+    act: Activation,
+    cot: &Image,
+    fused: bool,
+) -> NormRun {
+    let traced = x.clone().trace(Gradients::leaky());
+    let s = shift.map(|s| s.clone().retaped::<OwnedTape<f64, Cpu>>());
+    let out = if fused {
+        <Cpu as NnDevice<f64>>::group_norm(norm, traced, s, act, ParamGrads::Compute)
+    } else {
+        norm.forward_generic(traced, s, act)
+    };
+    let values = out.retaped::<NoneTape>().as_vec();
+    let g = (out * cot.clone()).sum().backward();
+    NormRun {
+        out: values,
+        dx: g.get(x).as_vec(),
+        dshift: shift.map(|s| g.get(s).as_vec()),
+        dweight: g.get(&norm.weight).as_vec(),
+        dbias: g.get(&norm.bias).as_vec(),
+    }
+}
+
+#[test]
+fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
+    let dev = Cpu::seed_from_u64(11);
+    let (b, c, h, w, groups) = (2, 6, 5, 3, 3);
+    let norm = GroupNorm::<f64, Cpu> {
+        weight: dev.sample_normal_like(&(c,)),
+        bias: dev.sample_normal_like(&(c,)),
+        groups,
+        eps: 1e-6,
+    };
+    // A mean far from zero relative to the spread (as a time embedding's shift makes it).
+    let x: Image = dev.sample_normal_like(&(b, c, h, w)) + 30.0;
+    let shift: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(b, c));
+    let cot: Image = dev.sample_normal_like(&(b, c, h, w));
+    for act in [Activation::Identity, Activation::Silu] {
+        for with_shift in [false, true] {
+            let s = with_shift.then_some(&shift);
+            let fused = run_norm(&norm, (&x, s), act, &cot, true);
+            let generic = run_norm(&norm, (&x, s), act, &cot, false);
+            let what = format!("{act:?}, shift {with_shift}");
+            assert!(rel_err(&fused.out, &generic.out) < 1e-12, "forward, {what}");
+            assert!(rel_err(&fused.dx, &generic.dx) < 1e-10, "dx, {what}");
+            assert!(
+                rel_err(&fused.dweight, &generic.dweight) < 1e-10,
+                "dweight, {what}"
+            );
+            assert!(
+                rel_err(&fused.dbias, &generic.dbias) < 1e-10,
+                "dbias, {what}"
+            );
+            if let (Some(p), Some(q)) = (&fused.dshift, &generic.dshift) {
+                assert!(rel_err(p, q) < 1e-10, "dshift, {what}");
+            }
+            // Finite differences of sum(cot * out) in x, the shift and the weight.
+            let loss = |x: &Image,
+                        s: Option<&Tensor<(usize, usize), f64, Cpu>>,
+                        n: &GroupNorm<f64, Cpu>| {
+                let out = <Cpu as NnDevice<f64>>::group_norm(
+                    n,
+                    x.clone(),
+                    s.cloned(),
+                    act,
+                    ParamGrads::Skip,
+                );
+                (out * cot.clone()).sum::<Rank0, _>().array()
+            };
+            let x0 = x.as_vec();
+            for i in [0, 17, x0.len() - 1] {
+                let fd = central(
+                    |v| loss(&dev.tensor_from_vec(v.to_vec(), (b, c, h, w)), s, &norm),
+                    &x0,
+                    i,
+                );
+                assert!(
+                    (fd - fused.dx[i]).abs() < 1e-6 * fd.abs().max(1.0),
+                    "dx[{i}] {what}"
+                );
+            }
+            if let Some(ds) = &fused.dshift {
+                let s0 = shift.as_vec();
+                for i in [0, 7] {
+                    let fd = central(
+                        |v| loss(&x, Some(&dev.tensor_from_vec(v.to_vec(), (b, c))), &norm),
+                        &s0,
+                        i,
+                    );
+                    assert!(
+                        (fd - ds[i]).abs() < 1e-6 * fd.abs().max(1.0),
+                        "dshift[{i}] {what}"
+                    );
+                }
+            }
+            let w0 = norm.weight.as_vec();
+            for i in [0, c - 1] {
+                let fd = central(
+                    |v| {
+                        let mut n = norm.clone();
+                        n.weight = dev.tensor_from_vec(v.to_vec(), (c,));
+                        loss(&x, s, &n)
+                    },
+                    &w0,
+                    i,
+                );
+                assert!(
+                    (fd - fused.dweight[i]).abs() < 1e-6 * fd.abs().max(1.0),
+                    "dweight[{i}] {what}"
+                );
+            }
+        }
+    }
+}
