@@ -6,7 +6,7 @@ two side by side.
 
 Workload W3 (as `adeis bench --workload w3`): google/ddpm-cifar10-32's UNet2DModel (35.7M
 parameters, seeded random weights), batch 1, 3x32x32, DDIM on N + 1 evenly spaced train
-indices round(999 (N - k) / N) of the linear DDPM schedule (1000 steps, betas 1e-4..0.02), mean
+indices round(999 (N - k) / N) (halves up) of the linear DDPM schedule (1000 steps, betas 1e-4..0.02), mean
 squared error to a fixed target, the gradient with respect to x_T. Methods:
   sample    the N steps under no_grad
   discrete  the states recorded under no_grad, then one forward + VJP of the network per step
@@ -21,6 +21,7 @@ make-unet-fixtures.py does) and runs there.
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -76,7 +77,9 @@ def w3(steps):
         p.requires_grad_(False)
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)
-    idx = [round(999 * (steps - k) / steps) for k in range(steps + 1)]
+    # Halves round away from zero, as Rust's f64::round in `adeis bench` (Python's round goes
+    # to even: 166.5 -> 166 at N = 6).
+    idx = [math.floor(999 * (steps - k) / steps + 0.5) for k in range(steps + 1)]
     coefs = []
     for i, j in zip(idx[:-1], idx[1:]):
         a_i, a_j = abar[i].sqrt().item(), abar[j].sqrt().item()

@@ -39,7 +39,10 @@ pub struct SchedulerConfig {
 /// A diffusers model directory, its config read and checked.
 #[derive(Clone, Debug)]
 pub struct DiffusersDir {
+    /// The folder of config.json and the weights (a pipeline's `unet/`).
     pub path: PathBuf,
+    /// Where the scheduler config is read from, present or not.
+    scheduler_path: PathBuf,
     pub config: UNet2DConfig,
     pub scheduler: Option<SchedulerConfig>,
 }
@@ -63,10 +66,25 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
     })
 }
 
+fn read_scheduler(path: &Path) -> Result<Option<SchedulerConfig>, Error> {
+    if path.exists() {
+        Ok(Some(read_json(path)?))
+    } else {
+        Ok(None)
+    }
+}
+
 impl DiffusersDir {
     /// Opens `path`: its config.json must describe a `UNet2DModel` adeis runs, and its weights
-    /// file must be there (read by [`DiffusersDir::load`]).
+    /// file must be there (read by [`DiffusersDir::load`]). A pipeline's folder
+    /// (`model_index.json` with `unet/` and `scheduler/`) opens its UNet and its scheduler.
     pub fn open(path: &Path) -> Result<DiffusersDir, Error> {
+        if !path.join("config.json").exists() && path.join("unet").join("config.json").exists() {
+            let mut dir = DiffusersDir::open(&path.join("unet"))?;
+            dir.scheduler_path = path.join("scheduler").join("scheduler_config.json");
+            dir.scheduler = read_scheduler(&dir.scheduler_path)?;
+            return Ok(dir);
+        }
         if !path.is_dir() {
             return Err(Error::Usage(format!(
                 "{}: not a directory (a diffusers model directory holds config.json and {WEIGHTS})",
@@ -94,21 +112,17 @@ impl DiffusersDir {
                 }
             )));
         }
-        let sched_path = path.join("scheduler_config.json");
-        let scheduler = if sched_path.exists() {
-            Some(read_json::<SchedulerConfig>(&sched_path)?)
-        } else {
-            None
-        };
+        let scheduler_path = path.join("scheduler_config.json");
         Ok(DiffusersDir {
             path: path.to_path_buf(),
+            scheduler: read_scheduler(&scheduler_path)?,
+            scheduler_path,
             config,
-            scheduler,
         })
     }
 
     fn scheduler_path(&self) -> PathBuf {
-        self.path.join("scheduler_config.json")
+        self.scheduler_path.clone()
     }
 
     /// What the network predicts: the scheduler config's `prediction_type` (eps without one).

@@ -73,7 +73,8 @@ enum Command {
         /// its class-embedding vectors.
         #[arg(long)]
         cond: Option<PathBuf>,
-        /// Class labels of a class-conditional diffusers model (.npy of integers, [batch]).
+        /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
+        /// the labels inline (`3,1`).
         #[arg(long = "class-labels")]
         class_labels: Option<PathBuf>,
         /// Where to write the samples (.npy, x_T's shape, in the run's precision).
@@ -117,7 +118,8 @@ enum Command {
         /// its class-embedding vector (dz.npy is the gradient with respect to it).
         #[arg(long)]
         cond: Option<PathBuf>,
-        /// Class labels of a class-conditional diffusers model (.npy of integers, [batch]).
+        /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
+        /// the labels inline (`3,1`).
         #[arg(long = "class-labels")]
         class_labels: Option<PathBuf>,
         /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
@@ -149,9 +151,25 @@ enum Command {
     /// a false-match rate of 0.1%) per method, with NFE and seconds, printed and written to
     /// OUT/report.md. Writes pair_NNN_a_b.png, loss_curve.png, report.md and report.json.
     Morph(cli::MorphArgs),
-    /// Time a gradient (or a sample) on a fixed MLP workload against its floor, with the
-    /// process's peak memory.
+    /// Time a gradient (or a sample) on a fixed workload (the MLPs W1 and W2, the W3 UNet)
+    /// against its floor, with the process's peak memory.
     Bench(cli::BenchArgs),
+    /// Write standard normal noise of a given shape to a .npy file (a starting x_T, a target,
+    /// a cotangent), from a seed.
+    Noise {
+        /// The array's shape, comma-separated: `1,3,32,32` for one 3x32x32 image.
+        #[arg(long, value_delimiter = ',', required = true)]
+        shape: Vec<usize>,
+        /// Seed of the normals (the same seed gives the same array).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write it (.npy).
+        #[arg(long)]
+        out: PathBuf,
+        /// Precision of the file.
+        #[arg(long, value_enum, default_value_t = Dtype::F32)]
+        dtype: Dtype,
+    },
 }
 
 /// Ctrl-C: the first asks the running work to stop at its next step (outputs are written
@@ -221,6 +239,12 @@ fn main() -> ExitCode {
             dtype,
         }),
         Some(Command::Bench(args)) => cli::bench(args),
+        Some(Command::Noise {
+            shape,
+            seed,
+            out,
+            dtype,
+        }) => cli::noise(&shape, seed, &out, dtype),
         Some(Command::Train(args)) => cli::train(args),
         Some(Command::Morph(args)) => cli::morph(args),
         None => cli::demo(),

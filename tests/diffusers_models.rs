@@ -186,6 +186,133 @@ fn class_labels_select_the_class_embedding() {
     let by_label = run(&["--class-labels", s(&labels)], &dir.join("a.npy"));
     let by_vector = run(&["--cond", s(&z)], &dir.join("b.npy"));
     assert_eq!(by_label, by_vector);
+    // The same labels inline.
+    let inline = run(&["--class-labels", "3,0"], &dir.join("c.npy"));
+    assert_eq!(inline, by_vector);
+    let (ok, _, err) = adeis(&[
+        "sample",
+        "--spec",
+        s(&sp),
+        "--model",
+        &model,
+        "--x-t",
+        s(&x),
+        "--out",
+        s(&dir.join("d.npy")),
+        "--class-labels",
+        "3",
+    ]);
+    assert!(!ok && err.contains("1 labels for a batch of 2"), "{err}");
+}
+
+/// A pipeline's folder (model_index.json, unet/, scheduler/) runs as its UNet with its
+/// scheduler: the same sample as the UNet's own directory.
+#[test]
+fn a_pipeline_folder_opens_its_unet_and_scheduler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let name = "class_cond_cifar_style";
+    let pipe = dir.join("pipeline");
+    for sub in ["unet", "scheduler"] {
+        std::fs::create_dir_all(pipe.join(sub)).unwrap();
+    }
+    std::fs::write(pipe.join("model_index.json"), "{}").unwrap();
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(fixture(name).join(f), pipe.join("unet").join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixture(name).join("scheduler_config.json"),
+        pipe.join("scheduler/scheduler_config.json"),
+    )
+    .unwrap();
+    let r = reference(name);
+    let (x, z, sp) = (npy(dir, &r, "x"), npy(dir, &r, "z"), spec(dir));
+    let run = |model: &Path, out: &str| {
+        let out = dir.join(out);
+        let m = format!("diffusers:{}", s(model));
+        let (ok, _, err) = adeis(&[
+            "sample",
+            "--spec",
+            s(&sp),
+            "--model",
+            &m,
+            "--x-t",
+            s(&x),
+            "--cond",
+            s(&z),
+            "--out",
+            s(&out),
+            "--dtype",
+            "f64",
+        ]);
+        assert!(ok, "{err}");
+        read_npy(&out).unwrap().data
+    };
+    assert_eq!(run(&pipe, "a.npy"), run(&fixture(name), "b.npy"));
+    let (ok, out, err) = adeis(&["check", "--model", &format!("diffusers:{}", s(&pipe))]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("scheduler_config.json: 1000 train steps"),
+        "{out}"
+    );
+}
+
+/// `adeis noise` writes a seeded standard normal array that the model commands read.
+#[test]
+fn noise_writes_seeded_normals_of_the_shape_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, seed: &str| {
+        let p = tmp.path().join(name);
+        let (ok, _, err) = adeis(&[
+            "noise",
+            "--shape",
+            "2,3,8,8",
+            "--seed",
+            seed,
+            "--out",
+            s(&p),
+        ]);
+        assert!(ok, "{err}");
+        read_npy(&p).unwrap()
+    };
+    let (a, b, c) = (
+        write("a.npy", "1"),
+        write("b.npy", "1"),
+        write("c.npy", "2"),
+    );
+    assert_eq!(a.shape, vec![2, 3, 8, 8]);
+    assert_eq!(a.data, b.data, "the same seed, the same array");
+    assert_ne!(a.data, c.data);
+    let n = a.data.len() as f64;
+    let mean = a.data.iter().sum::<f64>() / n;
+    let var = a.data.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    // 384 normals: mean within 4 standard errors of 0, variance within 25% of 1.
+    assert!(
+        mean.abs() < 4.0 / n.sqrt() && (var - 1.0).abs() < 0.25,
+        "{mean} {var}"
+    );
+    let bad = tmp.path().join("bad.npy");
+    let (ok, _, err) = adeis(&["noise", "--shape", "2,0", "--out", s(&bad)]);
+    assert!(!ok && err.contains("--shape [2, 0]"), "{err}");
+    assert!(!bad.exists());
+}
+
+/// W3's UNet is google/ddpm-cifar10-32's architecture: diffusers counts 35,746,307 parameters.
+#[test]
+fn the_w3_unet_has_ddpm_cifar10s_parameters() {
+    use adeis::runtime::dfdx::prelude::Cpu;
+    use adeis::runtime::unet::{RandomParams, UNet2D, UNet2DConfig};
+    let config: UNet2DConfig = serde_json::from_str(adeis::bench::DDPM_CIFAR10_CONFIG).unwrap();
+    let model = UNet2D::<f32, Cpu>::new(
+        &Cpu::default(),
+        config,
+        adeis::compiler::Prediction::Eps,
+        &mut RandomParams::new(0),
+    )
+    .unwrap();
+    assert_eq!(model.num_params(), 35_746_307);
+    let d = model.describe();
+    assert!(d.contains("down 1: AttnDownBlock2D, 256 channels"), "{d}");
 }
 
 #[test]

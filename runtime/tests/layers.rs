@@ -5,18 +5,12 @@ use adeis_runtime::nn::conv::conv2d_generic;
 use adeis_runtime::nn::{Activation, Conv2d, GroupNorm, NnDevice, ParamGrads};
 use dfdx::prelude::*;
 
-type Image = Tensor<(usize, usize, usize, usize), f64, Cpu>;
+mod common;
+use common::max_rel_err;
 
-/// max |a - b| / max |b|: the error relative to the reference's scale.
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
+type Image = Tensor<(usize, usize, usize, usize), f64, Cpu>;
+/// A per-(image, channel) shift.
+type Shift = Tensor<(usize, usize), f64, Cpu>;
 
 /// Central differences of `loss` at `at`, entry i.
 fn central(loss: impl Fn(&[f64]) -> f64, at: &[f64], i: usize) -> f64 {
@@ -68,17 +62,17 @@ fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
         };
         let (a, b) = (run(true), run(false));
         assert_eq!(a.4, b.4, "output shape");
-        assert!(rel_err(&a.0, &b.0) < 1e-13, "forward k {k} s {stride}");
+        assert!(max_rel_err(&a.0, &b.0) < 1e-13, "forward k {k} s {stride}");
         assert!(
-            rel_err(&a.1, &b.1) < 1e-13,
+            max_rel_err(&a.1, &b.1) < 1e-13,
             "input gradient k {k} s {stride}"
         );
         assert!(
-            rel_err(&a.2, &b.2) < 1e-13,
+            max_rel_err(&a.2, &b.2) < 1e-13,
             "weight gradient k {k} s {stride}"
         );
         if let (Some(p), Some(q)) = (&a.3, &b.3) {
-            assert!(rel_err(p, q) < 1e-13, "bias gradient k {k} s {stride}");
+            assert!(max_rel_err(p, q) < 1e-13, "bias gradient k {k} s {stride}");
         }
         // The weight's gradient against central differences of the loss.
         let cot: Tensor<(usize, usize, usize, usize), f64, Cpu> =
@@ -146,7 +140,7 @@ struct NormRun {
 
 fn run_norm(
     norm: &GroupNorm<f64, Cpu>,
-    (x, shift): (&Image, Option<&Tensor<(usize, usize), f64, Cpu>>),
+    (x, shift): (&Image, Option<&Shift>),
     act: Activation,
     cot: &Image,
     fused: bool,
@@ -181,7 +175,7 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
     };
     // A mean far from zero relative to the spread (as a time embedding's shift makes it).
     let x: Image = dev.sample_normal_like(&(b, c, h, w)) + 30.0;
-    let shift: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(b, c));
+    let shift: Shift = dev.sample_normal_like(&(b, c));
     let cot: Image = dev.sample_normal_like(&(b, c, h, w));
     for act in [Activation::Identity, Activation::Silu] {
         for with_shift in [false, true] {
@@ -189,23 +183,24 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
             let fused = run_norm(&norm, (&x, s), act, &cot, true);
             let generic = run_norm(&norm, (&x, s), act, &cot, false);
             let what = format!("{act:?}, shift {with_shift}");
-            assert!(rel_err(&fused.out, &generic.out) < 1e-12, "forward, {what}");
-            assert!(rel_err(&fused.dx, &generic.dx) < 1e-10, "dx, {what}");
             assert!(
-                rel_err(&fused.dweight, &generic.dweight) < 1e-10,
+                max_rel_err(&fused.out, &generic.out) < 1e-12,
+                "forward, {what}"
+            );
+            assert!(max_rel_err(&fused.dx, &generic.dx) < 1e-10, "dx, {what}");
+            assert!(
+                max_rel_err(&fused.dweight, &generic.dweight) < 1e-10,
                 "dweight, {what}"
             );
             assert!(
-                rel_err(&fused.dbias, &generic.dbias) < 1e-10,
+                max_rel_err(&fused.dbias, &generic.dbias) < 1e-10,
                 "dbias, {what}"
             );
             if let (Some(p), Some(q)) = (&fused.dshift, &generic.dshift) {
-                assert!(rel_err(p, q) < 1e-10, "dshift, {what}");
+                assert!(max_rel_err(p, q) < 1e-10, "dshift, {what}");
             }
             // Finite differences of sum(cot * out) in x, the shift and the weight.
-            let loss = |x: &Image,
-                        s: Option<&Tensor<(usize, usize), f64, Cpu>>,
-                        n: &GroupNorm<f64, Cpu>| {
+            let loss = |x: &Image, s: Option<&Shift>, n: &GroupNorm<f64, Cpu>| {
                 let out = <Cpu as NnDevice<f64>>::group_norm(
                     n,
                     x.clone(),

@@ -13,6 +13,9 @@ use adeis_runtime::unet::{TensorMapSource, UNet2D, UNet2DConfig};
 use adeis_runtime::{to_f64, Denoiser, State};
 use dfdx::prelude::*;
 
+mod common;
+use common::max_rel_err;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/unet")
 }
@@ -53,17 +56,6 @@ where
     State::from_f64(&Cpu::default(), values, shape).unwrap()
 }
 
-/// max |a - b| / max |b|: the error relative to the reference's scale.
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
-}
-
 fn time(t: f64) -> TimeInfo {
     TimeInfo {
         t,
@@ -85,7 +77,7 @@ where
         let z = r.get("z").map(|(s, v)| state::<E>(v, s));
         let t = time(r["timestep"].1[0]);
         let out = model.forward(&x, z.as_ref(), &t);
-        let e = rel_err(&to_f64(&out), &r[&format!("out.{tag}")].1);
+        let e = max_rel_err(&to_f64(&out), &r[&format!("out.{tag}")].1);
         eprintln!("{name} ({tag}): forward {e:.2e}");
         assert!(e < forward_tol, "{name} ({tag}): forward error {e:.2e}");
 
@@ -95,10 +87,13 @@ where
         let c = model.vjp(&x, z.as_ref(), &t, &cot, Some((&mut acc, 1.0)));
         let mut errs = vec![(
             "x".to_string(),
-            rel_err(&to_f64(&c.x), &r[&format!("dx.{tag}")].1),
+            max_rel_err(&to_f64(&c.x), &r[&format!("dx.{tag}")].1),
         )];
         if let Some(dz) = &c.cond {
-            errs.push(("z".into(), rel_err(&to_f64(dz), &r[&format!("dz.{tag}")].1)));
+            errs.push((
+                "z".into(),
+                max_rel_err(&to_f64(dz), &r[&format!("dz.{tag}")].1),
+            ));
         }
         let named = model.named_grads(&acc);
         let mut params = 0;
@@ -113,7 +108,7 @@ where
                 .iter()
                 .find(|(n, _, _)| n == pname)
                 .unwrap_or_else(|| panic!("{name}: no parameter {pname}"));
-            errs.push((pname.to_string(), rel_err(got, want)));
+            errs.push((pname.to_string(), max_rel_err(got, want)));
             params += 1;
         }
         assert!(
@@ -205,11 +200,11 @@ mod through_the_sampler {
         let mut worst = vec![
             (
                 "x_T".to_string(),
-                rel_err(&to_f64(&disc.dx_t), &to_f64(&tape.dx_t)),
+                max_rel_err(&to_f64(&disc.dx_t), &to_f64(&tape.dx_t)),
             ),
             (
                 "z".to_string(),
-                rel_err(
+                max_rel_err(
                     &to_f64(disc.dz.as_ref().unwrap()),
                     &to_f64(tape.dz.as_ref().unwrap()),
                 ),
@@ -227,7 +222,7 @@ mod through_the_sampler {
                 .flat_map(|(_, _, v)| v.iter().copied())
                 .collect()
         };
-        let params = ("theta".to_string(), rel_err(&flat(&pd), &flat(&pt)));
+        let params = ("theta".to_string(), max_rel_err(&flat(&pd), &flat(&pt)));
         worst.push(params);
         for (what, e) in &worst {
             eprintln!("UNet, 5 DDIM steps: discrete adjoint vs tape, {what}: {e:.2e}");
@@ -329,7 +324,7 @@ mod through_the_sampler {
             ("dx_t", to_f64(&g.dx_t)),
             ("dz", to_f64(g.dz.as_ref().unwrap())),
         ] {
-            let e = rel_err(&got, &r[&format!("ddim.{what}.{tag}")].1);
+            let e = max_rel_err(&got, &r[&format!("ddim.{what}.{tag}")].1);
             eprintln!("3 DDIM steps ({tag}): {what} {e:.2e}");
             assert!(e < tol, "{what} ({tag}): {e:.2e}");
         }

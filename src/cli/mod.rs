@@ -333,6 +333,34 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// `adeis noise`: standard normals of `shape` from `seed`.
+pub fn noise(shape: &[usize], seed: u64, out: &Path, dtype: Dtype) -> Result<()> {
+    if shape.is_empty() || shape.contains(&0) {
+        bail!("--shape {shape:?}: one or more sizes, each at least 1 (e.g. --shape 1,3,32,32)");
+    }
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d))
+        .filter(|n| *n <= 1 << 31)
+        .ok_or_else(|| anyhow!("--shape {shape:?}: at most 2^31 elements"))?;
+    let word = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    adeis::npy::write_npy(
+        out,
+        shape,
+        &adeis::runtime::noise::normals(seed, 0, n),
+        word,
+    )?;
+    println!(
+        "wrote {} normals {shape:?} (seed {seed}) -> {}",
+        n,
+        out.display()
+    );
+    Ok(())
+}
+
 /// `adeis bench`.
 pub fn bench(a: BenchArgs) -> Result<()> {
     use adeis::bench::{run, BenchMethod, BenchOptions};

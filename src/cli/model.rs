@@ -174,6 +174,16 @@ where
 
 /// Reads the class labels of --class-labels: integers, shape [batch].
 pub fn read_labels(path: &Path, batch: usize) -> Result<Vec<usize>> {
+    if let Some(labels) = inline_labels(path) {
+        if labels.len() != batch {
+            bail!(
+                "--class-labels {}: {} labels for a batch of {batch} (one label per sample of x_t)",
+                path.display(),
+                labels.len()
+            );
+        }
+        return Ok(labels);
+    }
     let a = adeis::npy::read_npy(path).map_err(|e| anyhow!("--class-labels: {e}"))?;
     if !a.integer {
         bail!(
@@ -197,6 +207,18 @@ pub fn read_labels(path: &Path, batch: usize) -> Result<Vec<usize>> {
                 Ok(*v as usize)
             }
         })
+        .collect()
+}
+
+/// Labels written inline (`3,1,4`) rather than as a file: a value that is no existing file and
+/// reads as comma-separated unsigned integers.
+fn inline_labels(arg: &Path) -> Option<Vec<usize>> {
+    if arg.exists() {
+        return None;
+    }
+    arg.to_str()?
+        .split(',')
+        .map(|v| v.trim().parse::<usize>().ok())
         .collect()
 }
 

@@ -30,3 +30,14 @@ pub fn fitted_order(ns: &[usize], errs: &[f64]) -> f64 {
     let den: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
     -num / den
 }
+
+/// max |a - b| / max |b|: the error relative to the reference's scale.
+pub fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
