@@ -17,7 +17,7 @@ use adeis_compiler::{
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::mse;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
-use adeis_runtime::nn::NnDevice;
+use adeis_runtime::nn::{Dense, Gelu, NnDevice};
 use adeis_runtime::noise::normals;
 use adeis_runtime::unet::{RandomParams, UNet2D, UNet2DConfig};
 use adeis_runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource, State};
@@ -37,13 +37,8 @@ pub fn peak_memory_bytes() -> Option<u64> {
 pub const COND: usize = 8;
 pub const FREQS: usize = 16;
 
-type Mlp<const IN: usize, const H: usize, const D: usize> = (
-    Linear<IN, H>,
-    FastGeLU,
-    Linear<H, H>,
-    FastGeLU,
-    Linear<H, D>,
-);
+type Mlp<const IN: usize, const H: usize, const D: usize> =
+    (Dense<IN, H>, Gelu, Dense<H, H>, Gelu, Dense<H, D>);
 
 /// What one benchmark run measured.
 #[derive(Clone, Debug, Serialize)]
@@ -125,7 +120,7 @@ impl BenchOptions {
     }
 }
 
-fn run_workload<Dev: Device<f32>, const IN: usize, const H: usize, const D: usize>(
+fn run_workload<Dev: NnDevice<f32>, const IN: usize, const H: usize, const D: usize>(
     dev: Dev,
     (name, batch): (&str, usize),
     opts: &BenchOptions,

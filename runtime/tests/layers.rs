@@ -255,3 +255,151 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
         }
     }
 }
+
+mod dense {
+    use super::*;
+    use adeis_runtime::nn::{Dense, DenseLinear};
+    use dfdx::nn::builders::Linear;
+    use dfdx::optim::{Optimizer, Sgd, SgdConfig};
+
+    type Rows<const N: usize> = Tensor<(usize, Const<N>), f64, Cpu>;
+
+    /// The dense layer equals dfdx's `Linear` with the same tensors: forward and every
+    /// gradient, at a batch small enough for one thread and one large enough for several.
+    #[test]
+    fn the_dense_layer_equals_dfdx_linear() {
+        let dev = Cpu::seed_from_u64(5);
+        let reference = dev.build_module::<Linear<300, 200>, f64>();
+        let path =
+            std::env::temp_dir().join(format!("adeis-dense-{}.safetensors", std::process::id()));
+        reference.save_safetensors(&path).unwrap();
+        let mut dense = dev.build_module::<Dense<300, 200>, f64>();
+        dense.load_safetensors(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            dense.weight().as_vec(),
+            reference.weight.as_vec(),
+            "loaded by name"
+        );
+        for batch in [3, 64] {
+            let x: Rows<300> = dev.sample_normal_like(&(batch, Const));
+            let cot: Rows<200> = dev.sample_normal_like(&(batch, Const));
+            let a = dense.forward(x.clone().trace(Gradients::leaky()));
+            let b = reference.forward(x.clone().trace(Gradients::leaky()));
+            assert!(
+                max_rel_err(&a.as_vec(), &b.as_vec()) < 1e-14,
+                "forward, batch {batch}"
+            );
+            let ga = (a * cot.clone()).sum().backward();
+            let gb = (b * cot).sum().backward();
+            for (what, p, q) in [
+                ("x", ga.get(&x).as_vec(), gb.get(&x).as_vec()),
+                (
+                    "weight",
+                    ga.get(dense.weight()).as_vec(),
+                    gb.get(&reference.weight).as_vec(),
+                ),
+                (
+                    "bias",
+                    ga.get(dense.bias()).as_vec(),
+                    gb.get(&reference.bias).as_vec(),
+                ),
+            ] {
+                assert!(max_rel_err(&p, &q) < 1e-13, "d{what}, batch {batch}");
+            }
+        }
+    }
+
+    /// An optimiser's update reaches the kernel (its host copy of the weights is made again).
+    #[test]
+    fn the_dense_layer_sees_optimiser_updates() {
+        let dev = Cpu::seed_from_u64(6);
+        let mut dense: DenseLinear<4, 3, f64, Cpu> = dev.build_module::<Dense<4, 3>, f64>();
+        let x: Rows<4> = dev.sample_normal_like(&(2, Const));
+        let before = dense.forward(x.clone()).as_vec();
+        let mut opt = Sgd::new(
+            &dense,
+            SgdConfig {
+                lr: 0.5,
+                ..Default::default()
+            },
+        );
+        let g = dense
+            .forward(x.clone().trace(Gradients::leaky()))
+            .sum()
+            .backward();
+        opt.update(&mut dense, &g).unwrap();
+        let after = dense.forward(x.clone()).as_vec();
+        assert_ne!(before, after);
+        assert!(max_rel_err(&after, &dense.forward_generic(x).as_vec()) < 1e-14);
+    }
+}
+
+mod gelu {
+    use super::*;
+    use adeis_runtime::nn::{Float, Gelu};
+
+    /// The f32 exponential the GeLU kernel uses is within 2 ulp of the exact one.
+    #[test]
+    fn the_fast_f32_exponential_is_within_two_ulp() {
+        let mut worst = 0.0f64;
+        for k in 0..=200_000 {
+            let x = -87.0 + 175.0 * k as f64 / 200_000.0;
+            let got = (x as f32).exp_fast() as f64;
+            let want = (x as f32 as f64).exp();
+            // One ulp of an f32 near `want`: 2^(exponent - 23).
+            let ulp = 2f64.powi(want.log2().floor() as i32 - 23);
+            worst = worst.max((got - want).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "max error {worst} ulp");
+    }
+
+    /// The kernel equals dfdx's `FastGeLU` and its gradient in f64 to round-off; in f32 it is as
+    /// close to the exact values as dfdx's.
+    #[test]
+    fn gelu_equals_dfdx_fast_gelu() {
+        let dev = Cpu::seed_from_u64(8);
+        // Beyond +-10 both saturate; the sample covers the curved part and the tails.
+        let x64: Tensor<(usize, Const<4>), f64, Cpu> =
+            dev.sample_normal_like(&(20_000, Const)) * 3.0;
+        let cot64: Tensor<(usize, Const<4>), f64, Cpu> = dev.sample_normal_like(&(20_000, Const));
+        let (a, b) = (
+            Gelu.forward(x64.clone().trace(Gradients::leaky())),
+            x64.clone().trace(Gradients::leaky()).fast_gelu(),
+        );
+        assert!(max_rel_err(&a.as_vec(), &b.as_vec()) < 1e-14, "f64 forward");
+        let (ga, gb64) = (
+            (a * cot64.clone()).sum().backward(),
+            (b * cot64.clone()).sum().backward(),
+        );
+        assert!(
+            max_rel_err(&ga.get(&x64).as_vec(), &gb64.get(&x64).as_vec()) < 1e-13,
+            "f64 gradient"
+        );
+        let x32 = x64.clone().to_dtype::<f32>();
+        let cot32 = cot64.to_dtype::<f32>();
+        let (a, b) = (
+            Gelu.forward(x32.clone().trace(Gradients::leaky())),
+            x32.clone().trace(Gradients::leaky()).fast_gelu(),
+        );
+        let as64 = |t: Vec<f32>| t.into_iter().map(f64::from).collect::<Vec<_>>();
+        assert!(
+            max_rel_err(&as64(a.as_vec()), &as64(b.as_vec())) < 1e-6,
+            "f32 forward"
+        );
+        let (ga, gb) = (
+            (a * cot32.clone()).sum().backward(),
+            (b * cot32).sum().backward(),
+        );
+        // Against the f64 gradient: the kernel's f32 error is no larger than dfdx's.
+        let exact = gb64.get(&x64).as_vec();
+        let (ours, dfdx) = (
+            max_rel_err(&as64(ga.get(&x32).as_vec()), &exact),
+            max_rel_err(&as64(gb.get(&x32).as_vec()), &exact),
+        );
+        assert!(
+            ours < 1e-6 && ours <= 2.0 * dfdx,
+            "f32 gradient: {ours:.2e} ({dfdx:.2e})"
+        );
+    }
+}

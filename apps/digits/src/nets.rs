@@ -9,6 +9,7 @@ use adeis_compiler::Prediction;
 use adeis_runtime::dfdx::nn::tensor_collection::{RecursiveWalker, TensorCollection};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis_runtime::nn::{Dense, Gelu};
 use adeis_runtime::tape::Taped;
 use adeis_runtime::{from_f64, Rows, State};
 
@@ -30,12 +31,15 @@ pub const FEATURES: usize = 64;
 
 /// One-hot class (10 digits + "no class") to its embedding z.
 pub type EmbeddingNet = Linear<{ CLASSES + 1 }, COND_DIM>;
+/// The denoiser and the classifier use adeis' `Dense` and `Gelu` (dfdx's `Linear` and
+/// `FastGeLU` with CPU kernels: the same tensors, names and function); the embedding, applied
+/// to one-hot rows once per batch, keeps dfdx's `Linear`.
 pub type DenoiserNet = (
-    Linear<NET_IN, HIDDEN>,
-    FastGeLU,
-    Residual<(Linear<HIDDEN, HIDDEN>, FastGeLU)>,
-    Residual<(Linear<HIDDEN, HIDDEN>, FastGeLU)>,
-    Linear<HIDDEN, PIXELS>,
+    Dense<NET_IN, HIDDEN>,
+    Gelu,
+    Residual<(Dense<HIDDEN, HIDDEN>, Gelu)>,
+    Residual<(Dense<HIDDEN, HIDDEN>, Gelu)>,
+    Dense<HIDDEN, PIXELS>,
 );
 /// What training optimises and the denoiser file stores: the embedding and the network.
 pub type DenoiserFile = (EmbeddingNet, DenoiserNet);
@@ -44,13 +48,13 @@ pub type DenoiserFile = (EmbeddingNet, DenoiserNet);
 /// training separates the classes by angle and the cosine distance the verifier and the
 /// identity loss use is the quantity the classifier was trained on.
 pub type FeatureNet = (
-    Linear<PIXELS, 128>,
-    FastGeLU,
-    Linear<128, 128>,
-    FastGeLU,
-    Linear<128, FEATURES>,
+    Dense<PIXELS, 128>,
+    Gelu,
+    Dense<128, 128>,
+    Gelu,
+    Dense<128, FEATURES>,
 );
-pub type ClassifierNet = (FeatureNet, Linear<FEATURES, CLASSES>);
+pub type ClassifierNet = (FeatureNet, Dense<FEATURES, CLASSES>);
 /// The scale s of the cosine classifier.
 pub const COSINE_SCALE: f32 = 16.0;
 

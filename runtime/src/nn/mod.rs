@@ -9,13 +9,17 @@
 //! (`adeis bench --workload w3`): the composed GroupNorm and SiLU cost more than the
 //! convolutions, since dfdx's CPU kernels index every element through its strides.
 
+pub mod activation;
 pub mod conv;
+pub mod dense;
 pub mod layers;
 pub mod norm;
 
 use dfdx::prelude::*;
 
+pub use activation::Gelu;
 pub use conv::Conv2d;
+pub use dense::{Dense, DenseLinear};
 pub use layers::{timestep_embedding, Attention, Linear};
 pub use norm::{Activation, ChannelShift, GroupNorm};
 
@@ -23,9 +27,32 @@ pub use norm::{Activation, ChannelShift, GroupNorm};
 pub type Image<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
 
 /// The float types the layers compute in.
-pub trait Float: Dtype + num_traits::Float + Send + Sync {}
-impl Float for f32 {}
-impl Float for f64 {}
+pub trait Float: Dtype + num_traits::Float + Send + Sync {
+    /// An exponent whose exp, and whose 1 / (1 + exp), are normal numbers of the type.
+    const EXP_CAP: f64;
+
+    /// exp(self): in f32 a polynomial the compiler vectorises (within 2 ulp,
+    /// [`activation::expf_poly`]); in f64 `exp` itself.
+    fn exp_fast(self) -> Self;
+}
+
+impl Float for f32 {
+    const EXP_CAP: f64 = 40.0;
+
+    #[inline(always)]
+    fn exp_fast(self) -> f32 {
+        activation::expf_poly(self)
+    }
+}
+
+impl Float for f64 {
+    const EXP_CAP: f64 = 700.0;
+
+    #[inline(always)]
+    fn exp_fast(self) -> f64 {
+        self.exp()
+    }
+}
 
 /// Whether a traced pass differentiates the parameters too. A VJP with respect to the input
 /// and the conditioning alone skips the convolutions' weight gradients, a third of their
@@ -67,9 +94,22 @@ pub trait NnDevice<E: Float>: Device<E> {
     ) -> Image<E, Self, T> {
         norm.forward_generic(x, shift, act)
     }
+
+    /// The fully connected `layer` on rows `x`, on x's tape. By default dfdx's matmul.
+    fn dense<const I: usize, const O: usize, T: Tape<E, Self>>(
+        layer: &DenseLinear<I, O, E, Self>,
+        x: Tensor<(usize, Const<I>), E, Self, T>,
+    ) -> Tensor<(usize, Const<O>), E, Self, T> {
+        layer.forward_generic(x)
+    }
+
+    /// GeLU (tanh approximation) on x's tape. By default dfdx's `fast_gelu`.
+    fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Tensor<S, E, Self, T> {
+        x.fast_gelu()
+    }
 }
 
-/// The CPU runs the convolution and GroupNorm as its own kernels.
+/// The CPU runs the convolution, GroupNorm, the dense layer and GeLU as its own kernels.
 macro_rules! cpu_nn_device {
     ($e:ty) => {
         impl NnDevice<$e> for Cpu {
@@ -89,6 +129,19 @@ macro_rules! cpu_nn_device {
                 params: ParamGrads,
             ) -> Image<$e, Cpu, T> {
                 norm::cpu::group_norm(norm, x, shift, act, params)
+            }
+
+            fn dense<const I: usize, const O: usize, T: Tape<$e, Cpu>>(
+                layer: &DenseLinear<I, O, $e, Cpu>,
+                x: Tensor<(usize, Const<I>), $e, Cpu, T>,
+            ) -> Tensor<(usize, Const<O>), $e, Cpu, T> {
+                dense::cpu::dense(layer, x)
+            }
+
+            fn gelu<S: Shape, T: Tape<$e, Cpu>>(
+                x: Tensor<S, $e, Cpu, T>,
+            ) -> Tensor<S, $e, Cpu, T> {
+                activation::cpu::gelu(x)
             }
         }
     };
