@@ -2,27 +2,31 @@
 # Regenerates the benchmark tables of the README: every figure comes from `adeis bench`, one
 # process per row (so "peak memory" is that run's own). Usage:
 #   scripts/bench-report.sh [quick|full]      (quick: W1 only; full: W1 and W2)
-#   scripts/bench-report.sh w3 [ROUNDS]       (W3 against PyTorch, see below)
+#   scripts/bench-report.sh w3|torch [ROUNDS] (against PyTorch, see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bin=target/release/adeis
 mode=${1:-quick}
 
-if [ "$mode" = w3 ]; then
-  # W3 (the ddpm-cifar10-32 UNet) side by side with PyTorch + diffusers computing the same
-  # gradient (scripts/bench-torch.py; it installs torch into a throwaway environment when the
-  # Python it runs on has none; ADEIS_TORCH_PYTHON picks that Python). One process per figure,
-  # in alternating rounds (adeis first in odd rounds, PyTorch first in even ones); the table
-  # gives each figure's median over the rounds and the ratio of the medians.
-  rounds=${2:-3}
-  py=${ADEIS_TORCH_PYTHON:-python3}
+# Side by side with PyTorch (+ diffusers for W3) computing the same gradients
+# (scripts/bench-torch.py; it installs torch into a throwaway environment when the Python it
+# runs on has none; ADEIS_TORCH_PYTHON picks that Python). One process per figure, in
+# alternating rounds (adeis first in odd rounds, PyTorch first in even ones); the table gives
+# each figure's median over the rounds and the ratio of the medians.
+#   w3 [ROUNDS]:    W3 at N = 10 and 50 (the real-networks table)
+#   torch [ROUNDS]: W1 at N = 200, W2 at N = 50, W3 at N = 10 (the speed table)
+side_by_side() { # rounds "workload steps"...
+  local rounds=$1 py=${ADEIS_TORCH_PYTHON:-python3} out
+  shift
   out=$(mktemp)
   for r in $(seq 1 "$rounds"); do
-    for n in 10 50; do
+    for ws in "$@"; do
+      local w n
+      read -r w n <<<"$ws"
       for m in sample discrete tape; do
-        a() { "$bin" bench --workload w3 --method "$m" --steps "$n" --repeat 1 --json | sed 's/^/adeis /' >>"$out"; }
-        t() { "$py" scripts/bench-torch.py --workload w3 --method "$m" --steps "$n" --repeat 1 | sed 's/^/torch /' >>"$out"; }
+        a() { "$bin" bench --workload "$w" --method "$m" --steps "$n" --repeat 3 --json | sed 's/^/adeis /' >>"$out"; }
+        t() { "$py" scripts/bench-torch.py --workload "$w" --method "$m" --steps "$n" --repeat 3 | sed 's/^/torch /' >>"$out"; }
         if [ $((r % 2)) = 1 ]; then a; t; else t; a; fi
       done
     done
@@ -30,27 +34,34 @@ if [ "$mode" = w3 ]; then
   done
   python3 - "$out" <<'PY'
 import json, statistics, sys
-runs = {}
+runs, order = {}, []
 for line in open(sys.argv[1]):
     who, js = line.split(" ", 1)
     r = json.loads(js)
-    runs.setdefault((r["method"], r["steps"], who), []).append(r)
-print("| method | N | adeis s | PyTorch s | adeis / PyTorch | adeis peak MiB | PyTorch peak MiB |")
-print("|---|---|---|---|---|---|---|")
-for m in ["sample", "discrete", "tape"]:
-    for n in [10, 50]:
-        a, t = runs[(m, n, "adeis")], runs[(m, n, "torch")]
-        sa = statistics.median(x["seconds"] for x in a)
-        st = statistics.median(x["seconds"] for x in t)
-        ma = statistics.median(x["peak_memory_bytes"] for x in a) / 2**20
-        mt = statistics.median(x["peak_memory_bytes"] for x in t) / 2**20
-        print(f"| {m} | {n} | {sa:.3f} | {st:.3f} | {sa / st:.2f} | {ma:.0f} | {mt:.0f} |")
-t = runs[("sample", 10, "torch")][0]
-print(f"\n{len(runs[('sample', 10, 'adeis')])} alternating rounds; PyTorch {t['torch']} on {t['threads']} threads.")
+    key = (r["workload"], r["steps"], r["method"])
+    if key not in order:
+        order.append(key)
+    runs.setdefault(key + (who,), []).append(r)
+print("| workload | method | N | adeis s | PyTorch s | adeis / PyTorch | adeis peak MiB | PyTorch peak MiB |")
+print("|---|---|---|---|---|---|---|---|")
+for w, n, m in order:
+    a, t = runs[(w, n, m, "adeis")], runs[(w, n, m, "torch")]
+    sa = statistics.median(x["seconds"] for x in a)
+    st = statistics.median(x["seconds"] for x in t)
+    ma = statistics.median(x["peak_memory_bytes"] for x in a) / 2**20
+    mt = statistics.median(x["peak_memory_bytes"] for x in t) / 2**20
+    print(f"| {w} | {m} | {n} | {sa:.4f} | {st:.4f} | {sa / st:.2f} | {ma:.0f} | {mt:.0f} |")
+t = next(v for k, v in runs.items() if k[3] == "torch")[0]
+rounds = len(next(iter(runs.values())))
+print(f"\n{rounds} alternating rounds, each figure the median of 3 runs after a warm-up; PyTorch {t['torch']} on {t['threads']} threads.")
 PY
   rm -f "$out"
-  exit 0
-fi
+}
+
+case "$mode" in
+  w3) side_by_side "${2:-3}" "w3 10" "w3 50"; exit 0 ;;
+  torch) side_by_side "${2:-3}" "w1 200" "w2 50" "w3 10"; exit 0 ;;
+esac
 
 row() { # workload method order steps repeat [states]
   local json

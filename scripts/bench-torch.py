@@ -4,6 +4,12 @@ PyTorch + diffusers, one JSON line per run (seconds per gradient, the median of 
 after one warm-up, and the process's peak memory), so that scripts/bench-report.sh can put the
 two side by side.
 
+Workloads W1 and W2 (as `adeis bench --workload w1|w2`): an MLP [x, z, sin/cos time features]
+-> H -> H -> D with tanh-approximated GeLU (W1: D 64, H 256, batch 16; W2: D 784, H 2048,
+batch 64; z of width 8, 16 frequencies exp(linspace(0, ln 1000, 16))), DDIM on N steps of a
+grid uniform in log-SNR of the VP linear schedule (beta 0.1..20, t from 1 to 1e-3), mean
+squared error to a fixed target, the gradient with respect to x_T, z and every parameter.
+
 Workload W3 (as `adeis bench --workload w3`): google/ddpm-cifar10-32's UNet2DModel (35.7M
 parameters, seeded random weights), batch 1, 3x32x32, DDIM on N + 1 evenly spaced train
 indices round(999 (N - k) / N) (halves up) of the linear DDPM schedule (1000 steps, betas 1e-4..0.02), mean
@@ -133,9 +139,100 @@ def w3(steps):
     return {"sample": sample, "discrete": discrete, "tape": tape}
 
 
+def mlp(steps, dim, hidden, batch):
+    cond, freqs, t_min = 8, 16, 1e-3
+    torch.manual_seed(0)
+    inp = dim + cond + 2 * freqs
+    net = torch.nn.Sequential(
+        torch.nn.Linear(inp, hidden),
+        torch.nn.GELU(approximate="tanh"),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.GELU(approximate="tanh"),
+        torch.nn.Linear(hidden, dim),
+    )
+    w = torch.exp(torch.linspace(0.0, math.log(1000.0), freqs))
+    b0, b1 = 0.1, 20.0
+
+    def log_alpha(t):
+        return -0.25 * t * t * (b1 - b0) - 0.5 * t * b0
+
+    def lam(t):
+        la = log_alpha(t)
+        return la - 0.5 * math.log(-math.expm1(2 * la))
+
+    def t_of(lmb):
+        c = math.log1p(math.exp(-2 * lmb))  # -log alpha^2
+        d = b1 - b0
+        return (-b0 + math.sqrt(b0 * b0 + 2 * d * c)) / d
+
+    l0, l1 = lam(1.0), lam(t_min)
+    ts = [1.0] + [t_of(l0 + (l1 - l0) * k / steps) for k in range(1, steps)] + [t_min]
+    coefs = []
+    for t, u in zip(ts[:-1], ts[1:]):
+        a_t, a_u = math.exp(log_alpha(t)), math.exp(log_alpha(u))
+        s_t, s_u = math.sqrt(1 - a_t * a_t), math.sqrt(1 - a_u * a_u)
+        coefs.append((t, a_u / a_t, s_u - a_u * s_t / a_t))
+    g = torch.Generator().manual_seed(1)
+    x_t = torch.randn((batch, dim), generator=g)
+    z0 = torch.randn((batch, cond), generator=g)
+    target = torch.randn((batch, dim), generator=g)
+
+    def step(x, z, k):
+        t, cx, ce = coefs[k]
+        feats = torch.cat([torch.sin(w * t), torch.cos(w * t)]).expand(x.shape[0], -1)
+        eps = net(torch.cat([x, z, feats], dim=1))
+        return cx * x + ce * eps
+
+    def zero():
+        for p in net.parameters():
+            p.grad = None
+
+    def sample():
+        with torch.no_grad():
+            x = x_t
+            for k in range(steps):
+                x = step(x, z0, k)
+        return x
+
+    def discrete():
+        zero()
+        with torch.no_grad():
+            states = [x_t]
+            for k in range(steps):
+                states.append(step(states[-1], z0, k))
+        x0 = states[-1].detach().requires_grad_(True)
+        ((x0 - target) ** 2).mean().backward()
+        g = x0.grad
+        z = z0.clone().requires_grad_(True)
+        for k in reversed(range(steps)):
+            x = states[k].detach().requires_grad_(True)
+            step(x, z, k).backward(g)
+            g = x.grad
+        return g, z.grad
+
+    def tape():
+        zero()
+        x0 = x_t.clone().requires_grad_(True)
+        z = z0.clone().requires_grad_(True)
+        x = x0
+        for k in range(steps):
+            x = step(x, z, k)
+        ((x - target) ** 2).mean().backward()
+        return x0.grad, z.grad
+
+    return {"sample": sample, "discrete": discrete, "tape": tape}
+
+
+WORKLOADS = {
+    "w1": lambda n: mlp(n, 64, 256, 16),
+    "w2": lambda n: mlp(n, 784, 2048, 64),
+    "w3": lambda n: w3(n),
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--workload", default="w3", choices=["w3"])
+    ap.add_argument("--workload", default="w3", choices=sorted(WORKLOADS))
     ap.add_argument("--method", default="discrete", choices=["sample", "discrete", "tape"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
@@ -143,7 +240,7 @@ def main():
     a = ap.parse_args()
     diffusers_logging.set_verbosity_error()
     torch.set_num_threads(a.threads)
-    run = w3(a.steps)[a.method]
+    run = WORKLOADS[a.workload](a.steps)[a.method]
     run()  # warm-up
     times = []
     for _ in range(a.repeat):

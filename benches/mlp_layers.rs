@@ -1,0 +1,86 @@
+//! The MLP kernels against the dfdx operations they replace (f32): `Dense` against dfdx's
+//! `Linear` on W2's hidden layer (2048 -> 2048, batch 64) and W1's (256 -> 256, batch 16), and
+//! `Gelu` against dfdx's `FastGeLU` on a W2 activation (64 x 2048); each forward alone and
+//! forward + backward.
+//!
+//! Run: `cargo bench --bench mlp_layers`. Compare ratios from one run.
+
+use std::hint::black_box;
+
+use adeis::runtime::dfdx::nn::builders::Linear;
+use adeis::runtime::dfdx::prelude::*;
+use adeis::runtime::nn::{Dense, Gelu};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+fn dense_against_linear<const W: usize>(c: &mut Criterion, batch: usize) {
+    let dev = Cpu::seed_from_u64(0);
+    let dense = dev.build_module::<Dense<W, W>, f32>();
+    let linear = dev.build_module::<Linear<W, W>, f32>();
+    let x: Tensor<(usize, Const<W>), f32, Cpu> = dev.sample_normal_like(&(batch, Const));
+    let mut g = c.benchmark_group(format!("linear_{W}x{W}_batch{batch}"));
+    g.bench_function("adeis_dense_forward", |b| {
+        b.iter(|| black_box(dense.forward(x.clone())))
+    });
+    g.bench_function("dfdx_linear_forward", |b| {
+        b.iter(|| black_box(linear.forward(x.clone())))
+    });
+    g.bench_function("adeis_dense_forward_backward", |b| {
+        b.iter(|| {
+            black_box(
+                dense
+                    .forward(x.clone().trace(Gradients::leaky()))
+                    .sum()
+                    .backward(),
+            )
+        })
+    });
+    g.bench_function("dfdx_linear_forward_backward", |b| {
+        b.iter(|| {
+            black_box(
+                linear
+                    .forward(x.clone().trace(Gradients::leaky()))
+                    .sum()
+                    .backward(),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn bench(c: &mut Criterion) {
+    dense_against_linear::<2048>(c, 64);
+    dense_against_linear::<256>(c, 16);
+    let dev = Cpu::seed_from_u64(0);
+    let x: Tensor<(usize, Const<2048>), f32, Cpu> = dev.sample_normal_like(&(64, Const));
+    let mut g = c.benchmark_group("gelu_64x2048");
+    g.bench_function("adeis_gelu_forward", |b| {
+        b.iter(|| black_box(Gelu.forward(x.clone())))
+    });
+    g.bench_function("dfdx_fast_gelu_forward", |b| {
+        b.iter(|| black_box(x.clone().fast_gelu()))
+    });
+    g.bench_function("adeis_gelu_forward_backward", |b| {
+        b.iter(|| {
+            black_box(
+                Gelu.forward(x.clone().trace(Gradients::leaky()))
+                    .sum()
+                    .backward(),
+            )
+        })
+    });
+    g.bench_function("dfdx_fast_gelu_forward_backward", |b| {
+        b.iter(|| {
+            black_box(
+                x.clone()
+                    .trace(Gradients::leaky())
+                    .fast_gelu()
+                    .sum()
+                    .backward(),
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
