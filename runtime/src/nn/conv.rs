@@ -188,7 +188,7 @@ pub(crate) mod cpu {
     use rayon::prelude::*;
 
     use super::Conv2d;
-    use crate::nn::{Float, Image, ParamGrads};
+    use crate::nn::{min_items_per_task, Float, Image, ParamGrads};
 
     /// The sizes of one convolution call.
     #[derive(Clone, Copy, Debug)]
@@ -279,6 +279,7 @@ pub(crate) mod cpu {
         let taps = g.kh * g.kw;
         cols.par_chunks_mut(taps * g.n())
             .enumerate()
+            .with_min_len(min_items_per_task(taps * g.n()))
             .for_each(|(c, block)| {
                 let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
                 for dy in 0..g.kh {
@@ -313,6 +314,7 @@ pub(crate) mod cpu {
         let taps = g.kh * g.kw;
         dx.par_chunks_mut(g.h * g.w)
             .enumerate()
+            .with_min_len(min_items_per_task(taps * g.n()))
             .for_each(|(c, dxc)| {
                 let block = &dcols[c * taps * g.n()..(c + 1) * taps * g.n()];
                 for dy in 0..g.kh {

@@ -23,6 +23,14 @@ pub use dense::{Dense, DenseLinear};
 pub use layers::{timestep_embedding, Attention, Linear};
 pub use norm::{Activation, ChannelShift, GroupNorm};
 
+/// Elements below which a parallel loop's task is not worth a thread's wake-up.
+const MIN_TASK_ELEMENTS: usize = 32 * 1024;
+
+/// The fewest items of `item_len` elements a parallel task should take.
+pub(crate) fn min_items_per_task(item_len: usize) -> usize {
+    (MIN_TASK_ELEMENTS / item_len.max(1)).max(1)
+}
+
 /// A batch of images: [batch, channels, height, width].
 pub type Image<E, D, T = NoneTape> = Tensor<(usize, usize, usize, usize), E, D, T>;
 

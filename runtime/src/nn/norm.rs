@@ -80,7 +80,7 @@ pub(crate) mod cpu {
     use rayon::prelude::*;
 
     use super::{Activation, ChannelShift, GroupNorm};
-    use crate::nn::{Float, Image, ParamGrads};
+    use crate::nn::{min_items_per_task, Float, Image, ParamGrads};
 
     #[derive(Clone, Copy, Debug)]
     struct Geometry {
@@ -107,6 +107,7 @@ pub(crate) mod cpu {
     /// The mean and 1/sqrt(var + eps) of each (image, group), accumulated in f64.
     fn statistics<E: Float>(g: &Geometry, v: &[E], eps: f64) -> Vec<(E, E)> {
         v.par_chunks(g.group_len())
+            .with_min_len(min_items_per_task(g.group_len()))
             .map(|group| {
                 let n = group.len() as f64;
                 let mean = group.iter().map(|x| x.to_f64().unwrap()).sum::<f64>() / n;
@@ -175,6 +176,7 @@ pub(crate) mod cpu {
         out.par_chunks_mut(g.group_len())
             .zip(v.par_chunks(g.group_len()))
             .enumerate()
+            .with_min_len(min_items_per_task(g.group_len()))
             .for_each(|(i, (o, vg))| {
                 let (mean, rstd) = stats[i];
                 let c0 = channel0(&g, i);
@@ -241,6 +243,7 @@ pub(crate) mod cpu {
         dv.par_chunks_mut(g.group_len())
             .zip(sums.par_chunks_mut(g.per_group()))
             .enumerate()
+            .with_min_len(min_items_per_task(g.group_len()))
             .for_each(|(i, (dvg, sums))| {
                 let (mean, rstd) = stats[i];
                 let c0 = channel0(g, i);
