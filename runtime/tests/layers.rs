@@ -403,3 +403,39 @@ mod gelu {
         );
     }
 }
+
+/// The attention kernel equals dfdx's composition, forward and the gradients of q, k and v,
+/// with several heads and a sequence long enough for the threaded products.
+#[test]
+fn the_attention_kernel_equals_dfdx_composition() {
+    use adeis_runtime::nn::attention::attention_core_generic;
+    let dev = Cpu::seed_from_u64(12);
+    let shape = (2, 3, 40, 16);
+    let (q, k, v): (Image, Image, Image) = (
+        dev.sample_normal_like(&shape),
+        dev.sample_normal_like(&shape),
+        dev.sample_normal_like(&shape),
+    );
+    let cot: Image = dev.sample_normal_like(&shape);
+    let run = |kernel: bool| {
+        let t = |x: &Image| x.clone().trace(Gradients::leaky());
+        let out = if kernel {
+            <Cpu as NnDevice<f64>>::attention_core(t(&q), t(&k), t(&v), 0.25)
+        } else {
+            attention_core_generic(t(&q), t(&k), t(&v), 0.25)
+        };
+        let values = out.retaped::<NoneTape>().as_vec();
+        let g = (out * cot.clone()).sum().backward();
+        (
+            values,
+            g.get(&q).as_vec(),
+            g.get(&k).as_vec(),
+            g.get(&v).as_vec(),
+        )
+    };
+    let (a, b) = (run(true), run(false));
+    assert!(max_rel_err(&a.0, &b.0) < 1e-13, "forward");
+    assert!(max_rel_err(&a.1, &b.1) < 1e-12, "dq");
+    assert!(max_rel_err(&a.2, &b.2) < 1e-12, "dk");
+    assert!(max_rel_err(&a.3, &b.3) < 1e-12, "dv");
+}

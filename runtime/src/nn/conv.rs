@@ -188,6 +188,7 @@ pub(crate) mod cpu {
     use rayon::prelude::*;
 
     use super::Conv2d;
+    use crate::nn::gemm::matmul;
     use crate::nn::{min_items_per_task, Float, Image, ParamGrads};
 
     /// The sizes of one convolution call.
@@ -235,43 +236,6 @@ pub(crate) mod cpu {
             let lo = self.pl.saturating_sub(dx).div_ceil(s).min(hi);
             (lo, hi)
         }
-    }
-
-    /// dst[m x n] = (dst if `acc`) + a[m x k] b[k x n]; each matrix given by its pointer and
-    /// (row stride, column stride).
-    ///
-    /// # Safety
-    /// The pointers must cover the matrices their strides describe; dst must not alias a or b.
-    #[allow(clippy::too_many_arguments)] // the BLAS calling convention, kept in one place
-    unsafe fn matmul<E: Float>(
-        (m, n, k): (usize, usize, usize),
-        dst: *mut E,
-        dst_rs: usize,
-        acc: bool,
-        (a, a_rs, a_cs): (*const E, usize, usize),
-        (b, b_rs, b_cs): (*const E, usize, usize),
-    ) {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            acc,
-            a,
-            a_cs as isize,
-            a_rs as isize,
-            b,
-            b_cs as isize,
-            b_rs as isize,
-            if acc { E::one() } else { E::zero() },
-            E::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
     }
 
     /// The unfolded image: cols[(c kh + dy) kw + dx, oy wo + ox] = x[c, oy s + dy - pt, ...].
@@ -379,9 +343,7 @@ pub(crate) mod cpu {
             unsafe {
                 matmul(
                     (g.co, n, k),
-                    ob.as_mut_ptr(),
-                    n,
-                    bias.is_some(),
+                    (ob.as_mut_ptr(), n, bias.is_some()),
                     (weight.as_ptr(), k, 1),
                     (colsb.as_ptr(), n, 1),
                 );
@@ -401,9 +363,7 @@ pub(crate) mod cpu {
             unsafe {
                 matmul(
                     (g.co, k, n),
-                    dweight.as_mut_ptr(),
-                    k,
-                    true,
+                    (dweight.as_mut_ptr(), k, true),
                     (gob.as_ptr(), n, 1),
                     (colsb.as_ptr(), 1, n),
                 );
@@ -436,9 +396,7 @@ pub(crate) mod cpu {
             unsafe {
                 matmul(
                     (k, n, g.co),
-                    dst,
-                    n,
-                    acc,
+                    (dst, n, acc),
                     (weight.as_ptr(), 1, k),
                     (gob.as_ptr(), n, 1),
                 );

@@ -50,9 +50,30 @@ pub struct DenseLinear<const I: usize, const O: usize, E: Dtype, D: Storage<E>> 
 /// reads W itself.
 #[derive(Debug)]
 pub(crate) struct HostWeights<E> {
+    /// [out, in]
     pub weight: Vec<E>,
+    /// [in, out]
     pub weight_t: Vec<E>,
     pub bias: Vec<E>,
+    /// (out, in)
+    pub dims: (usize, usize),
+}
+
+impl<E: Copy + Default> HostWeights<E> {
+    pub fn new(weight: Vec<E>, bias: Vec<E>, (o, i): (usize, usize)) -> Self {
+        let mut weight_t = vec![E::default(); o * i];
+        for (r, row) in weight.chunks_exact(i).enumerate() {
+            for (c, w) in row.iter().enumerate() {
+                weight_t[c * o + r] = *w;
+            }
+        }
+        HostWeights {
+            weight,
+            weight_t,
+            bias,
+            dims: (o, i),
+        }
+    }
 }
 
 impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> DenseLinear<I, O, E, D> {
@@ -69,17 +90,7 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> DenseLinear<I, O, E
         Arc::clone(self.host.get_or_init(|| {
             let mut weight = vec![E::default(); O * I];
             self.weight.copy_into(&mut weight);
-            let mut weight_t = vec![E::default(); O * I];
-            for (o, row) in weight.chunks_exact(I).enumerate() {
-                for (i, w) in row.iter().enumerate() {
-                    weight_t[i * O + o] = *w;
-                }
-            }
-            Arc::new(HostWeights {
-                weight,
-                weight_t,
-                bias: self.bias.as_vec(),
-            })
+            Arc::new(HostWeights::new(weight, self.bias.as_vec(), (O, I)))
         }))
     }
 
@@ -169,54 +180,16 @@ impl<const I: usize, const O: usize, E: Float, D: Device<E>> DenseLinear<I, O, E
     }
 }
 
-/// The CPU kernel and its backward pass on dfdx's tape.
+/// The CPU kernel and its backward pass on dfdx's tape, for [`DenseLinear`] and for the
+/// runtime-shaped [`crate::nn::Linear`] of the UNet alike.
 pub(crate) mod cpu {
+    use std::sync::Arc;
+
     use dfdx::prelude::*;
 
-    use super::DenseLinear;
-    use crate::nn::Float;
-
-    /// Products below this many multiply-adds stay on the calling thread.
-    const PARALLEL_FROM: usize = 1 << 21;
-
-    /// dst[m x n] = (dst if `acc`) + a[m x k] b[k x n], each given by (pointer, row stride,
-    /// column stride).
-    ///
-    /// # Safety
-    /// The pointers must cover the matrices their strides describe; dst must not alias a or b.
-    unsafe fn matmul<E: Float>(
-        (m, n, k): (usize, usize, usize),
-        (dst, dst_rs, acc): (*mut E, usize, bool),
-        (a, a_rs, a_cs): (*const E, usize, usize),
-        (b, b_rs, b_cs): (*const E, usize, usize),
-    ) {
-        let parallelism = if m * n * k < PARALLEL_FROM {
-            gemm::Parallelism::None
-        } else {
-            gemm::Parallelism::Rayon(rayon::current_num_threads())
-        };
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            acc,
-            a,
-            a_cs as isize,
-            a_rs as isize,
-            b,
-            b_cs as isize,
-            b_rs as isize,
-            if acc { E::one() } else { E::zero() },
-            E::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
+    use super::{DenseLinear, HostWeights};
+    use crate::nn::gemm::matmul;
+    use crate::nn::{Float, Linear};
 
     pub fn dense<const I: usize, const O: usize, E: Float, T: Tape<E, Cpu>>(
         layer: &DenseLinear<I, O, E, Cpu>,
@@ -227,53 +200,93 @@ pub(crate) mod cpu {
         <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
     {
         let n = x.shape().0;
+        rows(
+            x,
+            (n, Const::<O>),
+            layer.host(),
+            (layer.weight(), Some(layer.bias())),
+        )
+    }
+
+    pub fn linear_rows<E: Float, T: Tape<E, Cpu>>(
+        layer: &Linear<E, Cpu>,
+        x: Tensor<(usize, usize), E, Cpu, T>,
+    ) -> Tensor<(usize, usize), E, Cpu, T>
+    where
+        Cpu: Device<E>,
+        <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+    {
+        let (n, i) = *x.shape();
+        assert_eq!(i, layer.in_features(), "the linear map's input width");
+        let out = (n, layer.out_features());
+        rows(x, out, layer.host(), (layer.weight(), layer.bias()))
+    }
+
+    /// A layer's weight and bias tensors (their gradients' keys).
+    type Params<'a, W, B, E> = (&'a Tensor<W, E, Cpu>, Option<&'a Tensor<B, E, Cpu>>);
+
+    /// out = x W^T + b on n rows, and the backward pass: dx += go W, dW += go^T x,
+    /// db += the column sums of go.
+    fn rows<S: Shape, S2: Shape, W: Shape, B: Shape, E: Float, T: Tape<E, Cpu>>(
+        x: Tensor<S, E, Cpu, T>,
+        out_shape: S2,
+        host: Arc<HostWeights<E>>,
+        (weight, bias): Params<'_, W, B, E>,
+    ) -> Tensor<S2, E, Cpu, T>
+    where
+        Cpu: Device<E>,
+        <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
+    {
+        let (o, i) = host.dims;
         let (x, mut tape) = x.contiguous().split_tape();
-        let mut xs = vec![E::zero(); n * I];
+        let mut xs = vec![E::zero(); x.shape().num_elements()];
         x.copy_into(&mut xs);
-        let host = layer.host();
-        let mut out = Vec::with_capacity(n * O);
+        let n = xs.len() / i;
+        let mut out = Vec::with_capacity(n * o);
         for _ in 0..n {
             out.extend_from_slice(&host.bias);
         }
-        // SAFETY: out [n x O] += xs [n x I] W^T [I x O], W^T row-major.
+        // SAFETY: out [n x o] += xs [n x i] W^T [i x o], W^T row-major.
         unsafe {
             matmul(
-                (n, O, I),
-                (out.as_mut_ptr(), O, true),
-                (xs.as_ptr(), I, 1),
-                (host.weight_t.as_ptr(), O, 1),
+                (n, o, i),
+                (out.as_mut_ptr(), o, true),
+                (xs.as_ptr(), i, 1),
+                (host.weight_t.as_ptr(), o, 1),
             );
         }
-        let out = x.device().tensor_from_vec(out, (n, Const::<O>));
+        let out = x.device().tensor_from_vec(out, out_shape);
         if T::OWNS_TAPE {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
-            let (w_ghost, b_ghost) = (layer.weight.ghost(), layer.bias.ghost());
+            let (w_ghost, b_ghost) = (weight.ghost(), bias.map(|b| b.ghost()));
             tape.add_backward_op(move |grads| {
                 let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
                 let dx = grads.get_or_alloc_mut(&x_ghost)?;
-                // SAFETY: dx [n x I] += go [n x O] W [O x I].
+                // SAFETY: dx [n x i] += go [n x o] W [o x i].
                 unsafe {
                     matmul(
-                        (n, I, O),
-                        (dx.as_mut_ptr(), I, true),
-                        (go.as_ptr(), O, 1),
-                        (host.weight.as_ptr(), I, 1),
+                        (n, i, o),
+                        (dx.as_mut_ptr(), i, true),
+                        (go.as_ptr(), o, 1),
+                        (host.weight.as_ptr(), i, 1),
                     );
                 }
                 let dw = grads.get_or_alloc_mut(&w_ghost)?;
-                // SAFETY: dW [O x I] += go^T [O x n] xs [n x I].
+                // SAFETY: dW [o x i] += go^T [o x n] xs [n x i].
                 unsafe {
                     matmul(
-                        (O, I, n),
-                        (dw.as_mut_ptr(), I, true),
-                        (go.as_ptr(), 1, O),
-                        (xs.as_ptr(), I, 1),
+                        (o, i, n),
+                        (dw.as_mut_ptr(), i, true),
+                        (go.as_ptr(), 1, o),
+                        (xs.as_ptr(), i, 1),
                     );
                 }
-                let db = grads.get_or_alloc_mut(&b_ghost)?;
-                for row in go.chunks_exact(O) {
-                    for (d, g) in db.iter_mut().zip(row) {
-                        *d += *g;
+                if let Some(b) = &b_ghost {
+                    let db = grads.get_or_alloc_mut(b)?;
+                    for row in go.chunks_exact(o) {
+                        for (d, g) in db.iter_mut().zip(row) {
+                            *d += *g;
+                        }
                     }
                 }
                 Ok(())

@@ -6,24 +6,66 @@
 //! (`retaped`), so that the views an operation takes (a transpose, a broadcast) record their
 //! backward and the gradient reaches the parameter itself.
 
+use std::sync::{Arc, OnceLock};
+
 use dfdx::prelude::*;
 
+use super::dense::HostWeights;
 use super::{Activation, Float, GroupNorm, Image, NnDevice, ParamGrads};
 
-/// y = x W^T + b on rows [n, in] (W: [out, in], as torch stores it).
+/// y = x W^T + b on rows [n, in] (W: [out, in], as torch stores it). On the CPU a kernel
+/// ([`crate::nn::dense::cpu::linear_rows`]) on host copies of the parameters, made once: they
+/// are private, so that the copies cannot go stale.
 #[derive(Clone, Debug)]
 pub struct Linear<E: Dtype, D: Storage<E>> {
-    pub weight: Tensor<(usize, usize), E, D>,
-    pub bias: Option<Tensor<(usize,), E, D>>,
+    weight: Tensor<(usize, usize), E, D>,
+    bias: Option<Tensor<(usize,), E, D>>,
+    host: OnceLock<Arc<HostWeights<E>>>,
 }
 
 impl<E: Float, D: Device<E>> Linear<E, D> {
+    pub fn new(weight: Tensor<(usize, usize), E, D>, bias: Option<Tensor<(usize,), E, D>>) -> Self {
+        if let Some(b) = &bias {
+            assert_eq!(b.shape().0, weight.shape().0, "one bias per output");
+        }
+        Linear {
+            weight,
+            bias,
+            host: OnceLock::new(),
+        }
+    }
+
+    pub fn weight(&self) -> &Tensor<(usize, usize), E, D> {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor<(usize,), E, D>> {
+        self.bias.as_ref()
+    }
+
     pub fn out_features(&self) -> usize {
         self.weight.shape().0
     }
 
-    /// On rows [n, in].
-    pub fn forward<T: Tape<E, D>>(
+    pub fn in_features(&self) -> usize {
+        self.weight.shape().1
+    }
+
+    pub(crate) fn host(&self) -> Arc<HostWeights<E>> {
+        Arc::clone(self.host.get_or_init(|| {
+            let (o, i) = *self.weight.shape();
+            let mut weight = vec![E::zero(); o * i];
+            self.weight.copy_into(&mut weight);
+            let bias = self
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![E::zero(); o], |b| b.as_vec());
+            Arc::new(HostWeights::new(weight, bias, (o, i)))
+        }))
+    }
+
+    /// On rows [n, in], through dfdx's operations.
+    pub fn forward_generic<T: Tape<E, D>>(
         &self,
         x: Tensor<(usize, usize), E, D, T>,
     ) -> Tensor<(usize, usize), E, D, T> {
@@ -44,28 +86,26 @@ impl<E: Float, D: Device<E>> Linear<E, D> {
             None => y,
         }
     }
+}
+
+impl<E: Float, D: NnDevice<E>> Linear<E, D> {
+    /// On rows [n, in].
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Tensor<(usize, usize), E, D, T>,
+    ) -> Tensor<(usize, usize), E, D, T> {
+        D::linear(self, x)
+    }
 
     /// On a batch of sequences [b, s, in].
     pub fn forward3<T: Tape<E, D>>(
         &self,
         x: Tensor<(usize, usize, usize), E, D, T>,
     ) -> Tensor<(usize, usize, usize), E, D, T> {
-        let (b, s, _) = *x.shape();
-        let w = self
-            .weight
-            .clone()
-            .retaped::<T>()
-            .permute::<_, Axes2<1, 0>>();
-        let y = x.matmul(w);
-        match &self.bias {
-            Some(bias) => {
-                y + bias
-                    .clone()
-                    .retaped::<T>()
-                    .broadcast_like::<_, Axes2<0, 1>>(&(b, s, self.out_features()))
-            }
-            None => y,
-        }
+        let (b, s, i) = *x.shape();
+        let rows = x.contiguous().reshape_like(&(b * s, i));
+        self.forward(rows)
+            .reshape_like(&(b, s, self.out_features()))
     }
 }
 
@@ -120,11 +160,8 @@ impl<E: Float, D: NnDevice<E>> Attention<E, D> {
         let k = split(self.to_k.forward3(seq.with_empty_tape()));
         let v = split(self.to_v.forward3(seq));
         let scale = E::from_f64(1.0 / (d as f64).sqrt()).unwrap();
-        let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
-        let attn = scores.softmax::<Axis<3>>();
         // [b, heads, s, d] -> [b, s, heads d]
-        let out = attn
-            .matmul(v)
+        let out = D::attention_core(q, k, v, scale)
             .permute::<_, Axes4<0, 2, 1, 3>>()
             .contiguous()
             .reshape_like(&(b, s, heads * d));

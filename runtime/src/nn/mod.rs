@@ -10,8 +10,10 @@
 //! convolutions, since dfdx's CPU kernels index every element through its strides.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod dense;
+mod gemm;
 pub mod layers;
 pub mod norm;
 
@@ -111,13 +113,33 @@ pub trait NnDevice<E: Float>: Device<E> {
         layer.forward_generic(x)
     }
 
+    /// The runtime-shaped `layer` on rows `x`, on x's tape. By default dfdx's matmul.
+    fn linear<T: Tape<E, Self>>(
+        layer: &Linear<E, Self>,
+        x: Tensor<(usize, usize), E, Self, T>,
+    ) -> Tensor<(usize, usize), E, Self, T> {
+        layer.forward_generic(x)
+    }
+
+    /// softmax(scale q k^T) v per (image, head) on the tapes of q, k and v. By default dfdx's
+    /// operations.
+    fn attention_core<T: Tape<E, Self>>(
+        q: Image<E, Self, T>,
+        k: Image<E, Self, T>,
+        v: Image<E, Self, T>,
+        scale: E,
+    ) -> Image<E, Self, T> {
+        attention::attention_core_generic(q, k, v, scale)
+    }
+
     /// GeLU (tanh approximation) on x's tape. By default dfdx's `fast_gelu`.
     fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Tensor<S, E, Self, T> {
         x.fast_gelu()
     }
 }
 
-/// The CPU runs the convolution, GroupNorm, the dense layer and GeLU as its own kernels.
+/// The CPU runs the convolution, GroupNorm, the linear layers, attention and GeLU as its own
+/// kernels.
 macro_rules! cpu_nn_device {
     ($e:ty) => {
         impl NnDevice<$e> for Cpu {
@@ -144,6 +166,22 @@ macro_rules! cpu_nn_device {
                 x: Tensor<(usize, Const<I>), $e, Cpu, T>,
             ) -> Tensor<(usize, Const<O>), $e, Cpu, T> {
                 dense::cpu::dense(layer, x)
+            }
+
+            fn linear<T: Tape<$e, Cpu>>(
+                layer: &Linear<$e, Cpu>,
+                x: Tensor<(usize, usize), $e, Cpu, T>,
+            ) -> Tensor<(usize, usize), $e, Cpu, T> {
+                dense::cpu::linear_rows(layer, x)
+            }
+
+            fn attention_core<T: Tape<$e, Cpu>>(
+                q: Image<$e, Cpu, T>,
+                k: Image<$e, Cpu, T>,
+                v: Image<$e, Cpu, T>,
+                scale: $e,
+            ) -> Image<$e, Cpu, T> {
+                attention::cpu::attention_core(q, k, v, scale)
             }
 
             fn gelu<S: Shape, T: Tape<$e, Cpu>>(

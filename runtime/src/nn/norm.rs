@@ -100,8 +100,9 @@ pub(crate) mod cpu {
         }
     }
 
+    /// The vectorised exponential, capped as GeLU's is so that nothing goes subnormal.
     fn sigmoid<E: Float>(y: E) -> E {
-        E::one() / (E::one() + (-y).exp())
+        E::one() / (E::one() + (-y).min(E::from_f64(E::EXP_CAP).unwrap()).exp_fast())
     }
 
     /// The mean and 1/sqrt(var + eps) of each (image, group), accumulated in f64.

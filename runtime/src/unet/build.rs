@@ -186,10 +186,9 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
     }
 
     fn linear(&mut self, prefix: &str, i: usize, o: usize) -> Result<Linear<E, D>, RuntimeError> {
-        Ok(Linear {
-            weight: self.matrix(&format!("{prefix}.weight"), (o, i), &[o, i])?,
-            bias: Some(self.vector(&format!("{prefix}.bias"), o)?),
-        })
+        let weight = self.matrix(&format!("{prefix}.weight"), (o, i), &[o, i])?;
+        let bias = self.vector(&format!("{prefix}.bias"), o)?;
+        Ok(Linear::new(weight, Some(bias)))
     }
 
     fn norm(&mut self, prefix: &str, c: usize) -> Result<GroupNorm<E, D>, RuntimeError> {
