@@ -9,19 +9,14 @@ use adeis::compiler::{build_plan, Method, SamplerSpec, ScheduleDef, Wrt};
 use adeis::prelude::Problem;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis::runtime::nn::{Dense, Gelu};
 use adeis::runtime::noise::normals;
 use adeis::runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const D: usize = 64;
 const IN: usize = D + 8 + 32;
-type W1 = (
-    Linear<IN, 256>,
-    FastGeLU,
-    Linear<256, 256>,
-    FastGeLU,
-    Linear<256, D>,
-);
+type W1 = (Dense<IN, 256>, Gelu, Dense<256, 256>, Gelu, Dense<256, D>);
 
 fn bench(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(0);

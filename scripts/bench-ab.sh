@@ -3,7 +3,8 @@
 # B A, ...), one process per run, so that a change's effect is measured in one run on a noisy
 # machine. Prints, per row, each build's best seconds per gradient, its peak memory and the
 # ratio B / A. Usage:
-#   scripts/bench-ab.sh BIN_A BIN_B [rounds] [quick|full]     (default: 2 rounds, quick = W1)
+#   scripts/bench-ab.sh BIN_A BIN_B [rounds] [quick|full]     (default: 2 rounds, quick = W1;
+#   full adds W2 and W3)
 # e.g. build the commit before a change into /tmp/adeis-before and compare with target/release.
 set -euo pipefail
 a=$1 b=$2 rounds=${3:-2} mode=${4:-quick}
@@ -15,6 +16,8 @@ rows=(
 )
 if [ "$mode" = full ]; then
   rows+=("w2 discrete 1 20 1" "w2 adjoint_deis 1 20 1" "w2 tape 1 20 1" "w2 discrete 1 100 1")
+  rows+=("w2 sample 1 50 1" "w2 discrete 1 50 1" "w2 tape 1 50 1")
+  rows+=("w3 sample 1 10 1" "w3 discrete 1 10 1" "w3 tape 1 10 1")
 fi
 
 run() { # bin workload method order steps repeat -> "seconds peak_bytes"

@@ -21,6 +21,9 @@ squared error to a fixed target, the gradient with respect to x_T. Methods:
 
     python3 scripts/bench-torch.py --workload w3 --method discrete --steps 10 --repeat 3
 
+Workload gemm: one f32 product of two STEPS x STEPS matrices (the machine's GEMM peak through
+PyTorch's BLAS): --workload gemm --method matmul --steps 2048.
+
 Without torch and diffusers it installs them into a throwaway environment (as
 make-unet-fixtures.py does) and runs there.
 """
@@ -223,7 +226,14 @@ def mlp(steps, dim, hidden, batch):
     return {"sample": sample, "discrete": discrete, "tape": tape}
 
 
+def gemm(size):
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    return {"matmul": lambda: torch.mm(a, b)}
+
+
 WORKLOADS = {
+    "gemm": lambda n: gemm(n),
     "w1": lambda n: mlp(n, 64, 256, 16),
     "w2": lambda n: mlp(n, 784, 2048, 64),
     "w3": lambda n: w3(n),
@@ -233,7 +243,7 @@ WORKLOADS = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workload", default="w3", choices=sorted(WORKLOADS))
-    ap.add_argument("--method", default="discrete", choices=["sample", "discrete", "tape"])
+    ap.add_argument("--method", default="discrete", choices=["sample", "discrete", "tape", "matmul"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())

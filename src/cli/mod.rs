@@ -299,7 +299,7 @@ pub fn demo() -> Result<()> {
         100.0 * agree
     );
     println!("morphs: {}", adeis_digits::morph::describe(&out));
-    println!("\nThe evaluation in the README: `cargo run --release -- morph --pairs 100` (about 2 minutes).");
+    println!("\nThe evaluation in the README: `cargo run --release -- morph --pairs 100` (about 10 seconds for the default methods).");
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The core of scaled dot-product attention, softmax(scale q k^T) v per (image, head), with
 //! its exact VJP. [`attention_core_generic`] composes it from dfdx's operations (any device);
-//! on the CPU it is one custom operation ([`cpu::attention_core`]) whose five products per head
+//! on the CPU it is one custom operation (`cpu::attention_core`) whose five products per head
 //! go through `gemm` 0.19 and which keeps the softmax for the backward pass:
 //! with P = softmax(S), S = scale q k^T, O = P v:
 //!   dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),  dq = scale dS k,  dk = scale dS^T q.

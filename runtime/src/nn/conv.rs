@@ -42,7 +42,7 @@ struct HostParams<E> {
 }
 
 impl<E: Dtype, D: Storage<E>> Conv2d<E, D> {
-    /// A convolution with `weight` [out, in kh kw] and `bias` [out].
+    /// A convolution with `weight` `[out, in kh kw]` and `bias` `[out]`.
     pub fn new(
         weight: Tensor<(usize, usize), E, D>,
         bias: Option<Tensor<(usize,), E, D>>,

@@ -1,5 +1,5 @@
 //! A fully connected layer, y = x W^T + b, as a dfdx module: a drop-in for dfdx's `Linear`
-//! (the same tensors under the same names, `weight` [O, I] and `bias` [O], the same
+//! (the same tensors under the same names, `weight` `[O, I]` and `bias` `[O]`, the same
 //! initialisation, so modules built from it load the same safetensors files and train with
 //! dfdx's optimisers), whose CPU forward and backward multiply with `gemm` 0.19 (AVX-512 where
 //! the CPU has it) and stay on one thread for small products, where dfdx's `gemm` 0.15 spends

@@ -51,3 +51,21 @@ pub(crate) unsafe fn matmul<E: Float>(
         )
     }
 }
+
+/// c = a b for row-major a [m x k] and b [k x n], through the kernels' GEMM: what the
+/// benchmarks time as this machine's GEMM peak.
+pub fn matmul_rows<E: Float>(a: &[E], b: &[E], (m, n, k): (usize, usize, usize)) -> Vec<E> {
+    assert_eq!(a.len(), m * k, "a is m x k");
+    assert_eq!(b.len(), k * n, "b is k x n");
+    let mut c = vec![E::zero(); m * n];
+    // SAFETY: the slices are the sizes the shapes describe, and c is a new buffer.
+    unsafe {
+        matmul(
+            (m, n, k),
+            (c.as_mut_ptr(), n, false),
+            (a.as_ptr(), k, 1),
+            (b.as_ptr(), n, 1),
+        );
+    }
+    c
+}

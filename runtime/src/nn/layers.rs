@@ -14,7 +14,7 @@ use super::dense::HostWeights;
 use super::{Activation, Float, GroupNorm, Image, NnDevice, ParamGrads};
 
 /// y = x W^T + b on rows [n, in] (W: [out, in], as torch stores it). On the CPU a kernel
-/// ([`crate::nn::dense::cpu::linear_rows`]) on host copies of the parameters, made once: they
+/// (`dense::cpu::linear_rows`) on host copies of the parameters, made once: they
 /// are private, so that the copies cannot go stale.
 #[derive(Clone, Debug)]
 pub struct Linear<E: Dtype, D: Storage<E>> {

@@ -2,18 +2,21 @@
 //! GroupNorm, SiLU, linear maps, nearest upsampling, self-attention, and the sinusoidal
 //! timestep embedding. Each runs on any dfdx tape, so one forward pass serves sampling
 //! (no tape), one VJP (a tape for one evaluation) and the full-tape reference (one tape for the
-//! whole loop); every gradient is exact. On the CPU the convolution (im2col and a GEMM) and
-//! GroupNorm (with the shift before it and the SiLU after it) are custom operations with
-//! their own backward on dfdx's tape; other devices run them through dfdx's own operations
-//! ([`conv::conv2d_generic`], [`GroupNorm::forward_generic`]). Measured on the W3 UNet
-//! (`adeis bench --workload w3`): the composed GroupNorm and SiLU cost more than the
-//! convolutions, since dfdx's CPU kernels index every element through its strides.
+//! whole loop); every gradient is exact. On the CPU the convolution, GroupNorm (with the shift
+//! before it and the SiLU after it), the linear maps, the attention core and GeLU are custom
+//! operations with their own backward on dfdx's tape, multiplying through [`gemm`]; other
+//! devices run them through dfdx's own operations ([`conv::conv2d_generic`],
+//! [`GroupNorm::forward_generic`], [`Linear::forward_generic`],
+//! [`attention::attention_core_generic`], dfdx's `fast_gelu`). Measured on W1-W3
+//! (`adeis bench`, `cargo bench --bench unet_layers`, `--bench mlp_layers`): dfdx's CPU
+//! kernels index every element through its strides and multiply with `gemm` 0.15 without
+//! AVX-512, and the composed layers cost several times the kernels.
 
 pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod dense;
-mod gemm;
+pub mod gemm;
 pub mod layers;
 pub mod norm;
 
@@ -42,7 +45,7 @@ pub trait Float: Dtype + num_traits::Float + Send + Sync {
     const EXP_CAP: f64;
 
     /// exp(self): in f32 a polynomial the compiler vectorises (within 2 ulp,
-    /// [`activation::expf_poly`]); in f64 `exp` itself.
+    /// `activation::expf_poly`); in f64 `exp` itself.
     fn exp_fast(self) -> Self;
 }
 

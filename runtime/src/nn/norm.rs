@@ -2,7 +2,7 @@
 //! shift (a resnet adds its time embedding there) and followed by SiLU, with its exact VJP.
 //!
 //! [`GroupNorm::forward_generic`] composes it from dfdx's operations (any device). On the CPU
-//! it is one custom operation on dfdx's tape ([`cpu::group_norm`]): dfdx's elementwise kernels
+//! it is one custom operation on dfdx's tape (`cpu::group_norm`): dfdx's elementwise kernels
 //! index every element through the tensor's strides, and the composed version records nine of
 //! them, so that GroupNorm and SiLU cost more than the convolutions they sit between. The fused
 //! kernel keeps the shifted input and two statistics per group for its backward pass.
