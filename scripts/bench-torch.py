@@ -33,30 +33,11 @@ import json
 import math
 import os
 import resource
-import subprocess
-import sys
-import tempfile
 import time
 
-PINNED = ["torch==2.15.0", "diffusers==0.42.1", "numpy"]
+from torch_env import ensure_torch  # scripts/ is on the path
 
-
-def bootstrap():
-    try:
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
-        return
-    except ImportError:
-        pass
-    env = os.environ.get("ADEIS_TORCH_VENV") or os.path.join(tempfile.gettempdir(), "adeis-torch-venv")
-    python = os.path.join(env, "bin", "python")
-    if not os.path.exists(python):
-        subprocess.check_call([sys.executable, "-m", "venv", env])
-    subprocess.check_call([python, "-m", "pip", "install", "--quiet", *PINNED])
-    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
-
-
-bootstrap()
+ensure_torch(__file__)
 
 import torch  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402

@@ -18,31 +18,13 @@ Python package registry into a throwaway virtual environment (about 6 GB) and ru
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 
-PINNED = ["torch==2.15.0", "diffusers==0.42.1", "safetensors==0.8.0", "numpy"]
+from torch_env import ensure_torch  # scripts/ is on the path
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "tests", "fixtures", "unet")
 
-
-def bootstrap():
-    try:
-        import diffusers  # noqa: F401
-        import torch  # noqa: F401
-        return
-    except ImportError:
-        pass
-    env = os.environ.get("ADEIS_FIXTURE_VENV") or os.path.join(tempfile.gettempdir(), "adeis-fixture-venv")
-    python = os.path.join(env, "bin", "python")
-    if not os.path.exists(python):
-        subprocess.check_call([sys.executable, "-m", "venv", env])
-    subprocess.check_call([python, "-m", "pip", "install", "--quiet", *PINNED])
-    os.execv(python, [python, os.path.abspath(__file__), *sys.argv[1:]])
-
-
-bootstrap()
+ensure_torch(__file__)
 
 import torch  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402

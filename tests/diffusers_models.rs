@@ -43,6 +43,29 @@ fn rel_err(a: &[f64], b: &[f64]) -> f64 {
         / scale
 }
 
+/// `adeis sample --spec SPEC --model MODEL --x-t X --out OUT`, then `extra`.
+fn sample_cmd(
+    spec: &Path,
+    model: &str,
+    x: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut a = vec![
+        "sample",
+        "--spec",
+        s(spec),
+        "--model",
+        model,
+        "--x-t",
+        s(x),
+        "--out",
+        s(out),
+    ];
+    a.extend_from_slice(extra);
+    adeis(&a)
+}
+
 /// A spec with only a [sampler] (and [gradient]): the schedule comes from the model.
 fn spec(dir: &Path) -> PathBuf {
     let p = dir.join("spec.toml");
@@ -63,21 +86,7 @@ fn sample_and_grad_reproduce_diffusers() {
     let (x, z, cot) = (npy(dir, &r, "x"), npy(dir, &r, "z"), npy(dir, &r, "cot"));
     let sp = spec(dir);
     let out = dir.join("x0.npy");
-    let (ok, stdout, err) = adeis(&[
-        "sample",
-        "--spec",
-        s(&sp),
-        "--model",
-        &model,
-        "--x-t",
-        s(&x),
-        "--cond",
-        s(&z),
-        "--out",
-        s(&out),
-        "--dtype",
-        "f64",
-    ]);
+    let (ok, stdout, err) = sample_cmd(&sp, &model, &x, &out, &["--cond", s(&z), "--dtype", "f64"]);
     assert!(ok, "{err}");
     assert!(stdout.contains("sampled 2 x 3 x 8 x 8"), "{stdout}");
     let x0 = read_npy(&out).unwrap();
@@ -125,19 +134,7 @@ fn sample_and_grad_reproduce_diffusers() {
     assert!(p["conv_out.bias"].1.iter().any(|v| *v != 0.0));
 
     // f32, the production default: the same numbers to f32's round-off.
-    let (ok, _, err) = adeis(&[
-        "sample",
-        "--spec",
-        s(&sp),
-        "--model",
-        &model,
-        "--x-t",
-        s(&x),
-        "--cond",
-        s(&z),
-        "--out",
-        s(&out),
-    ]);
+    let (ok, _, err) = sample_cmd(&sp, &model, &x, &out, &["--cond", s(&z)]);
     assert!(ok, "{err}");
     let e = rel_err(&read_npy(&out).unwrap().data, &r["ddim.x0.f32"].1);
     assert!(e < 1e-4, "f32 sample: {e:.2e}");
@@ -165,21 +162,7 @@ fn class_labels_select_the_class_embedding() {
     let z = dir.join("z.npy");
     write_npy(&z, &[2, width], &rows, 8).unwrap();
     let run = |cond: &[&str], out: &Path| {
-        let mut a = vec![
-            "sample",
-            "--spec",
-            s(&sp),
-            "--model",
-            &model,
-            "--x-t",
-            s(&x),
-            "--out",
-            s(out),
-            "--dtype",
-            "f64",
-        ];
-        a.extend_from_slice(cond);
-        let (ok, _, err) = adeis(&a);
+        let (ok, _, err) = sample_cmd(&sp, &model, &x, out, &[cond, &["--dtype", "f64"]].concat());
         assert!(ok, "{err}");
         read_npy(out).unwrap().data
     };
@@ -189,19 +172,13 @@ fn class_labels_select_the_class_embedding() {
     // The same labels inline.
     let inline = run(&["--class-labels", "3,0"], &dir.join("c.npy"));
     assert_eq!(inline, by_vector);
-    let (ok, _, err) = adeis(&[
-        "sample",
-        "--spec",
-        s(&sp),
-        "--model",
+    let (ok, _, err) = sample_cmd(
+        &sp,
         &model,
-        "--x-t",
-        s(&x),
-        "--out",
-        s(&dir.join("d.npy")),
-        "--class-labels",
-        "3",
-    ]);
+        &x,
+        &dir.join("d.npy"),
+        &["--class-labels", "3"],
+    );
     assert!(!ok && err.contains("1 labels for a batch of 2"), "{err}");
 }
 
@@ -230,21 +207,7 @@ fn a_pipeline_folder_opens_its_unet_and_scheduler() {
     let run = |model: &Path, out: &str| {
         let out = dir.join(out);
         let m = format!("diffusers:{}", s(model));
-        let (ok, _, err) = adeis(&[
-            "sample",
-            "--spec",
-            s(&sp),
-            "--model",
-            &m,
-            "--x-t",
-            s(&x),
-            "--cond",
-            s(&z),
-            "--out",
-            s(&out),
-            "--dtype",
-            "f64",
-        ]);
+        let (ok, _, err) = sample_cmd(&sp, &m, &x, &out, &["--cond", s(&z), "--dtype", "f64"]);
         assert!(ok, "{err}");
         read_npy(&out).unwrap().data
     };

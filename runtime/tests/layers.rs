@@ -6,20 +6,11 @@ use adeis_runtime::nn::{Activation, Conv2d, GroupNorm, NnDevice, ParamGrads};
 use dfdx::prelude::*;
 
 mod common;
-use common::max_rel_err;
+use common::{central, max_rel_err};
 
 type Image = Tensor<(usize, usize, usize, usize), f64, Cpu>;
 /// A per-(image, channel) shift.
 type Shift = Tensor<(usize, usize), f64, Cpu>;
-
-/// Central differences of `loss` at `at`, entry i.
-fn central(loss: impl Fn(&[f64]) -> f64, at: &[f64], i: usize) -> f64 {
-    let h = 1e-6;
-    let (mut p, mut m) = (at.to_vec(), at.to_vec());
-    p[i] += h;
-    m[i] -= h;
-    (loss(&p) - loss(&m)) / (2.0 * h)
-}
 
 #[test]
 fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
@@ -85,11 +76,7 @@ fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
         };
         let w0 = conv.weight().as_vec();
         for i in [0, 7, w0.len() - 1] {
-            let h = 1e-6;
-            let (mut p, mut m) = (w0.clone(), w0.clone());
-            p[i] += h;
-            m[i] -= h;
-            let fd = (loss(&p) - loss(&m)) / (2.0 * h);
+            let fd = central(loss, &w0, i, 1e-6);
             assert!(
                 (fd - a.2[i]).abs() < 1e-7 * fd.abs().max(1.0),
                 "dW[{i}]: {fd} vs {}",
@@ -216,6 +203,7 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
                     |v| loss(&dev.tensor_from_vec(v.to_vec(), (b, c, h, w)), s, &norm),
                     &x0,
                     i,
+                    1e-6,
                 );
                 assert!(
                     (fd - fused.dx[i]).abs() < 1e-6 * fd.abs().max(1.0),
@@ -229,6 +217,7 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
                         |v| loss(&x, Some(&dev.tensor_from_vec(v.to_vec(), (b, c))), &norm),
                         &s0,
                         i,
+                        1e-6,
                     );
                     assert!(
                         (fd - ds[i]).abs() < 1e-6 * fd.abs().max(1.0),
@@ -246,6 +235,7 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
                     },
                     &w0,
                     i,
+                    1e-6,
                 );
                 assert!(
                     (fd - fused.dweight[i]).abs() < 1e-6 * fd.abs().max(1.0),

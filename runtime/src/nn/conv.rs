@@ -92,13 +92,13 @@ impl<E: Dtype, D: Storage<E>> Conv2d<E, D> {
         )
     }
 
-    fn host(&self) -> &HostParams<E> {
-        self.host.get_or_init(|| {
+    fn host(&self) -> Arc<HostParams<E>> {
+        Arc::clone(self.host.get_or_init(|| {
             Arc::new(HostParams {
                 weight: self.weight.as_vec(),
                 bias: self.bias.as_ref().map(|b| b.as_vec()),
             })
-        })
+        }))
     }
 
     /// The output's (height, width) for an input of (h, w).
@@ -182,8 +182,6 @@ pub fn conv2d_generic<E: Float, D: Device<E>, T: Tape<E, D>>(
 
 /// The CPU kernel: im2col, `gemm`, and a backward pass registered on dfdx's tape.
 pub(crate) mod cpu {
-    use std::sync::Arc;
-
     use dfdx::prelude::*;
     use rayon::prelude::*;
 
@@ -442,8 +440,7 @@ pub(crate) mod cpu {
         let dev = x.device().clone();
         let mut xs = vec![E::zero(); g.batch * g.image()];
         x.copy_into(&mut xs);
-        conv.host();
-        let host = Arc::clone(conv.host.get().expect("made above"));
+        let host = conv.host();
         let out = dev.tensor_from_vec(
             forward(&g, &xs, &host.weight, host.bias.as_deref()),
             (batch, g.co, ho, wo),

@@ -59,8 +59,23 @@ pub(crate) struct HostWeights<E> {
     pub dims: (usize, usize),
 }
 
-impl<E: Copy + Default> HostWeights<E> {
-    pub fn new(weight: Vec<E>, bias: Vec<E>, (o, i): (usize, usize)) -> Self {
+impl<E: Dtype> HostWeights<E> {
+    /// Copies `weight` [o, i] and `bias` [o] (zeros without one) to the host.
+    pub fn copy_of<S: Shape, B: Shape, D: Device<E>>(
+        weight: &Tensor<S, E, D>,
+        bias: Option<&Tensor<B, E, D>>,
+        (o, i): (usize, usize),
+    ) -> Arc<Self> {
+        let mut w = vec![E::default(); o * i];
+        weight.copy_into(&mut w);
+        let mut b = vec![E::default(); o];
+        if let Some(bias) = bias {
+            bias.copy_into(&mut b);
+        }
+        Arc::new(HostWeights::new(w, b, (o, i)))
+    }
+
+    fn new(weight: Vec<E>, bias: Vec<E>, (o, i): (usize, usize)) -> Self {
         let mut weight_t = vec![E::default(); o * i];
         for (r, row) in weight.chunks_exact(i).enumerate() {
             for (c, w) in row.iter().enumerate() {
@@ -87,11 +102,10 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> DenseLinear<I, O, E
 
     /// The weight and bias as host vectors (made once until the tensors change).
     pub(crate) fn host(&self) -> Arc<HostWeights<E>> {
-        Arc::clone(self.host.get_or_init(|| {
-            let mut weight = vec![E::default(); O * I];
-            self.weight.copy_into(&mut weight);
-            Arc::new(HostWeights::new(weight, self.bias.as_vec(), (O, I)))
-        }))
+        Arc::clone(
+            self.host
+                .get_or_init(|| HostWeights::copy_of(&self.weight, Some(&self.bias), (O, I))),
+        )
     }
 
     /// Mutable access to the weight (the host copy is made again on the next call).

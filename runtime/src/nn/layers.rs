@@ -53,14 +53,7 @@ impl<E: Float, D: Device<E>> Linear<E, D> {
 
     pub(crate) fn host(&self) -> Arc<HostWeights<E>> {
         Arc::clone(self.host.get_or_init(|| {
-            let (o, i) = *self.weight.shape();
-            let mut weight = vec![E::zero(); o * i];
-            self.weight.copy_into(&mut weight);
-            let bias = self
-                .bias
-                .as_ref()
-                .map_or_else(|| vec![E::zero(); o], |b| b.as_vec());
-            Arc::new(HostWeights::new(weight, bias, (o, i)))
+            HostWeights::copy_of(&self.weight, self.bias.as_ref(), *self.weight.shape())
         }))
     }
 

@@ -41,3 +41,11 @@ pub fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
         / scale
 }
+
+/// The central difference (loss(at + h e_i) - loss(at - h e_i)) / 2h.
+pub fn central(loss: impl Fn(&[f64]) -> f64, at: &[f64], i: usize, h: f64) -> f64 {
+    let (mut p, mut m) = (at.to_vec(), at.to_vec());
+    p[i] += h;
+    m[i] -= h;
+    (loss(&p) - loss(&m)) / (2.0 * h)
+}
