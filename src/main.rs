@@ -132,15 +132,28 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
-    /// Train the digits models (the denoiser and the classifier of `adeis morph`).
+    /// Train the models of `adeis morph`: the digits ones, or with --dataset fashion-mnist the
+    /// UNet and the convolutional classifier.
     ///
-    /// The conditional denoiser (eps prediction on the VP linear
-    /// schedule, a learned 16-dim embedding per class with classifier-free dropout) and the
-    /// classifier whose penultimate features are the identity features of `adeis morph`.
-    /// Deterministic for a seed; writes denoiser.safetensors, classifier.safetensors (also as
-    /// checkpoints while training), training.json and samples.png (a grid of generated digits,
-    /// row c = class c).
+    /// Digits: the conditional MLP denoiser (eps prediction on the VP linear schedule, a
+    /// learned 16-dim embedding per class with classifier-free dropout) and the classifier
+    /// whose penultimate features are the identity features of `adeis morph`; writes
+    /// denoiser.safetensors, classifier.safetensors (also as checkpoints while training),
+    /// training.json and samples.png (a grid of generated digits, row c = class c).
+    /// Fashion-MNIST: a class-conditional diffusers UNet2DModel (eps prediction, the linear
+    /// DDPM schedule, EMA, Adam with warm-up and cosine decay) saved in diffusers' layout in
+    /// OUT/unet, the convolutional classifier in OUT/classifier.safetensors, training.log,
+    /// training.json and samples.png. Deterministic for a seed.
     Train(cli::TrainArgs),
+    /// Reward fine-tuning of the Fashion-MNIST UNet's weights through the sampler.
+    ///
+    /// DRaFT-style: DDIM samples of a batch of classes, the reward log p(class | x_0) of the
+    /// classifier, and the exact gradient of the sampler with respect to the UNet's parameters
+    /// (the discrete adjoint: one VJP per step, memory independent of the steps), against a
+    /// proximal penalty to the trained weights; the held-out reward on fixed seeds picks the
+    /// weights kept. Writes OUT/unet (diffusers' layout), before.png, after.png,
+    /// reward_curve.png, report.md and report.json.
+    Finetune(cli::FinetuneArgs),
     /// Morph pairs of digits through the sampler; with --pairs N, the MMPMR evaluation.
     ///
     /// The AdjointDEIS paper's face-morphing experiment on the digits models: encode both
@@ -247,6 +260,7 @@ fn main() -> ExitCode {
         }) => cli::noise(&shape, seed, &out, dtype),
         Some(Command::Train(args)) => cli::train(args),
         Some(Command::Morph(args)) => cli::morph(args),
+        Some(Command::Finetune(args)) => cli::finetune(args),
         None => cli::demo(),
     };
     match result {

@@ -109,6 +109,16 @@ fn the_default_run_is_the_demo() {
     assert!(is_png(&demo.join("samples.png")));
     let report = std::fs::read_to_string(demo.join("report.md")).unwrap();
     assert!(report.contains("| AdjointDEIS-1 (ODE) |"), "{report}");
+    // the UNet part at 28x28
+    let fashion = demo.join("fashion-mnist");
+    for f in ["report.md", "pairs.png", "samples.png"] {
+        assert!(fashion.join(f).exists(), "fashion-mnist/{f} missing");
+    }
+    let report = std::fs::read_to_string(fashion.join("report.md")).unwrap();
+    assert!(
+        report.contains("Fashion-MNIST images") && report.contains("| discrete adjoint (ODE) |"),
+        "{report}"
+    );
 }
 
 /// `adeis train` runs end to end on a few steps and its weights load into `adeis morph`.

@@ -77,7 +77,16 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap, IoError> {
 /// [`read_safetensors`] with each tensor's dtype.
 pub fn read_stored(path: &Path) -> Result<BTreeMap<String, StoredTensor>, IoError> {
     let bytes = std::fs::read(path).map_err(|e| IoError::new(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+    read_stored_bytes(&bytes, path)
+}
+
+/// [`read_stored`] of a file's bytes (weights compiled into a program); `path` names them in
+/// errors.
+pub fn read_stored_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<BTreeMap<String, StoredTensor>, IoError> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| IoError::new(path, format!("not a valid safetensors file: {e:?}")))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {

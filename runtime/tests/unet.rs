@@ -332,3 +332,106 @@ mod through_the_sampler {
         ddim_equals_diffusers::<f32>("f32", 1e-4);
     }
 }
+
+/// Training runs a batch at one model time per image: each row must equal the model run at that
+/// row's time alone, with its class-embedding row as z.
+#[test]
+fn forward_train_runs_each_image_at_its_own_time_and_class() {
+    let (model, r) = load::<f64>("class_cond_cifar_style");
+    let (xs, xv) = &r["x"];
+    let x = state::<f64>(xv, xs);
+    let b = xs[0];
+    let times: Vec<f64> = (0..b).map(|i| 100.0 + 333.0 * i as f64).collect();
+    let labels: Vec<usize> = (0..b).map(|i| (3 * i + 1) % 4).collect();
+    let image = x.rows().clone().reshape_like(&(b, xs[1], xs[2], xs[3]));
+    let out = to_f64(
+        &model
+            .forward_train(
+                image,
+                &times,
+                Some(&labels),
+                adeis_runtime::nn::ParamGrads::Skip,
+            )
+            .unwrap(),
+    );
+    let width = x.width();
+    for i in 0..b {
+        let xi = state::<f64>(&xv[i * width..(i + 1) * width], &[1, xs[1], xs[2], xs[3]]);
+        let zi = model.class_cond(&labels[i..i + 1]).unwrap();
+        let want = to_f64(&model.forward(&xi, Some(&zi), &time(times[i])));
+        let e = max_rel_err(&out[i * width..(i + 1) * width], &want);
+        assert!(e < 1e-12, "row {i}: {e}");
+    }
+    assert!(model
+        .forward_train(
+            x.rows().clone().reshape_like(&(b, xs[1], xs[2], xs[3])),
+            &times[..1],
+            None,
+            adeis_runtime::nn::ParamGrads::Skip
+        )
+        .is_err());
+}
+
+/// The class-embedding table gets its gradient on the training tape (through the product of
+/// the one-hot rows with the table), equal to central differences of the loss.
+#[test]
+fn forward_train_differentiates_the_class_table() {
+    let (model, r) = load::<f64>("class_cond_cifar_style");
+    let (xs, xv) = &r["x"];
+    let b = xs[0];
+    let dims = (b, xs[1], xs[2], xs[3]);
+    let times: Vec<f64> = (0..b).map(|i| 200.0 + 100.0 * i as f64).collect();
+    let labels: Vec<usize> = (0..b).map(|i| i % 2).collect();
+    let dev = Cpu::default();
+    let loss_of = |m: &UNet2D<f64, Cpu>| -> f64 {
+        let x = dev.tensor_from_vec(xv.clone(), dims);
+        let out = m
+            .forward_train(
+                x,
+                &times,
+                Some(&labels),
+                adeis_runtime::nn::ParamGrads::Skip,
+            )
+            .unwrap();
+        out.square().sum::<Rank0, _>().array()
+    };
+    let x = dev.tensor_from_vec(xv.clone(), dims);
+    let out = model
+        .forward_train(
+            x.trace(Gradients::leaky()),
+            &times,
+            Some(&labels),
+            adeis_runtime::nn::ParamGrads::Compute,
+        )
+        .unwrap();
+    let mut grads = out.square().sum::<Rank0, _>().backward();
+    let host = model.host_grads(&mut grads);
+    let k = model.param_index("class_embedding.weight").unwrap();
+    let named = model.named_params();
+    let (_, shape, table) = &named[k];
+    let width = shape[1];
+    let config = model.config().clone();
+    let rebuilt = |values: &[f64]| {
+        let mut tensors: std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)> = named
+            .iter()
+            .map(|(n, s, v)| (n.clone(), (s.clone(), v.clone())))
+            .collect();
+        tensors.get_mut("class_embedding.weight").unwrap().1 = values.to_vec();
+        let mut source = TensorMapSource {
+            tensors,
+            origin: "perturbed".into(),
+        };
+        UNet2D::<f64, Cpu>::new(&dev, config.clone(), Prediction::Eps, &mut source).unwrap()
+    };
+    // entries of a used class (0, 1) and of an unused one (its gradient is zero)
+    for entry in [3, width + 5, 3 * width + 2] {
+        let fd = central(|v| loss_of(&rebuilt(v)), table, entry, 1e-5);
+        let g = host[k][entry];
+        assert!(
+            (fd - g).abs() < 1e-6 * (1.0 + fd.abs()),
+            "entry {entry}: tape {g} vs central difference {fd} (table value {})",
+            table[entry]
+        );
+    }
+    assert_eq!(host[k][3 * width + 2], 0.0, "class 3 is not in the batch");
+}

@@ -99,52 +99,89 @@ pub enum OnlyNetwork {
     Classifier,
 }
 
+/// The dataset of `adeis train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetArg {
+    /// The 8x8 digits (an MLP denoiser and classifier; the quick path).
+    Digits,
+    /// Fashion-MNIST at 28x28 (a convolutional UNet2DModel and classifier).
+    FashionMnist,
+}
+
 /// The options of `adeis train`.
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// Output folder (the committed models are in models/digits).
-    #[arg(long, default_value = "models/digits")]
-    pub out: PathBuf,
-    /// Adam steps of the denoiser.
-    #[arg(long, default_value_t = 30_000)]
-    pub denoiser_steps: usize,
-    /// Adam steps of the classifier.
-    #[arg(long, default_value_t = 4_000)]
-    pub classifier_steps: usize,
-    /// Digits per step.
-    #[arg(long, default_value_t = 128)]
-    pub batch: usize,
-    /// Peak learning rate (cosine decay to a tenth of it).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// What to train on.
+    #[arg(long, value_enum, default_value_t = DatasetArg::Digits)]
+    pub dataset: DatasetArg,
+    /// Output folder [default: models/digits for digits (the committed models),
+    /// adeis-out/fashion-mnist for fashion-mnist (the committed models are in
+    /// models/fashion-mnist)].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Optimiser steps of the denoiser (the UNet for fashion-mnist) [default: 30000 for digits,
+    /// 2400 for fashion-mnist].
+    #[arg(long)]
+    pub denoiser_steps: Option<usize>,
+    /// Optimiser steps of the classifier [default: 4000 for digits, 1500 for fashion-mnist].
+    #[arg(long)]
+    pub classifier_steps: Option<usize>,
+    /// Images per step [default: 128 for digits, 64 for fashion-mnist].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate (cosine decay to a tenth of it) [default: 1e-3 for digits, 2e-3 for
+    /// fashion-mnist].
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Seed of the initial weights, the batches, the times and the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Probability of training a digit as "no class" (classifier-free guidance).
+    /// Probability of training an image as "no class" (classifier-free guidance).
     #[arg(long, default_value_t = 0.1)]
     pub cfg_dropout: f64,
-    /// Save the weights every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 2_000)]
-    pub checkpoint_every: usize,
-    /// Skip the grid of generated digits at the end.
+    /// Save the weights every this many steps (0: only at the end) [default: 2000 for digits,
+    /// 200 for fashion-mnist].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Skip the grid of generated images at the end.
     #[arg(long)]
     pub no_sample_grid: bool,
     /// Train only this network; the other is loaded from --out.
     #[arg(long, value_enum)]
     pub only: Option<OnlyNetwork>,
+    /// fashion-mnist: the folder of the IDX files (Debian's dataset-fashion-mnist package;
+    /// scripts/install-fashion-mnist.sh installs it).
+    #[arg(long, default_value = adeis_fashion::data::DEFAULT_DIR)]
+    pub data: PathBuf,
+    /// fashion-mnist: linear warm-up of the learning rate over this many steps.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: usize,
+    /// fashion-mnist: the optimiser of both networks.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
+    /// fashion-mnist: decay of the UNet's weight average (EMA).
+    #[arg(long, default_value_t = 0.998)]
+    pub ema_decay: f64,
+    /// fashion-mnist: train on the first this many of the 60,000 training images.
+    #[arg(long)]
+    pub train_images: Option<usize>,
 }
 
 /// `adeis train`.
 pub fn train(a: TrainArgs) -> Result<()> {
+    if a.dataset == DatasetArg::FashionMnist {
+        return train_fashion(a);
+    }
+    let d = TrainOptions::default();
     let opts = &TrainOptions {
-        out: a.out,
-        denoiser_steps: a.denoiser_steps,
-        classifier_steps: a.classifier_steps,
-        batch: a.batch,
-        lr: a.lr,
+        out: a.out.unwrap_or(d.out),
+        denoiser_steps: a.denoiser_steps.unwrap_or(d.denoiser_steps),
+        classifier_steps: a.classifier_steps.unwrap_or(d.classifier_steps),
+        batch: a.batch.unwrap_or(d.batch),
+        lr: a.lr.unwrap_or(d.lr),
         seed: a.seed,
         cfg_dropout: a.cfg_dropout,
-        checkpoint_every: a.checkpoint_every,
+        checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
         sample_grid: !a.no_sample_grid,
         only: a.only.map(|n| match n {
             OnlyNetwork::Denoiser => Network::Denoiser,
@@ -180,17 +217,85 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// `adeis train --dataset fashion-mnist`.
+fn train_fashion(a: TrainArgs) -> Result<()> {
+    use adeis_fashion::train::{Network as FashionNetwork, TrainOptions as FashionOptions};
+    let d = FashionOptions::default();
+    let opts = &FashionOptions {
+        out: a.out.unwrap_or(d.out),
+        data: a.data,
+        unet_steps: a.denoiser_steps.unwrap_or(d.unet_steps),
+        classifier_steps: a.classifier_steps.unwrap_or(d.classifier_steps),
+        batch: a.batch.unwrap_or(d.batch),
+        lr: a.lr.unwrap_or(d.lr),
+        warmup: a.warmup,
+        seed: a.seed,
+        cfg_dropout: a.cfg_dropout,
+        ema_decay: a.ema_decay,
+        optimizer: a.optimizer.kind(),
+        checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
+        sample_grid: !a.no_sample_grid,
+        train_images: a.train_images,
+        only: a.only.map(|n| match n {
+            OnlyNetwork::Denoiser => FashionNetwork::Unet,
+            OnlyNetwork::Classifier => FashionNetwork::Classifier,
+        }),
+    };
+    let r = adeis_fashion::train::run(opts).map_err(digits_error)?;
+    println!(
+        "unet ({} parameters): {} steps in {:.0} s, loss {:.4} (held-out {:.4}); classifier ({} parameters): {} steps in {:.0} s, held-out accuracy {:.1}%",
+        r.unet_params,
+        r.unet_steps,
+        r.unet_seconds,
+        r.unet_final_loss,
+        r.unet_heldout_loss,
+        r.classifier_params,
+        r.classifier_steps,
+        r.classifier_seconds,
+        100.0 * r.classifier_heldout_accuracy
+    );
+    if let Some(a) = r.samples_read_as_asked {
+        println!(
+            "generated images read as the class asked for: {:.1}%",
+            100.0 * a
+        );
+    }
+    println!(
+        "wrote {0}/unet (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json), {0}/classifier.safetensors, training.json, training.log{1}",
+        opts.out.display(),
+        if opts.sample_grid { ", samples.png" } else { "" }
+    );
+    Ok(())
+}
+
 /// The optimiser of `adeis morph`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OptimizerArg {
     Sgd,
     Adam,
+    Adopt,
+    Adan,
+}
+
+impl OptimizerArg {
+    pub fn kind(self) -> OptimizerKind {
+        match self {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Adopt => OptimizerKind::Adopt,
+            OptimizerArg::Adan => OptimizerKind::Adan,
+        }
+    }
 }
 
 /// The options of `adeis morph`.
 #[derive(clap::Args)]
 pub struct MorphArgs {
-    /// Number of pairs (held-out digits, chosen by --seed).
+    /// The models and held-out images: the 8x8 digits (MLP) or Fashion-MNIST (the UNet and the
+    /// convolutional classifier; 1000 committed held-out test images).
+    #[arg(long, value_enum, default_value_t = DatasetArg::Digits)]
+    pub dataset: DatasetArg,
+    /// Number of pairs (held-out images, chosen by --seed).
     #[arg(long, default_value_t = 1)]
     pub pairs: usize,
     /// Morph a digit of class A with one of class B, e.g. `--digits 3,8` (default: random
@@ -210,7 +315,7 @@ pub struct MorphArgs {
     /// Sampler steps N (DDIM for the ODE methods, SDE-DPM-Solver++1 for the SDE ones).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
-    /// Optimiser of x_T and z.
+    /// Optimiser of x_T and z: SGD, Adam, ADOPT (Taniguchi et al. 2024) or Adan (Xie et al. 2022).
     #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
     pub optimizer: OptimizerArg,
     /// Learning rate.
@@ -223,8 +328,9 @@ pub struct MorphArgs {
     /// instead of the sampling grid.
     #[arg(long, value_name = "M")]
     pub adjoint_steps: Option<usize>,
-    /// Folder with denoiser.safetensors and classifier.safetensors (default: the committed
-    /// models, trained by `adeis train` and compiled into the program).
+    /// Folder with denoiser.safetensors and classifier.safetensors (fashion-mnist: unet/ and
+    /// classifier.safetensors) [default: the committed models, trained by `adeis train` and
+    /// compiled into the program].
     #[arg(long)]
     pub models: Option<PathBuf>,
     /// Output folder.
@@ -251,17 +357,18 @@ pub fn morph(a: MorphArgs) -> Result<()> {
         methods: MorphMethod::parse_list(&a.methods).map_err(option_error)?,
         iters: a.iters,
         steps: a.steps,
-        optimizer: match a.optimizer {
-            OptimizerArg::Sgd => OptimizerKind::Sgd,
-            OptimizerArg::Adam => OptimizerKind::Adam,
-        },
+        optimizer: a.optimizer.kind(),
         lr: a.lr,
         seed: a.seed,
         adjoint_steps: a.adjoint_steps,
         max_pair_images: a.max_pair_images,
         verbose: true,
     };
-    let r = adeis_digits::morph::run(&opts).map_err(digits_error)?;
+    let r = match a.dataset {
+        DatasetArg::Digits => adeis_digits::morph::run(&opts),
+        DatasetArg::FashionMnist => adeis_fashion::models::morph(&opts),
+    }
+    .map_err(digits_error)?;
     println!("{}", adeis_digits::morph::table(&r));
     println!(
         "verification threshold {:.4} (FMR {:.3}%, FNMR {:.2}%); wrote {}",
@@ -269,6 +376,102 @@ pub fn morph(a: MorphArgs) -> Result<()> {
         100.0 * r.verifier.fmr,
         100.0 * r.verifier.fnmr,
         adeis_digits::morph::describe(&opts.out)
+    );
+    Ok(())
+}
+
+/// How `adeis finetune` takes its gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FinetuneGradientArg {
+    /// The exact discrete adjoint (memory independent of the steps).
+    Discrete,
+    /// The sampling loop on dfdx's tape (the reference; memory grows with the steps).
+    Tape,
+}
+
+/// The options of `adeis finetune`.
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// Folder with unet/ and classifier.safetensors [default: the committed Fashion-MNIST
+    /// models].
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "adeis-out/finetune")]
+    pub out: PathBuf,
+    /// Optimisation iterations.
+    #[arg(long, default_value_t = 40)]
+    pub iters: usize,
+    /// Images per iteration (their classes cycle through 0..9).
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    /// DDIM steps N of the sampler fine-tuned through.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// Optimiser of the weights.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Adam)]
+    pub optimizer: OptimizerArg,
+    /// Weight lambda of the proximal penalty (lambda / 2) |theta - theta_0|^2.
+    #[arg(long, default_value_t = 10.0)]
+    pub penalty: f64,
+    /// Held-out seeds per class of the evaluation.
+    #[arg(long, default_value_t = 10)]
+    pub eval_per_class: usize,
+    /// Evaluate on the held-out seeds every this many iterations.
+    #[arg(long, default_value_t = 5)]
+    pub eval_every: usize,
+    /// Seed of the training noises (the held-out seeds are a separate stream).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// How the gradient through the sampler is taken.
+    #[arg(long, value_enum, default_value_t = FinetuneGradientArg::Discrete)]
+    pub gradient: FinetuneGradientArg,
+    /// Early stopping: never keep weights whose held-out samples' diversity (within-class RMS
+    /// distance) is below this fraction of the trained model's.
+    #[arg(long, default_value_t = 0.8)]
+    pub min_diversity: f64,
+}
+
+/// `adeis finetune`.
+pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    use adeis_fashion::finetune::{FinetuneGradient, FinetuneOptions};
+    let opts = FinetuneOptions {
+        models: a.models,
+        out: a.out,
+        iters: a.iters,
+        batch: a.batch,
+        steps: a.steps,
+        lr: a.lr,
+        optimizer: a.optimizer.kind(),
+        penalty: a.penalty,
+        eval_per_class: a.eval_per_class,
+        eval_every: a.eval_every,
+        seed: a.seed,
+        gradient: match a.gradient {
+            FinetuneGradientArg::Discrete => FinetuneGradient::Discrete,
+            FinetuneGradientArg::Tape => FinetuneGradient::Tape,
+        },
+        min_diversity: a.min_diversity,
+        verbose: true,
+    };
+    let r = adeis_fashion::finetune::run(&opts).map_err(digits_error)?;
+    println!(
+        "held-out reward log p(class | x_0): {:.4} before, {:.4} after (weights of iteration {}); read as their class: {:.1}% -> {:.1}%",
+        r.heldout_reward_before,
+        r.heldout_reward_after,
+        r.kept_iteration,
+        100.0 * r.heldout_accuracy_before,
+        100.0 * r.heldout_accuracy_after
+    );
+    println!(
+        "{:.1} s ({:.2} s per iteration), peak memory {}; wrote {}/report.md, before.png, after.png, reward_curve.png, unet/",
+        r.seconds,
+        r.seconds_per_iteration,
+        r.peak_memory_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")),
+        opts.out.display()
     );
     Ok(())
 }
@@ -299,7 +502,34 @@ pub fn demo() -> Result<()> {
         100.0 * agree
     );
     println!("morphs: {}", adeis_digits::morph::describe(&out));
-    println!("\nThe evaluation in the README: `cargo run --release -- morph --pairs 100` (about 10 seconds for the default methods).");
+
+    // The same experiment at real size, on the committed Fashion-MNIST UNet and convolutional
+    // classifier: fewer pairs, iterations and steps, so the demo stays within seconds.
+    let fashion_out = out.join("fashion-mnist");
+    println!("\nThe same at 28x28 with the committed convolutional UNet (Fashion-MNIST): 4 pairs, 10 iterations, 10 DDIM steps.\n");
+    let opts = MorphOptions {
+        out: fashion_out.clone(),
+        pairs: 4,
+        kind: PairKind::DifferentClass,
+        iters: 10,
+        steps: 10,
+        methods: MorphMethod::parse_list("none,adjoint_deis_1,discrete").map_err(option_error)?,
+        ..MorphOptions::default()
+    };
+    let r = adeis_fashion::models::morph(&opts).map_err(digits_error)?;
+    let models = adeis_fashion::FashionModels::committed().map_err(digits_error)?;
+    let grid = fashion_out.join("samples.png");
+    let agree =
+        adeis_fashion::generate::sample_grid(&models.unet, &models.classifier, 3, 1.0, 0, &grid)
+            .map_err(digits_error)?;
+    println!("{}", adeis_digits::morph::table(&r));
+    println!(
+        "generated clothing: {} (row c = class c; the classifier reads {:.0}% as the class asked for)",
+        grid.display(),
+        100.0 * agree
+    );
+    println!("morphs: {}", adeis_digits::morph::describe(&fashion_out));
+    println!("\nThe evaluations in the README: `cargo run --release -- morph --pairs 100` (digits, about 10 seconds) and `cargo run --release -- morph --dataset fashion-mnist --pairs 20 --iters 30 --steps 10` (about 9 minutes).");
     Ok(())
 }
 

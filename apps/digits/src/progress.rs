@@ -23,3 +23,8 @@ pub fn bar(len: usize, prefix: &str) -> ProgressBar {
     pb.set_prefix(prefix.to_string());
     pb
 }
+
+/// A draw target that shows nothing (for quiet runs).
+pub fn hidden() -> indicatif::ProgressDrawTarget {
+    indicatif::ProgressDrawTarget::hidden()
+}

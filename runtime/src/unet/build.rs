@@ -9,7 +9,7 @@ use super::config::{DownKind, UNet2DConfig, UpKind};
 use super::{DownBlock, MidBlock, Param, ParamTensor, Resnet, UNet2D, UpBlock};
 use crate::error::RuntimeError;
 use crate::nn::{Attention, Conv2d, Float, GroupNorm, Linear, NnDevice};
-use crate::noise::normals;
+use crate::noise::{normals, SplitMix};
 
 /// Where a model's parameters come from, by diffusers name and shape.
 pub trait ParamSource {
@@ -114,6 +114,48 @@ impl ParamSource for RandomParams {
             let s = 1.0 / (fan_in as f64).sqrt();
             z.iter().map(|v| s * v).collect()
         })
+    }
+}
+
+/// The initialisation PyTorch gives a freshly made diffusers model, for training from scratch:
+/// convolution and linear weights and biases uniform in +-1/sqrt(fan-in) (PyTorch's default,
+/// Kaiming-uniform with a = sqrt(5)), GroupNorm scales 1 and shifts 0, embedding tables
+/// standard normal. Deterministic for a seed.
+#[derive(Clone, Debug)]
+pub struct TorchInit {
+    rng: SplitMix,
+    /// The fan-in of the last weight, for the bias that follows it.
+    fan_in: usize,
+}
+
+impl TorchInit {
+    pub fn new(seed: u64) -> TorchInit {
+        TorchInit {
+            rng: SplitMix(seed ^ 0x7041_1417),
+            fan_in: 1,
+        }
+    }
+}
+
+impl ParamSource for TorchInit {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f64>, RuntimeError> {
+        let n: usize = shape.iter().product();
+        let norm = name.contains("norm");
+        if norm {
+            let v = if name.ends_with(".weight") { 1.0 } else { 0.0 };
+            return Ok(vec![v; n]);
+        }
+        if name.contains("embedding.weight") && !name.contains("linear") {
+            let seed = self.rng.next_u64();
+            return Ok(normals(seed, 0, n));
+        }
+        if name.ends_with(".weight") {
+            self.fan_in = shape[1..].iter().product::<usize>().max(1);
+        }
+        let bound = 1.0 / (self.fan_in as f64).sqrt();
+        Ok((0..n)
+            .map(|_| bound * (2.0 * self.rng.uniform() - 1.0))
+            .collect())
     }
 }
 

@@ -25,7 +25,7 @@ use crate::nn::{
 use crate::state::State;
 use crate::tape::{Taped, TapedDenoiser};
 
-pub use build::{ParamSource, RandomParams, TensorMapSource};
+pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use config::UNet2DConfig;
 
 /// `ResnetBlock2D` (time scale shift "default").
@@ -217,19 +217,28 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         s
     }
 
-    /// The time embedding at model time `t` for a batch of `batch` (no tape: it depends on t
-    /// only), plus the conditioning `z` (on the tape of `x` when given).
+    /// The time embedding at model times `times` (one per row; no tape: it depends on the
+    /// times only), on an empty tape of type `T`.
     fn time_embedding<T: Tape<E, D>>(
         &self,
         dev: &D,
-        batch: usize,
-        t: f64,
+        times: &[f64],
     ) -> Tensor<(usize, usize), E, D, T> {
         let c0 = self.config.block_out_channels[0];
-        let row =
-            timestep_embedding::<E>(t, c0, self.config.flip_sin_to_cos, self.config.freq_shift);
-        let rows: Vec<E> = (0..batch).flat_map(|_| row.iter().copied()).collect();
-        let proj = dev.tensor_from_vec(rows, (batch, c0)).retaped::<T>();
+        let mut rows: Vec<E> = Vec::with_capacity(times.len() * c0);
+        for (i, &t) in times.iter().enumerate() {
+            if i > 0 && t == times[i - 1] {
+                rows.extend_from_within((i - 1) * c0..i * c0);
+            } else {
+                rows.extend(timestep_embedding::<E>(
+                    t,
+                    c0,
+                    self.config.flip_sin_to_cos,
+                    self.config.freq_shift,
+                ));
+            }
+        }
+        let proj = dev.tensor_from_vec(rows, (times.len(), c0)).retaped::<T>();
         self.time_linear_2
             .forward(layers::silu(self.time_linear_1.forward(proj)))
     }
@@ -246,10 +255,74 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
     ) -> Image<E, D, T> {
         let dev = x.device().clone();
         let batch = x.shape().0;
-        let mut emb = self.time_embedding::<T>(&dev, batch, t);
+        let mut emb = self.time_embedding::<T>(&dev, &vec![t; batch]);
         if let Some(z) = z {
             emb = emb + z;
         }
+        self.forward_embedded(x, emb, params)
+    }
+
+    /// The network for training: image `i` of `x` at model time `times[i]`, with class
+    /// `labels[i]` (a row of the class-embedding table, which the tape's backward pass
+    /// differentiates like every other parameter) when the model is class-conditional.
+    pub fn forward_train<T: Tape<E, D>>(
+        &self,
+        x: Image<E, D, T>,
+        times: &[f64],
+        labels: Option<&[usize]>,
+        params: ParamGrads,
+    ) -> Result<Image<E, D, T>, RuntimeError> {
+        let dev = x.device().clone();
+        let batch = x.shape().0;
+        if times.len() != batch {
+            return Err(RuntimeError::Shape(format!(
+                "{} model times for a batch of {batch}",
+                times.len()
+            )));
+        }
+        let mut emb = self.time_embedding::<T>(&dev, times);
+        match (labels, &self.class_embedding) {
+            (None, _) => {}
+            (Some(labels), Some(table)) => {
+                let classes = table.shape().0;
+                if labels.len() != batch {
+                    return Err(RuntimeError::Shape(format!(
+                        "{} class labels for a batch of {batch}",
+                        labels.len()
+                    )));
+                }
+                let mut one_hot = vec![E::zero(); batch * classes];
+                for (i, &l) in labels.iter().enumerate() {
+                    if l >= classes {
+                        return Err(RuntimeError::Invalid(format!(
+                            "class label {l} is out of range: the model has num_class_embeds = {classes}"
+                        )));
+                    }
+                    one_hot[i * classes + l] = E::one();
+                }
+                // The product with the table (not a copy of its rows) puts the table's
+                // gradient on the tape.
+                let one_hot = dev
+                    .tensor_from_vec(one_hot, (batch, classes))
+                    .retaped::<T>();
+                emb = emb + one_hot.matmul(table.clone());
+            }
+            (Some(_), None) => {
+                return Err(RuntimeError::Invalid(
+                    "class labels were given, but this model has no class embedding (num_class_embeds is null)".into(),
+                ))
+            }
+        }
+        Ok(self.forward_embedded(x, emb, params))
+    }
+
+    /// The network on `x` with the time (and class) embedding `emb`, on x's tape.
+    fn forward_embedded<T: Tape<E, D>>(
+        &self,
+        x: Image<E, D, T>,
+        emb: Tensor<(usize, usize), E, D, T>,
+        params: ParamGrads,
+    ) -> Image<E, D, T> {
         // The time embedding's operations join x's tape; every block reads it untaped (same
         // tensor), and dfdx runs the tape's operations in the order they were made.
         let (emb, emb_tape) = emb.split_tape();
@@ -335,6 +408,28 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             .zip(&grads.tensors)
             .map(|(p, g)| (p.name.clone(), p.shape.clone(), crate::to_f64(g)))
             .collect()
+    }
+
+    /// Every parameter by diffusers name: (name, shape, values in C order), in the model's
+    /// parameter order (the order of [`UNetGrads::tensors`]).
+    pub fn named_params(&self) -> Vec<(String, Vec<usize>, Vec<E>)> {
+        self.params
+            .iter()
+            .map(|p| {
+                let values = match &p.tensor {
+                    ParamTensor::Vector(t) => t.as_vec(),
+                    ParamTensor::Matrix(t) => t.as_vec(),
+                };
+                (p.name.clone(), p.shape.clone(), values)
+            })
+            .collect()
+    }
+
+    /// The gradients of every parameter in `grads` (the gradients of a tape that ran
+    /// [`Self::forward_train`] or [`Self::forward_image`]), in the model's parameter order,
+    /// on the host.
+    pub fn host_grads(&self, grads: &mut Gradients<E, D>) -> Vec<Vec<E>> {
+        self.param_grads(grads).iter().map(|g| g.as_vec()).collect()
     }
 
     /// The index of the parameter `name` in [`UNetGrads::tensors`].

@@ -19,12 +19,14 @@ pub mod verify;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis_compiler::{Adjoint, FieldError, Problem, Wrt};
+use adeis_compiler::{Adjoint, FieldError, Problem, SamplerSpec, Wrt};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::identity_loss;
 use adeis_runtime::optim::{Optimizer, OptimizerKind};
+use adeis_runtime::tape::Taped;
 use adeis_runtime::{
-    from_f64, gradient, sample, to_f64, Gradient, Input, ModelFn, NoiseSource, Rows, State,
+    from_f64, gradient, sample, to_f64, Denoiser, Gradient, Input, ModelFn, NoiseSource, Rows,
+    State,
 };
 use serde::Serialize;
 
@@ -32,10 +34,10 @@ pub use method::MorphMethod;
 pub use report::{describe, table, MethodResult, MorphReport, PairResult};
 pub use verify::{calibrate, choose_pairs, slerp_half, Verifier};
 
-use crate::data::{split, PIXELS};
-use crate::nets::{DigitsModels, COND_DIM, FEATURES};
+use crate::data::{split, Digits, PIXELS, SIDE};
+use crate::nets::{DigitsModels, FEATURES};
 use crate::progress::{bar, check_interrupt};
-use crate::{rows, sampler, Error};
+use crate::{sampler, Error};
 use verify::{cosine_distance, identity_terms};
 
 /// Which pairs to morph.
@@ -126,10 +128,67 @@ impl MorphOptions {
     }
 }
 
+/// What the experiment needs of a dataset's models: the conditional denoiser, its class
+/// conditioning, the classifier's identity features (plain and on the tape), the image shape
+/// and the schedule the denoiser was trained on.
+pub trait MorphModels {
+    type Net: Denoiser<f32, Cpu>;
+    fn denoiser(&self) -> &Self::Net;
+    fn device(&self) -> &Cpu;
+    /// The item shape of an image state ([64] for the digits, [1, 28, 28] for Fashion-MNIST).
+    fn item(&self) -> Vec<usize>;
+    /// Side of a (square) image, for the pictures.
+    fn side(&self) -> usize;
+    /// Width of the identity features.
+    fn features_dim(&self) -> usize;
+    /// The conditioning z of each class, one row each.
+    fn cond(&self, classes: &[usize]) -> Result<State<f32, Cpu>, Error>;
+    fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu>;
+    fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu>;
+    /// The sampling problem of `sampler` on the denoiser's schedule.
+    fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error>;
+    /// What the images are, in reports ("digits", "Fashion-MNIST images").
+    fn noun(&self) -> &'static str;
+}
+
+impl MorphModels for DigitsModels {
+    type Net = crate::nets::DigitsDenoiser;
+    fn denoiser(&self) -> &Self::Net {
+        &self.denoiser
+    }
+    fn device(&self) -> &Cpu {
+        &self.dev
+    }
+    fn item(&self) -> Vec<usize> {
+        vec![PIXELS]
+    }
+    fn side(&self) -> usize {
+        SIDE
+    }
+    fn features_dim(&self) -> usize {
+        FEATURES
+    }
+    fn cond(&self, classes: &[usize]) -> Result<State<f32, Cpu>, Error> {
+        Ok(DigitsModels::cond(self, classes))
+    }
+    fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
+        DigitsModels::features(self, x)
+    }
+    fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu> {
+        DigitsModels::features_taped(self, x)
+    }
+    fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error> {
+        crate::generate::problem(sampler)
+    }
+    fn noun(&self) -> &'static str {
+        "digits"
+    }
+}
+
 /// Everything the methods share: the models, the two sampling problems, the targets' features,
 /// the starting point and the verifier.
-struct Experiment<'a> {
-    models: &'a DigitsModels,
+struct Experiment<'a, M: MorphModels> {
+    models: &'a M,
     /// DDIM (ODE) and SDE-DPM-Solver++1 (SDE), with respect to x_T and z.
     ode: Problem,
     sde: Problem,
@@ -144,12 +203,12 @@ struct Experiment<'a> {
     seed: u64,
 }
 
-type DigitsGradient = Gradient<f32, Cpu, Gradients<f32, Cpu>>;
+type MorphGradient<M> = Gradient<f32, Cpu, <<M as MorphModels>::Net as Denoiser<f32, Cpu>>::Grads>;
 
-impl Experiment<'_> {
+impl<M: MorphModels> Experiment<'_, M> {
     fn features(&self, x0: &State<f32, Cpu>) -> Vec<Vec<f64>> {
         to_f64(&self.models.features(x0))
-            .chunks_exact(FEATURES)
+            .chunks_exact(self.models.features_dim())
             .map(|r| r.to_vec())
             .collect()
     }
@@ -161,7 +220,8 @@ impl Experiment<'_> {
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let r = i * FEATURES..(i + 1) * FEATURES;
+                let f = self.models.features_dim();
+                let r = i * f..(i + 1) * f;
                 identity_terms(v, &va[r.clone()], &vb[r])
             })
             .collect()
@@ -176,10 +236,12 @@ impl Experiment<'_> {
     }
 
     fn states(&self, x: &[f64], z: &[f64]) -> (State<f32, Cpu>, State<f32, Cpu>) {
-        let dev = &self.models.dev;
+        let dev = self.models.device();
+        let mut shape = vec![self.batch];
+        shape.extend(self.models.item());
         (
-            from_f64(dev, x, self.batch, PIXELS),
-            from_f64(dev, z, self.batch, COND_DIM),
+            State::from_f64(dev, x, &shape).expect("the image shape"),
+            from_f64(dev, z, self.batch, z.len() / self.batch),
         )
     }
 
@@ -188,7 +250,7 @@ impl Experiment<'_> {
         let noise = NoiseSource::Seeded(self.seed);
         let out = sample(
             self.problem(sde).plan(),
-            &ModelFn::new(&self.models.denoiser),
+            &ModelFn::new(self.models.denoiser()),
             &Input::new(&xt, Some(&zt), &noise),
             false,
         )?;
@@ -201,11 +263,11 @@ impl Experiment<'_> {
         problem: &Problem,
         xt: &State<f32, Cpu>,
         zt: &State<f32, Cpu>,
-    ) -> Result<DigitsGradient, Error> {
+    ) -> Result<MorphGradient<M>, Error> {
         let noise = NoiseSource::Seeded(self.seed);
         Ok(gradient(
             problem,
-            &ModelFn::new(&self.models.denoiser),
+            &ModelFn::new(self.models.denoiser()),
             &Input::new(xt, Some(zt), &noise),
             |x0| {
                 identity_loss(x0, |v| self.models.features_taped(v), &self.v_a, &self.v_b)
@@ -244,7 +306,7 @@ impl Experiment<'_> {
                         method.name()
                     ))
                 })?;
-                let flat = |g: &DigitsGradient| {
+                let flat = |g: &MorphGradient<M>| {
                     let mut v = to_f64(&g.dx_t);
                     v.extend(to_f64(g.dz.as_ref().expect("wrt cond")));
                     v
@@ -288,7 +350,11 @@ impl Experiment<'_> {
         if method != MorphMethod::None {
             curve.push(mean(&fin));
         }
-        let morphs = rows(&x0);
+        let pixels: usize = self.models.item().iter().product();
+        let morphs: Vec<Vec<f64>> = to_f64(&x0)
+            .chunks_exact(pixels)
+            .map(|r| r.to_vec())
+            .collect();
         let pairs: Vec<PairResult> = (0..self.batch)
             .map(|i| PairResult {
                 loss_initial: initial[i].0,
@@ -319,36 +385,61 @@ impl Experiment<'_> {
     }
 }
 
-/// The sampling problem of `keys` on the digits schedule, with respect to x_T and z.
-fn morph_problem(keys: serde_json::Value) -> Result<Problem, Error> {
+/// The sampling problem of `keys` on the models' schedule, with respect to x_T and z.
+fn morph_problem<M: MorphModels>(models: &M, keys: serde_json::Value) -> Result<Problem, Error> {
     let wrt = Wrt {
         x_t: true,
         cond: true,
         params: false,
     };
-    Ok(crate::generate::problem(&sampler(keys)?)?.with_wrt(wrt))
+    Ok(models.problem(&sampler(keys)?)?.with_wrt(wrt))
 }
 
-/// Runs the experiment and writes its outputs into `opts.out`.
+/// Runs the experiment on the digits models and writes its outputs into `opts.out`.
 pub fn run(opts: &MorphOptions) -> Result<MorphReport, Error> {
     opts.validate()?;
     let models = DigitsModels::load_or_committed(opts.models.as_deref())?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
-    let dev = models.dev.clone();
     let (_, held) = split();
-    let ode = morph_problem(serde_json::json!({"method": "ddim", "steps": opts.steps}))?;
+    run_with(&models, &held, opts)
+}
+
+/// The images `held` as a state of `models`' item shape.
+fn image_state<M: MorphModels>(models: &M, flat: &[f64], batch: usize) -> State<f32, Cpu> {
+    let mut shape = vec![batch];
+    shape.extend(models.item());
+    State::from_f64(models.device(), flat, &shape).expect("the image shape")
+}
+
+/// Runs the experiment with `models` on the held-out images `held` (pairs and verification
+/// threshold from them) and writes its outputs into `opts.out`.
+pub fn run_with<M: MorphModels>(
+    models: &M,
+    held: &Digits,
+    opts: &MorphOptions,
+) -> Result<MorphReport, Error> {
+    opts.validate()?;
+    let pixels: usize = models.item().iter().product();
+    let ode = morph_problem(
+        models,
+        serde_json::json!({"method": "ddim", "steps": opts.steps}),
+    )?;
     let sde = morph_problem(
+        models,
         serde_json::json!({"method": "sde_dpm_solver_pp", "order": 1, "steps": opts.steps}),
     )?;
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
 
-    // Verification threshold on the held-out digits.
-    let flat: Vec<f64> = held.images.iter().flatten().copied().collect();
-    let feats = to_f64(&models.features(&from_f64(&dev, &flat, held.len(), PIXELS)));
-    let feats: Vec<Vec<f64>> = feats.chunks_exact(FEATURES).map(|r| r.to_vec()).collect();
+    // Verification threshold on the held-out images (in batches, for memory).
+    let mut feats: Vec<Vec<f64>> = Vec::with_capacity(held.len());
+    for chunk in held.images.chunks(250) {
+        let flat: Vec<f64> = chunk.iter().flatten().copied().collect();
+        let f = to_f64(&models.features(&image_state(models, &flat, chunk.len())));
+        feats.extend(f.chunks_exact(models.features_dim()).map(|r| r.to_vec()));
+    }
     let verifier = calibrate(&feats, &held.labels, 1e-3);
 
     // Pairs, their features and their encodings.
-    let pairs = choose_pairs(&held, opts.pairs, opts.kind, opts.seed);
+    let pairs = choose_pairs(held, opts.pairs, opts.kind, opts.seed);
     let b = pairs.len();
     let gather = |which: fn(&(usize, usize)) -> usize| -> (Vec<f64>, Vec<usize>) {
         let idx: Vec<usize> = pairs.iter().map(which).collect();
@@ -359,14 +450,14 @@ pub fn run(opts: &MorphOptions) -> Result<MorphReport, Error> {
     };
     let (img_a, cls_a) = gather(|p| p.0);
     let (img_b, cls_b) = gather(|p| p.1);
-    let (za, zb) = (models.cond(&cls_a), models.cond(&cls_b));
+    let (za, zb) = (models.cond(&cls_a)?, models.cond(&cls_b)?);
     let inverse = ode.inversion();
     let encode = |img: &[f64], z: &State<f32, Cpu>| {
-        let x = from_f64(&dev, img, b, PIXELS);
+        let x = image_state(models, img, b);
         let noise = NoiseSource::Seeded(0);
         sample(
             &inverse,
-            &ModelFn::new(&models.denoiser),
+            &ModelFn::new(models.denoiser()),
             &Input::new(&x, Some(z), &noise),
             false,
         )
@@ -375,17 +466,17 @@ pub fn run(opts: &MorphOptions) -> Result<MorphReport, Error> {
     let (enc_a, enc_b) = (encode(&img_a, &za)?, encode(&img_b, &zb)?);
     let (xa, xb) = (to_f64(&enc_a.x), to_f64(&enc_b.x));
     let (v_a, v_b) = (
-        models.features(&from_f64(&dev, &img_a, b, PIXELS)),
-        models.features(&from_f64(&dev, &img_b, b, PIXELS)),
+        models.features(&image_state(models, &img_a, b)),
+        models.features(&image_state(models, &img_b, b)),
     );
     let experiment = Experiment {
-        models: &models,
+        models,
         ode,
         sde,
         v_host: (to_f64(&v_a), to_f64(&v_b)),
         v_a,
         v_b,
-        x_init: slerp_half(&xa, &xb, PIXELS),
+        x_init: slerp_half(&xa, &xb, pixels),
         z_init: to_f64(&za)
             .iter()
             .zip(to_f64(&zb))
@@ -435,9 +526,14 @@ pub fn run(opts: &MorphOptions) -> Result<MorphReport, Error> {
         verifier,
         reconstruction_error,
         encode_nfe_per_morph: encode_nfe,
-        initial_morphs: rows(&initial),
+        initial_morphs: to_f64(&initial)
+            .chunks_exact(pixels)
+            .map(|r| r.to_vec())
+            .collect(),
         methods,
         outputs: vec![],
+        image_side: models.side(),
+        subject: models.noun().into(),
     };
     report::write_outputs(&mut report, &img_a, &img_b, opts)?;
     Ok(report)

@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::verify::Verifier;
 use super::MorphOptions;
-use crate::data::{PIXELS, SIDE};
 use crate::image::{digit_grid, line_plot, PALETTE};
 use crate::{write_atomic, Error};
 
@@ -68,6 +67,10 @@ pub struct MorphReport {
     pub initial_morphs: Vec<Vec<f64>>,
     pub methods: Vec<MethodResult>,
     pub outputs: Vec<String>,
+    /// Side of the (square) images.
+    pub image_side: usize,
+    /// What the images are ("digits", "Fashion-MNIST images").
+    pub subject: String,
 }
 
 /// Writes the pictures, report.md and report.json into `opts.out`.
@@ -82,10 +85,14 @@ pub fn write_outputs(
     // One grid per pair: a, b, the initial morph, then each optimising method's morph; and all
     // of them as the rows of pairs.png.
     let mut all_rows = Vec::new();
+    let side = report.image_side;
+    let pixels = side * side;
+    // about 96 pixels per image in a pair's picture, 64 in pairs.png
+    let (big, small) = ((96 / side).max(1), (64 / side).max(1));
     for (i, (ca, cb)) in report.classes.iter().enumerate().take(opts.max_pair_images) {
         let mut row = vec![
-            img_a[i * PIXELS..(i + 1) * PIXELS].to_vec(),
-            img_b[i * PIXELS..(i + 1) * PIXELS].to_vec(),
+            img_a[i * pixels..(i + 1) * pixels].to_vec(),
+            img_b[i * pixels..(i + 1) * pixels].to_vec(),
             report.initial_morphs[i].clone(),
         ];
         row.extend(
@@ -96,12 +103,12 @@ pub fn write_outputs(
                 .map(|m| m.pairs[i].morph.clone()),
         );
         let p = out(&format!("pair_{i:03}_{ca}_{cb}.png"));
-        digit_grid(std::slice::from_ref(&row), SIDE, 12, 6).save_png(&p)?;
+        digit_grid(std::slice::from_ref(&row), side, big, 6).save_png(&p)?;
         written.push(p);
         all_rows.push(row);
     }
     let p = out("pairs.png");
-    digit_grid(&all_rows, SIDE, 8, 4).save_png(&p)?;
+    digit_grid(&all_rows, side, small, 4).save_png(&p)?;
     written.push(p);
     let curves: Vec<Vec<f64>> = report
         .methods
@@ -156,16 +163,16 @@ fn markdown(r: &MorphReport) -> String {
     let _ = writeln!(s, "# Morphing report\n");
     let _ = writeln!(
         s,
-        "{} pairs of held-out digits; {} iterations of {:?} (lr {}), {} sampler steps (DDIM for the ODE, SDE-DPM-Solver++1 for the SDE), AdjointDEIS on {}, seed {}.\n",
-        r.pairs.len(), r.iters, r.optimizer, r.lr, r.steps,
+        "{} pairs of held-out {}; {} iterations of {:?} (lr {}), {} sampler steps (DDIM for the ODE, SDE-DPM-Solver++1 for the SDE), AdjointDEIS on {}, seed {}.\n",
+        r.pairs.len(), r.subject, r.iters, r.optimizer, r.lr, r.steps,
         r.adjoint_steps.map_or("the sampling grid".to_string(), |m| format!("its own grid of {m} steps")),
         r.seed
     );
     let v = &r.verifier;
     let _ = writeln!(
         s,
-        "Verification threshold: cosine distance < {:.4} on the classifier's features, set at FMR {:.3}% on {} impostor pairs of held-out digits (FNMR {:.2}% on {} genuine pairs). MMPMR: the fraction of morphs accepted as both digits of their pair.\n",
-        v.threshold, 100.0 * v.fmr, v.impostor_pairs, 100.0 * v.fnmr, v.genuine_pairs
+        "Verification threshold: cosine distance < {:.4} on the classifier's features, set at FMR {:.3}% on {} impostor pairs of held-out {} (FNMR {:.2}% on {} genuine pairs). MMPMR: the fraction of morphs accepted as both images of their pair.\n",
+        v.threshold, 100.0 * v.fmr, v.impostor_pairs, r.subject, 100.0 * v.fnmr, v.genuine_pairs
     );
     s.push_str(&table(r));
     let _ = writeln!(
@@ -174,7 +181,7 @@ fn markdown(r: &MorphReport) -> String {
         r.encode_nfe_per_morph, r.reconstruction_error
     );
     let _ = writeln!(s, "## Pairs\n");
-    let mut head = "| pair | digits |".to_string();
+    let mut head = "| pair | classes |".to_string();
     for m in &r.methods {
         let _ = write!(head, " {} d_a / d_b |", m.method);
     }
@@ -197,7 +204,7 @@ fn markdown(r: &MorphReport) -> String {
     let _ = writeln!(s, "\n## Files\n");
     let _ = writeln!(
         s,
-        "- `pair_NNN_a_b.png`: digit a, digit b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order; `pairs.png`: all of them, one pair per row\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, numbered in the table's order (colours: {})\n- `report.json`: everything here, with every morph's pixels",
+        "- `pair_NNN_a_b.png`: image a, image b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order; `pairs.png`: all of them, one pair per row\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, numbered in the table's order (colours: {})\n- `report.json`: everything here, with every morph's pixels",
         r.methods.iter().enumerate().map(|(k, m)| format!("{} {}", m.method, colour_name(k))).collect::<Vec<_>>().join(", ")
     );
     s
