@@ -34,8 +34,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".adeis-partial-")
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".adeis-partial-");
+    // A temporary file is private (0600); the output is an ordinary file, so it gets the mode
+    // std::fs::write would give it (0666 less the umask).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut tmp = builder
         .tempfile_in(dir)
         .map_err(|e| IoError::new(path, e))?;
     tmp.write_all(bytes).map_err(|e| IoError::new(path, e))?;
@@ -44,4 +52,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
         .map_err(|e| IoError::new(path, e))?;
     tmp.persist(path).map_err(|e| IoError::new(path, e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The output is whole, and an ordinary file: the mode std::fs::write gives (not the
+    /// temporary file's private 0600).
+    #[test]
+    fn write_atomic_writes_an_ordinary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (atomic, plain) = (dir.path().join("a.bin"), dir.path().join("b.bin"));
+        write_atomic(&atomic, b"adeis").unwrap();
+        std::fs::write(&plain, b"adeis").unwrap();
+        assert_eq!(std::fs::read(&atomic).unwrap(), b"adeis");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&atomic), mode(&plain));
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
 }
