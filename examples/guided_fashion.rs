@@ -15,6 +15,7 @@ use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::tape_loss;
 use adeis::runtime::optim::{Optimizer, OptimizerKind};
 use adeis::runtime::to_f64;
+use adeis_digits::nets::one_hot;
 use adeis_fashion::data::{CLASSES, CLASS_NAMES};
 use adeis_fashion::unet::NULL_CLASS;
 use adeis_fashion::FashionModels;
@@ -41,9 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let z = models.unet.class_cond(&vec![NULL_CLASS; batch])?;
     let model = ModelFn::new(&models.unet);
     let noise = NoiseSource::Seeded(0);
-    let mut one_hot = vec![0f32; batch * CLASSES];
-    (0..batch).for_each(|i| one_hot[i * CLASSES + class] = 1.0);
-    let target = dev.tensor_from_vec(one_hot, (batch, CLASSES));
+    let target = dev.tensor_from_vec(one_hot(&vec![class; batch], CLASSES), (batch, CLASSES));
     // L = cross-entropy of the classifier's logits against CLASS, on dfdx's tape.
     let loss = |x0: &State<f32, Cpu>| {
         tape_loss(x0, |x| {

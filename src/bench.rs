@@ -25,13 +25,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 
-/// The peak resident memory of this process, in bytes (Linux: VmHWM), if known.
-pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+pub use adeis_io::peak_memory_bytes;
 
 /// The conditioning width and the number of time frequencies of every workload.
 pub const COND: usize = 8;

@@ -25,6 +25,15 @@ impl IoError {
     }
 }
 
+/// The peak resident memory of this process, in bytes (Linux: VmHWM from /proc/self/status),
+/// if known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Writes `bytes` to `path` whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     if path.file_name().is_none() {

@@ -199,45 +199,23 @@ impl Classifier {
         self.logits_of(self.features_taped(x))
     }
 
-    /// `f` of the features of image rows (flat, 784 per image), in batches of 250 (memory).
-    fn batched<T>(
-        &self,
-        pixels: &[f32],
-        f: impl Fn(Tensor<(usize, usize), f32, Cpu>) -> Vec<T>,
-    ) -> Vec<T> {
+    /// The predicted class of each image (flat, 784 per image), in batches of 250 (memory).
+    pub fn classify(&self, pixels: &[f32]) -> Vec<usize> {
         let mut out = Vec::new();
         for chunk in pixels.chunks(250 * SIDE * SIDE) {
             let b = chunk.len() / (SIDE * SIDE);
             let x = self
                 .dev
                 .tensor_from_vec(chunk.to_vec(), (b, 1usize, SIDE, SIDE));
-            out.extend(f(self.features_image(x, ParamGrads::Skip)));
+            let logits = self
+                .logits_of(self.features_image(x, ParamGrads::Skip))
+                .as_vec();
+            out.extend(logits.chunks_exact(CLASSES).map(|row| {
+                (0..CLASSES)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .expect("ten classes")
+            }));
         }
         out
-    }
-
-    /// Features of image rows (flat, 784 per image).
-    pub fn features(&self, pixels: &[f32]) -> Vec<Vec<f32>> {
-        self.batched(pixels, |v| {
-            v.as_vec()
-                .chunks_exact(FEATURES)
-                .map(|r| r.to_vec())
-                .collect()
-        })
-    }
-
-    /// The predicted class of each image (flat, 784 per image).
-    pub fn classify(&self, pixels: &[f32]) -> Vec<usize> {
-        self.batched(pixels, |v| {
-            self.logits_of(v)
-                .as_vec()
-                .chunks_exact(CLASSES)
-                .map(|row| {
-                    (0..CLASSES)
-                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                        .expect("ten classes")
-                })
-                .collect()
-        })
     }
 }

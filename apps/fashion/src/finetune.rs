@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use adeis_compiler::{Adjoint, FieldError, Problem, Wrt};
+use adeis_digits::nets::one_hot;
 use adeis_digits::progress::{bar, check_interrupt};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::tape_loss;
@@ -153,14 +154,6 @@ pub struct FinetuneReport {
     pub peak_memory_mib: Option<f64>,
 }
 
-/// The peak resident memory of this process (Linux VmHWM), MiB.
-fn peak_memory_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Per-image log p(class | x) of the classifier.
 fn log_probs(classifier: &Classifier, pixels: &[f32], classes: &[usize]) -> Vec<f64> {
     let dev = Cpu::default();
@@ -206,10 +199,12 @@ fn diversity(pixels: &[f32], classes: &[usize]) -> f64 {
     total / count.max(1) as f64
 }
 
-/// The held-out evaluation: `per` samples of each class from fixed seeds.
+/// The held-out evaluation: `per` samples of each class from fixed seeds, in batches of 50
+/// (memory).
 struct Heldout {
     classes: Vec<usize>,
-    x_t: State<f32, Cpu>,
+    /// (first index, starting noise) of each batch.
+    batches: Vec<(usize, State<f32, Cpu>)>,
 }
 
 impl Heldout {
@@ -218,8 +213,19 @@ impl Heldout {
             .flat_map(|c| std::iter::repeat_n(c, per))
             .collect();
         // held-out noises: a stream no training iteration uses
-        let x_t = noise(&Cpu::default(), seed ^ 0x4E1D_0000, classes.len())?;
-        Ok(Heldout { classes, x_t })
+        let all = noise(&Cpu::default(), seed ^ 0x4E1D_0000, classes.len())?.to_f64();
+        let width = all.len() / classes.len();
+        let mut batches = Vec::new();
+        for start in (0..classes.len()).step_by(50) {
+            let end = (start + 50).min(classes.len());
+            let x = State::from_f64(
+                &Cpu::default(),
+                &all[start * width..end * width],
+                &[end - start, 1, 28, 28],
+            )?;
+            batches.push((start, x));
+        }
+        Ok(Heldout { classes, batches })
     }
 
     /// (mean reward, fraction read as asked, diversity, the samples).
@@ -230,25 +236,14 @@ impl Heldout {
         problem: &Problem,
     ) -> Result<(f64, f64, f64, Vec<f32>), Error> {
         let mut pixels = Vec::new();
-        // in batches of 50 (memory)
         let b = self.classes.len();
-        let width = self.x_t.width();
-        let rows = self.x_t.rows().as_vec();
-        for start in (0..b).step_by(50) {
-            let end = (start + 50).min(b);
-            let x = State::from_f64(
-                &Cpu::default(),
-                &rows[start * width..end * width]
-                    .iter()
-                    .map(|v| *v as f64)
-                    .collect::<Vec<_>>(),
-                &[end - start, 1, 28, 28],
-            )?;
+        for (start, x) in &self.batches {
+            let (start, end) = (*start, start + x.batch());
             let z = unet.class_cond(&self.classes[start..end])?;
             let out = sample(
                 problem.plan(),
                 &ModelFn::new(unet),
-                &Input::new(&x, Some(&z), &NoiseSource::Seeded(0)),
+                &Input::new(x, Some(&z), &NoiseSource::Seeded(0)),
                 false,
             )?;
             pixels.extend(out.x.rows().as_vec());
@@ -341,12 +336,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
             opts.batch,
         )?;
         let z = unet.class_cond(&classes)?;
-        let mut one_hot = vec![0f32; opts.batch * CLASSES];
-        classes
-            .iter()
-            .enumerate()
-            .for_each(|(i, c)| one_hot[i * CLASSES + c] = 1.0);
-        let target = dev.tensor_from_vec(one_hot, (opts.batch, CLASSES));
+        let target = dev.tensor_from_vec(one_hot(&classes, CLASSES), (opts.batch, CLASSES));
         let mut reward = 0.0;
         // L = -mean log p(class | x_0): the cross-entropy of the classifier's logits.
         let g = gradient(
@@ -415,7 +405,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
     report.relative_change = diff / norm0;
     report.seconds = start.elapsed().as_secs_f64();
     report.seconds_per_iteration = report.seconds / opts.iters as f64;
-    report.peak_memory_mib = peak_memory_mib();
+    report.peak_memory_mib = adeis_io::peak_memory_bytes().map(|b| b as f64 / 1048576.0);
 
     let per = opts.eval_per_class;
     save_grid(&before, per, &opts.out.join("before.png"))?;

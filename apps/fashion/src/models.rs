@@ -59,11 +59,6 @@ impl FashionModels {
             dev,
         })
     }
-
-    /// Image rows [batch, 784] of a state (any item shape with 784 values).
-    fn rows_of(x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
-        x.rows().clone()
-    }
 }
 
 impl MorphModels for FashionModels {
@@ -87,7 +82,7 @@ impl MorphModels for FashionModels {
         Ok(self.unet.class_cond(classes)?)
     }
     fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
-        let rows = Self::rows_of(x);
+        let rows = x.rows().clone();
         debug_assert_eq!(rows.shape().1, PIXELS);
         let b = rows.shape().0;
         self.classifier.features_image(

@@ -22,6 +22,7 @@ use adeis_runtime::unet::TorchInit;
 use adeis_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 
+use adeis_digits::nets::one_hot;
 use adeis_digits::progress::{bar, check_interrupt};
 
 use crate::classifier::{Classifier, CLASSIFIER_FILE};
@@ -289,12 +290,9 @@ pub fn classifier_loss(
                 .map(|(q, v)| (*v as f64 + jitter * z[k * PIXELS + q]) as f32),
         );
     }
-    let mut one_hot = vec![0f32; b * CLASSES];
-    for (k, &i) in idx.iter().enumerate() {
-        one_hot[k * CLASSES + data.labels[i]] = 1.0;
-    }
+    let classes: Vec<usize> = idx.iter().map(|&i| data.labels[i]).collect();
     let x = dev.tensor_from_vec(x, (b, 1usize, SIDE, SIDE));
-    let target = dev.tensor_from_vec(one_hot, (b, CLASSES));
+    let target = dev.tensor_from_vec(one_hot(&classes, CLASSES), (b, CLASSES));
     if !grad {
         let logits = model.logits_of(model.features_image(x, ParamGrads::Skip));
         return Ok((
