@@ -60,6 +60,7 @@ fn macro_toml_and_builtin_give_the_same_samples_and_gradients() {
             x_t: true,
             cond: false,
             params: true,
+            times: false,
         });
         let f = ModelFn::new(&model);
         let noise = NoiseSource::Seeded(7);
@@ -129,6 +130,7 @@ fn diffusion_types_sample_differentiate_and_optimise() {
             x_t: true,
             cond: true,
             params: false,
+            times: false,
         });
     let cot = from_f64::<f64, Cpu>(&dev, &x0v.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 2, 3);
     let noise = NoiseSource::Seeded(0);

@@ -48,6 +48,8 @@ pub enum WrtKey {
     XT,
     Cond,
     Params,
+    /// Every time of the sampling grid (the learned-samplers gradient).
+    Times,
 }
 
 fn d_wrt() -> Vec<WrtKey> {
@@ -154,13 +156,19 @@ impl GradientSpec {
         if self.wrt.is_empty() {
             return err(
                 "wrt",
-                "wrt is empty: give any of \"x_t\", \"cond\", \"params\"".into(),
+                "wrt is empty: give any of \"x_t\", \"cond\", \"params\", \"times\"".into(),
             );
         }
         for (i, k) in self.wrt.iter().enumerate() {
             if self.wrt[..i].contains(k) {
                 return err("wrt", format!("wrt lists {k:?} twice"));
             }
+        }
+        if self.wants(WrtKey::Times) && self.method != GradMethod::Discrete {
+            return err(
+                "wrt",
+                format!("wrt \"times\" is computed by the discrete adjoint (method = \"discrete\"), the exact gradient of the grid that ran; `{m}` does not differentiate the grid"),
+            );
         }
         Ok(())
     }
@@ -176,6 +184,8 @@ pub struct Wrt {
     pub cond: bool,
     /// The model's parameters theta.
     pub params: bool,
+    /// The times of the sampling grid (discrete adjoint only).
+    pub times: bool,
 }
 
 impl Wrt {
@@ -184,6 +194,7 @@ impl Wrt {
         x_t: true,
         cond: false,
         params: false,
+        times: false,
     };
 
     /// x_T, z and theta.
@@ -191,6 +202,7 @@ impl Wrt {
         x_t: true,
         cond: true,
         params: true,
+        times: false,
     };
 }
 
@@ -302,6 +314,7 @@ impl GradientSpec {
             x_t: self.wants(WrtKey::XT),
             cond: self.wants(WrtKey::Cond),
             params: self.wants(WrtKey::Params),
+            times: self.wants(WrtKey::Times),
         }
     }
 }

@@ -29,6 +29,19 @@ pub struct TimeInfo {
     pub sigma: f64,
 }
 
+/// How the time quantities of a model evaluation at a grid point move with that grid time:
+/// d(model_t)/dt, d alpha/dt = f alpha and d sigma/dt = (f - d lambda/dt) sigma.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeDerivs {
+    pub model_t: f64,
+    pub alpha: f64,
+    pub sigma: f64,
+}
+
+/// The sensitivity of one coefficient to the grid: (grid index, d coefficient / d t_i) for
+/// every grid time it depends on.
+pub type GridSens = Vec<(usize, f64)>;
+
 /// An operand of an affine combination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operand {
@@ -126,6 +139,14 @@ pub struct Plan {
     /// The terminal denoising step, when the plan has one.
     pub final_denoise: Option<FinalDenoise>,
     pub description: String,
+    /// The grid index of each state that lives on a grid point (None: an intermediate stage).
+    pub state_grid: Vec<Option<usize>>,
+    /// How each grid point's time quantities move with its time.
+    pub grid_derivs: Vec<TimeDerivs>,
+    /// For each instruction, each term's sensitivity to the grid times (empty for an
+    /// evaluation); None where the family does not derive them (the gradient with respect to
+    /// the times then says so).
+    pub term_sens: Option<Vec<Vec<GridSens>>>,
 }
 
 impl Plan {
@@ -206,8 +227,13 @@ impl fmt::Display for Plan {
 pub struct PlanBuilder<'a> {
     schedule: &'a Schedule,
     grid: Vec<TimeInfo>,
+    grid_derivs: Vec<TimeDerivs>,
     instrs: Vec<Instr>,
     states: Vec<TimeInfo>,
+    state_grid: Vec<Option<usize>>,
+    term_sens: Vec<Vec<GridSens>>,
+    /// Some combination came without sensitivities.
+    lacks_sens: bool,
     grid_states: Vec<usize>,
     final_denoise: Option<FinalDenoise>,
     n_outputs: usize,
@@ -218,8 +244,16 @@ pub struct PlanBuilder<'a> {
 impl<'a> PlanBuilder<'a> {
     /// A builder on `grid` (noisiest first) whose state 0 (x_T) lives at the grid's first time.
     pub fn new(schedule: &'a Schedule, grid: &[f64]) -> PlanBuilder<'a> {
-        let grid: Vec<TimeInfo> = schedule
-            .fill(grid)
+        let vals = schedule.fill(grid);
+        let grid_derivs = vals
+            .iter()
+            .map(|v| TimeDerivs {
+                model_t: schedule.def().model_time_slope(),
+                alpha: v.f * v.alpha,
+                sigma: (v.f - v.dlambda_dt) * v.sigma,
+            })
+            .collect();
+        let grid: Vec<TimeInfo> = vals
             .iter()
             .zip(grid)
             .map(|(v, &t)| TimeInfo {
@@ -231,6 +265,10 @@ impl<'a> PlanBuilder<'a> {
             .collect();
         PlanBuilder {
             schedule,
+            grid_derivs,
+            state_grid: vec![Some(0)],
+            term_sens: vec![],
+            lacks_sens: false,
             states: vec![grid[0]],
             grid_states: vec![0; grid.len()],
             grid,
@@ -240,6 +278,11 @@ impl<'a> PlanBuilder<'a> {
             n_noises: 0,
             step: 0,
         }
+    }
+
+    /// How the time quantities at grid point `i` move with its time.
+    pub fn grid_derivs(&self, i: usize) -> TimeDerivs {
+        self.grid_derivs[i]
     }
 
     pub fn set_step(&mut self, step: usize) {
@@ -257,6 +300,7 @@ impl<'a> PlanBuilder<'a> {
             pred,
             step: self.step,
         });
+        self.term_sens.push(vec![]);
         out
     }
 
@@ -265,22 +309,56 @@ impl<'a> PlanBuilder<'a> {
         self.n_noises - 1
     }
 
-    fn combine(&mut self, time: TimeInfo, terms: Vec<(Operand, f64)>) -> usize {
+    fn combine(
+        &mut self,
+        time: TimeInfo,
+        grid_index: Option<usize>,
+        terms: Vec<(Operand, f64)>,
+        sens: Option<Vec<GridSens>>,
+    ) -> usize {
         let dst = self.states.len();
         self.states.push(time);
-        // Terms with a zero coefficient are dropped: nothing to compute or differentiate.
-        let terms = terms.into_iter().filter(|(_, c)| *c != 0.0).collect();
+        self.state_grid.push(grid_index);
+        let sens = match sens {
+            Some(s) => s,
+            None => {
+                self.lacks_sens = true;
+                vec![vec![]; terms.len()]
+            }
+        };
+        // Terms with a zero coefficient that does not move with the grid are dropped:
+        // nothing to compute or differentiate.
+        let (terms, sens): (Vec<_>, Vec<_>) = terms
+            .into_iter()
+            .zip(sens)
+            .filter(|((_, c), s)| *c != 0.0 || s.iter().any(|(_, d)| *d != 0.0))
+            .unzip();
         self.instrs.push(Instr::Combine {
             dst,
             terms,
             step: self.step,
         });
+        self.term_sens.push(sens);
         dst
     }
 
     /// A new state at grid point `i`: the state that holds there from now on.
     pub fn combine_at_grid(&mut self, i: usize, terms: Vec<(Operand, f64)>) -> usize {
-        let dst = self.combine(self.grid[i], terms);
+        let dst = self.combine(self.grid[i], Some(i), terms, None);
+        self.grid_states[i] = dst;
+        dst
+    }
+
+    /// As [`PlanBuilder::combine_at_grid`], with each coefficient's sensitivity to the grid
+    /// times (one entry per term).
+    pub fn combine_at_grid_with_sens(
+        &mut self,
+        i: usize,
+        terms: Vec<(Operand, f64)>,
+        sens: Vec<GridSens>,
+    ) -> usize {
+        assert_eq!(terms.len(), sens.len(), "one sensitivity per term");
+        let dst = self.combine(self.grid[i], Some(i), terms, Some(sens));
         self.grid_states[i] = dst;
         dst
     }
@@ -288,7 +366,7 @@ impl<'a> PlanBuilder<'a> {
     /// A new intermediate state at time `t` (a singlestep stage), off the grid.
     pub fn combine_at_stage(&mut self, t: f64, terms: Vec<(Operand, f64)>) -> usize {
         let time = self.schedule.time_info(t);
-        self.combine(time, terms)
+        self.combine(time, None, terms, None)
     }
 
     /// Ends the plan with the data prediction at state `x` (the last grid point) as its output.
@@ -297,7 +375,8 @@ impl<'a> PlanBuilder<'a> {
         let o = self.eval(x, Pred::Data);
         self.final_denoise = Some(FinalDenoise { input: x, eval });
         let time = self.states[x];
-        self.combine(time, vec![(Operand::Out(o), 1.0)])
+        let at = self.state_grid[x];
+        self.combine(time, at, vec![(Operand::Out(o), 1.0)], Some(vec![vec![]]))
     }
 
     pub fn finish(self, output: usize, grid: Vec<f64>, description: String) -> Plan {
@@ -312,6 +391,9 @@ impl<'a> PlanBuilder<'a> {
             grid_states: self.grid_states,
             final_denoise: self.final_denoise,
             description,
+            state_grid: self.state_grid,
+            grid_derivs: self.grid_derivs,
+            term_sens: (!self.lacks_sens).then_some(self.term_sens),
         }
     }
 }

@@ -5,7 +5,7 @@ use adeis_compiler::{FieldError, Prediction, TimeInfo};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::denoiser::{check_vector_input, Cotangents, Denoiser, NoParams};
+use crate::denoiser::{check_vector_input, Cotangents, Denoiser, NoParams, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::ParamGrads;
 use crate::rows_from_f64;
@@ -86,10 +86,23 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
                 .sum();
             acc.s2 += w * d;
         }
+        // d eps/d alpha = -sigma mu / v - 2 alpha s2 sigma r / v^2 and
+        // d eps/d sigma = r (v - 2 sigma^2) / v^2, with r = x - alpha mu.
+        let (a, s) = (time.alpha, time.sigma);
+        let v = a * a * self.s2 + s * s;
+        let (xs, cs) = (x.to_f64(), cot.to_f64());
+        let mus = z.map(State::to_f64);
+        let mut tc = TimeCot::default();
+        for (i, (xi, ci)) in xs.iter().zip(&cs).enumerate() {
+            let mu = mus.as_ref().map_or(self.mu, |m| m[i]);
+            let r = xi - a * mu;
+            tc.alpha += ci * (-s * mu / v - 2.0 * a * self.s2 * s * r / (v * v));
+            tc.sigma += ci * r * (v - 2.0 * s * s) / (v * v);
+        }
         Cotangents {
             x: cot.clone() * ax,
             cond: z.map(|_| cot.clone() * amu),
-            time: None,
+            time: Some(tc),
         }
     }
 
@@ -234,6 +247,52 @@ impl GmmModel {
         out
     }
 
+    /// (cot^T d eps/d alpha, cot^T d eps/d sigma) for one point. With r_k = x - alpha mu_k,
+    /// v_k = alpha^2 s2_k + sigma^2, s_k = -r_k / v_k and responsibilities rho_k:
+    /// eps = -sigma sum_k rho_k s_k, d rho_k = rho_k (d logp_k - sum_j rho_j d logp_j).
+    pub fn eps_time_partials_at(&self, x: &[f64], time: &TimeInfo, cot: &[f64]) -> (f64, f64) {
+        let (rho, scores, vs) = self.components(x, time);
+        let (a, s) = (time.alpha, time.sigma);
+        let d = x.len() as f64;
+        let dot = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(x, y)| x * y).sum::<f64>();
+        // Per component and direction (alpha, sigma): d v_k, d logp_k, cot . d s_k.
+        let mut dlogp = vec![[0.0; 2]; rho.len()];
+        let mut cot_ds = vec![[0.0; 2]; rho.len()];
+        for k in 0..rho.len() {
+            let (mu, s2, v) = (&self.means[k], self.variances[k], vs[k]);
+            let r: Vec<f64> = x.iter().zip(mu).map(|(xi, mi)| xi - a * mi).collect();
+            let r2 = dot(&r, &r);
+            let dv = [2.0 * a * s2, 2.0 * s];
+            let dr2 = [-2.0 * dot(&r, mu), 0.0];
+            let cot_r = dot(cot, &r);
+            for j in 0..2 {
+                dlogp[k][j] = -0.5 * d * dv[j] / v - 0.5 * dr2[j] / v + 0.5 * r2 * dv[j] / (v * v);
+                // s_k = -r / v: d s_k = -(d r) / v + r dv / v^2, with d r = -mu (alpha), 0.
+                let cot_dr = if j == 0 { -dot(cot, mu) } else { 0.0 };
+                cot_ds[k][j] = -cot_dr / v + cot_r * dv[j] / (v * v);
+            }
+        }
+        let mut out = [0.0; 2];
+        let cot_sbar: f64 = rho
+            .iter()
+            .zip(&scores)
+            .map(|(r, sk)| r * dot(cot, sk))
+            .sum();
+        for (j, o) in out.iter_mut().enumerate() {
+            let mean_dlogp: f64 = rho.iter().zip(&dlogp).map(|(r, l)| r * l[j]).sum();
+            let mut acc = 0.0;
+            for k in 0..rho.len() {
+                let drho = rho[k] * (dlogp[k][j] - mean_dlogp);
+                acc += drho * dot(cot, &scores[k]) + rho[k] * cot_ds[k][j];
+            }
+            *o = -s * acc;
+            if j == 1 {
+                *o -= cot_sbar;
+            }
+        }
+        (out[0], out[1])
+    }
+
     /// cot^T d eps/dx for one point: d score/dx = sum_k r_k s_k s_k^T - sbar sbar^T
     /// - sum_k r_k / v_k I (symmetric).
     pub fn eps_vjp_at(&self, x: &[f64], time: &TimeInfo, cot: &[f64]) -> Vec<f64> {
@@ -302,10 +361,16 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GmmModel {
             .zip(cs.chunks(dim))
             .flat_map(|(row, c)| self.eps_vjp_at(row, time, c))
             .collect();
+        let mut tc = TimeCot::default();
+        for (row, c) in xs.chunks(dim).zip(cs.chunks(dim)) {
+            let (da, ds) = self.eps_time_partials_at(row, time, c);
+            tc.alpha += da;
+            tc.sigma += ds;
+        }
         Cotangents {
             x: x.like(rows_from_f64(&x.device(), &out, x.batch(), dim)),
             cond: None,
-            time: None,
+            time: Some(tc),
         }
     }
 }
@@ -339,5 +404,55 @@ mod tests {
             let fd: f64 = (0..2).map(|k| cot[k] * (ep[k] - em[k]) / (2.0 * h)).sum();
             assert!((fd - vjp[i]).abs() < 1e-8, "{fd} vs {}", vjp[i]);
         }
+    }
+
+    #[test]
+    fn gmm_time_partials_match_finite_differences() {
+        let g = GmmModel {
+            weights: vec![0.3, 0.7],
+            means: vec![vec![1.0, -0.5], vec![-1.2, 0.8]],
+            variances: vec![0.2, 0.5],
+        };
+        let time = TimeInfo {
+            t: 0.5,
+            model_t: 0.5,
+            alpha: 0.6,
+            sigma: 0.8,
+        };
+        let (x, cot) = ([0.3, -0.1], [0.7, -1.1]);
+        let (da, ds) = g.eps_time_partials_at(&x, &time, &cot);
+        let h = 1e-6;
+        let fd = |dt: TimeInfo, sign: f64| -> f64 {
+            let e = g.eps_at(&x, &dt);
+            sign * (0..2).map(|k| cot[k] * e[k]).sum::<f64>() / (2.0 * h)
+        };
+        let fd_a = fd(
+            TimeInfo {
+                alpha: 0.6 + h,
+                ..time
+            },
+            1.0,
+        ) + fd(
+            TimeInfo {
+                alpha: 0.6 - h,
+                ..time
+            },
+            -1.0,
+        );
+        let fd_s = fd(
+            TimeInfo {
+                sigma: 0.8 + h,
+                ..time
+            },
+            1.0,
+        ) + fd(
+            TimeInfo {
+                sigma: 0.8 - h,
+                ..time
+            },
+            -1.0,
+        );
+        assert!((fd_a - da).abs() < 1e-8, "alpha: {fd_a} vs {da}");
+        assert!((fd_s - ds).abs() < 1e-8, "sigma: {fd_s} vs {ds}");
     }
 }

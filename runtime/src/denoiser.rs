@@ -8,13 +8,34 @@ use crate::error::RuntimeError;
 use crate::state::State;
 
 /// The cotangents a VJP returns: cot^T d out/dx, cot^T d out/dz (with conditioning) and
-/// cot^T d out/d(model time) (for models that differentiate their time input; the
-/// learned-samplers work fills it).
+/// the cotangents of the evaluation's time quantities (for models that differentiate their
+/// dependence on time; what the gradient with respect to the grid times needs).
 #[derive(Clone, Debug)]
 pub struct Cotangents<E: Dtype, D: Device<E>> {
     pub x: State<E, D>,
     pub cond: Option<State<E, D>>,
-    pub time: Option<f64>,
+    pub time: Option<TimeCot>,
+}
+
+/// cot^T d out/d(model time), cot^T d out/d alpha and cot^T d out/d sigma, summed over the
+/// batch (the time is shared by every item). A network depends on its time input only; a
+/// closed-form model on alpha and sigma only.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TimeCot {
+    pub model_t: f64,
+    pub alpha: f64,
+    pub sigma: f64,
+}
+
+impl std::ops::Add for TimeCot {
+    type Output = TimeCot;
+    fn add(self, o: TimeCot) -> TimeCot {
+        TimeCot {
+            model_t: self.model_t + o.model_t,
+            alpha: self.alpha + o.alpha,
+            sigma: self.sigma + o.sigma,
+        }
+    }
 }
 
 /// The gradient accumulator of a model without parameters to differentiate.

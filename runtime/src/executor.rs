@@ -82,6 +82,9 @@ pub struct Exec<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
     pub z: Option<&'p State<E, D>>,
     pub noise: &'p NoiseSource<E, D>,
     pub nfe: usize,
+    /// A recording run keeps the model outputs too (the gradient with respect to the grid
+    /// times reads them).
+    pub keep_outputs: bool,
     x_t: State<E, D>,
     last_state: Vec<usize>,
     last_out: Vec<usize>,
@@ -96,6 +99,7 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
             z: input.cond,
             noise: input.noise,
             nfe: 0,
+            keep_outputs: false,
             x_t: input.x_t.clone(),
             last_state,
             last_out,
@@ -166,7 +170,7 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                 }
             }
             // Free what this instruction read for the last time. Model outputs go even when
-            // recording: the adjoints need only the states.
+            // recording, unless asked for: the adjoints need only the states.
             match &self.plan.instrs[k] {
                 Instr::Eval { input, .. } => {
                     if !keep && self.last_state[*input] == k {
@@ -179,7 +183,9 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                             Operand::State(s) if !keep && self.last_state[*s] == k => {
                                 slots.states.remove(s);
                             }
-                            Operand::Out(o) if self.last_out[*o] == k => {
+                            Operand::Out(o)
+                                if self.last_out[*o] == k && !(keep && self.keep_outputs) =>
+                            {
                                 slots.outs.remove(o);
                             }
                             _ => {}

@@ -28,7 +28,7 @@ pub use dfdx;
 
 pub use adeis_compiler::TimeInfo;
 pub use adjoint::{gradient, Gradient};
-pub use denoiser::{Cotangents, Denoiser, NoParams};
+pub use denoiser::{Cotangents, Denoiser, NoParams, TimeCot};
 pub use error::RuntimeError;
 pub use executor::{sample, Input, SampleOutput};
 pub use model_fn::{Guidance, ModelFn, Threshold};

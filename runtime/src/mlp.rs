@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use adeis_compiler::{Prediction, TimeInfo};
 use dfdx::prelude::*;
 
-use crate::denoiser::{check_vector_input, Cotangents, Denoiser};
-use crate::e;
+use crate::denoiser::{check_vector_input, Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::ParamGrads;
 use crate::state::{Rows, State};
 use crate::tape::{Taped, TapedDenoiser};
+use crate::{e, to_f64};
 
 /// Sinusoidal time features with frequencies `w_k = exp(linspace(0, ln max_freq, n))`.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +42,13 @@ impl TimeFeatures {
 
     pub fn is_empty(&self) -> bool {
         self.freqs.is_empty()
+    }
+
+    /// d/dt of [`TimeFeatures::at`]: [w_k cos(w_k t)..., -w_k sin(w_k t)...]
+    pub fn slope_at(&self, t: f64) -> Vec<f64> {
+        let mut v: Vec<f64> = self.freqs.iter().map(|w| w * (w * t).cos()).collect();
+        v.extend(self.freqs.iter().map(|w| -w * (w * t).sin()));
+        v
     }
 
     /// [sin(w_k t)..., cos(w_k t)...]
@@ -210,11 +217,24 @@ where
         };
         let (dim, cd) = (self.dim, self.cond_dim);
         let dx = d_in.clone().slice((.., 0..dim)).realize::<(usize, usize)>();
+        // The time features' columns, contracted with d features/d t and summed over the batch.
+        let d_feats = to_f64(
+            &d_in
+                .clone()
+                .slice((.., dim + cd..))
+                .realize::<(usize, usize)>()
+                .sum::<(usize,), Axis<0>>(),
+        );
+        let slope = self.time.slope_at(time.model_t);
+        let model_t = d_feats.iter().zip(&slope).map(|(g, s)| g * s).sum();
         let dz = z.map(|z| z.like(d_in.slice((.., dim..dim + cd)).realize::<(usize, usize)>()));
         Cotangents {
             x: x.like(dx),
             cond: dz,
-            time: None,
+            time: Some(TimeCot {
+                model_t,
+                ..TimeCot::default()
+            }),
         }
     }
 }

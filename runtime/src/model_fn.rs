@@ -4,7 +4,7 @@
 use adeis_compiler::{Pred, Prediction, TimeInfo};
 use dfdx::prelude::*;
 
-use crate::denoiser::{Cotangents, Denoiser};
+use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::state::State;
 
 /// Classifier-free guidance: `uncond + scale (cond - uncond)`, the unconditional output being
@@ -40,6 +40,18 @@ fn linear(want: Pred, model: Prediction, time: &TimeInfo) -> (f64, f64) {
         (Pred::Eps, Prediction::V) => (s, a),
         (Pred::Data, Prediction::Eps) => (1.0 / a, -s / a),
         (Pred::Data, Prediction::V) => (a, -s),
+    }
+}
+
+/// d(cx, co)/d alpha and d(cx, co)/d sigma of [`linear`]: ((dcx/da, dco/da), (dcx/ds, dco/ds)).
+fn linear_slopes(want: Pred, model: Prediction, time: &TimeInfo) -> ((f64, f64), (f64, f64)) {
+    let (a, s) = (time.alpha, time.sigma);
+    match (want, model) {
+        (Pred::Eps, Prediction::Eps) | (Pred::Data, Prediction::X0) => ((0.0, 0.0), (0.0, 0.0)),
+        (Pred::Eps, Prediction::X0) => ((0.0, -1.0 / s), (-1.0 / (s * s), a / (s * s))),
+        (Pred::Eps, Prediction::V) => ((0.0, 1.0), (1.0, 0.0)),
+        (Pred::Data, Prediction::Eps) => ((-1.0 / (a * a), s / (a * a)), (0.0, -1.0 / a)),
+        (Pred::Data, Prediction::V) => ((1.0, 0.0), (0.0, -1.0)),
     }
 }
 
@@ -185,6 +197,53 @@ impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M
             out.x = out.x + d;
         }
         out.time = None;
+        out
+    }
+
+    /// [`ModelFn::vjp`] with the time cotangent of the prediction filled in: cot^T d pred /
+    /// d(model time, alpha, sigma), the conversion's own dependence on alpha and sigma
+    /// included. `pred` is the prediction at this point (what the forward pass returned), from
+    /// which the raw output is recovered without another network evaluation. The time slot is
+    /// None where the model does not differentiate its time dependence, or with thresholding.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vjp_with_time(
+        &self,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
+        time: &TimeInfo,
+        want: Pred,
+        cot: &State<E, D>,
+        pred: &State<E, D>,
+        theta: Option<(&mut M::Grads, f64)>,
+    ) -> Cotangents<E, D> {
+        if self.threshold.is_some() {
+            let mut out = self.vjp(x, z, time, want, cot, theta);
+            out.time = None;
+            return out;
+        }
+        let (cx, co) = linear(want, self.model.prediction(), time);
+        let mut out = self.raw_vjp(x, z, time, &(cot.clone() * co), theta);
+        if cx != 0.0 {
+            out.x = out.x + cot.clone() * cx;
+        }
+        out.time = out.time.map(|raw| {
+            let ((dcx_da, dco_da), (dcx_ds, dco_ds)) =
+                linear_slopes(want, self.model.prediction(), time);
+            if dcx_da == 0.0 && dco_da == 0.0 && dcx_ds == 0.0 && dco_ds == 0.0 {
+                return raw;
+            }
+            let (cs, xs, ps) = (cot.to_f64(), x.to_f64(), pred.to_f64());
+            let (mut cot_x, mut cot_raw) = (0.0, 0.0);
+            for ((c, xi), p) in cs.iter().zip(&xs).zip(&ps) {
+                cot_x += c * xi;
+                cot_raw += c * (p - cx * xi) / co;
+            }
+            TimeCot {
+                model_t: raw.model_t,
+                alpha: raw.alpha + dcx_da * cot_x + dco_da * cot_raw,
+                sigma: raw.sigma + dcx_ds * cot_x + dco_ds * cot_raw,
+            }
+        });
         out
     }
 

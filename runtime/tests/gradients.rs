@@ -135,6 +135,7 @@ fn adjoint_deis_converges_to_the_exact_gaussian_gradients() {
         x_t: true,
         cond: true,
         params: true,
+        times: false,
     };
     let ms = [320, 640, 1280, 2560];
     let mut failures = vec![];
@@ -204,6 +205,7 @@ fn run_discrete<M: Denoiser<f64, Dev>>(
         x_t: true,
         cond: z.is_some(),
         params: true,
+        times: false,
     };
     discrete_adjoint(
         plan,
@@ -553,6 +555,7 @@ mod tape_reference {
                             x_t: true,
                             cond: true,
                             params: true,
+                            times: false,
                         };
                         let loss = |a: State<E, Cpu>| {
                             move |_: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
@@ -679,6 +682,7 @@ mod conditioning {
             x_t: true,
             cond: true,
             params: false,
+            times: false,
         };
         let pieces = discrete_adjoint(
             &plan,
@@ -785,6 +789,7 @@ fn adjoint_grid_may_differ_from_the_sampling_grid_and_states_may_be_backsolved()
         x_t: true,
         cond: true,
         params: true,
+        times: false,
     };
     // Forward on 160 steps, adjoint on 640 (states interpolated in lambda), against the same
     // adjoint on the forward grid of 640 steps: a_x and a_z do not depend on the states for

@@ -167,6 +167,7 @@ mod through_the_sampler {
         x_t: true,
         cond: true,
         params: true,
+        times: false,
     };
 
     /// The discrete adjoint through 5 DDIM steps equals the full tape for x_T, the

@@ -117,6 +117,7 @@ pub fn run(path: Option<&Path>, model: Option<&str>, rows: usize) -> Result<()> 
                 adeis::compiler::WrtKey::XT => "x_t",
                 adeis::compiler::WrtKey::Cond => "cond",
                 adeis::compiler::WrtKey::Params => "params",
+                adeis::compiler::WrtKey::Times => "times",
             })
             .collect::<Vec<_>>()
             .join(", "),

@@ -273,6 +273,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         x_t: false,
         cond: false,
         params: true,
+        times: false,
     };
     let sampling = crate::generate::problem_of(&spec)?;
     let adjoint = match opts.gradient {

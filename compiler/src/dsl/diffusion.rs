@@ -9,7 +9,7 @@
 //!         prediction: eps,
 //!         sampler: dpm_solver_pp(order = 2, steps = 20, grid = logsnr),
 //!         gradient: adjoint_deis(order = 2, steps = 20),   // or discrete, or tape
-//!         wrt: [x_t, cond, params],
+//!         wrt: [x_t, cond, params],   // and `times`: the sampling grid
 //!         loss: my_loss,                      // fn(Taped x_0) -> scalar on dfdx's tape
 //!     }
 //! }
@@ -423,6 +423,7 @@ impl DiffusionDecl {
                             ("x_t", WrtKey::XT),
                             ("cond", WrtKey::Cond),
                             ("params", WrtKey::Params),
+                            ("times", WrtKey::Times),
                         ],
                     )
                 })

@@ -82,7 +82,14 @@ pub struct FormulaSet {
     defs: &'static [(&'static str, &'static str)],
     outputs: &'static [&'static str],
     compiled: OnceLock<(Program, JitFn)>,
+    /// Each output and its symbolic partial derivatives in h and in every one of [`VARS`]
+    /// (compiled on the first gradient with respect to the grid times).
+    partials: OnceLock<JitFn>,
 }
+
+/// The partial derivatives of one coefficient with respect to the step variables [`VARS`],
+/// total in each (the dependence through h = l_t - l_s included).
+pub(crate) type VarPartials = [f64; 13];
 
 /// The values of a set's outputs at one step.
 #[derive(Clone, Debug)]
@@ -95,6 +102,14 @@ impl Coefs {
     /// The output `name` (a name the set does not have is a bug in the family that asks).
     pub fn get(&self, name: &str) -> f64 {
         self.try_get(name)
+            .unwrap_or_else(|| panic!("coefficient `{name}` is not an output of this set"))
+    }
+
+    /// The position of output `name` (in the order of the set's outputs).
+    pub fn index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| *n == name)
             .unwrap_or_else(|| panic!("coefficient `{name}` is not an output of this set"))
     }
 
@@ -126,6 +141,7 @@ impl FormulaSet {
             defs,
             outputs,
             compiled: OnceLock::new(),
+            partials: OnceLock::new(),
         }
     }
 
@@ -154,6 +170,47 @@ impl FormulaSet {
             names: self.outputs,
             values,
         }
+    }
+
+    /// The outputs at one step with their partial derivatives in the step variables (for the
+    /// gradient with respect to the grid times): derived symbolically from the same text and
+    /// compiled once.
+    pub(crate) fn eval_with_partials(&self, v: &StepVars) -> (Coefs, Vec<VarPartials>) {
+        let jit = self.partials.get_or_init(|| {
+            let mut program = self.compiled().0.clone();
+            let mut names: Vec<String> = Vec::new();
+            for o in self.outputs {
+                names.push((*o).to_string());
+                names.push(program.derivative(o, "h").to_string());
+                for var in VARS {
+                    names.push(program.derivative(o, var).to_string());
+                }
+            }
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            compile(&program, &refs).expect("coefficient derivatives compile")
+        });
+        let mut flat = vec![0.0; jit.n_outputs()];
+        jit.call(v.l_t - v.l_s, &v.array(), &mut flat);
+        let stride = 2 + VARS.len();
+        let (l_s, l_t) = (2, 5);
+        let mut values = Vec::with_capacity(self.outputs.len());
+        let mut partials = Vec::with_capacity(self.outputs.len());
+        for row in flat.chunks_exact(stride) {
+            values.push(row[0]);
+            let mut p: VarPartials = [0.0; 13];
+            p.copy_from_slice(&row[2..]);
+            // h = l_t - l_s is the formulas' input, a function of two of the variables.
+            p[l_t] += row[1];
+            p[l_s] -= row[1];
+            partials.push(p);
+        }
+        (
+            Coefs {
+                names: self.outputs,
+                values,
+            },
+            partials,
+        )
     }
 
     /// The formulas as a program (for `adeis check` and the documentation).

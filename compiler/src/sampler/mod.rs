@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 use crate::grid::{check_grid, make_grid, train_index_times, GridKind};
-use crate::plan::{Operand, Plan, PlanBuilder, Pred};
+use crate::plan::{GridSens, Operand, Plan, PlanBuilder, Pred};
 use crate::schedule::{Schedule, ScheduleValues};
-use formulas::StepVars;
+use formulas::{StepVars, VarPartials};
 
 /// The sampler families (`[sampler] method`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -390,6 +390,47 @@ impl PlanRun<'_> {
             a_p1: before(1).map_or(f64::NAN, |v| v.alpha),
             ..StepVars::between(&self.vals[i], &self.vals[i + 1])
         }
+    }
+
+    /// The sensitivity to the grid times of a coefficient of step i (from grid point i to
+    /// i + 1, with the earlier points of [`PlanRun::vars_at`]), from its partial derivatives
+    /// in the step variables.
+    pub fn step_sens(&self, i: usize, partials: &VarPartials) -> GridSens {
+        // Where each variable of `formulas::VARS` comes from: (grid offset from i, quantity).
+        const SOURCE: [(isize, u8); 9] = [
+            (0, b'a'),
+            (0, b's'),
+            (0, b'l'),
+            (1, b'a'),
+            (1, b's'),
+            (1, b'l'),
+            (-1, b'l'),
+            (-2, b'l'),
+            (-1, b'a'),
+        ];
+        let mut sens: GridSens = Vec::new();
+        for (k, &(off, q)) in SOURCE.iter().enumerate() {
+            let p = partials[k];
+            if p == 0.0 {
+                continue;
+            }
+            let j = (i as isize + off) as usize;
+            let d = self.b.grid_derivs(j);
+            let dv = match q {
+                b'a' => d.alpha,
+                b's' => d.sigma,
+                _ => self.vals[j].dlambda_dt,
+            };
+            match sens.iter_mut().find(|(g, _)| *g == j) {
+                Some((_, acc)) => *acc += p * dv,
+                None => sens.push((j, p * dv)),
+            }
+        }
+        debug_assert!(
+            partials[SOURCE.len()..].iter().all(|p| *p == 0.0),
+            "a multistep coefficient depends on a stage variable"
+        );
+        sens
     }
 
     /// The k-th newest model output.

@@ -219,16 +219,21 @@ impl Family for Multistep {
             let o = run.b.eval(run.x, pred);
             run.outs.push((o, i));
             let order = run.step_order(i);
-            let c = formulas(spec, sde, pred, order).eval(&v);
+            let set = formulas(spec, sde, pred, order);
+            let (c, partials) = set.eval_with_partials(&v);
+            let sens = |name: &str| run.step_sens(i, &partials[c.index(name)]);
             let mut terms = vec![(Operand::State(run.x), c.get("A"))];
+            let mut term_sens = vec![sens("A")];
             for (k, b) in c.outputs().into_iter().enumerate() {
                 terms.push((run.newest(k), b));
+                term_sens.push(sens(&format!("B{k}")));
             }
             if sde {
+                term_sens.push(sens("C"));
                 let xi = run.b.noise();
                 terms.push((Operand::Noise(xi), c.get("C")));
             }
-            run.x = run.b.combine_at_grid(i + 1, terms);
+            run.x = run.b.combine_at_grid_with_sens(i + 1, terms, term_sens);
         }
     }
 }

@@ -218,6 +218,14 @@ impl ScheduleDef {
         }
     }
 
+    /// d(model time)/dt: the model time is affine in t.
+    pub fn model_time_slope(&self) -> f64 {
+        match self.train_steps {
+            Some(n) => n as f64,
+            None => 1.0,
+        }
+    }
+
     pub fn program(&self) -> &Program {
         &self.program
     }

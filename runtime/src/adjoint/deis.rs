@@ -119,6 +119,7 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             None
         },
         dtheta: theta,
+        dtimes: None,
         nfe: exec.nfe,
         vjps,
     })

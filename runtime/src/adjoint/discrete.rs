@@ -11,6 +11,7 @@ use crate::denoiser::Denoiser;
 use crate::error::RuntimeError;
 use crate::executor::{check_shapes, Exec, Input, Slots};
 use crate::model_fn::ModelFn;
+use crate::noise::NoiseSource;
 use crate::state::State;
 
 struct Reverse<'a, E: Dtype, D: Device<E>, G> {
@@ -22,6 +23,17 @@ struct Reverse<'a, E: Dtype, D: Device<E>, G> {
     wrt: Wrt,
     vjps: usize,
     plan: &'a Plan,
+    /// dL/dt_i for every grid time, when asked.
+    dtimes: Option<Vec<f64>>,
+    /// Where the SDE noises come from, and x_T for their shape (the noise terms' coefficients
+    /// move with the grid).
+    noise: &'a NoiseSource<E, D>,
+    x_t: &'a State<E, D>,
+}
+
+/// sum_i a_i b_i over every element (f64 accumulation).
+fn dot<E: Dtype, D: Device<E>>(a: &State<E, D>, b: &State<E, D>) -> f64 {
+    a.to_f64().iter().zip(b.to_f64()).map(|(p, q)| p * q).sum()
 }
 
 impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
@@ -39,6 +51,22 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                     let Some(g) = self.xbar.remove(dst) else {
                         continue;
                     };
+                    if let (Some(dt), Some(sens)) = (self.dtimes.as_mut(), &self.plan.term_sens) {
+                        // dL/dc = <g, operand> for each coefficient c that moves with the grid.
+                        for ((op, _), s) in terms.iter().zip(&sens[k]) {
+                            if s.is_empty() {
+                                continue;
+                            }
+                            let v = match op {
+                                Operand::State(i) => dot(&g, &slots.states[i]),
+                                Operand::Out(o) => dot(&g, &slots.outs[o]),
+                                Operand::Noise(i) => dot(&g, &self.noise.get(*i, self.x_t)?),
+                            };
+                            for (j, d) in s {
+                                dt[*j] += v * d;
+                            }
+                        }
+                    }
                     for (op, c) in terms {
                         match op {
                             Operand::State(s) => add_at(&mut self.xbar, *s, g.clone() * *c),
@@ -59,7 +87,23 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                     };
                     let x = slots.states.get(input).expect("recorded state");
                     let theta = self.theta.as_mut().map(|acc| (acc, 1.0));
-                    let cot = model.vjp(x, z, time, *pred, &g, theta);
+                    let cot = match self.dtimes.as_mut() {
+                        None => model.vjp(x, z, time, *pred, &g, theta),
+                        Some(dt) => {
+                            let o = slots.outs.get(out).expect("recorded output");
+                            let cot = model.vjp_with_time(x, z, time, *pred, &g, o, theta);
+                            let tc = cot.time.ok_or_else(|| {
+                                RuntimeError::Invalid(
+                                    "wrt \"times\": this model does not differentiate its dependence on time (the MLP denoisers and the closed-form models do; thresholding is not differentiated in time)".into(),
+                                )
+                            })?;
+                            let j = self.plan.state_grid[*input].expect("checked: grid states");
+                            let d = self.plan.grid_derivs[j];
+                            dt[j] +=
+                                tc.model_t * d.model_t + tc.alpha * d.alpha + tc.sigma * d.sigma;
+                            cot
+                        }
+                    };
                     self.vjps += 1;
                     if !cot.x.is_finite() {
                         return Err(RuntimeError::NonFinite {
@@ -77,6 +121,22 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
         }
         Ok(())
     }
+}
+
+/// The plan carries what the gradient with respect to its grid needs: every coefficient's
+/// sensitivity and every evaluation on a grid point.
+fn check_time_gradient(plan: &Plan) -> Result<(), RuntimeError> {
+    let on_grid = plan.instrs.iter().all(|ins| match ins {
+        Instr::Eval { input, .. } => plan.state_grid[*input].is_some(),
+        Instr::Combine { .. } => true,
+    });
+    if plan.term_sens.is_none() || !on_grid {
+        return Err(RuntimeError::Invalid(format!(
+            "wrt \"times\": the gradient with respect to the grid times is derived for the multistep samplers (ddim, dpm_solver and dpm_solver_pp multistep, sde_dpm_solver, sde_dpm_solver_pp, ODE and SDE); not yet for {}",
+            plan.description
+        )));
+    }
+    Ok(())
 }
 
 fn binomial(n: usize, k: usize) -> usize {
@@ -98,7 +158,11 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     check_shapes(model.model, input.x_t, input.cond)?;
+    if wrt.times {
+        check_time_gradient(plan)?;
+    }
     let mut exec = Exec::new(plan, model, input);
+    exec.keep_outputs = wrt.times;
     let start = exec.start();
     let bounds = plan.step_bounds();
     let n_steps = bounds.len() - 1;
@@ -110,6 +174,9 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         wrt,
         vjps: 0,
         plan,
+        dtimes: wrt.times.then(|| vec![0.0; plan.grid.len()]),
+        noise: input.noise,
+        x_t: input.x_t,
     };
     let x0 = match states {
         DiscreteStates::Record => {
@@ -152,6 +219,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             None
         },
         dtheta: rev.theta,
+        dtimes: rev.dtimes,
         nfe: exec.nfe,
         vjps: rev.vjps,
     })

@@ -27,6 +27,9 @@ pub struct Gradient<E: Dtype, D: Device<E>, G> {
     pub dz: Option<State<E, D>>,
     /// dL/dtheta in the model's own layout, when taken with respect to the parameters.
     pub dtheta: Option<G>,
+    /// dL/dt_i for every time of the sampling grid (in the grid's order), when the gradient
+    /// is taken with respect to the times.
+    pub dtimes: Option<Vec<f64>>,
     /// Forward model evaluations (recomputation included).
     pub nfe: usize,
     /// Vector-Jacobian products of the model.
@@ -45,6 +48,11 @@ pub fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     if wrt.cond && input.cond.is_none() {
         return Err(RuntimeError::Invalid(
             "wrt includes \"cond\" but the model has no conditioning".into(),
+        ));
+    }
+    if wrt.times && !matches!(problem.adjoint(), Adjoint::Discrete { .. }) {
+        return Err(RuntimeError::Invalid(
+            "wrt \"times\" is computed by the discrete adjoint (method = \"discrete\")".into(),
         ));
     }
     match *problem.adjoint() {

@@ -391,6 +391,7 @@ fn morph_problem<M: MorphModels>(models: &M, keys: serde_json::Value) -> Result<
         x_t: true,
         cond: true,
         params: false,
+        times: false,
     };
     Ok(models.problem(&sampler(keys)?)?.with_wrt(wrt))
 }

@@ -1,0 +1,245 @@
+//! The gradient with respect to the sampling grid (wrt "times"): dL/dt_i from the discrete
+//! adjoint against central finite differences of the sampled output, for every multistep
+//! sampler (ODE and SDE, noise and data forms), closed-form and network models, every model
+//! parameterisation, guidance, a terminal denoising step, a discrete schedule, and
+//! checkpointing against recording.
+
+use adeis_compiler::sampler::{SolverType, ThirdOrder};
+use adeis_compiler::schedule::DiscreteBetas;
+use adeis_compiler::{
+    build_plan, build_plan_on, DiscreteStates, Equation, Method, Prediction, SamplerSpec, Schedule,
+    ScheduleDef, Wrt,
+};
+use adeis_runtime::adjoint::discrete::discrete_adjoint;
+use adeis_runtime::analytic::GmmModel;
+use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
+use adeis_runtime::noise::normals;
+use adeis_runtime::{
+    from_f64, sample, to_f64, Denoiser, Guidance, Input, ModelFn, NoiseSource, RuntimeError, State,
+};
+use dfdx::prelude::*;
+
+mod common;
+use common::{central, max_rel_err, spec, vp};
+
+type Dev = Cpu;
+
+const WRT_TIMES: Wrt = Wrt {
+    x_t: true,
+    cond: false,
+    params: false,
+    times: true,
+};
+
+fn tensor(seed: u64, batch: usize, dim: usize) -> State<f64, Dev> {
+    from_f64(&Dev::default(), &normals(seed, 0, batch * dim), batch, dim)
+}
+
+/// L = sum(a0 x0) on the plan of `sp` run on `grid`.
+fn loss_on<M: Denoiser<f64, Dev>>(
+    s: &Schedule,
+    sp: &SamplerSpec,
+    f: &ModelFn<f64, Dev, M>,
+    input: &Input<f64, Dev>,
+    a0: &[f64],
+    grid: &[f64],
+) -> f64 {
+    let plan = build_plan_on(s, sp, grid.to_vec());
+    let out = sample(&plan, f, input, false).unwrap();
+    to_f64(&out.x).iter().zip(a0).map(|(x, a)| x * a).sum()
+}
+
+/// dL/dt_i by the discrete adjoint, and by central differences of the sampled output.
+fn adjoint_and_fd<M: Denoiser<f64, Dev>>(
+    s: &Schedule,
+    sp: &SamplerSpec,
+    f: &ModelFn<f64, Dev, M>,
+    input: &Input<f64, Dev>,
+    states: DiscreteStates,
+) -> (Vec<f64>, Vec<f64>) {
+    let plan = build_plan(s, sp).unwrap();
+    let a0 = tensor(99, input.x_t.batch(), input.x_t.width());
+    let av = to_f64(&a0);
+    let g = discrete_adjoint(&plan, f, input, WRT_TIMES, states, move |_| Ok(a0)).unwrap();
+    let dt = g.dtimes.expect("wrt times");
+    assert_eq!(dt.len(), plan.grid.len());
+    let fd: Vec<f64> = (0..plan.grid.len())
+        .map(|i| {
+            // Steps shrink towards t_min: the difference step is a fraction of the neighbours'
+            // spacing, so the perturbed grid stays ordered.
+            let gap = (0..plan.grid.len() - 1)
+                .map(|k| plan.grid[k] - plan.grid[k + 1])
+                .fold(f64::INFINITY, f64::min);
+            let h = 1e-4 * gap;
+            // Fourth-order central differences (Richardson on two steps): the grid's
+            // curvature near t_min makes the plain difference's h^2 term visible at 1e-7.
+            let l = |g: &[f64]| loss_on(s, sp, f, input, &av, g);
+            (4.0 * central(l, &plan.grid, i, h) - central(l, &plan.grid, i, 2.0 * h)) / 3.0
+        })
+        .collect();
+    (dt, fd)
+}
+
+fn multistep_specs() -> Vec<(String, SamplerSpec)> {
+    let mut out = vec![];
+    let mut add = |name: &str, sp: SamplerSpec| out.push((name.to_string(), sp));
+    add("ddim", spec(Method::Ddim, 1, 6));
+    for order in 1..=3 {
+        add(
+            &format!("dpm_solver_pp {order}M"),
+            spec(Method::DpmSolverPp, order, 6),
+        );
+        let mut sp = spec(Method::DpmSolver, order, 6);
+        sp.multistep = Some(true);
+        add(&format!("dpm_solver {order}M"), sp);
+    }
+    let mut heun = spec(Method::DpmSolverPp, 2, 6);
+    heun.solver_type = SolverType::Heun;
+    add("dpm_solver_pp 2M heun", heun);
+    let mut heun_eps = spec(Method::DpmSolver, 2, 6);
+    heun_eps.multistep = Some(true);
+    heun_eps.solver_type = SolverType::Heun;
+    add("dpm_solver 2M heun", heun_eps);
+    let mut reference = spec(Method::DpmSolverPp, 3, 6);
+    reference.third_order = ThirdOrder::Reference;
+    add("dpm_solver_pp 3M reference", reference);
+    let mut lof = SamplerSpec::new(Method::DpmSolverPp, 3, 6);
+    lof.denoise_to_zero = true;
+    add("dpm_solver_pp 3M lower_order_final denoise_to_zero", lof);
+    add("sde_dpm_solver", spec(Method::SdeDpmSolver, 1, 6));
+    add("sde_dpm_solver_pp 1", spec(Method::SdeDpmSolverPp, 1, 6));
+    add("sde_dpm_solver_pp 2M", spec(Method::SdeDpmSolverPp, 2, 6));
+    let mut ddim_sde = spec(Method::Ddim, 1, 6);
+    ddim_sde.equation = Some(Equation::Sde);
+    add("ddim sde", ddim_sde);
+    out
+}
+
+#[test]
+fn time_gradients_match_finite_differences_for_every_multistep_sampler() {
+    let s = vp();
+    let gmm = GmmModel {
+        weights: vec![0.4, 0.6],
+        means: vec![vec![1.0, -0.5, 0.3], vec![-0.8, 0.7, -0.2]],
+        variances: vec![0.1, 0.3],
+    };
+    let dev = Dev::default();
+    type Net = (Linear<11, 16>, Tanh, Linear<16, 3>);
+    let nets: Vec<(Prediction, MlpDenoiser<_, 11, 3>)> =
+        [Prediction::Eps, Prediction::X0, Prediction::V]
+            .into_iter()
+            .map(|p| {
+                let net = dev.build_module::<Net, f64>();
+                (
+                    p,
+                    MlpDenoiser::new(net, 3, 0, TimeFeatures::new(4, 20.0), p),
+                )
+            })
+            .collect();
+    let x_t = tensor(1, 2, 3);
+    let noise = NoiseSource::Seeded(8);
+    let input = Input::new(&x_t, None, &noise);
+    let mut failures = vec![];
+    for (name, sp) in multistep_specs() {
+        let mut check = |model: &str, (dt, fd): (Vec<f64>, Vec<f64>)| {
+            let err = max_rel_err(&dt, &fd);
+            eprintln!("{name} / {model}: max rel err {err:.2e}");
+            if !(err < 1e-6) {
+                failures.push(format!(
+                    "{name} / {model}: {err:.2e}\n  adjoint {dt:?}\n  fd      {fd:?}"
+                ));
+            }
+        };
+        check(
+            "gmm",
+            adjoint_and_fd(&s, &sp, &ModelFn::new(&gmm), &input, DiscreteStates::Record),
+        );
+        for (p, net) in &nets {
+            check(
+                &format!("mlp {p:?}"),
+                adjoint_and_fd(&s, &sp, &ModelFn::new(net), &input, DiscreteStates::Record),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn time_gradients_with_guidance_on_a_discrete_schedule_and_checkpointed() {
+    // DDPM's linear betas: log alpha is piecewise linear between the train times k/1000, so
+    // the grid sits between them (a difference across a knot would see two slopes).
+    let betas = DiscreteBetas::Linear {
+        start: 1e-4,
+        end: 0.02,
+        n: 1000,
+    };
+    let s = ScheduleDef::discrete(&betas, None)
+        .unwrap()
+        .compile()
+        .unwrap();
+    let dev = Dev::default();
+    type Net = (Linear<13, 16>, Tanh, Linear<16, 3>);
+    let net = dev.build_module::<Net, f64>();
+    // The network's time is the train index (0 to 999): frequencies from 1 down to 1e-3 keep
+    // its features smooth on the differences' scale.
+    let mlp = MlpDenoiser::<_, 13, 3>::new(net, 3, 2, TimeFeatures::new(4, 1e-3), Prediction::Eps);
+    let (x_t, z) = (tensor(2, 2, 3), tensor(3, 2, 2));
+    let null = tensor(4, 2, 2);
+    let noise = NoiseSource::Seeded(5);
+    let input = Input::new(&x_t, Some(&z), &noise);
+    let f = ModelFn {
+        model: &mlp,
+        guidance: Some(Guidance {
+            scale: 2.5,
+            null_cond: null,
+        }),
+        threshold: None,
+    };
+    let mut sp = SamplerSpec::new(Method::DpmSolverPp, 2, 5);
+    sp.times = Some(vec![0.9985, 0.7005, 0.4505, 0.2005, 0.0505, 0.0105]);
+    let (dt, fd) = adjoint_and_fd(&s, &sp, &f, &input, DiscreteStates::Record);
+    let err = max_rel_err(&dt, &fd);
+    assert!(
+        err < 1e-6,
+        "guided, discrete schedule: {err:.2e}\n{dt:?}\n{fd:?}"
+    );
+    let (ck, _) = adjoint_and_fd(&s, &sp, &f, &input, DiscreteStates::Checkpoint { slots: 1 });
+    assert!(
+        max_rel_err(&ck, &dt) < 1e-12,
+        "checkpointing changes dtimes: {ck:?} vs {dt:?}"
+    );
+}
+
+#[test]
+fn time_gradients_say_where_they_are_not_derived() {
+    let s = vp();
+    let gmm = GmmModel {
+        weights: vec![1.0],
+        means: vec![vec![0.5, -0.5]],
+        variances: vec![0.2],
+    };
+    let x_t = tensor(1, 1, 2);
+    let noise = NoiseSource::Seeded(1);
+    let input = Input::new(&x_t, None, &noise);
+    for sp in [
+        spec(Method::Unipc, 2, 5),
+        spec(Method::Deis, 2, 5),
+        spec(Method::DpmSolver, 2, 5),
+    ] {
+        let plan = build_plan(&s, &sp).unwrap();
+        let err = discrete_adjoint(
+            &plan,
+            &ModelFn::new(&gmm),
+            &input,
+            WRT_TIMES,
+            DiscreteStates::Record,
+            |x: &State<f64, Dev>| Ok::<_, RuntimeError>(x.clone()),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("wrt \"times\"") && msg.contains("not yet"),
+            "{msg}"
+        );
+    }
+}
