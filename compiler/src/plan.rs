@@ -38,6 +38,22 @@ pub struct TimeDerivs {
     pub sigma: f64,
 }
 
+impl TimeDerivs {
+    /// At the time whose schedule values are `v`.
+    pub fn of(schedule: &Schedule, v: &crate::schedule::ScheduleValues) -> TimeDerivs {
+        TimeDerivs {
+            model_t: schedule.def().model_time_slope(),
+            alpha: v.f * v.alpha,
+            sigma: (v.f - v.dlambda_dt) * v.sigma,
+        }
+    }
+
+    /// sum of the cotangents times these slopes: d/dt of what the cotangents weigh.
+    pub fn dot(&self, model_t: f64, alpha: f64, sigma: f64) -> f64 {
+        self.model_t * model_t + self.alpha * alpha + self.sigma * sigma
+    }
+}
+
 /// The sensitivity of one coefficient to the grid: (grid index, d coefficient / d t_i) for
 /// every grid time it depends on.
 pub type GridSens = Vec<(usize, f64)>;
@@ -139,10 +155,12 @@ pub struct Plan {
     /// The terminal denoising step, when the plan has one.
     pub final_denoise: Option<FinalDenoise>,
     pub description: String,
-    /// The grid index of each state that lives on a grid point (None: an intermediate stage).
-    pub state_grid: Vec<Option<usize>>,
-    /// How each grid point's time quantities move with its time.
-    pub grid_derivs: Vec<TimeDerivs>,
+    /// How each state's time quantities move with its own time.
+    pub state_derivs: Vec<TimeDerivs>,
+    /// How each state's time moves with the grid times: (grid index, dt/dt_i); [(i, 1)] for a
+    /// state on grid point i, the stage's dependence for an intermediate point; None where
+    /// the family does not derive it.
+    pub state_sens: Vec<Option<GridSens>>,
     /// For each instruction, each term's sensitivity to the grid times (empty for an
     /// evaluation); None where the family does not derive them (the gradient with respect to
     /// the times then says so).
@@ -230,7 +248,8 @@ pub struct PlanBuilder<'a> {
     grid_derivs: Vec<TimeDerivs>,
     instrs: Vec<Instr>,
     states: Vec<TimeInfo>,
-    state_grid: Vec<Option<usize>>,
+    state_derivs: Vec<TimeDerivs>,
+    state_sens: Vec<Option<GridSens>>,
     term_sens: Vec<Vec<GridSens>>,
     /// Some combination came without sensitivities.
     lacks_sens: bool,
@@ -245,14 +264,8 @@ impl<'a> PlanBuilder<'a> {
     /// A builder on `grid` (noisiest first) whose state 0 (x_T) lives at the grid's first time.
     pub fn new(schedule: &'a Schedule, grid: &[f64]) -> PlanBuilder<'a> {
         let vals = schedule.fill(grid);
-        let grid_derivs = vals
-            .iter()
-            .map(|v| TimeDerivs {
-                model_t: schedule.def().model_time_slope(),
-                alpha: v.f * v.alpha,
-                sigma: (v.f - v.dlambda_dt) * v.sigma,
-            })
-            .collect();
+        let grid_derivs: Vec<TimeDerivs> =
+            vals.iter().map(|v| TimeDerivs::of(schedule, v)).collect();
         let grid: Vec<TimeInfo> = vals
             .iter()
             .zip(grid)
@@ -265,8 +278,9 @@ impl<'a> PlanBuilder<'a> {
             .collect();
         PlanBuilder {
             schedule,
+            state_derivs: vec![grid_derivs[0]],
+            state_sens: vec![Some(vec![(0, 1.0)])],
             grid_derivs,
-            state_grid: vec![Some(0)],
             term_sens: vec![],
             lacks_sens: false,
             states: vec![grid[0]],
@@ -311,14 +325,14 @@ impl<'a> PlanBuilder<'a> {
 
     fn combine(
         &mut self,
-        time: TimeInfo,
-        grid_index: Option<usize>,
+        time: (TimeInfo, TimeDerivs, Option<GridSens>),
         terms: Vec<(Operand, f64)>,
         sens: Option<Vec<GridSens>>,
     ) -> usize {
         let dst = self.states.len();
-        self.states.push(time);
-        self.state_grid.push(grid_index);
+        self.states.push(time.0);
+        self.state_derivs.push(time.1);
+        self.state_sens.push(time.2);
         let sens = match sens {
             Some(s) => s,
             None => {
@@ -344,7 +358,7 @@ impl<'a> PlanBuilder<'a> {
 
     /// A new state at grid point `i`: the state that holds there from now on.
     pub fn combine_at_grid(&mut self, i: usize, terms: Vec<(Operand, f64)>) -> usize {
-        let dst = self.combine(self.grid[i], Some(i), terms, None);
+        let dst = self.combine(self.grid_time(i), terms, None);
         self.grid_states[i] = dst;
         dst
     }
@@ -358,15 +372,35 @@ impl<'a> PlanBuilder<'a> {
         sens: Vec<GridSens>,
     ) -> usize {
         assert_eq!(terms.len(), sens.len(), "one sensitivity per term");
-        let dst = self.combine(self.grid[i], Some(i), terms, Some(sens));
+        let dst = self.combine(self.grid_time(i), terms, Some(sens));
         self.grid_states[i] = dst;
         dst
+    }
+
+    fn grid_time(&self, i: usize) -> (TimeInfo, TimeDerivs, Option<GridSens>) {
+        (self.grid[i], self.grid_derivs[i], Some(vec![(i, 1.0)]))
     }
 
     /// A new intermediate state at time `t` (a singlestep stage), off the grid.
     pub fn combine_at_stage(&mut self, t: f64, terms: Vec<(Operand, f64)>) -> usize {
         let time = self.schedule.time_info(t);
-        self.combine(time, None, terms, None)
+        let derivs = TimeDerivs::of(self.schedule, &self.schedule.eval(t));
+        self.combine((time, derivs, None), terms, None)
+    }
+
+    /// As [`PlanBuilder::combine_at_stage`], with the stage time's sensitivity to the grid
+    /// times and each coefficient's (one entry per term).
+    pub fn combine_at_stage_with_sens(
+        &mut self,
+        t: f64,
+        time_sens: GridSens,
+        terms: Vec<(Operand, f64)>,
+        sens: Vec<GridSens>,
+    ) -> usize {
+        assert_eq!(terms.len(), sens.len(), "one sensitivity per term");
+        let time = self.schedule.time_info(t);
+        let derivs = TimeDerivs::of(self.schedule, &self.schedule.eval(t));
+        self.combine((time, derivs, Some(time_sens)), terms, Some(sens))
     }
 
     /// Ends the plan with the data prediction at state `x` (the last grid point) as its output.
@@ -374,9 +408,12 @@ impl<'a> PlanBuilder<'a> {
         let eval = self.instrs.len();
         let o = self.eval(x, Pred::Data);
         self.final_denoise = Some(FinalDenoise { input: x, eval });
-        let time = self.states[x];
-        let at = self.state_grid[x];
-        self.combine(time, at, vec![(Operand::Out(o), 1.0)], Some(vec![vec![]]))
+        let time = (
+            self.states[x],
+            self.state_derivs[x],
+            self.state_sens[x].clone(),
+        );
+        self.combine(time, vec![(Operand::Out(o), 1.0)], Some(vec![vec![]]))
     }
 
     pub fn finish(self, output: usize, grid: Vec<f64>, description: String) -> Plan {
@@ -391,8 +428,8 @@ impl<'a> PlanBuilder<'a> {
             grid_states: self.grid_states,
             final_denoise: self.final_denoise,
             description,
-            state_grid: self.state_grid,
-            grid_derivs: self.grid_derivs,
+            state_derivs: self.state_derivs,
+            state_sens: self.state_sens,
             term_sens: (!self.lacks_sens).then_some(self.term_sens),
         }
     }

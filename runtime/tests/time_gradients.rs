@@ -1,10 +1,10 @@
 //! The gradient with respect to the sampling grid (wrt "times"): dL/dt_i from the discrete
 //! adjoint against central finite differences of the sampled output, for every multistep
-//! sampler (ODE and SDE, noise and data forms), closed-form and network models, every model
+//! and singlestep sampler (ODE and SDE, noise and data forms), closed-form and network models, every model
 //! parameterisation, guidance, a terminal denoising step, a discrete schedule, and
 //! checkpointing against recording.
 
-use adeis_compiler::sampler::{SolverType, ThirdOrder};
+use adeis_compiler::sampler::{SolverType, ThirdOrder, UnipcVariant};
 use adeis_compiler::schedule::DiscreteBetas;
 use adeis_compiler::{
     build_plan, build_plan_on, DiscreteStates, Equation, Method, Prediction, SamplerSpec, Schedule,
@@ -16,6 +16,7 @@ use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::noise::normals;
 use adeis_runtime::{
     from_f64, sample, to_f64, Denoiser, Guidance, Input, ModelFn, NoiseSource, RuntimeError, State,
+    Threshold,
 };
 use dfdx::prelude::*;
 
@@ -106,6 +107,29 @@ fn multistep_specs() -> Vec<(String, SamplerSpec)> {
     let mut lof = SamplerSpec::new(Method::DpmSolverPp, 3, 6);
     lof.denoise_to_zero = true;
     add("dpm_solver_pp 3M lower_order_final denoise_to_zero", lof);
+    for order in 2..=3 {
+        add(
+            &format!("dpm_solver-{order} singlestep"),
+            spec(Method::DpmSolver, order, 4),
+        );
+        let mut data = spec(Method::DpmSolverPp, order, 4);
+        data.multistep = Some(false);
+        add(&format!("dpm_solver_pp-{order} singlestep"), data);
+    }
+    for order in 1..=3 {
+        add(&format!("deis {order}"), spec(Method::Deis, order, 6));
+        for variant in [UnipcVariant::Bh1, UnipcVariant::Bh2] {
+            for corrector in [true, false] {
+                let mut u = spec(Method::Unipc, order, 6);
+                u.variant = variant;
+                u.corrector = corrector;
+                add(
+                    &format!("unipc {order} {variant:?} corrector {corrector}"),
+                    u,
+                );
+            }
+        }
+    }
     add("sde_dpm_solver", spec(Method::SdeDpmSolver, 1, 6));
     add("sde_dpm_solver_pp 1", spec(Method::SdeDpmSolverPp, 1, 6));
     add("sde_dpm_solver_pp 2M", spec(Method::SdeDpmSolverPp, 2, 6));
@@ -116,7 +140,7 @@ fn multistep_specs() -> Vec<(String, SamplerSpec)> {
 }
 
 #[test]
-fn time_gradients_match_finite_differences_for_every_multistep_sampler() {
+fn time_gradients_match_finite_differences_for_every_sampler() {
     let s = vp();
     let gmm = GmmModel {
         weights: vec![0.4, 0.6],
@@ -221,25 +245,27 @@ fn time_gradients_say_where_they_are_not_derived() {
     let x_t = tensor(1, 1, 2);
     let noise = NoiseSource::Seeded(1);
     let input = Input::new(&x_t, None, &noise);
-    for sp in [
-        spec(Method::Unipc, 2, 5),
-        spec(Method::Deis, 2, 5),
-        spec(Method::DpmSolver, 2, 5),
-    ] {
-        let plan = build_plan(&s, &sp).unwrap();
-        let err = discrete_adjoint(
-            &plan,
-            &ModelFn::new(&gmm),
-            &input,
-            WRT_TIMES,
-            DiscreteStates::Record,
-            |x: &State<f64, Dev>| Ok::<_, RuntimeError>(x.clone()),
-        )
-        .unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("wrt \"times\"") && msg.contains("not yet"),
-            "{msg}"
-        );
-    }
+    let plan = build_plan(&s, &spec(Method::DpmSolverPp, 2, 5)).unwrap();
+    let f = ModelFn {
+        model: &gmm,
+        guidance: None,
+        threshold: Some(Threshold {
+            quantile: 0.9,
+            max: 2.0,
+        }),
+    };
+    let err = discrete_adjoint(
+        &plan,
+        &f,
+        &input,
+        WRT_TIMES,
+        DiscreteStates::Record,
+        |x: &State<f64, Dev>| Ok::<_, RuntimeError>(x.clone()),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("wrt \"times\"") && msg.contains("thresholding"),
+        "{msg}"
+    );
 }

@@ -4,9 +4,9 @@
 
 use std::sync::OnceLock;
 
+use super::dual::Dual;
 use super::{ode_only, Family, Method, PlanRun, SamplerSpec};
 use crate::plan::{Operand, Pred};
-use crate::schedule::Schedule;
 
 /// The DEIS family.
 pub(crate) struct Deis;
@@ -27,17 +27,26 @@ impl Family for Deis {
     fn emit(&self, _spec: &SamplerSpec, run: &mut PlanRun) {
         for i in 0..run.n {
             run.b.set_step(i);
-            let v = run.vars_at(i);
             let o = run.b.eval(run.x, Pred::Eps);
             run.outs.push((o, i));
             let order = run.step_order(i);
-            let nodes: Vec<f64> = (0..order).map(|k| run.grid[i - k]).collect();
-            let coefs = deis_coefficients(run.schedule, &nodes, v.l_s, v.l_t, v.a_t);
-            let mut terms = vec![(Operand::State(run.x), v.a_t / v.a_s)];
+            // Dual numbers in the times of grid points i-2..=i+1: the step's end points and
+            // the nodes of its Lagrange basis.
+            let base = i as isize - 2;
+            let nodes: Vec<Dual> = (0..order)
+                .map(|k| Dual::seeded(run.grid[i - k], (2 - k as isize) as usize, 1.0))
+                .collect();
+            let ((l_s, a_s, _), (l_t, a_t, _)) =
+                (run.dual_vals(i, base), run.dual_vals(i + 1, base));
+            let coefs = deis_coefficients(run, &nodes, l_s, l_t, a_t);
+            let state = a_t / a_s;
+            let mut terms = vec![(Operand::State(run.x), state.v)];
+            let mut sens = vec![state.sens(base)];
             for (k, c) in coefs.into_iter().enumerate() {
-                terms.push((run.newest(k), c));
+                terms.push((run.newest(k), c.v));
+                sens.push(c.sens(base));
             }
-            run.x = run.b.combine_at_grid(i + 1, terms);
+            run.x = run.b.combine_at_grid_with_sens(i + 1, terms, sens);
         }
     }
 }
@@ -72,32 +81,34 @@ fn gauss_legendre(n: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Lagrange basis polynomial j through `nodes`, at t.
-fn lagrange(nodes: &[f64], j: usize, t: f64) -> f64 {
+fn lagrange(nodes: &[Dual], j: usize, t: Dual) -> Dual {
     nodes
         .iter()
         .enumerate()
         .filter(|(k, _)| *k != j)
-        .map(|(_, tk)| (t - tk) / (nodes[j] - tk))
-        .product()
+        .fold(Dual::constant(1.0), |acc, (_, tk)| {
+            acc * ((t - *tk) / (nodes[j] - *tk))
+        })
 }
 
 /// DEIS tAB: C_j = -alpha_t * integral over [lambda_s, lambda_t] of e^{-lambda} L_j(t(lambda)),
 /// the Lagrange basis in t through `nodes` (newest first), by 24-point Gauss-Legendre in lambda
-/// (the integrand is smooth in lambda, unlike in t near t = 0).
-fn deis_coefficients(schedule: &Schedule, nodes: &[f64], l_s: f64, l_t: f64, a_t: f64) -> Vec<f64> {
+/// (the integrand is smooth in lambda, unlike in t near t = 0). In dual numbers: the quadrature
+/// that runs is differentiated, end points, nodes and t(lambda) included.
+fn deis_coefficients(run: &PlanRun, nodes: &[Dual], l_s: Dual, l_t: Dual, a_t: Dual) -> Vec<Dual> {
     static GL: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
     let (xs, ws) = GL.get_or_init(|| gauss_legendre(24));
-    let (mid, half) = (0.5 * (l_s + l_t), 0.5 * (l_t - l_s));
-    let mut c = vec![0.0; nodes.len()];
+    let (mid, half) = ((l_s + l_t) * 0.5, (l_t - l_s) * 0.5);
+    let mut c = vec![Dual::constant(0.0); nodes.len()];
     for (x, w) in xs.iter().zip(ws) {
-        let lam = mid + half * x;
-        let tau = schedule.t_of_lambda(lam);
-        let weight = w * half * (-lam).exp();
+        let lam = mid + half * *x;
+        let tau = run.t_of_lambda_dual(lam);
+        let weight = half * (-lam).exp() * *w;
         for (j, cj) in c.iter_mut().enumerate() {
-            *cj += weight * lagrange(nodes, j, tau);
+            *cj = *cj + weight * lagrange(nodes, j, tau);
         }
     }
-    c.iter().map(|cj| -a_t * cj).collect()
+    c.into_iter().map(|cj| -(a_t * cj)).collect()
 }
 
 #[cfg(test)]

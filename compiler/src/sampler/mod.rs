@@ -11,6 +11,7 @@
 //! sampler, grid).
 
 mod deis;
+mod dual;
 pub mod formulas;
 mod multistep;
 mod singlestep;
@@ -20,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 use crate::grid::{check_grid, make_grid, train_index_times, GridKind};
-use crate::plan::{GridSens, Operand, Plan, PlanBuilder, Pred};
+use crate::plan::{GridSens, Operand, Plan, PlanBuilder, Pred, TimeDerivs};
 use crate::schedule::{Schedule, ScheduleValues};
+use dual::Dual;
 use formulas::{StepVars, VarPartials};
 
 /// The sampler families (`[sampler] method`).
@@ -352,6 +354,16 @@ pub(crate) fn ode_only(sde: bool) -> &'static [usize] {
     }
 }
 
+/// An intermediate point of a singlestep step.
+pub(crate) struct Stage {
+    pub alpha: f64,
+    pub sigma: f64,
+    /// How its quantities move with its own time.
+    pub derivs: TimeDerivs,
+    /// How its time moves with the grid times.
+    pub time_sens: GridSens,
+}
+
 /// A plan under construction: the grid with its schedule values, the builder, the current state
 /// and the model outputs so far (what every family's steps read and write).
 pub(crate) struct PlanRun<'a> {
@@ -393,44 +405,111 @@ impl PlanRun<'_> {
     }
 
     /// The sensitivity to the grid times of a coefficient of step i (from grid point i to
-    /// i + 1, with the earlier points of [`PlanRun::vars_at`]), from its partial derivatives
-    /// in the step variables.
-    pub fn step_sens(&self, i: usize, partials: &VarPartials) -> GridSens {
-        // Where each variable of `formulas::VARS` comes from: (grid offset from i, quantity).
-        const SOURCE: [(isize, u8); 9] = [
-            (0, b'a'),
-            (0, b's'),
-            (0, b'l'),
-            (1, b'a'),
-            (1, b's'),
-            (1, b'l'),
-            (-1, b'l'),
-            (-2, b'l'),
-            (-1, b'a'),
+    /// i + 1, with the earlier points of [`PlanRun::vars_at`] and the intermediate points
+    /// `stages`), from its partial derivatives in the step variables.
+    pub fn step_sens(&self, i: usize, partials: &VarPartials, stages: &[Stage]) -> GridSens {
+        // Where each variable of `formulas::VARS` comes from: a grid point (offset from i)
+        // or a stage, and the quantity.
+        enum From {
+            Grid(isize),
+            Stage(usize),
+        }
+        const SOURCE: [(From, u8); 13] = [
+            (From::Grid(0), b'a'),
+            (From::Grid(0), b's'),
+            (From::Grid(0), b'l'),
+            (From::Grid(1), b'a'),
+            (From::Grid(1), b's'),
+            (From::Grid(1), b'l'),
+            (From::Grid(-1), b'l'),
+            (From::Grid(-2), b'l'),
+            (From::Grid(-1), b'a'),
+            (From::Stage(0), b'a'),
+            (From::Stage(0), b's'),
+            (From::Stage(1), b'a'),
+            (From::Stage(1), b's'),
         ];
         let mut sens: GridSens = Vec::new();
-        for (k, &(off, q)) in SOURCE.iter().enumerate() {
+        let mut add = |j: usize, d: f64| match sens.iter_mut().find(|(g, _)| *g == j) {
+            Some((_, acc)) => *acc += d,
+            None => sens.push((j, d)),
+        };
+        for (k, (from, q)) in SOURCE.iter().enumerate() {
             let p = partials[k];
             if p == 0.0 {
                 continue;
             }
-            let j = (i as isize + off) as usize;
-            let d = self.b.grid_derivs(j);
-            let dv = match q {
-                b'a' => d.alpha,
-                b's' => d.sigma,
-                _ => self.vals[j].dlambda_dt,
-            };
-            match sens.iter_mut().find(|(g, _)| *g == j) {
-                Some((_, acc)) => *acc += p * dv,
-                None => sens.push((j, p * dv)),
+            match from {
+                From::Grid(off) => {
+                    let j = (i as isize + off) as usize;
+                    let d = self.b.grid_derivs(j);
+                    let dv = match q {
+                        b'a' => d.alpha,
+                        b's' => d.sigma,
+                        _ => self.vals[j].dlambda_dt,
+                    };
+                    add(j, p * dv);
+                }
+                From::Stage(u) => {
+                    let st = &stages[*u];
+                    let dv = if *q == b'a' {
+                        st.derivs.alpha
+                    } else {
+                        st.derivs.sigma
+                    };
+                    for (j, w) in &st.time_sens {
+                        add(*j, p * dv * w);
+                    }
+                }
             }
         }
-        debug_assert!(
-            partials[SOURCE.len()..].iter().all(|p| *p == 0.0),
-            "a multistep coefficient depends on a stage variable"
-        );
         sens
+    }
+
+    /// lambda, alpha and sigma at grid point j as dual numbers in the times of grid points
+    /// base.. (slot j - base).
+    pub fn dual_vals(&self, j: usize, base: isize) -> (Dual, Dual, Dual) {
+        let slot = (j as isize - base) as usize;
+        let (v, d) = (&self.vals[j], self.b.grid_derivs(j));
+        (
+            Dual::seeded(v.lambda, slot, v.dlambda_dt),
+            Dual::seeded(v.alpha, slot, d.alpha),
+            Dual::seeded(v.sigma, slot, d.sigma),
+        )
+    }
+
+    /// t(lambda) with its derivatives: dt = d lambda / lambda'(t).
+    pub fn t_of_lambda_dual(&self, lambda: Dual) -> Dual {
+        let t = self.schedule.t_of_lambda(lambda.v);
+        let slope = self.schedule.eval(t).dlambda_dt;
+        Dual {
+            v: t,
+            d: lambda.d.map(|x| x / slope),
+        }
+    }
+
+    /// The intermediate point at lambda_s + r (lambda_t - lambda_s) of step i: its time, and
+    /// how its time and quantities move with t_i and t_{i+1}.
+    pub fn stage(&self, i: usize, r: f64) -> (f64, Stage) {
+        let (vs, vt) = (&self.vals[i], &self.vals[i + 1]);
+        let t = self
+            .schedule
+            .t_of_lambda(vs.lambda + r * (vt.lambda - vs.lambda));
+        let v = self.schedule.eval(t);
+        // lambda(t_u) = (1 - r) lambda(t_i) + r lambda(t_{i+1}), differentiated.
+        let time_sens = vec![
+            (i, (1.0 - r) * vs.dlambda_dt / v.dlambda_dt),
+            (i + 1, r * vt.dlambda_dt / v.dlambda_dt),
+        ];
+        (
+            t,
+            Stage {
+                alpha: v.alpha,
+                sigma: v.sigma,
+                derivs: TimeDerivs::of(self.schedule, &v),
+                time_sens,
+            },
+        )
     }
 
     /// The k-th newest model output.

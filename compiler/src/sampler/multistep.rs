@@ -221,7 +221,7 @@ impl Family for Multistep {
             let order = run.step_order(i);
             let set = formulas(spec, sde, pred, order);
             let (c, partials) = set.eval_with_partials(&v);
-            let sens = |name: &str| run.step_sens(i, &partials[c.index(name)]);
+            let sens = |name: &str| run.step_sens(i, &partials[c.index(name)], &[]);
             let mut terms = vec![(Operand::State(run.x), c.get("A"))];
             let mut term_sens = vec![sens("A")];
             for (k, b) in c.outputs().into_iter().enumerate() {

@@ -5,7 +5,7 @@
 use super::formulas::{FormulaSet, StepVars};
 use super::multistep::Multistep;
 use super::{Family, Method, PlanRun, SamplerSpec};
-use crate::plan::{Operand, Pred};
+use crate::plan::{GridSens, Operand, Pred};
 
 /// The singlestep family.
 pub(crate) struct Singlestep;
@@ -100,76 +100,92 @@ impl Family for Singlestep {
             let v = run.vars_at(i);
             let x = run.x;
             let o_s = run.b.eval(x, pred);
-            let h = v.l_t - v.l_s;
-            // An intermediate point at lambda_s + r h: its time, alpha and sigma.
-            let at = |run: &PlanRun, r: f64| {
-                let t = run.schedule.t_of_lambda(v.l_s + r * h);
-                let e = run.schedule.eval(t);
-                (t, e.alpha, e.sigma)
-            };
             if spec.order == 2 {
-                let (tu, a_u1, s_u1) = at(run, 0.5);
+                let (tu, u1) = run.stage(i, 0.5);
                 let set = if pred == Pred::Eps {
                     &SINGLE2_NOISE
                 } else {
                     &SINGLE2_DATA
                 };
-                let c = set.eval(&StepVars { a_u1, s_u1, ..v });
-                let u = run.b.combine_at_stage(
+                let vars = StepVars {
+                    a_u1: u1.alpha,
+                    s_u1: u1.sigma,
+                    ..v
+                };
+                let (c, partials) = set.eval_with_partials(&vars);
+                let stages = [u1];
+                let sens = |name: &str| run.step_sens(i, &partials[c.index(name)], &stages);
+                let (s_au, s_bu0, s_a, s_b0, s_b1) =
+                    (sens("Au"), sens("Bu0"), sens("A"), sens("B0"), sens("B1"));
+                let u = run.b.combine_at_stage_with_sens(
                     tu,
+                    stages[0].time_sens.clone(),
                     vec![
                         (Operand::State(x), c.get("Au")),
                         (Operand::Out(o_s), c.get("Bu0")),
                     ],
+                    vec![s_au, s_bu0],
                 );
                 let o_u = run.b.eval(u, pred);
-                run.x = run.b.combine_at_grid(
+                run.x = run.b.combine_at_grid_with_sens(
                     i + 1,
                     vec![
                         (Operand::State(x), c.get("A")),
                         (Operand::Out(o_s), c.get("B0")),
                         (Operand::Out(o_u), c.get("B1")),
                     ],
+                    vec![s_a, s_b0, s_b1],
                 );
             } else {
-                let (tu1, a_u1, s_u1) = at(run, 1.0 / 3.0);
-                let (tu2, a_u2, s_u2) = at(run, 2.0 / 3.0);
+                let (tu1, u1) = run.stage(i, 1.0 / 3.0);
+                let (tu2, u2) = run.stage(i, 2.0 / 3.0);
                 let set = if pred == Pred::Eps {
                     &SINGLE3_NOISE
                 } else {
                     &SINGLE3_DATA
                 };
-                let c = set.eval(&StepVars {
-                    a_u1,
-                    s_u1,
-                    a_u2,
-                    s_u2,
+                let vars = StepVars {
+                    a_u1: u1.alpha,
+                    s_u1: u1.sigma,
+                    a_u2: u2.alpha,
+                    s_u2: u2.sigma,
                     ..v
-                });
-                let u1 = run.b.combine_at_stage(
+                };
+                let (c, partials) = set.eval_with_partials(&vars);
+                let stages = [u1, u2];
+                let sens = |name: &str| run.step_sens(i, &partials[c.index(name)], &stages);
+                let names = ["Au1", "Bu1_0", "Au2", "Bu2_0", "Bu2_1", "A", "B0", "B2"];
+                let mut s: Vec<GridSens> = names.iter().map(|n| sens(n)).collect();
+                let mut take = |k: usize| std::mem::take(&mut s[k]);
+                let u1_state = run.b.combine_at_stage_with_sens(
                     tu1,
+                    stages[0].time_sens.clone(),
                     vec![
                         (Operand::State(x), c.get("Au1")),
                         (Operand::Out(o_s), c.get("Bu1_0")),
                     ],
+                    vec![take(0), take(1)],
                 );
-                let o_u1 = run.b.eval(u1, pred);
-                let u2 = run.b.combine_at_stage(
+                let o_u1 = run.b.eval(u1_state, pred);
+                let u2_state = run.b.combine_at_stage_with_sens(
                     tu2,
+                    stages[1].time_sens.clone(),
                     vec![
                         (Operand::State(x), c.get("Au2")),
                         (Operand::Out(o_s), c.get("Bu2_0")),
                         (Operand::Out(o_u1), c.get("Bu2_1")),
                     ],
+                    vec![take(2), take(3), take(4)],
                 );
-                let o_u2 = run.b.eval(u2, pred);
-                run.x = run.b.combine_at_grid(
+                let o_u2 = run.b.eval(u2_state, pred);
+                run.x = run.b.combine_at_grid_with_sens(
                     i + 1,
                     vec![
                         (Operand::State(x), c.get("A")),
                         (Operand::Out(o_s), c.get("B0")),
                         (Operand::Out(o_u2), c.get("B2")),
                     ],
+                    vec![take(5), take(6), take(7)],
                 );
             }
         }

@@ -97,10 +97,13 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                                     "wrt \"times\": this model does not differentiate its dependence on time (the MLP denoisers and the closed-form models do; thresholding is not differentiated in time)".into(),
                                 )
                             })?;
-                            let j = self.plan.state_grid[*input].expect("checked: grid states");
-                            let d = self.plan.grid_derivs[j];
-                            dt[j] +=
-                                tc.model_t * d.model_t + tc.alpha * d.alpha + tc.sigma * d.sigma;
+                            // The evaluation's time moves with the grid times its state's does.
+                            let d =
+                                self.plan.state_derivs[*input].dot(tc.model_t, tc.alpha, tc.sigma);
+                            let sens = self.plan.state_sens[*input].as_ref();
+                            for (j, w) in sens.expect("checked: every state's time sensitivity") {
+                                dt[*j] += w * d;
+                            }
                             cot
                         }
                     };
@@ -127,7 +130,7 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
 /// sensitivity and every evaluation on a grid point.
 fn check_time_gradient(plan: &Plan) -> Result<(), RuntimeError> {
     let on_grid = plan.instrs.iter().all(|ins| match ins {
-        Instr::Eval { input, .. } => plan.state_grid[*input].is_some(),
+        Instr::Eval { input, .. } => plan.state_sens[*input].is_some(),
         Instr::Combine { .. } => true,
     });
     if plan.term_sens.is_none() || !on_grid {
