@@ -1,5 +1,5 @@
-//! `adeis grad`: the gradient of a loss on the sample with respect to x_T, the conditioning
-//! and the model's parameters, by the spec's `[gradient]` method.
+//! `adeis grad`: the gradient of a loss on the sample with respect to x_T, the conditioning,
+//! the model's parameters and the sampling grid's times, by the spec's `[gradient]` method.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -122,6 +122,13 @@ where
         write_npy(&p, &dz.shape(), &to_f64(dz), word)?;
         written.push(p);
     }
+    if let Some(dt) = &g.dtimes {
+        // One value per grid time, in the grid's order (noisiest first), in f64: the grid is
+        // f64 whatever the tensors are.
+        let p = args.out_dir.join("dtimes.npy");
+        write_npy(&p, &[dt.len()], dt, 8)?;
+        written.push(p);
+    }
     if let Some(tensors) = g.dtheta.as_ref().and_then(|d| model.named_grads(d)) {
         let p = args.out_dir.join("dparams.safetensors");
         write_safetensors(&p, &tensors, word)?;
@@ -135,6 +142,7 @@ where
             _ => None,
         },
         "sampler": problem.plan().description,
+        "grid": wrt.times.then(|| problem.plan().grid.clone()),
         "nfe": g.nfe,
         "vjps": g.vjps,
         "seconds": secs,
