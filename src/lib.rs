@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod diffusers;
 pub mod error;
+pub mod learn;
 pub mod report;
 pub mod spec_file;
 

@@ -154,6 +154,17 @@ enum Command {
     /// weights kept. Writes OUT/unet (diffusers' layout), before.png, after.png,
     /// reward_curve.png, report.md and report.json.
     Finetune(cli::FinetuneArgs),
+    /// Learn an N-step sampling grid against a teacher by the exact gradient with respect to
+    /// the grid times.
+    ///
+    /// The grid's N increments in log-SNR are the softmax of N logits (so it stays ordered
+    /// inside the schedule's range), optimised by Adam on the mean squared error between the
+    /// student's samples and the teacher's (the same model with DPM-Solver++(2M) on a fine grid)
+    /// over training noises; each gradient is one discrete adjoint sweep (one VJP per model
+    /// evaluation). Writes OUT/learned.toml (a spec `adeis sample` runs as is), report.md and
+    /// report.json (held-out error against the logsnr, time_uniform, time_quadratic and karras
+    /// grids; with --model digits also the classifier's accuracy), grids.svg and loss.svg.
+    LearnSteps(cli::learn::LearnArgs),
     /// Morph pairs of digits through the sampler; with --pairs N, the MMPMR evaluation.
     ///
     /// The AdjointDEIS paper's face-morphing experiment on the digits models: encode both
@@ -261,6 +272,7 @@ fn main() -> ExitCode {
         Some(Command::Train(args)) => cli::train(args),
         Some(Command::Morph(args)) => cli::morph(args),
         Some(Command::Finetune(args)) => cli::finetune(args),
+        Some(Command::LearnSteps(args)) => cli::learn::run(&args),
         None => cli::demo(),
     };
     match result {

@@ -369,32 +369,81 @@ mod grad {
         let k = (v(a0) / v(a1)).sqrt();
         let dk_dt1 = -0.5 * k * dv(a1, t1) / v(a1);
         let dk_dt0 = 0.5 * k * dv(a0, t0) / v(a0);
-        let d_tmax: f64 = cv.iter().zip(xv).map(|(c, x)| c * (dk_dt1 * (x - a1 * mu) - k * mu * a1 * dla(t1))).sum();
-        let d_tmin: f64 = cv.iter().zip(xv).map(|(c, x)| c * (mu * a0 * dla(t0) + dk_dt0 * (x - a1 * mu))).sum();
+        let d_tmax: f64 = cv
+            .iter()
+            .zip(xv)
+            .map(|(c, x)| c * (dk_dt1 * (x - a1 * mu) - k * mu * a1 * dla(t1)))
+            .sum();
+        let d_tmin: f64 = cv
+            .iter()
+            .zip(xv)
+            .map(|(c, x)| c * (mu * a0 * dla(t0) + dk_dt0 * (x - a1 * mu)))
+            .sum();
         let model = format!("gaussian:mu={mu},s2=0.3");
         let ends = |steps: usize| {
             let sp = tmp(&format!("times{steps}.toml"));
             std::fs::write(&sp, format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = {steps}\n\n[gradient]\nwrt = [\"x_t\", \"times\"]\n")).unwrap();
             let out = tmp(&format!("out-times{steps}"));
-            let (ok, stdout, err) = adeis(&["grad", "--spec", s(&sp), "--model", &model, "--x-t", s(&xt), "--cot", s(&cot), "--out-dir", s(&out), "--dtype", "f64"]);
+            let (ok, stdout, err) = adeis(&[
+                "grad",
+                "--spec",
+                s(&sp),
+                "--model",
+                &model,
+                "--x-t",
+                s(&xt),
+                "--cot",
+                s(&cot),
+                "--out-dir",
+                s(&out),
+                "--dtype",
+                "f64",
+            ]);
             assert!(ok, "{err}");
             let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
             assert_eq!(summary["vjps"].as_u64(), Some(steps as u64));
             assert_eq!(summary["grid"].as_array().map(|g| g.len()), Some(steps + 1));
             let dt = read_npy(&out.join("dtimes.npy")).unwrap();
             assert_eq!((dt.shape.clone(), dt.word), (vec![steps + 1], 8));
-            ((dt.data[0] - d_tmax).abs() / d_tmax.abs(), (dt.data[steps] - d_tmin).abs() / d_tmin.abs())
+            (
+                (dt.data[0] - d_tmax).abs() / d_tmax.abs(),
+                (dt.data[steps] - d_tmin).abs() / d_tmin.abs(),
+            )
         };
         let (max200, min200) = ends(200);
         let (max400, min400) = ends(400);
-        assert!(max200 < 1e-3 && max400 < max200, "dL/dt_max: rel err {max200:.2e} (200 steps), {max400:.2e} (400)");
+        assert!(
+            max200 < 1e-3 && max400 < max200,
+            "dL/dt_max: rel err {max200:.2e} (200 steps), {max400:.2e} (400)"
+        );
         let ratio = min400 / min200;
-        assert!(min400 < 0.01 && (0.18..0.32).contains(&ratio), "dL/dt_min: rel err {min200:.2e} (200 steps), {min400:.2e} (400): not second order");
+        assert!(
+            min400 < 0.01 && (0.18..0.32).contains(&ratio),
+            "dL/dt_min: rel err {min200:.2e} (200 steps), {min400:.2e} (400): not second order"
+        );
         // Not for the methods that do not differentiate the grid.
-        let sp = spec("times-deis.toml", "method = \"adjoint_deis\"\nwrt = [\"times\"]");
+        let sp = spec(
+            "times-deis.toml",
+            "method = \"adjoint_deis\"\nwrt = [\"times\"]",
+        );
         let out = tmp("out-times-deis");
-        let (ok, _, err) = adeis(&["grad", "--spec", s(&sp), "--model", &model, "--x-t", s(&xt), "--cot", s(&cot), "--out-dir", s(&out)]);
-        assert!(!ok && err.contains("wrt \"times\" is computed by the discrete adjoint"), "{err}");
+        let (ok, _, err) = adeis(&[
+            "grad",
+            "--spec",
+            s(&sp),
+            "--model",
+            &model,
+            "--x-t",
+            s(&xt),
+            "--cot",
+            s(&cot),
+            "--out-dir",
+            s(&out),
+        ]);
+        assert!(
+            !ok && err.contains("wrt \"times\" is computed by the discrete adjoint"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod grad;
 pub mod inputs;
+pub mod learn;
 pub mod model;
 pub mod sample;
 pub mod schedule;
@@ -76,7 +77,7 @@ pub enum Dtype {
 
 /// An option of the digits application with a value it does not allow, as the flag the user
 /// typed: `--pairs 0: at least one pair`.
-fn option_error(e: FieldError) -> anyhow::Error {
+pub(crate) fn option_error(e: FieldError) -> anyhow::Error {
     let flag = format!("--{}", e.key.replace('_', "-"));
     match &e.value {
         Some(v) => anyhow!("{flag} {v}: {}", e.allowed),
@@ -85,7 +86,7 @@ fn option_error(e: FieldError) -> anyhow::Error {
 }
 
 /// The digits application's errors, with options named as flags.
-fn digits_error(e: adeis_digits::Error) -> anyhow::Error {
+pub(crate) fn digits_error(e: adeis_digits::Error) -> anyhow::Error {
     match e {
         adeis_digits::Error::Option(fe) => option_error(fe),
         other => anyhow::Error::new(other),

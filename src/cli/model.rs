@@ -1,4 +1,4 @@
-//! The MODEL argument (`gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json`, `diffusers:DIR`) and what
+//! The MODEL argument (`gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json`, `digits`, `diffusers:DIR`) and what
 //! the commands ask of a model beyond the `Denoiser` interface: its default conditioning, the
 //! conditioning of class labels, and its parameter gradients under their names.
 
@@ -11,18 +11,26 @@ use adeis::runtime::nn::Float;
 use adeis::runtime::unet::UNet2D;
 use adeis::runtime::{from_f64, Denoiser, State};
 use adeis::safetensors::NamedTensor;
+use adeis_digits::data::{CLASSES, PIXELS};
+use adeis_digits::nets::{DigitsModels, COND_DIM, NULL_CLASS};
 use anyhow::{anyhow, bail, Result};
 
 /// A model named on the command line.
 #[derive(Clone, Debug)]
 pub enum ModelChoice {
-    Gaussian { mu: f64, s2: f64 },
+    Gaussian {
+        mu: f64,
+        s2: f64,
+    },
     Gmm(GmmModel),
+    /// The committed digits denoiser (8x8 images as 64-vectors, class-conditional).
+    Digits,
     Diffusers(Box<DiffusersDir>),
 }
 
 const HELP: &str = "MODEL is `gaussian:mu=M,s2=S` (isotropic Gaussian data, dimension from x_t), \
-`gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}) \
+`gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}), \
+`digits` (the committed digits denoiser: 8x8 images as rows of 64, --class-labels 0-9, unconditional without) \
 or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion_pytorch_model.safetensors)";
 
 pub fn parse_model(arg: &str) -> Result<ModelChoice> {
@@ -55,6 +63,9 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice> {
             .map_err(|e| anyhow!("--model: {file}: {e}"))?;
         return Ok(ModelChoice::Gmm(gmm));
     }
+    if arg == "digits" {
+        return Ok(ModelChoice::Digits);
+    }
     if let Some(dir) = arg.strip_prefix("diffusers:") {
         let d = DiffusersDir::open(Path::new(dir)).map_err(|e| anyhow!("--model: {e}"))?;
         return Ok(ModelChoice::Diffusers(Box::new(d)));
@@ -75,6 +86,9 @@ impl ModelChoice {
                 "--x-t has dimension {dim} but the mixture's means have dimension {}",
                 g.dim_of()
             ),
+            ModelChoice::Digits if dim != PIXELS => bail!(
+                "--x-t has dimension {dim} but the digits model takes rows of {PIXELS} (8x8 images)"
+            ),
             _ => Ok(()),
         }
     }
@@ -88,6 +102,8 @@ impl ModelChoice {
     pub fn schedule(&self) -> Result<Option<adeis::compiler::ScheduleSpec>> {
         match self {
             ModelChoice::Diffusers(d) => Ok(d.schedule()?),
+            // The schedule the digits denoiser was trained on.
+            ModelChoice::Digits => Ok(adeis::compiler::ScheduleSpec::builtin("vp_linear")),
             _ => Ok(None),
         }
     }
@@ -145,6 +161,118 @@ impl<E: Dtype> CommandModel<E> for GmmModel
 where
     Cpu: Device<E>,
 {
+    fn named_grads(&self, _g: &adeis::runtime::NoParams) -> Option<Vec<NamedTensor>> {
+        None
+    }
+}
+
+/// The committed digits denoiser (f32) in any precision: states are converted at its
+/// boundary, so that the commands' f64 runs take it too. Its conditioning is the class
+/// embedding; its parameters are not differentiated here (`adeis train` trains them).
+pub struct DigitsCli {
+    pub models: DigitsModels,
+}
+
+impl DigitsCli {
+    pub fn committed() -> Result<DigitsCli> {
+        Ok(DigitsCli {
+            models: DigitsModels::committed().map_err(super::digits_error)?,
+        })
+    }
+}
+
+/// A batch of vectors in another precision.
+fn convert<A: Dtype, B: Dtype>(s: &State<A, Cpu>) -> State<B, Cpu>
+where
+    Cpu: Device<A> + Device<B>,
+{
+    from_f64(&Cpu::default(), &s.to_f64(), s.batch(), s.width())
+}
+
+impl<E: Dtype> Denoiser<E, Cpu> for DigitsCli
+where
+    Cpu: Device<E>,
+{
+    type Grads = adeis::runtime::NoParams;
+
+    fn prediction(&self) -> adeis::compiler::Prediction {
+        Denoiser::<f32, Cpu>::prediction(&self.models.denoiser)
+    }
+
+    fn check_input(&self, item: &[usize]) -> Result<(), adeis::runtime::RuntimeError> {
+        Denoiser::<f32, Cpu>::check_input(&self.models.denoiser, item)
+    }
+
+    fn cond_dim(&self) -> usize {
+        COND_DIM
+    }
+
+    fn forward(
+        &self,
+        x: &State<E, Cpu>,
+        z: Option<&State<E, Cpu>>,
+        time: &adeis::compiler::TimeInfo,
+    ) -> State<E, Cpu> {
+        let z32 = z.map(convert::<E, f32>);
+        let out = Denoiser::<f32, Cpu>::forward(
+            &self.models.denoiser,
+            &convert::<E, f32>(x),
+            z32.as_ref(),
+            time,
+        );
+        convert::<f32, E>(&out)
+    }
+
+    fn zero_grads(&self) -> adeis::runtime::NoParams {
+        adeis::runtime::NoParams
+    }
+
+    fn vjp(
+        &self,
+        x: &State<E, Cpu>,
+        z: Option<&State<E, Cpu>>,
+        time: &adeis::compiler::TimeInfo,
+        cot: &State<E, Cpu>,
+        _theta: Option<(&mut adeis::runtime::NoParams, f64)>,
+    ) -> adeis::runtime::Cotangents<E, Cpu> {
+        let z32 = z.map(convert::<E, f32>);
+        let c = Denoiser::<f32, Cpu>::vjp(
+            &self.models.denoiser,
+            &convert::<E, f32>(x),
+            z32.as_ref(),
+            time,
+            &convert::<E, f32>(cot),
+            None,
+        );
+        adeis::runtime::Cotangents {
+            x: convert::<f32, E>(&c.x),
+            cond: c.cond.as_ref().map(convert::<f32, E>),
+            time: c.time,
+        }
+    }
+}
+
+impl<E: Dtype> CommandModel<E> for DigitsCli
+where
+    Cpu: Device<E>,
+{
+    /// Without labels: unconditional (the "no class" embedding).
+    fn default_cond(&self, x: &State<E, Cpu>) -> Option<State<E, Cpu>> {
+        Some(convert::<f32, E>(
+            &self.models.cond(&vec![NULL_CLASS; x.batch()]),
+        ))
+    }
+
+    fn class_cond(&self, labels: &[usize]) -> Result<State<E, Cpu>> {
+        if let Some(l) = labels.iter().find(|l| **l >= CLASSES) {
+            bail!(
+                "--class-labels: label {l}: the digits model has classes 0 to {}",
+                CLASSES - 1
+            );
+        }
+        Ok(convert::<f32, E>(&self.models.cond(labels)))
+    }
+
     fn named_grads(&self, _g: &adeis::runtime::NoParams) -> Option<Vec<NamedTensor>> {
         None
     }
@@ -237,6 +365,10 @@ macro_rules! with_model {
             }
             $crate::cli::model::ModelChoice::Gmm(g) => {
                 let $m = g;
+                $body
+            }
+            $crate::cli::model::ModelChoice::Digits => {
+                let $m = &$crate::cli::model::DigitsCli::committed()?;
                 $body
             }
             $crate::cli::model::ModelChoice::Diffusers(d) => {

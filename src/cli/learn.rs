@@ -1,0 +1,428 @@
+//! `adeis learn-steps`: an N-step grid learned against a teacher by the exact gradient with
+//! respect to the grid times ([`adeis::learn`]), compared with the fixed grids, written as a
+//! spec file `adeis sample` runs, a report and a plot of the grids.
+
+use std::path::{Path, PathBuf};
+
+use adeis::compiler::grid::GridKind;
+use adeis::compiler::{Method, SamplerSpec, ScheduleSpec};
+use adeis::learn::{learn_steps, learned_spec_toml, LearnModel, LearnOptions, LearnReport};
+use adeis::prelude::*;
+use adeis::runtime::dfdx::prelude::*;
+use adeis_digits::data::CLASSES;
+use adeis_digits::nets::DigitsModels;
+use anyhow::{anyhow, bail, Result};
+use plotters::prelude::*;
+
+use super::model::{parse_model, with_model, CommandModel};
+use super::{digits_error, Dtype};
+use adeis::spec_file::load_spec;
+
+/// The options of `adeis learn-steps`.
+#[derive(clap::Args)]
+pub struct LearnArgs {
+    /// The model: `digits` (the committed digits denoiser; class labels cycle through 0..9 and
+    /// the report adds the classifier's accuracy), `gmm:FILE.json` or `gaussian:mu=M,s2=S`.
+    #[arg(long, default_value = "gmm:examples/models/ring8.json")]
+    pub model: String,
+    /// The schedule of a gmm or gaussian model: a built-in name or a spec file with a
+    /// [schedule] table (the digits model has its own).
+    #[arg(long, default_value = "vp_linear")]
+    pub schedule: String,
+    /// Steps N of the learned grid (3 to 10).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// The student's sampler (an ODE method of `[sampler] method`).
+    #[arg(long, default_value = "dpm_solver_pp")]
+    pub method: String,
+    /// The student's order.
+    #[arg(long, default_value_t = 2)]
+    pub order: usize,
+    /// Steps of the teacher: the same model with DPM-Solver++(2M) on a logsnr grid.
+    #[arg(long, default_value_t = 200)]
+    pub teacher_steps: usize,
+    /// Adam iterations.
+    #[arg(long, default_value_t = 200)]
+    pub iters: usize,
+    /// Adam's learning rate on the grid's logits.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Training noises.
+    #[arg(long, default_value_t = 256)]
+    pub train: usize,
+    /// Held-out noises (a separate stream of the seed).
+    #[arg(long, default_value_t = 512)]
+    pub heldout: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: learned.toml, report.md, report.json, grids.svg, loss.svg.
+    #[arg(long, default_value = "adeis-out/learn-steps")]
+    pub out: PathBuf,
+    /// Precision of a gmm or gaussian model (the digits model is f32).
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+}
+
+fn sampler(method: &str, order: usize, steps: usize) -> Result<SamplerSpec> {
+    let m: Method = serde_json::from_value(serde_json::json!(method)).map_err(|_| {
+        anyhow!(
+            "--method {method}: not a sampler; the ODE samplers are {}",
+            Method::ALL
+                .iter()
+                .filter(|m| !m.name().starts_with("sde_") && !m.orders().is_empty())
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let mut s = SamplerSpec::new(m, order, steps);
+    s.grid = GridKind::Logsnr;
+    s.validate().map_err(|mut e| {
+        if e.key != "order" {
+            e.key = "method".into();
+            e.value = Some(method.into());
+        }
+        super::option_error(e)
+    })?;
+    Ok(s)
+}
+
+/// The schedule's spec (for the learned spec file) from a built-in name or a spec file.
+fn schedule_spec(arg: &str) -> Result<ScheduleSpec> {
+    if let Some(s) = ScheduleSpec::builtin(arg) {
+        return Ok(s);
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        bail!(
+            "--schedule {arg}: neither a built-in schedule ({}) nor a spec file",
+            ScheduleDef::BUILTIN_NAMES.join(", ")
+        );
+    }
+    load_spec(path)?
+        .schedule
+        .ok_or_else(|| anyhow!("--schedule {arg}: the file has no [schedule] table"))
+}
+
+pub fn run(a: &LearnArgs) -> Result<()> {
+    let student = sampler(&a.method, a.order, a.steps)?;
+    let teacher = sampler("dpm_solver_pp", 2, a.teacher_steps)
+        .map_err(|e| anyhow!("--teacher-steps: {e}"))?;
+    let opts = LearnOptions {
+        student: student.clone(),
+        teacher,
+        iters: a.iters,
+        lr: a.lr,
+        train: a.train,
+        heldout: a.heldout,
+        seed: a.seed,
+    };
+    let bar = adeis_digits::progress::bar(a.iters, "learn-steps");
+    let mut progress = |it: usize, loss: f64| -> Result<(), adeis::Error> {
+        bar.set_position(it as u64 + 1);
+        bar.set_message(format!("MSE to teacher {loss:.3e}"));
+        adeis::runtime::interrupt::check("learn-steps")?;
+        Ok(())
+    };
+    let (report, schedule_table, accuracy) = if a.model == "digits" {
+        if a.schedule != "vp_linear" {
+            bail!(
+                "--schedule: the digits model runs on the schedule it was trained on (vp_linear)"
+            );
+        }
+        let models = DigitsModels::committed().map_err(digits_error)?;
+        let schedule = adeis_digits::generate::schedule().map_err(digits_error)?;
+        let labels = |n: usize| -> Vec<usize> { (0..n).map(|i| i % CLASSES).collect() };
+        let f = ModelFn::new(&models.denoiser);
+        let lm = LearnModel {
+            model: &f,
+            dim: adeis_digits::data::PIXELS,
+            train_cond: Some(models.cond(&labels(a.train))),
+            heldout_cond: Some(models.cond(&labels(a.heldout))),
+        };
+        let r = learn_steps(&schedule, &lm, &opts, &mut progress).map_err(learn_error)?;
+        let asked = labels(a.heldout);
+        let acc = |samples: &[Vec<f64>]| {
+            let read = models.classify(samples);
+            read.iter().zip(&asked).filter(|(x, y)| x == y).count() as f64 / asked.len() as f64
+        };
+        let mut accuracy: Vec<(String, f64)> = r
+            .grids
+            .iter()
+            .map(|g| (g.name.clone(), acc(&g.samples)))
+            .collect();
+        accuracy.push(("teacher".into(), acc(&r.teacher_samples)));
+        (
+            r,
+            "[schedule]\nkind = \"vp_linear\"\n".to_string(),
+            Some(accuracy),
+        )
+    } else {
+        let choice = parse_model(&a.model)?;
+        if choice.takes_images() {
+            bail!("--model {}: learn-steps takes digits, gmm:FILE or gaussian:... (a UNet does not yet differentiate its timestep embedding)", a.model);
+        }
+        let dim = match &choice {
+            super::model::ModelChoice::Gmm(g) => g.dim_of(),
+            _ => 2,
+        };
+        let spec = schedule_spec(&a.schedule)?;
+        let schedule = spec
+            .to_def()
+            .map_err(|e| anyhow!("--schedule {}: {e}", a.schedule))?
+            .compile()
+            .map_err(|e| anyhow!("--schedule {}: {e}", a.schedule))?;
+        #[derive(serde::Serialize)]
+        struct Table<'a> {
+            schedule: &'a ScheduleSpec,
+        }
+        let table = toml::to_string(&Table { schedule: &spec })?;
+        let r = match a.dtype {
+            Dtype::F32 => with_model!(&choice, f32, dim, |m| run_vector::<f32, _>(
+                m,
+                dim,
+                &schedule,
+                &opts,
+                &mut progress
+            )),
+            Dtype::F64 => with_model!(&choice, f64, dim, |m| run_vector::<f64, _>(
+                m,
+                dim,
+                &schedule,
+                &opts,
+                &mut progress
+            )),
+        }?;
+        (r, table, None)
+    };
+    bar.finish_and_clear();
+    write_outputs(a, &student, &report, &schedule_table, accuracy.as_deref())
+}
+
+fn run_vector<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
+    model: &M,
+    dim: usize,
+    schedule: &Schedule,
+    opts: &LearnOptions,
+    progress: &mut impl FnMut(usize, f64) -> Result<(), adeis::Error>,
+) -> Result<LearnReport>
+where
+    Cpu: Device<E>,
+{
+    let dev = Cpu::default();
+    let cond = |n: usize| {
+        let x: State<E, Cpu> = adeis::runtime::from_f64(&dev, &vec![0.0; n * dim], n, dim);
+        model.default_cond(&x)
+    };
+    let f = ModelFn::new(model);
+    let lm = LearnModel {
+        model: &f,
+        dim,
+        train_cond: cond(opts.train),
+        heldout_cond: cond(opts.heldout),
+    };
+    learn_steps(schedule, &lm, opts, progress).map_err(learn_error)
+}
+
+/// An option with a value learn-steps does not allow, named as the flag.
+fn learn_error(e: adeis::Error) -> anyhow::Error {
+    match e {
+        adeis::Error::Option(fe) => super::option_error(fe),
+        other => anyhow::Error::new(other),
+    }
+}
+
+fn write_outputs(
+    a: &LearnArgs,
+    student: &SamplerSpec,
+    r: &LearnReport,
+    schedule_table: &str,
+    accuracy: Option<&[(String, f64)]>,
+) -> Result<()> {
+    std::fs::create_dir_all(&a.out).map_err(|e| anyhow!("--out {}: {e}", a.out.display()))?;
+    let learned = &r.grids[0];
+    let best_fixed = r.grids[1..]
+        .iter()
+        .min_by(|x, y| x.heldout_mse.total_cmp(&y.heldout_mse))
+        .expect("fixed grids");
+    let gain = 1.0 - learned.heldout_mse / best_fixed.heldout_mse;
+    let comment = format!(
+        "A {}-step grid learned by `adeis learn-steps --model {} --steps {} --method {} --order {} --iters {} --lr {} --seed {}`\nagainst {}: held-out MSE to the teacher {:.4e} ({:+.1}% against the best fixed grid, {}).",
+        r.steps, a.model, a.steps, a.method, a.order, a.iters, a.lr, a.seed, r.teacher, learned.heldout_mse, -100.0 * gain, best_fixed.name
+    );
+    let spec_text = learned_spec_toml(schedule_table, student, &learned.times, &comment);
+    adeis_io::write_atomic(&a.out.join("learned.toml"), spec_text.as_bytes())?;
+
+    let mut md = format!(
+        "# Learned {}-step grid\n\nStudent: {}, {} steps. Teacher: {}. {} training and {} held-out noises, {} Adam iterations (lr {}), {:.1} s; the grid of iteration {} (lowest training loss) is kept. One gradient with respect to the grid: {} model evaluations and {} VJPs.\n\n",
+        r.steps, r.student, r.steps, r.teacher, a.train, a.heldout, a.iters, a.lr, r.seconds, r.best_iteration, r.nfe_per_gradient, r.vjps_per_gradient
+    );
+    md.push_str("| grid | held-out MSE to the teacher |");
+    if accuracy.is_some() {
+        md.push_str(" read as the class asked for |");
+    }
+    md.push_str(" times |\n|---|---|");
+    if accuracy.is_some() {
+        md.push_str("---|");
+    }
+    md.push_str("---|\n");
+    let acc_of = |name: &str| {
+        accuracy
+            .and_then(|acc| acc.iter().find(|(n, _)| n == name))
+            .map(|(_, v)| format!(" {:.1}% |", 100.0 * v))
+            .unwrap_or_default()
+    };
+    for g in &r.grids {
+        let ts: Vec<String> = g.times.iter().map(|t| format!("{t:.4}")).collect();
+        md.push_str(&format!(
+            "| {} | {:.4e} |{} {} |\n",
+            g.name,
+            g.heldout_mse,
+            acc_of(&g.name),
+            ts.join(", ")
+        ));
+    }
+    if accuracy.is_some() {
+        md.push_str(&format!(
+            "| teacher ({} steps) | 0 |{} |\n",
+            a.teacher_steps,
+            acc_of("teacher")
+        ));
+    }
+    md.push_str(&format!(
+        "\nThe learned grid's held-out error is {:.1}% {} than the best fixed grid's ({}).\n",
+        100.0 * gain.abs(),
+        if gain >= 0.0 { "lower" } else { "higher" },
+        best_fixed.name
+    ));
+    adeis_io::write_atomic(&a.out.join("report.md"), md.as_bytes())?;
+    let json = serde_json::json!({
+        "report": r,
+        "accuracy": accuracy.map(|acc| acc.iter().map(|(n, v)| (n.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>()),
+        "gain_against_best_fixed": gain,
+    });
+    adeis_io::write_atomic(
+        &a.out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    plot_grids(&a.out.join("grids.svg"), r)?;
+    plot_loss(&a.out.join("loss.svg"), r)?;
+    println!("{md}");
+    println!(
+        "wrote {}/learned.toml (run it: adeis sample --spec {}/learned.toml --model {} ...), report.md, report.json, grids.svg, loss.svg",
+        a.out.display(),
+        a.out.display(),
+        a.model
+    );
+    Ok(())
+}
+
+const COLORS: [RGBColor; 5] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+];
+
+/// The grids' times against the step index (log scale in t), one line and marker per grid.
+fn plot_grids(path: &Path, r: &LearnReport) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 460)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let t_min = r
+            .grids
+            .iter()
+            .flat_map(|g| g.times.iter().cloned())
+            .fold(f64::INFINITY, f64::min);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{}-step grids ({})", r.steps, r.student),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..r.steps as f64, (t_min * 0.8..1.2f64).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("grid index i (0 = t_max)")
+            .y_desc("time t_i (log scale)")
+            .x_labels(r.steps + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y}"))
+            .draw()?;
+        for (k, g) in r.grids.iter().enumerate() {
+            let c = COLORS[k % COLORS.len()];
+            let width = if k == 0 { 3 } else { 1 };
+            let pts: Vec<(f64, f64)> = g
+                .times
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i as f64, *t))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(width)))?
+                .label(format!("{} (MSE {:.2e})", g.name, g.heldout_mse))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width))
+                });
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()?;
+        root.present()?;
+    }
+    adeis_io::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
+/// The training loss against the iteration (log scale).
+fn plot_loss(path: &Path, r: &LearnReport) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let (lo, hi) = r
+            .train_loss
+            .iter()
+            .fold((f64::INFINITY, 0f64), |(a, b), l| (a.min(*l), b.max(*l)));
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "training loss: MSE to the teacher on the training noises",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            // log10 of the loss on a linear axis, labelled with the loss: plotters' log axis
+            // labels only the decades, often none within the range.
+            .build_cartesian_2d(
+                0f64..r.train_loss.len().max(2) as f64 - 1.0,
+                (lo * 0.9).log10()..(hi * 1.1).log10(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("Adam iteration")
+            .y_desc("MSE (log scale)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_labels(10)
+            .y_label_formatter(&|y| format!("{:.1e}", 10f64.powf(*y)))
+            .draw()?;
+        chart.draw_series(LineSeries::new(
+            r.train_loss
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i as f64, l.log10())),
+            COLORS[0].stroke_width(2),
+        ))?;
+        root.present()?;
+    }
+    adeis_io::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
