@@ -266,6 +266,7 @@ where
         cond: false,
         params: false,
         times: true,
+        schedule: false,
     };
     let mut train_loss = Vec::with_capacity(o.iters);
     let (mut best, mut best_iteration) = (grid.clone(), 0);

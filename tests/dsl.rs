@@ -61,6 +61,7 @@ fn macro_toml_and_builtin_give_the_same_samples_and_gradients() {
             cond: false,
             params: true,
             times: false,
+            schedule: false,
         });
         let f = ModelFn::new(&model);
         let noise = NoiseSource::Seeded(7);
@@ -131,6 +132,7 @@ fn diffusion_types_sample_differentiate_and_optimise() {
             cond: true,
             params: false,
             times: false,
+            schedule: false,
         });
     let cot = from_f64::<f64, Cpu>(&dev, &x0v.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 2, 3);
     let noise = NoiseSource::Seeded(0);
@@ -146,4 +148,41 @@ fn diffusion_types_sample_differentiate_and_optimise() {
     }
     let (_, _, losses) = OnDeclared::optimize(&model, &x_t, Some(&z), 0, 20, 0.2).unwrap();
     assert!(losses[19] < 0.01 * losses[0], "{losses:?}");
+}
+
+adeis::diffusion! {
+    /// The learned-samplers gradient declared: the grid times and the schedule's parameters.
+    pub OnTheGrid {
+        schedule: vp_linear,
+        equation: ode,
+        prediction: eps,
+        sampler: dpm_solver_pp(order = 2, steps = 8),
+        gradient: discrete,
+        wrt: [x_t, times, schedule],
+        loss: squared_norm,
+    }
+}
+
+#[test]
+fn diffusion_types_differentiate_the_grid_and_the_schedule() {
+    let dev = Cpu::default();
+    let model = GaussianModel {
+        mu: 0.0,
+        s2: 0.5,
+        dim: 3,
+    };
+    let x_t = from_f64::<f64, Cpu>(&dev, &normals(4, 0, 6), 2, 3);
+    let z = from_f64::<f64, Cpu>(&dev, &[0.2; 6], 2, 3);
+    let wrt = OnTheGrid::problem().unwrap().wrt();
+    assert!(wrt.times && wrt.schedule && !wrt.cond);
+    let (_, g) = OnTheGrid::gradient(&model, &x_t, Some(&z), 0).unwrap();
+    assert_eq!(g.dtimes.as_ref().map(Vec::len), Some(9));
+    let names: Vec<&str> = g
+        .dschedule
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["beta_min", "beta_max"]);
 }

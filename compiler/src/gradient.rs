@@ -50,6 +50,9 @@ pub enum WrtKey {
     Params,
     /// Every time of the sampling grid (the learned-samplers gradient).
     Times,
+    /// The schedule's continuous parameters (beta_min, beta_max, ...; a custom schedule's
+    /// `params`), the grid moving with them where it is defined through the schedule.
+    Schedule,
 }
 
 fn d_wrt() -> Vec<WrtKey> {
@@ -156,7 +159,8 @@ impl GradientSpec {
         if self.wrt.is_empty() {
             return err(
                 "wrt",
-                "wrt is empty: give any of \"x_t\", \"cond\", \"params\", \"times\"".into(),
+                "wrt is empty: give any of \"x_t\", \"cond\", \"params\", \"times\", \"schedule\""
+                    .into(),
             );
         }
         for (i, k) in self.wrt.iter().enumerate() {
@@ -164,11 +168,13 @@ impl GradientSpec {
                 return err("wrt", format!("wrt lists {k:?} twice"));
             }
         }
-        if self.wants(WrtKey::Times) && self.method != GradMethod::Discrete {
-            return err(
-                "wrt",
-                format!("wrt \"times\" is computed by the discrete adjoint (method = \"discrete\"), the exact gradient of the grid that ran; `{m}` does not differentiate the grid"),
-            );
+        for (key, word) in [(WrtKey::Times, "times"), (WrtKey::Schedule, "schedule")] {
+            if self.wants(key) && self.method != GradMethod::Discrete {
+                return err(
+                    "wrt",
+                    format!("wrt \"{word}\" is computed by the discrete adjoint (method = \"discrete\"), the exact gradient of the sampler that ran; `{m}` does not differentiate the grid or the schedule"),
+                );
+            }
         }
         Ok(())
     }
@@ -186,6 +192,8 @@ pub struct Wrt {
     pub params: bool,
     /// The times of the sampling grid (discrete adjoint only).
     pub times: bool,
+    /// The schedule's parameters (discrete adjoint only).
+    pub schedule: bool,
 }
 
 impl Wrt {
@@ -195,6 +203,7 @@ impl Wrt {
         cond: false,
         params: false,
         times: false,
+        schedule: false,
     };
 
     /// x_T, z and theta.
@@ -203,6 +212,7 @@ impl Wrt {
         cond: true,
         params: true,
         times: false,
+        schedule: false,
     };
 }
 
@@ -315,6 +325,7 @@ impl GradientSpec {
             cond: self.wants(WrtKey::Cond),
             params: self.wants(WrtKey::Params),
             times: self.wants(WrtKey::Times),
+            schedule: self.wants(WrtKey::Schedule),
         }
     }
 }

@@ -100,6 +100,46 @@ pub fn make_grid(
     Ok(ts)
 }
 
+/// How each time of a grid made by [`make_grid`] moves with each schedule parameter
+/// ([point][parameter]): the logsnr and karras grids are defined in lambda between
+/// lambda(t_start) and lambda(t_end), which move with the parameters, and t_i solves
+/// lambda(t_i; p) = lambda_i(p), so dt_i/dp = (d lambda_i/dp - d lambda/dp (t_i)) / lambda'(t_i).
+/// The grids uniform in t or sqrt(t), and the end points, do not move.
+pub fn grid_param_sens(
+    schedule: &Schedule,
+    kind: &GridKind,
+    rho: f64,
+    ts: &[f64],
+) -> Vec<Vec<f64>> {
+    let n_params = schedule.param_names().len();
+    let steps = ts.len() - 1;
+    let mut out = vec![vec![0.0; n_params]; ts.len()];
+    if n_params == 0 || !matches!(kind, GridKind::Logsnr | GridKind::Karras) {
+        return out;
+    }
+    let (t0, t1) = (ts[0], ts[steps]);
+    let (p0, p1) = (schedule.param_partials(t0), schedule.param_partials(t1));
+    let (l0, l1) = (schedule.lambda(t0), schedule.lambda(t1));
+    for (i, row) in out.iter_mut().enumerate().take(steps).skip(1) {
+        let f = i as f64 / steps as f64;
+        let v = schedule.eval(ts[i]);
+        let pi = schedule.param_partials(ts[i]);
+        for k in 0..n_params {
+            let dlam_i = match kind {
+                GridKind::Logsnr => (1.0 - f) * p0[k].lambda + f * p1[k].lambda,
+                // lambda_i = -rho ln S_i, S_i = (1 - f) s0 + f s1, s = e^{-lambda / rho}.
+                _ => {
+                    let (s0, s1) = ((-l0 / rho).exp(), (-l1 / rho).exp());
+                    let si = (1.0 - f) * s0 + f * s1;
+                    ((1.0 - f) * s0 * p0[k].lambda + f * s1 * p1[k].lambda) / si
+                }
+            };
+            row[k] = (dlam_i - pi[k].lambda) / v.dlambda_dt;
+        }
+    }
+    out
+}
+
 /// Checks a grid: at least two times, strictly decreasing, inside the schedule's t range.
 pub fn check_grid(schedule: &Schedule, ts: &[f64]) -> Result<(), FieldError> {
     if ts.len() < 2 {

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::schedule::Schedule;
+use crate::schedule::{ParamPartials, Schedule};
 
 /// What a model evaluation returns: the noise prediction or the data (x0) prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,8 +54,9 @@ impl TimeDerivs {
     }
 }
 
-/// The sensitivity of one coefficient to the grid: (grid index, d coefficient / d t_i) for
-/// every grid time it depends on.
+/// The sensitivity of one quantity (a coefficient, a stage's time) to what the grid depends
+/// on: (index, derivative) pairs, where an index below the grid's length `n` is the grid time
+/// t_index and index n + k is the schedule's parameter k (at fixed grid times).
 pub type GridSens = Vec<(usize, f64)>;
 
 /// An operand of an affine combination.
@@ -161,10 +162,20 @@ pub struct Plan {
     /// state on grid point i, the stage's dependence for an intermediate point; None where
     /// the family does not derive it.
     pub state_sens: Vec<Option<GridSens>>,
-    /// For each instruction, each term's sensitivity to the grid times (empty for an
-    /// evaluation); None where the family does not derive them (the gradient with respect to
-    /// the times then says so).
+    /// For each instruction, each term's sensitivity to the grid times and the schedule's
+    /// parameters (empty for an evaluation); None where the family does not derive them (the
+    /// gradient with respect to the times then says so).
     pub term_sens: Option<Vec<Vec<GridSens>>>,
+    /// The schedule's parameter names (the sensitivities' indices from `grid.len()` on).
+    pub param_names: Vec<String>,
+    /// For each state, d(alpha, sigma)/d(parameter) at its (fixed) time.
+    pub state_params: Vec<Vec<ParamPartials>>,
+    /// Whether the sensitivities include the schedule's parameters (a schedule with more
+    /// parameters than the families' forward-mode numbers carry has them for the times only).
+    pub params_differentiated: bool,
+    /// How each grid time moves with each schedule parameter when the grid is defined through
+    /// the schedule (logsnr and karras grids: [point][parameter]); zeros for given times.
+    pub grid_param_sens: Vec<Vec<f64>>,
 }
 
 impl Plan {
@@ -239,6 +250,17 @@ impl fmt::Display for Plan {
     }
 }
 
+/// The most schedule parameters the families' forward-mode numbers carry (DEIS, UniPC).
+pub const MAX_DUAL_PARAMS: usize = 8;
+
+/// A new state's time: its information, slopes, sensitivity and parameter partials.
+struct StateTime {
+    info: TimeInfo,
+    derivs: TimeDerivs,
+    sens: Option<GridSens>,
+    params: Vec<ParamPartials>,
+}
+
 /// Builds a plan instruction by instruction, on a grid of a schedule: every state gets its
 /// time information as it is defined.
 #[derive(Debug)]
@@ -250,6 +272,8 @@ pub struct PlanBuilder<'a> {
     states: Vec<TimeInfo>,
     state_derivs: Vec<TimeDerivs>,
     state_sens: Vec<Option<GridSens>>,
+    state_params: Vec<Vec<ParamPartials>>,
+    grid_params: Vec<Vec<ParamPartials>>,
     term_sens: Vec<Vec<GridSens>>,
     /// Some combination came without sensitivities.
     lacks_sens: bool,
@@ -266,6 +290,8 @@ impl<'a> PlanBuilder<'a> {
         let vals = schedule.fill(grid);
         let grid_derivs: Vec<TimeDerivs> =
             vals.iter().map(|v| TimeDerivs::of(schedule, v)).collect();
+        let grid_params: Vec<Vec<ParamPartials>> =
+            grid.iter().map(|t| schedule.param_partials(*t)).collect();
         let grid: Vec<TimeInfo> = vals
             .iter()
             .zip(grid)
@@ -280,6 +306,8 @@ impl<'a> PlanBuilder<'a> {
             schedule,
             state_derivs: vec![grid_derivs[0]],
             state_sens: vec![Some(vec![(0, 1.0)])],
+            state_params: vec![grid_params[0].clone()],
+            grid_params,
             grid_derivs,
             term_sens: vec![],
             lacks_sens: false,
@@ -297,6 +325,16 @@ impl<'a> PlanBuilder<'a> {
     /// How the time quantities at grid point `i` move with its time.
     pub fn grid_derivs(&self, i: usize) -> TimeDerivs {
         self.grid_derivs[i]
+    }
+
+    /// d(alpha, sigma, lambda)/d(parameter) at grid point `i`.
+    pub fn grid_params(&self, i: usize) -> &[ParamPartials] {
+        &self.grid_params[i]
+    }
+
+    /// The number of grid points (the first index of the parameters in a [`GridSens`]).
+    pub fn grid_len(&self) -> usize {
+        self.grid.len()
     }
 
     pub fn set_step(&mut self, step: usize) {
@@ -325,14 +363,15 @@ impl<'a> PlanBuilder<'a> {
 
     fn combine(
         &mut self,
-        time: (TimeInfo, TimeDerivs, Option<GridSens>),
+        time: StateTime,
         terms: Vec<(Operand, f64)>,
         sens: Option<Vec<GridSens>>,
     ) -> usize {
         let dst = self.states.len();
-        self.states.push(time.0);
-        self.state_derivs.push(time.1);
-        self.state_sens.push(time.2);
+        self.states.push(time.info);
+        self.state_derivs.push(time.derivs);
+        self.state_sens.push(time.sens);
+        self.state_params.push(time.params);
         let sens = match sens {
             Some(s) => s,
             None => {
@@ -377,15 +416,28 @@ impl<'a> PlanBuilder<'a> {
         dst
     }
 
-    fn grid_time(&self, i: usize) -> (TimeInfo, TimeDerivs, Option<GridSens>) {
-        (self.grid[i], self.grid_derivs[i], Some(vec![(i, 1.0)]))
+    fn grid_time(&self, i: usize) -> StateTime {
+        StateTime {
+            info: self.grid[i],
+            derivs: self.grid_derivs[i],
+            sens: Some(vec![(i, 1.0)]),
+            params: self.grid_params[i].clone(),
+        }
+    }
+
+    fn stage_time(&self, t: f64, sens: Option<GridSens>) -> StateTime {
+        StateTime {
+            info: self.schedule.time_info(t),
+            derivs: TimeDerivs::of(self.schedule, &self.schedule.eval(t)),
+            sens,
+            params: self.schedule.param_partials(t),
+        }
     }
 
     /// A new intermediate state at time `t` (a singlestep stage), off the grid.
     pub fn combine_at_stage(&mut self, t: f64, terms: Vec<(Operand, f64)>) -> usize {
-        let time = self.schedule.time_info(t);
-        let derivs = TimeDerivs::of(self.schedule, &self.schedule.eval(t));
-        self.combine((time, derivs, None), terms, None)
+        let time = self.stage_time(t, None);
+        self.combine(time, terms, None)
     }
 
     /// As [`PlanBuilder::combine_at_stage`], with the stage time's sensitivity to the grid
@@ -398,9 +450,8 @@ impl<'a> PlanBuilder<'a> {
         sens: Vec<GridSens>,
     ) -> usize {
         assert_eq!(terms.len(), sens.len(), "one sensitivity per term");
-        let time = self.schedule.time_info(t);
-        let derivs = TimeDerivs::of(self.schedule, &self.schedule.eval(t));
-        self.combine((time, derivs, Some(time_sens)), terms, Some(sens))
+        let time = self.stage_time(t, Some(time_sens));
+        self.combine(time, terms, Some(sens))
     }
 
     /// Ends the plan with the data prediction at state `x` (the last grid point) as its output.
@@ -408,11 +459,12 @@ impl<'a> PlanBuilder<'a> {
         let eval = self.instrs.len();
         let o = self.eval(x, Pred::Data);
         self.final_denoise = Some(FinalDenoise { input: x, eval });
-        let time = (
-            self.states[x],
-            self.state_derivs[x],
-            self.state_sens[x].clone(),
-        );
+        let time = StateTime {
+            info: self.states[x],
+            derivs: self.state_derivs[x],
+            sens: self.state_sens[x].clone(),
+            params: self.state_params[x].clone(),
+        };
         self.combine(time, vec![(Operand::Out(o), 1.0)], Some(vec![vec![]]))
     }
 
@@ -431,6 +483,10 @@ impl<'a> PlanBuilder<'a> {
             state_derivs: self.state_derivs,
             state_sens: self.state_sens,
             term_sens: (!self.lacks_sens).then_some(self.term_sens),
+            param_names: self.schedule.param_names(),
+            state_params: self.state_params,
+            params_differentiated: self.schedule.param_names().len() <= MAX_DUAL_PARAMS,
+            grid_param_sens: vec![],
         }
     }
 }

@@ -155,6 +155,7 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
         x0,
         dtheta,
         dtimes: None,
+        dschedule: None,
         nfe,
         vjps: 0,
     })

@@ -136,6 +136,7 @@ fn adjoint_deis_converges_to_the_exact_gaussian_gradients() {
         cond: true,
         params: true,
         times: false,
+        schedule: false,
     };
     let ms = [320, 640, 1280, 2560];
     let mut failures = vec![];
@@ -206,6 +207,7 @@ fn run_discrete<M: Denoiser<f64, Dev>>(
         cond: z.is_some(),
         params: true,
         times: false,
+        schedule: false,
     };
     discrete_adjoint(
         plan,
@@ -556,6 +558,7 @@ mod tape_reference {
                             cond: true,
                             params: true,
                             times: false,
+                            schedule: false,
                         };
                         let loss = |a: State<E, Cpu>| {
                             move |_: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
@@ -683,6 +686,7 @@ mod conditioning {
             cond: true,
             params: false,
             times: false,
+            schedule: false,
         };
         let pieces = discrete_adjoint(
             &plan,
@@ -790,6 +794,7 @@ fn adjoint_grid_may_differ_from_the_sampling_grid_and_states_may_be_backsolved()
         cond: true,
         params: true,
         times: false,
+        schedule: false,
     };
     // Forward on 160 steps, adjoint on 640 (states interpolated in lambda), against the same
     // adjoint on the forward grid of 640 steps: a_x and a_z do not depend on the states for

@@ -4,8 +4,9 @@
 //! parameterisation, guidance, a terminal denoising step, a discrete schedule, and
 //! checkpointing against recording.
 
+use adeis_compiler::grid::GridKind;
 use adeis_compiler::sampler::{SolverType, ThirdOrder, UnipcVariant};
-use adeis_compiler::schedule::DiscreteBetas;
+use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, SigmaFormula};
 use adeis_compiler::{
     build_plan, build_plan_on, DiscreteStates, Equation, Method, Prediction, SamplerSpec, Schedule,
     ScheduleDef, Wrt,
@@ -30,6 +31,7 @@ const WRT_TIMES: Wrt = Wrt {
     cond: false,
     params: false,
     times: true,
+    schedule: false,
 };
 
 fn tensor(seed: u64, batch: usize, dim: usize) -> State<f64, Dev> {
@@ -186,6 +188,190 @@ fn time_gradients_match_finite_differences_for_every_sampler() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const WRT_SCHEDULE: Wrt = Wrt {
+    x_t: false,
+    cond: false,
+    params: false,
+    times: false,
+    schedule: true,
+};
+
+/// dL/dp for every parameter of `def` by the discrete adjoint, and by fourth-order central
+/// differences of the whole pipeline (schedule recompiled, grid remade, plan rebuilt).
+fn schedule_adjoint_and_fd<M: Denoiser<f64, Dev>>(
+    def: &ScheduleDef,
+    sp: &SamplerSpec,
+    f: &ModelFn<f64, Dev, M>,
+    input: &Input<f64, Dev>,
+) -> (Vec<f64>, Vec<f64>) {
+    let s = def.compile().unwrap();
+    let plan = build_plan(&s, sp).unwrap();
+    let a0 = tensor(98, input.x_t.batch(), input.x_t.width());
+    let av = to_f64(&a0);
+    let g = discrete_adjoint(
+        &plan,
+        f,
+        input,
+        WRT_SCHEDULE,
+        DiscreteStates::Record,
+        move |_| Ok(a0),
+    )
+    .unwrap();
+    let ds = g.dschedule.expect("wrt schedule");
+    let names = def.param_names();
+    assert_eq!(ds.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), names);
+    let base = def.default_params();
+    let fd = names
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let loss = |p: &[f64]| {
+                let s = def.compile_with(&[(name.as_str(), p[k])]).unwrap();
+                let plan = build_plan(&s, sp).unwrap();
+                let out = sample(&plan, f, input, false).unwrap();
+                to_f64(&out.x)
+                    .iter()
+                    .zip(&av)
+                    .map(|(x, a)| x * a)
+                    .sum::<f64>()
+            };
+            let h = 1e-4 * base[k].abs().max(1e-2);
+            (4.0 * central(loss, &base, k, h) - central(loss, &base, k, 2.0 * h)) / 3.0
+        })
+        .collect();
+    (ds.into_iter().map(|(_, v)| v).collect(), fd)
+}
+
+#[test]
+fn schedule_gradients_match_finite_differences_for_every_sampler_and_grid() {
+    let gmm = GmmModel {
+        weights: vec![0.4, 0.6],
+        means: vec![vec![1.0, -0.5, 0.3], vec![-0.8, 0.7, -0.2]],
+        variances: vec![0.1, 0.3],
+    };
+    let dev = Dev::default();
+    type Net = (Linear<11, 16>, Tanh, Linear<16, 3>);
+    let net = MlpDenoiser::<_, 11, 3>::new(
+        dev.build_module::<Net, f64>(),
+        3,
+        0,
+        TimeFeatures::new(4, 20.0),
+        Prediction::V,
+    );
+    let x_t = tensor(1, 2, 3);
+    let noise = NoiseSource::Seeded(8);
+    let input = Input::new(&x_t, None, &noise);
+    let vp = ScheduleDef::vp_linear(0.1, 20.0).unwrap();
+    let mut failures = vec![];
+    let mut check = |name: String, (ds, fd): (Vec<f64>, Vec<f64>)| {
+        let err = max_rel_err(&ds, &fd);
+        eprintln!("{name}: max rel err {err:.2e} {ds:?}");
+        if !(err < 1e-6) {
+            failures.push(format!(
+                "{name}: {err:.2e}\n  adjoint {ds:?}\n  fd      {fd:?}"
+            ));
+        }
+    };
+    // Every sampler on the logsnr grid (which moves with beta_min and beta_max).
+    for (name, sp) in multistep_specs() {
+        check(
+            format!("vp_linear / {name} / gmm"),
+            schedule_adjoint_and_fd(&vp, &sp, &ModelFn::new(&gmm), &input),
+        );
+        check(
+            format!("vp_linear / {name} / mlp"),
+            schedule_adjoint_and_fd(&vp, &sp, &ModelFn::new(&net), &input),
+        );
+    }
+    // Each kind of grid, and given times (which do not move).
+    for grid in [
+        GridKind::TimeUniform,
+        GridKind::TimeQuadratic,
+        GridKind::Karras,
+    ] {
+        let label = format!("vp_linear / {grid} grid");
+        let mut sp = spec(Method::DpmSolverPp, 2, 6);
+        sp.grid = grid;
+        check(
+            label,
+            schedule_adjoint_and_fd(&vp, &sp, &ModelFn::new(&gmm), &input),
+        );
+    }
+    let mut given = spec(Method::Unipc, 2, 4);
+    given.times = Some(vec![0.95, 0.6, 0.3, 0.1, 0.01]);
+    check(
+        "vp_linear / given times".into(),
+        schedule_adjoint_and_fd(&vp, &given, &ModelFn::new(&gmm), &input),
+    );
+    // The other families with parameters, and a custom schedule whose inverse is Newton's.
+    let custom = ScheduleDef::from_formulas(
+        "custom",
+        &[("b1", 0.3), ("b3", 6.0)],
+        vec![],
+        AlphaFormula::LogAlpha("-(b1 * t + b3 * t^3)".into()),
+        SigmaFormula::LogSigma("0.5 * ln(-expm1(-2 * (b1 * t + b3 * t^3)))".into()),
+        [1e-3, 1.0],
+        None,
+    )
+    .unwrap();
+    for def in [
+        ScheduleDef::vp_cosine(0.008).unwrap(),
+        ScheduleDef::ve(0.02, 10.0).unwrap(),
+        custom,
+    ] {
+        assert!(!def.param_names().is_empty(), "{}", def.name());
+        for sp in [
+            spec(Method::DpmSolverPp, 3, 5),
+            spec(Method::Deis, 2, 5),
+            spec(Method::DpmSolver, 2, 3),
+        ] {
+            check(
+                format!("{} / {}", def.name(), sp.method.name()),
+                schedule_adjoint_and_fd(&def, &sp, &ModelFn::new(&gmm), &input),
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn schedules_without_parameters_say_so() {
+    let betas = DiscreteBetas::Linear {
+        start: 1e-4,
+        end: 0.02,
+        n: 1000,
+    };
+    let gmm = GmmModel {
+        weights: vec![1.0],
+        means: vec![vec![0.5, -0.5]],
+        variances: vec![0.2],
+    };
+    let x_t = tensor(1, 1, 2);
+    let noise = NoiseSource::Seeded(1);
+    for def in [
+        ScheduleDef::discrete(&betas, None).unwrap(),
+        ScheduleDef::edm(0.002, 80.0).unwrap(),
+    ] {
+        let s = def.compile().unwrap();
+        let plan = build_plan(&s, &spec(Method::Ddim, 1, 5)).unwrap();
+        let err = discrete_adjoint(
+            &plan,
+            &ModelFn::new(&gmm),
+            &Input::new(&x_t, None, &noise),
+            WRT_SCHEDULE,
+            DiscreteStates::Record,
+            |x: &State<f64, Dev>| Ok::<_, RuntimeError>(x.clone()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("no continuous parameters"),
+            "{}: {err}",
+            def.name()
+        );
+    }
 }
 
 #[test]

@@ -168,6 +168,7 @@ mod through_the_sampler {
         cond: true,
         params: true,
         times: false,
+        schedule: false,
     };
 
     /// The discrete adjoint through 5 DDIM steps equals the full tape for x_T, the

@@ -118,6 +118,7 @@ pub fn run(path: Option<&Path>, model: Option<&str>, rows: usize) -> Result<()> 
                 adeis::compiler::WrtKey::Cond => "cond",
                 adeis::compiler::WrtKey::Params => "params",
                 adeis::compiler::WrtKey::Times => "times",
+                adeis::compiler::WrtKey::Schedule => "schedule",
             })
             .collect::<Vec<_>>()
             .join(", "),

@@ -1,5 +1,6 @@
 //! `adeis grad`: the gradient of a loss on the sample with respect to x_T, the conditioning,
-//! the model's parameters and the sampling grid's times, by the spec's `[gradient]` method.
+//! the model's parameters, the sampling grid's times and the schedule's parameters, by the
+//! spec's `[gradient]` method.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -127,6 +128,15 @@ where
         // f64 whatever the tensors are.
         let p = args.out_dir.join("dtimes.npy");
         write_npy(&p, &[dt.len()], dt, 8)?;
+        written.push(p);
+    }
+    if let Some(ds) = &g.dschedule {
+        let p = args.out_dir.join("dschedule.json");
+        let map: serde_json::Map<String, serde_json::Value> = ds
+            .iter()
+            .map(|(name, v)| (name.clone(), serde_json::json!(v)))
+            .collect();
+        adeis_io::write_atomic(&p, serde_json::to_string_pretty(&map).unwrap().as_bytes())?;
         written.push(p);
     }
     if let Some(tensors) = g.dtheta.as_ref().and_then(|d| model.named_grads(d)) {

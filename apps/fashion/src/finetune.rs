@@ -274,6 +274,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         cond: false,
         params: true,
         times: false,
+        schedule: false,
     };
     let sampling = crate::generate::problem_of(&spec)?;
     let adjoint = match opts.gradient {

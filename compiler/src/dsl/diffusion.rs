@@ -9,7 +9,7 @@
 //!         prediction: eps,
 //!         sampler: dpm_solver_pp(order = 2, steps = 20, grid = logsnr),
 //!         gradient: adjoint_deis(order = 2, steps = 20),   // or discrete, or tape
-//!         wrt: [x_t, cond, params],   // and `times`: the sampling grid
+//!         wrt: [x_t, cond, params],   // and `times`, `schedule`: the grid, the schedule's parameters
 //!         loss: my_loss,                      // fn(Taped x_0) -> scalar on dfdx's tape
 //!     }
 //! }
@@ -424,6 +424,7 @@ impl DiffusionDecl {
                             ("cond", WrtKey::Cond),
                             ("params", WrtKey::Params),
                             ("times", WrtKey::Times),
+                            ("schedule", WrtKey::Schedule),
                         ],
                     )
                 })

@@ -41,10 +41,10 @@ impl Family for Deis {
             let coefs = deis_coefficients(run, &nodes, l_s, l_t, a_t);
             let state = a_t / a_s;
             let mut terms = vec![(Operand::State(run.x), state.v)];
-            let mut sens = vec![state.sens(base)];
+            let mut sens = vec![state.sens(base, run.b.grid_len())];
             for (k, c) in coefs.into_iter().enumerate() {
                 terms.push((run.newest(k), c.v));
-                sens.push(c.sens(base));
+                sens.push(c.sens(base, run.b.grid_len()));
             }
             run.x = run.b.combine_at_grid_with_sens(i + 1, terms, sens);
         }

@@ -1,17 +1,20 @@
 //! Forward-mode derivatives for the coefficients that are computed rather than written as
 //! formulas (DEIS's quadrature, UniPC's order conditions): a number with its derivatives in
-//! the times of four consecutive grid points. Every step of every family reads at most the
-//! points t-3..t of its end point t, so four slots suffice.
+//! the times of four consecutive grid points and in the schedule's parameters. Every step of
+//! every family reads at most the points t-3..t of its end point t, so four time slots
+//! suffice.
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-use crate::plan::GridSens;
+use crate::plan::{GridSens, MAX_DUAL_PARAMS};
 
-/// The number of grid points a dual number tracks.
-pub(crate) const SLOTS: usize = 4;
+/// The grid points a dual number tracks; the parameters' slots follow them.
+pub(crate) const TIME_SLOTS: usize = 4;
+const SLOTS: usize = TIME_SLOTS + MAX_DUAL_PARAMS;
 
-/// A value and its derivatives in the times of grid points `base..base + SLOTS` (the base is
-/// the caller's; slots before the grid's start are never seeded).
+/// A value and its derivatives in the times of grid points `base..base + TIME_SLOTS` (the base
+/// is the caller's; slots before the grid's start are never seeded), then in each schedule
+/// parameter.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Dual {
     pub v: f64,
@@ -53,14 +56,35 @@ impl Dual {
         self.chain(self.v.powi(n), n as f64 * self.v.powi(n - 1))
     }
 
-    /// The derivatives as grid sensitivities, slot k being grid point base + k.
-    pub fn sens(&self, base: isize) -> GridSens {
+    /// The derivatives as sensitivities: time slot k is grid point base + k, parameter slot k
+    /// is index n_grid + k.
+    pub fn sens(&self, base: isize, n_grid: usize) -> GridSens {
         self.d
             .iter()
             .enumerate()
             .filter(|(_, d)| **d != 0.0)
-            .map(|(k, d)| ((base + k as isize) as usize, *d))
+            .map(|(k, d)| match k {
+                k if k < TIME_SLOTS => ((base + k as isize) as usize, *d),
+                k => (n_grid + k - TIME_SLOTS, *d),
+            })
             .collect()
+    }
+
+    /// Sets the derivative in schedule parameter k.
+    pub fn with_param(mut self, k: usize, d: f64) -> Dual {
+        if k < MAX_DUAL_PARAMS {
+            self.d[TIME_SLOTS + k] = d;
+        }
+        self
+    }
+
+    /// The derivative in schedule parameter k.
+    pub fn param(&self, k: usize) -> f64 {
+        if k < MAX_DUAL_PARAMS {
+            self.d[TIME_SLOTS + k]
+        } else {
+            0.0
+        }
     }
 }
 

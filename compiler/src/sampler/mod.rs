@@ -20,9 +20,9 @@ mod unipc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
-use crate::grid::{check_grid, make_grid, train_index_times, GridKind};
+use crate::grid::{check_grid, grid_param_sens, make_grid, train_index_times, GridKind};
 use crate::plan::{GridSens, Operand, Plan, PlanBuilder, Pred, TimeDerivs};
-use crate::schedule::{Schedule, ScheduleValues};
+use crate::schedule::{ParamPartials, Schedule, ScheduleValues};
 use dual::Dual;
 use formulas::{StepVars, VarPartials};
 
@@ -360,8 +360,10 @@ pub(crate) struct Stage {
     pub sigma: f64,
     /// How its quantities move with its own time.
     pub derivs: TimeDerivs,
-    /// How its time moves with the grid times.
+    /// How its time moves with the grid times and the parameters.
     pub time_sens: GridSens,
+    /// d(alpha, sigma, lambda)/d(parameter) at its (fixed) time.
+    pub params: Vec<ParamPartials>,
 }
 
 /// A plan under construction: the grid with its schedule values, the builder, the current state
@@ -429,6 +431,7 @@ impl PlanRun<'_> {
             (From::Stage(1), b'a'),
             (From::Stage(1), b's'),
         ];
+        let n_grid = self.b.grid_len();
         let mut sens: GridSens = Vec::new();
         let mut add = |j: usize, d: f64| match sens.iter_mut().find(|(g, _)| *g == j) {
             Some((_, acc)) => *acc += d,
@@ -439,6 +442,12 @@ impl PlanRun<'_> {
             if p == 0.0 {
                 continue;
             }
+            // The variable's partials in the parameters at its (fixed) time.
+            let pick = |pp: &ParamPartials| match q {
+                b'a' => pp.alpha,
+                b's' => pp.sigma,
+                _ => pp.lambda,
+            };
             match from {
                 From::Grid(off) => {
                     let j = (i as isize + off) as usize;
@@ -449,6 +458,9 @@ impl PlanRun<'_> {
                         _ => self.vals[j].dlambda_dt,
                     };
                     add(j, p * dv);
+                    for (k, pp) in self.b.grid_params(j).iter().enumerate() {
+                        add(n_grid + k, p * pick(pp));
+                    }
                 }
                 From::Stage(u) => {
                     let st = &stages[*u];
@@ -459,6 +471,9 @@ impl PlanRun<'_> {
                     };
                     for (j, w) in &st.time_sens {
                         add(*j, p * dv * w);
+                    }
+                    for (k, pp) in st.params.iter().enumerate() {
+                        add(n_grid + k, p * pick(pp));
                     }
                 }
             }
@@ -471,21 +486,34 @@ impl PlanRun<'_> {
     pub fn dual_vals(&self, j: usize, base: isize) -> (Dual, Dual, Dual) {
         let slot = (j as isize - base) as usize;
         let (v, d) = (&self.vals[j], self.b.grid_derivs(j));
-        (
+        let (mut l, mut a, mut s) = (
             Dual::seeded(v.lambda, slot, v.dlambda_dt),
             Dual::seeded(v.alpha, slot, d.alpha),
             Dual::seeded(v.sigma, slot, d.sigma),
-        )
+        );
+        for (k, pp) in self.b.grid_params(j).iter().enumerate() {
+            (l, a, s) = (
+                l.with_param(k, pp.lambda),
+                a.with_param(k, pp.alpha),
+                s.with_param(k, pp.sigma),
+            );
+        }
+        (l, a, s)
     }
 
-    /// t(lambda) with its derivatives: dt = d lambda / lambda'(t).
+    /// t(lambda) with its derivatives: lambda(t; p) = lambda gives
+    /// dt = (d lambda - d lambda/dp dp) / lambda'(t).
     pub fn t_of_lambda_dual(&self, lambda: Dual) -> Dual {
         let t = self.schedule.t_of_lambda(lambda.v);
         let slope = self.schedule.eval(t).dlambda_dt;
-        Dual {
+        let mut out = Dual {
             v: t,
             d: lambda.d.map(|x| x / slope),
+        };
+        for (k, pp) in self.schedule.param_partials(t).iter().enumerate() {
+            out = out.with_param(k, (lambda.param(k) - pp.lambda) / slope);
         }
+        out
     }
 
     /// The intermediate point at lambda_s + r (lambda_t - lambda_s) of step i: its time, and
@@ -496,11 +524,19 @@ impl PlanRun<'_> {
             .schedule
             .t_of_lambda(vs.lambda + r * (vt.lambda - vs.lambda));
         let v = self.schedule.eval(t);
-        // lambda(t_u) = (1 - r) lambda(t_i) + r lambda(t_{i+1}), differentiated.
-        let time_sens = vec![
+        // lambda(t_u) = (1 - r) lambda(t_i) + r lambda(t_{i+1}), differentiated in the two
+        // times and, at fixed times, in each parameter.
+        let mut time_sens = vec![
             (i, (1.0 - r) * vs.dlambda_dt / v.dlambda_dt),
             (i + 1, r * vt.dlambda_dt / v.dlambda_dt),
         ];
+        let params = self.schedule.param_partials(t);
+        let n_grid = self.b.grid_len();
+        let (ps, pt) = (self.b.grid_params(i), self.b.grid_params(i + 1));
+        for (k, pu) in params.iter().enumerate() {
+            let dl = (1.0 - r) * ps[k].lambda + r * pt[k].lambda - pu.lambda;
+            time_sens.push((n_grid + k, dl / v.dlambda_dt));
+        }
         (
             t,
             Stage {
@@ -508,6 +544,7 @@ impl PlanRun<'_> {
                 sigma: v.sigma,
                 derivs: TimeDerivs::of(self.schedule, &v),
                 time_sens,
+                params,
             },
         )
     }
@@ -554,7 +591,13 @@ fn describe(spec: &SamplerSpec, grid: &[f64]) -> String {
 pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, FieldError> {
     spec.validate()?;
     let grid = spec.grid_for(schedule)?;
-    Ok(build_plan_on(schedule, spec, grid))
+    let made = spec.times.is_none() && spec.train_indices.is_none();
+    let sens = made.then(|| grid_param_sens(schedule, &spec.grid, spec.rho, &grid));
+    let mut plan = build_plan_on(schedule, spec, grid);
+    if let Some(s) = sens {
+        plan.grid_param_sens = s;
+    }
+    Ok(plan)
 }
 
 /// Builds the plan of a validated `spec` on a given grid (any direction: a grid from t_min up

@@ -173,7 +173,7 @@ impl UnipcStep {
         terms.insert(0, (x, state_coef));
         terms
             .into_iter()
-            .map(|(op, c)| ((op, c.v), c.sens(base)))
+            .map(|(op, c)| ((op, c.v), c.sens(base, run.b.grid_len())))
             .unzip()
     }
 }

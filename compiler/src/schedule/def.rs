@@ -398,6 +398,7 @@ impl ScheduleDef {
             forward: Arc::new(forward),
             newton: Arc::new(newton),
             inverse: inverse.map(Arc::new),
+            param_partials: Arc::default(),
         })
     }
 }

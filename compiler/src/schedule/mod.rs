@@ -14,12 +14,13 @@ pub mod error;
 pub mod families;
 pub mod inverse;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::jit::JitFn;
 use crate::plan::TimeInfo;
 
 pub use def::{AlphaFormula, ScheduleDef, SigmaFormula};
+
 pub use discrete::DiscreteBetas;
 pub use error::ScheduleError;
 pub use inverse::{newton_inverse, Inverse};
@@ -115,6 +116,16 @@ pub struct Schedule {
     pub(crate) forward: Arc<JitFn>,
     pub(crate) newton: Arc<JitFn>,
     pub(crate) inverse: Option<Arc<JitFn>>,
+    /// d(alpha, sigma, lambda)/d(parameter) at fixed t, compiled on first use.
+    pub(crate) param_partials: Arc<OnceLock<JitFn>>,
+}
+
+/// d alpha, d sigma and d lambda with respect to one schedule parameter, at a fixed time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ParamPartials {
+    pub alpha: f64,
+    pub sigma: f64,
+    pub lambda: f64,
 }
 
 impl Schedule {
@@ -189,8 +200,85 @@ impl Schedule {
         }
     }
 
+    /// The names of the schedule's continuous parameters (none for a discrete table).
+    pub fn param_names(&self) -> Vec<String> {
+        self.def.param_names()
+    }
+
+    /// For each parameter, d(alpha, sigma, lambda)/d(parameter) at `t` (t held fixed):
+    /// derived symbolically from the schedule's program and compiled on first use.
+    pub fn param_partials(&self, t: f64) -> Vec<ParamPartials> {
+        let names = self.def.param_names();
+        if names.is_empty() {
+            return vec![];
+        }
+        let jit = self.param_partials.get_or_init(|| {
+            let mut program = self.def.program().clone();
+            let mut outs: Vec<String> = Vec::new();
+            for p in &names {
+                for q in ["alpha", "sigma", "lambda"] {
+                    outs.push(program.derivative(q, p).to_string());
+                }
+            }
+            let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
+            // The schedule compiled, so its derivatives do: the same primitives.
+            crate::jit::compile(&program, &refs).expect("schedule parameter derivatives compile")
+        });
+        let mut out = vec![0.0; 3 * names.len()];
+        jit.call(t, &self.params, &mut out);
+        out.chunks_exact(3)
+            .map(|c| ParamPartials {
+                alpha: c[0],
+                sigma: c[1],
+                lambda: c[2],
+            })
+            .collect()
+    }
+
     /// The compiled function of every quantity (for benchmarks and table filling).
     pub fn forward_fn(&self) -> &JitFn {
         &self.forward
+    }
+}
+
+#[cfg(test)]
+mod param_tests {
+    use super::*;
+
+    #[test]
+    fn parameter_partials_match_finite_differences() {
+        for def in [
+            ScheduleDef::vp_linear(0.1, 20.0).unwrap(),
+            ScheduleDef::vp_cosine(0.008).unwrap(),
+            ScheduleDef::ve(0.02, 10.0).unwrap(),
+            ScheduleDef::edm(0.002, 20.0).unwrap(),
+        ] {
+            let s = def.compile().unwrap();
+            let names = def.param_names();
+            let base = def.default_params();
+            for t in [0.01, 0.3, 0.9] {
+                let pp = s.param_partials(t);
+                for (k, name) in names.iter().enumerate() {
+                    let h = 1e-6 * base[k].abs().max(1e-3);
+                    let at = |v: f64| def.compile_with(&[(name.as_str(), v)]).unwrap().eval(t);
+                    let (p, m) = (at(base[k] + h), at(base[k] - h));
+                    let fd = [
+                        (p.alpha - m.alpha) / (2.0 * h),
+                        (p.sigma - m.sigma) / (2.0 * h),
+                        (p.lambda - m.lambda) / (2.0 * h),
+                    ];
+                    let got = [pp[k].alpha, pp[k].sigma, pp[k].lambda];
+                    for q in 0..3 {
+                        assert!(
+                            (got[q] - fd[q]).abs() < 1e-6 * fd[q].abs().max(1.0),
+                            "{} t = {t} d/d{name} [{q}]: {} vs {}",
+                            def.name(),
+                            got[q],
+                            fd[q]
+                        );
+                    }
+                }
+            }
+        }
     }
 }

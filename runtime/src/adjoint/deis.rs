@@ -120,6 +120,7 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         },
         dtheta: theta,
         dtimes: None,
+        dschedule: None,
         nfe: exec.nfe,
         vjps,
     })

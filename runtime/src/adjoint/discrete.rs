@@ -23,7 +23,8 @@ struct Reverse<'a, E: Dtype, D: Device<E>, G> {
     wrt: Wrt,
     vjps: usize,
     plan: &'a Plan,
-    /// dL/dt_i for every grid time, when asked.
+    /// dL/dt_i for every grid time, then dL/dp_k for every schedule parameter at fixed
+    /// times (the plan's sensitivity indices), when either is asked for.
     dtimes: Option<Vec<f64>>,
     /// Where the SDE noises come from, and x_T for their shape (the noise terms' coefficients
     /// move with the grid).
@@ -94,15 +95,20 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                             let cot = model.vjp_with_time(x, z, time, *pred, &g, o, theta);
                             let tc = cot.time.ok_or_else(|| {
                                 RuntimeError::Invalid(
-                                    "wrt \"times\": this model does not differentiate its dependence on time (the MLP denoisers and the closed-form models do; thresholding is not differentiated in time)".into(),
+                                    "wrt \"times\" / \"schedule\": this model does not differentiate its dependence on time (the MLP denoisers and the closed-form models do; thresholding is not differentiated in time)".into(),
                                 )
                             })?;
-                            // The evaluation's time moves with the grid times its state's does.
+                            // The evaluation's time moves with the grid times its state's does;
+                            // its alpha and sigma also move with the parameters at fixed time.
                             let d =
                                 self.plan.state_derivs[*input].dot(tc.model_t, tc.alpha, tc.sigma);
                             let sens = self.plan.state_sens[*input].as_ref();
                             for (j, w) in sens.expect("checked: every state's time sensitivity") {
                                 dt[*j] += w * d;
+                            }
+                            let n_grid = self.plan.grid.len();
+                            for (k, pp) in self.plan.state_params[*input].iter().enumerate() {
+                                dt[n_grid + k] += tc.alpha * pp.alpha + tc.sigma * pp.sigma;
                             }
                             cot
                         }
@@ -126,16 +132,28 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
     }
 }
 
-/// The plan carries what the gradient with respect to its grid needs: every coefficient's
-/// sensitivity and every evaluation on a grid point.
-fn check_time_gradient(plan: &Plan) -> Result<(), RuntimeError> {
+/// The plan carries what the gradient with respect to its grid and schedule needs: every
+/// coefficient's sensitivity and every evaluation's time.
+fn check_time_gradient(plan: &Plan, wrt: Wrt) -> Result<(), RuntimeError> {
+    if wrt.schedule && plan.param_names.is_empty() {
+        return Err(RuntimeError::Invalid(
+            "wrt \"schedule\": this schedule has no continuous parameters (a discrete schedule is a table of betas, edm's sigma is t itself); wrt \"times\" differentiates its grid".into(),
+        ));
+    }
+    if wrt.schedule && !plan.params_differentiated {
+        return Err(RuntimeError::Invalid(format!(
+            "wrt \"schedule\": the schedule has {} parameters; its gradient is derived for at most {}",
+            plan.param_names.len(),
+            adeis_compiler::plan::MAX_DUAL_PARAMS
+        )));
+    }
     let on_grid = plan.instrs.iter().all(|ins| match ins {
         Instr::Eval { input, .. } => plan.state_sens[*input].is_some(),
         Instr::Combine { .. } => true,
     });
     if plan.term_sens.is_none() || !on_grid {
         return Err(RuntimeError::Invalid(format!(
-            "wrt \"times\": the gradient with respect to the grid times is derived for the multistep samplers (ddim, dpm_solver and dpm_solver_pp multistep, sde_dpm_solver, sde_dpm_solver_pp, ODE and SDE); not yet for {}",
+            "wrt \"times\" / \"schedule\": the sampler's coefficients carry no sensitivities for {}",
             plan.description
         )));
     }
@@ -161,11 +179,12 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     check_shapes(model.model, input.x_t, input.cond)?;
-    if wrt.times {
-        check_time_gradient(plan)?;
+    let sensitivities = wrt.times || wrt.schedule;
+    if sensitivities {
+        check_time_gradient(plan, wrt)?;
     }
     let mut exec = Exec::new(plan, model, input);
-    exec.keep_outputs = wrt.times;
+    exec.keep_outputs = sensitivities;
     let start = exec.start();
     let bounds = plan.step_bounds();
     let n_steps = bounds.len() - 1;
@@ -177,7 +196,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         wrt,
         vjps: 0,
         plan,
-        dtimes: wrt.times.then(|| vec![0.0; plan.grid.len()]),
+        dtimes: sensitivities.then(|| vec![0.0; plan.grid.len() + plan.param_names.len()]),
         noise: input.noise,
         x_t: input.x_t,
     };
@@ -211,6 +230,28 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         .xbar
         .remove(&0)
         .unwrap_or_else(|| input.x_t.zeros_like());
+    let (dtimes, dschedule) = match rev.dtimes.take() {
+        None => (None, None),
+        Some(mut acc) => {
+            let dparams = acc.split_off(plan.grid.len());
+            // The grid moves with the parameters where it is defined through the schedule.
+            let dschedule: Vec<(String, f64)> = plan
+                .param_names
+                .iter()
+                .enumerate()
+                .map(|(k, name)| {
+                    let through_grid: f64 = plan
+                        .grid_param_sens
+                        .iter()
+                        .zip(&acc)
+                        .map(|(row, dt)| row[k] * dt)
+                        .sum();
+                    (name.clone(), dparams[k] + through_grid)
+                })
+                .collect();
+            (wrt.times.then_some(acc), wrt.schedule.then_some(dschedule))
+        }
+    };
     Ok(Gradient {
         x0,
         dx_t,
@@ -222,7 +263,8 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             None
         },
         dtheta: rev.theta,
-        dtimes: rev.dtimes,
+        dtimes,
+        dschedule,
         nfe: exec.nfe,
         vjps: rev.vjps,
     })

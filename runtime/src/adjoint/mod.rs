@@ -30,6 +30,9 @@ pub struct Gradient<E: Dtype, D: Device<E>, G> {
     /// dL/dt_i for every time of the sampling grid (in the grid's order), when the gradient
     /// is taken with respect to the times.
     pub dtimes: Option<Vec<f64>>,
+    /// dL/d(parameter) for every continuous parameter of the schedule (name, value), the
+    /// grid moving with them where it is defined through the schedule.
+    pub dschedule: Option<Vec<(String, f64)>>,
     /// Forward model evaluations (recomputation included).
     pub nfe: usize,
     /// Vector-Jacobian products of the model.
@@ -50,9 +53,9 @@ pub fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             "wrt includes \"cond\" but the model has no conditioning".into(),
         ));
     }
-    if wrt.times && !matches!(problem.adjoint(), Adjoint::Discrete { .. }) {
+    if (wrt.times || wrt.schedule) && !matches!(problem.adjoint(), Adjoint::Discrete { .. }) {
         return Err(RuntimeError::Invalid(
-            "wrt \"times\" is computed by the discrete adjoint (method = \"discrete\")".into(),
+            "wrt \"times\" and \"schedule\" are computed by the discrete adjoint (method = \"discrete\")".into(),
         ));
     }
     match *problem.adjoint() {

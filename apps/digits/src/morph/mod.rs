@@ -392,6 +392,7 @@ fn morph_problem<M: MorphModels>(models: &M, keys: serde_json::Value) -> Result<
         cond: true,
         params: false,
         times: false,
+        schedule: false,
     };
     Ok(models.problem(&sampler(keys)?)?.with_wrt(wrt))
 }
