@@ -437,3 +437,44 @@ fn forward_train_differentiates_the_class_table() {
     }
     assert_eq!(host[k][3 * width + 2], 0.0, "class 3 is not in the batch");
 }
+
+/// cot^T d out / d(model time) of the UNet's VJP (through its timestep embedding) against
+/// fourth-order central differences in f64, with the sinusoids in f64 (diffusers computes them
+/// in f32, which makes the model a step function of t at f32's resolution); and with them in
+/// f32 the VJP's time cotangent is the same to f32's round-off in the features.
+#[test]
+fn unet_time_cotangent_matches_finite_differences() {
+    for name in ["class_cond_cifar_style", "attn_down_up"] {
+        let (mut model, r) = load::<f64>(name);
+        let x = state::<f64>(&r["x"].1, &r["x"].0);
+        let z = r.get("z").map(|z| state::<f64>(&z.1, &z.0));
+        let cot = state::<f64>(&r["cot"].1, &r["cot"].0);
+        let c = to_f64(&cot);
+        let time_cot = |m: &UNet2D<f64, Cpu>, t: f64| {
+            m.vjp(&x, z.as_ref(), &time(t), &cot, None)
+                .time
+                .expect("the UNet differentiates its time")
+                .model_t
+        };
+        for t in [37.0, 500.25] {
+            let as_diffusers = time_cot(&model, t);
+            model.time_projection_in_f64 = true;
+            let got = time_cot(&model, t);
+            let loss = |tv: &[f64]| -> f64 {
+                let out = model.forward(&x, z.as_ref(), &time(tv[0]));
+                to_f64(&out).iter().zip(&c).map(|(o, c)| o * c).sum()
+            };
+            let h = 1e-3;
+            let fd = (4.0 * central(loss, &[t], 0, h) - central(loss, &[t], 0, 2.0 * h)) / 3.0;
+            let err = (got - fd).abs() / fd.abs();
+            let f32_diff = (as_diffusers - got).abs() / got.abs();
+            eprintln!("{name} t = {t}: time cotangent {got:.8e}, differences {fd:.8e}: rel err {err:.2e}; f32 sinusoids {f32_diff:.2e} apart");
+            assert!(err < 1e-7, "{name} t = {t}: {got} vs {fd}");
+            assert!(
+                f32_diff < 1e-4,
+                "{name} t = {t}: f32 sinusoids {as_diffusers} vs {got}"
+            );
+            model.time_projection_in_f64 = false;
+        }
+    }
+}

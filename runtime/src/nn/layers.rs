@@ -173,6 +173,62 @@ impl<E: Float, D: NnDevice<E>> Attention<E, D> {
 /// then converted: `freq_k = exp(-ln(max_period) k / (half - shift))`, the vector
 /// `[sin(t freq), cos(t freq)]` (cos first with `flip_sin_to_cos`), zero-padded to an odd
 /// `dim`.
+/// The frequencies of [`timestep_embedding`], as diffusers computes them (in f32).
+fn timestep_frequencies(dim: usize, freq_shift: f64) -> Vec<f64> {
+    const MAX_PERIOD: f64 = 10000.0;
+    let half = dim / 2;
+    (0..half)
+        .map(|k| {
+            let exponent = (-MAX_PERIOD.ln()) as f32 * k as f32 / (half as f64 - freq_shift) as f32;
+            exponent.exp() as f64
+        })
+        .collect()
+}
+
+/// [sin(w t), cos(w t)] (or flipped) with the frequencies w, padded to `dim`.
+fn sinusoids(
+    ws: &[f64],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    f: impl Fn(f64) -> (f64, f64),
+) -> Vec<f64> {
+    let (a, b): (Vec<f64>, Vec<f64>) = ws.iter().map(|w| f(*w)).unzip();
+    let mut out = if flip_sin_to_cos {
+        [b, a].concat()
+    } else {
+        [a, b].concat()
+    };
+    out.resize(dim, 0.0);
+    out
+}
+
+/// [`timestep_embedding`] in f64 arithmetic (the same frequencies): smooth in t.
+pub fn timestep_embedding_f64(
+    t: f64,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Vec<f64> {
+    let ws = timestep_frequencies(dim, freq_shift);
+    sinusoids(&ws, dim, flip_sin_to_cos, |w| {
+        ((w * t).sin(), (w * t).cos())
+    })
+}
+
+/// d/dt of the timestep embedding (in f64, with the same frequencies): w cos(w t) for a
+/// sine, -w sin(w t) for a cosine.
+pub fn timestep_embedding_slope(
+    t: f64,
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f64,
+) -> Vec<f64> {
+    let ws = timestep_frequencies(dim, freq_shift);
+    sinusoids(&ws, dim, flip_sin_to_cos, |w| {
+        (w * (w * t).cos(), -w * (w * t).sin())
+    })
+}
+
 pub fn timestep_embedding<E: Float>(
     t: f64,
     dim: usize,

@@ -25,7 +25,9 @@ use dfdx::prelude::*;
 pub use activation::Gelu;
 pub use conv::Conv2d;
 pub use dense::{Dense, DenseLinear};
-pub use layers::{timestep_embedding, Attention, Linear};
+pub use layers::{
+    timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, Attention, Linear,
+};
 pub use norm::{Activation, ChannelShift, GroupNorm};
 
 /// Elements below which a parallel loop's task is not worth a thread's wake-up.

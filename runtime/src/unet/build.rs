@@ -420,6 +420,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             norm_out,
             conv_out,
             params,
+            time_projection_in_f64: false,
         })
     }
 }

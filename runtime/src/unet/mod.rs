@@ -15,12 +15,12 @@ pub mod config;
 use adeis_compiler::{Prediction, TimeInfo};
 use dfdx::prelude::*;
 
-use crate::denoiser::{Cotangents, Denoiser};
+use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::layers::{self, upsample2x};
 use crate::nn::{
-    timestep_embedding, Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice,
-    ParamGrads,
+    timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, Activation, Attention,
+    Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
 };
 use crate::state::State;
 use crate::tape::{Taped, TapedDenoiser};
@@ -95,6 +95,10 @@ pub struct UNet2D<E: Dtype, D: Storage<E>> {
     norm_out: GroupNorm<E, D>,
     conv_out: Conv2d<E, D>,
     params: Vec<Param<E, D>>,
+    /// The timestep sinusoids in f64 rather than in f32 as diffusers computes them: the model
+    /// is then smooth in its time at f64's resolution (for gradients with respect to the
+    /// grid checked in f64), and differs from diffusers by f32 round-off in the features.
+    pub time_projection_in_f64: bool,
 }
 
 /// Gradients with respect to every parameter of a [`UNet2D`], in the model's parameter order
@@ -224,11 +228,27 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         dev: &D,
         times: &[f64],
     ) -> Tensor<(usize, usize), E, D, T> {
+        self.embed_projection(self.time_projection(dev, times).retaped::<T>())
+    }
+
+    /// The sinusoidal projection of the model times, one row each (diffusers' `Timesteps`).
+    fn time_projection(&self, dev: &D, times: &[f64]) -> Tensor<(usize, usize), E, D> {
         let c0 = self.config.block_out_channels[0];
         let mut rows: Vec<E> = Vec::with_capacity(times.len() * c0);
         for (i, &t) in times.iter().enumerate() {
             if i > 0 && t == times[i - 1] {
                 rows.extend_from_within((i - 1) * c0..i * c0);
+            } else if self.time_projection_in_f64 {
+                rows.extend(
+                    timestep_embedding_f64(
+                        t,
+                        c0,
+                        self.config.flip_sin_to_cos,
+                        self.config.freq_shift,
+                    )
+                    .into_iter()
+                    .map(|v| E::from_f64(v).unwrap()),
+                );
             } else {
                 rows.extend(timestep_embedding::<E>(
                     t,
@@ -238,7 +258,14 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
                 ));
             }
         }
-        let proj = dev.tensor_from_vec(rows, (times.len(), c0)).retaped::<T>();
+        dev.tensor_from_vec(rows, (times.len(), c0))
+    }
+
+    /// The time embedding of a projection (diffusers' `TimestepEmbedding`), on its tape.
+    fn embed_projection<T: Tape<E, D>>(
+        &self,
+        proj: Tensor<(usize, usize), E, D, T>,
+    ) -> Tensor<(usize, usize), E, D, T> {
         self.time_linear_2
             .forward(layers::silu(self.time_linear_1.forward(proj)))
     }
@@ -508,12 +535,19 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
     ) -> Cotangents<E, D> {
         let image = self.image_of(x);
         let probe = image.clone();
-        // Leaky: every gradient stays until the end of this call, so the input's and the
-        // conditioning's can be read; they are freed with `grads` on return.
+        // Leaky: every gradient stays until the end of this call, so the input's, the
+        // conditioning's and the time projection's can be read; they are freed with `grads`
+        // on return.
         let traced = image.trace(Gradients::leaky());
         let zt = z.map(|z| z.rows().clone().retaped::<OwnedTape<E, D>>());
         let params = ParamGrads::when(theta.as_ref().is_some_and(|(_, w)| *w != 0.0));
-        let out = self.forward_image(traced, zt, time.model_t, params);
+        let batch = x.batch();
+        let proj = self.time_projection(&x.device(), &vec![time.model_t; batch]);
+        let mut emb = self.embed_projection(proj.clone().retaped::<OwnedTape<E, D>>());
+        if let Some(z) = zt {
+            emb = emb + z;
+        }
+        let out = self.forward_embedded(traced, emb, params);
         let c = cot.rows().clone().reshape_like(out.shape());
         let mut grads = (out * c).sum().backward();
         let dx = grads.get(&probe).reshape_like(&(x.batch(), x.width()));
@@ -521,6 +555,21 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
             grads.try_alloc_for(z.rows()).expect("gradient allocation");
             z.like(grads.get(z.rows()))
         });
+        // cot^T d out/d(model time): the projection's gradient, summed over the batch, against
+        // the sinusoids' slope.
+        grads.try_alloc_for(&proj).expect("gradient allocation");
+        let dproj = grads.get(&proj).sum::<(usize,), Axis<0>>();
+        let slope = timestep_embedding_slope(
+            time.model_t,
+            self.config.block_out_channels[0],
+            self.config.flip_sin_to_cos,
+            self.config.freq_shift,
+        );
+        let model_t = crate::to_f64(&dproj)
+            .iter()
+            .zip(&slope)
+            .map(|(g, s)| g * s)
+            .sum();
         if let Some((acc, w)) = theta {
             if w != 0.0 {
                 let w = E::from_f64(w).unwrap();
@@ -532,7 +581,10 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
         Cotangents {
             x: x.like(dx),
             cond: dz,
-            time: None,
+            time: Some(TimeCot {
+                model_t,
+                ..TimeCot::default()
+            }),
         }
     }
 
