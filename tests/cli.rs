@@ -303,6 +303,32 @@ mod grad {
         p
     }
 
+    /// `adeis grad --spec SP --model MODEL --x-t XT --cot COT --out-dir OUT EXTRA...`.
+    fn grad(
+        sp: &Path,
+        model: &str,
+        xt: &Path,
+        cot: &Path,
+        out: &Path,
+        extra: &[&str],
+    ) -> (bool, String, String) {
+        let mut a = vec![
+            "grad",
+            "--spec",
+            s(sp),
+            "--model",
+            model,
+            "--x-t",
+            s(xt),
+            "--cot",
+            s(cot),
+            "--out-dir",
+            s(out),
+        ];
+        a.extend(extra);
+        adeis(&a)
+    }
+
     #[test]
     fn gradients_match_the_closed_form() {
         let xt = arr("xt.npy", &[0.3, -1.2, 0.8, 0.1], &[2, 2]);
@@ -323,7 +349,7 @@ mod grad {
         {
             let out = tmp(&format!("out{i}"));
             let sp = spec(&format!("g{i}.toml"), g);
-            let (ok, stdout, err) = adeis(&["grad", "--spec", s(&sp), "--model", "gaussian:mu=0.5,s2=0.3", "--x-t", s(&xt), "--cot", s(&cot), "--out-dir", s(&out), "--dtype", "f64"]);
+            let (ok, stdout, err) = grad(&sp, "gaussian:mu=0.5,s2=0.3", &xt, &cot, &out, &["--dtype", "f64"]);
             assert!(ok, "{g}: {err}");
             let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
             assert!(summary["peak_memory_bytes"].as_u64().unwrap() > 0);
@@ -384,21 +410,7 @@ mod grad {
             let sp = tmp(&format!("times{steps}.toml"));
             std::fs::write(&sp, format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = {steps}\n\n[gradient]\nwrt = [\"x_t\", \"times\"]\n")).unwrap();
             let out = tmp(&format!("out-times{steps}"));
-            let (ok, stdout, err) = adeis(&[
-                "grad",
-                "--spec",
-                s(&sp),
-                "--model",
-                &model,
-                "--x-t",
-                s(&xt),
-                "--cot",
-                s(&cot),
-                "--out-dir",
-                s(&out),
-                "--dtype",
-                "f64",
-            ]);
+            let (ok, stdout, err) = grad(&sp, &model, &xt, &cot, &out, &["--dtype", "f64"]);
             assert!(ok, "{err}");
             let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
             assert_eq!(summary["vjps"].as_u64(), Some(steps as u64));
@@ -421,25 +433,57 @@ mod grad {
             min400 < 0.01 && (0.18..0.32).contains(&ratio),
             "dL/dt_min: rel err {min200:.2e} (200 steps), {min400:.2e} (400): not second order"
         );
+        // The schedule's parameters: the flow's derivative through a0 = alpha(t_min) and
+        // a1 = alpha(t_max), d log alpha / d beta_min = -t/2 + t^2/4, d / d beta_max = -t^2/4.
+        // The logsnr grid moves with them, its last point in lambda with it: second order,
+        // like dL/dt_min.
+        type DLogAlpha = fn(f64) -> f64;
+        let dlogs: [(&str, DLogAlpha); 2] = [
+            ("beta_min", |t| -t / 2.0 + t * t / 4.0),
+            ("beta_max", |t| -t * t / 4.0),
+        ];
+        let schedule_errs = |steps: usize| -> Vec<f64> {
+            let sp = tmp(&format!("schedule{steps}.toml"));
+            std::fs::write(&sp, format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = {steps}\n\n[gradient]\nwrt = [\"schedule\"]\n")).unwrap();
+            let out = tmp(&format!("out-schedule{steps}"));
+            let (ok, _, err) = grad(&sp, &model, &xt, &cot, &out, &["--dtype", "f64"]);
+            assert!(ok, "{err}");
+            let text = std::fs::read_to_string(out.join("dschedule.json")).unwrap();
+            let ds: serde_json::Value = serde_json::from_str(&text).unwrap();
+            dlogs
+                .iter()
+                .map(|(name, dlog)| {
+                    let (da0, da1) = (a0 * dlog(t0), a1 * dlog(t1));
+                    let dk = 0.5 * k * (-1.4 * a0 * da0 / v(a0) + 1.4 * a1 * da1 / v(a1));
+                    let exact: f64 = cv
+                        .iter()
+                        .zip(xv)
+                        .map(|(c, x)| c * (mu * da0 + dk * (x - a1 * mu) - k * mu * da1))
+                        .sum();
+                    (ds[name].as_f64().unwrap() - exact).abs() / exact.abs()
+                })
+                .collect()
+        };
+        let (e400, e800) = (schedule_errs(400), schedule_errs(800));
+        eprintln!(
+            "dL/d(beta_min, beta_max) against the flow: {e400:?} (400 steps), {e800:?} (800)"
+        );
+        for (k, (name, _)) in dlogs.iter().enumerate() {
+            let ratio = e800[k] / e400[k];
+            assert!(
+                e800[k] < 5e-3 && (0.18..0.32).contains(&ratio),
+                "dL/d{name}: rel err {:.2e} (400 steps), {:.2e} (800): not second order",
+                e400[k],
+                e800[k]
+            );
+        }
         // Not for the methods that do not differentiate the grid.
         let sp = spec(
             "times-deis.toml",
             "method = \"adjoint_deis\"\nwrt = [\"times\"]",
         );
         let out = tmp("out-times-deis");
-        let (ok, _, err) = adeis(&[
-            "grad",
-            "--spec",
-            s(&sp),
-            "--model",
-            &model,
-            "--x-t",
-            s(&xt),
-            "--cot",
-            s(&cot),
-            "--out-dir",
-            s(&out),
-        ]);
+        let (ok, _, err) = grad(&sp, &model, &xt, &cot, &out, &[]);
         assert!(
             !ok && err.contains("wrt \"times\" is computed by the discrete adjoint"),
             "{err}"

@@ -379,8 +379,8 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GmmModel {
 mod tests {
     use super::*;
 
-    #[test]
-    fn gmm_vjp_matches_finite_differences() {
+    /// A two-component mixture and a time to differentiate at.
+    fn mixture_at_a_time() -> (GmmModel, TimeInfo) {
         let g = GmmModel {
             weights: vec![0.3, 0.7],
             means: vec![vec![1.0, -0.5], vec![-1.2, 0.8]],
@@ -392,6 +392,12 @@ mod tests {
             alpha: 0.6,
             sigma: 0.8,
         };
+        (g, time)
+    }
+
+    #[test]
+    fn gmm_vjp_matches_finite_differences() {
+        let (g, time) = mixture_at_a_time();
         let x = [0.3, -0.1];
         let cot = [0.7, -1.1];
         let vjp = g.eps_vjp_at(&x, &time, &cot);
@@ -408,17 +414,7 @@ mod tests {
 
     #[test]
     fn gmm_time_partials_match_finite_differences() {
-        let g = GmmModel {
-            weights: vec![0.3, 0.7],
-            means: vec![vec![1.0, -0.5], vec![-1.2, 0.8]],
-            variances: vec![0.2, 0.5],
-        };
-        let time = TimeInfo {
-            t: 0.5,
-            model_t: 0.5,
-            alpha: 0.6,
-            sigma: 0.8,
-        };
+        let (g, time) = mixture_at_a_time();
         let (x, cot) = ([0.3, -0.1], [0.7, -1.1]);
         let (da, ds) = g.eps_time_partials_at(&x, &time, &cot);
         let h = 1e-6;

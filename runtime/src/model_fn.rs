@@ -188,15 +188,30 @@ impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M
             None => (want, cot),
             Some(c) => (Pred::Data, c),
         };
+        let mut out = self.linear_vjp(x, z, time, form, cot, theta);
+        if let Some(d) = direct {
+            out.x = out.x + d;
+        }
+        out.time = None;
+        out
+    }
+
+    /// The VJP of pred = cx x + co raw (the conversion to `form` without thresholding); the
+    /// time slot holds the raw output's (times co).
+    fn linear_vjp(
+        &self,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
+        time: &TimeInfo,
+        form: Pred,
+        cot: &State<E, D>,
+        theta: Option<(&mut M::Grads, f64)>,
+    ) -> Cotangents<E, D> {
         let (cx, co) = linear(form, self.model.prediction(), time);
         let mut out = self.raw_vjp(x, z, time, &(cot.clone() * co), theta);
         if cx != 0.0 {
             out.x = out.x + cot.clone() * cx;
         }
-        if let Some(d) = direct {
-            out.x = out.x + d;
-        }
-        out.time = None;
         out
     }
 
@@ -222,10 +237,7 @@ impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M
             return out;
         }
         let (cx, co) = linear(want, self.model.prediction(), time);
-        let mut out = self.raw_vjp(x, z, time, &(cot.clone() * co), theta);
-        if cx != 0.0 {
-            out.x = out.x + cot.clone() * cx;
-        }
+        let mut out = self.linear_vjp(x, z, time, want, cot, theta);
         out.time = out.time.map(|raw| {
             let ((dcx_da, dco_da), (dcx_ds, dco_ds)) =
                 linear_slopes(want, self.model.prediction(), time);
