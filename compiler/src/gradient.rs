@@ -169,10 +169,10 @@ impl GradientSpec {
             }
         }
         for (key, word) in [(WrtKey::Times, "times"), (WrtKey::Schedule, "schedule")] {
-            if self.wants(key) && self.method != GradMethod::Discrete {
+            if self.wants(key) && self.method == GradMethod::AdjointDeis {
                 return err(
                     "wrt",
-                    format!("wrt \"{word}\" is computed by the discrete adjoint (method = \"discrete\"), the exact gradient of the sampler that ran; `{m}` does not differentiate the grid or the schedule"),
+                    format!("wrt \"{word}\" is computed by the discrete adjoint (method = \"discrete\"), the exact gradient of the sampler that ran, or the tape; `{m}` does not differentiate the grid or the schedule"),
                 );
             }
         }
@@ -190,9 +190,9 @@ pub struct Wrt {
     pub cond: bool,
     /// The model's parameters theta.
     pub params: bool,
-    /// The times of the sampling grid (discrete adjoint only).
+    /// The times of the sampling grid (the discrete adjoint and the tape).
     pub times: bool,
-    /// The schedule's parameters (discrete adjoint only).
+    /// The schedule's parameters (the discrete adjoint and the tape).
     pub schedule: bool,
 }
 

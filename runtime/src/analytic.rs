@@ -10,7 +10,7 @@ use crate::error::RuntimeError;
 use crate::nn::ParamGrads;
 use crate::rows_from_f64;
 use crate::state::State;
-use crate::tape::{Taped, TapedDenoiser};
+use crate::tape::{Taped, TapedDenoiser, TimeLeaves};
 
 /// Data N(mu, s2 I). eps*(x, t) = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2). The
 /// conditioning z, when given, is mu (one row per sample); otherwise `mu` is used.
@@ -138,6 +138,28 @@ impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for GaussianModel {
     /// s2 is a constant of the taped forward pass: the tape has no gradient for it.
     fn grads_from_tape(&self, _grads: &mut Gradients<E, D>) -> Option<GaussianGrads> {
         None
+    }
+
+    /// eps = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2) with alpha and sigma on the tape.
+    fn forward_taped_in_time(
+        &self,
+        x: Taped<E, D>,
+        _item: &[usize],
+        z: Option<Taped<E, D>>,
+        leaves: &TimeLeaves<E, D>,
+        _params: ParamGrads,
+    ) -> Option<Taped<E, D>> {
+        let shape = *x.shape();
+        let a = || TimeLeaves::rows(&leaves.alpha, shape);
+        let s = || TimeLeaves::rows(&leaves.sigma, shape);
+        let v = a().square() * crate::e::<E>(self.s2) + s().square();
+        let mu = match z {
+            Some(z) => z,
+            None => {
+                x.device().ones_like(&shape).retaped::<OwnedTape<E, D>>() * crate::e::<E>(self.mu)
+            }
+        };
+        Some(s() * (x - a() * mu) / v)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::denoiser::{check_vector_input, Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::ParamGrads;
 use crate::state::{Rows, State};
-use crate::tape::{Taped, TapedDenoiser};
+use crate::tape::{Taped, TapedDenoiser, TimeLeaves};
 use crate::{e, to_f64};
 
 /// Sinusoidal time features with frequencies `w_k = exp(linspace(0, ln max_freq, n))`.
@@ -272,5 +272,31 @@ where
 
     fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Gradients<E, D>> {
         Some(grads.clone())
+    }
+
+    /// The time features sin(w t), cos(w t) computed on the tape from the model-time leaf.
+    fn forward_taped_in_time(
+        &self,
+        x: Taped<E, D>,
+        _item: &[usize],
+        z: Option<Taped<E, D>>,
+        leaves: &TimeLeaves<E, D>,
+        _params: ParamGrads,
+    ) -> Option<Taped<E, D>> {
+        let (batch, _) = *x.shape();
+        let dev = x.device().clone();
+        let n = self.time.freqs.len();
+        let w = dev.tensor_from_vec(self.time.freqs.iter().map(|f| e::<E>(*f)).collect(), (n,));
+        let arg = leaves.model_t.clone().leaky_trace().broadcast_like(&(n,)) * w;
+        let row = (arg.with_empty_tape().sin(), arg.cos()).concat_along(Axis::<0>);
+        let feats = row.broadcast_like::<_, Axis<0>>(&(batch, self.time.len()));
+        let xz = match z {
+            Some(z) => (x, z).concat_along(Axis::<1>),
+            None => (x, dev.zeros_like(&(batch, self.cond_dim))).concat_along(Axis::<1>),
+        };
+        let input = (xz, feats)
+            .concat_along(Axis::<1>)
+            .realize::<(usize, Const<IN>)>();
+        Some(self.module.forward(input).realize::<(usize, usize)>())
     }
 }

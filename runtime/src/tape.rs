@@ -34,6 +34,51 @@ pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
     /// The parameter gradients in the model's layout, read from the tape's gradients (None:
     /// this model's parameters are not on the tape).
     fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Self::Grads>;
+
+    /// [`TapedDenoiser::forward_taped`] with its dependence on time on the tape too: the
+    /// evaluation's model time, alpha and sigma are the scalars of `leaves` (the tape
+    /// reference of the gradient with respect to the grid and the schedule). None: this model
+    /// does not put its time on the tape.
+    fn forward_taped_in_time(
+        &self,
+        _x: Taped<E, D>,
+        _item: &[usize],
+        _z: Option<Taped<E, D>>,
+        _leaves: &TimeLeaves<E, D>,
+        _params: ParamGrads,
+    ) -> Option<Taped<E, D>> {
+        None
+    }
+}
+
+/// One evaluation's time quantities as leaves of the tape: untaped scalars each use traces
+/// afresh (`leaf.clone().leaky_trace()`), so that their gradients accumulate under their ids.
+#[derive(Clone, Debug)]
+pub struct TimeLeaves<E: Dtype, D: Device<E>> {
+    pub model_t: Tensor<Rank0, E, D>,
+    pub alpha: Tensor<Rank0, E, D>,
+    pub sigma: Tensor<Rank0, E, D>,
+}
+
+impl<E: Dtype, D: Device<E>> TimeLeaves<E, D> {
+    fn at(dev: &D, time: &TimeInfo) -> TimeLeaves<E, D> {
+        TimeLeaves {
+            model_t: dev.tensor(e::<E>(time.model_t)),
+            alpha: dev.tensor(e::<E>(time.alpha)),
+            sigma: dev.tensor(e::<E>(time.sigma)),
+        }
+    }
+
+    /// A leaf traced and broadcast to a batch of rows.
+    pub fn rows(leaf: &Tensor<Rank0, E, D>, shape: (usize, usize)) -> Taped<E, D> {
+        leaf.clone().leaky_trace().broadcast_like(&shape)
+    }
+}
+
+/// A leaf's gradient (zero where nothing used it: a network's alpha, a closed form's time).
+fn scalar<E: Dtype, D: Device<E>>(g: &mut Gradients<E, D>, leaf: &Tensor<Rank0, E, D>) -> f64 {
+    g.try_alloc_for(leaf).expect("gradient allocation");
+    crate::to_f64(&g.get(leaf))[0]
 }
 
 /// Takes a slot's value: the taped original at its last use, a copy with an empty tape (same
@@ -63,6 +108,14 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     check_shapes(model, input.x_t, input.cond)?;
+    let timed = wrt.times || wrt.schedule;
+    if timed {
+        crate::adjoint::check_sens(plan, wrt)?;
+    }
+    // The leaves of the time quantities (evaluation: its state and leaves; coefficient: its
+    // instruction, its term and the leaf).
+    let mut eval_leaves: Vec<(usize, TimeLeaves<E, D>)> = Vec::new();
+    let mut coef_leaves: Vec<(usize, usize, Tensor<Rank0, E, D>)> = Vec::new();
     let x_t = input.x_t;
     let (last_state, last_out) = plan.last_uses();
     let mut states: Vec<Option<Taped<E, D>>> = (0..plan.n_states).map(|_| None).collect();
@@ -84,36 +137,83 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                 // The original (with its tape, at its last use) goes through the network so
                 // that no recorded operation is dropped; the conversion uses a copy.
                 let x_copy = x.with_empty_tape();
-                let raw = model.forward_taped(
-                    x,
-                    x_t.item(),
-                    z.map(|z| z.leaky_trace()),
-                    time,
-                    ParamGrads::when(wrt.params),
-                );
-                let x = x_copy;
+                let zt = z.map(|z| z.leaky_trace());
+                let params = ParamGrads::when(wrt.params);
                 nfe += 1;
-                let o = match (pred, model.prediction()) {
-                    (Pred::Eps, Prediction::Eps) | (Pred::Data, Prediction::X0) => raw,
-                    (Pred::Eps, Prediction::X0) => (x - raw * e::<E>(a)) * e::<E>(1.0 / s),
-                    (Pred::Eps, Prediction::V) => x * e::<E>(s) + raw * e::<E>(a),
-                    (Pred::Data, Prediction::Eps) => (x - raw * e::<E>(s)) * e::<E>(1.0 / a),
-                    (Pred::Data, Prediction::V) => x * e::<E>(a) - raw * e::<E>(s),
+                let o = if timed {
+                    let leaves = TimeLeaves::at(&x.device().clone(), time);
+                    let raw = model
+                        .forward_taped_in_time(x, x_t.item(), zt, &leaves, params)
+                        .ok_or_else(|| {
+                            RuntimeError::Invalid(
+                                "wrt \"times\" / \"schedule\" on the tape: this model does not put its time on dfdx's tape".into(),
+                            )
+                        })?;
+                    let shape = *raw.shape();
+                    let (ta, ts) = (
+                        TimeLeaves::rows(&leaves.alpha, shape),
+                        TimeLeaves::rows(&leaves.sigma, shape),
+                    );
+                    let x = x_copy;
+                    let o = match (pred, model.prediction()) {
+                        (Pred::Eps, Prediction::Eps) | (Pred::Data, Prediction::X0) => raw,
+                        (Pred::Eps, Prediction::X0) => (x - raw * ta) / ts,
+                        (Pred::Eps, Prediction::V) => x * ts + raw * ta,
+                        (Pred::Data, Prediction::Eps) => (x - raw * ts) / ta,
+                        (Pred::Data, Prediction::V) => x * ta - raw * ts,
+                    };
+                    eval_leaves.push((*input, leaves));
+                    o
+                } else {
+                    let raw = model.forward_taped(x, x_t.item(), zt, time, params);
+                    let x = x_copy;
+                    match (pred, model.prediction()) {
+                        (Pred::Eps, Prediction::Eps) | (Pred::Data, Prediction::X0) => raw,
+                        (Pred::Eps, Prediction::X0) => (x - raw * e::<E>(a)) * e::<E>(1.0 / s),
+                        (Pred::Eps, Prediction::V) => x * e::<E>(s) + raw * e::<E>(a),
+                        (Pred::Data, Prediction::Eps) => (x - raw * e::<E>(s)) * e::<E>(1.0 / a),
+                        (Pred::Data, Prediction::V) => x * e::<E>(a) - raw * e::<E>(s),
+                    }
                 };
                 outs[*out] = Some(o);
             }
             Instr::Combine { dst, terms, .. } => {
                 let mut acc: Option<Taped<E, D>> = None;
                 let mut constant: Option<Rows<E, D>> = None;
-                for (op, c) in terms {
+                for (m, (op, c)) in terms.iter().enumerate() {
+                    // A coefficient that moves with the grid or the schedule is a leaf of its
+                    // own, when those gradients are asked for.
+                    let leaf = match &plan.term_sens {
+                        Some(sens) if timed && !sens[k][m].is_empty() => {
+                            let l: Tensor<Rank0, E, D> = x_t.device().tensor(e::<E>(*c));
+                            coef_leaves.push((k, m, l.clone()));
+                            Some(l)
+                        }
+                        _ => None,
+                    };
+                    let scale = |v: Taped<E, D>| match &leaf {
+                        Some(l) => {
+                            let shape = *v.shape();
+                            v * TimeLeaves::rows(l, shape)
+                        }
+                        None => v * e::<E>(*c),
+                    };
                     match op {
                         Operand::State(s) => {
-                            let v = take(&mut states[*s], last_state[*s] == k) * e::<E>(*c);
+                            let v = scale(take(&mut states[*s], last_state[*s] == k));
                             acc = Some(add(acc, v));
                         }
                         Operand::Out(o) => {
-                            let v = take(&mut outs[*o], last_out[*o] == k) * e::<E>(*c);
+                            let v = scale(take(&mut outs[*o], last_out[*o] == k));
                             acc = Some(add(acc, v));
+                        }
+                        Operand::Noise(i) if leaf.is_some() => {
+                            let n = input
+                                .noise
+                                .get(*i, x_t)?
+                                .into_rows()
+                                .retaped::<OwnedTape<E, D>>();
+                            acc = Some(add(acc, scale(n)));
                         }
                         Operand::Noise(i) => {
                             let n = input.noise.get(*i, x_t)?.into_rows() * e::<E>(*c);
@@ -145,6 +245,27 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     } else {
         None
     };
+    let (dtimes, dschedule) = if timed {
+        let sens = plan.term_sens.as_ref().expect("checked");
+        let mut acc = vec![0.0; plan.grid.len() + plan.param_names.len()];
+        for (k, m, leaf) in &coef_leaves {
+            let dc = scalar(&mut g, leaf);
+            for (j, d) in &sens[*k][*m] {
+                acc[*j] += dc * d;
+            }
+        }
+        for (input, leaves) in &eval_leaves {
+            let tc = crate::denoiser::TimeCot {
+                model_t: scalar(&mut g, &leaves.model_t),
+                alpha: scalar(&mut g, &leaves.alpha),
+                sigma: scalar(&mut g, &leaves.sigma),
+            };
+            crate::adjoint::add_eval_sens(plan, *input, &tc, &mut acc);
+        }
+        crate::adjoint::finish_sens(plan, wrt, acc)
+    } else {
+        (None, None)
+    };
     Ok(Gradient {
         dx_t: x_t.like(g.get(x_t.rows())),
         dz: if wrt.cond {
@@ -154,8 +275,8 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
         },
         x0,
         dtheta,
-        dtimes: None,
-        dschedule: None,
+        dtimes,
+        dschedule,
         nfe,
         vjps: 0,
     })

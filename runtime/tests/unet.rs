@@ -242,6 +242,40 @@ mod through_the_sampler {
         adjoint_equals_tape::<f32>(1e-4);
     }
 
+    /// dL/dt_i through 5 DDIM steps (the UNet's time through its timestep embedding): the
+    /// discrete adjoint equals the full tape, the sinusoids on the tape from the time leaf
+    /// (in f64 both ways, `time_projection_in_f64`).
+    #[test]
+    fn unet_time_gradients_equal_the_full_tape() {
+        let (mut model, r) = load::<f64>("class_cond_cifar_style");
+        model.time_projection_in_f64 = true;
+        let plan = build_plan(&ddpm(), &ddim(&[999, 700, 400, 100, 30, 0])).unwrap();
+        let x = state::<f64>(&r["x"].1, &r["x"].0);
+        let z = state::<f64>(&r["z"].1, &r["z"].0);
+        let a0 = state::<f64>(&r["cot"].1, &r["cot"].0);
+        let noise = NoiseSource::Seeded(0);
+        let input = Input::new(&x, Some(&z), &noise);
+        let wrt = Wrt {
+            times: true,
+            ..Wrt::X_T
+        };
+        let (a1, a2) = (a0.clone(), a0.clone());
+        let disc = discrete_adjoint(
+            &plan,
+            &ModelFn::new(&model),
+            &input,
+            wrt,
+            DiscreteStates::Record,
+            move |_| Ok(a1),
+        )
+        .unwrap();
+        let tape = tape_gradient(&plan, &model, &input, wrt, move |_| Ok(a2)).unwrap();
+        let (d, t) = (disc.dtimes.unwrap(), tape.dtimes.unwrap());
+        let e = max_rel_err(&d, &t);
+        eprintln!("UNet, 5 DDIM steps: dL/dt_i, discrete adjoint vs tape {e:.2e}: {d:?}");
+        assert!(e < 1e-10, "{d:?} vs {t:?}");
+    }
+
     /// The same gradient against central finite differences of the sampled output (f64).
     #[test]
     fn unet_discrete_adjoint_matches_finite_differences() {

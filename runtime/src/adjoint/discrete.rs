@@ -98,18 +98,7 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                                     "wrt \"times\" / \"schedule\": this model does not differentiate its dependence on time (the MLP denoisers and the closed-form models do; thresholding is not differentiated in time)".into(),
                                 )
                             })?;
-                            // The evaluation's time moves with the grid times its state's does;
-                            // its alpha and sigma also move with the parameters at fixed time.
-                            let d =
-                                self.plan.state_derivs[*input].dot(tc.model_t, tc.alpha, tc.sigma);
-                            let sens = self.plan.state_sens[*input].as_ref();
-                            for (j, w) in sens.expect("checked: every state's time sensitivity") {
-                                dt[*j] += w * d;
-                            }
-                            let n_grid = self.plan.grid.len();
-                            for (k, pp) in self.plan.state_params[*input].iter().enumerate() {
-                                dt[n_grid + k] += tc.alpha * pp.alpha + tc.sigma * pp.sigma;
-                            }
+                            super::add_eval_sens(self.plan, *input, &tc, dt);
                             cot
                         }
                     };
@@ -130,34 +119,6 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
         }
         Ok(())
     }
-}
-
-/// The plan carries what the gradient with respect to its grid and schedule needs: every
-/// coefficient's sensitivity and every evaluation's time.
-fn check_time_gradient(plan: &Plan, wrt: Wrt) -> Result<(), RuntimeError> {
-    if wrt.schedule && plan.param_names.is_empty() {
-        return Err(RuntimeError::Invalid(
-            "wrt \"schedule\": this schedule has no continuous parameters (a discrete schedule is a table of betas, edm's sigma is t itself); wrt \"times\" differentiates its grid".into(),
-        ));
-    }
-    if wrt.schedule && !plan.params_differentiated {
-        return Err(RuntimeError::Invalid(format!(
-            "wrt \"schedule\": the schedule has {} parameters; its gradient is derived for at most {}",
-            plan.param_names.len(),
-            adeis_compiler::plan::MAX_DUAL_PARAMS
-        )));
-    }
-    let on_grid = plan.instrs.iter().all(|ins| match ins {
-        Instr::Eval { input, .. } => plan.state_sens[*input].is_some(),
-        Instr::Combine { .. } => true,
-    });
-    if plan.term_sens.is_none() || !on_grid {
-        return Err(RuntimeError::Invalid(format!(
-            "wrt \"times\" / \"schedule\": the sampler's coefficients carry no sensitivities for {}",
-            plan.description
-        )));
-    }
-    Ok(())
 }
 
 fn binomial(n: usize, k: usize) -> usize {
@@ -181,7 +142,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     check_shapes(model.model, input.x_t, input.cond)?;
     let sensitivities = wrt.times || wrt.schedule;
     if sensitivities {
-        check_time_gradient(plan, wrt)?;
+        super::check_sens(plan, wrt)?;
     }
     let mut exec = Exec::new(plan, model, input);
     exec.keep_outputs = sensitivities;
@@ -232,25 +193,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         .unwrap_or_else(|| input.x_t.zeros_like());
     let (dtimes, dschedule) = match rev.dtimes.take() {
         None => (None, None),
-        Some(mut acc) => {
-            let dparams = acc.split_off(plan.grid.len());
-            // The grid moves with the parameters where it is defined through the schedule.
-            let dschedule: Vec<(String, f64)> = plan
-                .param_names
-                .iter()
-                .enumerate()
-                .map(|(k, name)| {
-                    let through_grid: f64 = plan
-                        .grid_param_sens
-                        .iter()
-                        .zip(&acc)
-                        .map(|(row, dt)| row[k] * dt)
-                        .sum();
-                    (name.clone(), dparams[k] + through_grid)
-                })
-                .collect();
-            (wrt.times.then_some(acc), wrt.schedule.then_some(dschedule))
-        }
+        Some(acc) => super::finish_sens(plan, wrt, acc),
     };
     Ok(Gradient {
         x0,

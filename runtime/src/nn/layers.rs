@@ -174,7 +174,7 @@ impl<E: Float, D: NnDevice<E>> Attention<E, D> {
 /// `[sin(t freq), cos(t freq)]` (cos first with `flip_sin_to_cos`), zero-padded to an odd
 /// `dim`.
 /// The frequencies of [`timestep_embedding`], as diffusers computes them (in f32).
-fn timestep_frequencies(dim: usize, freq_shift: f64) -> Vec<f64> {
+pub fn timestep_frequencies(dim: usize, freq_shift: f64) -> Vec<f64> {
     const MAX_PERIOD: f64 = 10000.0;
     let half = dim / 2;
     (0..half)

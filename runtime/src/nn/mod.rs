@@ -26,7 +26,8 @@ pub use activation::Gelu;
 pub use conv::Conv2d;
 pub use dense::{Dense, DenseLinear};
 pub use layers::{
-    timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, Attention, Linear,
+    timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, timestep_frequencies,
+    Attention, Linear,
 };
 pub use norm::{Activation, ChannelShift, GroupNorm};
 

@@ -19,11 +19,11 @@ use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::layers::{self, upsample2x};
 use crate::nn::{
-    timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, Activation, Attention,
-    Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
+    timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, timestep_frequencies,
+    Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
 };
 use crate::state::State;
-use crate::tape::{Taped, TapedDenoiser};
+use crate::tape::{Taped, TapedDenoiser, TimeLeaves};
 
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use config::UNet2DConfig;
@@ -612,5 +612,54 @@ impl<E: Float, D: NnDevice<E>> TapedDenoiser<E, D> for UNet2D<E, D> {
         Some(UNetGrads {
             tensors: self.param_grads(grads),
         })
+    }
+
+    /// The timestep sinusoids computed on the tape from the model-time leaf (in E's
+    /// arithmetic: equal to the executor's with `time_projection_in_f64` in f64).
+    fn forward_taped_in_time(
+        &self,
+        x: Taped<E, D>,
+        item: &[usize],
+        z: Option<Taped<E, D>>,
+        leaves: &TimeLeaves<E, D>,
+        params: ParamGrads,
+    ) -> Option<Taped<E, D>> {
+        let (b, width) = *x.shape();
+        let dev = x.device().clone();
+        let image = x.reshape_like(&(b, item[0], item[1], item[2]));
+        let c0 = self.config.block_out_channels[0];
+        let ws = timestep_frequencies(c0, self.config.freq_shift);
+        let half = ws.len();
+        let w = dev.tensor_from_vec(
+            ws.iter().map(|v| E::from_f64(*v).unwrap()).collect(),
+            (half,),
+        );
+        let t: Tensor<(usize,), E, D, OwnedTape<E, D>> = leaves
+            .model_t
+            .clone()
+            .leaky_trace()
+            .broadcast_like(&(half,));
+        let arg = t * w;
+        let (sin, cos) = (arg.with_empty_tape().sin(), arg.cos());
+        let mut row = if self.config.flip_sin_to_cos {
+            (cos, sin).concat_along(Axis::<0>)
+        } else {
+            (sin, cos).concat_along(Axis::<0>)
+        };
+        if 2 * half < c0 {
+            let pad = dev
+                .zeros_like(&(c0 - 2 * half,))
+                .retaped::<OwnedTape<E, D>>();
+            row = (row, pad).concat_along(Axis::<0>);
+        }
+        let proj = row.broadcast_like::<_, Axis<0>>(&(b, c0));
+        let mut emb = self.embed_projection(proj);
+        if let Some(z) = z {
+            emb = emb + z;
+        }
+        Some(
+            self.forward_embedded(image, emb, params)
+                .reshape_like(&(b, width)),
+        )
     }
 }
