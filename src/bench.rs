@@ -342,6 +342,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
     if opts.steps == 0 {
         return option("steps", &0, "a sampler needs at least 1 step");
     }
+    adeis_compiler::grid::check_steps("steps", opts.steps).map_err(Error::Option)?;
     if opts.repeat == 0 {
         return option("repeat", &0, "at least one timed run");
     }

@@ -208,7 +208,18 @@ fn install_ctrlc() {
     });
 }
 
+/// Output to a closed pipe (`adeis check spec.toml | head`) ends the process quietly, as Unix
+/// tools do, rather than as a panic in `println!`: Rust ignores SIGPIPE by default.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal, before any other thread runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     install_ctrlc();
     let result = match cli.command {

@@ -57,6 +57,82 @@ fn bad_input_gets_a_clear_error() {
     assert!(err.contains("no/such/file.toml"), "{err}");
 }
 
+#[test]
+fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
+    let dir = std::env::temp_dir().join(format!("adeis-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let custom = |log_alpha: String| {
+        format!("[schedule]\nkind = \"custom\"\nlog_alpha = \"{log_alpha}\"\nsigma = \"sqrt(1 - exp(2 * log_alpha(t)))\"\nt_range = [0.001, 1.0]\n")
+    };
+    let cases = [
+        (spec("nested.toml", custom(format!("{}t{}", "(".repeat(8000), ")".repeat(8000)))), "schedule.log_alpha: at column 257: the formula opens more than 256 nested sub-expressions"),
+        (spec("chain.toml", custom(vec!["t"; 20_000].join("+"))), "the formula is more than 256 levels deep here"),
+        (spec("powers.toml", custom(format!("-t{}", "^1".repeat(5000)))), "more than 256"),
+        (spec("steps.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 1000000000\n".into()), "sampler.steps: steps = 1000000000: at most 100000 steps"),
+        (spec("steps-max.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 9223372036854775807\n".into()), "at most 100000 steps"),
+        (spec("train.toml", "[schedule]\nkind = \"discrete\"\nnum_train_timesteps = 1000000000\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n".into()), "num_train_timesteps` = 1000000000 is not allowed: an integer from 2 to 100000"),
+        (spec("adjoint.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nmethod = \"adjoint_deis\"\nsteps = 1000000000\n".into()), "gradient.steps: steps = 1000000000: at most 100000 steps"),
+    ];
+    for (path, want) in &cases {
+        let (ok, _, err) = adeis(&["check", path]);
+        assert!(!ok && err.contains(want), "{path}: {err}");
+        assert!(
+            err.lines().all(|l| l.len() < 400),
+            "{path}: the error prints the whole formula"
+        );
+    }
+    for (args, want) in [
+        (
+            vec!["bench", "--workload", "tiny", "--steps", "1000000000"],
+            "--steps 1000000000: at most 100000 steps",
+        ),
+        (
+            vec!["morph", "--adjoint-steps", "1000000000"],
+            "--adjoint-steps 1000000000: at most 100000 steps",
+        ),
+        (
+            vec!["morph", "--pairs", "18446744073709551615"],
+            "--pairs 18446744073709551615: at most 10000 pairs",
+        ),
+    ] {
+        let (ok, _, err) = adeis(&args);
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+    }
+    // A closed pipe ends the output quietly (no panic message), as Unix tools do.
+    #[cfg(unix)]
+    {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_adeis"))
+            .args([
+                "schedule",
+                "vp_linear",
+                "--at",
+                &vec!["0.5"; 20_000].join(","),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        child.wait().unwrap();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
 mod sample {
     use super::adeis;
     use adeis::npy::{read_npy, write_npy};

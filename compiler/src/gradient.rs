@@ -125,6 +125,9 @@ impl GradientSpec {
         if let (false, Some(_)) = (self.method == GradMethod::AdjointDeis, self.steps) {
             return err("steps", format!("`steps` (the adjoint grid) is for adjoint_deis; `{m}` differentiates the sampler's own steps"));
         }
+        if let Some(n) = self.steps {
+            crate::grid::check_steps("steps", n)?;
+        }
         if self.steps == Some(0) {
             return Err(FieldError::value(
                 "steps",

@@ -34,6 +34,23 @@ impl fmt::Display for GridKind {
     }
 }
 
+/// The most steps a sampler, an adjoint grid or a discrete table may have: plans, tables and
+/// recorded states grow with the steps, and a mistyped count (`steps = 1000000000`) should be
+/// an error that says so, not an allocation that aborts the process.
+pub const MAX_STEPS: usize = 100_000;
+
+/// The error for a step count past [`MAX_STEPS`] (`key` names the option).
+pub fn check_steps(key: &str, steps: usize) -> Result<(), FieldError> {
+    if steps > MAX_STEPS {
+        return Err(FieldError::value(
+            key,
+            steps,
+            format!("at most {MAX_STEPS} steps"),
+        ));
+    }
+    Ok(())
+}
+
 /// N+1 times from `t_start` (noisiest) down to `t_end`.
 pub fn make_grid(
     schedule: &Schedule,

@@ -333,11 +333,11 @@ impl ScheduleSpec {
             }
         }
         let n = self.num_train_timesteps.unwrap_or(1000);
-        if n < 2 {
+        if !(2..=crate::grid::MAX_STEPS).contains(&n) {
             return Err(ScheduleError::Param {
                 name: "num_train_timesteps".into(),
                 value: n as f64,
-                allowed: "an integer >= 2".into(),
+                allowed: format!("an integer from 2 to {}", crate::grid::MAX_STEPS),
             });
         }
         let betas = if let Some(b) = &self.betas {

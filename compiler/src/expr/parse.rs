@@ -68,14 +68,26 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    /// The formula with a caret line under the offending characters.
+    /// The formula with a caret line under the offending characters; a long formula is shown
+    /// as the 40 characters either side of them.
     pub fn render(&self, src: &str) -> String {
+        const SIDE: usize = 40;
+        let chars: Vec<char> = src.chars().collect();
+        let len = self.len.clamp(1, 2 * SIDE);
+        let (from, to) = if chars.len() <= 2 * SIDE + len {
+            (0, chars.len())
+        } else {
+            let from = self.column.saturating_sub(SIDE);
+            (from, (self.column + len + SIDE).min(chars.len()))
+        };
+        let lead = if from > 0 { "..." } else { "" };
+        let tail = if to < chars.len() { "..." } else { "" };
+        let shown: String = chars[from..to].iter().collect();
         format!(
-            "{}\n  {}\n  {}{}",
+            "{}\n  {lead}{shown}{tail}\n  {}{}",
             self,
-            src,
-            " ".repeat(self.column),
-            "^".repeat(self.len.max(1))
+            " ".repeat(lead.len() + self.column - from),
+            "^".repeat(len)
         )
     }
 }
@@ -238,10 +250,21 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// The deepest expression tree a formula may make: every pass over formulas (printing,
+/// simplifying, differentiating, compiling) recurses on the tree, so the depth is bounded here,
+/// where the error can point at the text, rather than left to the stack. A chain of operators
+/// (`t + t + ... + t`) is as deep as it is long.
+pub const MAX_DEPTH: usize = 256;
+
+/// An expression and its depth (a leaf is 1).
+type Parsed = (Expr, usize);
+
 struct Parser<'s> {
     toks: Vec<Token>,
     pos: usize,
     scope: &'s Scope,
+    /// How many sub-expressions are open (parentheses, unary signs, powers, arguments).
+    open: usize,
 }
 
 impl Parser<'_> {
@@ -270,42 +293,78 @@ impl Parser<'_> {
         }
     }
 
-    fn expr(&mut self) -> Result<Expr, ParseError> {
-        let mut lhs = self.term()?;
+    /// One level deeper than `d`, at token `at`, or the error that says the formula is too deep.
+    fn deeper(d: usize, at: &Token) -> Result<usize, ParseError> {
+        if d + 1 > MAX_DEPTH {
+            return Err(err(
+                at.column,
+                at.len,
+                format!(
+                    "the formula is more than {MAX_DEPTH} levels deep here (every operator is a level, so a chain such as `t + t + ... + t` is as deep as it is long); shorten it or split it into named formulas"
+                ),
+            ));
+        }
+        Ok(d + 1)
+    }
+
+    fn expr(&mut self) -> Result<Parsed, ParseError> {
+        let (mut lhs, mut d) = self.term()?;
         while let Tok::Op(c @ ('+' | '-')) = self.peek().tok {
-            self.next();
-            let rhs = self.term()?;
+            let at = self.next();
+            let (rhs, dr) = self.term()?;
+            d = Self::deeper(d.max(dr), &at)?;
             lhs = if c == '+' {
                 Expr::Add(Box::new(lhs), Box::new(rhs))
             } else {
                 Expr::Sub(Box::new(lhs), Box::new(rhs))
             };
         }
-        Ok(lhs)
+        Ok((lhs, d))
     }
 
-    fn term(&mut self) -> Result<Expr, ParseError> {
-        let mut lhs = self.unary()?;
+    fn term(&mut self) -> Result<Parsed, ParseError> {
+        let (mut lhs, mut d) = self.unary()?;
         while let Tok::Op(c @ ('*' | '/')) = self.peek().tok {
-            self.next();
-            let rhs = self.unary()?;
+            let at = self.next();
+            let (rhs, dr) = self.unary()?;
+            d = Self::deeper(d.max(dr), &at)?;
             lhs = if c == '*' {
                 Expr::Mul(Box::new(lhs), Box::new(rhs))
             } else {
                 Expr::Div(Box::new(lhs), Box::new(rhs))
             };
         }
-        Ok(lhs)
+        Ok((lhs, d))
     }
 
-    fn unary(&mut self) -> Result<Expr, ParseError> {
+    /// Every nested sub-expression passes through here: the parser's own recursion is
+    /// bounded by the same depth as the tree (a run of signs folds into one constant, but
+    /// still recurses).
+    fn unary(&mut self) -> Result<Parsed, ParseError> {
+        let at = self.peek().clone();
+        self.open += 1;
+        if self.open > MAX_DEPTH {
+            return Err(err(
+                at.column,
+                at.len,
+                format!(
+                    "the formula opens more than {MAX_DEPTH} nested sub-expressions here (parentheses, signs, powers, arguments); shorten it or split it into named formulas"
+                ),
+            ));
+        }
+        let r = self.unary_inner(&at);
+        self.open -= 1;
+        r
+    }
+
+    fn unary_inner(&mut self, at: &Token) -> Result<Parsed, ParseError> {
         match self.peek().tok {
             Tok::Op('-') => {
                 self.next();
                 Ok(match self.unary()? {
                     // A negative literal is a constant, as the printer writes it.
-                    Expr::Const(v) => Expr::Const(-v),
-                    e => Expr::Neg(Box::new(e)),
+                    (Expr::Const(v), d) => (Expr::Const(-v), d),
+                    (e, d) => (Expr::Neg(Box::new(e)), Self::deeper(d, at)?),
                 })
             }
             Tok::Op('+') => {
@@ -338,20 +397,21 @@ impl Parser<'_> {
         }
     }
 
-    fn power(&mut self) -> Result<Expr, ParseError> {
-        let base = self.primary()?;
+    fn power(&mut self) -> Result<Parsed, ParseError> {
+        let (base, d) = self.primary()?;
         if self.peek().tok == Tok::Pow {
-            self.next();
+            let at = self.next();
             if let Some(n) = self.integer_exponent() {
-                return Ok(Expr::Powi(Box::new(base), n));
+                return Ok((Expr::Powi(Box::new(base), n), Self::deeper(d, &at)?));
             }
-            let exponent = self.unary()?;
-            return Ok(Expr::Pow(Box::new(base), Box::new(exponent)));
+            let (exponent, de) = self.unary()?;
+            let d = Self::deeper(d.max(de), &at)?;
+            return Ok((Expr::Pow(Box::new(base), Box::new(exponent)), d));
         }
-        Ok(base)
+        Ok((base, d))
     }
 
-    fn args(&mut self, name: &str, column: usize) -> Result<(Vec<Expr>, Token), ParseError> {
+    fn args(&mut self, name: &str, column: usize) -> Result<(Vec<Parsed>, Token), ParseError> {
         let mut args = Vec::new();
         if self.peek().tok == Tok::RParen {
             return Ok((args, self.next()));
@@ -377,10 +437,10 @@ impl Parser<'_> {
         }
     }
 
-    fn primary(&mut self) -> Result<Expr, ParseError> {
+    fn primary(&mut self) -> Result<Parsed, ParseError> {
         let t = self.next();
         match t.tok {
-            Tok::Num { value, .. } => Ok(Expr::Const(value)),
+            Tok::Num { value, .. } => Ok((Expr::Const(value), 1)),
             Tok::LParen => {
                 let e = self.expr()?;
                 self.expect(Tok::RParen, "`)`")?;
@@ -398,7 +458,7 @@ impl Parser<'_> {
         }
     }
 
-    fn name(&mut self, name: &str, column: usize, len: usize) -> Result<Expr, ParseError> {
+    fn name(&mut self, name: &str, column: usize, len: usize) -> Result<Parsed, ParseError> {
         let scope = self.scope;
         let called = self.peek().tok == Tok::LParen;
         if *scope.input == *name || scope.params.iter().any(|p| **p == *name) {
@@ -414,7 +474,7 @@ impl Parser<'_> {
                     format!("`{name}` is {what}, not a function"),
                 ));
             }
-            return Ok(Expr::Var(name.into()));
+            return Ok((Expr::Var(name.into()), 1));
         }
         if let Some(def) = scope.defs.iter().find(|d| ***d == *name) {
             if called {
@@ -432,12 +492,12 @@ impl Parser<'_> {
                 }
                 self.expect(Tok::RParen, "`)`")?;
             }
-            return Ok(Expr::Def(def.clone()));
+            return Ok((Expr::Def(def.clone()), 1));
         }
         match name {
-            "pi" if !called => return Ok(Expr::Const(std::f64::consts::PI)),
-            "inf" if !called => return Ok(Expr::Const(f64::INFINITY)),
-            "nan" if !called => return Ok(Expr::Const(f64::NAN)),
+            "pi" if !called => return Ok((Expr::Const(std::f64::consts::PI), 1)),
+            "inf" if !called => return Ok((Expr::Const(f64::INFINITY), 1)),
+            "nan" if !called => return Ok((Expr::Const(f64::NAN), 1)),
             _ => {}
         }
         let table_fn = match name {
@@ -464,10 +524,13 @@ impl Parser<'_> {
                     ),
                 ));
             };
-            self.expect(Tok::Comma, "`,`")?;
-            let arg = self.expr()?;
+            let comma = self.expect(Tok::Comma, "`,`")?;
+            let (arg, d) = self.expr()?;
             self.expect(Tok::RParen, "`)`")?;
-            return Ok(Expr::Table(tf, table, Box::new(arg)));
+            return Ok((
+                Expr::Table(tf, table, Box::new(arg)),
+                Self::deeper(d, &comma)?,
+            ));
         }
         if let Some(f) = Func::by_name(name) {
             let arity = f.primitive().arity();
@@ -494,7 +557,14 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            return Ok(Expr::Call(f, args));
+            let d = args.iter().map(|(_, d)| *d).max().unwrap_or(0);
+            let at = Token {
+                tok: Tok::Ident(name.into()),
+                column,
+                len,
+            };
+            let d = Self::deeper(d, &at)?;
+            return Ok((Expr::Call(f, args.into_iter().map(|(e, _)| e).collect()), d));
         }
         let names = scope.all_names();
         let hint = did_you_mean(name, names.iter().map(|s| s.as_str()))
@@ -511,11 +581,12 @@ pub fn parse_expr(src: &str, scope: &Scope) -> Result<Expr, ParseError> {
         toks,
         pos: 0,
         scope,
+        open: 0,
     };
     if p.peek().tok == Tok::End {
         return Err(err(0, 1, "the formula is empty"));
     }
-    let e = p.expr()?;
+    let (e, _) = p.expr()?;
     let t = p.peek().clone();
     if t.tok != Tok::End {
         let msg = if t.tok == Tok::RParen {
@@ -567,6 +638,42 @@ mod tests {
             p("1e-3 + .5 + 2E+2").unwrap().to_string(),
             "0.001 + 0.5 + 200"
         );
+    }
+
+    #[test]
+    fn formulas_past_the_depth_limit_get_an_error_not_a_stack_overflow() {
+        let deep = [
+            format!("{}t{}", "(".repeat(8000), ")".repeat(8000)),
+            vec!["t"; 20_000].join("+"),
+            format!("-t{}", "^1".repeat(5000)),
+            format!("{}1", "-".repeat(100_000)),
+            format!("{}t{}", "exp(".repeat(3000), ")".repeat(3000)),
+            vec!["t"; 300].join("*"),
+        ];
+        for f in &deep {
+            let e = p(f).unwrap_err();
+            assert!(
+                e.message.contains(&format!("more than {MAX_DEPTH}")),
+                "{}: {}",
+                &f[..40.min(f.len())],
+                e.message
+            );
+            // The rendering shows a window of a long formula, with the caret in it.
+            let r = e.render(f);
+            assert!(r.lines().nth(1).unwrap().len() < 100, "{r}");
+        }
+        // Just inside the limits: parsed, printed, differentiated and simplified.
+        let chain = vec!["t"; MAX_DEPTH].join("+");
+        let nested = format!(
+            "{}t{}",
+            "(".repeat(MAX_DEPTH - 1),
+            ")".repeat(MAX_DEPTH - 1)
+        );
+        for f in [chain, nested] {
+            let e = p(&f).unwrap();
+            let d = crate::expr::simplify::simplify(&crate::expr::diff::diff_closed(&e, "t"));
+            assert!(!format!("{d}").is_empty());
+        }
     }
 
     #[test]

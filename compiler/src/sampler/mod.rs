@@ -272,6 +272,24 @@ impl SamplerSpec {
                 ),
             ));
         }
+        crate::grid::check_steps("steps", self.steps)?;
+        for (key, n) in [
+            ("times", self.times.as_ref().map(Vec::len)),
+            ("train_indices", self.train_indices.as_ref().map(Vec::len)),
+        ] {
+            if let Some(n) = n {
+                if n > crate::grid::MAX_STEPS + 1 {
+                    return Err(FieldError::new(
+                        key,
+                        format!(
+                            "{n} grid points: at most {} ({} steps)",
+                            crate::grid::MAX_STEPS + 1,
+                            crate::grid::MAX_STEPS
+                        ),
+                    ));
+                }
+            }
+        }
         if self.steps == 0 && self.times.is_none() && self.train_indices.is_none() {
             return Err(FieldError::value(
                 "steps",

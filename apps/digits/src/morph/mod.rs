@@ -115,6 +115,19 @@ impl MorphOptions {
         if self.adjoint_steps == Some(0) {
             return Err(FieldError::value("adjoint_steps", 0, "at least one step"));
         }
+        adeis_compiler::grid::check_steps("steps", self.steps)?;
+        if let Some(n) = self.adjoint_steps {
+            adeis_compiler::grid::check_steps("adjoint_steps", n)?;
+        }
+        // Pairs run as one batch through every step: a mistyped count is an error, not hours.
+        const MAX_PAIRS: usize = 10_000;
+        if self.pairs > MAX_PAIRS {
+            return Err(FieldError::value(
+                "pairs",
+                self.pairs,
+                format!("at most {MAX_PAIRS} pairs"),
+            ));
+        }
         if let PairKind::Classes(a, b) = self.kind {
             if a > 9 || b > 9 {
                 return Err(FieldError::value(
