@@ -1,7 +1,8 @@
 //! The full-tape reference (docs/math.md section 3.3): the whole sampling loop recorded on
 //! dfdx's tape and back-propagated. Exact, and its memory grows with N times the network's
 //! activations: it is the reference the discrete adjoint is tested against and the baseline of
-//! the benchmarks.
+//! the benchmarks. With wrt "times" or "schedule", the coefficients that move with the grid and
+//! every evaluation's model time, alpha and sigma are leaves of the tape too (section 3.4).
 
 use adeis_compiler::{Instr, Operand, Plan, Pred, Prediction, TimeInfo, Wrt};
 use dfdx::prelude::*;
