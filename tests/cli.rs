@@ -103,6 +103,129 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         let (ok, _, err) = adeis(&args);
         assert!(!ok && err.contains(want), "{args:?}: {err}");
     }
+    // Outputs checked before the run; nothing written or made for a run that fails.
+    let xt = dir.join("xt.npy");
+    adeis::npy::write_npy(&xt, &[2, 2], &[0.3, -1.2, 0.8, 0.1], 8).unwrap();
+    let empty = dir.join("empty.npy");
+    adeis::npy::write_npy(&empty, &[0, 3], &[], 8).unwrap();
+    let sp = "examples/specs/sample_dpmpp.toml";
+    let (x, e, out) = (
+        xt.to_str().unwrap(),
+        empty.to_str().unwrap(),
+        dir.join("y.npy"),
+    );
+    let y = out.to_str().unwrap();
+    let missing = dir.join("no-such-folder/t.npy");
+    let gdir = dir.join("grads-of-a-failed-run");
+    for (args, want) in [
+        (
+            vec![
+                "sample",
+                "--spec",
+                sp,
+                "--model",
+                "gaussian:mu=1,mu=5",
+                "--x-t",
+                x,
+                "--out",
+                y,
+            ],
+            "`mu` is given twice",
+        ),
+        (
+            vec![
+                "sample",
+                "--spec",
+                sp,
+                "--model",
+                "gaussian:mu=1",
+                "--x-t",
+                x,
+                "--out",
+                y,
+                "--trajectory",
+                y,
+            ],
+            "--trajectory",
+        ),
+        (
+            vec![
+                "sample",
+                "--spec",
+                sp,
+                "--model",
+                "gaussian:mu=1",
+                "--x-t",
+                x,
+                "--out",
+                y,
+                "--trajectory",
+                missing.to_str().unwrap(),
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "sample",
+                "--spec",
+                sp,
+                "--model",
+                "gaussian:mu=1",
+                "--x-t",
+                x,
+                "--out",
+                x,
+            ],
+            "is one of the inputs",
+        ),
+        (
+            vec![
+                "sample",
+                "--spec",
+                sp,
+                "--model",
+                "gaussian:mu=1",
+                "--x-t",
+                e,
+                "--out",
+                y,
+            ],
+            "has shape [0, 3]: an empty array",
+        ),
+        (
+            vec![
+                "grad",
+                "--spec",
+                sp,
+                "--model",
+                "gaussian:mu=1",
+                "--x-t",
+                x,
+                "--cot",
+                e,
+                "--out-dir",
+                gdir.to_str().unwrap(),
+            ],
+            "--cot has shape [0, 3]",
+        ),
+        (
+            vec![
+                "train",
+                "--denoiser-steps",
+                "0",
+                "--out",
+                gdir.to_str().unwrap(),
+            ],
+            "--denoiser-steps 0: at least one training step",
+        ),
+    ] {
+        let (ok, _, err) = adeis(&args);
+        assert!(!ok && err.contains(want), "{args:?}: {err}");
+        assert!(
+            !out.exists() && !gdir.exists(),
+            "{args:?} left an output behind"
+        );
+    }
     // A closed pipe ends the output quietly (no panic message), as Unix tools do.
     #[cfg(unix)]
     {

@@ -87,7 +87,16 @@ pub fn read_npy(path: &Path) -> Result<NpyArray, IoError> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| bad("malformed shape")))
         .collect::<Result<_, _>>()?;
-    let n: usize = shape.iter().product();
+    // Checked: a header whose shape product wraps around must not pass the size check.
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_mul(word).map(|_| n))
+        .ok_or_else(|| {
+            bad(&format!(
+                "shape {shape:?} has more elements than any file can hold"
+            ))
+        })?;
     let body = &bytes[start + hlen..];
     if body.len() != n * word {
         return Err(bad(&format!(
@@ -173,6 +182,19 @@ pub fn write_npy_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<(), I
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("adeis-npy-overflow-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("wrap.npy");
+        // 2^62 * 8 elements of 8 bytes wraps a 64-bit byte count to 0, which an empty body
+        // would match.
+        let bytes = header("<f8", &[1 << 62, 8]);
+        fs::write(&p, &bytes).unwrap();
+        let e = read_npy(&p).unwrap_err().to_string();
+        assert!(e.contains("more elements than any file can hold"), "{e}");
+    }
 
     #[test]
     fn round_trips_f32_and_f64() {

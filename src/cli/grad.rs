@@ -53,8 +53,6 @@ pub fn run(args: &GradArgs) -> Result<()> {
         }
         (None, Some(l)) => bail!("--loss {l}: the built-in losses here are: mse (with --target)"),
     };
-    std::fs::create_dir_all(&args.out_dir)
-        .map_err(|e| anyhow::anyhow!("--out-dir {}: {e}", args.out_dir.display()))?;
     let dim = x.shape[1];
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| {
@@ -112,6 +110,9 @@ where
         loss_grad,
     )?;
     let secs = start.elapsed().as_secs_f64();
+    // The folder is made once the gradient exists: a failed run leaves nothing behind.
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| anyhow::anyhow!("--out-dir {}: {e}", args.out_dir.display()))?;
     let mut written = vec![];
     if wrt.x_t {
         let p = args.out_dir.join("dx_t.npy");

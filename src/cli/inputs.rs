@@ -12,20 +12,29 @@ use super::model::{read_labels, CommandModel, ModelChoice};
 
 /// --x-t: [batch, dim] for a vector model, [batch, channels, height, width] for an image model.
 pub fn read_x_t(choice: &ModelChoice, path: &Path) -> Result<NpyArray> {
-    if !choice.takes_images() {
+    let x = if !choice.takes_images() {
         let x = super::read_2d("--x-t", path)?;
         choice.check_dim(x.shape[1])?;
-        return Ok(x);
-    }
-    let a = read_npy(path).map_err(|e| anyhow!("--x-t: {e}"))?;
-    if a.shape.len() != 4 {
+        x
+    } else {
+        let a = read_npy(path).map_err(|e| anyhow!("--x-t: {e}"))?;
+        if a.shape.len() != 4 {
+            bail!(
+                "--x-t: {} has shape {:?}; this model takes images [batch, channels, height, width]",
+                path.display(),
+                a.shape
+            );
+        }
+        a
+    };
+    if x.shape.contains(&0) {
         bail!(
-            "--x-t: {} has shape {:?}; this model takes images [batch, channels, height, width]",
+            "--x-t: {} has shape {:?}: an empty array (every dimension must be at least 1)",
             path.display(),
-            a.shape
+            x.shape
         );
     }
-    Ok(a)
+    Ok(x)
 }
 
 /// An array that must have x_T's shape (`flag` names it in errors).

@@ -36,10 +36,18 @@ or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion
 pub fn parse_model(arg: &str) -> Result<ModelChoice> {
     if let Some(rest) = arg.strip_prefix("gaussian:") {
         let (mut mu, mut s2) = (0.0, 1.0);
+        let mut seen: Vec<&str> = Vec::new();
         for kv in rest.split(',').filter(|s| !s.is_empty()) {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| anyhow!("--model: `{kv}` is not key=value; {HELP}"))?;
+            if seen.contains(&k.trim()) {
+                bail!(
+                    "--model: `{}` is given twice in `{arg}`; give each key once",
+                    k.trim()
+                );
+            }
+            seen.push(k.trim());
             let v: f64 = v
                 .trim()
                 .parse()

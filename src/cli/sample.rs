@@ -26,6 +26,35 @@ pub struct SampleArgs {
 }
 
 pub fn run(args: &SampleArgs) -> Result<()> {
+    // Every output is checked before the run, so that a bad path fails before anything is
+    // written.
+    if args.trajectory.as_ref() == Some(&args.out) {
+        anyhow::bail!(
+            "--trajectory {} is the same file as --out; give them different names",
+            args.out.display()
+        );
+    }
+    for (flag, p) in [
+        ("--out", Some(&args.out)),
+        ("--trajectory", args.trajectory.as_ref()),
+    ] {
+        let Some(p) = p else { continue };
+        if [&args.x_t, &args.spec].contains(&p) || args.cond.as_ref() == Some(p) {
+            anyhow::bail!(
+                "{flag} {} is one of the inputs; give the output another name",
+                p.display()
+            );
+        }
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "{flag} {}: the folder {} does not exist",
+                    p.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
     let choice = parse_model(&args.model)?;
     let problem = super::load_problem(&args.spec, "sample", choice.schedule()?)?;
     let x = read_x_t(&choice, &args.x_t)?;

@@ -63,6 +63,20 @@ impl Default for TrainOptions {
 impl TrainOptions {
     /// Checks the options; errors name the option (`batch`, `lr`, `cfg_dropout`).
     pub fn validate(&self) -> Result<(), FieldError> {
+        // Zero steps would write untrained weights (and a NaN mean loss) as if trained.
+        for (key, steps, net) in [
+            ("denoiser_steps", self.denoiser_steps, Network::Denoiser),
+            (
+                "classifier_steps",
+                self.classifier_steps,
+                Network::Classifier,
+            ),
+        ] {
+            let trained = self.only.is_none_or(|n| n == net);
+            if trained && steps == 0 {
+                return Err(FieldError::value(key, 0, "at least one training step"));
+            }
+        }
         if self.batch == 0 {
             return Err(FieldError::value(
                 "batch",
