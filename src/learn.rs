@@ -177,7 +177,7 @@ fn check_options(o: &LearnOptions) -> Result<(), Error> {
             "learn-steps learns grids of 3 to 10 steps",
         );
     }
-    for (key, s) in [("method", &o.student), ("teacher_method", &o.teacher)] {
+    for (key, s) in [("method", &o.student), ("teacher", &o.teacher)] {
         if s.effective_equation() == Equation::Sde {
             return bad(
                 key,

@@ -203,6 +203,14 @@ fn bad_learn_steps_options_are_refused_before_any_output() {
             vec!["--steps", "11"],
             "--steps 11: learn-steps learns grids of 3 to 10 steps",
         ),
+        (
+            vec!["--steps", "0"],
+            "--steps 0: a sampler needs at least 1 step",
+        ),
+        (
+            vec!["--teacher-steps", "1000000000"],
+            "--teacher-steps 1000000000: at most 100000 steps",
+        ),
         (vec!["--lr", "-1"], "--lr -1: a finite learning rate > 0"),
         (vec!["--iters", "0"], "--iters 0: at least one iteration"),
         (

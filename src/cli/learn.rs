@@ -63,7 +63,8 @@ pub struct LearnArgs {
     pub dtype: Dtype,
 }
 
-fn sampler(method: &str, order: usize, steps: usize) -> Result<SamplerSpec> {
+/// A sampler from the flags; `steps_flag` names its steps' flag in errors.
+fn sampler(method: &str, order: usize, steps: usize, steps_flag: &str) -> Result<SamplerSpec> {
     let m: Method = serde_json::from_value(serde_json::json!(method)).map_err(|_| {
         anyhow!(
             "--method {method}: not a sampler; the ODE samplers are {}",
@@ -78,9 +79,13 @@ fn sampler(method: &str, order: usize, steps: usize) -> Result<SamplerSpec> {
     let mut s = SamplerSpec::new(m, order, steps);
     s.grid = GridKind::Logsnr;
     s.validate().map_err(|mut e| {
-        if e.key != "order" {
-            e.key = "method".into();
-            e.value = Some(method.into());
+        match e.key.as_str() {
+            "order" => {}
+            "steps" => e.key = steps_flag.into(),
+            _ => {
+                e.key = "method".into();
+                e.value = Some(method.into());
+            }
         }
         super::option_error(e)
     })?;
@@ -105,9 +110,8 @@ fn schedule_spec(arg: &str) -> Result<ScheduleSpec> {
 }
 
 pub fn run(a: &LearnArgs) -> Result<()> {
-    let student = sampler(&a.method, a.order, a.steps)?;
-    let teacher = sampler("dpm_solver_pp", 2, a.teacher_steps)
-        .map_err(|e| anyhow!("--teacher-steps: {e}"))?;
+    let student = sampler(&a.method, a.order, a.steps, "steps")?;
+    let teacher = sampler("dpm_solver_pp", 2, a.teacher_steps, "teacher_steps")?;
     let opts = LearnOptions {
         student: student.clone(),
         teacher,
