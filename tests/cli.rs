@@ -117,79 +117,39 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
     let y = out.to_str().unwrap();
     let missing = dir.join("no-such-folder/t.npy");
     let gdir = dir.join("grads-of-a-failed-run");
+    let g = gdir.to_str().unwrap();
+    let m = missing.to_str().unwrap();
+    /// `adeis sample --spec SP --model MODEL --x-t X --out OUT EXTRA...`.
+    fn sample_args<'a>(
+        sp: &'a str,
+        model: &'a str,
+        x: &'a str,
+        out: &'a str,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut a = vec![
+            "sample", "--spec", sp, "--model", model, "--x-t", x, "--out", out,
+        ];
+        a.extend(extra);
+        a
+    }
+    let sample = |model, x, out, extra| sample_args(sp, model, x, out, extra);
     for (args, want) in [
         (
-            vec![
-                "sample",
-                "--spec",
-                sp,
-                "--model",
-                "gaussian:mu=1,mu=5",
-                "--x-t",
-                x,
-                "--out",
-                y,
-            ],
+            sample("gaussian:mu=1,mu=5", x, y, &[]),
             "`mu` is given twice",
         ),
         (
-            vec![
-                "sample",
-                "--spec",
-                sp,
-                "--model",
-                "gaussian:mu=1",
-                "--x-t",
-                x,
-                "--out",
-                y,
-                "--trajectory",
-                y,
-            ],
+            sample("gaussian:mu=1", x, y, &["--trajectory", y]),
             "--trajectory",
         ),
         (
-            vec![
-                "sample",
-                "--spec",
-                sp,
-                "--model",
-                "gaussian:mu=1",
-                "--x-t",
-                x,
-                "--out",
-                y,
-                "--trajectory",
-                missing.to_str().unwrap(),
-            ],
+            sample("gaussian:mu=1", x, y, &["--trajectory", m]),
             "does not exist",
         ),
+        (sample("gaussian:mu=1", x, x, &[]), "is one of the inputs"),
         (
-            vec![
-                "sample",
-                "--spec",
-                sp,
-                "--model",
-                "gaussian:mu=1",
-                "--x-t",
-                x,
-                "--out",
-                x,
-            ],
-            "is one of the inputs",
-        ),
-        (
-            vec![
-                "sample",
-                "--spec",
-                sp,
-                "--model",
-                "gaussian:mu=1",
-                "--x-t",
-                e,
-                "--out",
-                y,
-            ],
+            sample("gaussian:mu=1", e, y, &[]),
             "has shape [0, 3]: an empty array",
         ),
         (
@@ -204,18 +164,12 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
                 "--cot",
                 e,
                 "--out-dir",
-                gdir.to_str().unwrap(),
+                g,
             ],
             "--cot has shape [0, 3]",
         ),
         (
-            vec![
-                "train",
-                "--denoiser-steps",
-                "0",
-                "--out",
-                gdir.to_str().unwrap(),
-            ],
+            vec!["train", "--denoiser-steps", "0", "--out", g],
             "--denoiser-steps 0: at least one training step",
         ),
     ] {

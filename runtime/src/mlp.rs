@@ -257,17 +257,8 @@ where
         _params: ParamGrads,
     ) -> Taped<E, D> {
         let (batch, _) = *x.shape();
-        let dev = x.device().clone();
-        let feats = self.features::<E, D>(&dev, batch, time.model_t);
-        let xz = match z {
-            Some(z) => (x, z).concat_along(Axis::<1>),
-            None => (x, dev.zeros_like(&(batch, self.cond_dim))).concat_along(Axis::<1>),
-        };
-        let input = (xz, feats)
-            .concat_along(Axis::<1>)
-            .realize::<(usize, Const<IN>)>();
-        let out = self.module.forward(input);
-        out.realize::<(usize, usize)>()
+        let feats = self.features::<E, D>(x.device(), batch, time.model_t);
+        self.forward_rows_taped(x, z, feats.retaped::<OwnedTape<E, D>>())
     }
 
     fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Gradients<E, D>> {
@@ -290,13 +281,35 @@ where
         let arg = leaves.model_t.clone().leaky_trace().broadcast_like(&(n,)) * w;
         let row = (arg.with_empty_tape().sin(), arg.cos()).concat_along(Axis::<0>);
         let feats = row.broadcast_like::<_, Axis<0>>(&(batch, self.time.len()));
+        Some(self.forward_rows_taped(x, z, feats))
+    }
+}
+
+impl<M, const IN: usize, const OUT: usize> MlpDenoiser<M, IN, OUT> {
+    /// The module on the rows [x, z (zeros without conditioning), time features], on the tape.
+    fn forward_rows_taped<E: Dtype, D: Device<E>>(
+        &self,
+        x: Taped<E, D>,
+        z: Option<Taped<E, D>>,
+        feats: Taped<E, D>,
+    ) -> Taped<E, D>
+    where
+        M: Module<
+            Tensor<(usize, Const<IN>), E, D, OwnedTape<E, D>>,
+            Output = Tensor<(usize, Const<OUT>), E, D, OwnedTape<E, D>>,
+        >,
+    {
+        let (batch, _) = *x.shape();
         let xz = match z {
             Some(z) => (x, z).concat_along(Axis::<1>),
-            None => (x, dev.zeros_like(&(batch, self.cond_dim))).concat_along(Axis::<1>),
+            None => {
+                let zeros = feats.device().zeros_like(&(batch, self.cond_dim));
+                (x, zeros).concat_along(Axis::<1>)
+            }
         };
         let input = (xz, feats)
             .concat_along(Axis::<1>)
             .realize::<(usize, Const<IN>)>();
-        Some(self.module.forward(input).realize::<(usize, usize)>())
+        self.module.forward(input).realize::<(usize, usize)>()
     }
 }

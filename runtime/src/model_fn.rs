@@ -232,9 +232,8 @@ impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M
         theta: Option<(&mut M::Grads, f64)>,
     ) -> Cotangents<E, D> {
         if self.threshold.is_some() {
-            let mut out = self.vjp(x, z, time, want, cot, theta);
-            out.time = None;
-            return out;
+            // `vjp` leaves the time slot empty.
+            return self.vjp(x, z, time, want, cot, theta);
         }
         let (cx, co) = linear(want, self.model.prediction(), time);
         let mut out = self.linear_vjp(x, z, time, want, cot, theta);

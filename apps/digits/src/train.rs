@@ -60,23 +60,34 @@ impl Default for TrainOptions {
     }
 }
 
+/// Refuses zero steps for a network that is trained: it would write untrained weights (and a
+/// NaN mean loss) as if trained. Each entry is (the option's key, its steps, whether the run
+/// trains that network).
+pub fn check_training_steps(nets: &[(&str, usize, bool)]) -> Result<(), FieldError> {
+    match nets
+        .iter()
+        .find(|(_, steps, trained)| *trained && *steps == 0)
+    {
+        Some((key, _, _)) => Err(FieldError::value(*key, 0, "at least one training step")),
+        None => Ok(()),
+    }
+}
+
 impl TrainOptions {
     /// Checks the options; errors name the option (`batch`, `lr`, `cfg_dropout`).
     pub fn validate(&self) -> Result<(), FieldError> {
-        // Zero steps would write untrained weights (and a NaN mean loss) as if trained.
-        for (key, steps, net) in [
-            ("denoiser_steps", self.denoiser_steps, Network::Denoiser),
+        check_training_steps(&[
+            (
+                "denoiser_steps",
+                self.denoiser_steps,
+                self.only != Some(Network::Classifier),
+            ),
             (
                 "classifier_steps",
                 self.classifier_steps,
-                Network::Classifier,
+                self.only != Some(Network::Denoiser),
             ),
-        ] {
-            let trained = self.only.is_none_or(|n| n == net);
-            if trained && steps == 0 {
-                return Err(FieldError::value(key, 0, "at least one training step"));
-            }
-        }
+        ])?;
         if self.batch == 0 {
             return Err(FieldError::value(
                 "batch",

@@ -89,20 +89,19 @@ impl Default for TrainOptions {
 impl TrainOptions {
     /// Checks the options; errors name the option.
     pub fn validate(&self) -> Result<(), FieldError> {
-        // Zero steps would write untrained weights as if trained (the keys are the flags').
-        for (key, steps, net) in [
-            ("denoiser_steps", self.unet_steps, Network::Unet),
+        // The keys are the flags' (`--denoiser-steps` trains the UNet).
+        adeis_digits::train::check_training_steps(&[
+            (
+                "denoiser_steps",
+                self.unet_steps,
+                self.only != Some(Network::Classifier),
+            ),
             (
                 "classifier_steps",
                 self.classifier_steps,
-                Network::Classifier,
+                self.only != Some(Network::Unet),
             ),
-        ] {
-            let trained = self.only.is_none_or(|n| n == net);
-            if trained && steps == 0 {
-                return Err(FieldError::value(key, 0, "at least one training step"));
-            }
-        }
+        ])?;
         if self.batch == 0 || self.batch > 4096 {
             return Err(FieldError::value("batch", self.batch, "1 to 4096 images"));
         }
