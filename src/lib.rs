@@ -20,6 +20,7 @@ pub mod diffusers;
 pub mod error;
 pub mod learn;
 pub mod report;
+pub mod scheduler_config;
 pub mod spec_file;
 
 pub use adeis_compiler as compiler;

@@ -45,21 +45,34 @@ enum Command {
     /// the sampler plan (steps, NFE) with the coefficients of its first steps, the gradient
     /// plan (VJP count).
     Check {
-        /// Spec file (.toml or .json); optional with --model.
+        /// Spec file (.toml or .json) or a diffusers scheduler_config.json; optional with
+        /// --model.
         spec: Option<PathBuf>,
+        /// The spec file, as a flag (the same as the positional argument).
+        #[arg(long = "spec", conflicts_with = "spec")]
+        spec_flag: Option<PathBuf>,
         /// A model to check and describe (`diffusers:DIR` prints the architecture: parameter
         /// count, blocks, resolutions); a spec without [schedule] takes its scheduler config.
         #[arg(long)]
         model: Option<String>,
+        /// The number of sampler steps: a diffusers scheduler config's inference steps (it
+        /// has none of its own), or in place of an adeis spec's sampler.steps.
+        #[arg(long)]
+        steps: Option<usize>,
         /// How many steps of the coefficient table to print.
         #[arg(long, default_value_t = 3)]
-        steps: usize,
+        rows: usize,
     },
     /// Sample from x_T with the spec's [schedule] and [sampler] on a model.
     Sample {
-        /// Spec file (.toml or .json) with [schedule] and [sampler] tables.
+        /// Spec file (.toml or .json) with [schedule] and [sampler] tables, or a diffusers
+        /// scheduler_config.json (with --steps).
         #[arg(long)]
         spec: PathBuf,
+        /// The number of sampler steps: a diffusers scheduler config's inference steps, or in
+        /// place of an adeis spec's sampler.steps.
+        #[arg(long)]
+        steps: Option<usize>,
         /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t),
         /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel
         /// directory: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
@@ -94,9 +107,15 @@ enum Command {
     /// The gradient of a loss on the sample with respect to x_T, the conditioning and the
     /// model's parameters, by the spec's [gradient] method. Prints a JSON summary.
     Grad {
-        /// Spec file with [schedule], [sampler] and (optionally) [gradient] tables.
+        /// Spec file with [schedule], [sampler] and (optionally) [gradient] tables, or a
+        /// diffusers scheduler_config.json (with --steps; the gradient is then the discrete
+        /// adjoint with respect to x_T).
         #[arg(long)]
         spec: PathBuf,
+        /// The number of sampler steps: a diffusers scheduler config's inference steps, or in
+        /// place of an adeis spec's sampler.steps.
+        #[arg(long)]
+        steps: Option<usize>,
         /// `gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json` or `diffusers:DIR` (see `adeis sample
         /// --help`).
         #[arg(long)]
@@ -224,11 +243,16 @@ fn main() -> ExitCode {
     install_ctrlc();
     let result = match cli.command {
         Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
-        Some(Command::Check { spec, model, steps }) => {
-            cli::check::run(spec.as_deref(), model.as_deref(), steps)
-        }
+        Some(Command::Check {
+            spec,
+            spec_flag,
+            model,
+            steps,
+            rows,
+        }) => cli::check::run(spec.or(spec_flag).as_deref(), model.as_deref(), steps, rows),
         Some(Command::Sample {
             spec,
+            steps,
             model,
             x_t,
             cond,
@@ -239,6 +263,7 @@ fn main() -> ExitCode {
             dtype,
         }) => cli::sample::run(&cli::sample::SampleArgs {
             spec,
+            steps,
             model,
             x_t,
             cond,
@@ -250,6 +275,7 @@ fn main() -> ExitCode {
         }),
         Some(Command::Grad {
             spec,
+            steps,
             model,
             x_t,
             cot,
@@ -262,6 +288,7 @@ fn main() -> ExitCode {
             seed,
         }) => cli::grad::run(&cli::grad::GradArgs {
             spec,
+            steps,
             model,
             x_t,
             cot,

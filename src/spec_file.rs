@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use adeis_compiler::Spec;
+use adeis_compiler::{FieldError, Spec};
 
 use crate::error::Error;
 
@@ -56,22 +56,76 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, Error> {
 
 /// Reads, parses and validates a spec file (the schedule is checked, not compiled).
 pub fn load_spec(path: &Path) -> Result<Spec, Error> {
+    Ok(load_spec_file(path, None)?.spec)
+}
+
+/// A spec file as read: an adeis spec, or the spec a diffusers scheduler config translates to.
+#[derive(Clone, Debug)]
+pub struct LoadedSpec {
+    pub spec: Spec,
+    /// For a diffusers scheduler config, what the translation did (one line each); empty for
+    /// an adeis spec.
+    pub notes: Vec<String>,
+    /// Whether the file was a diffusers scheduler config.
+    pub from_diffusers: bool,
+}
+
+/// Reads, parses and validates a spec file: an adeis spec (TOML or JSON), or a diffusers
+/// scheduler config (JSON with `_class_name`; see [`crate::scheduler_config`]), which needs
+/// `steps`, the number of inference steps. `steps` also sets an adeis spec's `sampler.steps`
+/// (an error where its grid is given as times or train indices).
+pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, Error> {
     let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    let spec = parse_spec(&text, SpecFormat::of_path(path)).map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
     let invalid = |error| Error::Invalid {
         path: path.to_path_buf(),
         error,
+    };
+    let format = SpecFormat::of_path(path);
+    let (spec, notes, from_diffusers) = if format == SpecFormat::Json
+        && crate::scheduler_config::is_scheduler_config(&text)
+    {
+        let Some(n) = steps else {
+            return Err(invalid(FieldError::new(
+                    "steps",
+                    "a diffusers scheduler config leaves the number of inference steps to the caller: give --steps N",
+                )));
+        };
+        let t = crate::scheduler_config::translate(&text, n).map_err(invalid)?;
+        (t.spec, t.notes, true)
+    } else {
+        let mut spec = parse_spec(&text, format).map_err(|e| Error::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(n) = steps {
+            let s = spec.sampler.as_mut().ok_or_else(|| {
+                invalid(FieldError::new(
+                    "sampler",
+                    "--steps sets sampler.steps, and the spec has no [sampler] table",
+                ))
+            })?;
+            if s.times.is_some() || s.train_indices.is_some() {
+                return Err(invalid(FieldError::value(
+                        "sampler.steps",
+                        n,
+                        "--steps: the spec gives its grid as `times` or `train_indices`, whose length fixes the steps",
+                    )));
+            }
+            s.steps = n;
+        }
+        (spec, Vec::new(), false)
     };
     if let Some(schedule) = &spec.schedule {
         schedule.to_def().map_err(invalid)?;
     }
     spec.checked_sampler().map_err(invalid)?;
     spec.checked_gradient().map_err(invalid)?;
-    Ok(spec)
+    Ok(LoadedSpec {
+        spec,
+        notes,
+        from_diffusers,
+    })
 }

@@ -705,7 +705,7 @@ mod grad {
 
 #[test]
 fn check_prints_the_derived_plans() {
-    let (ok, out, err) = adeis(&["check", "examples/specs/sample_dpmpp.toml", "--steps", "2"]);
+    let (ok, out, err) = adeis(&["check", "examples/specs/sample_dpmpp.toml", "--rows", "2"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("examples/specs/sample_dpmpp.toml: valid"),

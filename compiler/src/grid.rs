@@ -51,6 +51,83 @@ pub fn check_steps(key: &str, steps: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// diffusers' `timestep_spacing`: how its schedulers choose whole train timesteps for N
+/// inference steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+impl TimestepSpacing {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestepSpacing::Linspace => "linspace",
+            TimestepSpacing::Leading => "leading",
+            TimestepSpacing::Trailing => "trailing",
+        }
+    }
+}
+
+/// numpy's `linspace(start, stop, num)`, computed as numpy computes it (index times step plus
+/// start, the last point exactly `stop`), so that rounding its values gives numpy's integers.
+pub fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    v[num - 1] = stop;
+    v
+}
+
+/// numpy's `arange(start, 0, -step)` for a positive step.
+pub fn numpy_arange_down(start: f64, step: f64) -> Vec<f64> {
+    let n = (start / step).ceil().max(0.0) as usize;
+    (0..n).map(|i| start - i as f64 * step).collect()
+}
+
+/// The N inference timesteps (noisiest first) of diffusers' multistep schedulers
+/// (DPM-Solver, DEIS, UniPC) for `steps` = N, as their `set_timesteps` computes them: `last` is
+/// the number of train timesteps left after `lambda_min_clipped` (`n_train` without it), and
+/// `offset` is `steps_offset`, which only "leading" adds. numpy rounds halves to even.
+pub fn spacing_timesteps(
+    spacing: TimestepSpacing,
+    steps: usize,
+    n_train: usize,
+    last: usize,
+    offset: i64,
+) -> Vec<i64> {
+    let round = |v: f64| v.round_ties_even() as i64;
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut t: Vec<i64> = numpy_linspace(0.0, last as f64 - 1.0, steps + 1)
+                .into_iter()
+                .map(round)
+                .collect();
+            t.reverse();
+            t.pop();
+            t
+        }
+        TimestepSpacing::Leading => {
+            let ratio = (last / (steps + 1)) as i64;
+            (1..=steps as i64)
+                .rev()
+                .map(|i| i * ratio + offset)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            let ratio = n_train as f64 / steps as f64;
+            numpy_arange_down(last as f64, ratio)
+                .into_iter()
+                .map(|v| round(v) - 1)
+                .collect()
+        }
+    }
+}
+
 /// N+1 times from `t_start` (noisiest) down to `t_end`.
 pub fn make_grid(
     schedule: &Schedule,

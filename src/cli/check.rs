@@ -6,7 +6,12 @@ use adeis::compiler::{GradMethod, Instr, Quantity};
 use adeis::prelude::*;
 use anyhow::Result;
 
-pub fn run(path: Option<&Path>, model: Option<&str>, rows: usize) -> Result<()> {
+pub fn run(
+    path: Option<&Path>,
+    model: Option<&str>,
+    steps: Option<usize>,
+    rows: usize,
+) -> Result<()> {
     let choice = model.map(super::model::parse_model).transpose()?;
     if let Some(super::model::ModelChoice::Diffusers(d)) = &choice {
         let unet = d.load::<f32>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
@@ -27,12 +32,23 @@ pub fn run(path: Option<&Path>, model: Option<&str>, rows: usize) -> Result<()> 
         }
         return Ok(());
     };
-    let mut spec = load_spec(path)?;
+    let loaded = adeis::spec_file::load_spec_file(path, steps)?;
+    let mut spec = loaded.spec;
     if spec.schedule.is_none() {
         spec.schedule = choice.as_ref().map(|c| c.schedule()).transpose()?.flatten();
     }
     let def = spec.schedule_def()?;
     println!("{}: valid", path.display());
+    if loaded.from_diffusers {
+        println!("\na diffusers scheduler config, run as this adeis spec:");
+        for line in &loaded.notes {
+            println!("  - {line}");
+        }
+        let text = toml::to_string(&spec).unwrap_or_default();
+        for line in text.lines().filter(|l| !l.starts_with("train_indices")) {
+            println!("    {line}");
+        }
+    }
     println!();
     let params: Vec<String> = def
         .param_names()

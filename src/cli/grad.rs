@@ -20,6 +20,7 @@ use super::Dtype;
 
 pub struct GradArgs {
     pub spec: PathBuf,
+    pub steps: Option<usize>,
     pub model: String,
     pub x_t: PathBuf,
     pub cot: Option<PathBuf>,
@@ -39,7 +40,7 @@ enum LossChoice {
 
 pub fn run(args: &GradArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
-    let problem = super::load_problem(&args.spec, "grad", choice.schedule()?)?;
+    let problem = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
     let loss = match (&args.cot, &args.loss) {
         (Some(_), Some(_)) => bail!("give --cot or --loss, not both"),

@@ -34,17 +34,33 @@ pub fn schedule_def(arg: &str) -> Result<ScheduleDef> {
     }
 }
 
-/// Loads a spec with a [sampler] table and builds its problem (`command` names the caller in
-/// errors, which carry the file's path and the key path). A spec without a [schedule] takes
-/// `model_schedule`, the one a model directory gives.
+/// Loads a spec with a [sampler] table (or a diffusers scheduler config, with `steps`) and
+/// builds its problem (`command` names the caller in errors, which carry the file's path and
+/// the key path). A spec without a [schedule] takes the one the model's directory gives; a
+/// scheduler config's `prediction_type` must be what the model predicts.
 pub fn load_problem(
     path: &Path,
+    steps: Option<usize>,
     command: &str,
-    model_schedule: Option<ScheduleSpec>,
+    model: &model::ModelChoice,
 ) -> Result<Problem> {
-    let mut spec = load_spec(path)?;
+    let loaded = adeis::spec_file::load_spec_file(path, steps)?;
+    let mut spec = loaded.spec;
     if spec.schedule.is_none() {
-        spec.schedule = model_schedule;
+        spec.schedule = model.schedule()?;
+    }
+    if loaded.from_diffusers {
+        let declared = spec.sampler.as_ref().map(|s| s.prediction);
+        let predicts = model.prediction()?;
+        if declared != Some(predicts) {
+            bail!(
+                "{}: prediction_type says the model predicts {}, but {} predicts {}",
+                path.display(),
+                model::prediction_name(declared.unwrap_or_default()),
+                model.name(),
+                model::prediction_name(predicts)
+            );
+        }
     }
     if spec.sampler.is_none() {
         bail!(

@@ -106,6 +106,25 @@ impl ModelChoice {
         matches!(self, ModelChoice::Diffusers(_))
     }
 
+    /// What the model predicts.
+    pub fn prediction(&self) -> Result<adeis::compiler::Prediction> {
+        Ok(match self {
+            ModelChoice::Diffusers(d) => d.prediction()?,
+            // The closed-form models and the digits denoiser (adeis_digits::nets) predict eps.
+            _ => adeis::compiler::Prediction::Eps,
+        })
+    }
+
+    /// The model in words, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            ModelChoice::Gaussian { .. } => "the Gaussian model".into(),
+            ModelChoice::Gmm(_) => "the mixture".into(),
+            ModelChoice::Digits => "the digits denoiser".into(),
+            ModelChoice::Diffusers(d) => format!("the UNet of {}", d.path.display()),
+        }
+    }
+
     /// The schedule a model directory's scheduler config gives.
     pub fn schedule(&self) -> Result<Option<adeis::compiler::ScheduleSpec>> {
         match self {
@@ -388,3 +407,12 @@ macro_rules! with_model {
     };
 }
 pub(crate) use with_model;
+
+/// diffusers' word for a prediction (`prediction_type`).
+pub fn prediction_name(p: adeis::compiler::Prediction) -> &'static str {
+    match p {
+        adeis::compiler::Prediction::Eps => "epsilon",
+        adeis::compiler::Prediction::X0 => "sample",
+        adeis::compiler::Prediction::V => "v_prediction",
+    }
+}

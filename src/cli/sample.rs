@@ -15,6 +15,7 @@ use super::Dtype;
 
 pub struct SampleArgs {
     pub spec: PathBuf,
+    pub steps: Option<usize>,
     pub model: String,
     pub x_t: PathBuf,
     pub cond: Option<PathBuf>,
@@ -56,7 +57,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         }
     }
     let choice = parse_model(&args.model)?;
-    let problem = super::load_problem(&args.spec, "sample", choice.schedule()?)?;
+    let problem = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
     let dim = x.shape[1];
     match args.dtype {

@@ -233,7 +233,7 @@ impl DiffusionDecl {
                     OptValue::Num(v, _) => sp.rho = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
                 },
-                "grid" | "solver_type" | "variant" | "third_order" => {
+                "grid" | "solver_type" | "variant" | "third_order" | "deis_basis" => {
                     let OptValue::Word(w) = &o.value else {
                         return Err(syn::Error::new(
                             o.value.span(),
@@ -270,6 +270,15 @@ impl DiffusionDecl {
                                 ],
                             )?
                         }
+                        "deis_basis" => {
+                            sp.deis_basis = word(
+                                w,
+                                &[
+                                    ("t", crate::sampler::DeisBasis::T),
+                                    ("log_rho", crate::sampler::DeisBasis::LogRho),
+                                ],
+                            )?
+                        }
                         "variant" => {
                             sp.variant = word(
                                 w,
@@ -290,7 +299,8 @@ impl DiffusionDecl {
                         }
                     }
                 }
-                "multistep" | "corrector" | "lower_order_final" | "denoise_to_zero" => {
+                "multistep" | "corrector" | "lower_order_final" | "denoise_to_zero"
+                | "count_denoise_step" | "euler_at_final" => {
                     let OptValue::Bool(b, _) = o.value else {
                         return Err(syn::Error::new(
                             o.value.span(),
@@ -301,6 +311,8 @@ impl DiffusionDecl {
                         "multistep" => sp.multistep = Some(b),
                         "corrector" => sp.corrector = b,
                         "lower_order_final" => sp.lower_order_final = b,
+                        "count_denoise_step" => sp.count_denoise_step = b,
+                        "euler_at_final" => sp.euler_at_final = b,
                         _ => sp.denoise_to_zero = b,
                     }
                 }
@@ -314,9 +326,12 @@ impl DiffusionDecl {
                         "solver_type",
                         "third_order",
                         "variant",
+                        "deis_basis",
                         "corrector",
                         "lower_order_final",
                         "denoise_to_zero",
+                        "count_denoise_step",
+                        "euler_at_final",
                     ];
                     let hint = did_you_mean(&k, keys)
                         .map(|h| format!("; did you mean `{h}`?"))
@@ -615,6 +630,7 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     let solver_type = variant(krate, quote!(sampler::SolverType), &sp.solver_type);
     let third_order = variant(krate, quote!(sampler::ThirdOrder), &sp.third_order);
     let unipc_variant = variant(krate, quote!(sampler::UnipcVariant), &sp.variant);
+    let deis_basis = variant(krate, quote!(sampler::DeisBasis), &sp.deis_basis);
     let equation = match &sp.equation {
         Some(e) => {
             let e = variant(krate, quote!(Equation), e);
@@ -629,6 +645,7 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     let (order, steps, rho) = (sp.order, sp.steps, sp.rho);
     let (corrector, lower_order_final, denoise_to_zero) =
         (sp.corrector, sp.lower_order_final, sp.denoise_to_zero);
+    let (count_denoise_step, euler_at_final) = (sp.count_denoise_step, sp.euler_at_final);
     quote! {
         #krate::compiler::SamplerSpec {
             method: #method,
@@ -641,12 +658,17 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
             solver_type: #solver_type,
             third_order: #third_order,
             variant: #unipc_variant,
+            deis_basis: #deis_basis,
             corrector: #corrector,
             lower_order_final: #lower_order_final,
             denoise_to_zero: #denoise_to_zero,
+            count_denoise_step: #count_denoise_step,
+            euler_at_final: #euler_at_final,
             rho: #rho,
             times: ::std::option::Option::None,
             train_indices: ::std::option::Option::None,
+            timestep_spacing: ::std::option::Option::None,
+            steps_offset: ::std::option::Option::None,
         }
     }
 }

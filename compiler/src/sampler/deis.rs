@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use super::dual::Dual;
-use super::{ode_only, Family, Method, PlanRun, SamplerSpec};
+use super::{ode_only, DeisBasis, Family, Method, PlanRun, SamplerSpec};
 use crate::plan::{Operand, Pred};
 
 /// The DEIS family.
@@ -24,7 +24,7 @@ impl Family for Deis {
         Some("deis (tAB) is a multistep method")
     }
 
-    fn emit(&self, _spec: &SamplerSpec, run: &mut PlanRun) {
+    fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun) {
         for i in 0..run.n {
             run.b.set_step(i);
             let o = run.b.eval(run.x, Pred::Eps);
@@ -34,11 +34,14 @@ impl Family for Deis {
             // the nodes of its Lagrange basis.
             let base = i as isize - 2;
             let nodes: Vec<Dual> = (0..order)
-                .map(|k| Dual::seeded(run.grid[i - k], (2 - k as isize) as usize, 1.0))
+                .map(|k| match spec.deis_basis {
+                    DeisBasis::T => Dual::seeded(run.grid[i - k], (2 - k as isize) as usize, 1.0),
+                    DeisBasis::LogRho => run.dual_vals(i - k, base).0,
+                })
                 .collect();
             let ((l_s, a_s, _), (l_t, a_t, _)) =
                 (run.dual_vals(i, base), run.dual_vals(i + 1, base));
-            let coefs = deis_coefficients(run, &nodes, l_s, l_t, a_t);
+            let coefs = deis_coefficients(run, spec.deis_basis, &nodes, l_s, l_t, a_t);
             let state = a_t / a_s;
             let mut terms = vec![(Operand::State(run.x), state.v)];
             let mut sens = vec![state.sens(base, run.b.grid_len())];
@@ -94,15 +97,27 @@ fn lagrange(nodes: &[Dual], j: usize, t: Dual) -> Dual {
 /// DEIS tAB: C_j = -alpha_t * integral over [lambda_s, lambda_t] of e^{-lambda} L_j(t(lambda)),
 /// the Lagrange basis in t through `nodes` (newest first), by 24-point Gauss-Legendre in lambda
 /// (the integrand is smooth in lambda, unlike in t near t = 0). In dual numbers: the quadrature
-/// that runs is differentiated, end points, nodes and t(lambda) included.
-fn deis_coefficients(run: &PlanRun, nodes: &[Dual], l_s: Dual, l_t: Dual, a_t: Dual) -> Vec<Dual> {
+/// that runs is differentiated, end points, nodes and t(lambda) included. With the basis in
+/// log rho (= -lambda; `nodes` are then the lambdas of the outputs) the integrand is a
+/// polynomial times e^{-lambda}, which the quadrature integrates to round-off.
+fn deis_coefficients(
+    run: &PlanRun,
+    basis: DeisBasis,
+    nodes: &[Dual],
+    l_s: Dual,
+    l_t: Dual,
+    a_t: Dual,
+) -> Vec<Dual> {
     static GL: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
     let (xs, ws) = GL.get_or_init(|| gauss_legendre(24));
     let (mid, half) = ((l_s + l_t) * 0.5, (l_t - l_s) * 0.5);
     let mut c = vec![Dual::constant(0.0); nodes.len()];
     for (x, w) in xs.iter().zip(ws) {
         let lam = mid + half * *x;
-        let tau = run.t_of_lambda_dual(lam);
+        let tau = match basis {
+            DeisBasis::T => run.t_of_lambda_dual(lam),
+            DeisBasis::LogRho => lam,
+        };
         let weight = half * (-lam).exp() * *w;
         for (j, cj) in c.iter_mut().enumerate() {
             *cj = *cj + weight * lagrange(nodes, j, tau);

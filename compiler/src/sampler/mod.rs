@@ -20,7 +20,10 @@ mod unipc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
-use crate::grid::{check_grid, grid_param_sens, make_grid, train_index_times, GridKind};
+use crate::grid::{
+    check_grid, grid_param_sens, make_grid, spacing_timesteps, train_index_times, GridKind,
+    TimestepSpacing,
+};
 use crate::plan::{GridSens, Operand, Plan, PlanBuilder, Pred, TimeDerivs};
 use crate::schedule::{ParamPartials, Schedule, ScheduleValues};
 use dual::Dual;
@@ -100,9 +103,15 @@ pub enum Equation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Prediction {
+    /// The noise (diffusers' "epsilon").
     #[default]
+    #[serde(alias = "epsilon")]
     Eps,
+    /// The data (diffusers' "sample").
+    #[serde(alias = "sample")]
     X0,
+    /// v = alpha eps - sigma x0 (diffusers' "v_prediction").
+    #[serde(alias = "v_prediction")]
     V,
 }
 
@@ -134,6 +143,22 @@ pub enum ThirdOrder {
     Reference,
 }
 
+/// The variable DEIS's Lagrange basis is a polynomial in: t (tAB, the DEIS paper's default)
+/// or log rho = -lambda (diffusers' `solver_type = "logrho"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeisBasis {
+    #[default]
+    T,
+    LogRho,
+}
+
+impl DeisBasis {
+    fn is_t(&self) -> bool {
+        *self == DeisBasis::T
+    }
+}
+
 fn d_true() -> bool {
     true
 }
@@ -145,6 +170,9 @@ fn d_steps() -> usize {
 }
 fn d_rho() -> f64 {
     7.0
+}
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The `[sampler]` table.
@@ -173,6 +201,9 @@ pub struct SamplerSpec {
     pub third_order: ThirdOrder,
     #[serde(default)]
     pub variant: UnipcVariant,
+    /// DEIS's interpolation variable.
+    #[serde(default, skip_serializing_if = "DeisBasis::is_t")]
+    pub deis_basis: DeisBasis,
     /// UniPC's corrector (UniC).
     #[serde(default = "d_true")]
     pub corrector: bool,
@@ -182,6 +213,15 @@ pub struct SamplerSpec {
     /// Return the x0 prediction at the last time (one more model evaluation).
     #[serde(default)]
     pub denoise_to_zero: bool,
+    /// With `denoise_to_zero`, `lower_order_final` counts the final denoising as the last step
+    /// (a step to sigma = 0), as diffusers' `final_sigmas_type = "zero"` does: with it the
+    /// step before the denoising may keep order 2 where without it only order 1 is left.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub count_denoise_step: bool,
+    /// The last step is first order whatever the number of steps (diffusers'
+    /// `euler_at_final`), not only below 15 steps as `lower_order_final` lowers it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub euler_at_final: bool,
     #[serde(default = "d_rho")]
     pub rho: f64,
     /// Explicit times (noisiest first); implies grid = "explicit".
@@ -190,6 +230,14 @@ pub struct SamplerSpec {
     /// Explicit train indices of a discrete schedule (noisiest first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_indices: Option<Vec<usize>>,
+    /// diffusers' train timesteps for `steps` inference steps on a discrete schedule, then
+    /// train index 0 (diffusers' multistep schedulers with `final_sigmas_type =
+    /// "sigma_min"`): `steps` steps on those steps + 1 points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestep_spacing: Option<TimestepSpacing>,
+    /// diffusers' `steps_offset`, added to the "leading" timesteps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_offset: Option<usize>,
 }
 
 fn default_grid() -> GridKind {
@@ -209,12 +257,17 @@ impl SamplerSpec {
             solver_type: SolverType::Midpoint,
             third_order: ThirdOrder::Taylor,
             variant: UnipcVariant::Bh2,
+            deis_basis: DeisBasis::T,
             corrector: true,
             lower_order_final: true,
             denoise_to_zero: false,
+            count_denoise_step: false,
+            euler_at_final: false,
             rho: 7.0,
             times: None,
             train_indices: None,
+            timestep_spacing: None,
+            steps_offset: None,
         }
     }
 
@@ -303,6 +356,41 @@ impl SamplerSpec {
         if let (false, Some(why)) = (self.is_multistep(), self.method.family().multistep_only()) {
             return err("multistep", why.into());
         }
+        if self.deis_basis != DeisBasis::T && self.method != Method::Deis {
+            return err(
+                "deis_basis",
+                format!(
+                    "chooses DEIS's interpolation variable; method `{}` is not deis",
+                    self.method.name()
+                ),
+            );
+        }
+        if self.count_denoise_step && !self.denoise_to_zero {
+            return err(
+                "count_denoise_step",
+                "counts the final denoising as a step, so it needs `denoise_to_zero = true`".into(),
+            );
+        }
+        if self.euler_at_final && !self.is_multistep() && self.order > 1 {
+            return err(
+                "euler_at_final",
+                "lowers the last step of a multistep sampler; a singlestep step has its order from its stages".into(),
+            );
+        }
+        if self.timestep_spacing.is_some() && (self.times.is_some() || self.train_indices.is_some())
+        {
+            return err(
+                "timestep_spacing",
+                "chooses the grid's train timesteps, so it goes without `times` and `train_indices`"
+                    .into(),
+            );
+        }
+        if self.steps_offset.is_some() && self.timestep_spacing != Some(TimestepSpacing::Leading) {
+            return err(
+                "steps_offset",
+                "shifts the timesteps of `timestep_spacing = \"leading\"` (as in diffusers, the other spacings have none)".into(),
+            );
+        }
         if self.times.is_some() && self.train_indices.is_some() {
             return err(
                 "train_indices",
@@ -312,11 +400,56 @@ impl SamplerSpec {
         Ok(())
     }
 
+    /// The train indices of `timestep_spacing`: diffusers' timesteps for `steps`, then 0.
+    fn spacing_indices(
+        &self,
+        schedule: &Schedule,
+        spacing: TimestepSpacing,
+    ) -> Result<Vec<usize>, FieldError> {
+        let n_train = schedule.def().train_steps().ok_or_else(|| {
+            FieldError::new(
+                "timestep_spacing",
+                format!(
+                    "chooses train timesteps, which a discrete schedule has; this one is `{}`",
+                    schedule.def().name()
+                ),
+            )
+        })?;
+        let offset = self.steps_offset.unwrap_or(0) as i64;
+        let mut idx = spacing_timesteps(spacing, self.steps, n_train, n_train, offset);
+        if idx.last() != Some(&0) {
+            idx.push(0);
+        }
+        if let Some(k) = idx.iter().find(|k| **k < 0 || **k >= n_train as i64) {
+            return Err(FieldError::value(
+                "steps_offset",
+                offset,
+                format!("it puts train timestep {k} outside 0..{n_train}"),
+            ));
+        }
+        if let Some(w) = idx.windows(2).find(|w| w[1] >= w[0]) {
+            return Err(FieldError::value(
+                "steps",
+                self.steps,
+                format!(
+                    "timestep_spacing \"{}\" repeats train timestep {} at this many steps (it rounds to whole timesteps of {n_train}); use fewer steps",
+                    spacing.name(),
+                    w[1]
+                ),
+            ));
+        }
+        Ok(idx.into_iter().map(|k| k as usize).collect())
+    }
+
     /// The grid this sampler runs on.
     pub fn grid_for(&self, schedule: &Schedule) -> Result<Vec<f64>, FieldError> {
+        let spaced = self
+            .timestep_spacing
+            .map(|sp| self.spacing_indices(schedule, sp))
+            .transpose()?;
         let ts = if let Some(ts) = &self.times {
             ts.clone()
-        } else if let Some(idx) = &self.train_indices {
+        } else if let Some(idx) = spaced.as_ref().or(self.train_indices.as_ref()) {
             let n_train = schedule.def().train_steps().ok_or_else(|| {
                 FieldError::new(
                     "train_indices",
@@ -400,6 +533,8 @@ pub(crate) struct PlanRun<'a> {
     pub outs: Vec<(usize, usize)>,
     order: usize,
     lower_order_final: bool,
+    count_denoise_step: bool,
+    euler_at_final: bool,
 }
 
 impl PlanRun<'_> {
@@ -407,8 +542,14 @@ impl PlanRun<'_> {
     /// `lower_order_final` when the grid is short.
     pub fn step_order(&self, i: usize) -> usize {
         let mut o = self.order.min(i + 1);
-        if self.lower_order_final && self.n < 15 {
-            o = o.min(self.n - i);
+        // The steps that count for lowering: the grid's, and the final denoising where it
+        // counts as a step to sigma = 0.
+        let n = self.n + usize::from(self.count_denoise_step);
+        if self.lower_order_final && n < 15 {
+            o = o.min(n - i);
+        }
+        if self.euler_at_final && i + 1 == self.n {
+            o = 1;
         }
         o.max(1)
     }
@@ -609,7 +750,8 @@ fn describe(spec: &SamplerSpec, grid: &[f64]) -> String {
 pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, FieldError> {
     spec.validate()?;
     let grid = spec.grid_for(schedule)?;
-    let made = spec.times.is_none() && spec.train_indices.is_none();
+    let made =
+        spec.times.is_none() && spec.train_indices.is_none() && spec.timestep_spacing.is_none();
     let sens = made.then(|| grid_param_sens(schedule, &spec.grid, spec.rho, &grid));
     let mut plan = build_plan_on(schedule, spec, grid);
     if let Some(s) = sens {
@@ -637,6 +779,8 @@ pub fn build_plan_on(schedule: &Schedule, spec: &SamplerSpec, grid: Vec<f64>) ->
         outs: Vec::new(),
         order: spec.order,
         lower_order_final: spec.lower_order_final,
+        count_denoise_step: spec.count_denoise_step && spec.denoise_to_zero,
+        euler_at_final: spec.euler_at_final,
     };
     family.emit(spec, &mut run);
     let mut x = run.x;

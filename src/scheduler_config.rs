@@ -1,0 +1,665 @@
+//! diffusers scheduler configs as specs: the `scheduler_config.json` a diffusers user has
+//! (`DDIMScheduler`, `DPMSolverMultistepScheduler`, `DEISMultistepScheduler`,
+//! `UniPCMultistepScheduler`), read as the adeis spec that computes what diffusers computes
+//! with it for a given number of inference steps, step for step.
+//!
+//! diffusers samples on integer train timesteps chosen by `timestep_spacing`; adeis runs the
+//! same discrete schedule (the betas of `beta_schedule`, or `trained_betas`) on those
+//! timesteps as `train_indices`. Where diffusers ends at sigma = 0 (`final_sigmas_type =
+//! "zero"`, DDIM's `set_alpha_to_one`) its last step is the data prediction of the last model
+//! evaluation, which is adeis's `denoise_to_zero`, counted as a step in `lower_order_final` as
+//! diffusers counts it (`count_denoise_step`); where it ends at the first train timestep
+//! (`"sigma_min"`) that timestep is the grid's last point. diffusers' third-order multistep
+//! coefficients are the DPM-Solver reference code's (`third_order = "reference"`).
+//!
+//! A key adeis does not know, or a value it does not run, is an error naming the key, the
+//! value and what is allowed; nothing is silently ignored except keys that only matter for an
+//! option that is off (`dynamic_thresholding_ratio` without `thresholding`).
+
+use serde_json::{Map, Value};
+
+use adeis_compiler::grid::{
+    numpy_arange_down, numpy_linspace, spacing_timesteps, GridKind, TimestepSpacing,
+};
+use adeis_compiler::sampler::{DeisBasis, SolverType, ThirdOrder, UnipcVariant};
+use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
+use adeis_compiler::{FieldError, Method, Prediction, SamplerSpec, ScheduleSpec, Spec};
+
+/// The diffusers scheduler classes adeis reads.
+pub const CLASSES: [&str; 4] = [
+    "DDIMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+];
+
+/// Whether JSON text is a diffusers scheduler config (it names its class).
+pub fn is_scheduler_config(text: &str) -> bool {
+    serde_json::from_str::<Map<String, Value>>(&standard_json(text))
+        .map(|m| m.contains_key("_class_name"))
+        .unwrap_or(false)
+}
+
+/// diffusers writes Python's JSON, which spells the non-finite floats as bare `Infinity`,
+/// `-Infinity` and `NaN` (`"lambda_min_clipped": -Infinity`); this turns them into strings,
+/// which the readers below take as those numbers.
+fn standard_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        let word = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w));
+        if let Some(w) = word {
+            out.push('"');
+            out.push_str(w);
+            out.push('"');
+            rest = &rest[w.len()..];
+        } else {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// A parsed config: its keys, each taken once by the reader that understands it, so that
+/// whatever is left is a key adeis does not know.
+struct Config {
+    class: String,
+    keys: Map<String, Value>,
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
+
+impl Config {
+    fn take(&mut self, key: &str) -> Option<Value> {
+        self.keys.remove(key).filter(|v| !v.is_null())
+    }
+
+    fn f64(&mut self, key: &str) -> Result<Option<f64>, FieldError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(Value::String(s)) if s == "Infinity" => Ok(Some(f64::INFINITY)),
+            Some(Value::String(s)) if s == "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+            Some(v) => Err(FieldError::value(key, describe(&v), "a number")),
+        }
+    }
+
+    fn usize(&mut self, key: &str) -> Result<Option<usize>, FieldError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                Ok(Some(n.as_u64().unwrap() as usize))
+            }
+            Some(v) => Err(FieldError::value(
+                key,
+                describe(&v),
+                "a whole number, 0 or more",
+            )),
+        }
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>, FieldError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(v) => Err(FieldError::value(key, describe(&v), "true or false")),
+        }
+    }
+
+    /// A string key, one of `allowed` (the first is diffusers' default when it is absent).
+    fn choice(&mut self, key: &str, allowed: &[&'static str]) -> Result<&'static str, FieldError> {
+        match self.take(key) {
+            None => Ok(allowed[0]),
+            Some(Value::String(s)) => allowed.iter().find(|a| **a == s).copied().ok_or_else(|| {
+                FieldError::value(
+                    key,
+                    format!("\"{s}\""),
+                    format!("adeis runs {}", quoted(allowed)),
+                )
+            }),
+            Some(v) => Err(FieldError::value(
+                key,
+                describe(&v),
+                format!("one of {}", quoted(allowed)),
+            )),
+        }
+    }
+
+    /// A key adeis runs only at one value (diffusers' default): anything else is an error that
+    /// says why.
+    fn only(&mut self, key: &str, default: Value, why: &str) -> Result<(), FieldError> {
+        match self.take(key) {
+            None => Ok(()),
+            Some(v) if v == default => Ok(()),
+            Some(v) => Err(FieldError::value(key, describe(&v), why.to_string())),
+        }
+    }
+
+    /// Drops keys that matter only for an option that is off.
+    fn ignore(&mut self, keys: &[&str]) {
+        for k in keys {
+            self.keys.remove(*k);
+        }
+    }
+}
+
+fn quoted(xs: &[&str]) -> String {
+    xs.iter()
+        .map(|x| format!("\"{x}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// DDIM's inference timesteps (it has no step to a final point beyond them).
+pub fn ddim_timesteps(
+    spacing: TimestepSpacing,
+    steps: usize,
+    n_train: usize,
+    offset: i64,
+) -> Vec<i64> {
+    let round = |v: f64| v.round_ties_even() as i64;
+    match spacing {
+        TimestepSpacing::Linspace => {
+            let mut t: Vec<i64> = numpy_linspace(0.0, n_train as f64 - 1.0, steps)
+                .into_iter()
+                .map(round)
+                .collect();
+            t.reverse();
+            t
+        }
+        TimestepSpacing::Leading => {
+            let ratio = (n_train / steps) as i64;
+            (0..steps as i64)
+                .rev()
+                .map(|i| i * ratio + offset)
+                .collect()
+        }
+        TimestepSpacing::Trailing => {
+            numpy_arange_down(n_train as f64, n_train as f64 / steps as f64)
+                .into_iter()
+                .map(|v| round(v) - 1)
+                .collect()
+        }
+    }
+}
+
+/// A scheduler config read as an adeis spec for a number of inference steps, with what the
+/// translation did (for `adeis check`).
+#[derive(Clone, Debug)]
+pub struct Translated {
+    pub spec: Spec,
+    /// The diffusers timesteps the model is evaluated at, noisiest first.
+    pub timesteps: Vec<i64>,
+    /// One line per choice worth knowing: how diffusers' option maps, and where adeis's own
+    /// variant differs and how to ask for it.
+    pub notes: Vec<String>,
+}
+
+/// The spec that runs `text` (a diffusers scheduler config) for `steps` inference steps.
+pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
+    let keys: Map<String, Value> = serde_json::from_str(&standard_json(text))
+        .map_err(|e| FieldError::new("", format!("not a JSON object: {e}")))?;
+    let class = match keys.get("_class_name") {
+        Some(Value::String(s)) => s.clone(),
+        other => {
+            return Err(FieldError::value(
+                "_class_name",
+                other.map(describe).unwrap_or_else(|| "(absent)".into()),
+                format!("a diffusers scheduler class: {}", quoted(&CLASSES)),
+            ))
+        }
+    };
+    if !CLASSES.contains(&class.as_str()) {
+        return Err(FieldError::value(
+            "_class_name",
+            format!("\"{class}\""),
+            format!(
+                "adeis reads {} (DPMSolverSinglestepScheduler's intermediate points are grid timesteps, not adeis's singlestep stages)",
+                quoted(&CLASSES)
+            ),
+        ));
+    }
+    if steps == 0 {
+        return Err(FieldError::value(
+            "steps",
+            0,
+            "a scheduler config needs the number of inference steps: --steps N, N at least 1",
+        ));
+    }
+    adeis_compiler::grid::check_steps("steps", steps)?;
+    let mut c = Config { class, keys };
+    c.keys.retain(|k, _| !k.starts_with('_'));
+    let mut notes = Vec::new();
+
+    // The beta schedule.
+    let n_train = c.usize("num_train_timesteps")?.unwrap_or(1000);
+    if !(2..=adeis_compiler::grid::MAX_STEPS).contains(&n_train) {
+        return Err(FieldError::value(
+            "num_train_timesteps",
+            n_train,
+            format!("from 2 to {}", adeis_compiler::grid::MAX_STEPS),
+        ));
+    }
+    let mut schedule = ScheduleSpec::of_kind(ScheduleKind::Discrete);
+    let trained = c.take("trained_betas");
+    let beta_schedule = c.choice(
+        "beta_schedule",
+        &["linear", "scaled_linear", "squaredcos_cap_v2"],
+    )?;
+    let beta_start = c.f64("beta_start")?.unwrap_or(1e-4);
+    let beta_end = c.f64("beta_end")?.unwrap_or(0.02);
+    if let Some(t) = trained {
+        let betas: Vec<f64> = serde_json::from_value(t.clone())
+            .map_err(|_| FieldError::value("trained_betas", describe(&t), "a list of numbers"))?;
+        if betas.len() != n_train {
+            return Err(FieldError::value(
+                "trained_betas",
+                format!("{} values", betas.len()),
+                format!("one beta per train timestep: num_train_timesteps = {n_train}"),
+            ));
+        }
+        schedule.betas = Some(betas);
+    } else {
+        schedule.num_train_timesteps = Some(n_train);
+        schedule.beta_schedule = Some(match beta_schedule {
+            "linear" => BetaSchedule::Linear,
+            "scaled_linear" => BetaSchedule::ScaledLinear,
+            _ => BetaSchedule::SquaredcosCapV2,
+        });
+        if beta_schedule != "squaredcos_cap_v2" {
+            schedule.beta_start = Some(beta_start);
+            schedule.beta_end = Some(beta_end);
+        }
+    }
+    c.only(
+        "rescale_betas_zero_snr",
+        Value::Bool(false),
+        "adeis runs schedules whose signal-to-noise ratio stays positive; zero terminal SNR makes the first timestep pure noise (lambda = -infinity)",
+    )?;
+
+    let prediction = match c.choice("prediction_type", &["epsilon", "sample", "v_prediction"])? {
+        "epsilon" => Prediction::Eps,
+        "sample" => Prediction::X0,
+        _ => Prediction::V,
+    };
+    if c.bool("thresholding")?.unwrap_or(false) {
+        return Err(FieldError::value(
+            "thresholding",
+            true,
+            "not from a scheduler config yet: diffusers' quantile interpolates where adeis's dynamic thresholding takes the nearest element; set it to false",
+        ));
+    }
+    c.ignore(&["dynamic_thresholding_ratio", "sample_max_value"]);
+    for (key, why) in [
+        ("use_karras_sigmas", "diffusers evaluates the model at rounded timesteps between Karras sigmas; for Karras steps in adeis use `grid = \"karras\"` in an adeis spec"),
+        ("use_exponential_sigmas", "exponential sigmas are not read from scheduler configs yet"),
+        ("use_beta_sigmas", "beta sigmas are not read from scheduler configs yet"),
+        ("use_lu_lambdas", "diffusers evaluates the model at rounded timesteps between uniform lambdas; for them in adeis use `grid = \"logsnr\"` in an adeis spec"),
+        ("use_flow_sigmas", "flow-matching schedules are not diffusion schedules adeis runs"),
+        ("use_dynamic_shifting", "dynamic shifting belongs to flow-matching schedules"),
+    ] {
+        c.only(key, Value::Bool(false), why)?;
+    }
+    c.ignore(&["flow_shift", "time_shift_type"]);
+    for key in [
+        "sigma_min",
+        "sigma_max",
+        "shift_terminal",
+        "solver_p",
+        "variance_type",
+    ] {
+        if let Some(v) = c.take(key) {
+            return Err(FieldError::value(
+                key,
+                describe(&v),
+                "adeis runs this scheduler with it unset (null)",
+            ));
+        }
+    }
+    // diffusers' default spacing is "leading" for DDIM, "linspace" for the others.
+    let spacings: &[&'static str] = if c.class == "DDIMScheduler" {
+        &["leading", "linspace", "trailing"]
+    } else {
+        &["linspace", "leading", "trailing"]
+    };
+    let spacing = match c.choice("timestep_spacing", spacings)? {
+        "linspace" => TimestepSpacing::Linspace,
+        "leading" => TimestepSpacing::Leading,
+        _ => TimestepSpacing::Trailing,
+    };
+    let offset = c.usize("steps_offset")?.unwrap_or(0) as i64;
+
+    let mut sampler = SamplerSpec::new(Method::Ddim, 1, steps);
+    sampler.prediction = prediction;
+    let timesteps;
+    let mut indices: Vec<i64>;
+    match c.class.as_str() {
+        "DDIMScheduler" => {
+            if c.bool("clip_sample")?.unwrap_or(true) {
+                return Err(FieldError::value(
+                    "clip_sample",
+                    true,
+                    "adeis does not clip the data prediction; set `clip_sample` to false (diffusers' default is true; Stable Diffusion's configs set it false)",
+                ));
+            }
+            c.ignore(&["clip_sample_range"]);
+            let set_alpha_to_one = c.bool("set_alpha_to_one")?.unwrap_or(true);
+            timesteps = ddim_timesteps(spacing, steps, n_train, offset);
+            let ratio = (n_train / steps) as i64;
+            // diffusers' DDIM steps from t to t - num_train_timesteps // steps, which is the
+            // next timestep only for some spacings; adeis runs the chain of timesteps.
+            if let Some(w) = timesteps.windows(2).find(|w| w[0] - ratio != w[1]) {
+                return Err(FieldError::value(
+                    "timestep_spacing",
+                    format!("\"{}\"", spacing.name()),
+                    format!(
+                        "with {steps} steps diffusers' DDIM steps from timestep {} to {} ({} - {n_train} // {steps}) and then evaluates the model at {}, which is not a chain of states adeis can run; use \"leading\" or \"trailing\" with a step count that divides {n_train}",
+                        w[0],
+                        w[0] - ratio,
+                        w[0],
+                        w[1]
+                    ),
+                ));
+            }
+            indices = timesteps.clone();
+            let last = timesteps[timesteps.len() - 1] - ratio;
+            if last >= 0 {
+                indices.push(last);
+            } else if set_alpha_to_one {
+                sampler.denoise_to_zero = true;
+                notes.push("set_alpha_to_one: the last step goes to alpha = 1, the data prediction (denoise_to_zero)".into());
+            } else if timesteps[timesteps.len() - 1] != 0 {
+                indices.push(0);
+            }
+        }
+        "DPMSolverMultistepScheduler" | "DEISMultistepScheduler" | "UniPCMultistepScheduler" => {
+            let class = c.class.clone();
+            let order = c
+                .usize("solver_order")?
+                .unwrap_or(if class == "DEISMultistepScheduler" {
+                    3
+                } else {
+                    2
+                });
+            if !(1..=3).contains(&order) {
+                return Err(FieldError::value("solver_order", order, "1, 2 or 3"));
+            }
+            sampler.order = order;
+            sampler.lower_order_final = c.bool("lower_order_final")?.unwrap_or(true);
+            let mut final_zero = class != "DEISMultistepScheduler";
+            let mut last = n_train;
+            match class.as_str() {
+                "DPMSolverMultistepScheduler" => {
+                    let algorithm = c.choice(
+                        "algorithm_type",
+                        &[
+                            "dpmsolver++",
+                            "dpmsolver",
+                            "sde-dpmsolver++",
+                            "sde-dpmsolver",
+                        ],
+                    )?;
+                    sampler.method = match algorithm {
+                        "dpmsolver++" => Method::DpmSolverPp,
+                        "dpmsolver" => Method::DpmSolver,
+                        "sde-dpmsolver++" => Method::SdeDpmSolverPp,
+                        _ => Method::SdeDpmSolver,
+                    };
+                    sampler.multistep = Some(true);
+                    sampler.solver_type = match c.choice("solver_type", &["midpoint", "heun"])? {
+                        "midpoint" => SolverType::Midpoint,
+                        _ => SolverType::Heun,
+                    };
+                    if order == 3 {
+                        sampler.third_order = ThirdOrder::Reference;
+                        notes.push("solver_order = 3: diffusers' third-order coefficients are the DPM-Solver reference code's (third_order = \"reference\"); adeis's own, from the Taylor expansion, are third_order = \"taylor\" in an adeis spec".into());
+                    }
+                    sampler.euler_at_final = c.bool("euler_at_final")?.unwrap_or(false);
+                    final_zero = c.choice("final_sigmas_type", &["zero", "sigma_min"])? == "zero";
+                    let clip = c.f64("lambda_min_clipped")?.unwrap_or(f64::NEG_INFINITY);
+                    last = n_train - clipped_count(&schedule, clip)?;
+                }
+                "DEISMultistepScheduler" => {
+                    c.choice("algorithm_type", &["deis"])?;
+                    c.choice("solver_type", &["logrho"])?;
+                    sampler.method = Method::Deis;
+                    sampler.deis_basis = DeisBasis::LogRho;
+                    notes.push("DEIS solver_type \"logrho\": the basis is a polynomial in log rho (deis_basis = \"log_rho\"); adeis's own default is the DEIS paper's tAB, in t (deis_basis = \"t\")".into());
+                }
+                _ => {
+                    sampler.method = Method::Unipc;
+                    sampler.variant = match c.choice("solver_type", &["bh2", "bh1"])? {
+                        "bh2" => UnipcVariant::Bh2,
+                        _ => UnipcVariant::Bh1,
+                    };
+                    c.only(
+                        "predict_x0",
+                        Value::Bool(true),
+                        "adeis's UniPC works with the data prediction (predict_x0 = true)",
+                    )?;
+                    match c.take("disable_corrector") {
+                        None => {}
+                        Some(Value::Array(a)) if a.is_empty() => {}
+                        Some(v) => {
+                            return Err(FieldError::value(
+                                "disable_corrector",
+                                describe(&v),
+                                "[] (adeis's corrector is on at every step or off at all: corrector = false in an adeis spec)",
+                            ))
+                        }
+                    }
+                    final_zero = c.choice("final_sigmas_type", &["zero", "sigma_min"])? == "zero";
+                    // diffusers' UniPC lowers the final orders at any number of steps.
+                    if sampler.lower_order_final && steps >= 15 && order == 3 {
+                        return Err(FieldError::value(
+                            "solver_order",
+                            3,
+                            "with lower_order_final and 15 or more steps diffusers' UniPC lowers its last steps where adeis lowers them only below 15 steps; use solver_order 2 or fewer steps",
+                        ));
+                    }
+                }
+            }
+            timesteps = spacing_timesteps(spacing, steps, n_train, last, offset);
+            indices = timesteps.clone();
+            if final_zero {
+                sampler.denoise_to_zero = true;
+                sampler.count_denoise_step = true;
+                notes.push("final_sigmas_type = \"zero\": the last step goes to sigma = 0, the data prediction of the last evaluation (denoise_to_zero, counted as a step: count_denoise_step)".into());
+            } else if timesteps.last() != Some(&0) {
+                indices.push(0);
+            }
+        }
+        _ => unreachable!("the class was checked against CLASSES"),
+    }
+    if let Some((key, _)) = c.keys.iter().next() {
+        return Err(FieldError::new(
+            key.clone(),
+            format!("`{key}` is not a key adeis knows for {}", c.class),
+        ));
+    }
+    if let Some(k) = indices.iter().find(|k| **k < 0 || **k >= n_train as i64) {
+        return Err(FieldError::value(
+            "steps_offset",
+            offset,
+            format!("it puts timestep {k} outside 0..{n_train}"),
+        ));
+    }
+    if let Some(w) = indices.windows(2).find(|w| w[1] >= w[0]) {
+        return Err(FieldError::value(
+            "steps",
+            steps,
+            format!(
+                "diffusers' timesteps for it repeat ({} then {}: its spacing rounds to whole train timesteps); use fewer steps",
+                w[0], w[1]
+            ),
+        ));
+    }
+    if indices.len() < 2 {
+        return Err(FieldError::value(
+            "steps",
+            steps,
+            "one step that ends at sigma = 0 is the data prediction at the first timestep alone; adeis runs at least 2 steps here",
+        ));
+    }
+    sampler.grid = GridKind::Explicit;
+    sampler.steps = indices.len().saturating_sub(1).max(1);
+    sampler.train_indices = Some(indices.iter().map(|k| *k as usize).collect());
+    notes.insert(
+        0,
+        format!(
+            "{} with {steps} steps, timestep_spacing \"{}\": the model is evaluated at train timesteps {}",
+            c.class,
+            spacing.name(),
+            summary(&timesteps)
+        ),
+    );
+    Ok(Translated {
+        spec: Spec {
+            schedule: Some(schedule),
+            sampler: Some(sampler),
+            gradient: None,
+        },
+        timesteps,
+        notes,
+    })
+}
+
+fn summary(ts: &[i64]) -> String {
+    if ts.len() <= 8 {
+        format!("{ts:?}")
+    } else {
+        format!(
+            "[{}, {}, {}, ..., {}, {}]",
+            ts[0],
+            ts[1],
+            ts[2],
+            ts[ts.len() - 2],
+            ts[ts.len() - 1]
+        )
+    }
+}
+
+/// How many train timesteps `lambda_min_clipped` removes from the end: those whose lambda
+/// (log alpha - log sigma) is below it, as diffusers' `searchsorted` counts them.
+fn clipped_count(schedule: &ScheduleSpec, clip: f64) -> Result<usize, FieldError> {
+    if clip == f64::NEG_INFINITY {
+        return Ok(0);
+    }
+    if !clip.is_finite() {
+        return Err(FieldError::value(
+            "lambda_min_clipped",
+            clip,
+            "a number or -Infinity",
+        ));
+    }
+    let def = schedule
+        .to_def()
+        .map_err(|e| FieldError::new("beta_schedule", e.to_string()))?;
+    let s = def
+        .compile()
+        .map_err(|e| FieldError::new("beta_schedule", e.to_string()))?;
+    let n = def.train_steps().unwrap_or(0);
+    let below = (0..n)
+        .filter(|k| s.lambda((k + 1) as f64 / n as f64) < clip)
+        .count();
+    if below >= n {
+        return Err(FieldError::value(
+            "lambda_min_clipped",
+            clip,
+            "it clips every train timestep",
+        ));
+    }
+    Ok(below)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_json_floats_become_readable() {
+        let text = r#"{"_class_name": "X", "a": -Infinity, "b": "Infinity in a string", "c": NaN}"#;
+        let v: Map<String, Value> = serde_json::from_str(&standard_json(text)).unwrap();
+        assert_eq!(v["a"], Value::String("-Infinity".into()));
+        assert_eq!(v["b"], Value::String("Infinity in a string".into()));
+        assert!(is_scheduler_config(text));
+        assert!(!is_scheduler_config(r#"{"sampler": {}}"#));
+    }
+
+    #[test]
+    fn spacings_are_numpy_s() {
+        // diffusers 0.42, 1000 train timesteps.
+        assert_eq!(
+            spacing_timesteps(TimestepSpacing::Linspace, 10, 1000, 1000, 0),
+            vec![999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+        );
+        assert_eq!(
+            spacing_timesteps(TimestepSpacing::Leading, 12, 1000, 1000, 1),
+            vec![913, 837, 761, 685, 609, 533, 457, 381, 305, 229, 153, 77]
+        );
+        assert_eq!(
+            spacing_timesteps(TimestepSpacing::Trailing, 3, 1000, 1000, 0),
+            vec![999, 666, 332]
+        );
+        assert_eq!(
+            ddim_timesteps(TimestepSpacing::Leading, 10, 1000, 1),
+            vec![901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_unsupported_values_are_named() {
+        let base = r#""_class_name": "DPMSolverMultistepScheduler""#;
+        let e = translate(&format!("{{{base}, \"beta_shedule\": \"linear\"}}"), 10).unwrap_err();
+        assert_eq!(e.key, "beta_shedule");
+        let e = translate(&format!("{{{base}, \"use_karras_sigmas\": true}}"), 10).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.value.as_deref()),
+            ("use_karras_sigmas", Some("true"))
+        );
+        let e = translate(
+            &format!("{{{base}, \"algorithm_type\": \"dpmsolver+\"}}"),
+            10,
+        )
+        .unwrap_err();
+        assert!(e.allowed.contains("\"sde-dpmsolver++\""), "{e}");
+        let e = translate(r#"{"_class_name": "EulerDiscreteScheduler"}"#, 10).unwrap_err();
+        assert_eq!(e.key, "_class_name");
+        let e = translate(&format!("{{{base}}}"), 0).unwrap_err();
+        assert_eq!(e.key, "steps");
+        let e = translate(r#"{"_class_name": "DDIMScheduler"}"#, 10).unwrap_err();
+        assert_eq!(e.key, "clip_sample");
+        let e = translate(
+            r#"{"_class_name": "DDIMScheduler", "clip_sample": false, "timestep_spacing": "linspace"}"#,
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "timestep_spacing");
+        assert!(e.allowed.contains("from timestep 999 to 899"), "{e}");
+    }
+}
