@@ -90,6 +90,15 @@ enum Command {
         /// the labels inline (`3,1`).
         #[arg(long = "class-labels")]
         class_labels: Option<PathBuf>,
+        /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
+        /// (1: the conditional model, 0: the unconditional one); in place of the spec's
+        /// [guidance] scale.
+        #[arg(long = "guidance-scale", allow_hyphen_values = true)]
+        guidance_scale: Option<f64>,
+        /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
+        /// digits model has its own).
+        #[arg(long = "null-class")]
+        null_class: Option<usize>,
         /// Where to write the samples (.npy, x_T's shape, in the run's precision).
         #[arg(long)]
         out: PathBuf,
@@ -141,6 +150,15 @@ enum Command {
         /// the labels inline (`3,1`).
         #[arg(long = "class-labels")]
         class_labels: Option<PathBuf>,
+        /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
+        /// (1: the conditional model, 0: the unconditional one); in place of the spec's
+        /// [guidance] scale.
+        #[arg(long = "guidance-scale", allow_hyphen_values = true)]
+        guidance_scale: Option<f64>,
+        /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
+        /// digits model has its own).
+        #[arg(long = "null-class")]
+        null_class: Option<usize>,
         /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
         /// gradient.wrt includes "params").
         #[arg(long = "out-dir")]
@@ -257,6 +275,8 @@ fn main() -> ExitCode {
             x_t,
             cond,
             class_labels,
+            guidance_scale,
+            null_class,
             out,
             seed,
             trajectory,
@@ -264,6 +284,8 @@ fn main() -> ExitCode {
         }) => cli::sample::run(&cli::sample::SampleArgs {
             spec,
             steps,
+            guidance_scale,
+            null_class,
             model,
             x_t,
             cond,
@@ -283,12 +305,16 @@ fn main() -> ExitCode {
             target,
             cond,
             class_labels,
+            guidance_scale,
+            null_class,
             out_dir,
             dtype,
             seed,
         }) => cli::grad::run(&cli::grad::GradArgs {
             spec,
             steps,
+            guidance_scale,
+            null_class,
             model,
             x_t,
             cot,

@@ -543,6 +543,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
             schedule: Some(schedule),
             sampler: Some(sampler),
             gradient: None,
+            guidance: None,
         },
         timesteps,
         notes,

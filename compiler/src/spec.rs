@@ -31,6 +31,35 @@ pub struct Spec {
     pub sampler: Option<SamplerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient: Option<GradientSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<GuidanceSpec>,
+}
+
+/// `[guidance]`: classifier-free guidance, `uncond + scale (cond - uncond)` (diffusers'
+/// `guidance_scale`): scale 1 is the conditional model, 0 the unconditional one. The
+/// unconditional output is the model at its null conditioning: the digits model's "no class",
+/// or for a class-conditional diffusers UNet the class `null_class` it was trained to read as
+/// none (diffusers' UNet2DModel has no fixed one).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceSpec {
+    pub scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_class: Option<usize>,
+}
+
+impl GuidanceSpec {
+    /// Checks the scale.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !self.scale.is_finite() {
+            return Err(FieldError::value(
+                "scale",
+                self.scale,
+                "a finite number (1 is no guidance, 0 the unconditional model; diffusers' pipelines use 1 to 10)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Spec {
@@ -62,6 +91,17 @@ impl Spec {
             ));
         }
         Ok(Some(g))
+    }
+
+    /// The `[guidance]` table, checked.
+    pub fn checked_guidance(&self) -> Result<Option<&GuidanceSpec>, FieldError> {
+        match &self.guidance {
+            None => Ok(None),
+            Some(g) => {
+                g.validate().map_err(|e| e.under("guidance"))?;
+                Ok(Some(g))
+            }
+        }
     }
 
     /// The `[sampler]` table, checked on its own (its grid is checked against the schedule
@@ -493,7 +533,7 @@ mod tests {
             .to_string();
         assert!(
             e.contains(
-                "unknown field `schedul`, expected one of `schedule`, `sampler`, `gradient`"
+                "unknown field `schedul`, expected one of `schedule`, `sampler`, `gradient`, `guidance`"
             ),
             "{e}"
         );

@@ -14,13 +14,15 @@ use adeis::runtime::to_f64;
 use adeis::safetensors::write_safetensors;
 use anyhow::{bail, Result};
 
-use super::inputs::{conditioning, read_like, read_x_t, state, CondArgs};
+use super::inputs::{conditioning, guidance, read_like, read_x_t, state, CondArgs, GuidanceArgs};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
 pub struct GradArgs {
     pub spec: PathBuf,
     pub steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    pub null_class: Option<usize>,
     pub model: String,
     pub x_t: PathBuf,
     pub cot: Option<PathBuf>,
@@ -40,7 +42,7 @@ enum LossChoice {
 
 pub fn run(args: &GradArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
-    let problem = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
+    let (problem, guidance) = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
     let loss = match (&args.cot, &args.loss) {
         (Some(_), Some(_)) => bail!("give --cot or --loss, not both"),
@@ -57,10 +59,10 @@ pub fn run(args: &GradArgs) -> Result<()> {
     let dim = x.shape[1];
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| {
-            run_typed::<f32, _>(args, &problem, m, (&x, &loss))
+            run_typed::<f32, _>(args, &problem, guidance.as_ref(), m, (&x, &loss))
         }),
         Dtype::F64 => with_model!(&choice, f64, dim, |m| {
-            run_typed::<f64, _>(args, &problem, m, (&x, &loss))
+            run_typed::<f64, _>(args, &problem, guidance.as_ref(), m, (&x, &loss))
         }),
     }
 }
@@ -68,6 +70,7 @@ pub fn run(args: &GradArgs) -> Result<()> {
 fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     args: &GradArgs,
     problem: &Problem,
+    guidance_spec: Option<&adeis::compiler::GuidanceSpec>,
     model: &M,
     (x, loss): (&NpyArray, &LossChoice),
 ) -> Result<()>
@@ -83,6 +86,17 @@ where
         &CondArgs {
             cond: args.cond.as_ref(),
             labels: args.class_labels.as_ref(),
+        },
+    )?;
+    let mut model_fn = ModelFn::new(model);
+    model_fn.guidance = guidance(
+        model,
+        &x_t,
+        z.as_ref(),
+        guidance_spec,
+        &GuidanceArgs {
+            scale: args.guidance_scale,
+            null_class: args.null_class,
         },
     )?;
     if wrt.cond && z.is_none() {
@@ -106,7 +120,7 @@ where
     let noise = NoiseSource::Seeded(args.seed);
     let g = gradient(
         problem,
-        &ModelFn::new(model),
+        &model_fn,
         &Input::new(&x_t, z.as_ref(), &noise),
         loss_grad,
     )?;

@@ -103,3 +103,38 @@ where
 {
     Ok(State::from_f64(&Cpu::default(), &a.data, &a.shape)?)
 }
+
+/// Guidance from the command line, in place of the spec's `[guidance]`.
+pub struct GuidanceArgs {
+    pub scale: Option<f64>,
+    pub null_class: Option<usize>,
+}
+
+/// The classifier-free guidance of a run: `--guidance-scale` / `--null-class`, else the spec's
+/// `[guidance]` table; None without either.
+pub fn guidance<E: Dtype, M: CommandModel<E>>(
+    model: &M,
+    x: &State<E, Cpu>,
+    z: Option<&State<E, Cpu>>,
+    spec: Option<&adeis::compiler::GuidanceSpec>,
+    args: &GuidanceArgs,
+) -> Result<Option<adeis::runtime::Guidance<E, Cpu>>>
+where
+    Cpu: Device<E>,
+{
+    let Some(scale) = args.scale.or(spec.map(|g| g.scale)) else {
+        if args.null_class.is_some() {
+            bail!("--null-class is the unconditional class of guidance; give --guidance-scale S too (or a [guidance] table)");
+        }
+        return Ok(None);
+    };
+    if !scale.is_finite() {
+        bail!("--guidance-scale {scale}: a finite number (1 is no guidance, 0 the unconditional model)");
+    }
+    if z.is_none() {
+        bail!("guidance mixes the conditional and the unconditional model: give the condition (--class-labels or --cond)");
+    }
+    let null_class = args.null_class.or(spec.and_then(|g| g.null_class));
+    let null_cond = model.null_cond(x, null_class)?;
+    Ok(Some(adeis::runtime::Guidance { scale, null_cond }))
+}

@@ -43,7 +43,7 @@ pub fn load_problem(
     steps: Option<usize>,
     command: &str,
     model: &model::ModelChoice,
-) -> Result<Problem> {
+) -> Result<(Problem, Option<adeis::compiler::GuidanceSpec>)> {
     let loaded = adeis::spec_file::load_spec_file(path, steps)?;
     let mut spec = loaded.spec;
     if spec.schedule.is_none() {
@@ -68,7 +68,8 @@ pub fn load_problem(
             path.display()
         );
     }
-    Problem::from_spec(&spec).map_err(|e| anyhow!("{}: {e}", path.display()))
+    let problem = Problem::from_spec(&spec).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((problem, spec.guidance))
 }
 
 /// Reads a [batch, dim] array.
@@ -131,9 +132,9 @@ pub struct TrainArgs {
     /// What to train on.
     #[arg(long, value_enum, default_value_t = DatasetArg::Digits)]
     pub dataset: DatasetArg,
-    /// Output folder [default: models/digits for digits (the committed models),
-    /// adeis-out/fashion-mnist for fashion-mnist (the committed models are in
-    /// models/fashion-mnist)].
+    /// Output folder [default: adeis-out/digits for digits, adeis-out/fashion-mnist for
+    /// fashion-mnist; the committed models are in models/digits and models/fashion-mnist, which
+    /// only an explicit --out overwrites].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Optimiser steps of the denoiser (the UNet for fashion-mnist) [default: 30000 for digits,

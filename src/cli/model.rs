@@ -156,6 +156,12 @@ where
         false
     }
 
+    /// The null conditioning of classifier-free guidance, for the batch of `x` (`null_class`:
+    /// --null-class, for models without a fixed one).
+    fn null_cond(&self, _x: &State<E, Cpu>, _null_class: Option<usize>) -> Result<State<E, Cpu>> {
+        bail!("guidance: this model has no null conditioning to guide against (the digits model and class-conditional diffusers UNets, with --null-class, have one)")
+    }
+
     /// The parameter gradients under the model's names (None: no parameters).
     fn named_grads(&self, grads: &Self::Grads) -> Option<Vec<NamedTensor>>;
 }
@@ -290,6 +296,16 @@ where
         ))
     }
 
+    /// The "no class" embedding the denoiser was trained on (10% of its batches).
+    fn null_cond(&self, x: &State<E, Cpu>, null_class: Option<usize>) -> Result<State<E, Cpu>> {
+        if let Some(k) = null_class {
+            bail!("--null-class {k}: the digits model's unconditional input is its own \"no class\" embedding; leave --null-class out");
+        }
+        Ok(convert::<f32, E>(
+            &self.models.cond(&vec![NULL_CLASS; x.batch()]),
+        ))
+    }
+
     fn class_cond(&self, labels: &[usize]) -> Result<State<E, Cpu>> {
         if let Some(l) = labels.iter().find(|l| **l >= CLASSES) {
             bail!(
@@ -315,6 +331,16 @@ where
 
     fn needs_labels(&self) -> bool {
         self.config().num_class_embeds.is_some()
+    }
+
+    fn null_cond(&self, x: &State<E, Cpu>, null_class: Option<usize>) -> Result<State<E, Cpu>> {
+        let Some(n) = self.config().num_class_embeds else {
+            bail!("guidance: this UNet takes no class labels, so it has no unconditional input to guide against");
+        };
+        let Some(k) = null_class else {
+            bail!("guidance: give --null-class K (or null_class in [guidance]), the class 0..{n} this UNet was trained to read as \"no class\"; diffusers' UNet2DModel has no fixed one");
+        };
+        UNet2D::class_cond(self, &vec![k; x.batch()]).map_err(|e| anyhow!("--null-class: {e}"))
     }
 
     fn named_grads(&self, g: &Self::Grads) -> Option<Vec<NamedTensor>> {

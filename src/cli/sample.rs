@@ -9,13 +9,15 @@ use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::to_f64;
 use anyhow::Result;
 
-use super::inputs::{conditioning, read_x_t, state, CondArgs};
+use super::inputs::{conditioning, guidance, read_x_t, state, CondArgs, GuidanceArgs};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
 pub struct SampleArgs {
     pub spec: PathBuf,
     pub steps: Option<usize>,
+    pub guidance_scale: Option<f64>,
+    pub null_class: Option<usize>,
     pub model: String,
     pub x_t: PathBuf,
     pub cond: Option<PathBuf>,
@@ -57,15 +59,23 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         }
     }
     let choice = parse_model(&args.model)?;
-    let problem = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
+    let (problem, guidance) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
     let dim = x.shape[1];
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| run_typed::<f32, _>(
-            args, &problem, m, &x
+            args,
+            &problem,
+            guidance.as_ref(),
+            m,
+            &x
         )),
         Dtype::F64 => with_model!(&choice, f64, dim, |m| run_typed::<f64, _>(
-            args, &problem, m, &x
+            args,
+            &problem,
+            guidance.as_ref(),
+            m,
+            &x
         )),
     }
 }
@@ -73,6 +83,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
 fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     args: &SampleArgs,
     problem: &Problem,
+    guidance_spec: Option<&adeis::compiler::GuidanceSpec>,
     model: &M,
     x: &NpyArray,
 ) -> Result<()>
@@ -89,11 +100,22 @@ where
             labels: args.class_labels.as_ref(),
         },
     )?;
+    let mut model_fn = ModelFn::new(model);
+    model_fn.guidance = guidance(
+        model,
+        &x_t,
+        z.as_ref(),
+        guidance_spec,
+        &GuidanceArgs {
+            scale: args.guidance_scale,
+            null_class: args.null_class,
+        },
+    )?;
     let start = Instant::now();
     let noise = NoiseSource::Seeded(args.seed);
     let out = sample(
         problem.plan(),
-        &ModelFn::new(model),
+        &model_fn,
         &Input::new(&x_t, z.as_ref(), &noise),
         args.trajectory.is_some(),
     )?;

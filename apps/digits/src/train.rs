@@ -46,7 +46,9 @@ pub enum Network {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
-            out: PathBuf::from("models/digits"),
+            // Not the committed models' folder: a plain `adeis train` must not overwrite them
+            // (`--out models/digits` does, when asked).
+            out: PathBuf::from("adeis-out/digits"),
             denoiser_steps: 30_000,
             classifier_steps: 4_000,
             batch: 128,
