@@ -45,10 +45,18 @@ fn morph_writes_pictures_and_a_report_and_lowers_the_loss() {
     ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("| discrete adjoint (ODE) |"), "{stdout}");
-    for f in ["report.md", "report.json", "loss_curve.png"] {
+    for f in ["report.md", "report.json", "loss_curve.png", "report.html"] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
     assert!(is_png(&dir.path().join("loss_curve.png")));
+    // The HTML report shows the table and every picture it names.
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<td>discrete adjoint (ODE)</td>"), "{html}");
+    for img in html.split("<img src=\"").skip(1) {
+        let file = img.split('"').next().unwrap();
+        assert!(is_png(&dir.path().join(file)), "report.html shows {file}, which is not there");
+    }
+    assert!(html.contains("src=\"loss_curve.png\"") && html.contains("src=\"pairs.png\""));
     let pictures: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -321,16 +321,16 @@ fn write_outputs(
     Ok(())
 }
 
-const COLORS: [RGBColor; 5] = [
-    RGBColor(214, 39, 40),
-    RGBColor(31, 119, 180),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-];
+/// The charts' colours: the project's Okabe-Ito palette (readable by colour-blind viewers).
+fn colour(k: usize) -> RGBColor {
+    let [r, g, b] = adeis_digits::image::PALETTE[k % adeis_digits::image::PALETTE.len()];
+    RGBColor(r, g, b)
+}
 
 /// The grids' times against the step index (log scale in t), one line and marker per grid.
 fn plot_grids(path: &Path, r: &LearnReport) -> Result<()> {
+    // Text is laid out with the compiled-in font's metrics.
+    adeis_digits::chart::register_fonts();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 460)).into_drawing_area();
@@ -358,7 +358,7 @@ fn plot_grids(path: &Path, r: &LearnReport) -> Result<()> {
             .y_label_formatter(&|y| format!("{y}"))
             .draw()?;
         for (k, g) in r.grids.iter().enumerate() {
-            let c = COLORS[k % COLORS.len()];
+            let c = colour(k);
             let width = if k == 0 { 3 } else { 1 };
             let pts: Vec<(f64, f64)> = g
                 .times
@@ -388,6 +388,7 @@ fn plot_grids(path: &Path, r: &LearnReport) -> Result<()> {
 
 /// The training loss against the iteration (log scale).
 fn plot_loss(path: &Path, r: &LearnReport) -> Result<()> {
+    adeis_digits::chart::register_fonts();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 400)).into_drawing_area();
@@ -423,7 +424,7 @@ fn plot_loss(path: &Path, r: &LearnReport) -> Result<()> {
                 .iter()
                 .enumerate()
                 .map(|(i, l)| (i as f64, l.log10())),
-            COLORS[0].stroke_width(2),
+            colour(0).stroke_width(2),
         ))?;
         root.present()?;
     }

@@ -6,8 +6,10 @@
 //! ([`morph`]), written as PNG pictures ([`image`]) and reports. The committed weights are
 //! compiled into the library, so a copied binary needs no source tree.
 
+pub mod chart;
 pub mod data;
 pub mod generate;
+pub mod html;
 pub mod image;
 pub mod morph;
 pub mod nets;

@@ -420,8 +420,27 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         }
         v
     };
-    adeis_digits::image::line_plot(&[report.train_reward.clone(), held_curve], None, 640, 360)
-        .save_png(&opts.out.join("reward_curve.png"))?;
+    let curve_path = opts.out.join("reward_curve.png");
+    let series = [
+        adeis_digits::chart::Series {
+            name: "training batch".into(),
+            values: report.train_reward.clone(),
+        },
+        adeis_digits::chart::Series {
+            name: "held-out noises".into(),
+            values: held_curve,
+        },
+    ];
+    adeis_digits::chart::line_chart(&adeis_digits::chart::LineChart {
+        title: "Reward fine-tuning: mean reward by iteration",
+        x_label: "iteration",
+        y_label: "mean reward",
+        series: &series,
+        width: 800,
+        height: 450,
+    })
+    .map_err(|e| adeis_digits::Error::file(&curve_path, e))?
+    .save_png(&curve_path)?;
     unet::save(&best_p, &opts.out.join("unet"))?;
     write_atomic(&opts.out.join("report.md"), markdown(&report).as_bytes())?;
     write_atomic(

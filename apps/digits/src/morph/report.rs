@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use super::verify::Verifier;
 use super::MorphOptions;
-use crate::image::{digit_grid, line_plot, PALETTE};
+use crate::chart::{line_chart, with_column_headers, LineChart, Series};
+use crate::image::{digit_grid, Canvas};
 use crate::{write_atomic, Error};
 
 /// One pair's outcome under one method.
@@ -89,6 +90,24 @@ pub fn write_outputs(
     let pixels = side * side;
     // about 96 pixels per image in a pair's picture, 64 in pairs.png
     let (big, small) = ((96 / side).max(1), (64 / side).max(1));
+    let method_names: Vec<String> = report
+        .methods
+        .iter()
+        .filter(|m| m.method != "none")
+        .map(|m| m.label.clone())
+        .collect();
+    let headers = |a: String, b: String| {
+        let mut h = vec![a, b, "initial morph".to_string()];
+        h.extend(method_names.iter().cloned());
+        h
+    };
+    let columns = |n: usize, cell: usize, gap: usize| -> Vec<(usize, usize)> {
+        (0..n).map(|c| (gap + c * (cell + gap), cell)).collect()
+    };
+    let labelled = |grid: &Canvas, h: Vec<String>, cell: usize, gap: usize| {
+        let cols = columns(h.len(), cell, gap);
+        with_column_headers(grid, &h, &cols, 24)
+    };
     for (i, (ca, cb)) in report.classes.iter().enumerate().take(opts.max_pair_images) {
         let mut row = vec![
             img_a[i * pixels..(i + 1) * pixels].to_vec(),
@@ -103,27 +122,80 @@ pub fn write_outputs(
                 .map(|m| m.pairs[i].morph.clone()),
         );
         let p = out(&format!("pair_{i:03}_{ca}_{cb}.png"));
-        digit_grid(std::slice::from_ref(&row), side, big, 6).save_png(&p)?;
+        let grid = digit_grid(std::slice::from_ref(&row), side, big, 6);
+        labelled(
+            &grid,
+            headers(format!("a ({ca})"), format!("b ({cb})")),
+            side * big,
+            6,
+        )
+        .map_err(|e| Error::file(&p, e))?
+        .save_png(&p)?;
         written.push(p);
         all_rows.push(row);
     }
     let p = out("pairs.png");
-    digit_grid(&all_rows, side, small, 4).save_png(&p)?;
+    let grid = digit_grid(&all_rows, side, small, 4);
+    labelled(&grid, headers("a".into(), "b".into()), side * small, 4)
+        .map_err(|e| Error::file(&p, e))?
+        .save_png(&p)?;
     written.push(p);
-    let curves: Vec<Vec<f64>> = report
+    let curves: Vec<Series> = report
         .methods
         .iter()
-        .map(|m| m.loss_curve.clone())
+        .map(|m| Series {
+            name: m.label.clone(),
+            values: m.loss_curve.clone(),
+        })
         .collect();
     let p = out("loss_curve.png");
-    line_plot(&curves, None, 640, 360).save_png(&p)?;
+    let title = format!(
+        "Morphing {}: mean identity loss by method ({} pairs)",
+        report.subject,
+        report.pairs.len()
+    );
+    line_chart(&LineChart {
+        title: &title,
+        x_label: "optimisation iteration",
+        y_label: "mean identity loss",
+        series: &curves,
+        width: 800,
+        height: 450,
+    })
+    .map_err(|e| Error::file(&p, e))?
+    .save_png(&p)?;
     written.push(p);
     let p = out("report.md");
     written.push(p.clone());
     let p_json = out("report.json");
     written.push(p_json.clone());
+    let p_html = out("report.html");
+    written.push(p_html.clone());
     report.outputs = written.iter().map(|p| p.display().to_string()).collect();
-    write_atomic(&p, markdown(report).as_bytes())?;
+    let md = markdown(report);
+    write_atomic(&p, md.as_bytes())?;
+    let mut pictures = vec![
+        (
+            "Mean identity loss of the morphs against the optimisation iteration, by method"
+                .to_string(),
+            "loss_curve.png".to_string(),
+        ),
+        (
+            "Every pair: a, b, the initial (unoptimised) morph, then each method's optimised morph"
+                .to_string(),
+            "pairs.png".to_string(),
+        ),
+    ];
+    for f in written.iter().filter_map(|p| p.file_name()?.to_str()) {
+        if f.starts_with("pair_") {
+            pictures.push((format!("`{f}`"), f.to_string()));
+        }
+    }
+    let title = format!("Morphing {}", report.subject);
+    write_atomic(
+        &p_html,
+        crate::html::page(&title, &md, &pictures).as_bytes(),
+    )?;
     write_atomic(
         &p_json,
         serde_json::to_string_pretty(report).unwrap().as_bytes(),
@@ -204,31 +276,15 @@ fn markdown(r: &MorphReport) -> String {
     let _ = writeln!(s, "\n## Files\n");
     let _ = writeln!(
         s,
-        "- `pair_NNN_a_b.png`: image a, image b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order; `pairs.png`: all of them, one pair per row\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, numbered in the table's order (colours: {})\n- `report.json`: everything here, with every morph's pixels",
-        r.methods.iter().enumerate().map(|(k, m)| format!("{} {}", m.method, colour_name(k))).collect::<Vec<_>>().join(", ")
+        "- `pair_NNN_a_b.png`: image a, image b, the initial (unoptimised) morph, then the optimised morph of each method in the table's order, each column headed by its name; `pairs.png`: all of them, one pair per row\n- `loss_curve.png`: mean identity loss against the iteration, one line per method, named in its legend\n- `report.json`: everything here, with every morph's pixels; `report.html`: this report with its pictures"
     );
     s
-}
-
-fn colour_name(k: usize) -> &'static str {
-    const NAMES: [&str; 8] = [
-        "blue",
-        "vermillion",
-        "green",
-        "pink",
-        "orange",
-        "sky blue",
-        "yellow",
-        "gray",
-    ];
-    debug_assert_eq!(NAMES.len(), PALETTE.len());
-    NAMES[k % NAMES.len()]
 }
 
 /// The output folder's main files (for messages).
 pub fn describe(out: &Path) -> String {
     format!(
-        "{}/report.md (the table), pair_*.png (a, b, the initial morph, then each method's optimised morph), loss_curve.png",
+        "{}/report.md (the table; report.html with the pictures), pair_*.png (a, b, the initial morph, then each method's optimised morph), loss_curve.png",
         out.display()
     )
 }
