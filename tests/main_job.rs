@@ -54,7 +54,10 @@ fn morph_writes_pictures_and_a_report_and_lowers_the_loss() {
     assert!(html.contains("<td>discrete adjoint (ODE)</td>"), "{html}");
     for img in html.split("<img src=\"").skip(1) {
         let file = img.split('"').next().unwrap();
-        assert!(is_png(&dir.path().join(file)), "report.html shows {file}, which is not there");
+        assert!(
+            is_png(&dir.path().join(file)),
+            "report.html shows {file}, which is not there"
+        );
     }
     assert!(html.contains("src=\"loss_curve.png\"") && html.contains("src=\"pairs.png\""));
     let pictures: Vec<_> = std::fs::read_dir(dir.path())
