@@ -29,6 +29,7 @@ pub use adeis_io::peak_memory_bytes;
 
 /// The conditioning width and the number of time frequencies of every workload.
 pub const COND: usize = 8;
+/// The number of sinusoidal time frequencies of the workloads' networks.
 pub const FREQS: usize = 16;
 
 type Mlp<const IN: usize, const H: usize, const D: usize> =
@@ -37,21 +38,31 @@ type Mlp<const IN: usize, const H: usize, const D: usize> =
 /// What one benchmark run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
+    /// The workload (w1, w2, w3, tiny).
     pub workload: String,
+    /// The method, as `--method` names it.
     pub method: String,
+    /// AdjointDEIS's order, for that method.
     pub order: Option<usize>,
+    /// Sampler steps N.
     pub steps: usize,
+    /// Timed runs (the median is reported).
     pub repeat: usize,
     /// Median seconds per gradient (or per sample).
     pub seconds: f64,
+    /// Forward model evaluations per run.
     pub nfe: usize,
+    /// Vector-Jacobian products per run.
     pub vjps: usize,
     /// One forward evaluation and one VJP (forward included), medians, measured in isolation.
     pub forward_seconds: f64,
+    /// One VJP (its forward included), median seconds.
     pub vjp_seconds: f64,
     /// nfe * forward + vjps * vjp (for the tape: nfe * vjp, a forward and a backward each).
     pub floor_seconds: f64,
+    /// seconds / floor_seconds: what the method costs beyond its network passes.
     pub ratio: f64,
+    /// The process's peak resident memory (None where the system does not say).
     pub peak_memory_bytes: Option<u64>,
 }
 
@@ -63,7 +74,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// The method argument: sample, discrete, adjoint_deis or tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchMethod {
+    /// Sampling alone.
     Sample,
+    /// A gradient by this method.
     Gradient(GradMethod),
 }
 
@@ -74,6 +87,7 @@ pub struct BenchOptions {
     pub workload: String,
     /// cpu or cuda.
     pub device: String,
+    /// Sampling or a gradient method.
     pub method: BenchMethod,
     /// AdjointDEIS's order (1 or 2).
     pub order: usize,
@@ -378,6 +392,7 @@ fn run_on<Dev: NnDevice<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResu
 }
 
 impl BenchResult {
+    /// One line for the terminal.
     pub fn to_text(&self) -> String {
         format!(
             "{} {}{} N={}: {:.4} s/{} (median of {}), NFE {}, VJP {}, floor {:.4} s (forward {:.2} ms, VJP {:.2} ms), ratio {:.3}, peak memory {}",

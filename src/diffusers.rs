@@ -20,18 +20,25 @@ pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 /// The keys of a diffusers scheduler config that adeis takes from a model directory.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct SchedulerConfig {
+    /// The scheduler class diffusers saved (`DDPMScheduler`, ...).
     #[serde(rename = "_class_name", default)]
     pub class_name: Option<String>,
+    /// The number of train timesteps.
     #[serde(default)]
     pub num_train_timesteps: Option<usize>,
+    /// The first beta of the linear tables.
     #[serde(default)]
     pub beta_start: Option<f64>,
+    /// The last beta of the linear tables.
     #[serde(default)]
     pub beta_end: Option<f64>,
+    /// linear, scaled_linear or squaredcos_cap_v2.
     #[serde(default)]
     pub beta_schedule: Option<String>,
+    /// An explicit beta table.
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
+    /// epsilon, sample or v_prediction: what the model predicts.
     #[serde(default)]
     pub prediction_type: Option<String>,
 }
@@ -43,7 +50,9 @@ pub struct DiffusersDir {
     pub path: PathBuf,
     /// Where the scheduler config is read from, present or not.
     scheduler_path: PathBuf,
+    /// The UNet's config.json, checked.
     pub config: UNet2DConfig,
+    /// The scheduler config beside the model, when there is one.
     pub scheduler: Option<SchedulerConfig>,
 }
 

@@ -11,7 +11,9 @@ pub enum Error {
     /// A spec file that cannot be read.
     #[error("{}: {error}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be read.
         error: std::io::Error,
     },
     /// Spec text that does not parse (the key path and, for TOML, the line).
@@ -19,16 +21,28 @@ pub enum Error {
     Syntax(String),
     /// A spec file that does not parse.
     #[error("{}: {message}", path.display())]
-    Format { path: PathBuf, message: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What does not parse, with the key path.
+        message: String,
+    },
     /// A spec file whose declarations do not hold together.
     #[error("{}: {error}", path.display())]
-    Invalid { path: PathBuf, error: FieldError },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, its value and what is allowed.
+        error: FieldError,
+    },
     /// A data file (.npy, safetensors) that cannot be read or written.
     #[error(transparent)]
     Io(#[from] adeis_io::IoError),
     #[error(transparent)]
+    /// The compiler's error (a schedule, a plan).
     Compile(#[from] adeis_compiler::Error),
     #[error(transparent)]
+    /// The runtime's error (a shape, a non-finite value, an interrupt).
     Runtime(#[from] adeis_runtime::RuntimeError),
     /// An option with a value that is not allowed (`key` is the option's name).
     #[error(transparent)]

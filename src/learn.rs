@@ -22,6 +22,7 @@ use crate::Error;
 /// A grid from t_max down to t_min whose lambda increments are softmax(logits) of the range.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LambdaGrid {
+    /// One logit per step: the lambda increments are their softmax times the range.
     pub logits: Vec<f64>,
     lambda_start: f64,
     lambda_end: f64,
@@ -80,7 +81,7 @@ impl LambdaGrid {
     }
 
     /// dL/d logits from dL/dt_i: dt_i/d lambda_i = 1 / lambda'(t_i) and, with P_i the sum of
-    /// the first i probabilities, d lambda_i / d w_j = D p_j ([j < i] - P_i). The end points
+    /// the first i probabilities, d lambda_i / d w_j = D p_j (`[j < i]` - P_i). The end points
     /// do not move.
     pub fn logits_grad(&self, schedule: &Schedule, times: &[f64], dtimes: &[f64]) -> Vec<f64> {
         let p = self.probs();
@@ -107,19 +108,24 @@ pub struct LearnOptions {
     pub student: SamplerSpec,
     /// The teacher: the same model with this sampler (a fine grid).
     pub teacher: SamplerSpec,
+    /// Optimisation iterations.
     pub iters: usize,
     /// Adam's learning rate on the logits.
     pub lr: f64,
     /// Training and held-out noises.
     pub train: usize,
+    /// Held-out noises (the mean squared error is reported on them).
     pub heldout: usize,
+    /// The seed of the noises.
     pub seed: u64,
 }
 
 /// A grid and its held-out error to the teacher.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct GridResult {
+    /// The grid's name (`learned`, `logsnr`, ...).
     pub name: String,
+    /// Its times, noisiest first.
     pub times: Vec<f64>,
     /// Mean over held-out noises and coordinates of (x0 - teacher x0)^2.
     pub heldout_mse: f64,
@@ -131,17 +137,23 @@ pub struct GridResult {
 /// What `learn_steps` returns.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LearnReport {
+    /// The grid's steps N.
     pub steps: usize,
+    /// The student sampler, described.
     pub student: String,
+    /// The teacher sampler, described.
     pub teacher: String,
     /// The learned grid (the iteration with the lowest training loss), then the fixed grids.
     pub grids: Vec<GridResult>,
     /// Training loss (MSE to the teacher on the training noises) before each update.
     pub train_loss: Vec<f64>,
+    /// The iteration whose grid is kept (lowest training loss).
     pub best_iteration: usize,
+    /// Wall time of the optimisation.
     pub seconds: f64,
     /// Model evaluations and VJPs of one gradient with respect to the grid.
     pub nfe_per_gradient: usize,
+    /// VJPs of one gradient with respect to the grid.
     pub vjps_per_gradient: usize,
     /// The teacher's held-out samples (rows).
     #[serde(skip)]
@@ -154,9 +166,13 @@ pub struct LearnModel<'a, E: Dtype, M: Denoiser<E, Cpu> + ?Sized>
 where
     Cpu: Device<E>,
 {
+    /// The model with its conversions (and guidance, if any).
     pub model: &'a ModelFn<'a, E, Cpu, M>,
+    /// The data dimension.
     pub dim: usize,
+    /// The conditioning rows of the training noises.
     pub train_cond: Option<State<E, Cpu>>,
+    /// The conditioning rows of the held-out noises.
     pub heldout_cond: Option<State<E, Cpu>>,
 }
 

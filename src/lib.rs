@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis: gradients through diffusion samplers.
 //!
 //! Declare a noise schedule (built in, or formulas in t), and adeis derives every time-only
@@ -23,8 +24,11 @@ pub mod report;
 pub mod scheduler_config;
 pub mod spec_file;
 
+#[doc(inline)]
 pub use adeis_compiler as compiler;
+#[doc(inline)]
 pub use adeis_io::{npy, safetensors};
+#[doc(inline)]
 pub use adeis_runtime as runtime;
 pub use error::Error;
 
@@ -101,7 +105,8 @@ pub mod __private {
 pub struct ReadmeDoctests;
 
 /// What a user program usually needs: schedules and specs, the problem and its gradient
-/// methods, the samplers, and the runtime's solve functions, states and models.
+/// methods, the samplers, and the runtime's solve functions, states, losses, guidance and the
+/// closed-form models (the examples start with `use adeis::prelude::*`).
 pub mod prelude {
     pub use crate::error::SpecFileError;
     pub use crate::spec_file::{load_spec, parse_spec};
@@ -111,7 +116,11 @@ pub mod prelude {
         Method, Prediction, Problem, Program, Quantity, SamplerSpec, Schedule, ScheduleDef,
         ScheduleError, ScheduleSpec, ScheduleValues, Spec, Wrt,
     };
+    pub use adeis_compiler::GuidanceSpec;
+    pub use adeis_runtime::analytic::{GaussianModel, GmmModel};
+    pub use adeis_runtime::loss::{mse, tape_loss};
     pub use adeis_runtime::{
-        gradient, sample, Denoiser, Gradient, Input, ModelFn, NoiseSource, RuntimeError, State,
+        from_f64, gradient, sample, to_f64, Denoiser, Gradient, Guidance, Input, ModelFn,
+        NoiseSource, RuntimeError, State,
     };
 }

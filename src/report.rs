@@ -5,10 +5,15 @@ use serde_json::{json, Map, Value};
 
 /// The report's numbers: one row per time.
 pub struct ScheduleReport {
+    /// The schedule's name.
     pub name: String,
+    /// Its parameters and their values.
     pub params: Vec<(String, f64)>,
+    /// Its time range [t_min, t_max].
     pub t_range: [f64; 2],
+    /// The times of the rows.
     pub ts: Vec<f64>,
+    /// One row per time: the [`COLUMNS`].
     pub rows: Vec<[f64; 6]>,
     /// (quantity, inlined and simplified formula)
     pub expressions: Vec<(&'static str, String)>,
@@ -32,6 +37,7 @@ pub fn default_times(def: &ScheduleDef, n: usize) -> Vec<f64> {
 }
 
 impl ScheduleReport {
+    /// The report of `schedule` at the times `ts`.
     pub fn new(schedule: &Schedule, ts: &[f64]) -> ScheduleReport {
         let def = schedule.def();
         let values = schedule.fill(ts);
@@ -69,6 +75,7 @@ impl ScheduleReport {
         }
     }
 
+    /// As JSON: one array per quantity, and the formulas.
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
         obj.insert("schedule".into(), json!(self.name));
@@ -99,6 +106,7 @@ impl ScheduleReport {
         Value::Object(obj)
     }
 
+    /// As a table for the terminal, then the formulas.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let params: Vec<String> = self

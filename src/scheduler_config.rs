@@ -212,6 +212,7 @@ pub fn ddim_timesteps(
 /// translation did (for `adeis check`).
 #[derive(Clone, Debug)]
 pub struct Translated {
+    /// The adeis spec: the discrete schedule and the sampler on diffusers' timesteps.
     pub spec: Spec,
     /// The diffusers timesteps the model is evaluated at, noisiest first.
     pub timesteps: Vec<i64>,

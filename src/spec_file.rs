@@ -9,7 +9,9 @@ use crate::error::Error;
 /// The format of spec text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecFormat {
+    /// TOML (any extension but `.json`).
     Toml,
+    /// JSON (`.json`).
     Json,
 }
 
@@ -62,6 +64,7 @@ pub fn load_spec(path: &Path) -> Result<Spec, Error> {
 /// A spec file as read: an adeis spec, or the spec a diffusers scheduler config translates to.
 #[derive(Clone, Debug)]
 pub struct LoadedSpec {
+    /// The spec, validated.
     pub spec: Spec,
     /// For a diffusers scheduler config, what the translation did (one line each); empty for
     /// an adeis spec.
