@@ -111,12 +111,12 @@ pub mod prelude {
     pub use crate::error::SpecFileError;
     pub use crate::spec_file::{load_spec, parse_spec};
     pub use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, SigmaFormula};
+    pub use adeis_compiler::GuidanceSpec;
     pub use adeis_compiler::{
         Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, Equation, Expr, FieldError,
         Method, Prediction, Problem, Program, Quantity, SamplerSpec, Schedule, ScheduleDef,
         ScheduleError, ScheduleSpec, ScheduleValues, Spec, Wrt,
     };
-    pub use adeis_compiler::GuidanceSpec;
     pub use adeis_runtime::analytic::{GaussianModel, GmmModel};
     pub use adeis_runtime::loss::{mse, tape_loss};
     pub use adeis_runtime::{
