@@ -77,6 +77,19 @@ CASES = [
     ("dpmpp_2m_cosine", "DPMSolverMultistepScheduler", dict(beta_schedule="squaredcos_cap_v2"), 10),
     ("sde_dpmpp_2m", "DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++"), 10),
     ("sde_dpmpp_1", "DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", solver_order=1), 10),
+    ("dpmpp_2m_karras", "DPMSolverMultistepScheduler", dict(use_karras_sigmas=True), 10),
+    ("dpmpp_2m_karras_sd", "DPMSolverMultistepScheduler", dict(SD, use_karras_sigmas=True), 20),
+    (
+        "dpmpp_2m_karras_sigma_min",
+        "DPMSolverMultistepScheduler",
+        dict(use_karras_sigmas=True, final_sigmas_type="sigma_min"),
+        10,
+    ),
+    ("sde_dpmpp_2m_karras", "DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++", use_karras_sigmas=True), 10),
+    ("dpmpp_2m_lu", "DPMSolverMultistepScheduler", dict(use_lu_lambdas=True), 10),
+    ("dpmpp_2m_exponential", "DPMSolverMultistepScheduler", dict(use_exponential_sigmas=True), 10),
+    ("unipc_karras", "UniPCMultistepScheduler", dict(use_karras_sigmas=True), 10),
+    ("deis_karras", "DEISMultistepScheduler", dict(use_karras_sigmas=True), 10),
     ("unipc_bh2", "UniPCMultistepScheduler", dict(), 10),
     ("unipc_bh1_3", "UniPCMultistepScheduler", dict(solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min"), 10),
     ("unipc_bh2_20", "UniPCMultistepScheduler", dict(), 20),
@@ -122,9 +135,18 @@ def sample(name, sched, x_t, mix, noises=None):
     x = x_t * sched.init_noise_sigma
     sde = "sde" in str(getattr(sched.config, "algorithm_type", ""))
     drawn = []
+    sigma_spacing = any(
+        getattr(sched.config, key, False) for key in ["use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas"]
+    )
     for i, t in enumerate(sched.timesteps):
         k = int(t)
         alpha, sigma = ac[k].sqrt(), (1 - ac[k]).sqrt()
+        if sigma_spacing:
+            # Between train timesteps the mixture is told its true noise level (diffusers'
+            # sigma s = sigma / alpha); the network of the UNet cases gets the rounded timestep.
+            s = sched.sigmas[i].to(torch.float64)
+            alpha = 1 / (1 + s**2).sqrt()
+            sigma = s * alpha
         eps = gmm_eps(x, alpha, sigma, mix)
         extra = {}
         if isinstance(sched, DDIMScheduler):
@@ -170,6 +192,7 @@ def run(name, cls_name, kwargs, steps, mix):
 UNET_CASES = [
     ("unet_dpmpp_2m", "DPMSolverMultistepScheduler", dict(), 6),
     ("unet_unipc_bh2", "UniPCMultistepScheduler", dict(), 6),
+    ("unet_dpmpp_2m_karras", "DPMSolverMultistepScheduler", dict(use_karras_sigmas=True), 6),
 ]
 
 

@@ -8,7 +8,7 @@
 //! timesteps as `train_indices`. Where diffusers ends at sigma = 0 (`final_sigmas_type =
 //! "zero"`, DDIM's `set_alpha_to_one`) its last step is the data prediction of the last model
 //! evaluation, which is adeis's `denoise_to_zero`, counted as a step in `lower_order_final` as
-//! diffusers counts it (`count_denoise_step`); where it ends at the first train timestep
+//! diffusers counts it (`count_final_step`); where it ends at the first train timestep
 //! (`"sigma_min"`) that timestep is the grid's last point. diffusers' third-order multistep
 //! coefficients are the DPM-Solver reference code's (`third_order = "reference"`).
 //!
@@ -316,13 +316,59 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         ));
     }
     c.ignore(&["dynamic_thresholding_ratio", "sample_max_value"]);
+    // The sigma spacings: solved at their own noise levels, the model told the nearest
+    // whole timestep (see `sigma_grid`).
+    let multistep_class = c.class != "DDIMScheduler";
+    let mut sigma_mode = None;
+    for (key, mode, classes) in [
+        (
+            "use_karras_sigmas",
+            SigmaMode::Karras,
+            "DPMSolverMultistepScheduler, DEISMultistepScheduler, UniPCMultistepScheduler",
+        ),
+        (
+            "use_exponential_sigmas",
+            SigmaMode::Exponential,
+            "DPMSolverMultistepScheduler",
+        ),
+        (
+            "use_lu_lambdas",
+            SigmaMode::UniformLambda,
+            "DPMSolverMultistepScheduler",
+        ),
+    ] {
+        if c.bool(key)?.unwrap_or(false) {
+            if !(multistep_class
+                && (mode == SigmaMode::Karras || c.class == "DPMSolverMultistepScheduler"))
+            {
+                return Err(FieldError::value(
+                    key,
+                    true,
+                    format!("adeis reads it for {classes}"),
+                ));
+            }
+            if let Some(first) = sigma_mode.replace((key, mode)) {
+                return Err(FieldError::value(
+                    key,
+                    true,
+                    format!("give one sigma spacing, not `{}` and `{key}`", first.0),
+                ));
+            }
+        }
+    }
     for (key, why) in [
-        ("use_karras_sigmas", "diffusers evaluates the model at rounded timesteps between Karras sigmas; for Karras steps in adeis use `grid = \"karras\"` in an adeis spec"),
-        ("use_exponential_sigmas", "exponential sigmas are not read from scheduler configs yet"),
-        ("use_beta_sigmas", "beta sigmas are not read from scheduler configs yet"),
-        ("use_lu_lambdas", "diffusers evaluates the model at rounded timesteps between uniform lambdas; for them in adeis use `grid = \"logsnr\"` in an adeis spec"),
-        ("use_flow_sigmas", "flow-matching schedules are not diffusion schedules adeis runs"),
-        ("use_dynamic_shifting", "dynamic shifting belongs to flow-matching schedules"),
+        (
+            "use_beta_sigmas",
+            "beta sigmas are not read from scheduler configs yet",
+        ),
+        (
+            "use_flow_sigmas",
+            "flow-matching schedules are not diffusion schedules adeis runs",
+        ),
+        (
+            "use_dynamic_shifting",
+            "dynamic shifting belongs to flow-matching schedules",
+        ),
     ] {
         c.only(key, Value::Bool(false), why)?;
     }
@@ -485,13 +531,56 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                     }
                 }
             }
-            timesteps = spacing_timesteps(spacing, steps, n_train, last, offset);
-            indices = timesteps.clone();
             if final_zero {
                 sampler.denoise_to_zero = true;
-                sampler.count_denoise_step = true;
-                notes.push("final_sigmas_type = \"zero\": the last step goes to sigma = 0, the data prediction of the last evaluation (denoise_to_zero, counted as a step: count_denoise_step)".into());
-            } else if timesteps.last() != Some(&0) {
+                sampler.count_final_step = sampler.lower_order_final;
+                notes.push("final_sigmas_type = \"zero\": the last step goes to sigma = 0, the data prediction of the last evaluation (denoise_to_zero, counted as a step: count_final_step)".into());
+            }
+            if let Some((key, mode)) = sigma_mode {
+                let cosine = beta_schedule == "squaredcos_cap_v2" && schedule.betas.is_none();
+                let g = sigma_grid(&schedule, mode, steps, cosine, final_zero)?;
+                notes.push(format!(
+                    "{key}: solved at diffusers' {} sigmas (times), the model given the timesteps diffusers gives it there (model_times: {})",
+                    mode.name(),
+                    summary(&g.timesteps)
+                ));
+                if g.repeated && sampler.lower_order_final {
+                    sampler.count_final_step = true;
+                    notes.push("the final sigma_min repeats the last sigma: diffusers' zero-length step there is left out, and counted for lower_order_final (count_final_step)".into());
+                }
+                sampler.grid = GridKind::Explicit;
+                sampler.steps = g.times.len().saturating_sub(1);
+                sampler.times = Some(g.times);
+                sampler.model_times = Some(g.model_times);
+                c.ignore(&["timestep_spacing", "steps_offset"]);
+                if let Some((key, _)) = c.keys.iter().next() {
+                    return Err(FieldError::new(
+                        key.clone(),
+                        format!("`{key}` is not a key adeis knows for {}", c.class),
+                    ));
+                }
+                if sampler.steps < 1 {
+                    return Err(FieldError::value(
+                        "steps",
+                        steps,
+                        "one step that ends at sigma = 0 is the data prediction at the first timestep alone; adeis runs at least 2 steps here",
+                    ));
+                }
+                notes.insert(0, format!("{} with {steps} steps and {key}", c.class));
+                return Ok(Translated {
+                    spec: Spec {
+                        schedule: Some(schedule),
+                        sampler: Some(sampler),
+                        gradient: None,
+                        guidance: None,
+                    },
+                    timesteps: g.timesteps,
+                    notes,
+                });
+            }
+            timesteps = spacing_timesteps(spacing, steps, n_train, last, offset);
+            indices = timesteps.clone();
+            if !final_zero && timesteps.last() != Some(&0) {
                 indices.push(0);
             }
         }
@@ -551,6 +640,121 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
     })
 }
 
+/// diffusers' sigma spacings (its sigma is adeis's e^{-lambda}).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SigmaMode {
+    /// Karras et al.'s rho = 7 spacing between the table's smallest and largest sigma.
+    Karras,
+    /// Uniform in log sigma (`use_exponential_sigmas`): timesteps truncated, not rounded.
+    Exponential,
+    /// Uniform in lambda (`use_lu_lambdas`, Lu et al.): timesteps rounded.
+    UniformLambda,
+}
+
+impl SigmaMode {
+    fn name(self) -> &'static str {
+        match self {
+            SigmaMode::Karras => "Karras",
+            SigmaMode::Exponential => "exponential",
+            SigmaMode::UniformLambda => "uniform-lambda",
+        }
+    }
+}
+
+/// The grid of a sigma spacing: adeis times where the schedule's e^{-lambda} is each sigma,
+/// the model times diffusers gives the network there, and those timesteps.
+struct SigmaGrid {
+    times: Vec<f64>,
+    model_times: Vec<f64>,
+    timesteps: Vec<i64>,
+    /// The last sigma repeats as the final one: a zero-length step adeis leaves out.
+    repeated: bool,
+}
+
+fn compiled(schedule: &ScheduleSpec) -> Result<adeis_compiler::Schedule, FieldError> {
+    let def = schedule
+        .to_def()
+        .map_err(|e| FieldError::new("beta_schedule", e.to_string()))?;
+    def.compile()
+        .map_err(|e| FieldError::new("beta_schedule", e.to_string()))
+}
+
+/// diffusers' `set_timesteps` for a sigma spacing: the sigmas from the table's largest to its
+/// smallest, each sigma's fractional timestep by `_sigma_to_t` (linear in log sigma between
+/// train timesteps), rounded (truncated for exponential sigmas and the cosine schedule, as
+/// diffusers casts them). A final sigma_min equal to the last sigma is a step of length zero,
+/// which adeis leaves out.
+fn sigma_grid(
+    schedule: &ScheduleSpec,
+    mode: SigmaMode,
+    steps: usize,
+    cosine: bool,
+    final_zero: bool,
+) -> Result<SigmaGrid, FieldError> {
+    let s = compiled(schedule)?;
+    let n = s.def().train_steps().unwrap_or(0);
+    let table: Vec<f64> = (0..n)
+        .map(|k| (-s.lambda((k + 1) as f64 / n as f64)).exp())
+        .collect();
+    let log_table: Vec<f64> = table.iter().map(|v| v.ln()).collect();
+    let (lo, hi) = (table[0], table[n - 1]);
+    let ramp = numpy_linspace(0.0, 1.0, steps);
+    let sigmas: Vec<f64> = match mode {
+        SigmaMode::Karras => {
+            let rho = 7.0;
+            let (a, b) = (hi.powf(1.0 / rho), lo.powf(1.0 / rho));
+            ramp.iter().map(|r| (a + r * (b - a)).powf(rho)).collect()
+        }
+        SigmaMode::Exponential => numpy_linspace(hi.ln(), lo.ln(), steps)
+            .into_iter()
+            .map(f64::exp)
+            .collect(),
+        SigmaMode::UniformLambda => {
+            let (a, b) = (log_table[n - 1], log_table[0]);
+            ramp.iter().map(|r| (a + r * (b - a)).exp()).collect()
+        }
+    };
+    let to_t = |sigma: f64| {
+        let ls = sigma.max(1e-10).ln();
+        // numpy: the last index whose log sigma is at most ls, clipped to n - 2.
+        let low = log_table
+            .iter()
+            .rposition(|v| ls - v >= 0.0)
+            .unwrap_or(0)
+            .min(n - 2);
+        let (a, b) = (log_table[low], log_table[low + 1]);
+        let w = ((a - ls) / (a - b)).clamp(0.0, 1.0);
+        (1.0 - w) * low as f64 + w * (low + 1) as f64
+    };
+    let truncate = mode == SigmaMode::Exponential || cosine;
+    let timesteps: Vec<i64> = sigmas
+        .iter()
+        .map(|&v| {
+            let t = to_t(v);
+            if truncate {
+                t as i64
+            } else {
+                t.round_ties_even() as i64
+            }
+        })
+        .collect();
+    let mut times: Vec<f64> = sigmas.iter().map(|v| s.t_of_lambda(-v.ln())).collect();
+    let mut model_times: Vec<f64> = timesteps.iter().map(|k| *k as f64).collect();
+    // diffusers' final sigma_min is the Karras and exponential spacings' last sigma: its step
+    // there has length zero and changes nothing, but counts for lower_order_final.
+    let repeated = !final_zero && (lo - sigmas[steps - 1]).abs() <= 1e-12 * lo;
+    if !final_zero && !repeated {
+        times.push(s.t_of_lambda(-lo.ln()));
+        model_times.push(0.0);
+    }
+    Ok(SigmaGrid {
+        times,
+        model_times,
+        timesteps,
+        repeated,
+    })
+}
+
 fn summary(ts: &[i64]) -> String {
     if ts.len() <= 8 {
         format!("{ts:?}")
@@ -579,13 +783,8 @@ fn clipped_count(schedule: &ScheduleSpec, clip: f64) -> Result<usize, FieldError
             "a number or -Infinity",
         ));
     }
-    let def = schedule
-        .to_def()
-        .map_err(|e| FieldError::new("beta_schedule", e.to_string()))?;
-    let s = def
-        .compile()
-        .map_err(|e| FieldError::new("beta_schedule", e.to_string()))?;
-    let n = def.train_steps().unwrap_or(0);
+    let s = compiled(schedule)?;
+    let n = s.def().train_steps().unwrap_or(0);
     let below = (0..n)
         .filter(|k| s.lambda((k + 1) as f64 / n as f64) < clip)
         .count();
@@ -639,10 +838,26 @@ mod tests {
         let base = r#""_class_name": "DPMSolverMultistepScheduler""#;
         let e = translate(&format!("{{{base}, \"beta_shedule\": \"linear\"}}"), 10).unwrap_err();
         assert_eq!(e.key, "beta_shedule");
-        let e = translate(&format!("{{{base}, \"use_karras_sigmas\": true}}"), 10).unwrap_err();
+        let e = translate(&format!("{{{base}, \"use_beta_sigmas\": true}}"), 10).unwrap_err();
         assert_eq!(
             (e.key.as_str(), e.value.as_deref()),
-            ("use_karras_sigmas", Some("true"))
+            ("use_beta_sigmas", Some("true"))
+        );
+        let e = translate(
+            &format!("{{{base}, \"use_karras_sigmas\": true, \"use_lu_lambdas\": true}}"),
+            10,
+        )
+        .unwrap_err();
+        assert!(e.allowed.contains("give one sigma spacing"), "{e}");
+        let e = translate(
+            r#"{"_class_name": "UniPCMultistepScheduler", "use_lu_lambdas": true}"#,
+            10,
+        )
+        .unwrap_err();
+        assert!(
+            e.allowed
+                .contains("adeis reads it for DPMSolverMultistepScheduler"),
+            "{e}"
         );
         let e = translate(
             &format!("{{{base}, \"algorithm_type\": \"dpmsolver+\"}}"),

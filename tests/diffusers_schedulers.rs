@@ -142,8 +142,8 @@ fn each_diffusers_choice_matters() {
         ("deis_2", "deis_basis = t", |s| {
             s.deis_basis = adeis::compiler::sampler::DeisBasis::T
         }),
-        ("dpmpp_2m", "count_denoise_step = false", |s| {
-            s.count_denoise_step = false
+        ("dpmpp_2m", "count_final_step = false", |s| {
+            s.count_final_step = false
         }),
         ("dpmpp_2m_sigma_min_euler", "euler_at_final = false", |s| {
             s.euler_at_final = false
@@ -275,7 +275,7 @@ fn check_says_how_the_config_maps() {
         out.contains("third_order = \"taylor\" in an adeis spec"),
         "{out}"
     );
-    assert!(out.contains("count_denoise_step = true"), "{out}");
+    assert!(out.contains("count_final_step = true"), "{out}");
     assert!(out.contains("9 steps, NFE 10"), "{out}");
     // --steps in place of an adeis spec's sampler.steps.
     let (ok, out, err) = adeis(&["check", "examples/specs/sample_dpmpp.toml", "--steps", "7"]);
@@ -327,6 +327,36 @@ fn scheduler_configs_sample_a_diffusers_unet_as_diffusers_does() {
         // so in adeis): torch's and Rust's float32 sin and cos may differ in the last bit, which
         // agrees the float64 forward passes to 1e-7 (runtime/tests/unet.rs); six steps carry it.
         assert!(err < 1e-7, "{name}: {err:.2e}");
+
+        // With Karras sigmas the network is told diffusers' rounded timesteps (model_times);
+        // told adeis's own times there instead, it computes something else.
+        let text = std::fs::read_to_string(root().join(&config)).unwrap();
+        let mut spec = translate(&text, r.steps).unwrap().spec;
+        if spec.sampler.as_ref().unwrap().model_times.is_some() {
+            spec.sampler.as_mut().unwrap().model_times = None;
+            let own = dir.path().join("own.toml");
+            std::fs::write(&own, toml::to_string(&spec).unwrap()).unwrap();
+            let (ok, _, e) = adeis(&[
+                "sample",
+                "--spec",
+                own.to_str().unwrap(),
+                "--model",
+                "diffusers:tests/fixtures/unet/attn_down_up",
+                "--x-t",
+                x.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--dtype",
+                "f64",
+            ]);
+            assert!(ok, "{e}");
+            let moved = max_abs(&adeis::npy::read_npy(&out).unwrap().data, &want) / scale;
+            println!("{name} without model_times: relative {moved:.1e}");
+            assert!(
+                moved > 1e-4,
+                "{name}: model_times changed nothing ({moved:.1e})"
+            );
+        }
     }
 }
 
@@ -381,4 +411,71 @@ fn timestep_spacing_in_an_adeis_spec_runs_diffusers_grid() {
     );
     let e = bad("[schedule]\nkind = \"discrete\"\n[sampler]\nmethod = \"ddim\"\nsteps = 1000\ntimestep_spacing = \"linspace\"\n");
     assert!(e.contains("repeats train timestep"), "{e}");
+}
+
+/// dL/dt_i through a plan whose network times are fixed (model_times): the discrete adjoint
+/// against central differences of the whole sample, on the diffusers UNet fixture, where the
+/// network reads only its (fixed) time input and the conversions move with alpha and sigma.
+#[test]
+fn time_gradients_hold_with_fixed_model_times() {
+    use adeis::compiler::{GradMethod, GradientSpec, WrtKey};
+    let case = root().join("tests/fixtures/schedulers/unet_dpmpp_2m_karras");
+    let text = std::fs::read_to_string(case.join("scheduler_config.json")).unwrap();
+    let r: Reference =
+        serde_json::from_str(&std::fs::read_to_string(case.join("reference.json")).unwrap())
+            .unwrap();
+    let mut spec = translate(&text, r.steps).unwrap().spec;
+    assert!(spec.sampler.as_ref().unwrap().model_times.is_some());
+    spec.gradient = Some(GradientSpec {
+        method: GradMethod::Discrete,
+        wrt: vec![WrtKey::XT, WrtKey::Times],
+        ..GradientSpec::default()
+    });
+    let dev = Cpu::default();
+    let unet =
+        adeis::diffusers::DiffusersDir::open(&root().join("tests/fixtures/unet/attn_down_up"))
+            .unwrap()
+            .load::<f64>(&dev)
+            .unwrap();
+    let x_t = State::<f64, Cpu>::from_f64(&dev, &flat(&r.x_t), &r.shape).unwrap();
+    let cot: Vec<f64> = (0..flat(&r.x_t).len())
+        .map(|i| ((i * 7 % 11) as f64 - 5.0) / 5.0)
+        .collect();
+    let loss = |spec: &Spec| -> f64 {
+        let p = Problem::from_spec(spec).unwrap();
+        let out = sample(
+            p.plan(),
+            &ModelFn::new(&unet),
+            &Input::new(&x_t, None, &NoiseSource::Seeded(0)),
+            false,
+        )
+        .unwrap();
+        to_f64(&out.x).iter().zip(&cot).map(|(a, b)| a * b).sum()
+    };
+    let problem = Problem::from_spec(&spec).unwrap();
+    let cot_state = State::<f64, Cpu>::from_f64(&dev, &cot, &r.shape).unwrap();
+    let g = gradient(
+        &problem,
+        &ModelFn::new(&unet),
+        &Input::new(&x_t, None, &NoiseSource::Seeded(0)),
+        |_| Ok(cot_state.clone()),
+    )
+    .unwrap();
+    let dtimes = g.dtimes.unwrap();
+    let times = spec.sampler.as_ref().unwrap().times.clone().unwrap();
+    for i in [1, times.len() / 2, times.len() - 2] {
+        let h = 1e-6 * times[i];
+        let at = |d: f64| {
+            let mut s = spec.clone();
+            s.sampler.as_mut().unwrap().times.as_mut().unwrap()[i] += d;
+            loss(&s)
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        let err = (fd - dtimes[i]).abs() / fd.abs().max(1.0);
+        println!(
+            "dL/dt_{i}: adjoint {:.6e}, differences {fd:.6e}, rel {err:.1e}",
+            dtimes[i]
+        );
+        assert!(err < 1e-5, "dL/dt_{i}: {} vs {fd}", dtimes[i]);
+    }
 }

@@ -322,6 +322,24 @@ impl<'a> PlanBuilder<'a> {
         }
     }
 
+    /// Gives the network these time inputs at the grid points instead of the schedule's
+    /// `model_time(t)` (diffusers' Karras steps evaluate the model at rounded timesteps between
+    /// their sigmas). They are numbers, fixed: they do not move with the grid times. Call it
+    /// before the first step.
+    pub fn set_model_times(&mut self, model_times: &[f64]) {
+        assert_eq!(
+            model_times.len(),
+            self.grid.len(),
+            "one model time per grid point"
+        );
+        for (i, &m) in model_times.iter().enumerate() {
+            self.grid[i].model_t = m;
+            self.grid_derivs[i].model_t = 0.0;
+        }
+        self.states[0].model_t = model_times[0];
+        self.state_derivs[0].model_t = 0.0;
+    }
+
     /// How the time quantities at grid point `i` move with its time.
     pub fn grid_derivs(&self, i: usize) -> TimeDerivs {
         self.grid_derivs[i]

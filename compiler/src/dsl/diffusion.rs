@@ -300,7 +300,7 @@ impl DiffusionDecl {
                     }
                 }
                 "multistep" | "corrector" | "lower_order_final" | "denoise_to_zero"
-                | "count_denoise_step" | "euler_at_final" => {
+                | "count_final_step" | "euler_at_final" => {
                     let OptValue::Bool(b, _) = o.value else {
                         return Err(syn::Error::new(
                             o.value.span(),
@@ -311,7 +311,7 @@ impl DiffusionDecl {
                         "multistep" => sp.multistep = Some(b),
                         "corrector" => sp.corrector = b,
                         "lower_order_final" => sp.lower_order_final = b,
-                        "count_denoise_step" => sp.count_denoise_step = b,
+                        "count_final_step" => sp.count_final_step = b,
                         "euler_at_final" => sp.euler_at_final = b,
                         _ => sp.denoise_to_zero = b,
                     }
@@ -330,7 +330,7 @@ impl DiffusionDecl {
                         "corrector",
                         "lower_order_final",
                         "denoise_to_zero",
-                        "count_denoise_step",
+                        "count_final_step",
                         "euler_at_final",
                     ];
                     let hint = did_you_mean(&k, keys)
@@ -645,7 +645,7 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     let (order, steps, rho) = (sp.order, sp.steps, sp.rho);
     let (corrector, lower_order_final, denoise_to_zero) =
         (sp.corrector, sp.lower_order_final, sp.denoise_to_zero);
-    let (count_denoise_step, euler_at_final) = (sp.count_denoise_step, sp.euler_at_final);
+    let (count_final_step, euler_at_final) = (sp.count_final_step, sp.euler_at_final);
     quote! {
         #krate::compiler::SamplerSpec {
             method: #method,
@@ -662,13 +662,14 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
             corrector: #corrector,
             lower_order_final: #lower_order_final,
             denoise_to_zero: #denoise_to_zero,
-            count_denoise_step: #count_denoise_step,
+            count_final_step: #count_final_step,
             euler_at_final: #euler_at_final,
             rho: #rho,
             times: ::std::option::Option::None,
             train_indices: ::std::option::Option::None,
             timestep_spacing: ::std::option::Option::None,
             steps_offset: ::std::option::Option::None,
+            model_times: ::std::option::Option::None,
         }
     }
 }

@@ -213,11 +213,12 @@ pub struct SamplerSpec {
     /// Return the x0 prediction at the last time (one more model evaluation).
     #[serde(default)]
     pub denoise_to_zero: bool,
-    /// With `denoise_to_zero`, `lower_order_final` counts the final denoising as the last step
-    /// (a step to sigma = 0), as diffusers' `final_sigmas_type = "zero"` does: with it the
-    /// step before the denoising may keep order 2 where without it only order 1 is left.
+    /// `lower_order_final` counts one step beyond the grid's last, as diffusers counts its
+    /// step to sigma = 0 (`final_sigmas_type = "zero"`, adeis's `denoise_to_zero`) and its
+    /// zero-length step to a repeated sigma_min: the grid's last step but one may then keep
+    /// order 2 where without it only order 1 is left.
     #[serde(default, skip_serializing_if = "is_false")]
-    pub count_denoise_step: bool,
+    pub count_final_step: bool,
     /// The last step is first order whatever the number of steps (diffusers'
     /// `euler_at_final`), not only below 15 steps as `lower_order_final` lowers it.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -238,6 +239,13 @@ pub struct SamplerSpec {
     /// diffusers' `steps_offset`, added to the "leading" timesteps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps_offset: Option<usize>,
+    /// The network's time input at each grid point, in place of the schedule's (for a discrete
+    /// schedule, the train index): diffusers' Karras, exponential and uniform-lambda sigmas
+    /// are solved at their own noise levels but give the model the nearest whole timestep.
+    /// One per point of an explicit grid (`times`); fixed numbers, so `wrt = ["times"]` sees
+    /// them as constants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_times: Option<Vec<f64>>,
 }
 
 fn default_grid() -> GridKind {
@@ -261,13 +269,14 @@ impl SamplerSpec {
             corrector: true,
             lower_order_final: true,
             denoise_to_zero: false,
-            count_denoise_step: false,
+            count_final_step: false,
             euler_at_final: false,
             rho: 7.0,
             times: None,
             train_indices: None,
             timestep_spacing: None,
             steps_offset: None,
+            model_times: None,
         }
     }
 
@@ -365,10 +374,10 @@ impl SamplerSpec {
                 ),
             );
         }
-        if self.count_denoise_step && !self.denoise_to_zero {
+        if self.count_final_step && !self.lower_order_final {
             return err(
-                "count_denoise_step",
-                "counts the final denoising as a step, so it needs `denoise_to_zero = true`".into(),
+                "count_final_step",
+                "counts a step for `lower_order_final`, which is off".into(),
             );
         }
         if self.euler_at_final && !self.is_multistep() && self.order > 1 {
@@ -390,6 +399,23 @@ impl SamplerSpec {
                 "steps_offset",
                 "shifts the timesteps of `timestep_spacing = \"leading\"` (as in diffusers, the other spacings have none)".into(),
             );
+        }
+        if let Some(m) = &self.model_times {
+            if self.times.is_none() && self.train_indices.is_none() {
+                return err(
+                    "model_times",
+                    "gives the network's time at each point of an explicit grid: it needs `times` or `train_indices`".into(),
+                );
+            }
+            if !self.is_multistep() && self.order > 1 {
+                return err(
+                    "model_times",
+                    "a singlestep sampler evaluates the model between the grid points too, where no model time is given".into(),
+                );
+            }
+            if let Some(v) = m.iter().find(|v| !v.is_finite()) {
+                return Err(FieldError::value("model_times", v, "finite numbers"));
+            }
         }
         if self.times.is_some() && self.train_indices.is_some() {
             return err(
@@ -533,7 +559,7 @@ pub(crate) struct PlanRun<'a> {
     pub outs: Vec<(usize, usize)>,
     order: usize,
     lower_order_final: bool,
-    count_denoise_step: bool,
+    count_final_step: bool,
     euler_at_final: bool,
 }
 
@@ -542,9 +568,9 @@ impl PlanRun<'_> {
     /// `lower_order_final` when the grid is short.
     pub fn step_order(&self, i: usize) -> usize {
         let mut o = self.order.min(i + 1);
-        // The steps that count for lowering: the grid's, and the final denoising where it
-        // counts as a step to sigma = 0.
-        let n = self.n + usize::from(self.count_denoise_step);
+        // The steps that count for lowering: the grid's, and one more where diffusers counts
+        // a step beyond it.
+        let n = self.n + usize::from(self.count_final_step);
         if self.lower_order_final && n < 15 {
             o = o.min(n - i);
         }
@@ -752,6 +778,18 @@ pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, Field
     let grid = spec.grid_for(schedule)?;
     let made =
         spec.times.is_none() && spec.train_indices.is_none() && spec.timestep_spacing.is_none();
+    if let Some(m) = &spec.model_times {
+        if m.len() != grid.len() {
+            return Err(FieldError::new(
+                "model_times",
+                format!(
+                    "{} model times for a grid of {} points: give one per grid point",
+                    m.len(),
+                    grid.len()
+                ),
+            ));
+        }
+    }
     let sens = made.then(|| grid_param_sens(schedule, &spec.grid, spec.rho, &grid));
     let mut plan = build_plan_on(schedule, spec, grid);
     if let Some(s) = sens {
@@ -779,9 +817,12 @@ pub fn build_plan_on(schedule: &Schedule, spec: &SamplerSpec, grid: Vec<f64>) ->
         outs: Vec::new(),
         order: spec.order,
         lower_order_final: spec.lower_order_final,
-        count_denoise_step: spec.count_denoise_step && spec.denoise_to_zero,
+        count_final_step: spec.count_final_step,
         euler_at_final: spec.euler_at_final,
     };
+    if let Some(m) = &spec.model_times {
+        run.b.set_model_times(m);
+    }
     family.emit(spec, &mut run);
     let mut x = run.x;
     let mut b = run.b;
