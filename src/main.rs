@@ -5,7 +5,7 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cli::Dtype;
 
@@ -257,7 +257,13 @@ fn quiet_on_closed_pipe() {
 
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
-    let cli = Cli::parse();
+    // Every subcommand takes negative numbers as values (`--seed -1` is then an invalid value
+    // for the seed, said so, rather than an unknown flag `-1`).
+    let command = Cli::command().mut_subcommands(|c| c.allow_negative_numbers(true));
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     install_ctrlc();
     let result = match cli.command {
         Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),

@@ -56,6 +56,28 @@ pub fn parse_spec(text: &str, format: SpecFormat) -> Result<Spec, Error> {
     }
 }
 
+/// The keys written in table `table` of spec text that already parsed.
+fn table_keys(text: &str, format: SpecFormat, table: &str) -> Vec<String> {
+    match format {
+        SpecFormat::Toml => toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| {
+                t.get(table)?
+                    .as_table()
+                    .map(|t| t.keys().cloned().collect())
+            })
+            .unwrap_or_default(),
+        SpecFormat::Json => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| {
+                v.get(table)?
+                    .as_object()
+                    .map(|t| t.keys().cloned().collect())
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// Reads, parses and validates a spec file (the schedule is checked, not compiled).
 pub fn load_spec(path: &Path) -> Result<Spec, Error> {
     Ok(load_spec_file(path, None)?.spec)
@@ -118,6 +140,12 @@ pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, E
                     )));
             }
             s.steps = n;
+        }
+        if let Some(s) = &spec.sampler {
+            let given = table_keys(&text, format, "sampler");
+            let given: Vec<&str> = given.iter().map(String::as_str).collect();
+            s.check_given(&given)
+                .map_err(|e| invalid(e.under("sampler")))?;
         }
         (spec, Vec::new(), false)
     };

@@ -77,7 +77,39 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         (spec("steps-max.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 9223372036854775807\n".into()), "at most 100000 steps"),
         (spec("train.toml", "[schedule]\nkind = \"discrete\"\nnum_train_timesteps = 1000000000\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n".into()), "num_train_timesteps` = 1000000000 is not allowed: an integer from 2 to 100000"),
         (spec("adjoint.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nmethod = \"adjoint_deis\"\nsteps = 1000000000\n".into()), "gradient.steps: steps = 1000000000: at most 100000 steps"),
+        // Arrays of the wrong length, in TOML as in JSON.
+        (spec("range3.toml", "[schedule]\nkind = \"vp_linear\"\nt_range = [0.1, 0.5, 1.0]\n".into()), "invalid length 3, expected two numbers [t_min, t_max]"),
+        (spec("range1.json", "{\"schedule\": {\"kind\": \"vp_linear\", \"t_range\": [0.1]}}".into()), "invalid length 1, expected two numbers [t_min, t_max]"),
+        // Options that do not apply to the method or the grid.
+        (spec("corrector.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\ncorrector = false\n".into()), "sampler.corrector: `corrector` is UniPC's; method `ddim` has none"),
+        (spec("third.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 1\nthird_order = \"reference\"\n".into()), "sampler.third_order: `third_order` chooses the third-order"),
+        (spec("rho.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nrho = 5.0\n".into()), "sampler.rho: `rho` shapes the karras grid"),
+        (spec("steps-times.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 50\ntimes = [1.0, 0.5, 0.01]\n".into()), "sampler.steps: the grid is given as `times`"),
+        (spec("slots.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\n[gradient]\nmethod = \"discrete\"\nstates = \"checkpoint\"\ncheckpoints = 0\n".into()), "gradient.checkpoints: checkpoints = 0: at least 1 slot"),
     ];
+    // A non-finite input is refused before the run, naming the file and the element (it was
+    // reported as the solver's NaN at step 0).
+    let nan = dir.join("nan_x.npy");
+    adeis::npy::write_npy(&nan, &[2, 2], &[0.5, 1.0, f64::INFINITY, f64::NAN], 8).unwrap();
+    let out = dir.join("never.npy");
+    let (ok, _, err) = adeis(&[
+        "sample",
+        "--spec",
+        "examples/specs/sample_dpmpp.toml",
+        "--model",
+        "gaussian:mu=0,s2=1",
+        "--x-t",
+        nan.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains(
+            "nan_x.npy holds inf at [1, 0] (2 non-finite values in all); inputs must be finite"
+        ),
+        "{err}"
+    );
+    assert!(!out.exists());
     for (path, want) in &cases {
         let (ok, _, err) = adeis(&["check", path]);
         assert!(!ok && err.contains(want), "{path}: {err}");
@@ -98,6 +130,11 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         (
             vec!["morph", "--pairs", "18446744073709551615"],
             "--pairs 18446744073709551615: at most 10000 pairs",
+        ),
+        // A negative number is a value the flag refuses, not an unknown flag.
+        (
+            vec!["noise", "--shape", "2,2", "--seed", "-1", "--out", "x.npy"],
+            "invalid value '-1' for '--seed <SEED>'",
         ),
     ] {
         let (ok, _, err) = adeis(&args);
@@ -679,8 +716,10 @@ mod grad {
         );
         let nan_target = arr("nan.npy", &[f64::NAN, 0.0, 0.0, 0.0], &[2, 2]);
         let (ok, _, err) = run(&good, &["--loss", "mse", "--target", s(&nan_target)]);
+        // Refused as an input, before the run, naming the file and the element.
         assert!(
-            !ok && err.contains("the loss is NaN at the sample"),
+            !ok && err.contains("--target: ")
+                && err.contains("nan.npy holds NaN at [0, 0] (1 non-finite value in all)"),
             "{err}"
         );
         let (ok, _, err) = run(&good, &[]);

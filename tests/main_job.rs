@@ -207,11 +207,31 @@ fn train_writes_weights_that_morph_loads() {
 
 #[test]
 fn bad_morph_and_train_options_are_named() {
-    let cases: [(&[&str], &str); 6] = [
+    let diverging = std::env::temp_dir().join(format!("adeis-diverge-{}", std::process::id()));
+    let diverging_out = diverging.to_str().unwrap().to_string();
+    let cases: [(&[&str], &str); 8] = [
         (
             &["morph", "--methods", "adjoint_deis_3"],
             "`adjoint_deis_3` is not a method",
         ),
+        // A step far too large stops with the iteration and a hint, not pixels at 1e9.
+        (
+            &[
+                "morph",
+                "--pairs",
+                "2",
+                "--iters",
+                "3",
+                "--methods",
+                "discrete",
+                "--lr",
+                "1e6",
+                "--out",
+                &diverging_out,
+            ],
+            "discrete diverged at iteration 0: the optimised x_T and z reached 1.000e6",
+        ),
+        (&["morph", "--lr", "-1"], "--lr -1"),
         (&["morph", "--methods", "discrete,discrete"], "listed twice"),
         (&["morph", "--pairs", "0"], "--pairs 0"),
         (&["morph", "--digits", "3,12"], "digits are 0 to 9"),
@@ -223,6 +243,11 @@ fn bad_morph_and_train_options_are_named() {
         assert!(!ok, "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+    assert!(
+        !diverging.exists(),
+        "a diverged morph left {}",
+        diverging.display()
+    );
 }
 
 /// Ctrl-C stops a long morph: the process exits with an error and the output folder holds no

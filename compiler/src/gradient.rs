@@ -153,6 +153,13 @@ impl GradientSpec {
                 "states = \"checkpoint\" needs `checkpoints`, the number of slots".into(),
             );
         }
+        if self.checkpoints == Some(0) {
+            return Err(FieldError::value(
+                "checkpoints",
+                0,
+                "at least 1 slot (the binomial schedule stores that many states)",
+            ));
+        }
         if self.checkpoints.is_some() && self.states != States::Checkpoint {
             return err(
                 "checkpoints",

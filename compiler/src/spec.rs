@@ -218,12 +218,29 @@ pub struct ScheduleSpec {
     pub log_sigma: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<BTreeMap<String, f64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "two_numbers"
+    )]
     pub t_range: Option<[f64; 2]>,
     /// An optional closed form of t(lambda), in `lambda` and the parameters; without one the
     /// inverse is a safeguarded Newton iteration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inverse: Option<String>,
+}
+
+/// `[t_min, t_max]`: exactly two numbers (TOML's reader would otherwise take the first two of
+/// a longer array and drop the rest).
+fn two_numbers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[f64; 2]>, D::Error> {
+    let v: Vec<f64> = Vec::deserialize(d)?;
+    match v.as_slice() {
+        [a, b] => Ok(Some([*a, *b])),
+        _ => Err(serde::de::Error::invalid_length(
+            v.len(),
+            &"two numbers [t_min, t_max]",
+        )),
+    }
 }
 
 fn one_of<T: Clone>(

@@ -27,6 +27,7 @@ pub fn read_x_t(choice: &ModelChoice, path: &Path) -> Result<NpyArray> {
         }
         a
     };
+    check_finite("--x-t", path, &x)?;
     if x.shape.contains(&0) {
         bail!(
             "--x-t: {} has shape {:?}: an empty array (every dimension must be at least 1)",
@@ -37,9 +38,30 @@ pub fn read_x_t(choice: &ModelChoice, path: &Path) -> Result<NpyArray> {
     Ok(x)
 }
 
+/// Refuses an input with NaN or an infinity, naming the flag, the file and the first bad
+/// element (in C order), before anything runs on it.
+pub fn check_finite(flag: &str, path: &Path, a: &NpyArray) -> Result<()> {
+    if let Some((i, v)) = a.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        let mut idx = vec![0; a.shape.len()];
+        let mut rest = i;
+        for k in (0..a.shape.len()).rev() {
+            idx[k] = rest % a.shape[k].max(1);
+            rest /= a.shape[k].max(1);
+        }
+        let bad = a.data.iter().filter(|v| !v.is_finite()).count();
+        bail!(
+            "{flag}: {} holds {v} at {idx:?} ({bad} non-finite value{} in all); inputs must be finite numbers",
+            path.display(),
+            if bad == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 /// An array that must have x_T's shape (`flag` names it in errors).
 pub fn read_like(flag: &str, path: &Path, x: &NpyArray) -> Result<NpyArray> {
     let a = read_npy(path).map_err(|e| anyhow!("{flag}: {e}"))?;
+    check_finite(flag, path, &a)?;
     if a.shape != x.shape {
         let want: Vec<String> = x.shape.iter().map(|d| d.to_string()).collect();
         bail!(
@@ -71,6 +93,7 @@ where
         (Some(_), Some(_)) => bail!("give --cond or --class-labels, not both"),
         (Some(p), None) => {
             let c = super::read_2d("--cond", p)?;
+            check_finite("--cond", p, &c)?;
             if model.cond_dim() == 0 {
                 bail!("--cond: this model takes no conditioning");
             }

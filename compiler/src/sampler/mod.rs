@@ -467,6 +467,75 @@ impl SamplerSpec {
         Ok(idx.into_iter().map(|k| k as usize).collect())
     }
 
+    /// Checks that every key the user wrote (`given`, as spelled in the spec) with a value
+    /// other than its default applies to the chosen method, order and grid: an option that
+    /// would be ignored is an error that says why. (A default written out, as a spec adeis
+    /// itself writes has, changes nothing and passes.)
+    pub fn check_given(&self, given: &[&str]) -> Result<(), FieldError> {
+        let d = SamplerSpec::new(self.method, self.order, self.steps);
+        let differs = |key: &str| match key {
+            "variant" => self.variant != d.variant,
+            "corrector" => self.corrector != d.corrector,
+            "solver_type" => self.solver_type != d.solver_type,
+            "third_order" => self.third_order != d.third_order,
+            "multistep" => self.multistep.is_some(),
+            "lower_order_final" => self.lower_order_final != d.lower_order_final,
+            "euler_at_final" => self.euler_at_final,
+            "count_final_step" => self.count_final_step,
+            "rho" => self.rho != d.rho,
+            "steps" => self.steps != d_steps(),
+            "grid" => self.grid != d.grid,
+            _ => false,
+        };
+        let given: Vec<&str> = given.iter().copied().filter(|k| differs(k)).collect();
+        let m = self.method.name();
+        let multistep_dpm = matches!(
+            self.method,
+            Method::DpmSolver | Method::DpmSolverPp | Method::SdeDpmSolver | Method::SdeDpmSolverPp
+        );
+        let explicit = self.times.is_some() || self.train_indices.is_some();
+        for key in given {
+            let why: Option<String> = match key {
+                "variant" | "corrector" if self.method != Method::Unipc => {
+                    Some(format!("`{key}` is UniPC's; method `{m}` has none"))
+                }
+                "solver_type" if !multistep_dpm => Some(format!(
+                    "`solver_type` (midpoint | heun) is the second-order DPM-Solver update's; method `{m}` has none"
+                )),
+                "solver_type" if self.order < 2 => Some(format!(
+                    "`solver_type` chooses the second-order update; order {} has none",
+                    self.order
+                )),
+                "third_order" if !(multistep_dpm && self.order == 3 && self.is_multistep()) => {
+                    Some("`third_order` chooses the third-order multistep DPM-Solver coefficients; it needs a dpm_solver method, order = 3, multistep".into())
+                }
+                "multistep" if !matches!(self.method, Method::DpmSolver | Method::DpmSolverPp) => {
+                    Some(format!(
+                        "`multistep` chooses between DPM-Solver's multistep and singlestep forms; method `{m}` has one form"
+                    ))
+                }
+                "lower_order_final" | "euler_at_final" | "count_final_step" if self.order < 2 => {
+                    Some(format!("`{key}` lowers the order of the last steps; order 1 has nothing to lower"))
+                }
+                "rho" if self.grid != GridKind::Karras || explicit => {
+                    Some("`rho` shapes the karras grid (grid = \"karras\"); this grid has no rho".into())
+                }
+                "steps" if explicit => Some(
+                    "the grid is given as `times` or `train_indices`, whose length fixes the steps; leave `steps` out".into(),
+                ),
+                "grid" if explicit && self.grid != GridKind::Explicit => Some(format!(
+                    "grid = \"{}\" with explicit `times` or `train_indices`: they are the grid (grid = \"explicit\", or leave `grid` out)",
+                    self.grid
+                )),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(FieldError::new(key, why));
+            }
+        }
+        Ok(())
+    }
+
     /// The grid this sampler runs on.
     pub fn grid_for(&self, schedule: &Schedule) -> Result<Vec<f64>, FieldError> {
         let spaced = self

@@ -40,6 +40,31 @@ use crate::progress::{bar, check_interrupt};
 use crate::{sampler, Error};
 use verify::{cosine_distance, identity_terms};
 
+/// Checks that `dir` is a folder or can be made one: it is not a file, and the nearest of its
+/// ancestors that exists is a folder.
+pub fn check_output_folder(dir: &std::path::Path) -> Result<(), Error> {
+    let mut p = dir;
+    loop {
+        if p.exists() {
+            if !p.is_dir() {
+                return Err(Error::file(
+                    dir,
+                    format!("{} is a file, not a folder", p.display()),
+                ));
+            }
+            return Ok(());
+        }
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The size of an optimised x_T or z beyond which a morph has diverged (the noise starts at
+/// about 1 and stays within a few units when the optimisation works).
+const DIVERGED: f64 = 1e3;
+
 /// Which pairs to morph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum PairKind {
@@ -345,6 +370,24 @@ impl<M: MorphModels> Experiment<'_, M> {
                 vjps += g.vjps;
                 step_x.step(&mut x, &to_f64(&g.dx_t));
                 step_z.step(&mut z, &to_f64(g.dz.as_ref().expect("wrt cond")));
+                // Divergence: the starting noise is of size ~1 and the conditioning a blend of
+                // embeddings; an iterate far beyond that (or not finite) is a step too large.
+                let size = x.iter().chain(&z).fold(0.0f64, |m, v| {
+                    if v.is_finite() {
+                        m.max(v.abs())
+                    } else {
+                        f64::INFINITY
+                    }
+                });
+                if size > DIVERGED {
+                    return Err(adeis_runtime::RuntimeError::Invalid(format!(
+                        "{} diverged at iteration {k}: the optimised x_T and z reached {size:.3e} (they start near 1); the learning rate {} is too large for {:?}, try a smaller --lr",
+                        method.name(),
+                        opts.lr,
+                        opts.optimizer
+                    ))
+                    .into());
+                }
                 pb.inc(1);
                 pb.set_message(format!(
                     "{} loss {:.4}",
@@ -442,7 +485,9 @@ pub fn run_with<M: MorphModels>(
         models,
         serde_json::json!({"method": "sde_dpm_solver_pp", "order": 1, "steps": opts.steps}),
     )?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
+    // The output folder is made only once there is something to write (a run that fails
+    // leaves none behind); a path that cannot become a folder fails now, before the run.
+    check_output_folder(&opts.out)?;
 
     // Verification threshold on the held-out images (in batches, for memory).
     let mut feats: Vec<Vec<f64>> = Vec::with_capacity(held.len());
@@ -550,6 +595,7 @@ pub fn run_with<M: MorphModels>(
         image_side: models.side(),
         subject: models.noun().into(),
     };
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
     report::write_outputs(&mut report, &img_a, &img_b, opts)?;
     Ok(report)
 }
