@@ -556,7 +556,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                 if let Some((key, _)) = c.keys.iter().next() {
                     return Err(FieldError::new(
                         key.clone(),
-                        format!("`{key}` is not a key adeis knows for {}", c.class),
+                        format!("not a key adeis knows for {}", c.class),
                     ));
                 }
                 if sampler.steps < 1 {
@@ -589,7 +589,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
     if let Some((key, _)) = c.keys.iter().next() {
         return Err(FieldError::new(
             key.clone(),
-            format!("`{key}` is not a key adeis knows for {}", c.class),
+            format!("not a key adeis knows for {}", c.class),
         ));
     }
     if let Some(k) = indices.iter().find(|k| **k < 0 || **k >= n_train as i64) {

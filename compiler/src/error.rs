@@ -81,7 +81,12 @@ impl FieldError {
 
     fn render(&self) -> String {
         if self.table.is_empty() {
-            self.message()
+            // A top-level key is named too (`schedule: ...`), unless `message` already does
+            // (`order = 4: ...`) or there is none.
+            match (&self.value, self.key.is_empty()) {
+                (None, false) => format!("{}: {}", self.key, self.allowed),
+                _ => self.message(),
+            }
         } else {
             format!("{}: {}", self.field(), self.message())
         }

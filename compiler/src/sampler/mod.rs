@@ -483,7 +483,16 @@ impl SamplerSpec {
             "euler_at_final" => self.euler_at_final,
             "count_final_step" => self.count_final_step,
             "rho" => self.rho != d.rho,
-            "steps" => self.steps != d_steps(),
+            // With an explicit grid, a `steps` that agrees with its length says nothing wrong.
+            "steps" => {
+                let implied = self
+                    .times
+                    .as_ref()
+                    .map(Vec::len)
+                    .or(self.train_indices.as_ref().map(Vec::len))
+                    .map(|n| n.saturating_sub(1));
+                self.steps != d_steps() && Some(self.steps) != implied
+            }
             "grid" => self.grid != d.grid,
             _ => false,
         };
