@@ -77,6 +77,10 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         (spec("steps-max.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 9223372036854775807\n".into()), "at most 100000 steps"),
         (spec("train.toml", "[schedule]\nkind = \"discrete\"\nnum_train_timesteps = 1000000000\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n".into()), "num_train_timesteps` = 1000000000 is not allowed: an integer from 2 to 100000"),
         (spec("adjoint.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nmethod = \"adjoint_deis\"\nsteps = 1000000000\n".into()), "gradient.steps: steps = 1000000000: at most 100000 steps"),
+        // A schedule NaN on an interval too narrow for the check grid, where the sampler runs;
+        // a user's inverse that is not the inverse.
+        (spec("narrow.toml", "[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 - 0.1*t\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))) * (1 + 0 * sqrt(abs(t - 0.5) - 1e-6))\"\nt_range = [0.01, 1.0]\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\ntimes = [1.0, 0.5, 0.01]\n".into()), "sampler.times: a coefficient of step 0 (t = 1 -> 0.5) is NaN: the schedule is not finite on the grid that runs"),
+        (spec("inverse.toml", "[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"sqrt(1 - exp(-2*t^2))\"\nt_range = [0.01, 1.0]\ninverse = \"lambda * 0 + 0.5\"\n".into()), "schedule.inverse: the inverse is not t(lambda): at t = 0.01"),
         // Arrays of the wrong length, in TOML as in JSON.
         (spec("range3.toml", "[schedule]\nkind = \"vp_linear\"\nt_range = [0.1, 0.5, 1.0]\n".into()), "invalid length 3, expected two numbers [t_min, t_max]"),
         (spec("range1.json", "{\"schedule\": {\"kind\": \"vp_linear\", \"t_range\": [0.1]}}".into()), "invalid length 1, expected two numbers [t_min, t_max]"),

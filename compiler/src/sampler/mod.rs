@@ -24,7 +24,7 @@ use crate::grid::{
     check_grid, grid_param_sens, make_grid, spacing_timesteps, train_index_times, GridKind,
     TimestepSpacing,
 };
-use crate::plan::{GridSens, Operand, Plan, PlanBuilder, Pred, TimeDerivs};
+use crate::plan::{GridSens, Instr, Operand, Plan, PlanBuilder, Pred, TimeDerivs};
 use crate::schedule::{ParamPartials, Schedule, ScheduleValues};
 use dual::Dual;
 use formulas::{StepVars, VarPartials};
@@ -873,7 +873,52 @@ pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, Field
     if let Some(s) = sens {
         plan.grid_param_sens = s;
     }
+    check_finite(&plan)?;
     Ok(plan)
+}
+
+/// The schedule is validated on a check grid; the plan is checked where it will actually run:
+/// every evaluation's time quantities and every coefficient finite, naming the step and its
+/// time (a schedule can be NaN on an interval too narrow for the check grid to see).
+fn check_finite(plan: &Plan) -> Result<(), FieldError> {
+    let mut t_of_step = vec![f64::NAN; plan.grid.len()];
+    for ins in &plan.instrs {
+        if let Instr::Eval { time, step, .. } = ins {
+            if let Some(slot) = t_of_step.get_mut(*step) {
+                if slot.is_nan() {
+                    *slot = time.t;
+                }
+            }
+            let q = [
+                ("alpha", time.alpha),
+                ("sigma", time.sigma),
+                ("the model time", time.model_t),
+            ];
+            if let Some((name, v)) = q.iter().find(|(_, v)| !v.is_finite()) {
+                return Err(FieldError::new(
+                    "times",
+                    format!(
+                        "the schedule's {name} is {v} at t = {} (step {step}), where the sampler evaluates the model: the schedule is not finite on the grid that runs",
+                        time.t
+                    ),
+                ));
+            }
+        }
+        if let Instr::Combine { terms, step, .. } = ins {
+            if let Some((_, c)) = terms.iter().find(|(_, c)| !c.is_finite()) {
+                let at = |i: usize| plan.grid.get(i).copied().unwrap_or(f64::NAN);
+                return Err(FieldError::new(
+                    "times",
+                    format!(
+                        "a coefficient of step {step} (t = {} -> {}) is {c}: the schedule is not finite on the grid that runs",
+                        at(*step),
+                        at(step + 1)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Builds the plan of a validated `spec` on a given grid (any direction: a grid from t_min up

@@ -371,6 +371,21 @@ impl ScheduleDef {
                 }
             }
             prev = Some((t, v.lambda));
+            // A closed-form inverse given with the schedule must be the inverse: t(lambda(t))
+            // = t at every check point (a wrong one would move every grid time silently).
+            if let Inverse::Closed(_) = &self.inverse {
+                let back = self.t_of_lambda_interp(v.lambda, params);
+                let tol = 1e-6 * (b - a) + 1e-9 * t.abs();
+                if !(back - t).abs().le(&tol) {
+                    return Err(ScheduleError::Table {
+                        field: "inverse".into(),
+                        message: format!(
+                            "the inverse is not t(lambda): at t = {t} lambda is {}, and the inverse gives t = {back}",
+                            v.lambda
+                        ),
+                    });
+                }
+            }
         }
         Ok(())
     }
