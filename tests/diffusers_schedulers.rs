@@ -299,23 +299,27 @@ fn scheduler_configs_sample_a_diffusers_unet_as_diffusers_does() {
         let out = dir.path().join("out.npy");
         let config = fixture_config(&name);
         let steps = r.steps.to_string();
-        let (ok, _, err) = adeis(&[
-            "sample",
-            "--spec",
-            &config,
-            "--steps",
-            &steps,
-            "--model",
-            "diffusers:tests/fixtures/unet/attn_down_up",
-            "--x-t",
-            x.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--dtype",
-            "f64",
-        ]);
-        assert!(ok, "{name}: {err}");
-        let got = adeis::npy::read_npy(&out).unwrap();
+        // `adeis sample` on the UNet fixture, from x, with `spec` and then `extra` flags.
+        let sample_unet = |spec: &str, extra: &[&str]| {
+            let mut a = vec![
+                "sample",
+                "--spec",
+                spec,
+                "--model",
+                "diffusers:tests/fixtures/unet/attn_down_up",
+                "--x-t",
+                x.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--dtype",
+                "f64",
+            ];
+            a.extend_from_slice(extra);
+            let (ok, _, err) = adeis(&a);
+            assert!(ok, "{name}: {err}");
+            adeis::npy::read_npy(&out).unwrap()
+        };
+        let got = sample_unet(&config, &["--steps", &steps]);
         assert_eq!(got.shape, r.shape);
         let want = flat(&r.x_0_float64);
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -335,21 +339,7 @@ fn scheduler_configs_sample_a_diffusers_unet_as_diffusers_does() {
             spec.sampler.as_mut().unwrap().model_times = None;
             let own = dir.path().join("own.toml");
             std::fs::write(&own, toml::to_string(&spec).unwrap()).unwrap();
-            let (ok, _, e) = adeis(&[
-                "sample",
-                "--spec",
-                own.to_str().unwrap(),
-                "--model",
-                "diffusers:tests/fixtures/unet/attn_down_up",
-                "--x-t",
-                x.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--dtype",
-                "f64",
-            ]);
-            assert!(ok, "{e}");
-            let moved = max_abs(&adeis::npy::read_npy(&out).unwrap().data, &want) / scale;
+            let moved = max_abs(&sample_unet(own.to_str().unwrap(), &[]).data, &want) / scale;
             println!("{name} without model_times: relative {moved:.1e}");
             assert!(
                 moved > 1e-4,

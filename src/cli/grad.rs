@@ -14,7 +14,7 @@ use adeis::runtime::to_f64;
 use adeis::safetensors::write_safetensors;
 use anyhow::{bail, Result};
 
-use super::inputs::{conditioning, guidance, read_like, read_x_t, state, CondArgs, GuidanceArgs};
+use super::inputs::{conditioned_model, read_like, read_x_t, state, CondArgs, GuidanceArgs};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -80,19 +80,13 @@ where
     let word = std::mem::size_of::<E>();
     let x_t = state::<E>(x)?;
     let wrt = problem.wrt();
-    let z = conditioning(
+    let (z, model_fn) = conditioned_model(
         model,
         &x_t,
         &CondArgs {
             cond: args.cond.as_ref(),
             labels: args.class_labels.as_ref(),
         },
-    )?;
-    let mut model_fn = ModelFn::new(model);
-    model_fn.guidance = guidance(
-        model,
-        &x_t,
-        z.as_ref(),
         guidance_spec,
         &GuidanceArgs {
             scale: args.guidance_scale,

@@ -133,9 +133,32 @@ pub struct GuidanceArgs {
     pub null_class: Option<usize>,
 }
 
-/// The classifier-free guidance of a run: `--guidance-scale` / `--null-class`, else the spec's
-/// `[guidance]` table; None without either.
-pub fn guidance<E: Dtype, M: CommandModel<E>>(
+/// A run's conditioning and its model as the solvers call it.
+type Conditioned<'a, E, M> = (
+    Option<State<E, Cpu>>,
+    adeis::runtime::ModelFn<'a, E, Cpu, M>,
+);
+
+/// The conditioning of a run (see [`conditioning`]) and the model as the solvers call it, with
+/// the run's classifier-free guidance: `--guidance-scale` / `--null-class`, else the spec's
+/// `[guidance]` table; none without either.
+pub fn conditioned_model<'a, E: Dtype, M: CommandModel<E>>(
+    model: &'a M,
+    x: &State<E, Cpu>,
+    cond: &CondArgs,
+    spec: Option<&adeis::compiler::GuidanceSpec>,
+    args: &GuidanceArgs,
+) -> Result<Conditioned<'a, E, M>>
+where
+    Cpu: Device<E>,
+{
+    let z = conditioning(model, x, cond)?;
+    let mut f = adeis::runtime::ModelFn::new(model);
+    f.guidance = guidance(model, x, z.as_ref(), spec, args)?;
+    Ok((z, f))
+}
+
+fn guidance<E: Dtype, M: CommandModel<E>>(
     model: &M,
     x: &State<E, Cpu>,
     z: Option<&State<E, Cpu>>,
