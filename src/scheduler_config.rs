@@ -160,6 +160,17 @@ impl Config {
         }
     }
 
+    /// The error for a key no reader took: one adeis does not know for this class.
+    fn reject_unknown(&self) -> Result<(), FieldError> {
+        match self.keys.keys().next() {
+            Some(key) => Err(FieldError::new(
+                key.clone(),
+                format!("not a key adeis knows for {}", self.class),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Drops keys that matter only for an option that is off.
     fn ignore(&mut self, keys: &[&str]) {
         for k in keys {
@@ -553,12 +564,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                 sampler.times = Some(g.times);
                 sampler.model_times = Some(g.model_times);
                 c.ignore(&["timestep_spacing", "steps_offset"]);
-                if let Some((key, _)) = c.keys.iter().next() {
-                    return Err(FieldError::new(
-                        key.clone(),
-                        format!("not a key adeis knows for {}", c.class),
-                    ));
-                }
+                c.reject_unknown()?;
                 if sampler.steps < 1 {
                     return Err(FieldError::value(
                         "steps",
@@ -586,12 +592,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         }
         _ => unreachable!("the class was checked against CLASSES"),
     }
-    if let Some((key, _)) = c.keys.iter().next() {
-        return Err(FieldError::new(
-            key.clone(),
-            format!("not a key adeis knows for {}", c.class),
-        ));
-    }
+    c.reject_unknown()?;
     if let Some(k) = indices.iter().find(|k| **k < 0 || **k >= n_train as i64) {
         return Err(FieldError::value(
             "steps_offset",

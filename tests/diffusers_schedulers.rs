@@ -44,6 +44,17 @@ fn index() -> Index {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The mixture every mixture fixture samples (examples/models/ring8.json).
+fn ring8() -> GmmModel {
+    let path = root().join("examples/models/ring8.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A fixture case's reference.json.
+fn reference(case: &Path) -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(case.join("reference.json")).unwrap()).unwrap()
+}
+
 fn flat(rows: &[Vec<f64>]) -> Vec<f64> {
     rows.iter().flatten().copied().collect()
 }
@@ -86,19 +97,14 @@ fn max_abs(a: &[f64], b: &[f64]) -> f64 {
 fn every_fixture_config_reproduces_diffusers_sample() {
     let dir = root().join("tests/fixtures/schedulers");
     let names = index().mixture;
-    let model: GmmModel = serde_json::from_str(
-        &std::fs::read_to_string(root().join("examples/models/ring8.json")).unwrap(),
-    )
-    .unwrap();
+    let model = ring8();
     assert!(names.len() >= 20, "{names:?}");
     let mut worst = 0.0f64;
     let mut failures = Vec::new();
     for name in &names {
         let case = dir.join(name);
         let text = std::fs::read_to_string(case.join("scheduler_config.json")).unwrap();
-        let r: Reference =
-            serde_json::from_str(&std::fs::read_to_string(case.join("reference.json")).unwrap())
-                .unwrap();
+        let r: Reference = reference(&case);
         let t = translate(&text, r.steps).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(t.timesteps, r.timesteps, "{name}: timesteps");
         let x = run(&t.spec, &r, &model);
@@ -130,10 +136,7 @@ fn every_fixture_config_reproduces_diffusers_sample() {
 #[test]
 fn each_diffusers_choice_matters() {
     let dir = root().join("tests/fixtures/schedulers");
-    let model: GmmModel = serde_json::from_str(
-        &std::fs::read_to_string(root().join("examples/models/ring8.json")).unwrap(),
-    )
-    .unwrap();
+    let model = ring8();
     type Change = fn(&mut SamplerSpec);
     let cases: [(&str, &str, Change); 4] = [
         ("dpmpp_3m", "third_order = taylor", |s| {
@@ -152,9 +155,7 @@ fn each_diffusers_choice_matters() {
     for (name, what, change) in cases {
         let case = dir.join(name);
         let text = std::fs::read_to_string(case.join("scheduler_config.json")).unwrap();
-        let r: Reference =
-            serde_json::from_str(&std::fs::read_to_string(case.join("reference.json")).unwrap())
-                .unwrap();
+        let r: Reference = reference(&case);
         let mut spec = translate(&text, r.steps).unwrap().spec;
         change(spec.sampler.as_mut().unwrap());
         let err = max_abs(&run(&spec, &r, &model), &flat(&r.x_0_float64));
@@ -173,11 +174,7 @@ fn fixture_config(name: &str) -> String {
 #[test]
 fn the_command_line_runs_a_scheduler_config() {
     let dir = tempfile::tempdir().unwrap();
-    let r: Reference = serde_json::from_str(
-        &std::fs::read_to_string(root().join("tests/fixtures/schedulers/unipc_bh2/reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let r = reference(&root().join("tests/fixtures/schedulers/unipc_bh2"));
     let x = dir.path().join("x.npy");
     adeis::npy::write_npy(&x, &[r.x_t.len(), 2], &flat(&r.x_t), 8).unwrap();
     let out = dir.path().join("out.npy");
@@ -291,9 +288,7 @@ fn scheduler_configs_sample_a_diffusers_unet_as_diffusers_does() {
     assert!(!names.is_empty());
     for name in names {
         let case = root().join("tests/fixtures/schedulers").join(&name);
-        let r: Reference =
-            serde_json::from_str(&std::fs::read_to_string(case.join("reference.json")).unwrap())
-                .unwrap();
+        let r: Reference = reference(&case);
         let x = dir.path().join("x.npy");
         adeis::npy::write_npy(&x, &r.shape, &flat(&r.x_t), 8).unwrap();
         let out = dir.path().join("out.npy");
@@ -354,10 +349,7 @@ fn scheduler_configs_sample_a_diffusers_unet_as_diffusers_does() {
 #[test]
 fn timestep_spacing_in_an_adeis_spec_runs_diffusers_grid() {
     let dir = root().join("tests/fixtures/schedulers");
-    let model: GmmModel = serde_json::from_str(
-        &std::fs::read_to_string(root().join("examples/models/ring8.json")).unwrap(),
-    )
-    .unwrap();
+    let model = ring8();
     let cases = [
         (
             "dpmpp_2m_sigma_min",
@@ -378,10 +370,7 @@ fn timestep_spacing_in_an_adeis_spec_runs_diffusers_grid() {
         );
         let spec = adeis::spec_file::parse_spec(&text, adeis::spec_file::SpecFormat::Toml)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let r: Reference = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(name).join("reference.json")).unwrap(),
-        )
-        .unwrap();
+        let r = reference(&dir.join(name));
         let err = max_abs(&run(&spec, &r, &model), &flat(&r.x_0_float64));
         println!("{name} as an adeis spec: {err:.1e}");
         assert!(err < 1e-10, "{name}: {err:.2e}");
@@ -410,9 +399,7 @@ fn time_gradients_hold_with_fixed_model_times() {
     use adeis::compiler::{GradMethod, GradientSpec, WrtKey};
     let case = root().join("tests/fixtures/schedulers/unet_dpmpp_2m_karras");
     let text = std::fs::read_to_string(case.join("scheduler_config.json")).unwrap();
-    let r: Reference =
-        serde_json::from_str(&std::fs::read_to_string(case.join("reference.json")).unwrap())
-            .unwrap();
+    let r: Reference = reference(&case);
     let mut spec = translate(&text, r.steps).unwrap().spec;
     assert!(spec.sampler.as_ref().unwrap().model_times.is_some());
     spec.gradient = Some(GradientSpec {
