@@ -37,6 +37,7 @@ from diffusers import (  # noqa: E402
     DDIMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -46,11 +47,15 @@ CLASSES = {
         DDIMScheduler,
         DEISMultistepScheduler,
         DPMSolverMultistepScheduler,
+        DPMSolverSinglestepScheduler,
         UniPCMultistepScheduler,
     ]
 }
 
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+# The ring's radius is 2: with a cap of 1.8 and the 0.7 quantile of the two |x0| components
+# the threshold is interpolated between them, clamped at 1 and at the cap in turn.
+THRESHOLD = dict(thresholding=True, dynamic_thresholding_ratio=0.7, sample_max_value=1.8)
 
 # name, class, config keys (the rest at diffusers' defaults), inference steps
 CASES = [
@@ -95,6 +100,43 @@ CASES = [
     ("unipc_bh2_20", "UniPCMultistepScheduler", dict(), 20),
     ("deis_2", "DEISMultistepScheduler", dict(), 10),
     ("deis_3", "DEISMultistepScheduler", dict(solver_order=3), 12),
+    ("dpmpp_2s", "DPMSolverSinglestepScheduler", dict(), 10),
+    ("dpmpp_3s", "DPMSolverSinglestepScheduler", dict(solver_order=3), 12),
+    ("dpmpp_3s_heun", "DPMSolverSinglestepScheduler", dict(solver_order=3, solver_type="heun"), 10),
+    (
+        "dpmpp_2s_heun_sigma_min",
+        "DPMSolverSinglestepScheduler",
+        dict(solver_type="heun", final_sigmas_type="sigma_min"),
+        10,
+    ),
+    (
+        "dpm_3s_sigma_min",
+        "DPMSolverSinglestepScheduler",
+        dict(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min"),
+        11,
+    ),
+    (
+        "dpm_3s_heun_lof",
+        "DPMSolverSinglestepScheduler",
+        dict(algorithm_type="dpmsolver", solver_order=3, solver_type="heun", final_sigmas_type="sigma_min", lower_order_final=True),
+        9,
+    ),
+    ("dpm_2s_heun", "DPMSolverSinglestepScheduler", dict(algorithm_type="dpmsolver", solver_type="heun", final_sigmas_type="sigma_min"), 8),
+    ("sde_dpmpp_2s", "DPMSolverSinglestepScheduler", dict(algorithm_type="sde-dpmsolver++"), 10),
+    ("dpmpp_2s_karras", "DPMSolverSinglestepScheduler", dict(use_karras_sigmas=True), 10),
+    (
+        "dpmpp_3s_karras_sigma_min",
+        "DPMSolverSinglestepScheduler",
+        dict(solver_order=3, use_karras_sigmas=True, final_sigmas_type="sigma_min"),
+        10,
+    ),
+    ("dpmpp_2s_exponential", "DPMSolverSinglestepScheduler", dict(use_exponential_sigmas=True), 10),
+    ("dpmpp_2m_thresholding", "DPMSolverMultistepScheduler", dict(THRESHOLD), 10),
+    ("dpm_2m_thresholding", "DPMSolverMultistepScheduler", dict(THRESHOLD, algorithm_type="dpmsolver", final_sigmas_type="sigma_min"), 10),
+    ("dpmpp_2s_thresholding", "DPMSolverSinglestepScheduler", dict(THRESHOLD), 10),
+    ("unipc_thresholding", "UniPCMultistepScheduler", dict(THRESHOLD), 10),
+    ("deis_thresholding", "DEISMultistepScheduler", dict(THRESHOLD), 10),
+    ("unipc_disable_corrector", "UniPCMultistepScheduler", dict(disable_corrector=[0, 3, 4]), 10),
 ]
 
 BATCH = 6
@@ -154,8 +196,19 @@ def sample(name, sched, x_t, mix, noises=None):
         if sde:
             n = noises[i] if noises else torch.randn(*x.shape, generator=gen, dtype=torch.float64)
             drawn.append(n)
-            extra["variance_noise"] = n
-        x = sched.step(eps, t, x, **extra).prev_sample.to(torch.float64)
+            if isinstance(sched, DPMSolverSinglestepScheduler) or type(sched).__name__ == "DPMSolverSinglestepScheduler":
+                # Its step draws the noise itself (no variance_noise argument): hand it this one.
+                type(sched).step.__globals__["randn_tensor"] = lambda *a, _n=n, **k: _n
+            else:
+                extra["variance_noise"] = n
+        if getattr(sched.config, "thresholding", False):
+            # diffusers' _threshold_sample reshapes to (batch, channels * prod(the rest)),
+            # which needs a trailing axis after the mixture's (batch, dim).
+            shape = x.shape
+            x = sched.step(eps[..., None], t, x[..., None], **extra).prev_sample.reshape(shape)
+        else:
+            x = sched.step(eps, t, x, **extra).prev_sample
+        x = x.to(torch.float64)
     return x, drawn
 
 

@@ -111,16 +111,16 @@ pub mod prelude {
     pub use crate::error::SpecFileError;
     pub use crate::spec_file::{load_spec, parse_spec};
     pub use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, SigmaFormula};
-    pub use adeis_compiler::GuidanceSpec;
     pub use adeis_compiler::{
         Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, Equation, Expr, FieldError,
         Method, Prediction, Problem, Program, Quantity, SamplerSpec, Schedule, ScheduleDef,
         ScheduleError, ScheduleSpec, ScheduleValues, Spec, Wrt,
     };
+    pub use adeis_compiler::{GuidanceSpec, ThresholdingSpec};
     pub use adeis_runtime::analytic::{GaussianModel, GmmModel};
     pub use adeis_runtime::loss::{mse, tape_loss};
     pub use adeis_runtime::{
         from_f64, gradient, sample, to_f64, Denoiser, Gradient, Guidance, Input, ModelFn,
-        NoiseSource, RuntimeError, State,
+        NoiseSource, RuntimeError, State, Threshold,
     };
 }

@@ -1,6 +1,6 @@
 //! diffusers scheduler configs as specs: the `scheduler_config.json` a diffusers user has
-//! (`DDIMScheduler`, `DPMSolverMultistepScheduler`, `DEISMultistepScheduler`,
-//! `UniPCMultistepScheduler`), read as the adeis spec that computes what diffusers computes
+//! (`DDIMScheduler`, `DPMSolverMultistepScheduler`, `DPMSolverSinglestepScheduler`,
+//! `DEISMultistepScheduler`, `UniPCMultistepScheduler`), read as the adeis spec that computes what diffusers computes
 //! with it for a given number of inference steps, step for step.
 //!
 //! diffusers samples on integer train timesteps chosen by `timestep_spacing`; adeis runs the
@@ -11,6 +11,8 @@
 //! diffusers counts it (`count_final_step`); where it ends at the first train timestep
 //! (`"sigma_min"`) that timestep is the grid's last point. diffusers' third-order multistep
 //! coefficients are the DPM-Solver reference code's (`third_order = "reference"`).
+//! `DPMSolverSinglestepScheduler`'s intermediate points are grid timesteps (`stages =
+//! "grid"`), and its `thresholding` is adeis's `[thresholding]` table.
 //!
 //! A key adeis does not know, or a value it does not run, is an error naming the key, the
 //! value and what is allowed; nothing is silently ignored except keys that only matter for an
@@ -21,14 +23,19 @@ use serde_json::{Map, Value};
 use adeis_compiler::grid::{
     numpy_arange_down, numpy_linspace, spacing_timesteps, GridKind, TimestepSpacing,
 };
-use adeis_compiler::sampler::{DeisBasis, SolverType, ThirdOrder, UnipcVariant};
+use adeis_compiler::sampler::{
+    grid_orders, DeisBasis, SolverType, Stages, ThirdOrder, UnipcVariant,
+};
 use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
-use adeis_compiler::{FieldError, Method, Prediction, SamplerSpec, ScheduleSpec, Spec};
+use adeis_compiler::{
+    FieldError, Method, Prediction, SamplerSpec, ScheduleSpec, Spec, ThresholdingSpec,
+};
 
 /// The diffusers scheduler classes adeis reads.
-pub const CLASSES: [&str; 4] = [
+pub const CLASSES: [&str; 5] = [
     "DDIMScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
     "DEISMultistepScheduler",
     "UniPCMultistepScheduler",
 ];
@@ -250,10 +257,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         return Err(FieldError::value(
             "_class_name",
             format!("\"{class}\""),
-            format!(
-                "adeis reads {} (DPMSolverSinglestepScheduler's intermediate points are grid timesteps, not adeis's singlestep stages)",
-                quoted(&CLASSES)
-            ),
+            format!("adeis reads {}", quoted(&CLASSES)),
         ));
     }
     if steps == 0 {
@@ -319,14 +323,38 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         "sample" => Prediction::X0,
         _ => Prediction::V,
     };
-    if c.bool("thresholding")?.unwrap_or(false) {
-        return Err(FieldError::value(
-            "thresholding",
-            true,
-            "not from a scheduler config yet: diffusers' quantile interpolates where adeis's dynamic thresholding takes the nearest element; set it to false",
+    let thresholding = if c.bool("thresholding")?.unwrap_or(false) {
+        if c.class == "DDIMScheduler" {
+            return Err(FieldError::value(
+                "thresholding",
+                true,
+                "diffusers' DDIM thresholds its x0 but steps with the network's own eps, a step adeis's samplers (one prediction per evaluation) do not take; the DPM-Solver, DEIS and UniPC schedulers' thresholding is read",
+            ));
+        }
+        let t = ThresholdingSpec {
+            quantile: c.f64("dynamic_thresholding_ratio")?.unwrap_or(0.995),
+            max: c.f64("sample_max_value")?.unwrap_or(1.0),
+        };
+        t.validate().map_err(|e| {
+            let key = if e.key == "quantile" {
+                "dynamic_thresholding_ratio"
+            } else {
+                "sample_max_value"
+            };
+            FieldError {
+                key: key.into(),
+                ..e
+            }
+        })?;
+        notes.push(format!(
+            "thresholding: [thresholding] quantile = {}, max = {} (the data prediction clipped per sample, as diffusers' _threshold_sample)",
+            t.quantile, t.max
         ));
-    }
-    c.ignore(&["dynamic_thresholding_ratio", "sample_max_value"]);
+        Some(t)
+    } else {
+        c.ignore(&["dynamic_thresholding_ratio", "sample_max_value"]);
+        None
+    };
     // The sigma spacings: solved at their own noise levels, the model told the nearest
     // whole timestep (see `sigma_grid`).
     let multistep_class = c.class != "DDIMScheduler";
@@ -340,7 +368,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         (
             "use_exponential_sigmas",
             SigmaMode::Exponential,
-            "DPMSolverMultistepScheduler",
+            "DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler",
         ),
         (
             "use_lu_lambdas",
@@ -349,9 +377,12 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         ),
     ] {
         if c.bool(key)?.unwrap_or(false) {
-            if !(multistep_class
-                && (mode == SigmaMode::Karras || c.class == "DPMSolverMultistepScheduler"))
-            {
+            let reads = match mode {
+                SigmaMode::Karras => multistep_class,
+                SigmaMode::Exponential => c.class.starts_with("DPMSolver"),
+                SigmaMode::UniformLambda => c.class == "DPMSolverMultistepScheduler",
+            };
+            if !reads {
                 return Err(FieldError::value(
                     key,
                     true,
@@ -405,12 +436,21 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
     } else {
         &["linspace", "leading", "trailing"]
     };
-    let spacing = match c.choice("timestep_spacing", spacings)? {
-        "linspace" => TimestepSpacing::Linspace,
-        "leading" => TimestepSpacing::Leading,
-        _ => TimestepSpacing::Trailing,
+    // DPMSolverSinglestepScheduler has no spacing: its timesteps are "linspace"'s (a
+    // `timestep_spacing` in its config is a key it does not read, and an error here).
+    let singlestep = c.class == "DPMSolverSinglestepScheduler";
+    let spacing = match singlestep {
+        true => TimestepSpacing::Linspace,
+        false => match c.choice("timestep_spacing", spacings)? {
+            "linspace" => TimestepSpacing::Linspace,
+            "leading" => TimestepSpacing::Leading,
+            _ => TimestepSpacing::Trailing,
+        },
     };
-    let offset = c.usize("steps_offset")?.unwrap_or(0) as i64;
+    let offset = match singlestep {
+        true => 0,
+        false => c.usize("steps_offset")?.unwrap_or(0) as i64,
+    };
 
     let mut sampler = SamplerSpec::new(Method::Ddim, 1, steps);
     sampler.prediction = prediction;
@@ -455,7 +495,10 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                 indices.push(0);
             }
         }
-        "DPMSolverMultistepScheduler" | "DEISMultistepScheduler" | "UniPCMultistepScheduler" => {
+        "DPMSolverMultistepScheduler"
+        | "DPMSolverSinglestepScheduler"
+        | "DEISMultistepScheduler"
+        | "UniPCMultistepScheduler" => {
             let class = c.class.clone();
             let order = c
                 .usize("solver_order")?
@@ -468,7 +511,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                 return Err(FieldError::value("solver_order", order, "1, 2 or 3"));
             }
             sampler.order = order;
-            sampler.lower_order_final = c.bool("lower_order_final")?.unwrap_or(true);
+            sampler.lower_order_final = c.bool("lower_order_final")?.unwrap_or(!singlestep);
             let mut final_zero = class != "DEISMultistepScheduler";
             let mut last = n_train;
             match class.as_str() {
@@ -502,6 +545,67 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                     let clip = c.f64("lambda_min_clipped")?.unwrap_or(f64::NEG_INFINITY);
                     last = n_train - clipped_count(&schedule, clip)?;
                 }
+                "DPMSolverSinglestepScheduler" => {
+                    let algorithm = c.choice(
+                        "algorithm_type",
+                        &["dpmsolver++", "dpmsolver", "sde-dpmsolver++"],
+                    )?;
+                    sampler.method = match algorithm {
+                        "dpmsolver++" => Method::DpmSolverPp,
+                        "dpmsolver" => Method::DpmSolver,
+                        _ => Method::SdeDpmSolverPp,
+                    };
+                    sampler.stages = Stages::Grid;
+                    sampler.solver_type = match c.choice("solver_type", &["midpoint", "heun"])? {
+                        "midpoint" => SolverType::Midpoint,
+                        _ => SolverType::Heun,
+                    };
+                    if algorithm == "sde-dpmsolver++" && order == 3 {
+                        return Err(FieldError::value(
+                            "solver_order",
+                            3,
+                            "1 or 2 with sde-dpmsolver++ (adeis's SDE-DPM-Solver++ has orders 1 and 2)",
+                        ));
+                    }
+                    final_zero = c.choice("final_sigmas_type", &["zero", "sigma_min"])? == "zero";
+                    if final_zero && algorithm == "dpmsolver" {
+                        return Err(FieldError::value(
+                            "final_sigmas_type",
+                            "\"zero\"",
+                            "\"sigma_min\" with algorithm_type \"dpmsolver\" (diffusers refuses this pair too)",
+                        ));
+                    }
+                    if thresholding.is_some() && algorithm == "dpmsolver" {
+                        // Its convert_model_output indexes its alpha table with the timestep
+                        // it is not given (None), which takes the whole table.
+                        return Err(FieldError::value(
+                            "thresholding",
+                            true,
+                            "not with algorithm_type \"dpmsolver\": diffusers' singlestep scheduler thresholds that pair with its whole alpha table (the timestep is missing there), so there is no diffusers result to reproduce; use \"dpmsolver++\"",
+                        ));
+                    }
+                    // diffusers switches lower_order_final on when the steps do not split
+                    // into whole groups and when the last step goes to sigma = 0.
+                    if !sampler.lower_order_final && (final_zero || !steps.is_multiple_of(order)) {
+                        sampler.lower_order_final = true;
+                        notes.push(format!(
+                            "lower_order_final: diffusers switches it on {}, and so does adeis",
+                            if final_zero {
+                                "with final_sigmas_type \"zero\""
+                            } else {
+                                "when the steps are not a multiple of solver_order"
+                            }
+                        ));
+                    }
+                    if order > 1 {
+                        notes.push(format!(
+                            "DPMSolverSinglestepScheduler: singlestep steps whose intermediate points are the grid's timesteps (stages = \"grid\"), orders {:?}; adeis's own DPM-Solver-2/-3 place them at fractions of each step in lambda (stages = \"lambda\")",
+                            grid_orders(steps, order, sampler.lower_order_final, false)
+                        ));
+                    }
+                    let clip = c.f64("lambda_min_clipped")?.unwrap_or(f64::NEG_INFINITY);
+                    last = n_train - clipped_count(&schedule, clip)?;
+                }
                 "DEISMultistepScheduler" => {
                     c.choice("algorithm_type", &["deis"])?;
                     c.choice("solver_type", &["logrho"])?;
@@ -520,16 +624,21 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                         Value::Bool(true),
                         "adeis's UniPC works with the data prediction (predict_x0 = true)",
                     )?;
-                    match c.take("disable_corrector") {
-                        None => {}
-                        Some(Value::Array(a)) if a.is_empty() => {}
-                        Some(v) => {
-                            return Err(FieldError::value(
-                                "disable_corrector",
-                                describe(&v),
-                                "[] (adeis's corrector is on at every step or off at all: corrector = false in an adeis spec)",
-                            ))
+                    if let Some(v) = c.take("disable_corrector") {
+                        let steps_listed: Vec<usize> =
+                            serde_json::from_value(v.clone()).map_err(|_| {
+                                FieldError::value(
+                                    "disable_corrector",
+                                    describe(&v),
+                                    "a list of step indices (whole numbers from 0)",
+                                )
+                            })?;
+                        if !steps_listed.is_empty() {
+                            notes.push(format!(
+                                "disable_corrector: no corrector after steps {steps_listed:?} (disable_corrector in the adeis spec)"
+                            ));
                         }
+                        sampler.disable_corrector = steps_listed;
                     }
                     final_zero = c.choice("final_sigmas_type", &["zero", "sigma_min"])? == "zero";
                     // diffusers' UniPC lowers the final orders at any number of steps.
@@ -555,6 +664,21 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                     mode.name(),
                     summary(&g.timesteps)
                 ));
+                if g.repeated && singlestep {
+                    // The zero-length step to the repeated sigma_min leaves the state as it is
+                    // only at first order.
+                    let orders = grid_orders(steps, order, sampler.lower_order_final, false);
+                    if orders.last() != Some(&1) {
+                        return Err(FieldError::value(
+                            "final_sigmas_type",
+                            "\"sigma_min\"",
+                            format!(
+                                "with {key} and {steps} steps diffusers' last step, to a sigma_min that repeats the last sigma, is of order {} and moves the sample by a zero-length step adeis does not take; use final_sigmas_type \"zero\" or a step count whose last order is 1",
+                                orders[orders.len() - 1]
+                            ),
+                        ));
+                    }
+                }
                 if g.repeated && sampler.lower_order_final {
                     sampler.count_final_step = true;
                     notes.push("the final sigma_min repeats the last sigma: diffusers' zero-length step there is left out, and counted for lower_order_final (count_final_step)".into());
@@ -579,6 +703,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                         sampler: Some(sampler),
                         gradient: None,
                         guidance: None,
+                        thresholding,
                     },
                     timesteps: g.timesteps,
                     notes,
@@ -635,6 +760,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
             sampler: Some(sampler),
             gradient: None,
             guidance: None,
+            thresholding,
         },
         timesteps,
         notes,
@@ -879,5 +1005,75 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key, "timestep_spacing");
         assert!(e.allowed.contains("from timestep 999 to 899"), "{e}");
+    }
+
+    /// The singlestep scheduler's and thresholding's refusals: each names the key and says why.
+    #[test]
+    fn singlestep_and_thresholding_refusals_are_named() {
+        let single = r#""_class_name": "DPMSolverSinglestepScheduler""#;
+        let refused = |text: String, key: &str, why: &str| {
+            let e = translate(&text, 10).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.allowed.contains(why), "{e}");
+        };
+        refused(
+            format!("{{{single}, \"algorithm_type\": \"dpmsolver\"}}"),
+            "final_sigmas_type",
+            "diffusers refuses this pair too",
+        );
+        refused(
+            format!("{{{single}, \"algorithm_type\": \"sde-dpmsolver++\", \"solver_order\": 3}}"),
+            "solver_order",
+            "1 or 2 with sde-dpmsolver++",
+        );
+        refused(
+            format!("{{{single}, \"algorithm_type\": \"dpmsolver\", \"final_sigmas_type\": \"sigma_min\", \"thresholding\": true}}"),
+            "thresholding",
+            "whole alpha table",
+        );
+        // It has no timestep_spacing: a config that says one is not diffusers' own.
+        refused(
+            format!("{{{single}, \"timestep_spacing\": \"trailing\"}}"),
+            "timestep_spacing",
+            "not a key adeis knows for DPMSolverSinglestepScheduler",
+        );
+        // Karras sigmas ending on a repeated sigma_min with a last step of order 2.
+        refused(
+            format!(
+                "{{{single}, \"use_karras_sigmas\": true, \"final_sigmas_type\": \"sigma_min\"}}"
+            ),
+            "final_sigmas_type",
+            "is of order 2",
+        );
+        refused(
+            r#"{"_class_name": "DDIMScheduler", "clip_sample": false, "thresholding": true}"#
+                .into(),
+            "thresholding",
+            "network's own eps",
+        );
+        refused(
+            r#"{"_class_name": "UniPCMultistepScheduler", "thresholding": true, "dynamic_thresholding_ratio": 1.5}"#.into(),
+            "dynamic_thresholding_ratio",
+            "from 0 to 1",
+        );
+        refused(
+            r#"{"_class_name": "UniPCMultistepScheduler", "disable_corrector": [1, -2]}"#.into(),
+            "disable_corrector",
+            "step indices",
+        );
+        // What is read: the thresholding table and the corrector list.
+        let t = translate(
+            r#"{"_class_name": "UniPCMultistepScheduler", "thresholding": true, "sample_max_value": 2.5, "disable_corrector": [2]}"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            t.spec.thresholding,
+            Some(ThresholdingSpec {
+                quantile: 0.995,
+                max: 2.5
+            })
+        );
+        assert_eq!(t.spec.sampler.unwrap().disable_corrector, vec![2]);
     }
 }

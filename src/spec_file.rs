@@ -155,6 +155,7 @@ pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, E
     spec.checked_sampler().map_err(invalid)?;
     spec.checked_gradient().map_err(invalid)?;
     spec.checked_guidance().map_err(invalid)?;
+    spec.checked_thresholding().map_err(invalid)?;
     Ok(LoadedSpec {
         spec,
         notes,

@@ -90,6 +90,11 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         (spec("rho.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nrho = 5.0\n".into()), "sampler.rho: `rho` shapes the karras grid"),
         (spec("steps-times.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 50\ntimes = [1.0, 0.5, 0.01]\n".into()), "sampler.steps: the grid is given as `times`"),
         (spec("slots.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\n[gradient]\nmethod = \"discrete\"\nstates = \"checkpoint\"\ncheckpoints = 0\n".into()), "gradient.checkpoints: checkpoints = 0: at least 1 slot"),
+        (spec("stages.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"deis\"\norder = 2\nstages = \"grid\"\n".into()), "sampler.stages: \"grid\" is singlestep DPM-Solver's"),
+        (spec("stages-odd.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 7\nstages = \"grid\"\nlower_order_final = false\n".into()), "sampler.lower_order_final: false with stages = \"grid\": the 7 steps do not split into groups of order 2"),
+        (spec("skip.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"deis\"\ndisable_corrector = [1]\n".into()), "sampler.disable_corrector: skips UniPC's corrector"),
+        (spec("skip-far.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"unipc\"\norder = 2\nsteps = 5\ndisable_corrector = [7]\n".into()), "sampler.disable_corrector: disable_corrector = 7: steps of this grid: 0 to 4"),
+        (spec("quantile.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\n[thresholding]\nquantile = 2.0\n".into()), "thresholding.quantile: quantile = 2: a number from 0 to 1"),
     ];
     // A non-finite input is refused before the run, naming the file and the element (it was
     // reported as the solver's NaN at step 0).

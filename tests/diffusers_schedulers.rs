@@ -76,9 +76,14 @@ fn run(spec: &Spec, r: &Reference, model: &GmmModel) -> Vec<f64> {
                 .collect(),
         )
     };
+    let mut model_fn = ModelFn::new(model);
+    model_fn.threshold = spec.thresholding.as_ref().map(|t| Threshold {
+        quantile: t.quantile,
+        max: t.max,
+    });
     let out = sample(
         problem.plan(),
-        &ModelFn::new(model),
+        &model_fn,
         &Input::new(&x_t, None, &noise),
         false,
     )
@@ -137,19 +142,34 @@ fn every_fixture_config_reproduces_diffusers_sample() {
 fn each_diffusers_choice_matters() {
     let dir = root().join("tests/fixtures/schedulers");
     let model = ring8();
-    type Change = fn(&mut SamplerSpec);
-    let cases: [(&str, &str, Change); 4] = [
+    type Change = fn(&mut Spec);
+    fn sampler(spec: &mut Spec) -> &mut SamplerSpec {
+        spec.sampler.as_mut().unwrap()
+    }
+    let cases: [(&str, &str, Change); 8] = [
         ("dpmpp_3m", "third_order = taylor", |s| {
-            s.third_order = adeis::compiler::sampler::ThirdOrder::Taylor
+            sampler(s).third_order = adeis::compiler::sampler::ThirdOrder::Taylor
         }),
         ("deis_2", "deis_basis = t", |s| {
-            s.deis_basis = adeis::compiler::sampler::DeisBasis::T
+            sampler(s).deis_basis = adeis::compiler::sampler::DeisBasis::T
         }),
         ("dpmpp_2m", "count_final_step = false", |s| {
-            s.count_final_step = false
+            sampler(s).count_final_step = false
         }),
         ("dpmpp_2m_sigma_min_euler", "euler_at_final = false", |s| {
-            s.euler_at_final = false
+            sampler(s).euler_at_final = false
+        }),
+        ("dpmpp_2s", "stages = lambda", |s| {
+            sampler(s).stages = adeis::compiler::sampler::Stages::Lambda
+        }),
+        ("dpmpp_3s", "stages = lambda", |s| {
+            sampler(s).stages = adeis::compiler::sampler::Stages::Lambda
+        }),
+        ("dpmpp_2m_thresholding", "no [thresholding]", |s| {
+            s.thresholding = None
+        }),
+        ("unipc_disable_corrector", "disable_corrector = []", |s| {
+            sampler(s).disable_corrector.clear()
         }),
     ];
     for (name, what, change) in cases {
@@ -157,7 +177,7 @@ fn each_diffusers_choice_matters() {
         let text = std::fs::read_to_string(case.join("scheduler_config.json")).unwrap();
         let r: Reference = reference(&case);
         let mut spec = translate(&text, r.steps).unwrap().spec;
-        change(spec.sampler.as_mut().unwrap());
+        change(&mut spec);
         let err = max_abs(&run(&spec, &r, &model), &flat(&r.x_0_float64));
         println!("{name} with {what}: {err:.2e} from diffusers");
         assert!(err > 1e-5, "{name} with {what}: {err:.2e}");
@@ -453,5 +473,37 @@ fn time_gradients_hold_with_fixed_model_times() {
             dtimes[i]
         );
         assert!(err < 1e-5, "dL/dt_{i}: {} vs {fd}", dtimes[i]);
+    }
+}
+
+/// The command line applies a config's thresholding and runs the singlestep scheduler.
+#[test]
+fn the_command_line_thresholds_and_runs_singlestep_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["dpmpp_2m_thresholding", "dpmpp_3s", "dpmpp_2s_thresholding"] {
+        let r = reference(&root().join("tests/fixtures/schedulers").join(name));
+        let x = dir.path().join(format!("{name}_x.npy"));
+        adeis::npy::write_npy(&x, &[r.x_t.len(), 2], &flat(&r.x_t), 8).unwrap();
+        let out = dir.path().join(format!("{name}_out.npy"));
+        let steps = r.steps.to_string();
+        let (ok, _, err) = adeis(&[
+            "sample",
+            "--spec",
+            &fixture_config(name),
+            "--steps",
+            &steps,
+            "--model",
+            "gmm:examples/models/ring8.json",
+            "--x-t",
+            x.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--dtype",
+            "f64",
+        ]);
+        assert!(ok, "{name}: {err}");
+        let got = adeis::npy::read_npy(&out).unwrap().data;
+        let e = max_abs(&got, &flat(&r.x_0_float64));
+        assert!(e < 1e-12, "{name}: {e:.2e}");
     }
 }

@@ -30,4 +30,4 @@ pub use problem::Problem;
 pub use program::{Program, ProgramError};
 pub use sampler::{build_plan, build_plan_on, Equation, Method, Prediction, SamplerSpec};
 pub use schedule::{Quantity, Schedule, ScheduleDef, ScheduleError, ScheduleValues};
-pub use spec::{GuidanceSpec, ScheduleSpec, Spec};
+pub use spec::{GuidanceSpec, ScheduleSpec, Spec, ThresholdingSpec};

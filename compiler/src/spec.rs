@@ -33,6 +33,50 @@ pub struct Spec {
     pub gradient: Option<GradientSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<GuidanceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholding: Option<ThresholdingSpec>,
+}
+
+fn d_quantile() -> f64 {
+    0.995
+}
+fn d_max() -> f64 {
+    1.0
+}
+
+/// `[thresholding]`: dynamic thresholding of the data prediction (Imagen; diffusers'
+/// `thresholding = true`): per sample, s is the `quantile` of |x0| (interpolated), clamped to
+/// [1, `max`]; x0 is clipped to [-s, s] and divided by s, and an eps-form sampler gets the eps
+/// of that x0. diffusers' names `dynamic_thresholding_ratio` and `sample_max_value` are read
+/// as aliases.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdingSpec {
+    #[serde(default = "d_quantile", alias = "dynamic_thresholding_ratio")]
+    pub quantile: f64,
+    #[serde(default = "d_max", alias = "sample_max_value")]
+    pub max: f64,
+}
+
+impl ThresholdingSpec {
+    /// Checks the quantile and the cap.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !(0.0..=1.0).contains(&self.quantile) {
+            return Err(FieldError::value(
+                "quantile",
+                self.quantile,
+                "a number from 0 to 1 (diffusers' default dynamic_thresholding_ratio is 0.995)",
+            ));
+        }
+        if !(self.max.is_finite() && self.max >= 1.0) {
+            return Err(FieldError::value(
+                "max",
+                self.max,
+                "a finite number of at least 1 (s is clamped to [1, max]; diffusers' sample_max_value)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[guidance]`: classifier-free guidance, `uncond + scale (cond - uncond)` (diffusers'
@@ -100,6 +144,17 @@ impl Spec {
             Some(g) => {
                 g.validate().map_err(|e| e.under("guidance"))?;
                 Ok(Some(g))
+            }
+        }
+    }
+
+    /// The `[thresholding]` table, checked.
+    pub fn checked_thresholding(&self) -> Result<Option<&ThresholdingSpec>, FieldError> {
+        match &self.thresholding {
+            None => Ok(None),
+            Some(t) => {
+                t.validate().map_err(|e| e.under("thresholding"))?;
+                Ok(Some(t))
             }
         }
     }

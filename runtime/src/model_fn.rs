@@ -15,8 +15,10 @@ pub struct Guidance<E: Dtype, D: Device<E>> {
     pub null_cond: State<E, D>,
 }
 
-/// Dynamic thresholding of the x0 prediction (Imagen): per sample, s = max(1, the `quantile`
-/// of |x0|) capped at `max`; x0 is clipped to [-s, s] and divided by s.
+/// Dynamic thresholding of the x0 prediction (Imagen, and diffusers' `thresholding`): per
+/// sample, s = max(1, the `quantile` of |x0|) capped at `max`; x0 is clipped to [-s, s] and
+/// divided by s. The quantile interpolates linearly between the sorted |x0| (numpy's and
+/// torch's default, as diffusers computes it).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Threshold {
     pub quantile: f64,
@@ -274,21 +276,29 @@ impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M
     }
 }
 
-/// The per-row threshold s and the index of the element it comes from (None when clamped
-/// to 1 or to `max`, where s does not move with x0).
-fn threshold_of(row: &[f64], th: Threshold) -> (f64, Option<usize>) {
+/// The per-row threshold s and the elements it comes from with their weights ds/d|x_k| (none
+/// when it is clamped to 1 or to `max`, where s does not move with x0).
+fn threshold_of(row: &[f64], th: Threshold) -> (f64, Vec<(usize, f64)>) {
     let dim = row.len();
     let mut idx: Vec<usize> = (0..dim).collect();
     idx.sort_by(|&i, &j| row[i].abs().total_cmp(&row[j].abs()));
-    let k = ((th.quantile * (dim as f64 - 1.0)).round() as usize).min(dim - 1);
-    let q = row[idx[k]].abs();
-    let hi = th.max.max(1.0);
+    // torch.quantile's "linear": position q (n - 1) between the two neighbouring order
+    // statistics.
+    let pos = (th.quantile * (dim as f64 - 1.0)).clamp(0.0, dim as f64 - 1.0);
+    let lo = pos.floor() as usize;
+    let hi = (lo + 1).min(dim - 1);
+    let frac = pos - lo as f64;
+    let (a, b) = (row[idx[lo]].abs(), row[idx[hi]].abs());
+    let q = a + frac * (b - a);
+    let cap = th.max.max(1.0);
     if q <= 1.0 {
-        (1.0, None)
-    } else if q >= hi {
-        (hi, None)
+        (1.0, Vec::new())
+    } else if q >= cap {
+        (cap, Vec::new())
+    } else if hi == lo || frac == 0.0 {
+        (q, vec![(idx[lo], 1.0)])
     } else {
-        (q, Some(idx[k]))
+        (q, vec![(idx[lo], 1.0 - frac), (idx[hi], frac)])
     }
 }
 
@@ -307,7 +317,7 @@ pub fn threshold_vjp<E: Dtype, D: Device<E>>(
         .zip(cs.chunks_exact(dim))
         .zip(out.chunks_exact_mut(dim))
     {
-        let (s, k) = threshold_of(row, th);
+        let (s, from) = threshold_of(row, th);
         let mut ds = 0.0; // cot^T dy/ds
         for i in 0..dim {
             if row[i].abs() < s {
@@ -315,8 +325,8 @@ pub fn threshold_vjp<E: Dtype, D: Device<E>>(
                 ds += -crow[i] * row[i] / (s * s);
             }
         }
-        if let Some(k) = k {
-            o[k] += ds * row[k].signum();
+        for (k, w) in from {
+            o[k] += ds * w * row[k].signum();
         }
     }
     x0.like(crate::rows_from_f64(&x0.device(), &out, x0.batch(), dim))

@@ -176,6 +176,85 @@ fn guidance_and_thresholding() {
     assert_eq!(&th[..3], &[1.0, -0.25, 0.1]);
     // Row 2: all |x| < 1: s = 1, unchanged.
     assert_eq!(&th[3..], &[0.1, 0.4, -0.3]);
+    // The quantile interpolates between the sorted |x| = 0.2, 0.5, 3 (torch.quantile): at
+    // 0.95, position 1.9, s = 0.5 + 0.9 (3 - 0.5) = 2.75 below the cap of 5.
+    let th = to_f64(&threshold(
+        &x0,
+        Threshold {
+            quantile: 0.95,
+            max: 5.0,
+        },
+    ));
+    let s = 0.5 + 0.9 * 2.5;
+    for (got, want) in th[..3].iter().zip([1.0, -0.5 / s, 0.2 / s]) {
+        assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+    }
+}
+
+/// The VJP of the thresholded prediction against central differences, in both forms, with the
+/// threshold inside its clamp (moving with two interpolated elements), clamped at the cap, and
+/// at 1.
+#[test]
+fn thresholding_is_differentiated_exactly() {
+    let dev = Cpu::default();
+    let model = GaussianModel {
+        mu: 0.3,
+        s2: 4.0,
+        dim: 7,
+    };
+    let time = TimeInfo {
+        t: 0.3,
+        model_t: 0.3,
+        alpha: 0.8,
+        sigma: 0.6,
+    };
+    let (b, d) = (3, 7);
+    // Row 0 large (s at the cap), row 1 moderate (s interpolated), row 2 small (s = 1).
+    let mut xs = normals(11, 0, b * d);
+    for (k, v) in xs.iter_mut().enumerate() {
+        *v *= [6.0, 1.2, 0.1][k / d];
+    }
+    let cot = normals(12, 0, b * d);
+    let x: State<f64, Cpu> = from_f64(&dev, &xs, b, d);
+    let c: State<f64, Cpu> = from_f64(&dev, &cot, b, d);
+    let mut m = ModelFn::new(&model);
+    m.threshold = Some(Threshold {
+        quantile: 0.7,
+        max: 3.0,
+    });
+    // The threshold of each row from the unthresholded prediction (the 0.7 quantile of |x0|,
+    // position 4.2 of 7 sorted values).
+    let raw = to_f64(&ModelFn::new(&model).predict(&x, None, &time, Pred::Data));
+    let s: Vec<f64> = raw
+        .chunks(d)
+        .map(|r| {
+            let mut a: Vec<f64> = r.iter().map(|v| v.abs()).collect();
+            a.sort_by(f64::total_cmp);
+            a[4] + 0.2 * (a[5] - a[4])
+        })
+        .collect();
+    assert!(
+        s[0] > 3.0 && s[1] > 1.0 && s[1] < 3.0 && s[2] < 1.0,
+        "{s:?}"
+    );
+    for want in [Pred::Data, Pred::Eps] {
+        let got = to_f64(&m.vjp(&x, None, &time, want, &c, None).x);
+        let h = 1e-6;
+        for k in 0..b * d {
+            let at = |dx: f64| {
+                let mut v = xs.clone();
+                v[k] += dx;
+                let p = to_f64(&m.predict(&from_f64(&dev, &v, b, d), None, &time, want));
+                p.iter().zip(&cot).map(|(p, c)| p * c).sum::<f64>()
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            assert!(
+                (got[k] - fd).abs() < 1e-7 * (1.0 + fd.abs()),
+                "{want:?} element {k}: vjp {} vs differences {fd}",
+                got[k]
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Samplers on closed-form models: convergence orders by grid refinement (f64), the known
 //! equivalences, SDE replay, inversion and NFE counts.
 
-use adeis_compiler::sampler::{SolverType, ThirdOrder, UnipcVariant};
+use adeis_compiler::sampler::{SolverType, Stages, ThirdOrder, UnipcVariant};
 use adeis_compiler::{build_plan, Method, Plan, SamplerSpec, Schedule};
 use adeis_runtime::analytic::{GaussianModel, GmmModel};
 use adeis_runtime::noise::normals;
@@ -190,6 +190,39 @@ fn orders_on_gaussian_data() {
                 s
             }),
             vec![20, 40, 80, 160],
+            3.0,
+        ),
+        // diffusers' DPMSolverSinglestepScheduler (stages on the grid), whole groups.
+        (
+            "dpm_solver_pp 2 stages grid",
+            Box::new(|n| {
+                let mut s = spec(Method::DpmSolverPp, 2, n);
+                s.stages = Stages::Grid;
+                s
+            }),
+            vec![40, 80, 160, 320],
+            2.0,
+        ),
+        (
+            "dpm_solver_pp 3 stages grid (heun)",
+            Box::new(|n| {
+                let mut s = spec(Method::DpmSolverPp, 3, n);
+                s.stages = Stages::Grid;
+                s.solver_type = SolverType::Heun;
+                s
+            }),
+            vec![48, 96, 192, 384],
+            3.0,
+        ),
+        (
+            "dpm_solver 3 stages grid (noise, heun)",
+            Box::new(|n| {
+                let mut s = spec(Method::DpmSolver, 3, n);
+                s.stages = Stages::Grid;
+                s.solver_type = SolverType::Heun;
+                s
+            }),
+            vec![48, 96, 192, 384],
             3.0,
         ),
         (

@@ -5,7 +5,7 @@
 //! checkpointing against recording.
 
 use adeis_compiler::grid::GridKind;
-use adeis_compiler::sampler::{SolverType, ThirdOrder, UnipcVariant};
+use adeis_compiler::sampler::{SolverType, Stages, ThirdOrder, UnipcVariant};
 use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, SigmaFormula};
 use adeis_compiler::{
     build_plan, build_plan_on, DiscreteStates, Equation, Method, Prediction, SamplerSpec, Schedule,
@@ -118,6 +118,31 @@ fn every_sampler() -> Vec<(String, SamplerSpec)> {
         data.multistep = Some(false);
         add(&format!("dpm_solver_pp-{order} singlestep"), data);
     }
+    // diffusers' DPMSolverSinglestepScheduler: the stages on the grid, orders 1, 2(, 3) in
+    // groups (7 steps: 1 2 3 1 2 3 1 at order 3; 1 2 1 2 1 2 1 at order 2).
+    for order in 2..=3 {
+        for (method, solver) in [
+            (Method::DpmSolverPp, SolverType::Midpoint),
+            (Method::DpmSolverPp, SolverType::Heun),
+            (Method::DpmSolver, SolverType::Midpoint),
+            (Method::DpmSolver, SolverType::Heun),
+        ] {
+            let mut g = spec(method, order, 7);
+            g.stages = Stages::Grid;
+            g.lower_order_final = true;
+            g.solver_type = solver;
+            add(
+                &format!("{} {order} {solver:?} stages grid", method.name()),
+                g,
+            );
+        }
+    }
+    let mut sde_grid = spec(Method::SdeDpmSolverPp, 2, 6);
+    sde_grid.stages = Stages::Grid;
+    add("sde_dpm_solver_pp 2 stages grid", sde_grid);
+    let mut skip = spec(Method::Unipc, 2, 6);
+    skip.disable_corrector = vec![0, 3];
+    add("unipc 2 disable_corrector [0, 3]", skip);
     for order in 1..=3 {
         add(&format!("deis {order}"), spec(Method::Deis, order, 6));
         for variant in [UnipcVariant::Bh1, UnipcVariant::Bh2] {

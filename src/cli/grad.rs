@@ -42,7 +42,7 @@ enum LossChoice {
 
 pub fn run(args: &GradArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
-    let (problem, guidance) = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
+    let (problem, options) = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
     let loss = match (&args.cot, &args.loss) {
         (Some(_), Some(_)) => bail!("give --cot or --loss, not both"),
@@ -59,10 +59,10 @@ pub fn run(args: &GradArgs) -> Result<()> {
     let dim = x.shape[1];
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| {
-            run_typed::<f32, _>(args, &problem, guidance.as_ref(), m, (&x, &loss))
+            run_typed::<f32, _>(args, &problem, &options, m, (&x, &loss))
         }),
         Dtype::F64 => with_model!(&choice, f64, dim, |m| {
-            run_typed::<f64, _>(args, &problem, guidance.as_ref(), m, (&x, &loss))
+            run_typed::<f64, _>(args, &problem, &options, m, (&x, &loss))
         }),
     }
 }
@@ -70,7 +70,7 @@ pub fn run(args: &GradArgs) -> Result<()> {
 fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     args: &GradArgs,
     problem: &Problem,
-    guidance_spec: Option<&adeis::compiler::GuidanceSpec>,
+    model_options: &super::inputs::SpecModelOptions,
     model: &M,
     (x, loss): (&NpyArray, &LossChoice),
 ) -> Result<()>
@@ -87,7 +87,7 @@ where
             cond: args.cond.as_ref(),
             labels: args.class_labels.as_ref(),
         },
-        guidance_spec,
+        model_options,
         &GuidanceArgs {
             scale: args.guidance_scale,
             null_class: args.null_class,

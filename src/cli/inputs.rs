@@ -133,6 +133,14 @@ pub struct GuidanceArgs {
     pub null_class: Option<usize>,
 }
 
+/// What a spec says about the model as the solvers call it: its `[guidance]` and
+/// `[thresholding]` tables.
+#[derive(Clone, Debug, Default)]
+pub struct SpecModelOptions {
+    pub guidance: Option<adeis::compiler::GuidanceSpec>,
+    pub thresholding: Option<adeis::compiler::ThresholdingSpec>,
+}
+
 /// A run's conditioning and its model as the solvers call it.
 type Conditioned<'a, E, M> = (
     Option<State<E, Cpu>>,
@@ -140,13 +148,13 @@ type Conditioned<'a, E, M> = (
 );
 
 /// The conditioning of a run (see [`conditioning`]) and the model as the solvers call it, with
-/// the run's classifier-free guidance: `--guidance-scale` / `--null-class`, else the spec's
-/// `[guidance]` table; none without either.
+/// the run's classifier-free guidance (`--guidance-scale` / `--null-class`, else the spec's
+/// `[guidance]` table; none without either) and the spec's dynamic thresholding.
 pub fn conditioned_model<'a, E: Dtype, M: CommandModel<E>>(
     model: &'a M,
     x: &State<E, Cpu>,
     cond: &CondArgs,
-    spec: Option<&adeis::compiler::GuidanceSpec>,
+    spec: &SpecModelOptions,
     args: &GuidanceArgs,
 ) -> Result<Conditioned<'a, E, M>>
 where
@@ -154,7 +162,14 @@ where
 {
     let z = conditioning(model, x, cond)?;
     let mut f = adeis::runtime::ModelFn::new(model);
-    f.guidance = guidance(model, x, z.as_ref(), spec, args)?;
+    f.guidance = guidance(model, x, z.as_ref(), spec.guidance.as_ref(), args)?;
+    f.threshold = spec
+        .thresholding
+        .as_ref()
+        .map(|t| adeis::runtime::Threshold {
+            quantile: t.quantile,
+            max: t.max,
+        });
     Ok((z, f))
 }
 

@@ -43,7 +43,7 @@ pub fn load_problem(
     steps: Option<usize>,
     command: &str,
     model: &model::ModelChoice,
-) -> Result<(Problem, Option<adeis::compiler::GuidanceSpec>)> {
+) -> Result<(Problem, inputs::SpecModelOptions)> {
     let loaded = adeis::spec_file::load_spec_file(path, steps)?;
     let mut spec = loaded.spec;
     if spec.schedule.is_none() {
@@ -69,7 +69,13 @@ pub fn load_problem(
         );
     }
     let problem = Problem::from_spec(&spec).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    Ok((problem, spec.guidance))
+    Ok((
+        problem,
+        inputs::SpecModelOptions {
+            guidance: spec.guidance,
+            thresholding: spec.thresholding,
+        },
+    ))
 }
 
 /// Reads a [batch, dim] array.

@@ -59,23 +59,15 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         }
     }
     let choice = parse_model(&args.model)?;
-    let (problem, guidance) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
+    let (problem, options) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
     let dim = x.shape[1];
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| run_typed::<f32, _>(
-            args,
-            &problem,
-            guidance.as_ref(),
-            m,
-            &x
+            args, &problem, &options, m, &x
         )),
         Dtype::F64 => with_model!(&choice, f64, dim, |m| run_typed::<f64, _>(
-            args,
-            &problem,
-            guidance.as_ref(),
-            m,
-            &x
+            args, &problem, &options, m, &x
         )),
     }
 }
@@ -83,7 +75,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
 fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     args: &SampleArgs,
     problem: &Problem,
-    guidance_spec: Option<&adeis::compiler::GuidanceSpec>,
+    model_options: &super::inputs::SpecModelOptions,
     model: &M,
     x: &NpyArray,
 ) -> Result<()>
@@ -99,7 +91,7 @@ where
             cond: args.cond.as_ref(),
             labels: args.class_labels.as_ref(),
         },
-        guidance_spec,
+        model_options,
         &GuidanceArgs {
             scale: args.guidance_scale,
             null_class: args.null_class,

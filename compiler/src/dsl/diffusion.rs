@@ -233,7 +233,7 @@ impl DiffusionDecl {
                     OptValue::Num(v, _) => sp.rho = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
                 },
-                "grid" | "solver_type" | "variant" | "third_order" | "deis_basis" => {
+                "grid" | "solver_type" | "variant" | "third_order" | "deis_basis" | "stages" => {
                     let OptValue::Word(w) = &o.value else {
                         return Err(syn::Error::new(
                             o.value.span(),
@@ -276,6 +276,15 @@ impl DiffusionDecl {
                                 &[
                                     ("t", crate::sampler::DeisBasis::T),
                                     ("log_rho", crate::sampler::DeisBasis::LogRho),
+                                ],
+                            )?
+                        }
+                        "stages" => {
+                            sp.stages = word(
+                                w,
+                                &[
+                                    ("lambda", crate::sampler::Stages::Lambda),
+                                    ("grid", crate::sampler::Stages::Grid),
                                 ],
                             )?
                         }
@@ -327,6 +336,7 @@ impl DiffusionDecl {
                         "third_order",
                         "variant",
                         "deis_basis",
+                        "stages",
                         "corrector",
                         "lower_order_final",
                         "denoise_to_zero",
@@ -631,6 +641,7 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     let third_order = variant(krate, quote!(sampler::ThirdOrder), &sp.third_order);
     let unipc_variant = variant(krate, quote!(sampler::UnipcVariant), &sp.variant);
     let deis_basis = variant(krate, quote!(sampler::DeisBasis), &sp.deis_basis);
+    let stages = variant(krate, quote!(sampler::Stages), &sp.stages);
     let equation = match &sp.equation {
         Some(e) => {
             let e = variant(krate, quote!(Equation), e);
@@ -660,6 +671,8 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
             variant: #unipc_variant,
             deis_basis: #deis_basis,
             corrector: #corrector,
+            disable_corrector: ::std::vec::Vec::new(),
+            stages: #stages,
             lower_order_final: #lower_order_final,
             denoise_to_zero: #denoise_to_zero,
             count_final_step: #count_final_step,

@@ -3,7 +3,9 @@
 //!
 //! Each family is one module behind the small [`Family`] trait (its orders, the model-output
 //! form it works in, the steps it emits into the plan): [`multistep`] (DDIM, DPM-Solver,
-//! DPM-Solver++ and their SDE forms), [`singlestep`] (DPM-Solver-2/-3), [`deis`] and [`unipc`].
+//! DPM-Solver++ and their SDE forms), [`singlestep`] (DPM-Solver-2/-3), [`grid_stages`]
+//! (singlestep with its stages on the grid, diffusers' singlestep scheduler), [`deis`] and
+//! [`unipc`].
 //! A new sampler is a new module plus one line in [`Method::family`]. The affine coefficients
 //! are formulas in the step's alpha, sigma and lambda values ([`formulas`]), compiled once by
 //! the JIT; DEIS integrates its Lagrange basis by quadrature and UniPC solves its small order
@@ -13,6 +15,8 @@
 mod deis;
 mod dual;
 pub mod formulas;
+mod grid_stages;
+pub use grid_stages::grid_orders;
 mod multistep;
 mod singlestep;
 mod unipc;
@@ -159,6 +163,24 @@ impl DeisBasis {
     }
 }
 
+/// Where a singlestep DPM-Solver evaluates the model between its steps' ends: at fractions of
+/// each step in lambda (the DPM-Solver paper's DPM-Solver-2 and -3), or at the grid's own
+/// points (diffusers' `DPMSolverSinglestepScheduler`: a step of order k spans k grid intervals,
+/// one evaluation per grid point, the orders 1, 2, .., k repeating).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stages {
+    #[default]
+    Lambda,
+    Grid,
+}
+
+impl Stages {
+    fn is_lambda(&self) -> bool {
+        *self == Stages::Lambda
+    }
+}
+
 fn d_true() -> bool {
     true
 }
@@ -207,6 +229,13 @@ pub struct SamplerSpec {
     /// UniPC's corrector (UniC).
     #[serde(default = "d_true")]
     pub corrector: bool,
+    /// UniPC: the steps (counted from 0) after which the corrector is skipped, as diffusers'
+    /// `disable_corrector`: with k listed, x_{k+1} keeps its predicted value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable_corrector: Vec<usize>,
+    /// Singlestep DPM-Solver: intermediate points in lambda or at the grid's points.
+    #[serde(default, skip_serializing_if = "Stages::is_lambda")]
+    pub stages: Stages,
     /// Lower the order of the last steps when steps < 15.
     #[serde(default = "d_true")]
     pub lower_order_final: bool,
@@ -267,6 +296,8 @@ impl SamplerSpec {
             variant: UnipcVariant::Bh2,
             deis_basis: DeisBasis::T,
             corrector: true,
+            disable_corrector: Vec::new(),
+            stages: Stages::Lambda,
             lower_order_final: true,
             denoise_to_zero: false,
             count_final_step: false,
@@ -289,8 +320,10 @@ impl SamplerSpec {
     }
 
     pub fn is_multistep(&self) -> bool {
-        self.multistep
-            .unwrap_or(!matches!(self.method, Method::DpmSolver))
+        self.stages == Stages::Lambda
+            && self
+                .multistep
+                .unwrap_or(!matches!(self.method, Method::DpmSolver))
     }
 
     /// Checks the choices against each other (not against a schedule).
@@ -359,8 +392,38 @@ impl SamplerSpec {
                 "a sampler needs at least 1 step",
             ));
         }
-        if sde && !self.is_multistep() && self.order > 1 {
-            return err("multistep", "the SDE samplers are multistep".into());
+        if self.stages == Stages::Grid {
+            if !matches!(
+                self.method,
+                Method::DpmSolver | Method::DpmSolverPp | Method::SdeDpmSolverPp
+            ) {
+                return err(
+                    "stages",
+                    format!(
+                        "\"grid\" is singlestep DPM-Solver's (dpm_solver, dpm_solver_pp, sde_dpm_solver_pp); method `{}` has no stages",
+                        self.method.name()
+                    ),
+                );
+            }
+            if self.multistep == Some(true) {
+                return err(
+                    "stages",
+                    "\"grid\" makes DPM-Solver singlestep; remove `multistep = true`".into(),
+                );
+            }
+        }
+        if sde && !self.is_multistep() && self.order > 1 && self.stages == Stages::Lambda {
+            return err(
+                "multistep",
+                "the SDE samplers are multistep (or singlestep with stages = \"grid\")".into(),
+            );
+        }
+        let unipc_corrects = self.method == Method::Unipc && self.corrector;
+        if !self.disable_corrector.is_empty() && !unipc_corrects {
+            return err(
+                "disable_corrector",
+                "skips UniPC's corrector after the steps listed; it needs method = \"unipc\" with its corrector on".into(),
+            );
         }
         if let (false, Some(why)) = (self.is_multistep(), self.method.family().multistep_only()) {
             return err("multistep", why.into());
@@ -407,7 +470,7 @@ impl SamplerSpec {
                     "gives the network's time at each point of an explicit grid: it needs `times` or `train_indices`".into(),
                 );
             }
-            if !self.is_multistep() && self.order > 1 {
+            if !self.is_multistep() && self.order > 1 && self.stages == Stages::Lambda {
                 return err(
                     "model_times",
                     "a singlestep sampler evaluates the model between the grid points too, where no model time is given".into(),
@@ -482,6 +545,7 @@ impl SamplerSpec {
             "lower_order_final" => self.lower_order_final != d.lower_order_final,
             "euler_at_final" => self.euler_at_final,
             "count_final_step" => self.count_final_step,
+            "stages" => self.stages != d.stages,
             "rho" => self.rho != d.rho,
             // With an explicit grid, a `steps` that agrees with its length says nothing wrong.
             "steps" => {
@@ -523,6 +587,9 @@ impl SamplerSpec {
                         "`multistep` chooses between DPM-Solver's multistep and singlestep forms; method `{m}` has one form"
                     ))
                 }
+                "stages" if self.order < 2 => Some(
+                    "`stages` places a singlestep step's intermediate points; order 1 has none".into(),
+                ),
                 "lower_order_final" | "euler_at_final" | "count_final_step" if self.order < 2 => {
                     Some(format!("`{key}` lowers the order of the last steps; order 1 has nothing to lower"))
                 }
@@ -674,46 +741,61 @@ impl PlanRun<'_> {
     /// `stages`), from its partial derivatives in the step variables.
     pub fn step_sens(&self, i: usize, partials: &VarPartials, stages: &[Stage]) -> GridSens {
         // Where each variable of `formulas::VARS` comes from: a grid point (offset from i)
-        // or a stage, and the quantity.
-        enum From {
-            Grid(isize),
-            Stage(usize),
-        }
-        const SOURCE: [(From, u8); 13] = [
-            (From::Grid(0), b'a'),
-            (From::Grid(0), b's'),
-            (From::Grid(0), b'l'),
-            (From::Grid(1), b'a'),
-            (From::Grid(1), b's'),
-            (From::Grid(1), b'l'),
-            (From::Grid(-1), b'l'),
-            (From::Grid(-2), b'l'),
-            (From::Grid(-1), b'a'),
-            (From::Stage(0), b'a'),
-            (From::Stage(0), b's'),
-            (From::Stage(1), b'a'),
-            (From::Stage(1), b's'),
+        // or a stage.
+        const OFFSETS: [Option<isize>; 13] = [
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(-1),
+            Some(-2),
+            Some(-1),
+            None,
+            None,
+            None,
+            None,
         ];
+        let at = OFFSETS.map(|o| o.map(|off| (i as isize + off) as usize));
+        self.sens_of(partials, &at, stages)
+    }
+
+    /// As [`PlanRun::step_sens`] for a coefficient whose variables all sit at grid points:
+    /// `at[k]` is the grid point of variable k of `formulas::VARS` (None: not used).
+    pub fn grid_point_sens(&self, partials: &VarPartials, at: &[Option<usize>; 13]) -> GridSens {
+        self.sens_of(partials, at, &[])
+    }
+
+    /// The sensitivity of a coefficient from its partials in the step variables: variable k
+    /// is the quantity its name starts with (alpha, sigma, lambda) at grid point `at[k]`, or,
+    /// where `at[k]` is None, at stage 0 (a_u1, s_u1) or 1 (a_u2, s_u2).
+    fn sens_of(
+        &self,
+        partials: &VarPartials,
+        at: &[Option<usize>; 13],
+        stages: &[Stage],
+    ) -> GridSens {
         let n_grid = self.b.grid_len();
         let mut sens: GridSens = Vec::new();
         let mut add = |j: usize, d: f64| match sens.iter_mut().find(|(g, _)| *g == j) {
             Some((_, acc)) => *acc += d,
             None => sens.push((j, d)),
         };
-        for (k, (from, q)) in SOURCE.iter().enumerate() {
+        for (k, name) in formulas::VARS.iter().enumerate() {
             let p = partials[k];
             if p == 0.0 {
                 continue;
             }
+            let q = name.as_bytes()[0];
             // The variable's partials in the parameters at its (fixed) time.
             let pick = |pp: &ParamPartials| match q {
                 b'a' => pp.alpha,
                 b's' => pp.sigma,
                 _ => pp.lambda,
             };
-            match from {
-                From::Grid(off) => {
-                    let j = (i as isize + off) as usize;
+            match at[k] {
+                Some(j) => {
                     let d = self.b.grid_derivs(j);
                     let dv = match q {
                         b'a' => d.alpha,
@@ -721,13 +803,13 @@ impl PlanRun<'_> {
                         _ => self.vals[j].dlambda_dt,
                     };
                     add(j, p * dv);
-                    for (k, pp) in self.b.grid_params(j).iter().enumerate() {
-                        add(n_grid + k, p * pick(pp));
+                    for (m, pp) in self.b.grid_params(j).iter().enumerate() {
+                        add(n_grid + m, p * pick(pp));
                     }
                 }
-                From::Stage(u) => {
-                    let st = &stages[*u];
-                    let dv = if *q == b'a' {
+                None => {
+                    let st = &stages[(k - 9) / 2];
+                    let dv = if q == b'a' {
                         st.derivs.alpha
                     } else {
                         st.derivs.sigma
@@ -735,8 +817,8 @@ impl PlanRun<'_> {
                     for (j, w) in &st.time_sens {
                         add(*j, p * dv * w);
                     }
-                    for (k, pp) in st.params.iter().enumerate() {
-                        add(n_grid + k, p * pick(pp));
+                    for (m, pp) in st.params.iter().enumerate() {
+                        add(n_grid + m, p * pick(pp));
                     }
                 }
             }
@@ -823,9 +905,16 @@ fn describe(spec: &SamplerSpec, grid: &[f64]) -> String {
     if spec.effective_equation() == Equation::Sde {
         s.push_str(" (SDE)");
     }
-    if matches!(spec.method, Method::DpmSolver | Method::DpmSolverPp) && spec.order > 1 {
+    if matches!(
+        spec.method,
+        Method::DpmSolver | Method::DpmSolverPp | Method::SdeDpmSolverPp
+    ) && spec.order > 1
+        && !(spec.method == Method::SdeDpmSolverPp && spec.is_multistep())
+    {
         s.push_str(if spec.is_multistep() {
             " multistep"
+        } else if spec.stages == Stages::Grid {
+            " singlestep on the grid's points"
         } else {
             " singlestep"
         });
@@ -867,6 +956,29 @@ pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, Field
                 ),
             ));
         }
+    }
+    if let Some(k) = spec
+        .disable_corrector
+        .iter()
+        .find(|k| **k >= grid.len() - 1)
+    {
+        return Err(FieldError::value(
+            "disable_corrector",
+            k,
+            format!("steps of this grid: 0 to {}", grid.len() - 2),
+        ));
+    }
+    let steps = grid.len() - 1 + usize::from(spec.count_final_step);
+    if spec.stages == Stages::Grid && !spec.lower_order_final && !steps.is_multiple_of(spec.order) {
+        return Err(FieldError::new(
+            "lower_order_final",
+            format!(
+                "false with stages = \"grid\": the {steps} steps{} do not split into groups of order {}; use a multiple of {} steps or lower_order_final = true (diffusers switches it on in this case)",
+                if spec.count_final_step { " (the final one counted)" } else { "" },
+                spec.order,
+                spec.order
+            ),
+        ));
     }
     let sens = made.then(|| grid_param_sens(schedule, &spec.grid, spec.rho, &grid));
     let mut plan = build_plan_on(schedule, spec, grid);
@@ -926,6 +1038,8 @@ fn check_finite(plan: &Plan) -> Result<(), FieldError> {
 pub fn build_plan_on(schedule: &Schedule, spec: &SamplerSpec, grid: Vec<f64>) -> Plan {
     let family: &dyn Family = if spec.is_multistep() || spec.order == 1 {
         spec.method.family()
+    } else if spec.stages == Stages::Grid {
+        &grid_stages::GridStages
     } else {
         &singlestep::Singlestep
     };

@@ -72,7 +72,7 @@ static NOISE3_REFERENCE: FormulaSet = FormulaSet::new(
     &["A", "B0", "B1", "B2"],
 );
 
-static DATA1: FormulaSet =
+pub(super) static DATA1: FormulaSet =
     FormulaSet::new("data1", DATA_BASE, &[("B0", "-a_t * phi1")], &["A", "B0"]);
 
 static DATA2_MIDPOINT: FormulaSet = FormulaSet::new(
@@ -157,7 +157,7 @@ const SDE_DATA_BASE: &[(&str, &str)] = &[
 ];
 
 /// SDE-DPM-Solver++ 1 (data form).
-static SDE_DATA1: FormulaSet = FormulaSet::new(
+pub(super) static SDE_DATA1: FormulaSet = FormulaSet::new(
     "sde_data1",
     SDE_DATA_BASE,
     &[("B0", "q")],

@@ -28,7 +28,9 @@ impl Family for Unipc {
         for i in 0..run.n {
             run.b.set_step(i);
             let o = run.b.eval(run.x, Pred::Data);
-            if let (true, Some((prev_x, prev_i, prev_order))) = (spec.corrector, last) {
+            // diffusers' `disable_corrector`: the corrector after step k is skipped for k listed.
+            let corrects = spec.corrector && !spec.disable_corrector.contains(&i.wrapping_sub(1));
+            if let (true, Some((prev_x, prev_i, prev_order))) = (corrects, last) {
                 // UniC: correct x_i from x_{i-1} with the outputs up to m_i (evaluated at the
                 // predicted x_i, and kept for the next step).
                 let step = UnipcStep {
