@@ -27,7 +27,7 @@ pub mod spec_file;
 #[doc(inline)]
 pub use adeis_compiler as compiler;
 #[doc(inline)]
-pub use adeis_io::{npy, safetensors};
+pub use adeis_io::{npy, safetensors, Outputs};
 #[doc(inline)]
 pub use adeis_runtime as runtime;
 pub use error::Error;

@@ -773,3 +773,125 @@ fn check_prints_the_derived_plans() {
     let (ok, _, err) = adeis(&["check", "examples/specs/does_not_exist.toml"]);
     assert!(!ok && err.contains("does_not_exist.toml"), "{err}");
 }
+
+/// Ctrl-C is honoured within one step at any number of steps: a sample of 100000 steps on a
+/// large batch (about 20 minutes of work) stops within a step of the signal, says where, and writes no
+/// output.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_a_long_sample_within_a_step() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (ok, _, err) = adeis(&[
+        "noise",
+        "--shape",
+        "20000,2",
+        "--seed",
+        "3",
+        "--out",
+        &path("x.npy"),
+    ]);
+    assert!(ok, "{err}");
+    std::fs::write(
+        path("long.toml"),
+        "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 100000\n",
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_adeis"))
+        .args([
+            "sample",
+            "--spec",
+            &path("long.toml"),
+            "--model",
+            "gmm:examples/models/ring8.json",
+            "--x-t",
+            &path("x.npy"),
+            "--out",
+            &path("out.npy"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let waited = signalled.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("interrupted during step"), "{err}");
+    // One step of this run takes about 10 ms here, the whole run about 20 minutes.
+    assert!(
+        waited < Duration::from_secs(5),
+        "stopped {waited:?} after the signal"
+    );
+    assert!(!dir.path().join("out.npy").exists());
+}
+
+/// A run whose recorded states would not fit in memory is refused before anything is
+/// allocated, saying how much and what to use instead (it was killed by the kernel).
+#[test]
+fn runs_that_would_not_fit_in_memory_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (ok, _, err) = adeis(&[
+        "noise",
+        "--shape",
+        "20000,20",
+        "--seed",
+        "3",
+        "--out",
+        &path("x.npy"),
+    ]);
+    assert!(ok, "{err}");
+    // 100001 states of 1.5 MiB: about 150 GiB, far beyond this machine (and CI's).
+    std::fs::write(
+        path("long.toml"),
+        "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 100000\n",
+    )
+    .unwrap();
+    let (ok, _, err) = adeis(&[
+        "grad",
+        "--spec",
+        &path("long.toml"),
+        "--model",
+        "gaussian:mu=1",
+        "--x-t",
+        &path("x.npy"),
+        "--cot",
+        &path("x.npy"),
+        "--out-dir",
+        &path("g"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("gradient.states = \"record\" keeps 100001 states of 1.53 MiB each")
+            && err.contains("use states = \"checkpoint\""),
+        "{err}"
+    );
+    assert!(!dir.path().join("g").exists());
+    let (ok, _, err) = adeis(&[
+        "sample",
+        "--spec",
+        &path("long.toml"),
+        "--model",
+        "gaussian:mu=1",
+        "--x-t",
+        &path("x.npy"),
+        "--out",
+        &path("o.npy"),
+        "--trajectory",
+        &path("t.npy"),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--trajectory keeps 100001 states"), "{err}");
+    assert!(!dir.path().join("o.npy").exists());
+}

@@ -153,6 +153,24 @@ fn load(text: &str, format: SpecFormat) -> String {
     }
 }
 
+/// A `schedule!` declaration, as tests/dsl.rs writes one.
+const DSL_SCHEDULE: &str = "pub DeclaredVp(beta_min = 0.1, beta_max = 20.0) {
+    log_alpha(t) = -(beta_max - beta_min) / 4.0 * t^2 - beta_min / 2.0 * t;
+    log_sigma(t) = 0.5 * ln(-expm1(2.0 * log_alpha(t)));
+    t in [1e-3, 1.0];
+}";
+
+/// A `diffusion!` declaration with every section.
+const DSL_DIFFUSION: &str = "pub OnDeclared {
+    schedule: vp_linear,
+    equation: ode,
+    prediction: eps,
+    sampler: dpm_solver_pp(order = 2, steps = 15, grid = logsnr, stages = lambda),
+    gradient: discrete(states = checkpoint, checkpoints = 3),
+    wrt: [x_t, cond],
+    loss: squared_norm,
+}";
+
 proptest! {
     #![proptest_config(config(1500))]
 
@@ -180,6 +198,21 @@ proptest! {
         let json = serde_json::to_string(&toml::from_str::<toml::Value>(SPEC_TOML).unwrap()).unwrap();
         let err = load(&apply(&json, &e), SpecFormat::Json);
         prop_assert!(err.is_empty() || err.len() > 10, "{err}");
+    }
+
+    /// Mutations of the DSL's declarations (what `schedule!` and `diffusion!` receive): the
+    /// expansion is code or a compile error at a span, never a panic in the macro.
+    #[test]
+    fn mutated_dsl_declarations_never_panic(e in edits(), which in 0usize..2) {
+        let (decl, expand): (&str, fn(proc_macro2::TokenStream) -> proc_macro2::TokenStream) = [
+            (DSL_SCHEDULE, adeis::compiler::dsl::expand_schedule as fn(_) -> _),
+            (DSL_DIFFUSION, adeis::compiler::dsl::diffusion::expand_diffusion as fn(_) -> _),
+        ][which];
+        let text = format!("::adeis; {}", apply(decl, &e));
+        if let Ok(tokens) = text.parse::<proc_macro2::TokenStream>() {
+            let out = expand(tokens).to_string();
+            prop_assert!(!out.is_empty());
+        }
     }
 
     /// Mutations of diffusers' own scheduler configs.
@@ -218,5 +251,23 @@ proptest! {
                 prop_assert!(err.to_string().starts_with(&path), "{err}");
             }
         }
+    }
+}
+
+/// The fuzzed declarations expand as they are (so the mutations start from valid input).
+#[test]
+fn the_dsl_seeds_expand() {
+    for (decl, expand) in [
+        (
+            DSL_SCHEDULE,
+            adeis::compiler::dsl::expand_schedule as fn(_) -> proc_macro2::TokenStream,
+        ),
+        (
+            DSL_DIFFUSION,
+            adeis::compiler::dsl::diffusion::expand_diffusion as fn(_) -> _,
+        ),
+    ] {
+        let out = expand(format!("::adeis; {decl}").parse().unwrap()).to_string();
+        assert!(!out.contains("compile_error"), "{out}");
     }
 }

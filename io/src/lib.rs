@@ -34,38 +34,116 @@ pub fn peak_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The memory this machine can give a new allocation without swapping, in bytes (Linux:
+/// MemAvailable from /proc/meminfo), if known.
+pub fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Writes `bytes` to `path` whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    if path.file_name().is_none() {
-        return Err(IoError::new(path, "not a file path"));
+    let mut one = Outputs::new();
+    one.stage(path, bytes)?;
+    one.commit().map(|_| ())
+}
+
+/// A command's outputs written all or nothing: each is staged as a temporary file beside its
+/// target (written and synced), and [`Outputs::commit`] renames them into place one after
+/// another once all exist. Dropped before the commit (an error, an interrupt), the staged files
+/// are removed and no output appears.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    staged: Vec<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl Outputs {
+    pub fn new() -> Outputs {
+        Outputs::default()
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".adeis-partial-");
-    // A temporary file is private (0600); the output is an ordinary file, so it gets the mode
-    // std::fs::write would give it (0666 less the umask).
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
+
+    /// Stages `bytes` for `path`; a path staged twice is an error (one output over another).
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+        if path.file_name().is_none() {
+            return Err(IoError::new(path, "not a file path"));
+        }
+        if self.staged.iter().any(|(_, p)| p == path) {
+            return Err(IoError::new(
+                path,
+                "given for two outputs of this command; give each its own path",
+            ));
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".adeis-partial-");
+        // A temporary file is private (0600); the output is an ordinary file, so it gets the
+        // mode std::fs::write would give it (0666 less the umask).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let mut tmp = builder
+            .tempfile_in(dir)
+            .map_err(|e| IoError::new(path, e))?;
+        tmp.write_all(bytes).map_err(|e| IoError::new(path, e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| IoError::new(path, e))?;
+        self.staged.push((tmp, path.to_path_buf()));
+        Ok(())
     }
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .map_err(|e| IoError::new(path, e))?;
-    tmp.write_all(bytes).map_err(|e| IoError::new(path, e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| IoError::new(path, e))?;
-    tmp.persist(path).map_err(|e| IoError::new(path, e.error))?;
-    Ok(())
+
+    /// Renames every staged file into place; returns the paths, in staging order.
+    pub fn commit(self) -> Result<Vec<PathBuf>, IoError> {
+        let mut done = Vec::with_capacity(self.staged.len());
+        for (tmp, path) in self.staged {
+            tmp.persist(&path)
+                .map_err(|e| IoError::new(&path, e.error))?;
+            done.push(path);
+        }
+        Ok(done)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outputs appear together at the commit; a failure on one, or no commit, leaves none of
+    /// them and no temporary file.
+    #[test]
+    fn outputs_are_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.json"));
+        let listing = || std::fs::read_dir(dir.path()).unwrap().count();
+        let mut out = Outputs::new();
+        out.stage(&a, b"first").unwrap();
+        let e = out
+            .stage(&dir.path().join("no-such-folder/b.json"), b"second")
+            .unwrap_err();
+        assert!(e.path.ends_with("no-such-folder/b.json"), "{e}");
+        drop(out);
+        assert_eq!(listing(), 0, "a failed command left files");
+        let mut out = Outputs::new();
+        out.stage(&a, b"first").unwrap();
+        assert!(out
+            .stage(&a, b"again")
+            .unwrap_err()
+            .message
+            .contains("two outputs"));
+        out.stage(&b, b"second").unwrap();
+        assert!(!a.exists() && !b.exists());
+        assert_eq!(out.commit().unwrap(), vec![a.clone(), b.clone()]);
+        assert_eq!(std::fs::read(&a).unwrap(), b"first");
+        assert_eq!(std::fs::read(&b).unwrap(), b"second");
+        assert_eq!(listing(), 2);
+    }
 
     /// The output is whole, and an ordinary file: the mode std::fs::write gives (not the
     /// temporary file's private 0600).

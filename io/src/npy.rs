@@ -212,6 +212,11 @@ fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
 
 /// Writes `data` with `shape` as f32 (word 4) or f64 (word 8), atomically.
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Result<(), IoError> {
+    write_atomic(path, &npy_bytes(shape, data, word))
+}
+
+/// The .npy file of `data` with `shape` as f32 (word 4) or f64 (word 8).
+pub fn npy_bytes(shape: &[usize], data: &[f64], word: usize) -> Vec<u8> {
     assert_eq!(shape.iter().product::<usize>(), data.len(), "npy shape");
     let mut bytes = header(if word == 4 { "<f4" } else { "<f8" }, shape);
     for v in data {
@@ -221,7 +226,7 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f64], word: usize) -> Res
             bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    write_atomic(path, &bytes)
+    bytes
 }
 
 /// Writes integers (class labels) as int64, atomically.

@@ -17,6 +17,11 @@ pub struct NamedTensor {
 
 /// Writes tensors to a safetensors file, atomically. `word` is 4 (F32) or 8 (F64).
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> Result<(), IoError> {
+    write_atomic(path, &safetensors_bytes(tensors, word))
+}
+
+/// The safetensors file of `tensors`. `word` is 4 (F32) or 8 (F64).
+pub fn safetensors_bytes(tensors: &[NamedTensor], word: usize) -> Vec<u8> {
     let dtype = if word == 4 { "F32" } else { "F64" };
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
@@ -50,7 +55,29 @@ pub fn write_safetensors(path: &Path, tensors: &[NamedTensor], word: usize) -> R
     bytes.extend_from_slice(&(text.len() as u64).to_le_bytes());
     bytes.extend_from_slice(text.as_bytes());
     bytes.extend_from_slice(&body);
-    write_atomic(path, &bytes)
+    bytes
+}
+
+/// What is wrong with a safetensors file, in words (the crate's errors are variant names such
+/// as `InvalidHeaderLength`).
+pub fn explain(e: &::safetensors::SafeTensorError) -> String {
+    use ::safetensors::SafeTensorError as E;
+    match e {
+        E::HeaderTooSmall => "shorter than the 8 bytes of a safetensors header length (truncated, or not a safetensors file)".into(),
+        E::InvalidHeaderLength => "its header length runs past the end of the file (truncated, or not a safetensors file)".into(),
+        E::HeaderTooLarge => "its header is larger than 100 MB (not a safetensors file)".into(),
+        E::InvalidHeader => "its header is not UTF-8 text (not a safetensors file)".into(),
+        E::InvalidHeaderStart => "its header does not start with `{` (not a safetensors file)".into(),
+        E::InvalidHeaderDeserialization => "its header is not the JSON a safetensors file has".into(),
+        E::JsonError(j) => format!("its header is not valid JSON: {j}"),
+        E::TensorNotFound(name) => format!("it has no tensor `{name}`"),
+        E::TensorInvalidInfo => "a tensor's shape and dtype do not match its byte range".into(),
+        E::InvalidOffset(name) => format!("tensor `{name}`'s byte range is outside the data or overlaps another's"),
+        E::InvalidTensorView(dtype, shape, len) => format!("a {dtype:?} tensor of shape {shape:?} cannot hold {len} bytes"),
+        E::MetadataIncompleteBuffer => "its tensors do not cover the data exactly (truncated, or extra bytes at the end)".into(),
+        E::ValidationOverflow => "a tensor's shape overflows when multiplied out".into(),
+        E::IoError(io) => io.to_string(),
+    }
 }
 
 /// Tensors by name: (shape, values).
@@ -86,8 +113,12 @@ pub fn read_stored_bytes(
     bytes: &[u8],
     path: &Path,
 ) -> Result<BTreeMap<String, StoredTensor>, IoError> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| IoError::new(path, format!("not a valid safetensors file: {e:?}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        IoError::new(
+            path,
+            format!("not a valid safetensors file: {}", explain(&e)),
+        )
+    })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
@@ -125,4 +156,36 @@ fn words<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
     data.chunks_exact(N)
         .map(|c| f(c.try_into().expect("chunks of N bytes")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broken file's error says what is wrong in words, not the crate's variant names.
+    #[test]
+    fn broken_files_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let whole = safetensors_bytes(
+            &[NamedTensor {
+                name: "w".into(),
+                shape: vec![2, 3],
+                data: vec![1.0; 6],
+            }],
+            4,
+        );
+        for (bytes, want) in [
+            (&b"garbage"[..], "shorter than the 8 bytes"),
+            (&whole[..20], "header length runs past the end"),
+            (&whole[..whole.len() - 4], "do not cover the data exactly"),
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            let e = read_safetensors(&path).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains("Invalid") && !e.contains("Header"), "{e}");
+        }
+        std::fs::write(&path, &whole).unwrap();
+        assert_eq!(read_safetensors(&path).unwrap()["w"].0, vec![2, 3]);
+    }
 }

@@ -132,6 +132,8 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                     pred,
                     step,
                 } => {
+                    // Ctrl-C is honoured within one model evaluation, at any number of steps.
+                    crate::interrupt::check_with(|| format!("step {step} of the sampler"))?;
                     let x = slots.states.get(input).expect("plan order");
                     let o = self.model.predict(x, self.z, time, *pred);
                     self.nfe += 1;

@@ -27,3 +27,11 @@ pub fn check(during: &str) -> Result<(), RuntimeError> {
     }
     Ok(())
 }
+
+/// As [`check`], naming the work only when it stops (no allocation on the hot path).
+pub fn check_with(during: impl FnOnce() -> String) -> Result<(), RuntimeError> {
+    if requested() {
+        return Err(RuntimeError::Interrupted { during: during() });
+    }
+    Ok(())
+}

@@ -140,6 +140,7 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                 let x_copy = x.with_empty_tape();
                 let zt = z.map(|z| z.leaky_trace());
                 let params = ParamGrads::when(wrt.params);
+                crate::interrupt::check("the taped sampler")?;
                 nfe += 1;
                 let o = if timed {
                     let leaves = TimeLeaves::at(&x.device().clone(), time);

@@ -6,15 +6,18 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use adeis::bench::peak_memory_bytes;
-use adeis::npy::{write_npy, NpyArray};
+use adeis::npy::{npy_bytes, NpyArray};
 use adeis::prelude::*;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::mse;
 use adeis::runtime::to_f64;
-use adeis::safetensors::write_safetensors;
+use adeis::safetensors::safetensors_bytes;
+use adeis::Outputs;
 use anyhow::{bail, Result};
 
-use super::inputs::{conditioned_model, read_like, read_x_t, state, CondArgs, GuidanceArgs};
+use super::inputs::{
+    check_memory, conditioned_model, read_like, read_x_t, state, CondArgs, GuidanceArgs,
+};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -67,6 +70,54 @@ pub fn run(args: &GradArgs) -> Result<()> {
     }
 }
 
+/// Every output of the gradient, staged in the output folder (renamed into place together).
+fn stage_outputs<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
+    args: &GradArgs,
+    g: &Gradient<E, Cpu, M::Grads>,
+    model: &M,
+    (word, with_dx_t): (usize, bool),
+) -> Result<Outputs>
+where
+    Cpu: Device<E>,
+{
+    let mut out = Outputs::new();
+    let dir = &args.out_dir;
+    if with_dx_t {
+        out.stage(
+            &dir.join("dx_t.npy"),
+            &npy_bytes(&g.dx_t.shape(), &to_f64(&g.dx_t), word),
+        )?;
+    }
+    if let Some(dz) = &g.dz {
+        out.stage(
+            &dir.join("dz.npy"),
+            &npy_bytes(&dz.shape(), &to_f64(dz), word),
+        )?;
+    }
+    if let Some(dt) = &g.dtimes {
+        // One value per grid time, in the grid's order (noisiest first), in f64: the grid is
+        // f64 whatever the tensors are.
+        out.stage(&dir.join("dtimes.npy"), &npy_bytes(&[dt.len()], dt, 8))?;
+    }
+    if let Some(ds) = &g.dschedule {
+        let map: serde_json::Map<String, serde_json::Value> = ds
+            .iter()
+            .map(|(name, v)| (name.clone(), serde_json::json!(v)))
+            .collect();
+        out.stage(
+            &dir.join("dschedule.json"),
+            serde_json::to_string_pretty(&map).unwrap().as_bytes(),
+        )?;
+    }
+    if let Some(tensors) = g.dtheta.as_ref().and_then(|d| model.named_grads(d)) {
+        out.stage(
+            &dir.join("dparams.safetensors"),
+            &safetensors_bytes(&tensors, word),
+        )?;
+    }
+    Ok(out)
+}
+
 fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     args: &GradArgs,
     problem: &Problem,
@@ -99,6 +150,40 @@ where
     if wrt.params && model.named_grads(&model.zero_grads()).is_none() {
         bail!("gradient.wrt includes \"params\" but this model has no parameters adeis can differentiate");
     }
+    // What the method keeps across the steps, against the free memory, before the run.
+    let plan = problem.plan();
+    let state_bytes = x.data.len() * word;
+    let kept_outputs = if wrt.times || wrt.schedule {
+        plan.n_outputs
+    } else {
+        0
+    };
+    match problem.adjoint() {
+        Adjoint::Discrete {
+            states: DiscreteStates::Record,
+        } => check_memory(
+            "gradient.states = \"record\"",
+            plan.n_states + kept_outputs,
+            state_bytes,
+            "use states = \"checkpoint\" (memory flat in the steps, a few more evaluations)",
+        )?,
+        Adjoint::AdjointDeis {
+            states: ContinuousStates::Record,
+            ..
+        } => check_memory(
+            "gradient.states = \"record\"",
+            plan.n_states,
+            state_bytes,
+            "use states = \"backsolve\" (no recorded trajectory)",
+        )?,
+        Adjoint::Tape => check_memory(
+            "gradient.method = \"tape\" (besides the network's activations)",
+            plan.n_states + plan.n_outputs,
+            state_bytes,
+            "use method = \"discrete\" with states = \"checkpoint\"",
+        )?,
+        _ => {}
+    }
     let mut loss_value = None;
     let loss_grad = |x0: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
         match loss {
@@ -119,41 +204,21 @@ where
         loss_grad,
     )?;
     let secs = start.elapsed().as_secs_f64();
-    // The folder is made once the gradient exists: a failed run leaves nothing behind.
+    // The folder is made once the gradient exists, and the outputs appear together once all
+    // are written: a failed or interrupted run leaves nothing behind.
+    let made_dir = !args.out_dir.exists();
     std::fs::create_dir_all(&args.out_dir)
         .map_err(|e| anyhow::anyhow!("--out-dir {}: {e}", args.out_dir.display()))?;
-    let mut written = vec![];
-    if wrt.x_t {
-        let p = args.out_dir.join("dx_t.npy");
-        write_npy(&p, &g.dx_t.shape(), &to_f64(&g.dx_t), word)?;
-        written.push(p);
-    }
-    if let Some(dz) = &g.dz {
-        let p = args.out_dir.join("dz.npy");
-        write_npy(&p, &dz.shape(), &to_f64(dz), word)?;
-        written.push(p);
-    }
-    if let Some(dt) = &g.dtimes {
-        // One value per grid time, in the grid's order (noisiest first), in f64: the grid is
-        // f64 whatever the tensors are.
-        let p = args.out_dir.join("dtimes.npy");
-        write_npy(&p, &[dt.len()], dt, 8)?;
-        written.push(p);
-    }
-    if let Some(ds) = &g.dschedule {
-        let p = args.out_dir.join("dschedule.json");
-        let map: serde_json::Map<String, serde_json::Value> = ds
-            .iter()
-            .map(|(name, v)| (name.clone(), serde_json::json!(v)))
-            .collect();
-        adeis_io::write_atomic(&p, serde_json::to_string_pretty(&map).unwrap().as_bytes())?;
-        written.push(p);
-    }
-    if let Some(tensors) = g.dtheta.as_ref().and_then(|d| model.named_grads(d)) {
-        let p = args.out_dir.join("dparams.safetensors");
-        write_safetensors(&p, &tensors, word)?;
-        written.push(p);
-    }
+    let staged = stage_outputs(args, &g, model, (word, wrt.x_t));
+    let written = match staged.and_then(|o| Ok(o.commit()?)) {
+        Ok(w) => w,
+        Err(e) => {
+            if made_dir {
+                let _ = std::fs::remove_dir(&args.out_dir);
+            }
+            return Err(e);
+        }
+    };
     let adjoint = problem.adjoint();
     let summary = serde_json::json!({
         "method": adjoint.method().name(),

@@ -127,6 +127,26 @@ where
     Ok(State::from_f64(&Cpu::default(), &a.data, &a.shape)?)
 }
 
+/// A run that would keep `count` states of `state_bytes` each: refused before anything is
+/// allocated when that is more than this machine has free, naming what keeps them and what
+/// to do instead.
+pub fn check_memory(what: &str, count: usize, state_bytes: usize, instead: &str) -> Result<()> {
+    let need = count as u128 * state_bytes as u128;
+    let Some(free) = adeis_io::available_memory_bytes() else {
+        return Ok(());
+    };
+    if need > free as u128 {
+        let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+        bail!(
+            "{what} keeps {count} states of {:.2} MiB each, {:.1} GiB in all, more than the {:.1} GiB this machine has free; {instead}",
+            state_bytes as f64 / (1u64 << 20) as f64,
+            gib(need),
+            gib(free as u128)
+        );
+    }
+    Ok(())
+}
+
 /// Guidance from the command line, in place of the spec's `[guidance]`.
 pub struct GuidanceArgs {
     pub scale: Option<f64>,

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis::npy::{write_npy, NpyArray};
+use adeis::npy::{npy_bytes, NpyArray};
 use adeis::prelude::*;
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::to_f64;
+use adeis::Outputs;
 use anyhow::Result;
 
 use super::inputs::{conditioned_model, read_x_t, state, CondArgs, GuidanceArgs};
@@ -97,6 +98,15 @@ where
             null_class: args.null_class,
         },
     )?;
+    if args.trajectory.is_some() {
+        // The states on the device, their f64 copy and the file's bytes.
+        super::inputs::check_memory(
+            "--trajectory",
+            problem.plan().grid.len(),
+            x.data.len() * (2 * word + 8),
+            "sample without --trajectory, or with fewer steps",
+        )?;
+    }
     let start = Instant::now();
     let noise = NoiseSource::Seeded(args.seed);
     let out = sample(
@@ -106,13 +116,16 @@ where
         args.trajectory.is_some(),
     )?;
     let secs = start.elapsed().as_secs_f64();
-    write_npy(&args.out, &out.x.shape(), &to_f64(&out.x), word)?;
+    // The sample and its trajectory appear together or not at all.
+    let mut files = Outputs::new();
+    files.stage(&args.out, &npy_bytes(&out.x.shape(), &to_f64(&out.x), word))?;
     if let (Some(path), Some(traj)) = (&args.trajectory, &out.trajectory) {
         let data: Vec<f64> = traj.iter().flat_map(|(_, s)| to_f64(s)).collect();
         let mut shape = vec![traj.len()];
         shape.extend(out.x.shape());
-        write_npy(path, &shape, &data, word)?;
+        files.stage(path, &npy_bytes(&shape, &data, word))?;
     }
+    files.commit()?;
     let item: Vec<String> = x_t.item().iter().map(|d| d.to_string()).collect();
     println!(
         "sampled {} x {} with {}: NFE {}, {secs:.3} s -> {}",

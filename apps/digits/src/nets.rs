@@ -110,14 +110,33 @@ fn load_bytes<M: TensorCollection<f32, Cpu>>(
     bytes: &[u8],
     what: &Path,
 ) -> Result<(), Error> {
-    let mut tensors = ::safetensors::tensor::SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::file(what, format!("cannot read the weights: {e:?}")))?;
+    let mut tensors = ::safetensors::tensor::SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::file(
+            what,
+            format!(
+                "cannot read the weights: {}",
+                adeis_io::safetensors::explain(&e)
+            ),
+        )
+    })?;
     M::iter_tensors(&mut RecursiveWalker {
         m: (m, String::new()),
         f: &mut tensors,
     })
     .map(|_| ())
-    .map_err(|e| Error::file(what, format!("cannot load the weights: {e:?}")))
+    .map_err(|e| Error::file(what, format!("cannot load the weights: {}", load_error(&e))))
+}
+
+/// dfdx's loading error in words.
+fn load_error(e: &adeis_runtime::dfdx::tensor::safetensors::Error) -> String {
+    use adeis_runtime::dfdx::tensor::safetensors::Error as E;
+    match e {
+        E::SafeTensorError(s) => adeis_io::safetensors::explain(s),
+        E::MismatchedDimension((want, got)) => format!(
+            "a tensor has shape {got:?} where this network has {want:?} (weights of another architecture)"
+        ),
+        E::IoError(io) => io.to_string(),
+    }
 }
 
 fn load_into<M: TensorCollection<f32, Cpu>>(m: &mut M, path: &Path) -> Result<(), Error> {

@@ -220,7 +220,7 @@ fn save<M: SaveToSafetensors<f32, Cpu>>(m: &M, path: &Path) -> Result<(), Error>
     let tmp = path.with_extension(format!("partial-{}", std::process::id()));
     let r = m
         .save_safetensors(&tmp)
-        .map_err(|e| Error::file(path, format!("{e:?}")))
+        .map_err(|e| Error::file(path, adeis_io::safetensors::explain(&e)))
         .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -92,6 +92,7 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         let theta_slot = theta.as_mut().filter(|_| w != 0.0).map(|acc| (acc, w));
         let cot = model.vjp(&x, z, &point.time, Pred::Eps, &a_x, theta_slot);
         vjps += 1;
+        crate::interrupt::check_with(|| format!("step {k} of the AdjointDEIS adjoint"))?;
         if let (true, Some(jz)) = (wrt.cond, cot.cond) {
             add_into(&mut dz_acc, jz * w);
         }

@@ -103,6 +103,7 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                         }
                     };
                     self.vjps += 1;
+                    crate::interrupt::check_with(|| format!("step {step} of the adjoint"))?;
                     if !cot.x.is_finite() {
                         return Err(RuntimeError::NonFinite {
                             what: "the adjoint state".into(),
