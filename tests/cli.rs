@@ -895,3 +895,69 @@ fn runs_that_would_not_fit_in_memory_are_refused_up_front() {
     assert!(err.contains("--trajectory keeps 100001 states"), "{err}");
     assert!(!dir.path().join("o.npy").exists());
 }
+
+/// A command's outputs appear together or not at all: grad's second output cannot be written
+/// (a folder has its name), so its first is not left behind either.
+#[test]
+fn outputs_are_written_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    for (name, seed) in [("x.npy", "3"), ("z.npy", "4")] {
+        let (ok, _, err) = adeis(&[
+            "noise",
+            "--shape",
+            "4,3",
+            "--seed",
+            seed,
+            "--out",
+            &path(name),
+        ]);
+        assert!(ok, "{err}");
+    }
+    std::fs::write(
+        path("cond.toml"),
+        "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nwrt = [\"x_t\", \"cond\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("g/dz.npy")).unwrap();
+    let (ok, _, err) = adeis(&[
+        "grad",
+        "--spec",
+        &path("cond.toml"),
+        "--model",
+        "gaussian:mu=1",
+        "--x-t",
+        &path("x.npy"),
+        "--cond",
+        &path("z.npy"),
+        "--cot",
+        &path("x.npy"),
+        "--out-dir",
+        &path("g"),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("dz.npy: is a folder; an output file cannot replace it"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("g")).unwrap().collect();
+    assert_eq!(left.len(), 1, "only the folder in the way: {left:?}");
+    // The same run into a fresh folder writes both.
+    let (ok, _, err) = adeis(&[
+        "grad",
+        "--spec",
+        &path("cond.toml"),
+        "--model",
+        "gaussian:mu=1",
+        "--x-t",
+        &path("x.npy"),
+        "--cond",
+        &path("z.npy"),
+        "--cot",
+        &path("x.npy"),
+        "--out-dir",
+        &path("h"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(dir.path().join("h/dx_t.npy").exists() && dir.path().join("h/dz.npy").exists());
+}

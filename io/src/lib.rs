@@ -69,6 +69,12 @@ impl Outputs {
         if path.file_name().is_none() {
             return Err(IoError::new(path, "not a file path"));
         }
+        if path.is_dir() {
+            return Err(IoError::new(
+                path,
+                "is a folder; an output file cannot replace it",
+            ));
+        }
         if self.staged.iter().any(|(_, p)| p == path) {
             return Err(IoError::new(
                 path,
@@ -137,6 +143,8 @@ mod tests {
             .unwrap_err()
             .message
             .contains("two outputs"));
+        let folder = out.stage(dir.path(), b"x").unwrap_err();
+        assert!(folder.message.contains("is a folder"), "{folder}");
         out.stage(&b, b"second").unwrap();
         assert!(!a.exists() && !b.exists());
         assert_eq!(out.commit().unwrap(), vec![a.clone(), b.clone()]);

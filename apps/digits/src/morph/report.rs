@@ -11,7 +11,7 @@ use super::verify::Verifier;
 use super::MorphOptions;
 use crate::chart::{line_chart, with_column_headers, LineChart, Series};
 use crate::image::{digit_grid, Canvas};
-use crate::{write_atomic, Error};
+use crate::Error;
 
 /// One pair's outcome under one method.
 #[derive(Clone, Debug, Serialize)]
@@ -74,7 +74,8 @@ pub struct MorphReport {
     pub subject: String,
 }
 
-/// Writes the pictures, report.md and report.json into `opts.out`.
+/// Writes the pictures, report.md, report.json and report.html into `opts.out`, all or nothing:
+/// each is staged beside its target and they are renamed into place together at the end.
 pub fn write_outputs(
     report: &mut MorphReport,
     img_a: &[f64],
@@ -83,6 +84,8 @@ pub fn write_outputs(
 ) -> Result<(), Error> {
     let out = |name: &str| opts.out.join(name);
     let mut written: Vec<PathBuf> = Vec::new();
+    let mut files = adeis_io::Outputs::new();
+    let png = |canvas: Canvas, p: &Path| canvas.png_bytes().map_err(|e| Error::file(p, e));
     // One grid per pair: a, b, the initial morph, then each optimising method's morph; and all
     // of them as the rows of pairs.png.
     let mut all_rows = Vec::new();
@@ -123,22 +126,22 @@ pub fn write_outputs(
         );
         let p = out(&format!("pair_{i:03}_{ca}_{cb}.png"));
         let grid = digit_grid(std::slice::from_ref(&row), side, big, 6);
-        labelled(
+        let picture = labelled(
             &grid,
             headers(format!("a ({ca})"), format!("b ({cb})")),
             side * big,
             6,
         )
-        .map_err(|e| Error::file(&p, e))?
-        .save_png(&p)?;
+        .map_err(|e| Error::file(&p, e))?;
+        files.stage(&p, &png(picture, &p)?)?;
         written.push(p);
         all_rows.push(row);
     }
     let p = out("pairs.png");
     let grid = digit_grid(&all_rows, side, small, 4);
-    labelled(&grid, headers("a".into(), "b".into()), side * small, 4)
-        .map_err(|e| Error::file(&p, e))?
-        .save_png(&p)?;
+    let picture = labelled(&grid, headers("a".into(), "b".into()), side * small, 4)
+        .map_err(|e| Error::file(&p, e))?;
+    files.stage(&p, &png(picture, &p)?)?;
     written.push(p);
     let curves: Vec<Series> = report
         .methods
@@ -154,7 +157,7 @@ pub fn write_outputs(
         report.subject,
         report.pairs.len()
     );
-    line_chart(&LineChart {
+    let chart = line_chart(&LineChart {
         title: &title,
         x_label: "optimisation iteration",
         y_label: "mean identity loss",
@@ -162,8 +165,8 @@ pub fn write_outputs(
         width: 800,
         height: 450,
     })
-    .map_err(|e| Error::file(&p, e))?
-    .save_png(&p)?;
+    .map_err(|e| Error::file(&p, e))?;
+    files.stage(&p, &png(chart, &p)?)?;
     written.push(p);
     let p = out("report.md");
     written.push(p.clone());
@@ -173,7 +176,7 @@ pub fn write_outputs(
     written.push(p_html.clone());
     report.outputs = written.iter().map(|p| p.display().to_string()).collect();
     let md = markdown(report);
-    write_atomic(&p, md.as_bytes())?;
+    files.stage(&p, md.as_bytes())?;
     let mut pictures = vec![
         (
             "Mean identity loss of the morphs against the optimisation iteration, by method"
@@ -192,14 +195,15 @@ pub fn write_outputs(
         }
     }
     let title = format!("Morphing {}", report.subject);
-    write_atomic(
+    files.stage(
         &p_html,
         crate::html::page(&title, &md, &pictures).as_bytes(),
     )?;
-    write_atomic(
+    files.stage(
         &p_json,
         serde_json::to_string_pretty(report).unwrap().as_bytes(),
     )?;
+    files.commit()?;
     Ok(())
 }
 
