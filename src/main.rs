@@ -265,7 +265,24 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     install_ctrlc();
-    let result = match cli.command {
+    // The whole command runs on a worker of rayon's pool: the parallel GEMMs and kernels it
+    // calls then split work with `join` from inside the pool instead of handing each to the
+    // pool from outside and sleeping on a latch until it returns (two context switches per
+    // parallel call, thousands per UNet gradient).
+    let result = rayon::scope(move |_| run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The one place errors are printed: the whole chain, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The subcommand, run.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
         Some(Command::Check {
             spec,
@@ -344,13 +361,5 @@ fn main() -> ExitCode {
         Some(Command::Finetune(args)) => cli::finetune(args),
         Some(Command::LearnSteps(args)) => cli::learn::run(&args),
         None => cli::demo(),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // The one place errors are printed: the whole chain, outermost first.
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
     }
 }
