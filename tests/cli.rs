@@ -774,9 +774,17 @@ fn check_prints_the_derived_plans() {
     assert!(!ok && err.contains("does_not_exist.toml"), "{err}");
 }
 
+/// Writes standard normal noise of `shape` ("B,D") to `dir/name` with the command itself; its path.
+fn noise_file(dir: &std::path::Path, name: &str, shape: &str, seed: &str) -> String {
+    let path = dir.join(name).to_str().unwrap().to_string();
+    let (ok, _, err) = adeis(&["noise", "--shape", shape, "--seed", seed, "--out", &path]);
+    assert!(ok, "{err}");
+    path
+}
+
 /// Ctrl-C is honoured within one step at any number of steps: a sample of 100000 steps on a
-/// large batch (about 20 minutes of work) stops within a step of the signal, says where, and writes no
-/// output.
+/// large batch (about 20 minutes of work) stops within a step of the signal, says where, and
+/// writes no output.
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_a_long_sample_within_a_step() {
@@ -784,16 +792,7 @@ fn ctrl_c_stops_a_long_sample_within_a_step() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let (ok, _, err) = adeis(&[
-        "noise",
-        "--shape",
-        "20000,2",
-        "--seed",
-        "3",
-        "--out",
-        &path("x.npy"),
-    ]);
-    assert!(ok, "{err}");
+    noise_file(dir.path(), "x.npy", "20000,2", "3");
     std::fs::write(
         path("long.toml"),
         "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 100000\n",
@@ -842,16 +841,7 @@ fn ctrl_c_stops_a_long_sample_within_a_step() {
 fn runs_that_would_not_fit_in_memory_are_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let (ok, _, err) = adeis(&[
-        "noise",
-        "--shape",
-        "20000,20",
-        "--seed",
-        "3",
-        "--out",
-        &path("x.npy"),
-    ]);
-    assert!(ok, "{err}");
+    noise_file(dir.path(), "x.npy", "20000,20", "3");
     // 100001 states of 1.5 MiB: about 150 GiB, far beyond this machine (and CI's).
     std::fs::write(
         path("long.toml"),
@@ -902,18 +892,8 @@ fn runs_that_would_not_fit_in_memory_are_refused_up_front() {
 fn outputs_are_written_all_or_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    for (name, seed) in [("x.npy", "3"), ("z.npy", "4")] {
-        let (ok, _, err) = adeis(&[
-            "noise",
-            "--shape",
-            "4,3",
-            "--seed",
-            seed,
-            "--out",
-            &path(name),
-        ]);
-        assert!(ok, "{err}");
-    }
+    noise_file(dir.path(), "x.npy", "4,3", "3");
+    noise_file(dir.path(), "z.npy", "4,3", "4");
     std::fs::write(
         path("cond.toml"),
         "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nwrt = [\"x_t\", \"cond\"]\n",
