@@ -90,6 +90,7 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         (spec("rho.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nrho = 5.0\n".into()), "sampler.rho: `rho` shapes the karras grid"),
         (spec("steps-times.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 50\ntimes = [1.0, 0.5, 0.01]\n".into()), "sampler.steps: the grid is given as `times`"),
         (spec("slots.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\n[gradient]\nmethod = \"discrete\"\nstates = \"checkpoint\"\ncheckpoints = 0\n".into()), "gradient.checkpoints: checkpoints = 0: at least 1 slot"),
+        (spec("indices.toml", "[schedule]\nkind = \"discrete\"\nbeta_schedule = \"linear\"\n[sampler]\nmethod = \"ddim\"\ntrain_indices = [0, 999, 500]\n".into()), "sampler.train_indices: train indices must decrease strictly (noisiest first): [0] = 0 then [1] = 999"),
         (spec("stages.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"deis\"\norder = 2\nstages = \"grid\"\n".into()), "sampler.stages: \"grid\" is singlestep DPM-Solver's"),
         (spec("stages-odd.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 7\nstages = \"grid\"\nlower_order_final = false\n".into()), "sampler.lower_order_final: false with stages = \"grid\": the 7 steps do not split into groups of order 2"),
         (spec("skip.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"deis\"\ndisable_corrector = [1]\n".into()), "sampler.disable_corrector: skips UniPC's corrector"),
@@ -120,8 +121,9 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
     );
     assert!(!out.exists());
     for (path, want) in &cases {
-        let (ok, _, err) = adeis(&["check", path]);
+        let (ok, out, err) = adeis(&["check", path]);
         assert!(!ok && err.contains(want), "{path}: {err}");
+        assert!(!out.contains(": valid"), "{path} was called valid: {out}");
         assert!(
             err.lines().all(|l| l.len() < 400),
             "{path}: the error prints the whole formula"

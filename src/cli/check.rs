@@ -38,6 +38,13 @@ pub fn run(
         spec.schedule = choice.as_ref().map(|c| c.schedule()).transpose()?.flatten();
     }
     let def = spec.schedule_def()?;
+    // The plan is built before the spec is called valid: its grid is checked there.
+    let problem = spec
+        .sampler
+        .is_some()
+        .then(|| Problem::from_spec(&spec))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!("{}: valid", path.display());
     if loaded.from_diffusers {
         println!("\na diffusers scheduler config, run as this adeis spec:");
@@ -85,12 +92,10 @@ pub fn run(
                 "safeguarded Newton on the compiled lambda (no closed form given)".into(),
         }
     );
-    if spec.sampler.is_none() {
+    let Some(problem) = problem else {
         println!("\nno [sampler] table");
         return Ok(());
-    }
-    let problem =
-        Problem::from_spec(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    };
     let plan = problem.plan();
     println!("\nsampler: {}", plan.description);
     println!(

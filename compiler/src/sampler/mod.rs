@@ -636,6 +636,17 @@ impl SamplerSpec {
                     format!("train index {k} is outside 0..{n_train}"),
                 ));
             }
+            if let Some(i) = idx.windows(2).position(|w| w[1] >= w[0]) {
+                return Err(FieldError::new(
+                    "train_indices",
+                    format!(
+                        "train indices must decrease strictly (noisiest first): [{i}] = {} then [{}] = {}",
+                        idx[i],
+                        i + 1,
+                        idx[i + 1]
+                    ),
+                ));
+            }
             train_index_times(idx, n_train)
         } else {
             return make_grid(
