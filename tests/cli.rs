@@ -790,8 +790,7 @@ fn noise_file(dir: &std::path::Path, name: &str, shape: &str, seed: &str) -> Str
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_a_long_sample_within_a_step() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     noise_file(dir.path(), "x.npy", "20000,2", "3");
@@ -800,8 +799,8 @@ fn ctrl_c_stops_a_long_sample_within_a_step() {
         "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 100000\n",
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_adeis"))
-        .args([
+    let (out, waited) = support::interrupted(
+        &[
             "sample",
             "--spec",
             &path("long.toml"),
@@ -811,21 +810,9 @@ fn ctrl_c_stops_a_long_sample_within_a_step() {
             &path("x.npy"),
             "--out",
             &path("out.npy"),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    let signalled = Instant::now();
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let waited = signalled.elapsed();
+        ],
+        Duration::from_millis(1500),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("interrupted during step"), "{err}");
@@ -901,22 +888,26 @@ fn outputs_are_written_all_or_nothing() {
         "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nwrt = [\"x_t\", \"cond\"]\n",
     )
     .unwrap();
+    // `adeis grad` with respect to x_T and z (two outputs) into `out_dir`.
+    let grad_into = |out_dir: &str| {
+        adeis(&[
+            "grad",
+            "--spec",
+            &path("cond.toml"),
+            "--model",
+            "gaussian:mu=1",
+            "--x-t",
+            &path("x.npy"),
+            "--cond",
+            &path("z.npy"),
+            "--cot",
+            &path("x.npy"),
+            "--out-dir",
+            &path(out_dir),
+        ])
+    };
     std::fs::create_dir_all(dir.path().join("g/dz.npy")).unwrap();
-    let (ok, _, err) = adeis(&[
-        "grad",
-        "--spec",
-        &path("cond.toml"),
-        "--model",
-        "gaussian:mu=1",
-        "--x-t",
-        &path("x.npy"),
-        "--cond",
-        &path("z.npy"),
-        "--cot",
-        &path("x.npy"),
-        "--out-dir",
-        &path("g"),
-    ]);
+    let (ok, _, err) = grad_into("g");
     assert!(!ok);
     assert!(
         err.contains("dz.npy: is a folder; an output file cannot replace it"),
@@ -925,21 +916,7 @@ fn outputs_are_written_all_or_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path().join("g")).unwrap().collect();
     assert_eq!(left.len(), 1, "only the folder in the way: {left:?}");
     // The same run into a fresh folder writes both.
-    let (ok, _, err) = adeis(&[
-        "grad",
-        "--spec",
-        &path("cond.toml"),
-        "--model",
-        "gaussian:mu=1",
-        "--x-t",
-        &path("x.npy"),
-        "--cond",
-        &path("z.npy"),
-        "--cot",
-        &path("x.npy"),
-        "--out-dir",
-        &path("h"),
-    ]);
+    let (ok, _, err) = grad_into("h");
     assert!(ok, "{err}");
     assert!(dir.path().join("h/dx_t.npy").exists() && dir.path().join("h/dz.npy").exists());
 }

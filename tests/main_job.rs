@@ -2,7 +2,7 @@
 //! and Ctrl-C leaving no half-written files. Runs on the committed models at a tiny setting.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod support;
@@ -256,8 +256,9 @@ fn bad_morph_and_train_options_are_named() {
 #[test]
 fn ctrl_c_leaves_no_half_written_outputs() {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_adeis"))
-        .args([
+    let out_dir = dir.path().to_str().unwrap();
+    let (out, _) = support::interrupted(
+        &[
             "morph",
             "--pairs",
             "64",
@@ -268,20 +269,10 @@ fn ctrl_c_leaves_no_half_written_outputs() {
             "--methods",
             "discrete",
             "--out",
-        ])
-        .arg(dir.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+            out_dir,
+        ],
+        Duration::from_millis(2500),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("interrupted"), "{err}");

@@ -1,6 +1,7 @@
 //! Running the `adeis` program from integration tests.
 
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `adeis ARGS` in the repository root: (success, stdout, stderr).
 pub fn adeis(args: &[&str]) -> (bool, String, String) {
@@ -14,4 +15,27 @@ pub fn adeis(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `adeis ARGS` in the repository root, sends it SIGINT (Ctrl-C) `after` its start and
+/// waits for it: its output, and how long it took to stop after the signal.
+#[cfg(unix)]
+#[allow(dead_code)] // not every test binary that includes this module interrupts a run
+pub fn interrupted(args: &[&str], after: Duration) -> (Output, Duration) {
+    let child = Command::new(env!("CARGO_BIN_EXE_adeis"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    (out, signalled.elapsed())
 }
