@@ -152,8 +152,15 @@ fn run_norm(
 
 #[test]
 fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
+    // Planes of 15 elements (a remainder after the kernel's 16 lanes), and groups of 264 (more
+    // than one block of its partial sums).
+    for (b, c, h, w, groups) in [(2, 6, 5, 3, 3), (1, 4, 12, 11, 2)] {
+        check_group_norm((b, c, h, w), groups);
+    }
+}
+
+fn check_group_norm((b, c, h, w): (usize, usize, usize, usize), groups: usize) {
     let dev = Cpu::seed_from_u64(11);
-    let (b, c, h, w, groups) = (2, 6, 5, 3, 3);
     let norm = GroupNorm::<f64, Cpu> {
         weight: dev.sample_normal_like(&(c,)),
         bias: dev.sample_normal_like(&(c,)),
@@ -212,7 +219,7 @@ fn the_fused_group_norm_equals_dfdx_composition_and_its_finite_differences() {
             }
             if let Some(ds) = &fused.dshift {
                 let s0 = shift.as_vec();
-                for i in [0, 7] {
+                for i in [0, b * c - 1] {
                     let fd = central(
                         |v| loss(&x, Some(&dev.tensor_from_vec(v.to_vec(), (b, c))), &norm),
                         &s0,
@@ -255,15 +262,24 @@ mod dense {
     type Rows<const N: usize> = Tensor<(usize, Const<N>), f64, Cpu>;
 
     /// The dense layer equals dfdx's `Linear` with the same tensors: forward and every
-    /// gradient, at a batch small enough for one thread and one large enough for several.
+    /// gradient, at a batch small enough for one thread and one large enough for several, in
+    /// both of the kernel's layouts (one row, and a small batch on a large weight, run
+    /// transposed).
     #[test]
     fn the_dense_layer_equals_dfdx_linear() {
+        check_against_linear::<300, 200>(&[1, 3, 64]);
+        check_against_linear::<768, 2048>(&[1, 2, 64]);
+    }
+
+    fn check_against_linear<const I: usize, const O: usize>(batches: &[usize]) {
         let dev = Cpu::seed_from_u64(5);
-        let reference = dev.build_module::<Linear<300, 200>, f64>();
-        let path =
-            std::env::temp_dir().join(format!("adeis-dense-{}.safetensors", std::process::id()));
+        let reference = dev.build_module::<Linear<I, O>, f64>();
+        let path = std::env::temp_dir().join(format!(
+            "adeis-dense-{I}x{O}-{}.safetensors",
+            std::process::id()
+        ));
         reference.save_safetensors(&path).unwrap();
-        let mut dense = dev.build_module::<Dense<300, 200>, f64>();
+        let mut dense = dev.build_module::<Dense<I, O>, f64>();
         dense.load_safetensors(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
@@ -271,14 +287,14 @@ mod dense {
             reference.weight.as_vec(),
             "loaded by name"
         );
-        for batch in [3, 64] {
-            let x: Rows<300> = dev.sample_normal_like(&(batch, Const));
-            let cot: Rows<200> = dev.sample_normal_like(&(batch, Const));
+        for &batch in batches {
+            let x: Rows<I> = dev.sample_normal_like(&(batch, Const));
+            let cot: Rows<O> = dev.sample_normal_like(&(batch, Const));
             let a = dense.forward(x.clone().trace(Gradients::leaky()));
             let b = reference.forward(x.clone().trace(Gradients::leaky()));
             assert!(
                 max_rel_err(&a.as_vec(), &b.as_vec()) < 1e-14,
-                "forward, batch {batch}"
+                "forward, {I} -> {O}, batch {batch}"
             );
             let ga = (a * cot.clone()).sum().backward();
             let gb = (b * cot).sum().backward();
@@ -295,7 +311,10 @@ mod dense {
                     gb.get(&reference.bias).as_vec(),
                 ),
             ] {
-                assert!(max_rel_err(&p, &q) < 1e-13, "d{what}, batch {batch}");
+                assert!(
+                    max_rel_err(&p, &q) < 1e-13,
+                    "d{what}, {I} -> {O}, batch {batch}"
+                );
             }
         }
     }
