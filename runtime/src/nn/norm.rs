@@ -322,7 +322,6 @@ pub(crate) mod cpu {
         (gamma, beta): (&[E], &[E]),
         act: A,
     ) -> (Vec<E>, Vec<E>, Vec<E>) {
-        // Written whole below.
         let mut dv = vec![E::zero(); v.len()];
         // Per (image, channel): the sums of dy and of dy x̂.
         let mut sums = vec![(E::zero(), E::zero()); g.batch * g.channels];
