@@ -5,6 +5,19 @@
 use crate::jit::JitError;
 use crate::schedule::ScheduleError;
 
+/// Where `values` first fails to decrease strictly, as `[i] = a then [i + 1] = b`, for the
+/// errors of every sequence that must run noisiest first (grid times, train indices, a
+/// schedule's alphas_cumprod).
+pub(crate) fn first_rise<T: PartialOrd + std::fmt::Display>(values: &[T]) -> Option<String> {
+    let i = values.windows(2).position(|w| w[1] >= w[0])?;
+    Some(format!(
+        "[{i}] = {} then [{}] = {}",
+        values[i],
+        i + 1,
+        values[i + 1]
+    ))
+}
+
 /// A value at a key that is not allowed.
 ///
 /// Displayed as `table.key: key = value: allowed` (`sampler.order: order = 4: method ddim has

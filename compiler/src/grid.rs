@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::FieldError;
+use crate::error::{first_rise, FieldError};
 use crate::schedule::Schedule;
 
 /// How the sampling times are spaced.
@@ -249,15 +249,10 @@ pub fn check_grid(schedule: &Schedule, ts: &[f64]) -> Result<(), FieldError> {
             format!("grid time [{i}] = {t} is outside the schedule's t range [{a}, {b}]"),
         ));
     }
-    if let Some(i) = ts.windows(2).position(|w| w[1] >= w[0]) {
+    if let Some(at) = first_rise(ts) {
         return Err(FieldError::new(
             "times",
-            format!(
-                "grid times must decrease strictly (noisiest first): [{i}] = {} then [{}] = {}",
-                ts[i],
-                i + 1,
-                ts[i + 1]
-            ),
+            format!("grid times must decrease strictly (noisiest first): {at}"),
         ));
     }
     Ok(())

@@ -23,7 +23,7 @@ mod unipc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::FieldError;
+use crate::error::{first_rise, FieldError};
 use crate::grid::{
     check_grid, grid_param_sens, make_grid, spacing_timesteps, train_index_times, GridKind,
     TimestepSpacing,
@@ -636,15 +636,10 @@ impl SamplerSpec {
                     format!("train index {k} is outside 0..{n_train}"),
                 ));
             }
-            if let Some(i) = idx.windows(2).position(|w| w[1] >= w[0]) {
+            if let Some(at) = first_rise(idx) {
                 return Err(FieldError::new(
                     "train_indices",
-                    format!(
-                        "train indices must decrease strictly (noisiest first): [{i}] = {} then [{}] = {}",
-                        idx[i],
-                        i + 1,
-                        idx[i + 1]
-                    ),
+                    format!("train indices must decrease strictly (noisiest first): {at}"),
                 ));
             }
             train_index_times(idx, n_train)

@@ -4,6 +4,7 @@
 use super::def::{AlphaFormula, SigmaFormula};
 use super::families::VP_LOG_SIGMA;
 use super::{ScheduleDef, ScheduleError};
+use crate::error::first_rise;
 use crate::expr::Table;
 
 /// The DDPM beta tables of docs/math.md section 1.
@@ -65,12 +66,9 @@ impl DiscreteBetas {
                         "alphas_cumprod[{i}] = {v} is outside (0, 1]"
                     )));
                 }
-                if let Some(i) = ac.windows(2).position(|w| w[1] >= w[0]) {
+                if let Some(at) = first_rise(ac) {
                     return Err(table_err(format!(
-                        "alphas_cumprod must decrease strictly: [{i}] = {} then [{}] = {}",
-                        ac[i],
-                        i + 1,
-                        ac[i + 1]
+                        "alphas_cumprod must decrease strictly: {at}"
                     )));
                 }
                 return Ok(ac.iter().map(|a| 0.5 * a.ln()).collect());
