@@ -54,11 +54,13 @@ pub struct BenchResult {
     pub nfe: usize,
     /// Vector-Jacobian products per run.
     pub vjps: usize,
-    /// One forward evaluation and one VJP (forward included), medians, measured in isolation.
+    /// One forward evaluation, seconds (from the floor's runs: their forwards' time / nfe).
     pub forward_seconds: f64,
-    /// One VJP (its forward included), median seconds.
+    /// One VJP (its forward included), seconds (likewise from the floor's runs).
     pub vjp_seconds: f64,
-    /// nfe * forward + vjps * vjp (for the tape: nfe * vjp, a forward and a backward each).
+    /// The median over `repeat` runs of the method's network calls alone, back to back and
+    /// alternated with the method's runs: nfe forwards + vjps VJPs (the tape: nfe VJPs, a
+    /// forward and a backward each).
     pub floor_seconds: f64,
     /// seconds / floor_seconds: what the method costs beyond its network passes.
     pub ratio: f64,
@@ -241,8 +243,8 @@ struct Workload<'a, Dev: Device<f32>> {
 }
 
 impl<Dev: Device<f32>> Workload<'_, Dev> {
-    /// The median seconds of `opts.repeat` runs after a warm-up, and the floor: one forward
-    /// and one VJP of the model measured in isolation.
+    /// The median seconds of `opts.repeat` runs after a warm-up, and the floor: the median of
+    /// as many runs of the same network calls alone, alternated with them.
     fn measure<M: Denoiser<f32, Dev>>(
         self,
         model: &M,
@@ -278,14 +280,10 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
             }
         };
         let (nfe, vjps) = once()?; // warm-up
-        let mut times = Vec::with_capacity(repeat);
-        for _ in 0..repeat {
-            let t = Instant::now();
-            once()?;
-            times.push(t.elapsed().as_secs_f64());
-        }
-        let seconds = median(times);
-        // The floor: one forward and one VJP in isolation, at a mid-grid evaluation.
+                                   // The floor: the same network calls as one run of the method, back to back at a
+                                   // mid-grid evaluation (nfe forwards, then vjps VJPs; the tape: nfe forward+backward
+                                   // passes), timed as a whole and alternated with the method's runs so that both see the
+                                   // same noise and the same statistic (a median of whole runs).
         let plan = problem.plan();
         let time = plan
             .instrs
@@ -296,34 +294,49 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
             })
             .nth(plan.nfe() / 2)
             .expect("a plan evaluates the model");
-        let reps = if name == "w3" { 3 } else { 7 };
-        let fwd = median(
-            (0..reps)
-                .map(|_| {
-                    let t = Instant::now();
-                    std::hint::black_box(model.forward(&x_t, z.as_ref(), &time));
-                    t.elapsed().as_secs_f64()
-                })
-                .collect(),
-        );
-        let mut acc = model.zero_grads();
+        let tape = method == BenchMethod::Gradient(GradMethod::Tape);
+        let (floor_forwards, floor_vjps) = if tape { (0, nfe) } else { (nfe, vjps) };
         let theta = problem.wrt().params;
-        let vjp = median(
-            (0..reps)
-                .map(|_| {
-                    let t = Instant::now();
-                    let slot = theta.then_some((&mut acc, 1.0));
-                    std::hint::black_box(model.vjp(&x_t, z.as_ref(), &time, &target, slot));
-                    t.elapsed().as_secs_f64()
-                })
-                .collect(),
-        );
-        // The tape's floor: a forward and a backward pass for every evaluation.
-        let floor = if method == BenchMethod::Gradient(GradMethod::Tape) {
-            nfe as f64 * vjp
-        } else {
-            nfe as f64 * fwd + vjps as f64 * vjp
+        let time_forwards = |k: usize| {
+            let t = Instant::now();
+            for _ in 0..k {
+                std::hint::black_box(model.forward(&x_t, z.as_ref(), &time));
+            }
+            t.elapsed().as_secs_f64()
         };
+        let time_vjps = |k: usize| {
+            // The parameters' gradient only where the method makes one, as it does, per run.
+            let mut acc = theta.then(|| model.zero_grads());
+            let t = Instant::now();
+            for _ in 0..k {
+                let slot = acc.as_mut().map(|a| (a, 1.0));
+                std::hint::black_box(model.vjp(&x_t, z.as_ref(), &time, &target, slot));
+            }
+            t.elapsed().as_secs_f64()
+        };
+        let (mut times, mut floors) = (Vec::with_capacity(repeat), Vec::with_capacity(repeat));
+        let (mut fwd_each, mut vjp_each) = (Vec::new(), Vec::new());
+        for _ in 0..repeat {
+            let t = Instant::now();
+            once()?;
+            times.push(t.elapsed().as_secs_f64());
+            let forwards = time_forwards(floor_forwards);
+            let vjps_seconds = time_vjps(floor_vjps);
+            floors.push(forwards + vjps_seconds);
+            fwd_each.push(forwards / floor_forwards.max(1) as f64);
+            vjp_each.push(vjps_seconds / floor_vjps.max(1) as f64);
+        }
+        // The per-call figures from the floor's runs, or where the floor makes no such call (a
+        // forward alone in the tape's, a VJP in sampling's), from three calls timed alone.
+        let per_call = |each: Vec<f64>, calls: usize, time: &dyn Fn(usize) -> f64| {
+            median(match calls {
+                0 => (0..3).map(|_| time(1)).collect(),
+                _ => each,
+            })
+        };
+        let fwd = per_call(fwd_each, floor_forwards, &time_forwards);
+        let vjp = per_call(vjp_each, floor_vjps, &time_vjps);
+        let (seconds, floor) = (median(times), median(floors));
         Ok(BenchResult {
             workload: name.into(),
             method: match method {

@@ -256,7 +256,7 @@ fn quiet_on_closed_pipe() {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    adeis::allocator::keep_freed_memory();
     quiet_on_closed_pipe();
     // Every subcommand takes negative numbers as values (`--seed -1` is then an invalid value
     // for the seed, said so, rather than an unknown flag `-1`).
@@ -278,26 +278,6 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-/// Has glibc's allocator keep the memory a step frees for the next step's tensors. By default
-/// it maps buffers from 128 KiB up afresh (raising that bound only as it sees them freed) and
-/// returns freed space at the top of its heap to the system, so each network evaluation's
-/// outputs came as new pages the kernel had to zero: a 50-step W2 sample took 185,000 page
-/// faults, 32,000 with these settings (`perf stat -e page-faults adeis bench --workload w2
-/// --method sample --steps 50`), W1's tape at N = 200 28,000 and 10,500. One arena for all
-/// threads: with one per thread each kept its own freed memory, and W3's peak grew by 10-25%;
-/// with one the peaks are those of the default settings.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets the allocator's parameters (under its lock), first thing in main.
-    unsafe {
-        // Buffers up to 32 MiB (glibc's largest dynamic bound) from the heap, not mmap.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        // Return freed heap to the system only beyond 1 GiB of free space at its top.
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
