@@ -84,6 +84,7 @@ pub(crate) fn expf_poly(x: f32) -> f32 {
 /// The CPU kernel: one pass forward, one backward, over chunks on rayon's threads.
 pub(crate) mod cpu {
     use dfdx::prelude::*;
+    use multiversion::multiversion;
     use rayon::prelude::*;
 
     use super::gelu_and_slope;
@@ -91,6 +92,22 @@ pub(crate) mod cpu {
 
     /// Elements per task: rows shorter than two of these stay on one thread.
     const CHUNK: usize = 16 * 1024;
+
+    /// out = GeLU(x).
+    #[multiversion(targets = "simd")]
+    pub(super) fn gelu_rows<E: Float>(out: &mut [E], x: &[E]) {
+        for (o, x) in out.iter_mut().zip(x) {
+            *o = gelu_and_slope(*x).0;
+        }
+    }
+
+    /// dx += g GeLU'(x).
+    #[multiversion(targets = "simd")]
+    pub(super) fn gelu_slope_rows<E: Float>(dx: &mut [E], g: &[E], x: &[E]) {
+        for ((d, g), x) in dx.iter_mut().zip(g).zip(x) {
+            *d += *g * gelu_and_slope(*x).1;
+        }
+    }
 
     pub fn gelu<S: Shape, E: Float, T: Tape<E, Cpu>>(
         x: Tensor<S, E, Cpu, T>,
@@ -104,11 +121,7 @@ pub(crate) mod cpu {
         let mut xs = vec![E::zero(); shape.num_elements()];
         x.copy_into(&mut xs);
         let mut out = vec![E::zero(); xs.len()];
-        let forward = |(o, x): (&mut [E], &[E])| {
-            for (o, x) in o.iter_mut().zip(x) {
-                *o = gelu_and_slope(*x).0;
-            }
-        };
+        let forward = |(o, x): (&mut [E], &[E])| gelu_rows(o, x);
         if xs.len() < 2 * CHUNK {
             forward((&mut out, &xs));
         } else {
@@ -122,11 +135,7 @@ pub(crate) mod cpu {
             tape.add_backward_op(move |grads| {
                 let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
                 let dx = grads.get_or_alloc_mut(&x_ghost)?;
-                let backward = |((d, g), x): ((&mut [E], &[E]), &[E])| {
-                    for ((d, g), x) in d.iter_mut().zip(g).zip(x) {
-                        *d += *g * gelu_and_slope(*x).1;
-                    }
-                };
+                let backward = |((d, g), x): ((&mut [E], &[E]), &[E])| gelu_slope_rows(d, g, x);
                 if xs.len() < 2 * CHUNK {
                     backward(((dx, &go), &xs));
                 } else {
@@ -139,5 +148,41 @@ pub(crate) mod cpu {
             });
         }
         out.put_tape(tape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu::{gelu_rows, gelu_slope_rows};
+    use super::gelu_and_slope;
+
+    /// The kernels run the version for the widest vectors the CPU has (AVX-512 here); each
+    /// element must round exactly as the formula does one at a time in the baseline build
+    /// (so that no version fuses a multiply-add or reorders a sum).
+    #[test]
+    fn every_simd_version_rounds_as_the_scalar_formula() {
+        let xs: Vec<f32> = (0..10_007)
+            .map(|i| {
+                let u = (i as f32 * 0.618_034).fract();
+                // Mostly [-12, 12], some far out (saturated, capped exponent) and zeros.
+                match i % 97 {
+                    0 => 0.0,
+                    1 => -300.0 * u,
+                    2 => 300.0 * u,
+                    _ => 24.0 * u - 12.0,
+                }
+            })
+            .collect();
+        let g: Vec<f32> = xs.iter().map(|x| 0.5 - x.sin()).collect();
+        let mut out = vec![0.0f32; xs.len()];
+        gelu_rows(&mut out, &xs);
+        let mut dx = vec![0.25f32; xs.len()];
+        gelu_slope_rows(&mut dx, &g, &xs);
+        for (i, x) in xs.iter().enumerate() {
+            let (value, slope) = gelu_and_slope(std::hint::black_box(*x));
+            assert_eq!(out[i].to_bits(), value.to_bits(), "GeLU({x})");
+            let d = 0.25 + g[i] * slope;
+            assert_eq!(dx[i].to_bits(), d.to_bits(), "GeLU'({x})");
+        }
     }
 }

@@ -27,12 +27,14 @@ pub(crate) mod cpu {
     use std::sync::Arc;
 
     use dfdx::prelude::*;
+    use multiversion::multiversion;
 
     use super::Heads;
     use crate::nn::gemm::matmul;
     use crate::nn::Float;
 
     /// The softmax of each row of `rows` [.. x width], in place.
+    #[multiversion(targets = "simd")]
     fn softmax_rows<E: Float>(rows: &mut [E], width: usize) {
         for row in rows.chunks_exact_mut(width) {
             let max = row.iter().fold(E::neg_infinity(), |m, v| m.max(*v));

@@ -11,6 +11,15 @@
 //! (`adeis bench`, `cargo bench --bench unet_layers`, `--bench mlp_layers`): dfdx's CPU
 //! kernels index every element through its strides and multiply with `gemm` 0.15 without
 //! AVX-512, and the composed layers cost several times the kernels.
+//!
+//! The element-wise loops of those kernels (GeLU, GroupNorm's sums and its affine map with the
+//! SiLU, the attention's softmax) carry `#[multiversion(targets = "simd")]`: each is compiled
+//! also for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and v2, and the version the CPU can run is
+//! chosen when it is called. The build's baseline is x86-64's SSE2, four f32 lanes where Zen 4
+//! has sixteen: GeLU's forward took 154 us on 64 x 2048 and takes 78 (`cargo bench --bench
+//! mlp_layers -- gelu`). Rust does not contract `a * b + c` into a fused multiply-add nor
+//! reorder a sum, so every version rounds as the baseline does (a test in `activation.rs`
+//! compares them bit for bit).
 
 pub mod activation;
 pub mod attention;

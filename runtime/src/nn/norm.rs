@@ -77,6 +77,7 @@ impl<E: Float, D: Device<E>> GroupNorm<E, D> {
 /// registered on dfdx's tape.
 pub(crate) mod cpu {
     use dfdx::prelude::*;
+    use multiversion::multiversion;
     use rayon::prelude::*;
 
     use super::{Activation, ChannelShift, GroupNorm};
@@ -141,19 +142,23 @@ pub(crate) mod cpu {
         (t1, t2)
     }
 
-    /// The mean and 1/sqrt(var + eps) of each (image, group): the mean first, then the
-    /// centred squares (no cancellation where |mean| >> std).
+    /// The mean and 1/sqrt(var + eps) of each (image, group).
     fn statistics<E: Float>(g: &Geometry, v: &[E], eps: f64) -> Vec<(E, E)> {
         v.par_chunks(g.group_len())
             .with_min_len(min_items_per_task(g.group_len()))
-            .map(|group| {
-                let n = group.len() as f64;
-                let mean = sums2(group, group, |x, _| (x, E::zero())).0 / n;
-                let m = E::from_f64(mean).unwrap();
-                let var = sums2(group, group, |x, _| ((x - m) * (x - m), E::zero())).0 / n;
-                (m, E::from_f64(1.0 / (var + eps).sqrt()).unwrap())
-            })
+            .map(|group| group_statistics(group, eps))
             .collect()
+    }
+
+    /// One group's mean and 1/sqrt(var + eps): the mean first, then the centred squares
+    /// (no cancellation where |mean| >> std).
+    #[multiversion(targets = "simd")]
+    fn group_statistics<E: Float>(group: &[E], eps: f64) -> (E, E) {
+        let n = group.len() as f64;
+        let mean = sums2(group, group, |x, _| (x, E::zero())).0 / n;
+        let m = E::from_f64(mean).unwrap();
+        let var = sums2(group, group, |x, _| ((x - m) * (x - m), E::zero())).0 / n;
+        (m, E::from_f64(1.0 / (var + eps).sqrt()).unwrap())
     }
 
     /// The group of the chunk `i` of [`Geometry::group_len`] elements, and its first channel.
@@ -209,20 +214,33 @@ pub(crate) mod cpu {
             .enumerate()
             .with_min_len(min_items_per_task(g.group_len()))
             .for_each(|(i, (o, vg))| {
-                let (mean, rstd) = stats[i];
                 let c0 = channel0(g, i);
-                for (k, (op, vp)) in o
-                    .chunks_exact_mut(g.plane)
-                    .zip(vg.chunks_exact(g.plane))
-                    .enumerate()
-                {
-                    let (scale, offset) = (gamma[c0 + k] * rstd, beta[c0 + k]);
-                    for (y, x) in op.iter_mut().zip(vp) {
-                        // Centred first: x s - mean s would cancel where |mean| >> std.
-                        *y = act.value((*x - mean) * scale + offset);
-                    }
-                }
+                let channels = c0..c0 + g.per_group();
+                let affine = (&gamma[channels.clone()], &beta[channels]);
+                normalise_group((o, vg), g.plane, stats[i], affine, act)
             });
+    }
+
+    /// act(GroupNorm(v)) of one group, its channels' planes of `plane` elements in turn.
+    #[multiversion(targets = "simd")]
+    fn normalise_group<E: Float, A: Act<E>>(
+        (o, vg): (&mut [E], &[E]),
+        plane: usize,
+        (mean, rstd): (E, E),
+        (gamma, beta): (&[E], &[E]),
+        act: A,
+    ) {
+        for (k, (op, vp)) in o
+            .chunks_exact_mut(plane)
+            .zip(vg.chunks_exact(plane))
+            .enumerate()
+        {
+            let (scale, offset) = (gamma[k] * rstd, beta[k]);
+            for (y, x) in op.iter_mut().zip(vp) {
+                // Centred first: x s - mean s would cancel where |mean| >> std.
+                *y = act.value((*x - mean) * scale + offset);
+            }
+        }
     }
 
     /// act(GroupNorm(x + shift)) on the CPU, on the tapes of x and shift.
@@ -330,38 +348,12 @@ pub(crate) mod cpu {
             .enumerate()
             .with_min_len(min_items_per_task(g.group_len()))
             .for_each(|(i, (dvg, sums))| {
-                let (mean, rstd) = stats[i];
+                let group = i * g.group_len()..(i + 1) * g.group_len();
                 let c0 = channel0(g, i);
-                let vg = &v[i * g.group_len()..(i + 1) * g.group_len()];
-                let gog = &go[i * g.group_len()..(i + 1) * g.group_len()];
-                // First pass: dy into dvg, and each channel's sums of dy and dy x̂.
-                let (mut s1, mut s2) = (0.0f64, 0.0f64);
-                for k in 0..g.per_group() {
-                    let (gm, bt) = (gamma[c0 + k], beta[c0 + k]);
-                    let range = k * g.plane..(k + 1) * g.plane;
-                    let dvp = &mut dvg[range.clone()];
-                    for ((d, x), o) in dvp.iter_mut().zip(&vg[range.clone()]).zip(&gog[range]) {
-                        *d = *o * act.slope((*x - mean) * rstd * gm + bt);
-                    }
-                    let vp = &vg[k * g.plane..(k + 1) * g.plane];
-                    let (sdy, sdyx) = sums2(dvp, vp, |dy, x| (dy, dy * (x - mean) * rstd));
-                    sums[k] = (E::from_f64(sdy).unwrap(), E::from_f64(sdyx).unwrap());
-                    s1 += gm.to_f64().unwrap() * sdy;
-                    s2 += gm.to_f64().unwrap() * sdyx;
-                }
-                let n = g.group_len() as f64;
-                let (m1, m2) = (E::from_f64(s1 / n).unwrap(), E::from_f64(s2 / n).unwrap());
-                for (k, (dp, vp)) in dvg
-                    .chunks_exact_mut(g.plane)
-                    .zip(vg.chunks_exact(g.plane))
-                    .enumerate()
-                {
-                    let gm = gamma[c0 + k];
-                    for (d, x) in dp.iter_mut().zip(vp) {
-                        let xh = (*x - mean) * rstd;
-                        *d = rstd * (*d * gm - m1 - xh * m2);
-                    }
-                }
+                let channels = c0..c0 + g.per_group();
+                let affine = (&gamma[channels.clone()], &beta[channels]);
+                let inputs = (&v[group.clone()], &go[group]);
+                backward_group((dvg, sums), inputs, g.plane, stats[i], affine, act)
             });
         let (mut dgamma, mut dbeta) = (vec![E::zero(); g.channels], vec![E::zero(); g.channels]);
         for per_image in sums.chunks_exact(g.channels) {
@@ -371,5 +363,49 @@ pub(crate) mod cpu {
             }
         }
         (dv, dgamma, dbeta)
+    }
+
+    /// One group's input gradient into `dvg`, and its channels' sums of dy and dy x̂.
+    #[multiversion(targets = "simd")]
+    fn backward_group<E: Float, A: Act<E>>(
+        (dvg, sums): (&mut [E], &mut [(E, E)]),
+        (vg, gog): (&[E], &[E]),
+        plane: usize,
+        (mean, rstd): (E, E),
+        (gamma, beta): (&[E], &[E]),
+        act: A,
+    ) {
+        // First pass: dy into dvg, and each channel's sums of dy and dy x̂.
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for (k, sum) in sums.iter_mut().enumerate() {
+            let (gm, bt) = (gamma[k], beta[k]);
+            let range = k * plane..(k + 1) * plane;
+            let dvp = &mut dvg[range.clone()];
+            for ((d, x), o) in dvp
+                .iter_mut()
+                .zip(&vg[range.clone()])
+                .zip(&gog[range.clone()])
+            {
+                *d = *o * act.slope((*x - mean) * rstd * gm + bt);
+            }
+            let vp = &vg[range];
+            let (sdy, sdyx) = sums2(dvp, vp, |dy, x| (dy, dy * (x - mean) * rstd));
+            *sum = (E::from_f64(sdy).unwrap(), E::from_f64(sdyx).unwrap());
+            s1 += gm.to_f64().unwrap() * sdy;
+            s2 += gm.to_f64().unwrap() * sdyx;
+        }
+        let n = vg.len() as f64;
+        let (m1, m2) = (E::from_f64(s1 / n).unwrap(), E::from_f64(s2 / n).unwrap());
+        for (k, (dp, vp)) in dvg
+            .chunks_exact_mut(plane)
+            .zip(vg.chunks_exact(plane))
+            .enumerate()
+        {
+            let gm = gamma[k];
+            for (d, x) in dp.iter_mut().zip(vp) {
+                let xh = (*x - mean) * rstd;
+                *d = rstd * (*d * gm - m1 - xh * m2);
+            }
+        }
     }
 }
