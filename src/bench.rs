@@ -279,11 +279,12 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
                 }
             }
         };
-        let (nfe, vjps) = once()?; // warm-up
-                                   // The floor: the same network calls as one run of the method, back to back at a
-                                   // mid-grid evaluation (nfe forwards, then vjps VJPs; the tape: nfe forward+backward
-                                   // passes), timed as a whole and alternated with the method's runs so that both see the
-                                   // same noise and the same statistic (a median of whole runs).
+        // A warm-up run, which also counts the network calls.
+        let (nfe, vjps) = once()?;
+        // The floor: the same network calls as one run of the method, back to back at a
+        // mid-grid evaluation (nfe forwards, then vjps VJPs; the tape: nfe forward+backward
+        // passes), timed as a whole and alternated with the method's runs so that both see the
+        // same noise and the same statistic (a median of whole runs).
         let plan = problem.plan();
         let time = plan
             .instrs
