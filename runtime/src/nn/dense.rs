@@ -259,6 +259,37 @@ pub(crate) mod cpu {
         }
     }
 
+    /// The rows [n x p] of x Mᵀ + bias, for x [n x q] and M [p x q] row-major, computed as
+    /// M xᵀ between two transposes (the layout where `gemm` is fastest, [`runs_transposed`]).
+    fn times_transposed<E: Float>(
+        x: &[E],
+        (n, q): (usize, usize),
+        m: &[E],
+        p: usize,
+        bias: Option<&[E]>,
+    ) -> Vec<E> {
+        let mut xt = vec![E::zero(); n * q];
+        transpose_into(x, (n, q), &mut xt);
+        let mut out_t = vec![E::zero(); n * p];
+        if let Some(bias) = bias {
+            for (row, b) in out_t.chunks_exact_mut(n).zip(bias) {
+                row.fill(*b);
+            }
+        }
+        // SAFETY: out_t [p x n] (+)= M [p x q] xt [q x n], all row-major and of those sizes.
+        unsafe {
+            matmul(
+                (p, n, q),
+                (out_t.as_mut_ptr(), n, bias.is_some()),
+                (m.as_ptr(), q, 1),
+                (xt.as_ptr(), n, 1),
+            );
+        }
+        let mut out = vec![E::zero(); n * p];
+        transpose_into(&out_t, (p, n), &mut out);
+        out
+    }
+
     /// out = x W^T + b on n rows, and the backward pass: dx += go W, dW += go^T x,
     /// db += the column sums of go.
     fn rows<S: Shape, S2: Shape, W: Shape, B: Shape, E: Float, T: Tape<E, Cpu>>(
@@ -276,27 +307,12 @@ pub(crate) mod cpu {
         let mut xs = vec![E::zero(); x.shape().num_elements()];
         x.copy_into(&mut xs);
         let n = xs.len() / i;
-        let mut out = vec![E::zero(); n * o];
-        if runs_transposed(n, o, o * i) {
-            let mut xt = vec![E::zero(); n * i];
-            transpose_into(&xs, (n, i), &mut xt);
-            let mut out_t = vec![E::zero(); n * o];
-            for (row, b) in out_t.chunks_exact_mut(n).zip(&host.bias) {
-                row.fill(*b);
-            }
-            // SAFETY: out_t [o x n] += W [o x i] xt [i x n], all row-major.
-            unsafe {
-                matmul(
-                    (o, n, i),
-                    (out_t.as_mut_ptr(), n, true),
-                    (host.weight.as_ptr(), i, 1),
-                    (xt.as_ptr(), n, 1),
-                );
-            }
-            transpose_into(&out_t, (o, n), &mut out);
+        let out = if runs_transposed(n, o, o * i) {
+            times_transposed(&xs, (n, i), &host.weight, o, Some(&host.bias))
         } else {
-            for row in out.chunks_exact_mut(o) {
-                row.copy_from_slice(&host.bias);
+            let mut out = Vec::with_capacity(n * o);
+            for _ in 0..n {
+                out.extend_from_slice(&host.bias);
             }
             // SAFETY: out [n x o] += xs [n x i] W^T [i x o], W^T row-major.
             unsafe {
@@ -307,7 +323,8 @@ pub(crate) mod cpu {
                     (host.weight_t.as_ptr(), o, 1),
                 );
             }
-        }
+            out
+        };
         let out = x.device().tensor_from_vec(out, out_shape);
         if T::OWNS_TAPE {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
@@ -316,21 +333,9 @@ pub(crate) mod cpu {
                 let go = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
                 let dx = grads.get_or_alloc_mut(&x_ghost)?;
                 if runs_transposed(n, i, o * i) {
-                    let mut go_t = vec![E::zero(); n * o];
-                    transpose_into(&go, (n, o), &mut go_t);
-                    let mut dx_t = vec![E::zero(); n * i];
-                    // SAFETY: dx_t [i x n] = W^T [i x o] go_t [o x n], W^T row-major.
-                    unsafe {
-                        matmul(
-                            (i, n, o),
-                            (dx_t.as_mut_ptr(), n, false),
-                            (host.weight_t.as_ptr(), o, 1),
-                            (go_t.as_ptr(), n, 1),
-                        );
-                    }
-                    let mut dx_rows = vec![E::zero(); n * i];
-                    transpose_into(&dx_t, (i, n), &mut dx_rows);
-                    for (d, v) in dx.iter_mut().zip(dx_rows.iter()) {
+                    // dx += go W = go (Wᵀ)ᵀ.
+                    let dx_rows = times_transposed(&go, (n, o), &host.weight_t, i, None);
+                    for (d, v) in dx.iter_mut().zip(&dx_rows) {
                         *d += *v;
                     }
                 } else {
