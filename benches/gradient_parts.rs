@@ -11,7 +11,7 @@ use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis::runtime::nn::{Dense, Gelu};
 use adeis::runtime::noise::normals;
-use adeis::runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource};
+use adeis::runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource, State};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const D: usize = 64;
@@ -53,9 +53,16 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
-    // The tensor work of a step outside the model: dfdx's elementwise ops and the NaN check.
+    // The tensor work of a step outside the model: a two-term combination and the NaN check,
+    // in dfdx's element-wise operations (a reduction for the check) and in one pass.
     c.bench_function("w1_combine_two_terms", |b| {
         b.iter(|| black_box(x.clone() * 0.9 + cot.clone() * -0.1))
+    });
+    c.bench_function("w1_finite_check_by_reduction", |b| {
+        b.iter(|| black_box(x.rows().clone().sum::<Rank0, _>().array().is_finite()))
+    });
+    c.bench_function("w1_combine_two_terms_and_check_one_pass", |b| {
+        b.iter(|| black_box(State::combination(&[(&x, 0.9), (&cot, -0.1)])))
     });
     c.bench_function("w1_finite_check", |b| b.iter(|| black_box(x.is_finite())));
     c.bench_function("w1_time_info", |b| {

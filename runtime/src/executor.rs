@@ -147,21 +147,28 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
                     slots.outs.insert(*out, o);
                 }
                 Instr::Combine { dst, terms, step } => {
-                    let mut acc: Option<State<E, D>> = None;
-                    for (op, c) in terms {
-                        let v = match op {
-                            Operand::State(s) => slots.states.get(s).cloned().expect("plan order"),
-                            Operand::Out(o) => slots.outs.get(o).cloned().expect("plan order"),
-                            Operand::Noise(i) => self.noise.get(*i, &self.x_t)?,
-                        };
-                        let term = v * *c;
-                        acc = Some(match acc {
-                            None => term,
-                            Some(a) => a + term,
-                        });
-                    }
-                    let new = acc.expect("a combination has at least one term");
-                    if !new.is_finite() {
+                    // The SDE noises are drawn here; the states and outputs are read in place.
+                    let noises = terms
+                        .iter()
+                        .filter_map(|(op, _)| match op {
+                            Operand::Noise(i) => Some(self.noise.get(*i, &self.x_t)),
+                            _ => None,
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let mut noise = noises.iter();
+                    let operands: Vec<(&State<E, D>, f64)> = terms
+                        .iter()
+                        .map(|(op, c)| {
+                            let v = match op {
+                                Operand::State(s) => slots.states.get(s).expect("plan order"),
+                                Operand::Out(o) => slots.outs.get(o).expect("plan order"),
+                                Operand::Noise(_) => noise.next().expect("drawn above"),
+                            };
+                            (v, *c)
+                        })
+                        .collect();
+                    let (new, finite) = State::combination(&operands);
+                    if !finite {
                         return Err(RuntimeError::NonFinite {
                             what: "the state".into(),
                             step: *step,

@@ -125,11 +125,45 @@ impl<E: Dtype, D: Device<E>> State<E, D> {
         self.like(self.rows.device().zeros_like(self.rows.shape()))
     }
 
-    /// Whether every element is finite (one reduction).
+    /// Whether every element is finite: on the CPU one pass over the values, elsewhere one
+    /// reduction (whose sum can also overflow to infinity on finite values that large).
     pub fn is_finite(&self) -> bool {
-        self.rows.clone().sum::<Rank0, _>().as_vec()[0]
-            .to_f64()
-            .is_some_and(|v| v.is_finite())
+        host::all_finite(&self.rows).unwrap_or_else(|| {
+            self.rows.clone().sum::<Rank0, _>().as_vec()[0]
+                .to_f64()
+                .is_some_and(|v| v.is_finite())
+        })
+    }
+
+    /// The affine combination `v_1 c_1 + v_2 c_2 + ...` of `terms` (at least one, all of one
+    /// shape), summed left to right in `E`, and whether every element of it is finite. The
+    /// plan's steps are such combinations: on the CPU this is one pass over the rows where
+    /// dfdx takes an operation (an allocation and a strided loop) per product and per sum,
+    /// plus a reduction for the check, and rounds the same (a test compares them bit for bit).
+    pub fn combination(terms: &[(&State<E, D>, f64)]) -> (State<E, D>, bool) {
+        let (first, rest) = terms
+            .split_first()
+            .expect("a combination has at least one term");
+        debug_assert!(rest.iter().all(|(v, _)| v.same_shape(first.0)), "shapes");
+        if let Some((rows, finite)) = host::combination(terms) {
+            return (first.0.like(rows), finite);
+        }
+        let sum = Self::combination_generic(terms);
+        let finite = sum.is_finite();
+        (sum, finite)
+    }
+
+    /// [`State::combination`] in dfdx's operations, without the check.
+    fn combination_generic(terms: &[(&State<E, D>, f64)]) -> State<E, D> {
+        let mut acc: Option<State<E, D>> = None;
+        for (v, c) in terms {
+            let term = (*v).clone() * *c;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => a + term,
+            });
+        }
+        acc.expect("a combination has at least one term")
     }
 
     /// Whether two states have the same shape.
@@ -173,9 +207,202 @@ impl<E: Dtype, D: Device<E>> Sub for State<E, D> {
 impl<E: Dtype, D: Device<E>> Mul<f64> for State<E, D> {
     type Output = State<E, D>;
     fn mul(self, c: f64) -> State<E, D> {
+        // x 1 = x exactly: no operation (the conversions and VJPs of a model that predicts
+        // what the solver asks for scale by one at every step).
+        if c == 1.0 {
+            return self;
+        }
         State {
             rows: self.rows * e::<E>(c),
             item: self.item,
         }
+    }
+}
+
+/// The CPU's one-pass versions of the plan's arithmetic. The executor is generic over dfdx's
+/// devices; rows on the CPU are recognised by their type at run time (`Any`), so every other
+/// device keeps dfdx's operations and the CUDA path builds unchanged.
+mod host {
+    use std::any::Any;
+
+    use dfdx::prelude::*;
+    use multiversion::multiversion;
+
+    use super::Rows;
+    use crate::nn::Float;
+
+    /// `rows` as CPU rows of `F`, when that is what they are.
+    fn as_cpu<F: Float, E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<&Rows<F, Cpu>> {
+        (rows as &dyn Any).downcast_ref()
+    }
+
+    /// CPU rows of `F` as the rows of `E` on `D` they are (`as_cpu` found them so).
+    fn from_cpu<F: Float, E: Dtype, D: Device<E>>(rows: Rows<F, Cpu>) -> Rows<E, D> {
+        let mut slot = Some(rows);
+        (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<Rows<E, D>>>()
+            .and_then(Option::take)
+            .expect("E and D are F and Cpu")
+    }
+
+    /// A copy of the values in C order (dfdx copies a contiguous buffer as one block).
+    fn values<F: Float>(rows: &Rows<F, Cpu>) -> Vec<F> {
+        let rows = rows.clone().contiguous();
+        let mut out = vec![F::zero(); rows.shape().num_elements()];
+        rows.copy_into(&mut out);
+        out
+    }
+
+    pub(super) fn all_finite<E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<bool> {
+        fn on<F: Float, E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<bool> {
+            as_cpu::<F, E, D>(rows).map(|r| finite(&values(r)))
+        }
+        on::<f32, E, D>(rows).or_else(|| on::<f64, E, D>(rows))
+    }
+
+    pub(super) fn combination<E: Dtype, D: Device<E>>(
+        terms: &[(&super::State<E, D>, f64)],
+    ) -> Option<(Rows<E, D>, bool)> {
+        fn on<F: Float, E: Dtype, D: Device<E>>(
+            terms: &[(&super::State<E, D>, f64)],
+        ) -> Option<(Rows<E, D>, bool)> {
+            let first = as_cpu::<F, E, D>(terms[0].0.rows())?;
+            let coef = |c: f64| F::from_f64(c).expect("f64 converts to every float dtype");
+            let mut out = values(first);
+            if terms[0].1 != 1.0 {
+                scale(&mut out, coef(terms[0].1));
+            }
+            for (v, c) in &terms[1..] {
+                let v = as_cpu::<F, E, D>(v.rows()).expect("the terms share one type");
+                add_scaled(&mut out, &values(v), coef(*c));
+            }
+            let ok = finite(&out);
+            let rows = first.device().tensor_from_vec(out, *first.shape());
+            Some((from_cpu::<F, E, D>(rows), ok))
+        }
+        on::<f32, E, D>(terms).or_else(|| on::<f64, E, D>(terms))
+    }
+
+    /// out = out c.
+    #[multiversion(targets = "simd")]
+    fn scale<F: Float>(out: &mut [F], c: F) {
+        for o in out.iter_mut() {
+            *o *= c;
+        }
+    }
+
+    /// out = out + v c, the product rounded first as dfdx's `a + v * c` does.
+    #[multiversion(targets = "simd")]
+    fn add_scaled<F: Float>(out: &mut [F], v: &[F], c: F) {
+        for (o, v) in out.iter_mut().zip(v) {
+            *o += *v * c;
+        }
+    }
+
+    /// Whether every value is finite: x 0 is 0 for those, NaN for infinities and NaN, so
+    /// lane-wise sums of it stay 0 exactly when all are (no early exit, so it vectorises).
+    #[multiversion(targets = "simd")]
+    fn finite<F: Float>(v: &[F]) -> bool {
+        const LANES: usize = 16;
+        let mut acc = [F::zero(); LANES];
+        let chunks = v.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (a, x) in acc.iter_mut().zip(chunk) {
+                *a += *x * F::zero();
+            }
+        }
+        for (a, x) in acc.iter_mut().zip(tail) {
+            *a += *x * F::zero();
+        }
+        acc.iter().all(|a| *a == F::zero())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::noise::normals;
+
+    /// Rows (batch, width) from f64 values, and the same values read through a transposed
+    /// (non-contiguous) view.
+    fn rows_pair<E: Dtype>(dev: &Cpu, seed: u64, batch: usize, width: usize) -> [Rows<E, Cpu>; 2]
+    where
+        Cpu: Device<E>,
+    {
+        let v = normals(seed, 0, batch * width);
+        let plain = dev.tensor_from_vec(v.iter().map(|x| e::<E>(*x)).collect(), (batch, width));
+        let mut t = vec![E::default(); batch * width];
+        for (i, x) in v.iter().enumerate() {
+            t[(i % width) * batch + i / width] = e::<E>(*x);
+        }
+        let transposed = dev
+            .tensor_from_vec(t, (width, batch))
+            .permute::<_, Axes2<1, 0>>();
+        [plain, transposed]
+    }
+
+    fn bits<E: Dtype>(s: &State<E, Cpu>) -> Vec<u64>
+    where
+        Cpu: Device<E>,
+    {
+        s.rows()
+            .as_vec()
+            .iter()
+            .map(|v| v.to_f64().unwrap().to_bits())
+            .collect()
+    }
+
+    fn one_pass_rounds_as_dfdx<E: Dtype>()
+    where
+        Cpu: Device<E>,
+    {
+        let dev = Cpu::default();
+        // 16 x 67: whole 16-lane chunks and a tail.
+        let (batch, width) = (16, 67);
+        for which in 0..2 {
+            let a = State::from_rows(rows_pair::<E>(&dev, 1, batch, width)[which].clone());
+            let b = State::from_rows(rows_pair::<E>(&dev, 2, batch, width)[1 - which].clone());
+            let c = State::from_rows(rows_pair::<E>(&dev, 3, batch, width)[which].clone());
+            for terms in [
+                vec![(&a, 0.3)],
+                vec![(&a, 1.0)],
+                vec![(&a, 0.9), (&b, -0.1)],
+                vec![(&a, 1.0), (&b, 0.7), (&c, -1.3e-3)],
+            ] {
+                let (fused, finite) = State::combination(&terms);
+                assert!(finite);
+                let generic = State::combination_generic(&terms);
+                assert_eq!(bits(&fused), bits(&generic), "{} terms", terms.len());
+                assert_eq!(fused.item(), a.item());
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_combination_rounds_as_dfdx_operations() {
+        one_pass_rounds_as_dfdx::<f32>();
+        one_pass_rounds_as_dfdx::<f64>();
+    }
+
+    #[test]
+    fn every_non_finite_value_is_found() {
+        let dev = Cpu::default();
+        let n = 16 * 67;
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            // In the 16-lane chunks and in the tail.
+            for at in [0, 17, n - 1] {
+                let mut v = vec![0.5f32; n];
+                v[at] = bad;
+                let s = State::from_rows(dev.tensor_from_vec(v, (16, 67)));
+                assert!(!s.is_finite(), "{bad} at {at}");
+                let ok = State::from_rows(dev.tensor_from_vec(vec![0.5f32; n], (16, 67)));
+                assert!(!State::combination(&[(&ok, 1.0), (&s, 0.5)]).1);
+            }
+        }
+        // A product that overflows is caught where it is formed.
+        let big = State::from_rows(dev.tensor_from_vec(vec![3e38f32; n], (16, 67)));
+        assert!(big.is_finite());
+        assert!(!State::combination(&[(&big, 1.0), (&big, 1.0)]).1);
     }
 }

@@ -18,7 +18,11 @@ fn recorded<E: Dtype, D: Device<E>>(slots: &Slots<E, D>, at: RecordedState) -> S
     let slot = |s: usize| slots.state(s).expect("recorded state").clone();
     match at {
         RecordedState::Slot(s) => slot(s),
-        RecordedState::Lerp { lo, hi, u } => slot(lo) * (1.0 - u) + slot(hi) * u,
+        RecordedState::Lerp { lo, hi, u } => {
+            let (lo, hi) = (slots.state(lo), slots.state(hi));
+            let (lo, hi) = (lo.expect("recorded state"), hi.expect("recorded state"));
+            State::combination(&[(lo, 1.0 - u), (hi, u)]).0
+        }
     }
 }
 
@@ -97,12 +101,14 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             add_into(&mut dz_acc, jz * w);
         }
         let jx = cot.x;
-        let mut update = jx.clone() * step.now;
+        let prev = prev_jx.take();
+        let mut terms = vec![(&a_x, step.decay), (&jx, step.now)];
         if step.prev != 0.0 {
-            update = update - prev_jx.take().expect("the previous point's VJP") * step.prev;
+            terms.push((prev.as_ref().expect("the previous point's VJP"), -step.prev));
         }
-        a_x = a_x * step.decay + update;
-        if !a_x.is_finite() {
+        let (next, finite) = State::combination(&terms);
+        a_x = next;
+        if !finite {
             return Err(RuntimeError::NonFinite {
                 what: "the adjoint state".into(),
                 step: k,

@@ -69,11 +69,13 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                         }
                     }
                     for (op, c) in terms {
+                        // A finite cotangent times a finite coefficient is checked where it
+                        // reaches a model evaluation's input.
                         match op {
-                            Operand::State(s) => add_at(&mut self.xbar, *s, g.clone() * *c),
-                            Operand::Out(o) => add_at(&mut self.obar, *o, g.clone() * *c),
-                            Operand::Noise(_) => {}
-                        }
+                            Operand::State(s) => add_at(&mut self.xbar, *s, &g, *c),
+                            Operand::Out(o) => add_at(&mut self.obar, *o, &g, *c),
+                            Operand::Noise(_) => true,
+                        };
                     }
                 }
                 Instr::Eval {
@@ -104,14 +106,14 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                     };
                     self.vjps += 1;
                     crate::interrupt::check_with(|| format!("step {step} of the adjoint"))?;
-                    if !cot.x.is_finite() {
+                    // The check covers the VJP and the cotangent it joins in one pass.
+                    if !add_at(&mut self.xbar, *input, &cot.x, 1.0) {
                         return Err(RuntimeError::NonFinite {
                             what: "the adjoint state".into(),
                             step: *step,
                             t: time.t,
                         });
                     }
-                    add_at(&mut self.xbar, *input, cot.x);
                     if let (true, Some(dz)) = (self.wrt.cond, cot.cond) {
                         add_into(&mut self.zbar, dz);
                     }

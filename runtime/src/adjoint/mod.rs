@@ -166,16 +166,19 @@ pub(crate) fn add_into<E: Dtype, D: Device<E>>(slot: &mut Option<State<E, D>>, v
     });
 }
 
+/// map[k] += c v (a missing entry is zero), and whether the new entry is finite everywhere.
 pub(crate) fn add_at<E: Dtype, D: Device<E>>(
     map: &mut HashMap<usize, State<E, D>>,
     k: usize,
-    v: State<E, D>,
-) {
-    let new = match map.remove(&k) {
-        None => v,
-        Some(a) => a + v,
+    v: &State<E, D>,
+    c: f64,
+) -> bool {
+    let (new, finite) = match map.remove(&k) {
+        None => State::combination(&[(v, c)]),
+        Some(a) => State::combination(&[(&a, 1.0), (v, c)]),
     };
     map.insert(k, new);
+    finite
 }
 
 /// The loss gradient at x_0, checked.
