@@ -261,8 +261,23 @@ where
         self.forward_rows_taped(x, z, feats.retaped::<OwnedTape<E, D>>())
     }
 
+    /// The tape's gradients themselves: `tape_gradients` made the parameters its leaves, so
+    /// they are all that is left (a copy of everything cost W1's tape 5% at N = 200).
     fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Gradients<E, D>> {
-        Some(grads.clone())
+        Some(std::mem::replace(grads, Gradients::leaky()))
+    }
+
+    /// The parameters as leaves (their gradients zero), or no leaves at all: dfdx drops
+    /// every other gradient after the backward pass.
+    fn tape_gradients(&self, params: ParamGrads) -> Gradients<E, D> {
+        match params {
+            ParamGrads::Compute => Denoiser::<E, D>::zero_grads(self),
+            ParamGrads::Skip => {
+                let mut none = Gradients::leaky();
+                none.retain_leafs(&[]);
+                none
+            }
+        }
     }
 
     /// The time features sin(w t), cos(w t) computed on the tape from the model-time leaf.

@@ -4,6 +4,8 @@
 //! the benchmarks. With wrt "times" or "schedule", the coefficients that move with the grid and
 //! every evaluation's model time, alpha and sigma are leaves of the tape too (section 3.4).
 
+use std::sync::{Arc, Mutex};
+
 use adeis_compiler::{Instr, Operand, Plan, Pred, Prediction, TimeInfo, Wrt};
 use dfdx::prelude::*;
 
@@ -33,8 +35,17 @@ pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
     ) -> Taped<E, D>;
 
     /// The parameter gradients in the model's layout, read from the tape's gradients (None:
-    /// this model's parameters are not on the tape).
+    /// this model's parameters are not on the tape). The tape's gradients are not used after
+    /// this: a model may take them.
     fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Self::Grads>;
+
+    /// The gradients the taped loop starts from. dfdx keeps, after the backward pass, the
+    /// gradients of the leaves these name and drops the others; by default none are named and
+    /// every gradient is kept (the reference reads what it needs besides the parameters'
+    /// before that, see [`tape_gradient`]).
+    fn tape_gradients(&self, _params: ParamGrads) -> Gradients<E, D> {
+        Gradients::leaky()
+    }
 
     /// [`TapedDenoiser::forward_taped`] with its dependence on time on the tape too: the
     /// evaluation's model time, alpha and sigma are the scalars of `leaves` (the tape
@@ -76,10 +87,53 @@ impl<E: Dtype, D: Device<E>> TimeLeaves<E, D> {
     }
 }
 
-/// A leaf's gradient (zero where nothing used it: a network's alpha, a closed form's time).
-fn scalar<E: Dtype, D: Device<E>>(g: &mut Gradients<E, D>, leaf: &Tensor<Rank0, E, D>) -> f64 {
-    g.try_alloc_for(leaf).expect("gradient allocation");
-    crate::to_f64(&g.get(leaf))[0]
+/// A tensor's gradient (zeros where nothing used it: a network's alpha, a closed form's time).
+fn grad_of<S: Shape, E: Dtype, D: Device<E>>(
+    g: &mut Gradients<E, D>,
+    t: &Tensor<S, E, D>,
+) -> Result<Tensor<S, E, D>, D::Err> {
+    g.try_alloc_for(t)?;
+    Ok(g.get(t))
+}
+
+/// What the reference reads from the backward pass besides the parameters' gradients.
+struct Probed<E: Dtype, D: Device<E>> {
+    dx_t: Rows<E, D>,
+    dz: Option<Rows<E, D>>,
+    /// The scalar leaves' gradients, in the order they were made.
+    scalars: Vec<f64>,
+}
+
+/// The scalar leaves of the time quantities, and what the probe read.
+type ScalarLeaves<E, D> = Arc<Mutex<Vec<Tensor<Rank0, E, D>>>>;
+type ProbeSlot<E, D> = Arc<Mutex<Option<Probed<E, D>>>>;
+
+/// x_T on the tape that starts from `start`, with a backward operation registered before any
+/// other: dfdx runs them in reverse, so this one runs last, when every gradient is complete,
+/// and before dfdx drops those of everything but `start`'s leaves it reads the gradients of
+/// x_T, of z and of every scalar leaf in `leaves` (the list the loop fills as it goes).
+fn probed_start<E: Dtype, D: Device<E>>(
+    x_t: &Rows<E, D>,
+    z: Option<&Rows<E, D>>,
+    start: Gradients<E, D>,
+    leaves: &ScalarLeaves<E, D>,
+) -> (Taped<E, D>, ProbeSlot<E, D>) {
+    let slot: ProbeSlot<E, D> = Arc::default();
+    let (x, mut tape) = x_t.clone().trace(start).split_tape();
+    let (x_t, z) = (x_t.clone(), z.cloned());
+    let (leaves, out) = (leaves.clone(), slot.clone());
+    tape.add_backward_op(move |g| {
+        let dx_t = grad_of(g, &x_t)?;
+        let dz = z.as_ref().map(|z| grad_of(g, z)).transpose()?;
+        let leaves = leaves.lock().expect("the leaves' list");
+        let scalars = leaves
+            .iter()
+            .map(|l| Ok(crate::to_f64(&grad_of(g, l)?)[0]))
+            .collect::<Result<Vec<f64>, D::Err>>()?;
+        *out.lock().expect("the probe's slot") = Some(Probed { dx_t, dz, scalars });
+        Ok(())
+    });
+    (x.put_tape(tape), slot)
 }
 
 /// Takes a slot's value: the taped original at its last use, a copy with an empty tape (same
@@ -113,16 +167,20 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     if timed {
         crate::adjoint::check_sens(plan, wrt)?;
     }
-    // The leaves of the time quantities (evaluation: its state and leaves; coefficient: its
-    // instruction, its term and the leaf).
-    let mut eval_leaves: Vec<(usize, TimeLeaves<E, D>)> = Vec::new();
-    let mut coef_leaves: Vec<(usize, usize, Tensor<Rank0, E, D>)> = Vec::new();
+    // The leaves of the time quantities, by their place in `scalar_leaves` (evaluation: its
+    // state and its model time, alpha and sigma from there on; coefficient: its instruction,
+    // its term and the leaf).
+    let scalar_leaves: ScalarLeaves<E, D> = Arc::default();
+    let mut eval_leaves: Vec<(usize, usize)> = Vec::new();
+    let mut coef_leaves: Vec<(usize, usize, usize)> = Vec::new();
     let x_t = input.x_t;
     let (last_state, last_out) = plan.last_uses();
     let mut states: Vec<Option<Taped<E, D>>> = (0..plan.n_states).map(|_| None).collect();
     let mut outs: Vec<Option<Taped<E, D>>> = (0..plan.n_outputs).map(|_| None).collect();
-    states[0] = Some(x_t.rows().leaky_trace());
     let z = input.cond.map(|z| z.rows());
+    let start = model.tape_gradients(ParamGrads::when(wrt.params));
+    let (x_t_taped, probe) = probed_start(x_t.rows(), z, start, &scalar_leaves);
+    states[0] = Some(x_t_taped);
     let mut nfe = 0;
     for (k, ins) in plan.instrs.iter().enumerate() {
         match ins {
@@ -164,7 +222,9 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                         (Pred::Data, Prediction::Eps) => (x - raw * ts) / ta,
                         (Pred::Data, Prediction::V) => x * ta - raw * ts,
                     };
-                    eval_leaves.push((*input, leaves));
+                    let mut list = scalar_leaves.lock().expect("the leaves' list");
+                    eval_leaves.push((*input, list.len()));
+                    list.extend([leaves.model_t, leaves.alpha, leaves.sigma]);
                     o
                 } else {
                     let raw = model.forward_taped(x, x_t.item(), zt, time, params);
@@ -188,7 +248,9 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                     let leaf = match &plan.term_sens {
                         Some(sens) if timed && !sens[k][m].is_empty() => {
                             let l: Tensor<Rank0, E, D> = x_t.device().tensor(e::<E>(*c));
-                            coef_leaves.push((k, m, l.clone()));
+                            let mut list = scalar_leaves.lock().expect("the leaves' list");
+                            coef_leaves.push((k, m, list.len()));
+                            list.push(l.clone());
                             Some(l)
                         }
                         _ => None,
@@ -238,6 +300,11 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     let x0 = x_t.like(x0_taped.retaped::<NoneTape>());
     let cot = crate::adjoint::cotangent(&x0, loss_grad)?;
     let mut g = (x0_taped * cot.into_rows()).sum().backward();
+    let probed = probe
+        .lock()
+        .expect("the probe's slot")
+        .take()
+        .expect("the probe runs in the backward pass");
     let dtheta = if wrt.params {
         Some(model.grads_from_tape(&mut g).ok_or_else(|| {
             RuntimeError::Invalid(
@@ -250,17 +317,17 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     let (dtimes, dschedule) = if timed {
         let sens = plan.term_sens.as_ref().expect("checked");
         let mut acc = vec![0.0; plan.grid.len() + plan.param_names.len()];
+        let d = &probed.scalars;
         for (k, m, leaf) in &coef_leaves {
-            let dc = scalar(&mut g, leaf);
-            for (j, d) in &sens[*k][*m] {
-                acc[*j] += dc * d;
+            for (j, s) in &sens[*k][*m] {
+                acc[*j] += d[*leaf] * s;
             }
         }
-        for (input, leaves) in &eval_leaves {
+        for (input, at) in &eval_leaves {
             let tc = crate::denoiser::TimeCot {
-                model_t: scalar(&mut g, &leaves.model_t),
-                alpha: scalar(&mut g, &leaves.alpha),
-                sigma: scalar(&mut g, &leaves.sigma),
+                model_t: d[*at],
+                alpha: d[at + 1],
+                sigma: d[at + 2],
             };
             crate::adjoint::add_eval_sens(plan, *input, &tc, &mut acc);
         }
@@ -269,11 +336,10 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
         (None, None)
     };
     Ok(Gradient {
-        dx_t: x_t.like(g.get(x_t.rows())),
-        dz: if wrt.cond {
-            input.cond.map(|z| z.like(g.get(z.rows())))
-        } else {
-            None
+        dx_t: x_t.like(probed.dx_t),
+        dz: match (wrt.cond, input.cond, probed.dz) {
+            (true, Some(z), Some(dz)) => Some(z.like(dz)),
+            _ => None,
         },
         x0,
         dtheta,
