@@ -40,6 +40,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("w1_forward", |b| {
         b.iter(|| black_box(Denoiser::<f32, Cpu>::forward(&model, &x, Some(&z), &time)))
     });
+    // The network's input rows [x, z, time features], assembled before every evaluation.
+    c.bench_function("w1_input_rows", |b| {
+        b.iter(|| black_box(model.input(&x, Some(&z), black_box(0.5))))
+    });
     let mut acc = Denoiser::<f32, Cpu>::zero_grads(&model);
     c.bench_function("w1_vjp_x_z_params", |b| {
         b.iter(|| {

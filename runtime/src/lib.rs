@@ -13,6 +13,7 @@ pub mod conditioning;
 pub mod denoiser;
 pub mod error;
 pub mod executor;
+mod host;
 pub mod interrupt;
 pub mod loss;
 pub mod mlp;

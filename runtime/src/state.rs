@@ -219,43 +219,18 @@ impl<E: Dtype, D: Device<E>> Mul<f64> for State<E, D> {
     }
 }
 
-/// The CPU's one-pass versions of the plan's arithmetic. The executor is generic over dfdx's
-/// devices; rows on the CPU are recognised by their type at run time (`Any`), so every other
-/// device keeps dfdx's operations and the CUDA path builds unchanged.
+/// The CPU's one-pass versions of the plan's arithmetic ([`crate::host`]).
 mod host {
-    use std::any::Any;
-
     use dfdx::prelude::*;
     use multiversion::multiversion;
 
     use super::Rows;
+    use crate::host::{as_cpu, from_cpu, values};
     use crate::nn::Float;
-
-    /// `rows` as CPU rows of `F`, when that is what they are.
-    fn as_cpu<F: Float, E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<&Rows<F, Cpu>> {
-        (rows as &dyn Any).downcast_ref()
-    }
-
-    /// CPU rows of `F` as the rows of `E` on `D` they are (`as_cpu` found them so).
-    fn from_cpu<F: Float, E: Dtype, D: Device<E>>(rows: Rows<F, Cpu>) -> Rows<E, D> {
-        let mut slot = Some(rows);
-        (&mut slot as &mut dyn Any)
-            .downcast_mut::<Option<Rows<E, D>>>()
-            .and_then(Option::take)
-            .expect("E and D are F and Cpu")
-    }
-
-    /// A copy of the values in C order (dfdx copies a contiguous buffer as one block).
-    fn values<F: Float>(rows: &Rows<F, Cpu>) -> Vec<F> {
-        let rows = rows.clone().contiguous();
-        let mut out = vec![F::zero(); rows.shape().num_elements()];
-        rows.copy_into(&mut out);
-        out
-    }
 
     pub(super) fn all_finite<E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<bool> {
         fn on<F: Float, E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<bool> {
-            as_cpu::<F, E, D>(rows).map(|r| finite(&values(r)))
+            as_cpu::<F, _, E, D>(rows).map(|r| finite(&values(r)))
         }
         on::<f32, E, D>(rows).or_else(|| on::<f64, E, D>(rows))
     }
@@ -266,19 +241,19 @@ mod host {
         fn on<F: Float, E: Dtype, D: Device<E>>(
             terms: &[(&super::State<E, D>, f64)],
         ) -> Option<(Rows<E, D>, bool)> {
-            let first = as_cpu::<F, E, D>(terms[0].0.rows())?;
+            let first = as_cpu::<F, _, E, D>(terms[0].0.rows())?;
             let coef = |c: f64| F::from_f64(c).expect("f64 converts to every float dtype");
             let mut out = values(first);
             if terms[0].1 != 1.0 {
                 scale(&mut out, coef(terms[0].1));
             }
             for (v, c) in &terms[1..] {
-                let v = as_cpu::<F, E, D>(v.rows()).expect("the terms share one type");
+                let v = as_cpu::<F, _, E, D>(v.rows()).expect("the terms share one type");
                 add_scaled(&mut out, &values(v), coef(*c));
             }
             let ok = finite(&out);
             let rows = first.device().tensor_from_vec(out, *first.shape());
-            Some((from_cpu::<F, E, D>(rows), ok))
+            Some((from_cpu::<F, _, E, D>(rows), ok))
         }
         on::<f32, E, D>(terms).or_else(|| on::<f64, E, D>(terms))
     }
