@@ -69,13 +69,13 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                         }
                     }
                     for (op, c) in terms {
-                        // A finite cotangent times a finite coefficient is checked where it
-                        // reaches a model evaluation's input.
-                        match op {
-                            Operand::State(s) => add_at(&mut self.xbar, *s, &g, *c),
-                            Operand::Out(o) => add_at(&mut self.obar, *o, &g, *c),
-                            Operand::Noise(_) => true,
+                        let (pending, slot) = match op {
+                            Operand::State(s) => (&mut self.xbar, *s),
+                            Operand::Out(o) => (&mut self.obar, *o),
+                            Operand::Noise(_) => continue,
                         };
+                        // Checked where the cotangent reaches a model evaluation's input.
+                        let _finite = add_at(pending, slot, &g, *c);
                     }
                 }
                 Instr::Eval {
