@@ -28,8 +28,12 @@ pub(crate) fn from_cpu<T: Unit, S: Shape, E: Dtype, D: Device<E>>(
 
 /// A copy of the values in C order (dfdx copies a contiguous buffer as one block).
 pub(crate) fn values<S: Shape, T: Dtype>(t: &Tensor<S, T, Cpu>) -> Vec<T> {
-    let t = t.clone().contiguous();
     let mut out = vec![T::default(); t.shape().num_elements()];
-    t.copy_into(&mut out);
+    values_into(t, &mut out);
     out
+}
+
+/// [`values`] into `out`, which has the tensor's number of elements.
+pub(crate) fn values_into<S: Shape, T: Dtype>(t: &Tensor<S, T, Cpu>, out: &mut [T]) {
+    t.clone().contiguous().copy_into(out);
 }

@@ -63,6 +63,9 @@ impl TimeFeatures {
 /// The network's input: one row [x, z, time features] per sample.
 pub type InputRows<E, D, const IN: usize> = Tensor<(usize, Const<IN>), E, D>;
 
+/// The input's gradient split: dx, dz, and the time features' columns summed over the batch.
+type InputGradParts<E, D> = (Rows<E, D>, Rows<E, D>, Vec<f64>);
+
 /// A dfdx module as a denoiser. `IN` must equal dim + cond_dim + time features.
 #[derive(Clone, Debug)]
 pub struct MlpDenoiser<M, const IN: usize, const OUT: usize> {
@@ -163,11 +166,7 @@ impl<M, const IN: usize, const OUT: usize> MlpDenoiser<M, IN, OUT> {
 
     /// The input's gradient (batch, IN) split into dx, dz and the time features' columns
     /// summed over the batch (in f64), on the host for rows on the CPU.
-    #[allow(clippy::type_complexity)]
-    fn split_input_grad<E: Dtype, D: Device<E>>(
-        &self,
-        d_in: &Tensor<(usize, usize), E, D>,
-    ) -> (Rows<E, D>, Rows<E, D>, Vec<f64>) {
+    fn split_input_grad<E: Dtype, D: Device<E>>(&self, d_in: &Rows<E, D>) -> InputGradParts<E, D> {
         let (batch, _) = *d_in.shape();
         let (dim, cd) = (self.dim, self.cond_dim);
         if let Some(on_cpu) = host::as_cpu::<E, _, E, D>(d_in) {
@@ -195,11 +194,10 @@ impl<M, const IN: usize, const OUT: usize> MlpDenoiser<M, IN, OUT> {
     }
 
     /// [`MlpDenoiser::split_input_grad`] in dfdx's operations (the sum in E).
-    #[allow(clippy::type_complexity)]
     fn split_input_grad_generic<E: Dtype, D: Device<E>>(
         &self,
-        d_in: &Tensor<(usize, usize), E, D>,
-    ) -> (Rows<E, D>, Rows<E, D>, Vec<f64>) {
+        d_in: &Rows<E, D>,
+    ) -> InputGradParts<E, D> {
         let (dim, cd) = (self.dim, self.cond_dim);
         let dx = d_in.clone().slice((.., 0..dim)).realize::<(usize, usize)>();
         let d_feats = to_f64(

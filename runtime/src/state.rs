@@ -225,7 +225,7 @@ mod host {
     use multiversion::multiversion;
 
     use super::Rows;
-    use crate::host::{as_cpu, from_cpu, values};
+    use crate::host::{as_cpu, from_cpu, values, values_into};
     use crate::nn::Float;
 
     pub(super) fn all_finite<E: Dtype, D: Device<E>>(rows: &Rows<E, D>) -> Option<bool> {
@@ -247,9 +247,12 @@ mod host {
             if terms[0].1 != 1.0 {
                 scale(&mut out, coef(terms[0].1));
             }
+            // One buffer for every further term's values.
+            let mut term = vec![F::zero(); if terms.len() > 1 { out.len() } else { 0 }];
             for (v, c) in &terms[1..] {
                 let v = as_cpu::<F, _, E, D>(v.rows()).expect("the terms share one type");
-                add_scaled(&mut out, &values(v), coef(*c));
+                values_into(v, &mut term);
+                add_scaled(&mut out, &term, coef(*c));
             }
             let ok = finite(&out);
             let rows = first.device().tensor_from_vec(out, *first.shape());

@@ -104,8 +104,9 @@ struct Probed<E: Dtype, D: Device<E>> {
     scalars: Vec<f64>,
 }
 
-/// The scalar leaves of the time quantities, and what the probe read.
+/// The scalar leaves of the time quantities, shared by the loop that makes them and the probe.
 type ScalarLeaves<E, D> = Arc<Mutex<Vec<Tensor<Rank0, E, D>>>>;
+/// Where the probe leaves what it read.
 type ProbeSlot<E, D> = Arc<Mutex<Option<Probed<E, D>>>>;
 
 /// x_T on the tape that starts from `start`, with a backward operation registered before any
