@@ -2,7 +2,8 @@
 //! (f32, batch 1): a 3x3 convolution 128 -> 128 at 32x32 (adeis' im2col + gemm 0.19 against
 //! dfdx's `gather` im2col + batched matmul) and GroupNorm(32 groups) + SiLU on 256 channels
 //! at 16x16 with the resnet's time shift (the fused kernel against dfdx's nine operations);
-//! each forward alone and forward + backward w.r.t. the input.
+//! each forward alone and forward + backward w.r.t. the input; the convolution's product alone
+//! on an unfolding of the same size; and the attention block's change of layout.
 //!
 //! Run: `cargo bench --bench unet_layers`. Compare ratios from one run.
 
@@ -10,6 +11,8 @@ use std::hint::black_box;
 
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::nn::conv::conv2d_generic;
+use adeis::runtime::nn::gemm::matmul_rows;
+use adeis::runtime::nn::transpose::swap_middle_axes_generic;
 use adeis::runtime::nn::{Activation, Conv2d, GroupNorm, NnDevice, ParamGrads};
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -34,6 +37,13 @@ fn bench(c: &mut Criterion) {
                 ParamGrads::Skip,
             ))
         })
+    });
+    // The forward's product alone, on an unfolding of the same size: what im2col and the
+    // buffers cost on top of it.
+    let weight = conv.weight().as_vec();
+    let cols = dev.sample_normal_like(&(128 * 9, 32 * 32)).as_vec();
+    g.bench_function("gemm_alone_128x1152x1024", |b| {
+        b.iter(|| black_box(matmul_rows(&weight, &cols, (128, 32 * 32, 128 * 9))))
     });
     g.bench_function("dfdx_gather_matmul_forward", |b| {
         b.iter(|| black_box(conv2d_generic(&conv, x.clone())))
@@ -104,5 +114,33 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The attention block's change of layout on W3's 16x16 level: [1, 256 channels, 256
+/// positions] to [1, 256, 256] sequence-major, the CPU's blocked exchange against dfdx's
+/// permute + contiguous, forward and forward + backward.
+fn bench_swap(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let x: Image = dev.sample_normal_like(&(1, 256, 256, 1));
+    let mut g = c.benchmark_group("swap_middle_axes_256x256");
+    g.bench_function("adeis_cpu_forward", |b| {
+        b.iter(|| black_box(<Cpu as NnDevice<f32>>::swap_middle_axes(x.clone())))
+    });
+    g.bench_function("dfdx_permute_forward", |b| {
+        b.iter(|| black_box(swap_middle_axes_generic(x.clone())))
+    });
+    g.bench_function("adeis_cpu_forward_backward", |b| {
+        b.iter(|| {
+            let out = <Cpu as NnDevice<f32>>::swap_middle_axes(x.clone().trace(Gradients::leaky()));
+            black_box(out.sum().backward())
+        })
+    });
+    g.bench_function("dfdx_permute_forward_backward", |b| {
+        b.iter(|| {
+            let out = swap_middle_axes_generic(x.clone().trace(Gradients::leaky()));
+            black_box(out.sum().backward())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_swap);
 criterion_main!(benches);

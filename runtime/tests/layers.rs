@@ -15,9 +15,11 @@ type Shift = Tensor<(usize, usize), f64, Cpu>;
 #[test]
 fn the_cpu_convolution_equals_the_generic_one_and_its_finite_differences() {
     let dev = Cpu::seed_from_u64(7);
-    // 3x3 stride 1 pad 1, stride 2 with diffusers' right/bottom padding, 1x1, and no bias.
+    // 3x3 stride 1 pad 1, stride 2 with diffusers' right/bottom padding, 1x1, and no bias;
+    // stride 1 with uneven padding (the row unfolding's zero rows and columns on each side).
     for (k, stride, padding, bias) in [
         (3, 1, [1; 4], true),
+        (3, 1, [0, 2, 1, 0], false),
         (3, 2, [0, 0, 1, 1], true),
         (1, 1, [0; 4], true),
         (3, 2, [1; 4], false),
@@ -447,4 +449,33 @@ fn the_attention_kernel_equals_dfdx_composition() {
     assert!(max_rel_err(&a.1, &b.1) < 1e-12, "dq");
     assert!(max_rel_err(&a.2, &b.2) < 1e-12, "dk");
     assert!(max_rel_err(&a.3, &b.3) < 1e-12, "dv");
+}
+
+/// The CPU's exchange of the middle axes equals dfdx's permute bit for bit, forward and
+/// backward, for rows of one and of several elements and sides that are not multiples of its
+/// block; its gradient adds to one the input already has (x is read twice).
+#[test]
+fn the_axis_exchange_equals_dfdx_permute() {
+    use adeis_runtime::nn::transpose::swap_middle_axes_generic;
+    let dev = Cpu::seed_from_u64(13);
+    for shape in [(2, 37, 21, 1), (1, 5, 3, 7), (3, 16, 32, 2)] {
+        let x: Image = dev.sample_normal_like(&shape);
+        let (a, m, n, r) = shape;
+        let cot: Image = dev.sample_normal_like(&(a, n, m, r));
+        let run = |kernel: bool| {
+            let traced = x.clone().trace(Gradients::leaky());
+            let out = if kernel {
+                <Cpu as NnDevice<f64>>::swap_middle_axes(traced.with_empty_tape())
+            } else {
+                swap_middle_axes_generic(traced.with_empty_tape())
+            };
+            assert_eq!(*out.shape(), (a, n, m, r));
+            let values = out.retaped::<NoneTape>().as_vec();
+            let g = ((out * cot.clone()).sum() + traced.sum()).backward();
+            (values, g.get(&x).as_vec())
+        };
+        let (kernel, dfdx) = (run(true), run(false));
+        assert_eq!(kernel.0, dfdx.0, "forward {shape:?}");
+        assert_eq!(kernel.1, dfdx.1, "gradient {shape:?}");
+    }
 }

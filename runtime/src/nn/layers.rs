@@ -140,29 +140,24 @@ impl<E: Float, D: NnDevice<E>> Attention<E, D> {
         let d = self.to_q.out_features() / heads;
         let residual = x.with_empty_tape();
         // [b, c, h w] -> [b, s, c]
-        let seq = D::group_norm(&self.group_norm, x, None, Activation::Identity, params)
-            .reshape_like(&(b, c, s))
-            .permute::<_, Axes3<0, 2, 1>>()
-            .contiguous();
+        let seq = D::swap_middle_axes(
+            D::group_norm(&self.group_norm, x, None, Activation::Identity, params)
+                .reshape_like(&(b, c, s, 1)),
+        )
+        .reshape_like(&(b, s, c));
+        // [b, s, heads d] -> [b, heads, s, d]
         let split = |t: Tensor<(usize, usize, usize), E, D, T>| {
-            t.reshape_like(&(b, s, heads, d))
-                .permute::<_, Axes4<0, 2, 1, 3>>()
-                .contiguous()
+            D::swap_middle_axes(t.reshape_like(&(b, s, heads, d)))
         };
         let q = split(self.to_q.forward3(seq.with_empty_tape()));
         let k = split(self.to_k.forward3(seq.with_empty_tape()));
         let v = split(self.to_v.forward3(seq));
         let scale = E::from_f64(1.0 / (d as f64).sqrt()).unwrap();
         // [b, heads, s, d] -> [b, s, heads d]
-        let out = D::attention_core(q, k, v, scale)
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .contiguous()
-            .reshape_like(&(b, s, heads * d));
-        let out = self
-            .to_out
-            .forward3(out)
-            .permute::<_, Axes3<0, 2, 1>>()
-            .contiguous()
+        let out =
+            D::swap_middle_axes(D::attention_core(q, k, v, scale)).reshape_like(&(b, s, heads * d));
+        // [b, s, c] -> [b, c, h, w]
+        let out = D::swap_middle_axes(self.to_out.forward3(out).reshape_like(&(b, s, c, 1)))
             .reshape_like(&shape);
         (out + residual) * E::from_f64(1.0 / self.rescale_output_factor).unwrap()
     }

@@ -28,6 +28,7 @@ pub mod dense;
 pub mod gemm;
 pub mod layers;
 pub mod norm;
+pub mod transpose;
 
 use dfdx::prelude::*;
 
@@ -151,6 +152,11 @@ pub trait NnDevice<E: Float>: Device<E> {
     fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Tensor<S, E, Self, T> {
         x.fast_gelu()
     }
+
+    /// [a, m, n, r] -> [a, n, m, r], contiguous, on x's tape. By default dfdx's `permute`.
+    fn swap_middle_axes<T: Tape<E, Self>>(x: Image<E, Self, T>) -> Image<E, Self, T> {
+        transpose::swap_middle_axes_generic(x)
+    }
 }
 
 /// The CPU runs the convolution, GroupNorm, the linear layers, attention and GeLU as its own
@@ -203,6 +209,10 @@ macro_rules! cpu_nn_device {
                 x: Tensor<S, $e, Cpu, T>,
             ) -> Tensor<S, $e, Cpu, T> {
                 activation::cpu::gelu(x)
+            }
+
+            fn swap_middle_axes<T: Tape<$e, Cpu>>(x: Image<$e, Cpu, T>) -> Image<$e, Cpu, T> {
+                transpose::cpu::swap_middle_axes(x)
             }
         }
     };
