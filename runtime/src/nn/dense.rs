@@ -203,6 +203,7 @@ pub(crate) mod cpu {
 
     use super::{DenseLinear, HostWeights};
     use crate::nn::gemm::matmul;
+    use crate::nn::transpose::transpose_into;
     use crate::nn::{Float, Linear};
 
     pub fn dense<const I: usize, const O: usize, E: Float, T: Tape<E, Cpu>>(
@@ -248,15 +249,6 @@ pub(crate) mod cpu {
     /// that the transposes cost more than they save). One row is its own transpose.
     fn runs_transposed(n: usize, width: usize, weight_len: usize) -> bool {
         n == 1 || (width >= 16 * n && weight_len >= 3 << 19)
-    }
-
-    /// src [rows x cols] into dst [cols x rows], both row-major.
-    fn transpose_into<E: Float>(src: &[E], (rows, cols): (usize, usize), dst: &mut [E]) {
-        if rows == 1 || cols == 1 {
-            dst.copy_from_slice(src);
-        } else {
-            transpose::transpose(src, dst, cols, rows);
-        }
     }
 
     /// The rows [n x p] of x Mᵀ + bias, for x [n x q] and M [p x q] row-major, computed as
