@@ -24,6 +24,7 @@ pub mod learn;
 pub mod report;
 pub mod scheduler_config;
 pub mod spec_file;
+pub mod threads;
 
 #[doc(inline)]
 pub use adeis_compiler as compiler;

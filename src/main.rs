@@ -266,11 +266,9 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     install_ctrlc();
-    // The whole command runs on a worker of rayon's pool: the parallel GEMMs and kernels it
-    // calls then split work with `join` from inside the pool instead of handing each to the
-    // pool from outside and sleeping on a latch until it returns (two context switches per
-    // parallel call, thousands per UNet gradient).
-    let result = rayon::scope(move |_| run(cli));
+    // The whole command runs on a worker of rayon's pool, the other workers kept looking for
+    // work (src/threads.rs says why).
+    let result = adeis::threads::run_with_workers_awake(move || run(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

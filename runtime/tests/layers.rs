@@ -479,3 +479,54 @@ fn the_axis_exchange_equals_dfdx_permute() {
         assert_eq!(kernel.1, dfdx.1, "gradient {shape:?}");
     }
 }
+
+#[test]
+fn the_channel_concatenation_and_the_upsampling_equal_dfdx_operations() {
+    use adeis_runtime::nn::copies::{concat_channels_generic, upsample2x_generic};
+    let dev = Cpu::seed_from_u64(17);
+    for (n, c1, c2, h, w) in [(2, 3, 6, 4, 5), (1, 1, 2, 1, 1), (3, 4, 1, 7, 2)] {
+        let a: Image = dev.sample_normal_like(&(n, c1, h, w));
+        let b: Image = dev.sample_normal_like(&(n, c2, h, w));
+        let cot: Image = dev.sample_normal_like(&(n, c1 + c2, h, w));
+        let concat = |kernel: bool| {
+            let ta = a.clone().trace(Gradients::leaky());
+            let tb = b.clone().trace(Gradients::leaky());
+            let out = if kernel {
+                <Cpu as NnDevice<f64>>::concat_channels(ta.with_empty_tape(), tb.with_empty_tape())
+            } else {
+                concat_channels_generic(ta.with_empty_tape(), tb.with_empty_tape())
+            };
+            assert_eq!(*out.shape(), (n, c1 + c2, h, w));
+            let values = out.retaped::<NoneTape>().as_vec();
+            // A gradient each input already has, which the VJP adds to.
+            let g = ((out * cot.clone()).sum() + ta.sum() + tb.sum()).backward();
+            (values, g.get(&a).as_vec(), g.get(&b).as_vec())
+        };
+        assert_eq!(
+            concat(true),
+            concat(false),
+            "concatenation {:?}",
+            (n, c1, c2, h, w)
+        );
+
+        let cot: Image = dev.sample_normal_like(&(n, c1, 2 * h, 2 * w));
+        let upsample = |kernel: bool| {
+            let traced = a.clone().trace(Gradients::leaky());
+            let out = if kernel {
+                <Cpu as NnDevice<f64>>::upsample2x(traced.with_empty_tape())
+            } else {
+                upsample2x_generic(traced.with_empty_tape())
+            };
+            assert_eq!(*out.shape(), (n, c1, 2 * h, 2 * w));
+            let values = out.retaped::<NoneTape>().as_vec();
+            let g = ((out * cot.clone()).sum() + traced.sum()).backward();
+            (values, g.get(&a).as_vec())
+        };
+        assert_eq!(
+            upsample(true),
+            upsample(false),
+            "upsampling {:?}",
+            (n, c1, h, w)
+        );
+    }
+}

@@ -88,7 +88,7 @@ pub(crate) mod cpu {
     use rayon::prelude::*;
 
     use super::gelu_and_slope;
-    use crate::nn::Float;
+    use crate::nn::{take_output_grad, Float};
 
     /// Elements per task: rows shorter than two of these stay on one thread.
     const CHUNK: usize = 16 * 1024;
@@ -133,7 +133,7 @@ pub(crate) mod cpu {
         if T::OWNS_TAPE {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
             tape.add_backward_op(move |grads| {
-                let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+                let go = take_output_grad(grads.get_or_alloc_mut(&out_ghost)?);
                 let dx = grads.get_or_alloc_mut(&x_ghost)?;
                 let backward = |((d, g), x): ((&mut [E], &[E]), &[E])| gelu_slope_rows(d, g, x);
                 if xs.len() < 2 * CHUNK {

@@ -31,7 +31,7 @@ pub(crate) mod cpu {
 
     use super::Heads;
     use crate::nn::gemm::matmul;
-    use crate::nn::Float;
+    use crate::nn::{take_output_grad, Float};
 
     /// The softmax of each row of `rows` [.. x width], in place.
     #[multiversion(targets = "simd")]
@@ -109,7 +109,7 @@ pub(crate) mod cpu {
             tape.add_backward_op(move |grads| {
                 let (qg, kg, vg, og) = &ghosts;
                 let (qs, ks, vs, p) = &*saved;
-                let go: Vec<E> = grads.get_or_alloc_mut(og)?.to_vec();
+                let go = take_output_grad(grads.get_or_alloc_mut(og)?);
                 let mut dq = vec![E::zero(); heads * hd];
                 let mut dk = vec![E::zero(); heads * hd];
                 let mut dv = vec![E::zero(); heads * hd];

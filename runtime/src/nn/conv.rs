@@ -265,7 +265,7 @@ pub(crate) mod cpu {
 
     use super::{Conv2d, HostParams};
     use crate::nn::gemm::matmul;
-    use crate::nn::{min_items_per_task, Float, Image, ParamGrads};
+    use crate::nn::{min_items_per_task, take_output_grad, Float, Image, ParamGrads};
 
     /// The sizes of one convolution call.
     #[derive(Clone, Copy, Debug)]
@@ -283,8 +283,6 @@ pub(crate) mod cpu {
         pt: usize,
         pl: usize,
         pointwise: bool,
-        /// See `Conv2d::unfolds_by_rows`.
-        by_rows: bool,
     }
 
     impl Geometry {
@@ -507,7 +505,8 @@ pub(crate) mod cpu {
         // Not zero-filled: each image's block is written whole, by the bias rows and the
         // products added to them, or by the first product.
         let mut out: Vec<E> = Vec::with_capacity(g.batch * g.co * n);
-        let by_rows = params.weight_by_tap_row.as_deref().filter(|_| g.by_rows);
+        // The weight by tap row is there exactly where the convolution unfolds by rows.
+        let by_rows = params.weight_by_tap_row.as_deref();
         let mut cols = match by_rows {
             Some(_) => row_scratch(g),
             None => scratch(g),
@@ -649,7 +648,6 @@ pub(crate) mod cpu {
             pt: conv.padding[0],
             pl: conv.padding[1],
             pointwise: conv.is_pointwise(),
-            by_rows: conv.unfolds_by_rows(),
         };
         // Contiguous, so that the input's gradient buffer has the layout of its values.
         let (x, mut tape) = x.contiguous().split_tape();
@@ -663,7 +661,7 @@ pub(crate) mod cpu {
             let weight = conv.weight.ghost();
             let bias = conv.bias.as_ref().map(|b| b.ghost());
             tape.add_backward_op(move |grads| {
-                let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+                let go = take_output_grad(grads.get_or_alloc_mut(&out_ghost)?);
                 if params == ParamGrads::Compute {
                     weight_backward(&g, (&xs, &go), grads.get_or_alloc_mut(&weight)?);
                     if let Some(b) = &bias {

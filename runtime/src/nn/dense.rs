@@ -204,7 +204,7 @@ pub(crate) mod cpu {
     use super::{DenseLinear, HostWeights};
     use crate::nn::gemm::matmul;
     use crate::nn::transpose::transpose_into;
-    use crate::nn::{Float, Linear};
+    use crate::nn::{take_output_grad, Float, Linear};
 
     pub fn dense<const I: usize, const O: usize, E: Float, T: Tape<E, Cpu>>(
         layer: &DenseLinear<I, O, E, Cpu>,
@@ -322,7 +322,7 @@ pub(crate) mod cpu {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
             let (w_ghost, b_ghost) = (weight.ghost(), bias.map(|b| b.ghost()));
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+                let go = take_output_grad(grads.get_or_alloc_mut(&out_ghost)?);
                 let dx = grads.get_or_alloc_mut(&x_ghost)?;
                 if runs_transposed(n, i, o * i) {
                     // dx += go W = go (Wᵀ)ᵀ.

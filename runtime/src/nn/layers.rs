@@ -109,15 +109,6 @@ pub fn silu<S: Shape, E: Float, D: Device<E>, T: Tape<E, D>>(
     x.with_empty_tape() * x.sigmoid()
 }
 
-/// Nearest-neighbour upsampling by 2 in height and width (torch's `interpolate(scale_factor=2,
-/// mode="nearest")`): each pixel becomes a 2x2 block.
-pub fn upsample2x<E: Float, D: Device<E>, T: Tape<E, D>>(x: Image<E, D, T>) -> Image<E, D, T> {
-    let (b, c, h, w) = *x.shape();
-    x.broadcast_like::<_, Axes2<3, 5>>(&(b, c, h, 2, w, 2))
-        .contiguous()
-        .reshape_like(&(b, c, 2 * h, 2 * w))
-}
-
 /// The self-attention block of `UNet2DModel` (diffusers' `Attention` built from the deprecated
 /// attention block): GroupNorm, q/k/v projections, softmax(q k^T / sqrt(d)) v per head, the
 /// output projection, the residual connection, and division by `rescale_output_factor`.

@@ -24,6 +24,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod copies;
 pub mod dense;
 pub mod gemm;
 pub mod layers;
@@ -47,6 +48,15 @@ const MIN_TASK_ELEMENTS: usize = 32 * 1024;
 /// The fewest items of `item_len` elements a parallel task should take.
 pub(crate) fn min_items_per_task(item_len: usize) -> usize {
     (MIN_TASK_ELEMENTS / item_len.max(1)).max(1)
+}
+
+/// The gradient of a CPU operation's output (`grads.get_or_alloc_mut(out)`), moved out for its
+/// backward pass. dfdx runs the backward passes in the reverse order of the operations, so
+/// every consumer of the output has added into it before, and the operation that made it is
+/// its last reader: it is taken rather than copied (what stays under the output's id is
+/// empty).
+pub(crate) fn take_output_grad<E>(grad: &mut Vec<E>) -> Vec<E> {
+    std::mem::take(grad)
 }
 
 /// A batch of images: [batch, channels, height, width].
@@ -157,6 +167,20 @@ pub trait NnDevice<E: Float>: Device<E> {
     fn swap_middle_axes<T: Tape<E, Self>>(x: Image<E, Self, T>) -> Image<E, Self, T> {
         transpose::swap_middle_axes_generic(x)
     }
+
+    /// [b, c1, h, w] and [b, c2, h, w] -> [b, c1 + c2, h, w] on both tapes. By default dfdx's
+    /// `concat_along`.
+    fn concat_channels<T: Tape<E, Self>>(
+        a: Image<E, Self, T>,
+        b: Image<E, Self, T>,
+    ) -> Image<E, Self, T> {
+        copies::concat_channels_generic(a, b)
+    }
+
+    /// Nearest-neighbour upsampling by 2 on x's tape. By default dfdx's broadcast and reshape.
+    fn upsample2x<T: Tape<E, Self>>(x: Image<E, Self, T>) -> Image<E, Self, T> {
+        copies::upsample2x_generic(x)
+    }
 }
 
 /// The CPU runs the convolution, GroupNorm, the linear layers, attention and GeLU as its own
@@ -213,6 +237,17 @@ macro_rules! cpu_nn_device {
 
             fn swap_middle_axes<T: Tape<$e, Cpu>>(x: Image<$e, Cpu, T>) -> Image<$e, Cpu, T> {
                 transpose::cpu::swap_middle_axes(x)
+            }
+
+            fn concat_channels<T: Tape<$e, Cpu>>(
+                a: Image<$e, Cpu, T>,
+                b: Image<$e, Cpu, T>,
+            ) -> Image<$e, Cpu, T> {
+                copies::cpu::concat_channels(a, b)
+            }
+
+            fn upsample2x<T: Tape<$e, Cpu>>(x: Image<$e, Cpu, T>) -> Image<$e, Cpu, T> {
+                copies::cpu::upsample2x(x)
             }
         }
     };

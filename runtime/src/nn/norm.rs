@@ -81,7 +81,7 @@ pub(crate) mod cpu {
     use rayon::prelude::*;
 
     use super::{Activation, ChannelShift, GroupNorm};
-    use crate::nn::{min_items_per_task, Float, Image, ParamGrads};
+    use crate::nn::{min_items_per_task, take_output_grad, Float, Image, ParamGrads};
 
     #[derive(Clone, Copy, Debug)]
     struct Geometry {
@@ -299,7 +299,7 @@ pub(crate) mod cpu {
             let shift_ghost = shift.map(|s| s.ghost());
             let (weight, bias) = (norm.weight.ghost(), norm.bias.ghost());
             tape.add_backward_op(move |grads| {
-                let go = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+                let go = take_output_grad(grads.get_or_alloc_mut(&out_ghost)?);
                 let (dv, dgamma, dbeta) = match act {
                     Activation::Identity => {
                         backward(&g, (&v, &go), &stats, (&gamma, &beta), IdentityAct)

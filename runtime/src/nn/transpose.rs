@@ -32,7 +32,7 @@ pub(crate) mod cpu {
     use dfdx::prelude::*;
 
     use super::transpose_into;
-    use crate::nn::{Float, Image};
+    use crate::nn::{take_output_grad, Float, Image};
 
     /// Rows and columns per block of the exchange of rows of several elements.
     const BLOCK: usize = 16;
@@ -102,7 +102,7 @@ pub(crate) mod cpu {
         if T::OWNS_TAPE {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
             tape.add_backward_op(move |grads| {
-                let go: Vec<E> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+                let go = take_output_grad(grads.get_or_alloc_mut(&out_ghost)?);
                 swap_into(&go, (a, n, m, r), grads.get_or_alloc_mut(&x_ghost)?, true);
                 Ok(())
             });

@@ -17,7 +17,7 @@ use dfdx::prelude::*;
 
 use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
-use crate::nn::layers::{self, upsample2x};
+use crate::nn::layers;
 use crate::nn::{
     timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, timestep_frequencies,
     Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
@@ -388,13 +388,13 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         for block in &self.up {
             for (k, resnet) in block.resnets.iter().enumerate() {
                 let skip = skips.pop().expect("one skip per up resnet");
-                h = resnet.forward((h, skip).concat_along(Axis::<1>), &emb, params);
+                h = resnet.forward(D::concat_channels(h, skip), &emb, params);
                 if let Some(a) = block.attentions.get(k) {
                     h = a.forward(h, params);
                 }
             }
             if let Some(up) = &block.upsample {
-                h = D::conv2d(up, upsample2x(h), params);
+                h = D::conv2d(up, D::upsample2x(h), params);
             }
         }
         let h = D::group_norm(&self.norm_out, h, None, Activation::Silu, params);
