@@ -3,7 +3,9 @@
 //! dfdx's `gather` im2col + batched matmul) and GroupNorm(32 groups) + SiLU on 256 channels
 //! at 16x16 with the resnet's time shift (the fused kernel against dfdx's nine operations);
 //! each forward alone and forward + backward w.r.t. the input; the convolution's product alone
-//! on an unfolding of the same size; and the attention block's change of layout.
+//! on an unfolding of the same size; the attention block's change of layout; and the up blocks'
+//! concatenation with their skip and upsampling (block copies against dfdx's `concat_along`
+//! and broadcast).
 //!
 //! Run: `cargo bench --bench unet_layers`. Compare ratios from one run.
 
@@ -11,6 +13,7 @@ use std::hint::black_box;
 
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::nn::conv::conv2d_generic;
+use adeis::runtime::nn::copies::{concat_channels_generic, upsample2x_generic};
 use adeis::runtime::nn::gemm::matmul_rows;
 use adeis::runtime::nn::transpose::swap_middle_axes_generic;
 use adeis::runtime::nn::{Activation, Conv2d, GroupNorm, NnDevice, ParamGrads};
@@ -142,5 +145,63 @@ fn bench_swap(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_swap);
+/// The up blocks' copies on W3's 32x32 level: the last up block's first concatenation, [1, 256,
+/// 32, 32] with its [1, 128, 32, 32] skip, and the upsampling of [1, 256, 16, 16] to 32x32,
+/// the CPU's block copies against dfdx's operations, forward and forward + backward.
+fn bench_copies(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let h: Image = dev.sample_normal_like(&(1, 256, 32, 32));
+    let skip: Image = dev.sample_normal_like(&(1, 128, 32, 32));
+    let small: Image = dev.sample_normal_like(&(1, 256, 16, 16));
+    let mut g = c.benchmark_group("concat_256_128_32x32");
+    g.bench_function("adeis_cpu_forward", |b| {
+        b.iter(|| {
+            black_box(<Cpu as NnDevice<f32>>::concat_channels(
+                h.clone(),
+                skip.clone(),
+            ))
+        })
+    });
+    g.bench_function("dfdx_concat_along_forward", |b| {
+        b.iter(|| black_box(concat_channels_generic(h.clone(), skip.clone())))
+    });
+    g.bench_function("adeis_cpu_forward_backward", |b| {
+        b.iter(|| {
+            let h = h.clone().trace(Gradients::leaky());
+            let out =
+                <Cpu as NnDevice<f32>>::concat_channels(h, skip.clone().trace(Gradients::leaky()));
+            black_box(out.sum().backward())
+        })
+    });
+    g.bench_function("dfdx_concat_along_forward_backward", |b| {
+        b.iter(|| {
+            let h = h.clone().trace(Gradients::leaky());
+            let out = concat_channels_generic(h, skip.clone().trace(Gradients::leaky()));
+            black_box(out.sum().backward())
+        })
+    });
+    g.finish();
+    let mut g = c.benchmark_group("upsample2x_256_16x16");
+    g.bench_function("adeis_cpu_forward", |b| {
+        b.iter(|| black_box(<Cpu as NnDevice<f32>>::upsample2x(small.clone())))
+    });
+    g.bench_function("dfdx_broadcast_forward", |b| {
+        b.iter(|| black_box(upsample2x_generic(small.clone())))
+    });
+    g.bench_function("adeis_cpu_forward_backward", |b| {
+        b.iter(|| {
+            let out = <Cpu as NnDevice<f32>>::upsample2x(small.clone().trace(Gradients::leaky()));
+            black_box(out.sum().backward())
+        })
+    });
+    g.bench_function("dfdx_broadcast_forward_backward", |b| {
+        b.iter(|| {
+            let out = upsample2x_generic(small.clone().trace(Gradients::leaky()));
+            black_box(out.sum().backward())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_swap, bench_copies);
 criterion_main!(benches);
