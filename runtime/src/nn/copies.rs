@@ -50,22 +50,23 @@ pub(crate) mod cpu {
         let (b, b_tape) = b.contiguous().split_tape();
         let mut tape = a_tape.merge(b_tape);
         let (la, lb) = (c1 * h * w, c2 * h * w);
-        let mut out = vec![E::default(); n * (la + lb)];
-        if n == 1 {
-            // dfdx lends no slice of a tensor's buffer: one image copies straight into its
-            // halves of the output, a batch through a copy of each input.
+        // dfdx lends no slice of a tensor's buffer: one image copies straight into its halves
+        // of the output, a batch through a copy of each input.
+        let out = if n == 1 {
+            let mut out = vec![E::default(); la + lb];
             let (oa, ob) = out.split_at_mut(la);
             values_into(&a, oa);
             values_into(&b, ob);
+            out
         } else {
             let (va, vb) = (values(&a), values(&b));
-            let images = out.chunks_exact_mut(la + lb);
-            for (o, (ia, ib)) in images.zip(va.chunks_exact(la).zip(vb.chunks_exact(lb))) {
-                let (oa, ob) = o.split_at_mut(la);
-                oa.copy_from_slice(ia);
-                ob.copy_from_slice(ib);
+            let mut out = Vec::with_capacity(n * (la + lb));
+            for (ia, ib) in va.chunks_exact(la).zip(vb.chunks_exact(lb)) {
+                out.extend_from_slice(ia);
+                out.extend_from_slice(ib);
             }
-        }
+            out
+        };
         let out = a.device().tensor_from_vec(out, (n, c1 + c2, h, w));
         if T::OWNS_TAPE {
             let (a_ghost, b_ghost, out_ghost) = (a.ghost(), b.ghost(), out.ghost());
