@@ -22,12 +22,59 @@ pub enum GradMethod {
 }
 
 impl GradMethod {
+    /// Every method, as the spec, the DSL and the commands name them (one list that each of
+    /// them parses with [`str::parse`]).
+    pub const ALL: [GradMethod; 3] = [
+        GradMethod::Discrete,
+        GradMethod::AdjointDeis,
+        GradMethod::Tape,
+    ];
+
+    /// The method's name in specs, the DSL and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             GradMethod::AdjointDeis => "adjoint_deis",
             GradMethod::Discrete => "discrete",
             GradMethod::Tape => "tape",
         }
+    }
+
+    /// The method with its options at their defaults: the discrete adjoint recording its
+    /// states, AdjointDEIS-1 on the sampling grid recording its states, the tape.
+    pub fn default_adjoint(self) -> Adjoint {
+        match self {
+            GradMethod::Discrete => Adjoint::default(),
+            GradMethod::AdjointDeis => Adjoint::AdjointDeis {
+                order: AdjointOrder::One,
+                steps: None,
+                states: ContinuousStates::Record,
+            },
+            GradMethod::Tape => Adjoint::Tape,
+        }
+    }
+}
+
+impl std::fmt::Display for GradMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for GradMethod {
+    type Err = String;
+
+    /// A method by its name; the error lists the names.
+    fn from_str(s: &str) -> Result<GradMethod, String> {
+        GradMethod::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = GradMethod::ALL.iter().map(|m| m.name()).collect();
+                format!(
+                    "`{s}` is not a gradient method: one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 

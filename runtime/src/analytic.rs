@@ -10,7 +10,7 @@ use crate::error::RuntimeError;
 use crate::nn::ParamGrads;
 use crate::rows_from_f64;
 use crate::state::State;
-use crate::tape::{Taped, TapedDenoiser, TimeLeaves};
+use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
 /// Data N(mu, s2 I). eps*(x, t) = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2). The
 /// conditioning z, when given, is mu (one row per sample); otherwise `mu` is used.

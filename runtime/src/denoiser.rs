@@ -81,7 +81,7 @@ pub trait Denoiser<E: Dtype, D: Device<E>> {
     ) -> Cotangents<E, D>;
 
     /// This model on dfdx's tape, where it can run there (the full-tape reference).
-    fn as_taped(&self) -> Option<&dyn crate::tape::TapedDenoiser<E, D, Grads = Self::Grads>> {
+    fn as_taped(&self) -> Option<&dyn crate::taped::TapedDenoiser<E, D, Grads = Self::Grads>> {
         None
     }
 }

@@ -22,13 +22,20 @@ pub mod nn;
 pub mod noise;
 pub mod optim;
 pub mod state;
-pub mod tape;
+pub mod taped;
 pub mod unet;
+
+/// The full-tape reference under its earlier path: the model trait ([`taped`]) and the
+/// gradient method ([`adjoint::tape`]).
+pub mod tape {
+    pub use crate::adjoint::tape::tape_gradient;
+    pub use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
+}
 
 pub use dfdx;
 
 pub use adeis_compiler::TimeInfo;
-pub use adjoint::{gradient, Gradient};
+pub use adjoint::{gradient, Gradient, GradientMethod};
 pub use denoiser::{Cotangents, Denoiser, NoParams, TimeCot};
 pub use error::RuntimeError;
 pub use executor::{sample, Input, SampleOutput};

@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 
 use crate::error::RuntimeError;
 use crate::state::{Rows, State};
-use crate::tape::Taped;
+use crate::taped::Taped;
 
 /// A loss value and its gradient with respect to x_0.
 pub struct LossGrad<E: Dtype, D: Device<E>> {

@@ -13,7 +13,7 @@ use crate::denoiser::{check_vector_input, Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::ParamGrads;
 use crate::state::{Rows, State};
-use crate::tape::{Taped, TapedDenoiser, TimeLeaves};
+use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 use crate::{e, host, to_f64};
 
 /// Sinusoidal time features with frequencies `w_k = exp(linspace(0, ln max_freq, n))`.

@@ -219,18 +219,17 @@ impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M
 
     /// [`ModelFn::vjp`] with the time cotangent of the prediction filled in: cot^T d pred /
     /// d(model time, alpha, sigma), the conversion's own dependence on alpha and sigma
-    /// included. `pred` is the prediction at this point (what the forward pass returned), from
-    /// which the raw output is recovered without another network evaluation. The time slot is
-    /// None where the model does not differentiate its time dependence, or with thresholding.
-    #[allow(clippy::too_many_arguments)]
+    /// included. `(want, pred)` is the form asked for and the prediction in that form at this
+    /// point (what the forward pass returned), from which the raw output is recovered without
+    /// another network evaluation. The time slot is None where the model does not
+    /// differentiate its time dependence, or with thresholding.
     pub fn vjp_with_time(
         &self,
         x: &State<E, D>,
         z: Option<&State<E, D>>,
         time: &TimeInfo,
-        want: Pred,
+        (want, pred): (Pred, &State<E, D>),
         cot: &State<E, D>,
-        pred: &State<E, D>,
         theta: Option<(&mut M::Grads, f64)>,
     ) -> Cotangents<E, D> {
         if self.threshold.is_some() {

@@ -404,15 +404,6 @@ pub fn morph(a: MorphArgs) -> Result<()> {
     Ok(())
 }
 
-/// How `adeis finetune` takes its gradient.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FinetuneGradientArg {
-    /// The exact discrete adjoint (memory independent of the steps).
-    Discrete,
-    /// The sampling loop on dfdx's tape (the reference; memory grows with the steps).
-    Tape,
-}
-
 /// The options of `adeis finetune`.
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
@@ -450,9 +441,11 @@ pub struct FinetuneArgs {
     /// Seed of the training noises (the held-out seeds are a separate stream).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// How the gradient through the sampler is taken.
-    #[arg(long, value_enum, default_value_t = FinetuneGradientArg::Discrete)]
-    pub gradient: FinetuneGradientArg,
+    /// How the gradient through the sampler is taken: discrete (the exact discrete adjoint,
+    /// memory independent of the steps), adjoint_deis (AdjointDEIS-1) or tape (the reference;
+    /// memory grows with the steps).
+    #[arg(long, default_value_t = adeis::compiler::GradMethod::Discrete)]
+    pub gradient: adeis::compiler::GradMethod,
     /// Early stopping: never keep weights whose held-out samples' diversity (within-class RMS
     /// distance) is below this fraction of the trained model's.
     #[arg(long, default_value_t = 0.8)]
@@ -461,7 +454,7 @@ pub struct FinetuneArgs {
 
 /// `adeis finetune`.
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
-    use adeis_fashion::finetune::{FinetuneGradient, FinetuneOptions};
+    use adeis_fashion::finetune::FinetuneOptions;
     let opts = FinetuneOptions {
         models: a.models,
         out: a.out,
@@ -474,10 +467,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         eval_per_class: a.eval_per_class,
         eval_every: a.eval_every,
         seed: a.seed,
-        gradient: match a.gradient {
-            FinetuneGradientArg::Discrete => FinetuneGradient::Discrete,
-            FinetuneGradientArg::Tape => FinetuneGradient::Tape,
-        },
+        gradient: a.gradient,
         min_diversity: a.min_diversity,
         verbose: true,
     };
@@ -621,10 +611,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     use adeis::compiler::GradMethod;
     let method = match a.method.as_str() {
         "sample" => BenchMethod::Sample,
-        "discrete" => BenchMethod::Gradient(GradMethod::Discrete),
-        "adjoint_deis" => BenchMethod::Gradient(GradMethod::AdjointDeis),
-        "tape" => BenchMethod::Gradient(GradMethod::Tape),
-        other => bail!("--method {other}: one of sample, discrete, adjoint_deis, tape"),
+        other => match other.parse::<GradMethod>() {
+            Ok(m) => BenchMethod::Gradient(m),
+            Err(_) => {
+                let names: Vec<&str> = GradMethod::ALL.iter().map(|m| m.name()).collect();
+                bail!("--method {other}: one of sample, {}", names.join(", "))
+            }
+        },
     };
     if !(a.order == 1 || a.order == 2) {
         bail!("--order {}: AdjointDEIS has orders 1 and 2", a.order);

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis_compiler::{Adjoint, FieldError, Problem, Wrt};
+use adeis_compiler::{FieldError, GradMethod, Problem, Wrt};
 use adeis_digits::nets::one_hot;
 use adeis_digits::progress::{bar, check_interrupt};
 use adeis_runtime::dfdx::prelude::*;
@@ -26,15 +26,6 @@ use crate::data::{CLASSES, CLASS_NAMES};
 use crate::generate::{noise, save_grid};
 use crate::params::HostParams;
 use crate::{unet, write_atomic, Error, FashionModels};
-
-/// How the gradient through the sampler is taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum FinetuneGradient {
-    /// The exact discrete adjoint (recorded states, one VJP per step).
-    Discrete,
-    /// The whole sampling loop on dfdx's tape (the reference; memory grows with the steps).
-    Tape,
-}
 
 /// What `adeis finetune` does.
 #[derive(Clone, Debug)]
@@ -56,7 +47,7 @@ pub struct FinetuneOptions {
     /// Evaluate every this many iterations.
     pub eval_every: usize,
     pub seed: u64,
-    pub gradient: FinetuneGradient,
+    pub gradient: GradMethod,
     /// Early stopping: weights whose held-out samples' diversity falls below this fraction of
     /// the trained model's are never kept (the reward can be raised by collapsing each class
     /// onto one image).
@@ -78,7 +69,7 @@ impl Default for FinetuneOptions {
             eval_per_class: 10,
             eval_every: 5,
             seed: 0,
-            gradient: FinetuneGradient::Discrete,
+            gradient: GradMethod::Discrete,
             min_diversity: 0.8,
             verbose: true,
         }
@@ -130,7 +121,7 @@ pub struct FinetuneReport {
     pub optimizer: OptimizerKind,
     pub penalty: f64,
     pub seed: u64,
-    pub gradient: FinetuneGradient,
+    pub gradient: GradMethod,
     pub unet_params: usize,
     /// Mean reward log p(class | x_0) of each iteration's training batch (before its step).
     pub train_reward: Vec<f64>,
@@ -277,10 +268,9 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         schedule: false,
     };
     let sampling = crate::generate::problem_of(&spec)?;
-    let adjoint = match opts.gradient {
-        FinetuneGradient::Discrete => Adjoint::default(),
-        FinetuneGradient::Tape => Adjoint::Tape,
-    };
+    // Each method with its defaults (the discrete adjoint and AdjointDEIS record their
+    // states; the tape holds every step's activations).
+    let adjoint = opts.gradient.default_adjoint();
     let problem = sampling
         .clone()
         .with_wrt(wrt)

@@ -386,14 +386,9 @@ impl DiffusionDecl {
         let mut g = GradientSpec::default();
         let mut gspans: Vec<(&'static str, Span)> = vec![];
         if let Some(call) = &self.gradient {
-            g.method = word(
-                &call.name,
-                &[
-                    ("discrete", GradMethod::Discrete),
-                    ("adjoint_deis", GradMethod::AdjointDeis),
-                    ("tape", GradMethod::Tape),
-                ],
-            )?;
+            let methods: Vec<(&str, GradMethod)> =
+                GradMethod::ALL.iter().map(|m| (m.name(), *m)).collect();
+            g.method = word(&call.name, &methods)?;
             gspans.push(("method", call.name.span()));
             for o in &call.opts {
                 let k = o.key.to_string();
@@ -632,57 +627,85 @@ fn opt_usize(v: Option<usize>) -> TokenStream {
     }
 }
 
-/// The sampler declaration as a Rust struct literal (no parsing at run time).
+/// The sampler declaration as a Rust struct literal (no parsing at run time): the keys the
+/// declaration changed, the rest from [`SamplerSpec::new`], where each default is declared.
 fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
-    let method = variant(krate, quote!(Method), &sp.method);
-    let grid = variant(krate, quote!(grid::GridKind), &sp.grid);
-    let prediction = variant(krate, quote!(Prediction), &sp.prediction);
-    let solver_type = variant(krate, quote!(sampler::SolverType), &sp.solver_type);
-    let third_order = variant(krate, quote!(sampler::ThirdOrder), &sp.third_order);
-    let unipc_variant = variant(krate, quote!(sampler::UnipcVariant), &sp.variant);
-    let deis_basis = variant(krate, quote!(sampler::DeisBasis), &sp.deis_basis);
-    let stages = variant(krate, quote!(sampler::Stages), &sp.stages);
-    let equation = match &sp.equation {
-        Some(e) => {
-            let e = variant(krate, quote!(Equation), e);
-            quote!(::std::option::Option::Some(#e))
+    let d = SamplerSpec::new(sp.method, sp.order, sp.steps);
+    let mut changed: Vec<TokenStream> = Vec::new();
+    let mut field = |set: bool, name: &str, value: TokenStream| {
+        if set {
+            let name = syn::Ident::new(name, Span::call_site());
+            changed.push(quote!(#name: #value));
         }
-        None => quote!(::std::option::Option::None),
     };
-    let multistep = match sp.multistep {
-        Some(b) => quote!(::std::option::Option::Some(#b)),
-        None => quote!(::std::option::Option::None),
-    };
-    let (order, steps, rho) = (sp.order, sp.steps, sp.rho);
-    let (corrector, lower_order_final, denoise_to_zero) =
-        (sp.corrector, sp.lower_order_final, sp.denoise_to_zero);
-    let (count_final_step, euler_at_final) = (sp.count_final_step, sp.euler_at_final);
+    field(
+        sp.grid != d.grid,
+        "grid",
+        variant(krate, quote!(grid::GridKind), &sp.grid),
+    );
+    let equation = sp.equation.map(|e| variant(krate, quote!(Equation), &e));
+    field(
+        sp.equation != d.equation,
+        "equation",
+        quote!(::std::option::Option::Some(#equation)),
+    );
+    field(
+        sp.prediction != d.prediction,
+        "prediction",
+        variant(krate, quote!(Prediction), &sp.prediction),
+    );
+    let multistep = sp.multistep;
+    field(
+        sp.multistep != d.multistep,
+        "multistep",
+        quote!(::std::option::Option::Some(#multistep)),
+    );
+    field(
+        sp.solver_type != d.solver_type,
+        "solver_type",
+        variant(krate, quote!(sampler::SolverType), &sp.solver_type),
+    );
+    field(
+        sp.third_order != d.third_order,
+        "third_order",
+        variant(krate, quote!(sampler::ThirdOrder), &sp.third_order),
+    );
+    field(
+        sp.variant != d.variant,
+        "variant",
+        variant(krate, quote!(sampler::UnipcVariant), &sp.variant),
+    );
+    field(
+        sp.deis_basis != d.deis_basis,
+        "deis_basis",
+        variant(krate, quote!(sampler::DeisBasis), &sp.deis_basis),
+    );
+    field(
+        sp.stages != d.stages,
+        "stages",
+        variant(krate, quote!(sampler::Stages), &sp.stages),
+    );
+    for (name, value, default) in [
+        ("corrector", sp.corrector, d.corrector),
+        (
+            "lower_order_final",
+            sp.lower_order_final,
+            d.lower_order_final,
+        ),
+        ("denoise_to_zero", sp.denoise_to_zero, d.denoise_to_zero),
+        ("count_final_step", sp.count_final_step, d.count_final_step),
+        ("euler_at_final", sp.euler_at_final, d.euler_at_final),
+    ] {
+        field(value != default, name, quote!(#value));
+    }
+    let rho = sp.rho;
+    field(sp.rho != d.rho, "rho", quote!(#rho));
+    let method = variant(krate, quote!(Method), &sp.method);
+    let (order, steps) = (sp.order, sp.steps);
     quote! {
         #krate::compiler::SamplerSpec {
-            method: #method,
-            order: #order,
-            steps: #steps,
-            grid: #grid,
-            equation: #equation,
-            prediction: #prediction,
-            multistep: #multistep,
-            solver_type: #solver_type,
-            third_order: #third_order,
-            variant: #unipc_variant,
-            deis_basis: #deis_basis,
-            corrector: #corrector,
-            disable_corrector: ::std::vec::Vec::new(),
-            stages: #stages,
-            lower_order_final: #lower_order_final,
-            denoise_to_zero: #denoise_to_zero,
-            count_final_step: #count_final_step,
-            euler_at_final: #euler_at_final,
-            rho: #rho,
-            times: ::std::option::Option::None,
-            train_indices: ::std::option::Option::None,
-            timestep_spacing: ::std::option::Option::None,
-            steps_offset: ::std::option::Option::None,
-            model_times: ::std::option::Option::None,
+            #(#changed,)*
+            ..#krate::compiler::SamplerSpec::new(#method, #order, #steps)
         }
     }
 }

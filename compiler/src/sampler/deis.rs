@@ -5,21 +5,14 @@
 use std::sync::OnceLock;
 
 use super::dual::Dual;
-use super::{ode_only, DeisBasis, Family, Method, PlanRun, SamplerSpec};
+use super::family::{Family, PlanRun};
+use super::{DeisBasis, SamplerSpec};
 use crate::plan::{Operand, Pred};
 
 /// The DEIS family.
 pub(crate) struct Deis;
 
 impl Family for Deis {
-    fn orders(&self, _method: Method, sde: bool) -> &'static [usize] {
-        ode_only(sde)
-    }
-
-    fn form(&self, _method: Method) -> Pred {
-        Pred::Eps
-    }
-
     fn multistep_only(&self) -> Option<&'static str> {
         Some("deis (tAB) is a multistep method")
     }

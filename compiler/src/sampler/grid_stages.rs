@@ -7,13 +7,11 @@
 //! (docs/math.md section 2). In the formulas u1 and u2 are the group's second and third grid
 //! points, B0, B1, B2 the coefficients of the outputs at s, u1 and u2.
 
+use super::family::PlanRun;
 use super::formulas::{FormulaSet, StepVars, NOISE1};
-use super::multistep::{Multistep, DATA1, SDE_DATA1};
-use super::{Family, Method, PlanRun, SamplerSpec, SolverType};
+use super::multistep::{DATA1, SDE_DATA1};
+use super::{SamplerSpec, SolverType};
 use crate::plan::{Operand, Pred};
-
-/// The singlestep family whose stages are grid points.
-pub(crate) struct GridStages;
 
 const DATA_GRID2: &[(&str, &str)] = &[
     ("A", "s_t / s_s"),
@@ -215,66 +213,57 @@ pub fn grid_orders(
     orders
 }
 
-impl Family for GridStages {
-    fn orders(&self, method: Method, sde: bool) -> &'static [usize] {
-        Multistep.orders(method, sde)
-    }
-
-    fn form(&self, method: Method) -> Pred {
-        Multistep.form(method)
-    }
-
-    fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun) {
-        let pred = self.form(spec.method);
-        let sde = run.sde;
-        let orders = grid_orders(
-            run.n,
-            spec.order,
-            spec.lower_order_final,
-            spec.count_final_step,
-        );
-        // The group's first grid point, its state, and the outputs at its points so far.
-        let (mut start, mut x_start) = (0, run.x);
-        let mut outs: Vec<usize> = Vec::new();
-        for (i, &order) in orders.iter().enumerate() {
-            run.b.set_step(i);
-            let o = run.b.eval(run.x, pred);
-            if order == 1 {
-                (start, x_start) = (i, run.x);
-                outs.clear();
-            }
-            outs.push(o);
-            let (u1, u2) = (start + 1, start + 2);
-            let mut v = StepVars::between(&run.vals[start], &run.vals[i + 1]);
-            let mut at = [None; 13];
-            for k in 0..3 {
-                at[k] = Some(start);
-                at[3 + k] = Some(i + 1);
-            }
-            if order >= 2 {
-                (v.a_u1, v.s_u1) = (run.vals[u1].alpha, run.vals[u1].sigma);
-                (at[9], at[10]) = (Some(u1), Some(u1));
-            }
-            if order >= 3 {
-                (v.a_u2, v.s_u2) = (run.vals[u2].alpha, run.vals[u2].sigma);
-                (at[11], at[12]) = (Some(u2), Some(u2));
-            }
-            let set = formulas(sde, pred, order, spec.solver_type);
-            let (c, partials) = set.eval_with_partials(&v);
-            let sens = |name: &str| run.grid_point_sens(&partials[c.index(name)], &at);
-            let mut terms = vec![(Operand::State(x_start), c.get("A"))];
-            let mut term_sens = vec![sens("A")];
-            for (k, b) in c.outputs().into_iter().enumerate() {
-                terms.push((Operand::Out(outs[k]), b));
-                term_sens.push(sens(&format!("B{k}")));
-            }
-            if sde {
-                term_sens.push(sens("C"));
-                let xi = run.b.noise();
-                terms.push((Operand::Noise(xi), c.get("C")));
-            }
-            run.x = run.b.combine_at_grid_with_sens(i + 1, terms, term_sens);
+/// Emits every step of a singlestep DPM-Solver whose stages are grid points.
+pub(super) fn emit(spec: &SamplerSpec, run: &mut PlanRun) {
+    let pred = spec.method.form();
+    let sde = run.sde;
+    let orders = grid_orders(
+        run.n,
+        spec.order,
+        spec.lower_order_final,
+        spec.count_final_step,
+    );
+    // The group's first grid point, its state, and the outputs at its points so far.
+    let (mut start, mut x_start) = (0, run.x);
+    let mut outs: Vec<usize> = Vec::new();
+    for (i, &order) in orders.iter().enumerate() {
+        run.b.set_step(i);
+        let o = run.b.eval(run.x, pred);
+        if order == 1 {
+            (start, x_start) = (i, run.x);
+            outs.clear();
         }
+        outs.push(o);
+        let (u1, u2) = (start + 1, start + 2);
+        let mut v = StepVars::between(&run.vals[start], &run.vals[i + 1]);
+        let mut at = [None; 13];
+        for k in 0..3 {
+            at[k] = Some(start);
+            at[3 + k] = Some(i + 1);
+        }
+        if order >= 2 {
+            (v.a_u1, v.s_u1) = (run.vals[u1].alpha, run.vals[u1].sigma);
+            (at[9], at[10]) = (Some(u1), Some(u1));
+        }
+        if order >= 3 {
+            (v.a_u2, v.s_u2) = (run.vals[u2].alpha, run.vals[u2].sigma);
+            (at[11], at[12]) = (Some(u2), Some(u2));
+        }
+        let set = formulas(sde, pred, order, spec.solver_type);
+        let (c, partials) = set.eval_with_partials(&v);
+        let sens = |name: &str| run.grid_point_sens(&partials[c.index(name)], &at);
+        let mut terms = vec![(Operand::State(x_start), c.get("A"))];
+        let mut term_sens = vec![sens("A")];
+        for (k, b) in c.outputs().into_iter().enumerate() {
+            terms.push((Operand::Out(outs[k]), b));
+            term_sens.push(sens(&format!("B{k}")));
+        }
+        if sde {
+            term_sens.push(sens("C"));
+            let xi = run.b.noise();
+            terms.push((Operand::Noise(xi), c.get("C")));
+        }
+        run.x = run.b.combine_at_grid_with_sens(i + 1, terms, term_sens);
     }
 }
 

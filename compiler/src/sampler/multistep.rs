@@ -2,8 +2,11 @@
 //! DPM-Solver and DPM-Solver++ 2M / 3M in the noise and data forms, and the SDE samplers
 //! SDE-DPM-Solver-1 and SDE-DPM-Solver++ 1 / 2M, whose steps add a replayable noise.
 
+use super::family::{Family, PlanRun};
 use super::formulas::{FormulaSet, DATA_BASE, NOISE1, NOISE_BASE};
-use super::{Family, Method, PlanRun, SamplerSpec, SolverType, ThirdOrder};
+use super::{grid_stages, singlestep};
+use super::{Equation, SamplerSpec, SolverType, Stages, ThirdOrder};
+use crate::error::FieldError;
 use crate::plan::{Operand, Pred};
 
 /// The family of every closed-form multistep update.
@@ -192,26 +195,62 @@ fn formulas(spec: &SamplerSpec, sde: bool, pred: Pred, order: usize) -> &'static
 }
 
 impl Family for Multistep {
-    fn orders(&self, method: Method, sde: bool) -> &'static [usize] {
-        match (method, sde) {
-            (Method::Ddim | Method::SdeDpmSolver, _) => &[1],
-            (Method::DpmSolver, false) | (Method::DpmSolverPp, false) => &[1, 2, 3],
-            (Method::DpmSolver, true) => &[1],
-            (Method::DpmSolverPp | Method::SdeDpmSolverPp, true) => &[1, 2],
-            (Method::SdeDpmSolverPp, false) => &[1, 2],
-            (Method::Deis | Method::Unipc, _) => &[],
+    fn validate(&self, spec: &SamplerSpec) -> Result<(), FieldError> {
+        if spec.stages == Stages::Grid && spec.multistep == Some(true) {
+            return Err(FieldError::new(
+                "stages",
+                "\"grid\" makes DPM-Solver singlestep; remove `multistep = true`",
+            ));
+        }
+        let sde = spec.effective_equation() == Equation::Sde;
+        if sde && !spec.is_multistep() && spec.order > 1 && spec.stages == Stages::Lambda {
+            return Err(FieldError::new(
+                "multistep",
+                "the SDE samplers are multistep (or singlestep with stages = \"grid\")",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_given(&self, spec: &SamplerSpec, key: &str) -> Option<String> {
+        match key {
+            "solver_type" if spec.order < 2 => Some(format!(
+                "`solver_type` chooses the second-order update; order {} has none",
+                spec.order
+            )),
+            "third_order" if !(spec.order == 3 && spec.is_multistep()) => spec.method.why_not(key),
+            "stages" if spec.order < 2 => Some(
+                "`stages` places a singlestep step's intermediate points; order 1 has none".into(),
+            ),
+            _ => None,
         }
     }
 
-    fn form(&self, method: Method) -> Pred {
-        match method {
-            Method::DpmSolverPp | Method::SdeDpmSolverPp => Pred::Data,
-            _ => Pred::Eps,
+    fn describe(&self, spec: &SamplerSpec, out: &mut String) {
+        // A method with both forms says which one runs; SDE-DPM-Solver++, multistep unless
+        // its stages are on the grid, says so only then.
+        let names_form = spec.method.has_option("multistep")
+            || (spec.method.has_option("stages") && !spec.is_multistep());
+        if names_form && spec.order > 1 {
+            out.push_str(if spec.is_multistep() {
+                " multistep"
+            } else if spec.stages == Stages::Grid {
+                " singlestep on the grid's points"
+            } else {
+                " singlestep"
+            });
         }
     }
 
     fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun) {
-        let pred = self.form(spec.method);
+        if !spec.is_multistep() && spec.order > 1 {
+            return if spec.stages == Stages::Grid {
+                grid_stages::emit(spec, run)
+            } else {
+                singlestep::emit(spec, run)
+            };
+        }
+        let pred = spec.method.form();
         let sde = run.sde;
         for i in 0..run.n {
             run.b.set_step(i);

@@ -3,23 +3,36 @@
 //! on JIT-evaluated schedule values.
 
 use super::dual::Dual;
-use super::{ode_only, Family, Method, PlanRun, SamplerSpec, UnipcVariant};
+use super::family::{Family, PlanRun};
+use super::{SamplerSpec, UnipcVariant};
+use crate::error::FieldError;
 use crate::plan::{GridSens, Operand, Pred};
 
 /// The UniPC family.
 pub(crate) struct Unipc;
 
 impl Family for Unipc {
-    fn orders(&self, _method: Method, sde: bool) -> &'static [usize] {
-        ode_only(sde)
-    }
-
-    fn form(&self, _method: Method) -> Pred {
-        Pred::Data
-    }
-
     fn multistep_only(&self) -> Option<&'static str> {
         Some("unipc is a multistep method")
+    }
+
+    fn validate(&self, spec: &SamplerSpec) -> Result<(), FieldError> {
+        if !spec.disable_corrector.is_empty() && !spec.corrector {
+            return Err(FieldError::new(
+                "disable_corrector",
+                "skips UniPC's corrector after the steps listed; it needs method = \"unipc\" with its corrector on",
+            ));
+        }
+        Ok(())
+    }
+
+    fn describe(&self, spec: &SamplerSpec, out: &mut String) {
+        let corrector = if spec.corrector {
+            " with corrector"
+        } else {
+            " predictor only"
+        };
+        out.push_str(&format!(" {:?}{corrector}", spec.variant));
     }
 
     fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun) {

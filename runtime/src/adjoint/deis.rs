@@ -3,10 +3,11 @@
 //! one VJP per adjoint point, every coefficient and time taken from the compiled plan.
 
 use adeis_compiler::adjoint_deis::RecordedState;
-use adeis_compiler::{AdjointDeisPlan, ContinuousStates, Plan, Pred, Wrt};
+use adeis_compiler::{AdjointDeisPlan, ContinuousStates, Plan, Pred, Problem, Wrt};
 use dfdx::prelude::*;
 
-use super::{add_into, cotangent, Gradient};
+use super::shared::{add_into, cotangent};
+use super::{Gradient, GradientMethod};
 use crate::denoiser::Denoiser;
 use crate::error::RuntimeError;
 use crate::executor::{check_shapes, Exec, Input, Slots};
@@ -131,4 +132,41 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         nfe: exec.nfe,
         vjps,
     })
+}
+
+/// AdjointDEIS as a [`GradientMethod`] (`[gradient] method = "adjoint_deis"`): its order
+/// and grid are the problem's compiled [`AdjointDeisPlan`].
+pub struct AdjointDeis {
+    /// Recorded states, or DDIM's back-solve from t_min.
+    pub states: ContinuousStates,
+}
+
+impl GradientMethod for AdjointDeis {
+    fn check<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        problem: &Problem,
+        _model: &ModelFn<E, D, M>,
+    ) -> Result<(), RuntimeError> {
+        let wrt = problem.wrt();
+        if wrt.times || wrt.schedule {
+            return Err(RuntimeError::Invalid(
+                "wrt \"times\" and \"schedule\" are computed by the discrete adjoint (method = \"discrete\") and the tape reference".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        problem: &Problem,
+        model: &ModelFn<E, D, M>,
+        input: &Input<E, D>,
+        loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+    ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+        let deis = problem
+            .adjoint_deis()
+            .expect("a problem with adjoint_deis carries its compiled plan");
+        let how = (problem.wrt(), self.states);
+        adjoint_deis(problem.plan(), deis, model, input, how, loss_grad)
+    }
 }

@@ -3,10 +3,11 @@
 
 use std::collections::HashMap;
 
-use adeis_compiler::{DiscreteStates, Instr, Operand, Plan, Wrt};
+use adeis_compiler::{DiscreteStates, Instr, Operand, Plan, Problem, Wrt};
 use dfdx::prelude::*;
 
-use super::{add_at, add_into, cotangent, Gradient};
+use super::shared::{add_at, add_into, cotangent};
+use super::{Gradient, GradientMethod};
 use crate::denoiser::Denoiser;
 use crate::error::RuntimeError;
 use crate::executor::{check_shapes, Exec, Input, Slots};
@@ -94,13 +95,13 @@ impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
                         None => model.vjp(x, z, time, *pred, &g, theta),
                         Some(dt) => {
                             let o = slots.outs.get(out).expect("recorded output");
-                            let cot = model.vjp_with_time(x, z, time, *pred, &g, o, theta);
+                            let cot = model.vjp_with_time(x, z, time, (*pred, o), &g, theta);
                             let tc = cot.time.ok_or_else(|| {
                                 RuntimeError::Invalid(
                                     "wrt \"times\" / \"schedule\": this model does not differentiate its dependence on time (the MLP denoisers and the closed-form models do; thresholding is not differentiated in time)".into(),
                                 )
                             })?;
-                            super::add_eval_sens(self.plan, *input, &tc, dt);
+                            super::shared::add_eval_sens(self.plan, *input, &tc, dt);
                             cot
                         }
                     };
@@ -145,7 +146,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     check_shapes(model.model, input.x_t, input.cond)?;
     let sensitivities = wrt.times || wrt.schedule;
     if sensitivities {
-        super::check_sens(plan, wrt)?;
+        super::shared::check_sens(plan, wrt)?;
     }
     let mut exec = Exec::new(plan, model, input);
     exec.keep_outputs = sensitivities;
@@ -196,7 +197,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         .unwrap_or_else(|| input.x_t.zeros_like());
     let (dtimes, dschedule) = match rev.dtimes.take() {
         None => (None, None),
-        Some(acc) => super::finish_sens(plan, wrt, acc),
+        Some(acc) => super::shared::finish_sens(plan, wrt, acc),
     };
     Ok(Gradient {
         x0,
@@ -268,5 +269,24 @@ impl<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Revolve<'_, '_, '_, E, 
         self.exec.run(&mut sl, bounds[a], bounds[m], false)?;
         self.reverse(m, b, sl, free - 1)?;
         self.reverse(a, m, at_a, free)
+    }
+}
+
+/// The exact discrete adjoint as a [`GradientMethod`] (`[gradient] method = "discrete"`).
+pub struct Discrete {
+    /// Recorded states, or binomial checkpointing.
+    pub states: DiscreteStates,
+}
+
+impl GradientMethod for Discrete {
+    fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        problem: &Problem,
+        model: &ModelFn<E, D, M>,
+        input: &Input<E, D>,
+        loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+    ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+        let wrt = problem.wrt();
+        discrete_adjoint(problem.plan(), model, input, wrt, self.states, loss_grad)
     }
 }

@@ -1,12 +1,18 @@
-//! Gradients of a loss on the sample with respect to x_T, the conditioning z and the model's
-//! parameters (docs/math.md section 3), by the method the [`Problem`] carries: the exact
-//! discrete adjoint of its plan ([`discrete`]), AdjointDEIS-1 / -2M ([`deis`]), or the full
-//! tape ([`crate::tape`]). One entry point, [`gradient`].
+//! Gradients of a loss on the sample with respect to x_T, the conditioning z, the model's
+//! parameters, the grid's times and the schedule's parameters (docs/math.md section 3), by the
+//! method the [`Problem`] carries. One entry point, [`gradient`]; each method is one file
+//! implementing [`GradientMethod`]: the exact discrete adjoint of the plan ([`discrete`]),
+//! AdjointDEIS-1 / -2M ([`deis`]) and the full tape ([`tape`]). What they share (time
+//! sensitivities, sparse sums, the checked loss gradient) is in `shared.rs`.
+//!
+//! Adding a gradient method: its file here with a type implementing [`GradientMethod`], its
+//! variant of the compiler's [`Adjoint`] (the `[gradient] method` value), and its arm in
+//! [`gradient`].
 
 pub mod deis;
 pub mod discrete;
-
-use std::collections::HashMap;
+mod shared;
+pub mod tape;
 
 use adeis_compiler::{Adjoint, Problem};
 use dfdx::prelude::*;
@@ -39,6 +45,29 @@ pub struct Gradient<E: Dtype, D: Device<E>, G> {
     pub vjps: usize,
 }
 
+/// A gradient method: what it refuses before any model evaluation, and the gradient itself.
+pub trait GradientMethod {
+    /// Refuses, before any model evaluation, a problem or a model this method cannot
+    /// differentiate (the error says what it needs).
+    fn check<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        _problem: &Problem,
+        _model: &ModelFn<E, D, M>,
+    ) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    /// The gradient of the loss whose gradient at the sample `loss_grad` gives, with respect
+    /// to what the problem's `wrt` says.
+    fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        problem: &Problem,
+        model: &ModelFn<E, D, M>,
+        input: &Input<E, D>,
+        loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+    ) -> Result<Gradient<E, D, M::Grads>, RuntimeError>;
+}
+
 /// The gradient of the loss whose gradient at the sample `loss_grad` gives, by the problem's
 /// method, with respect to what the problem says.
 pub fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
@@ -47,157 +76,38 @@ pub fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     input: &Input<E, D>,
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
-    let wrt = problem.wrt();
-    if wrt.cond && input.cond.is_none() {
+    if problem.wrt().cond && input.cond.is_none() {
         return Err(RuntimeError::Invalid(
             "wrt includes \"cond\" but the model has no conditioning".into(),
         ));
     }
-    if (wrt.times || wrt.schedule) && matches!(problem.adjoint(), Adjoint::AdjointDeis { .. }) {
-        return Err(RuntimeError::Invalid(
-            "wrt \"times\" and \"schedule\" are computed by the discrete adjoint (method = \"discrete\") and the tape reference".into(),
-        ));
-    }
     match *problem.adjoint() {
-        Adjoint::Discrete { states } => {
-            discrete::discrete_adjoint(problem.plan(), model, input, wrt, states, loss_grad)
-        }
-        Adjoint::AdjointDeis { states, .. } => {
-            let deis = problem
-                .adjoint_deis()
-                .expect("a problem with adjoint_deis carries its compiled plan");
-            deis::adjoint_deis(problem.plan(), deis, model, input, (wrt, states), loss_grad)
-        }
-        Adjoint::Tape => {
-            if model.guidance.is_some() || model.threshold.is_some() {
-                return Err(RuntimeError::Invalid(
-                    "the tape reference runs the bare model: no guidance or thresholding".into(),
-                ));
-            }
-            let taped = model.model.as_taped().ok_or_else(|| {
-                RuntimeError::Invalid("method = \"tape\" needs a model that runs on dfdx's tape (an MLP or the Gaussian model)".into())
-            })?;
-            crate::tape::tape_gradient(problem.plan(), taped, input, wrt, loss_grad)
-        }
+        Adjoint::Discrete { states } => by(
+            &discrete::Discrete { states },
+            problem,
+            model,
+            input,
+            loss_grad,
+        ),
+        Adjoint::AdjointDeis { states, .. } => by(
+            &deis::AdjointDeis { states },
+            problem,
+            model,
+            input,
+            loss_grad,
+        ),
+        Adjoint::Tape => by(&tape::FullTape, problem, model, input, loss_grad),
     }
 }
 
-/// dL/d(grid times, then schedule parameters) of an evaluation at state `input` whose time
-/// cotangents are `tc`: its time moves with the grid as its state's does, its alpha and sigma
-/// also with the parameters at fixed time. Adds into `acc` (indexed like a `GridSens`).
-pub(crate) fn add_eval_sens(
-    plan: &adeis_compiler::Plan,
-    input: usize,
-    tc: &crate::denoiser::TimeCot,
-    acc: &mut [f64],
-) {
-    let d = plan.state_derivs[input].dot(tc.model_t, tc.alpha, tc.sigma);
-    let sens = plan.state_sens[input].as_ref();
-    for (j, w) in sens.expect("checked: every state's time sensitivity") {
-        acc[*j] += w * d;
-    }
-    let n_grid = plan.grid.len();
-    for (k, pp) in plan.state_params[input].iter().enumerate() {
-        acc[n_grid + k] += tc.alpha * pp.alpha + tc.sigma * pp.sigma;
-    }
-}
-
-/// Splits the accumulated dL/d(grid times, schedule parameters at fixed times) into dtimes and
-/// dschedule as `wrt` asks, the grid's own motion with the parameters added.
-#[allow(clippy::type_complexity)]
-pub(crate) fn finish_sens(
-    plan: &adeis_compiler::Plan,
-    wrt: adeis_compiler::Wrt,
-    mut acc: Vec<f64>,
-) -> (Option<Vec<f64>>, Option<Vec<(String, f64)>>) {
-    let dparams = acc.split_off(plan.grid.len());
-    let dschedule: Vec<(String, f64)> = plan
-        .param_names
-        .iter()
-        .enumerate()
-        .map(|(k, name)| {
-            let through_grid: f64 = plan
-                .grid_param_sens
-                .iter()
-                .zip(&acc)
-                .map(|(row, dt)| row[k] * dt)
-                .sum();
-            (name.clone(), dparams[k] + through_grid)
-        })
-        .collect();
-    (wrt.times.then_some(acc), wrt.schedule.then_some(dschedule))
-}
-
-/// The plan carries what the gradient with respect to its grid and schedule needs: every
-/// coefficient's sensitivity and every evaluation's time.
-pub(crate) fn check_sens(
-    plan: &adeis_compiler::Plan,
-    wrt: adeis_compiler::Wrt,
-) -> Result<(), RuntimeError> {
-    if wrt.schedule && plan.param_names.is_empty() {
-        return Err(RuntimeError::Invalid(
-            "wrt \"schedule\": this schedule has no continuous parameters (a discrete schedule is a table of betas, edm's sigma is t itself); wrt \"times\" differentiates its grid".into(),
-        ));
-    }
-    if wrt.schedule && !plan.params_differentiated {
-        return Err(RuntimeError::Invalid(format!(
-            "wrt \"schedule\": the schedule has {} parameters; its gradient is derived for at most {}",
-            plan.param_names.len(),
-            adeis_compiler::plan::MAX_DUAL_PARAMS
-        )));
-    }
-    let on_grid = plan.instrs.iter().all(|ins| match ins {
-        adeis_compiler::Instr::Eval { input, .. } => plan.state_sens[*input].is_some(),
-        adeis_compiler::Instr::Combine { .. } => true,
-    });
-    if plan.term_sens.is_none() || !on_grid {
-        return Err(RuntimeError::Invalid(format!(
-            "wrt \"times\" / \"schedule\": the sampler's coefficients carry no sensitivities for {}",
-            plan.description
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn add_into<E: Dtype, D: Device<E>>(slot: &mut Option<State<E, D>>, v: State<E, D>) {
-    *slot = Some(match slot.take() {
-        None => v,
-        Some(a) => a + v,
-    });
-}
-
-/// map[k] += c v (a missing entry is zero), and whether the new entry is finite everywhere.
-pub(crate) fn add_at<E: Dtype, D: Device<E>>(
-    map: &mut HashMap<usize, State<E, D>>,
-    k: usize,
-    v: &State<E, D>,
-    c: f64,
-) -> bool {
-    let (new, finite) = match map.remove(&k) {
-        None => State::combination(&[(v, c)]),
-        Some(a) => State::combination(&[(&a, 1.0), (v, c)]),
-    };
-    map.insert(k, new);
-    finite
-}
-
-/// The loss gradient at x_0, checked.
-pub(crate) fn cotangent<E: Dtype, D: Device<E>>(
-    x0: &State<E, D>,
+/// The gradient by `method`, checked first.
+fn by<G: GradientMethod, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+    method: &G,
+    problem: &Problem,
+    model: &ModelFn<E, D, M>,
+    input: &Input<E, D>,
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
-) -> Result<State<E, D>, RuntimeError> {
-    let cot = loss_grad(x0)?;
-    if !cot.same_shape(x0) {
-        return Err(RuntimeError::Shape(format!(
-            "the loss gradient has shape {:?}; the sample has {:?}",
-            cot.shape(),
-            x0.shape()
-        )));
-    }
-    if !cot.is_finite() {
-        return Err(RuntimeError::Invalid(
-            "the loss or its gradient at the sample is NaN or Inf".into(),
-        ));
-    }
-    Ok(cot)
+) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+    method.check(problem, model)?;
+    method.gradient(problem, model, input, loss_grad)
 }

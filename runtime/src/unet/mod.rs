@@ -23,7 +23,7 @@ use crate::nn::{
     Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
 };
 use crate::state::State;
-use crate::tape::{Taped, TapedDenoiser, TimeLeaves};
+use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use config::UNet2DConfig;

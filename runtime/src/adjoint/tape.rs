@@ -6,86 +6,18 @@
 
 use std::sync::{Arc, Mutex};
 
-use adeis_compiler::{Instr, Operand, Plan, Pred, Prediction, TimeInfo, Wrt};
+use adeis_compiler::{Instr, Operand, Plan, Pred, Prediction, Problem, Wrt};
 use dfdx::prelude::*;
 
-use crate::adjoint::Gradient;
+use super::{Gradient, GradientMethod};
 use crate::denoiser::Denoiser;
 use crate::e;
 use crate::error::RuntimeError;
 use crate::executor::{check_shapes, Input};
+use crate::model_fn::ModelFn;
 use crate::nn::ParamGrads;
 use crate::state::{Rows, State};
-
-/// A batch of rows on the tape.
-pub type Taped<E, D> = Tensor<(usize, usize), E, D, OwnedTape<E, D>>;
-
-/// A model that can run on dfdx's tape.
-pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
-    /// The output rows at (x, z, t), on the tape; `item` is the shape of one item of x.
-    /// `params` says whether the parameters' gradients are wanted (a model may skip the work
-    /// of those it would not be asked for).
-    fn forward_taped(
-        &self,
-        x: Taped<E, D>,
-        item: &[usize],
-        z: Option<Taped<E, D>>,
-        time: &TimeInfo,
-        params: ParamGrads,
-    ) -> Taped<E, D>;
-
-    /// The parameter gradients in the model's layout, read from the tape's gradients (None:
-    /// this model's parameters are not on the tape). The tape's gradients are not used after
-    /// this: a model may take them.
-    fn grads_from_tape(&self, grads: &mut Gradients<E, D>) -> Option<Self::Grads>;
-
-    /// The gradients the taped loop starts from. dfdx keeps, after the backward pass, the
-    /// gradients of the leaves these name and drops the others; by default none are named and
-    /// every gradient is kept (the reference reads what it needs besides the parameters'
-    /// before that, see [`tape_gradient`]).
-    fn tape_gradients(&self, _params: ParamGrads) -> Gradients<E, D> {
-        Gradients::leaky()
-    }
-
-    /// [`TapedDenoiser::forward_taped`] with its dependence on time on the tape too: the
-    /// evaluation's model time, alpha and sigma are the scalars of `leaves` (the tape
-    /// reference of the gradient with respect to the grid and the schedule). None: this model
-    /// does not put its time on the tape.
-    fn forward_taped_in_time(
-        &self,
-        _x: Taped<E, D>,
-        _item: &[usize],
-        _z: Option<Taped<E, D>>,
-        _leaves: &TimeLeaves<E, D>,
-        _params: ParamGrads,
-    ) -> Option<Taped<E, D>> {
-        None
-    }
-}
-
-/// One evaluation's time quantities as leaves of the tape: untaped scalars each use traces
-/// afresh (`leaf.clone().leaky_trace()`), so that their gradients accumulate under their ids.
-#[derive(Clone, Debug)]
-pub struct TimeLeaves<E: Dtype, D: Device<E>> {
-    pub model_t: Tensor<Rank0, E, D>,
-    pub alpha: Tensor<Rank0, E, D>,
-    pub sigma: Tensor<Rank0, E, D>,
-}
-
-impl<E: Dtype, D: Device<E>> TimeLeaves<E, D> {
-    fn at(dev: &D, time: &TimeInfo) -> TimeLeaves<E, D> {
-        TimeLeaves {
-            model_t: dev.tensor(e::<E>(time.model_t)),
-            alpha: dev.tensor(e::<E>(time.alpha)),
-            sigma: dev.tensor(e::<E>(time.sigma)),
-        }
-    }
-
-    /// A leaf traced and broadcast to a batch of rows.
-    pub fn rows(leaf: &Tensor<Rank0, E, D>, shape: (usize, usize)) -> Taped<E, D> {
-        leaf.clone().leaky_trace().broadcast_like(&shape)
-    }
-}
+use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
 /// A tensor's gradient (zeros where nothing used it: a network's alpha, a closed form's time).
 fn grad_of<S: Shape, E: Dtype, D: Device<E>>(
@@ -166,7 +98,7 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     check_shapes(model, input.x_t, input.cond)?;
     let timed = wrt.times || wrt.schedule;
     if timed {
-        crate::adjoint::check_sens(plan, wrt)?;
+        super::shared::check_sens(plan, wrt)?;
     }
     // The leaves of the time quantities, by their place in `scalar_leaves` (evaluation: its
     // state and its model time, alpha and sigma from there on; coefficient: its instruction,
@@ -299,7 +231,7 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     }
     let x0_taped = states[plan.output].take().expect("plan output");
     let x0 = x_t.like(x0_taped.retaped::<NoneTape>());
-    let cot = crate::adjoint::cotangent(&x0, loss_grad)?;
+    let cot = super::shared::cotangent(&x0, loss_grad)?;
     let mut g = (x0_taped * cot.into_rows()).sum().backward();
     let probed = probe
         .lock()
@@ -330,9 +262,9 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                 alpha: d[at + 1],
                 sigma: d[at + 2],
             };
-            crate::adjoint::add_eval_sens(plan, *input, &tc, &mut acc);
+            super::shared::add_eval_sens(plan, *input, &tc, &mut acc);
         }
-        crate::adjoint::finish_sens(plan, wrt, acc)
+        super::shared::finish_sens(plan, wrt, acc)
     } else {
         (None, None)
     };
@@ -349,4 +281,39 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
         nfe,
         vjps: 0,
     })
+}
+
+/// The full tape as a [`GradientMethod`] (`[gradient] method = "tape"`): the bare model on
+/// dfdx's tape, so a model that runs there ([`Denoiser::as_taped`]).
+pub struct FullTape;
+
+impl GradientMethod for FullTape {
+    fn check<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        _problem: &Problem,
+        model: &ModelFn<E, D, M>,
+    ) -> Result<(), RuntimeError> {
+        if model.guidance.is_some() || model.threshold.is_some() {
+            return Err(RuntimeError::Invalid(
+                "the tape reference runs the bare model: no guidance or thresholding".into(),
+            ));
+        }
+        if model.model.as_taped().is_none() {
+            return Err(RuntimeError::Invalid("method = \"tape\" needs a model that runs on dfdx's tape (an MLP or the Gaussian model)".into()));
+        }
+        Ok(())
+    }
+
+    fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+        &self,
+        problem: &Problem,
+        model: &ModelFn<E, D, M>,
+        input: &Input<E, D>,
+        loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+    ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+        let taped = model.model.as_taped().ok_or_else(|| {
+            RuntimeError::Invalid("method = \"tape\" needs a model that runs on dfdx's tape".into())
+        })?;
+        tape_gradient(problem.plan(), taped, input, problem.wrt(), loss_grad)
+    }
 }

@@ -1,0 +1,92 @@
+//! The sampler options that take one of a few named values (`[sampler] equation`,
+//! `prediction`, `solver_type`, `variant`, `third_order`, `deis_basis`, `stages`). Which
+//! method each applies to is the registry's (`registry.rs`); what it does is its family's.
+
+use serde::{Deserialize, Serialize};
+
+/// ODE (probability flow) or SDE (reverse diffusion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Equation {
+    #[default]
+    Ode,
+    Sde,
+}
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The noise (diffusers' "epsilon").
+    #[default]
+    #[serde(alias = "epsilon")]
+    Eps,
+    /// The data (diffusers' "sample").
+    #[serde(alias = "sample")]
+    X0,
+    /// v = alpha eps - sigma x0 (diffusers' "v_prediction").
+    #[serde(alias = "v_prediction")]
+    V,
+}
+
+/// How a second-order multistep update uses the previous output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SolverType {
+    #[default]
+    Midpoint,
+    Heun,
+}
+
+/// UniPC's B(h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnipcVariant {
+    Bh1,
+    #[default]
+    Bh2,
+}
+
+/// The third-order multistep coefficients: derived from the Taylor expansion (order 3), or
+/// as the DPM-Solver reference code and diffusers write them (order 2; to reproduce them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ThirdOrder {
+    #[default]
+    Taylor,
+    Reference,
+}
+
+/// The variable DEIS's Lagrange basis is a polynomial in: t (tAB, the DEIS paper's default)
+/// or log rho = -lambda (diffusers' `solver_type = "logrho"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeisBasis {
+    #[default]
+    T,
+    LogRho,
+}
+
+impl DeisBasis {
+    pub(crate) fn is_t(&self) -> bool {
+        *self == DeisBasis::T
+    }
+}
+
+/// Where a singlestep DPM-Solver evaluates the model between its steps' ends: at fractions of
+/// each step in lambda (the DPM-Solver paper's DPM-Solver-2 and -3), or at the grid's own
+/// points (diffusers' `DPMSolverSinglestepScheduler`: a step of order k spans k grid intervals,
+/// one evaluation per grid point, the orders 1, 2, .., k repeating).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stages {
+    #[default]
+    Lambda,
+    Grid,
+}
+
+impl Stages {
+    pub(crate) fn is_lambda(&self) -> bool {
+        *self == Stages::Lambda
+    }
+}
