@@ -22,9 +22,11 @@ pub mod diffusers;
 pub mod error;
 pub mod learn;
 pub mod report;
-pub mod scheduler_config;
 pub mod spec_file;
 pub mod threads;
+
+/// diffusers scheduler configs as specs, under their earlier path ([`diffusers::scheduler`]).
+pub use diffusers::scheduler as scheduler_config;
 
 #[doc(inline)]
 pub use adeis_compiler as compiler;

@@ -82,8 +82,9 @@ enum Command {
         /// [batch, channels, height, width] for a diffusers model.
         #[arg(long = "x-t")]
         x_t: PathBuf,
-        /// The conditioning z (.npy, [batch, cond_dim]): for a class-conditional diffusers model,
-        /// its class-embedding vectors.
+        /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
+        /// conditioned on a sequence): for a class-conditional diffusers model, its
+        /// class-embedding vectors.
         #[arg(long)]
         cond: Option<PathBuf>,
         /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
@@ -141,8 +142,9 @@ enum Command {
         /// The target of --loss mse (.npy, x_T's shape).
         #[arg(long)]
         target: Option<PathBuf>,
-        /// The conditioning z (.npy, [batch, cond_dim]); the Gaussian model's conditioning is
-        /// its mean, which fills z when this is absent; a class-conditional diffusers model's is
+        /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
+        /// conditioned on a sequence); the Gaussian model's conditioning is its mean, which
+        /// fills z when this is absent; a class-conditional diffusers model's is
         /// its class-embedding vector (dz.npy is the gradient with respect to it).
         #[arg(long)]
         cond: Option<PathBuf>,

@@ -110,7 +110,7 @@ pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, E
     };
     let format = SpecFormat::of_path(path);
     let (spec, notes, from_diffusers) = if format == SpecFormat::Json
-        && crate::scheduler_config::is_scheduler_config(&text)
+        && crate::diffusers::scheduler::is_scheduler_config(&text)
     {
         let Some(n) = steps else {
             return Err(invalid(FieldError::new(
@@ -118,7 +118,7 @@ pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, E
                     "a diffusers scheduler config leaves the number of inference steps to the caller: give --steps N",
                 )));
         };
-        let t = crate::scheduler_config::translate(&text, n).map_err(invalid)?;
+        let t = crate::diffusers::scheduler::translate(&text, n).map_err(invalid)?;
         (t.spec, t.notes, true)
     } else {
         let mut spec = parse_spec(&text, format).map_err(|e| Error::Format {

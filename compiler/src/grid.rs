@@ -92,7 +92,8 @@ pub fn numpy_arange_down(start: f64, step: f64) -> Vec<f64> {
 /// The N inference timesteps (noisiest first) of diffusers' multistep schedulers
 /// (DPM-Solver, DEIS, UniPC) for `steps` = N, as their `set_timesteps` computes them: `last` is
 /// the number of train timesteps left after `lambda_min_clipped` (`n_train` without it), and
-/// `offset` is `steps_offset`, which only "leading" adds. numpy rounds halves to even.
+/// `offset` is `steps_offset`, which only "leading" adds. numpy rounds halves to even. They
+/// are the N noisiest of N + 1 spaced points (the last, the final point, is not a timestep).
 pub fn spacing_timesteps(
     spacing: TimestepSpacing,
     steps: usize,
@@ -100,20 +101,35 @@ pub fn spacing_timesteps(
     last: usize,
     offset: i64,
 ) -> Vec<i64> {
+    spaced_timesteps(spacing, (steps, steps + 1), n_train, last, offset)
+}
+
+/// The `steps` noisiest of `points` train timesteps spaced by `spacing` over 0..`last`
+/// (noisiest first): diffusers' multistep schedulers take N of N + 1 points
+/// ([`spacing_timesteps`]), its DDIM scheduler N of N with `last` = `n_train`. "trailing"
+/// steps by n_train / steps down from `last`.
+pub fn spaced_timesteps(
+    spacing: TimestepSpacing,
+    (steps, points): (usize, usize),
+    n_train: usize,
+    last: usize,
+    offset: i64,
+) -> Vec<i64> {
     let round = |v: f64| v.round_ties_even() as i64;
+    let noisiest = points - steps;
     match spacing {
         TimestepSpacing::Linspace => {
-            let mut t: Vec<i64> = numpy_linspace(0.0, last as f64 - 1.0, steps + 1)
+            let mut t: Vec<i64> = numpy_linspace(0.0, last as f64 - 1.0, points)
                 .into_iter()
                 .map(round)
                 .collect();
             t.reverse();
-            t.pop();
+            t.truncate(steps);
             t
         }
         TimestepSpacing::Leading => {
-            let ratio = (last / (steps + 1)) as i64;
-            (1..=steps as i64)
+            let ratio = (last / points) as i64;
+            (noisiest as i64..points as i64)
                 .rev()
                 .map(|i| i * ratio + offset)
                 .collect()

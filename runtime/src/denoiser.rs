@@ -45,8 +45,9 @@ pub struct NoParams;
 /// A network (or closed-form model) evaluated at (x, z, t) in its own parameterisation.
 ///
 /// x is a batch of items of the shape the model takes (checked once per run by
-/// [`Denoiser::check_input`]); the conditioning z, when the model has one, is a batch of rows
-/// of width [`Denoiser::cond_dim`].
+/// [`Denoiser::check_input`]); the conditioning z, when the model has one, is a batch of items
+/// of the shape [`Denoiser::cond_shape`]: `[D]` for a vector (the MLPs' z, a class embedding),
+/// `[tokens, dim]` for encoder hidden states (cross-attention).
 pub trait Denoiser<E: Dtype, D: Device<E>> {
     /// Where the VJP accumulates w cot^T d out/d theta: the model's own layout.
     type Grads;
@@ -57,9 +58,20 @@ pub trait Denoiser<E: Dtype, D: Device<E>> {
     /// Checks the item shape of x; the error says what the model takes.
     fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError>;
 
-    /// The width of the conditioning z (0 without conditioning).
+    /// The number of elements of one item of the conditioning z (0 without conditioning):
+    /// its width for a vector.
     fn cond_dim(&self) -> usize {
         0
+    }
+
+    /// The shape of one item of the conditioning z (empty without conditioning). By default a
+    /// vector of [`Denoiser::cond_dim`] elements; a model conditioned on a sequence (encoder
+    /// hidden states `[tokens, dim]`) says so here, its `cond_dim` being the product.
+    fn cond_shape(&self) -> Vec<usize> {
+        match self.cond_dim() {
+            0 => Vec::new(),
+            d => vec![d],
+        }
     }
 
     /// The output at (x, z, t), of x's shape.

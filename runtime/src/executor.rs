@@ -50,15 +50,22 @@ pub fn check_shapes<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
 ) -> Result<(), RuntimeError> {
     model.check_input(x_t.item())?;
     if let Some(z) = z {
-        let want = (x_t.batch(), model.cond_dim());
-        if z.rows().shape() != &want || z.item().len() != 1 {
+        let want: Vec<usize> = [vec![x_t.batch()], model.cond_shape()].concat();
+        if z.shape() != want {
             return Err(RuntimeError::Shape(format!(
-                "the conditioning has shape {:?}; expected {want:?}",
-                z.rows().shape()
+                "the conditioning has shape {}; expected {}",
+                tuple(&z.shape()),
+                tuple(&want)
             )));
         }
     }
     Ok(())
+}
+
+/// A shape as a tuple: (4, 77, 768).
+fn tuple(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("({})", dims.join(", "))
 }
 
 /// The live slots of a plan being executed, by slot number: a checkpoint is a clone of it

@@ -373,3 +373,141 @@ fn nan_stops_with_the_step_and_time() {
         "the solver produced NaN or Inf in the model output at step 3 (t = 0.25075000000000003)"
     );
 }
+
+/// A model conditioned on a sequence of tokens (as cross-attention is on encoder hidden
+/// states): eps = x / 2 + the mean of its tokens [T, D], linear in both, so its VJP is exact.
+struct TokenMean {
+    tokens: usize,
+    dim: usize,
+}
+
+impl Denoiser<f64, Cpu> for TokenMean {
+    type Grads = NoParams;
+    fn prediction(&self) -> Prediction {
+        Prediction::Eps
+    }
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        adeis_runtime::denoiser::check_vector_input(item, self.dim, "the token-mean model")
+    }
+    fn cond_dim(&self) -> usize {
+        self.tokens * self.dim
+    }
+    fn cond_shape(&self) -> Vec<usize> {
+        vec![self.tokens, self.dim]
+    }
+    fn forward(
+        &self,
+        x: &State<f64, Cpu>,
+        z: Option<&State<f64, Cpu>>,
+        _time: &TimeInfo,
+    ) -> State<f64, Cpu> {
+        let (xs, zs) = (to_f64(x), to_f64(z.expect("conditioned")));
+        let (t, d) = (self.tokens, self.dim);
+        let out: Vec<f64> = (0..xs.len())
+            .map(|k| {
+                let (b, j) = (k / d, k % d);
+                let mean: f64 = (0..t).map(|i| zs[(b * t + i) * d + j]).sum::<f64>() / t as f64;
+                0.5 * xs[k] + mean
+            })
+            .collect();
+        State::from_f64(&x.device(), &out, &x.shape()).unwrap()
+    }
+    fn zero_grads(&self) -> NoParams {
+        NoParams
+    }
+    fn vjp(
+        &self,
+        x: &State<f64, Cpu>,
+        z: Option<&State<f64, Cpu>>,
+        _time: &TimeInfo,
+        cot: &State<f64, Cpu>,
+        _theta: Option<(&mut NoParams, f64)>,
+    ) -> Cotangents<f64, Cpu> {
+        let (c, t, d) = (to_f64(cot), self.tokens, self.dim);
+        let dz: Vec<f64> = (0..x.batch() * t * d)
+            .map(|k| c[(k / (t * d)) * d + k % d] / t as f64)
+            .collect();
+        let z = z.expect("conditioned");
+        Cotangents {
+            x: cot.clone() * 0.5,
+            cond: Some(State::from_f64(&x.device(), &dz, &z.shape()).unwrap()),
+            time: None,
+        }
+    }
+}
+
+/// Conditioning with a shape: z of items [tokens, dim] passes the shape check, its gradient
+/// dz keeps that shape and equals central differences of the loss; a z flattened to
+/// [batch, tokens * dim] is refused with both shapes named.
+#[test]
+fn sequence_conditioning_keeps_its_shape() {
+    use adeis_compiler::{Problem, Wrt};
+    let dev = Cpu::default();
+    let (batch, tokens, dim) = (2, 3, 4);
+    let m = TokenMean { tokens, dim };
+    let schedule = ScheduleDef::vp_linear(0.1, 20.0)
+        .unwrap()
+        .compile()
+        .unwrap();
+    let problem = Problem::new(schedule, &SamplerSpec::new(Method::DpmSolverPp, 2, 6))
+        .unwrap()
+        .with_wrt(Wrt::ALL);
+    let x: State<f64, Cpu> =
+        State::from_f64(&dev, &normals(1, 1, batch * dim), &[batch, dim]).unwrap();
+    let zv = normals(2, 1, batch * tokens * dim);
+    let z: State<f64, Cpu> = State::from_f64(&dev, &zv, &[batch, tokens, dim]).unwrap();
+    let target = normals(3, 1, batch * dim);
+    // L = sum((x0 - target)^2) / 2.
+    let loss = |z: &State<f64, Cpu>| {
+        let out = sample(
+            problem.plan(),
+            &ModelFn::new(&m),
+            &Input::new(&x, Some(z), &NoiseSource::Seeded(0)),
+            false,
+        )
+        .unwrap();
+        let x0 = to_f64(&out.x);
+        x0.iter()
+            .zip(&target)
+            .map(|(a, b)| 0.5 * (a - b).powi(2))
+            .sum::<f64>()
+    };
+    let g = adeis_runtime::gradient(
+        &problem,
+        &ModelFn::new(&m),
+        &Input::new(&x, Some(&z), &NoiseSource::Seeded(0)),
+        |x0| {
+            let r: Vec<f64> = to_f64(x0).iter().zip(&target).map(|(a, b)| a - b).collect();
+            Ok(State::from_f64(&dev, &r, &x0.shape()).unwrap())
+        },
+    )
+    .unwrap();
+    let dz = g.dz.expect("wrt cond");
+    assert_eq!(dz.shape(), vec![batch, tokens, dim]);
+    let h = 1e-5;
+    for (k, analytic) in to_f64(&dz).into_iter().enumerate() {
+        let at = |d: f64| {
+            let mut v = zv.clone();
+            v[k] += d;
+            loss(&State::from_f64(&dev, &v, &[batch, tokens, dim]).unwrap())
+        };
+        let fd = (at(h) - at(-h)) / (2.0 * h);
+        assert!(
+            (fd - analytic).abs() < 1e-7 * (1.0 + fd.abs()),
+            "dz[{k}]: {analytic} vs {fd}"
+        );
+    }
+    let flat: State<f64, Cpu> = from_f64(&dev, &zv, batch, tokens * dim);
+    let e = sample(
+        problem.plan(),
+        &ModelFn::new(&m),
+        &Input::new(&x, Some(&flat), &NoiseSource::Seeded(0)),
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the conditioning has shape (2, 12); expected (2, 3, 4)"),
+        "{e}"
+    );
+}

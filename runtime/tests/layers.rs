@@ -416,16 +416,25 @@ mod gelu {
 }
 
 /// The attention kernel equals dfdx's composition, forward and the gradients of q, k and v,
-/// with several heads and a sequence long enough for the threaded products.
+/// with several heads and a sequence long enough for the threaded products; as
+/// self-attention (keys as long as the queries) and as cross-attention (40 queries attending
+/// to 7 and to 77 keys).
 #[test]
 fn the_attention_kernel_equals_dfdx_composition() {
+    for keys in [40, 7, 77] {
+        attention_kernel_equals_dfdx_composition(keys);
+    }
+}
+
+fn attention_kernel_equals_dfdx_composition(keys: usize) {
     use adeis_runtime::nn::attention::attention_core_generic;
     let dev = Cpu::seed_from_u64(12);
     let shape = (2, 3, 40, 16);
+    let kv_shape = (2, 3, keys, 16);
     let (q, k, v): (Image, Image, Image) = (
         dev.sample_normal_like(&shape),
-        dev.sample_normal_like(&shape),
-        dev.sample_normal_like(&shape),
+        dev.sample_normal_like(&kv_shape),
+        dev.sample_normal_like(&kv_shape),
     );
     let cot: Image = dev.sample_normal_like(&shape);
     let run = |kernel: bool| {
@@ -445,10 +454,10 @@ fn the_attention_kernel_equals_dfdx_composition() {
         )
     };
     let (a, b) = (run(true), run(false));
-    assert!(max_rel_err(&a.0, &b.0) < 1e-13, "forward");
-    assert!(max_rel_err(&a.1, &b.1) < 1e-12, "dq");
-    assert!(max_rel_err(&a.2, &b.2) < 1e-12, "dk");
-    assert!(max_rel_err(&a.3, &b.3) < 1e-12, "dv");
+    assert!(max_rel_err(&a.0, &b.0) < 1e-13, "forward, {keys} keys");
+    assert!(max_rel_err(&a.1, &b.1) < 1e-12, "dq, {keys} keys");
+    assert!(max_rel_err(&a.2, &b.2) < 1e-12, "dk, {keys} keys");
+    assert!(max_rel_err(&a.3, &b.3) < 1e-12, "dv, {keys} keys");
 }
 
 /// The CPU's exchange of the middle axes equals dfdx's permute bit for bit, forward and

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use adeis::npy::{read_npy, NpyArray};
 use adeis::runtime::dfdx::prelude::*;
-use adeis::runtime::{from_f64, State};
+use adeis::runtime::State;
 use anyhow::{anyhow, bail, Result};
 
 use super::model::{read_labels, CommandModel, ModelChoice};
@@ -92,19 +92,18 @@ where
     match (args.cond, args.labels) {
         (Some(_), Some(_)) => bail!("give --cond or --class-labels, not both"),
         (Some(p), None) => {
-            let c = super::read_2d("--cond", p)?;
+            let c = adeis::npy::read_npy(p).map_err(|e| anyhow!("--cond: {e}"))?;
             check_finite("--cond", p, &c)?;
-            if model.cond_dim() == 0 {
+            let item = model.cond_shape();
+            if item.is_empty() {
                 bail!("--cond: this model takes no conditioning");
             }
-            if c.shape[0] != batch || c.shape[1] != model.cond_dim() {
-                bail!(
-                    "--cond has shape {:?}; the model takes [{batch}, {}]",
-                    c.shape,
-                    model.cond_dim()
-                );
+            // [batch, D] for a vector, [batch, tokens, dim] for encoder hidden states.
+            let want: Vec<usize> = [vec![batch], item].concat();
+            if c.shape != want {
+                bail!("--cond has shape {:?}; the model takes {want:?}", c.shape);
             }
-            Ok(Some(from_f64(&x.device(), &c.data, batch, c.shape[1])))
+            Ok(Some(State::from_f64(&x.device(), &c.data, &c.shape)?))
         }
         (None, Some(p)) => Ok(Some(model.class_cond(&read_labels(p, batch)?)?)),
         (None, None) => {

@@ -1,8 +1,9 @@
 //! The core of scaled dot-product attention, softmax(scale q k^T) v per (image, head), with
-//! its exact VJP. [`attention_core_generic`] composes it from dfdx's operations (any device);
+//! its exact VJP. Keys and values may be a sequence of another length than the queries'
+//! (cross-attention to encoder hidden states: sq image positions attending to sk tokens). [`attention_core_generic`] composes it from dfdx's operations (any device);
 //! on the CPU it is one custom operation (`cpu::attention_core`) whose five products per head
 //! go through `gemm` 0.19 and which keeps the softmax for the backward pass:
-//! with P = softmax(S), S = scale q k^T, O = P v:
+//! with P = softmax(S) [sq x sk], S = scale q k^T, O = P v:
 //!   dv = P^T dO,  dP = dO v^T,  dS = P (dP - rowsum(dP P)),  dq = scale dS k,  dk = scale dS^T q.
 
 use dfdx::prelude::*;
@@ -12,7 +13,7 @@ use super::{Float, Image};
 /// Queries, keys or values: [batch, heads, sequence, head width].
 pub type Heads<E, D, T> = Image<E, D, T>;
 
-/// softmax(scale q k^T) v through dfdx's operations.
+/// softmax(scale q k^T) v through dfdx's operations: q [b, h, sq, d], k and v [b, h, sk, d].
 pub fn attention_core_generic<E: Float, D: Device<E>, T: Tape<E, D>>(
     q: Heads<E, D, T>,
     k: Heads<E, D, T>,
@@ -68,36 +69,42 @@ pub(crate) mod cpu {
         <Cpu as Storage<E>>::Vec: std::ops::DerefMut<Target = Vec<E>>,
     {
         let shape = *q.shape();
-        let (b, h, s, d) = shape;
-        assert_eq!(*k.shape(), shape, "keys of the queries' shape");
-        assert_eq!(*v.shape(), shape, "values of the queries' shape");
+        let (b, h, sq, d) = shape;
+        let sk = k.shape().2;
+        assert_eq!(
+            *k.shape(),
+            (b, h, sk, d),
+            "keys: the queries' batch, heads and width"
+        );
+        assert_eq!(*v.shape(), (b, h, sk, d), "values of the keys' shape");
         let (q, tq) = q.contiguous().split_tape();
         let (k, tk) = k.contiguous().split_tape();
         let (v, tv) = v.contiguous().split_tape();
         let mut tape = tq.merge(tk).merge(tv);
         let (qs, ks, vs) = (host(&q), host(&k), host(&v));
-        let (heads, hd, ss) = (b * h, s * d, s * s);
+        // Per head: the queries' and the keys' block sizes, and the scores'.
+        let (heads, qd, kd, ss) = (b * h, sq * d, sk * d, sq * sk);
         let mut p = vec![E::zero(); heads * ss];
-        let mut out = vec![E::zero(); heads * hd];
+        let mut out = vec![E::zero(); heads * qd];
         for i in 0..heads {
-            let (qi, ki, vi) = (&qs[i * hd..], &ks[i * hd..], &vs[i * hd..]);
+            let (qi, ki, vi) = (&qs[i * qd..], &ks[i * kd..], &vs[i * kd..]);
             let pi = &mut p[i * ss..(i + 1) * ss];
-            // SAFETY: pi [s x s] = qi [s x d] ki^T [d x s]; then out_i [s x d] = pi vi.
+            // SAFETY: pi [sq x sk] = qi [sq x d] ki^T [d x sk]; then out_i [sq x d] = pi vi.
             unsafe {
                 matmul(
-                    (s, s, d),
-                    (pi.as_mut_ptr(), s, false),
+                    (sq, sk, d),
+                    (pi.as_mut_ptr(), sk, false),
                     (qi.as_ptr(), d, 1),
                     (ki.as_ptr(), 1, d),
                 );
             }
             pi.iter_mut().for_each(|x| *x *= scale);
-            softmax_rows(pi, s);
+            softmax_rows(pi, sk);
             unsafe {
                 matmul(
-                    (s, d, s),
-                    (out[i * hd..].as_mut_ptr(), d, false),
-                    (pi.as_ptr(), s, 1),
+                    (sq, d, sk),
+                    (out[i * qd..].as_mut_ptr(), d, false),
+                    (pi.as_ptr(), sk, 1),
                     (vi.as_ptr(), d, 1),
                 );
             }
@@ -110,35 +117,34 @@ pub(crate) mod cpu {
                 let (qg, kg, vg, og) = &ghosts;
                 let (qs, ks, vs, p) = &*saved;
                 let go = take_output_grad(grads.get_or_alloc_mut(og)?);
-                let mut dq = vec![E::zero(); heads * hd];
-                let mut dk = vec![E::zero(); heads * hd];
-                let mut dv = vec![E::zero(); heads * hd];
+                let mut dq = vec![E::zero(); heads * qd];
+                let mut dk = vec![E::zero(); heads * kd];
+                let mut dv = vec![E::zero(); heads * kd];
                 let mut ds = vec![E::zero(); ss];
                 for i in 0..heads {
-                    let r = i * hd..(i + 1) * hd;
-                    let (qi, ki, vi, goi) =
-                        (&qs[r.clone()], &ks[r.clone()], &vs[r.clone()], &go[r]);
+                    let (rq, rk) = (i * qd..(i + 1) * qd, i * kd..(i + 1) * kd);
+                    let (qi, ki, vi, goi) = (&qs[rq.clone()], &ks[rk.clone()], &vs[rk], &go[rq]);
                     let pi = &p[i * ss..(i + 1) * ss];
                     // SAFETY (all five): the slices cover the shapes given; the destinations are
                     // distinct buffers.
                     unsafe {
-                        // dv_i [s x d] = pi^T [s x s] goi [s x d]
+                        // dv_i [sk x d] = pi^T [sk x sq] goi [sq x d]
                         matmul(
-                            (s, d, s),
-                            (dv[i * hd..].as_mut_ptr(), d, false),
-                            (pi.as_ptr(), 1, s),
+                            (sk, d, sq),
+                            (dv[i * kd..].as_mut_ptr(), d, false),
+                            (pi.as_ptr(), 1, sk),
                             (goi.as_ptr(), d, 1),
                         );
-                        // dP [s x s] = goi [s x d] vi^T [d x s]
+                        // dP [sq x sk] = goi [sq x d] vi^T [d x sk]
                         matmul(
-                            (s, s, d),
-                            (ds.as_mut_ptr(), s, false),
+                            (sq, sk, d),
+                            (ds.as_mut_ptr(), sk, false),
                             (goi.as_ptr(), d, 1),
                             (vi.as_ptr(), 1, d),
                         );
                     }
                     // dS = P (dP - rowsum(dP P)), times the scale.
-                    for (drow, prow) in ds.chunks_exact_mut(s).zip(pi.chunks_exact(s)) {
+                    for (drow, prow) in ds.chunks_exact_mut(sk).zip(pi.chunks_exact(sk)) {
                         let dot = drow
                             .iter()
                             .zip(prow)
@@ -148,17 +154,17 @@ pub(crate) mod cpu {
                         }
                     }
                     unsafe {
-                        // dq_i = dS ki; dk_i = dS^T qi
+                        // dq_i [sq x d] = dS ki; dk_i [sk x d] = dS^T qi
                         matmul(
-                            (s, d, s),
-                            (dq[i * hd..].as_mut_ptr(), d, false),
-                            (ds.as_ptr(), s, 1),
+                            (sq, d, sk),
+                            (dq[i * qd..].as_mut_ptr(), d, false),
+                            (ds.as_ptr(), sk, 1),
                             (ki.as_ptr(), d, 1),
                         );
                         matmul(
-                            (s, d, s),
-                            (dk[i * hd..].as_mut_ptr(), d, false),
-                            (ds.as_ptr(), 1, s),
+                            (sk, d, sq),
+                            (dk[i * kd..].as_mut_ptr(), d, false),
+                            (ds.as_ptr(), 1, sk),
                             (qi.as_ptr(), d, 1),
                         );
                     }

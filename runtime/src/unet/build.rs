@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use adeis_compiler::{FieldError, Prediction};
 use dfdx::prelude::*;
 
+use super::blocks::{AfterResnet, DownBlock, MidBlock, Resnet, UpBlock};
 use super::config::{DownKind, UNet2DConfig, UpKind};
-use super::{DownBlock, MidBlock, Param, ParamTensor, Resnet, UNet2D, UpBlock};
+use super::{Param, ParamTensor, UNet2D};
 use crate::error::RuntimeError;
 use crate::nn::{Attention, Conv2d, Float, GroupNorm, Linear, NnDevice};
 use crate::noise::{normals, SplitMix};
@@ -318,9 +319,10 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             let (ci, co) = (if i == 0 { chans[0] } else { chans[i - 1] }, chans[i]);
             let mut block = DownBlock {
                 resnets: vec![],
-                attentions: vec![],
+                after: AfterResnet::Nothing,
                 downsample: None,
             };
+            let mut attentions = vec![];
             for l in 0..c.layers_per_block {
                 let input = if l == 0 { ci } else { co };
                 block.resnets.push(b.resnet(
@@ -329,13 +331,16 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
                     1.0,
                 )?);
                 if kind == DownKind::AttnDown {
-                    block.attentions.push(b.attention(
+                    attentions.push(b.attention(
                         &format!("down_blocks.{i}.attentions.{l}"),
                         co,
                         c.attention_head_dim,
                         1.0,
                     )?);
                 }
+            }
+            if kind == DownKind::AttnDown {
+                block.after = AfterResnet::SelfAttention(attentions);
             }
             if i + 1 < n {
                 block.downsample = Some(b.conv(
@@ -378,9 +383,10 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             let layers = c.layers_per_block + 1;
             let mut block = UpBlock {
                 resnets: vec![],
-                attentions: vec![],
+                after: AfterResnet::Nothing,
                 upsample: None,
             };
+            let mut attentions = vec![];
             for l in 0..layers {
                 let skip = if l + 1 == layers { input } else { out_ch };
                 let res_in = if l == 0 { prev } else { out_ch };
@@ -390,13 +396,16 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
                     1.0,
                 )?);
                 if kind == UpKind::AttnUp {
-                    block.attentions.push(b.attention(
+                    attentions.push(b.attention(
                         &format!("up_blocks.{i}.attentions.{l}"),
                         out_ch,
                         c.attention_head_dim,
                         1.0,
                     )?);
                 }
+            }
+            if kind == UpKind::AttnUp {
+                block.after = AfterResnet::SelfAttention(attentions);
             }
             if i + 1 < n {
                 block.upsample =

@@ -9,62 +9,27 @@
 //! class-embedding vector added to the time embedding (the embedding table's row of the class),
 //! so a gradient method can interpolate and optimise it.
 
+mod blocks;
 mod build;
 pub mod config;
 
 use adeis_compiler::{Prediction, TimeInfo};
 use dfdx::prelude::*;
 
+use blocks::{BlockContext, DownBlock, MidBlock, UpBlock};
+
 use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
 use crate::nn::layers;
 use crate::nn::{
     timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, timestep_frequencies,
-    Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
+    Activation, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
 };
 use crate::state::State;
 use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use config::UNet2DConfig;
-
-/// `ResnetBlock2D` (time scale shift "default").
-#[derive(Clone, Debug)]
-struct Resnet<E: Dtype, D: Storage<E>> {
-    norm1: GroupNorm<E, D>,
-    conv1: Conv2d<E, D>,
-    time_emb_proj: Linear<E, D>,
-    norm2: GroupNorm<E, D>,
-    conv2: Conv2d<E, D>,
-    conv_shortcut: Option<Conv2d<E, D>>,
-    output_scale_factor: f64,
-}
-
-/// A down block: resnets (each followed by an attention in `AttnDownBlock2D`), then the
-/// stride-2 convolution except in the last block.
-#[derive(Clone, Debug)]
-struct DownBlock<E: Dtype, D: Storage<E>> {
-    resnets: Vec<Resnet<E, D>>,
-    attentions: Vec<Attention<E, D>>,
-    downsample: Option<Conv2d<E, D>>,
-}
-
-/// An up block: resnets on the skip connections (each followed by an attention in
-/// `AttnUpBlock2D`), then nearest 2x upsampling and a convolution except in the last block.
-#[derive(Clone, Debug)]
-struct UpBlock<E: Dtype, D: Storage<E>> {
-    resnets: Vec<Resnet<E, D>>,
-    attentions: Vec<Attention<E, D>>,
-    upsample: Option<Conv2d<E, D>>,
-}
-
-/// `UNetMidBlock2D`: resnet, attention (unless `add_attention` is false), resnet.
-#[derive(Clone, Debug)]
-struct MidBlock<E: Dtype, D: Storage<E>> {
-    first: Resnet<E, D>,
-    attention: Option<Attention<E, D>>,
-    second: Resnet<E, D>,
-}
 
 /// A parameter tensor by its diffusers name, with its shape there.
 #[derive(Clone, Debug)]
@@ -106,34 +71,6 @@ pub struct UNet2D<E: Dtype, D: Storage<E>> {
 #[derive(Clone, Debug)]
 pub struct UNetGrads<E: Dtype, D: Storage<E>> {
     pub tensors: Vec<Tensor<(usize,), E, D>>,
-}
-
-impl<E: Float, D: NnDevice<E>> Resnet<E, D> {
-    fn forward<T: Tape<E, D>>(
-        &self,
-        x: Image<E, D, T>,
-        temb: &Tensor<(usize, usize), E, D>,
-        params: ParamGrads,
-    ) -> Image<E, D, T> {
-        let silu = Activation::Silu;
-        let h = D::group_norm(&self.norm1, x.with_empty_tape(), None, silu, params);
-        let h = D::conv2d(&self.conv1, h, params);
-        let t = self
-            .time_emb_proj
-            .forward(layers::silu(temb.clone().retaped::<T>()));
-        let h = D::group_norm(&self.norm2, h, Some(t), silu, params);
-        let h = D::conv2d(&self.conv2, h, params);
-        let skip = match &self.conv_shortcut {
-            Some(c) => D::conv2d(c, x, params),
-            None => x,
-        };
-        let out = skip + h;
-        if self.output_scale_factor == 1.0 {
-            out
-        } else {
-            out * E::from_f64(1.0 / self.output_scale_factor).unwrap()
-        }
-    }
 }
 
 impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
@@ -359,26 +296,13 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
         }
         h = D::conv2d(&self.conv_in, h, params);
+        let cx = BlockContext { temb: &emb, params };
         let mut skips = vec![h.with_empty_tape()];
         for block in &self.down {
-            for (k, resnet) in block.resnets.iter().enumerate() {
-                h = resnet.forward(h, &emb, params);
-                if let Some(a) = block.attentions.get(k) {
-                    h = a.forward(h, params);
-                }
-                skips.push(h.with_empty_tape());
-            }
-            if let Some(down) = &block.downsample {
-                h = D::conv2d(down, h, params);
-                skips.push(h.with_empty_tape());
-            }
+            h = block.forward(h, &cx, &mut skips);
         }
         if let Some(mid) = &self.mid {
-            h = mid.first.forward(h, &emb, params);
-            if let Some(a) = &mid.attention {
-                h = a.forward(h, params);
-            }
-            h = mid.second.forward(h, &emb, params);
+            h = mid.forward(h, &cx);
         } else {
             // Without a mid block the first up resnet concatenates the last down output with
             // itself; dfdx's binary operations need two tensors, so the path goes on with a
@@ -386,16 +310,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             h = h * E::one();
         }
         for block in &self.up {
-            for (k, resnet) in block.resnets.iter().enumerate() {
-                let skip = skips.pop().expect("one skip per up resnet");
-                h = resnet.forward(D::concat_channels(h, skip), &emb, params);
-                if let Some(a) = block.attentions.get(k) {
-                    h = a.forward(h, params);
-                }
-            }
-            if let Some(up) = &block.upsample {
-                h = D::conv2d(up, D::upsample2x(h), params);
-            }
+            h = block.forward(h, &cx, &mut skips);
         }
         let h = D::group_norm(&self.norm_out, h, None, Activation::Silu, params);
         D::conv2d(&self.conv_out, h, params)

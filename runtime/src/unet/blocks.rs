@@ -1,0 +1,166 @@
+//! The UNet's blocks as parts that any diffusers UNet built here assembles (as candle's
+//! `unet_2d_blocks.rs` does): `ResnetBlock2D` ([`Resnet`]), the down, mid and up blocks with
+//! what follows each resnet ([`AfterResnet`]), and the context every block reads
+//! ([`BlockContext`]). The forward passes run on any dfdx tape; the model's VJP is the tape's.
+//!
+//! `UNet2DConditionModel`'s cross-attention blocks are a variant of [`AfterResnet`] whose
+//! transformer blocks read the encoder hidden states, which [`BlockContext`] then carries.
+
+use dfdx::prelude::*;
+
+use crate::nn::layers;
+use crate::nn::ParamGrads;
+use crate::nn::{Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice};
+
+/// What every block reads besides its input: the time (and class) embedding, untaped (every
+/// block shares it; its operations are on the input's tape), and whether the backward pass
+/// computes the parameters' gradients.
+pub(crate) struct BlockContext<'a, E: Dtype, D: Storage<E>> {
+    pub temb: &'a Tensor<(usize, usize), E, D>,
+    pub params: ParamGrads,
+}
+
+/// `ResnetBlock2D` (time scale shift "default").
+#[derive(Clone, Debug)]
+pub(crate) struct Resnet<E: Dtype, D: Storage<E>> {
+    pub norm1: GroupNorm<E, D>,
+    pub conv1: Conv2d<E, D>,
+    pub time_emb_proj: Linear<E, D>,
+    pub norm2: GroupNorm<E, D>,
+    pub conv2: Conv2d<E, D>,
+    pub conv_shortcut: Option<Conv2d<E, D>>,
+    pub output_scale_factor: f64,
+}
+
+/// What a block puts after each of its resnets.
+#[derive(Clone, Debug)]
+pub(crate) enum AfterResnet<E: Dtype, D: Storage<E>> {
+    /// Nothing (`DownBlock2D`, `UpBlock2D`).
+    Nothing,
+    /// A self-attention over the image's positions, one per resnet (`AttnDownBlock2D`,
+    /// `AttnUpBlock2D`).
+    SelfAttention(Vec<Attention<E, D>>),
+}
+
+/// A down block: resnets, each followed by what [`AfterResnet`] says, then the stride-2
+/// convolution except in the last block. Every output is a skip of the up path.
+#[derive(Clone, Debug)]
+pub(crate) struct DownBlock<E: Dtype, D: Storage<E>> {
+    pub resnets: Vec<Resnet<E, D>>,
+    pub after: AfterResnet<E, D>,
+    pub downsample: Option<Conv2d<E, D>>,
+}
+
+/// An up block: resnets on the skip connections, each followed by what [`AfterResnet`]
+/// says, then nearest 2x upsampling and a convolution except in the last block.
+#[derive(Clone, Debug)]
+pub(crate) struct UpBlock<E: Dtype, D: Storage<E>> {
+    pub resnets: Vec<Resnet<E, D>>,
+    pub after: AfterResnet<E, D>,
+    pub upsample: Option<Conv2d<E, D>>,
+}
+
+/// `UNetMidBlock2D`: resnet, attention (unless `add_attention` is false), resnet.
+#[derive(Clone, Debug)]
+pub(crate) struct MidBlock<E: Dtype, D: Storage<E>> {
+    pub first: Resnet<E, D>,
+    pub attention: Option<Attention<E, D>>,
+    pub second: Resnet<E, D>,
+}
+
+impl<E: Float, D: NnDevice<E>> Resnet<E, D> {
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Image<E, D, T>,
+        cx: &BlockContext<'_, E, D>,
+    ) -> Image<E, D, T> {
+        let (silu, params) = (Activation::Silu, cx.params);
+        let h = D::group_norm(&self.norm1, x.with_empty_tape(), None, silu, params);
+        let h = D::conv2d(&self.conv1, h, params);
+        let t = self
+            .time_emb_proj
+            .forward(layers::silu(cx.temb.clone().retaped::<T>()));
+        let h = D::group_norm(&self.norm2, h, Some(t), silu, params);
+        let h = D::conv2d(&self.conv2, h, params);
+        let skip = match &self.conv_shortcut {
+            Some(c) => D::conv2d(c, x, params),
+            None => x,
+        };
+        let out = skip + h;
+        if self.output_scale_factor == 1.0 {
+            out
+        } else {
+            out * E::from_f64(1.0 / self.output_scale_factor).unwrap()
+        }
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> AfterResnet<E, D> {
+    /// What follows resnet `k` of the block.
+    fn forward<T: Tape<E, D>>(
+        &self,
+        k: usize,
+        h: Image<E, D, T>,
+        cx: &BlockContext<'_, E, D>,
+    ) -> Image<E, D, T> {
+        match self {
+            AfterResnet::Nothing => h,
+            AfterResnet::SelfAttention(a) => a[k].forward(h, cx.params),
+        }
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> DownBlock<E, D> {
+    /// The block on `h`, pushing each of its outputs onto `skips`.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        mut h: Image<E, D, T>,
+        cx: &BlockContext<'_, E, D>,
+        skips: &mut Vec<Image<E, D, T>>,
+    ) -> Image<E, D, T> {
+        for (k, resnet) in self.resnets.iter().enumerate() {
+            h = self.after.forward(k, resnet.forward(h, cx), cx);
+            skips.push(h.with_empty_tape());
+        }
+        if let Some(down) = &self.downsample {
+            h = D::conv2d(down, h, cx.params);
+            skips.push(h.with_empty_tape());
+        }
+        h
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> MidBlock<E, D> {
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        h: Image<E, D, T>,
+        cx: &BlockContext<'_, E, D>,
+    ) -> Image<E, D, T> {
+        let mut h = self.first.forward(h, cx);
+        if let Some(a) = &self.attention {
+            h = a.forward(h, cx.params);
+        }
+        self.second.forward(h, cx)
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> UpBlock<E, D> {
+    /// The block on `h`, each resnet taking the newest of `skips` (concatenated along the
+    /// channels).
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        mut h: Image<E, D, T>,
+        cx: &BlockContext<'_, E, D>,
+        skips: &mut Vec<Image<E, D, T>>,
+    ) -> Image<E, D, T> {
+        for (k, resnet) in self.resnets.iter().enumerate() {
+            let skip = skips.pop().expect("one skip per up resnet");
+            h = resnet.forward(D::concat_channels(h, skip), cx);
+            h = self.after.forward(k, h, cx);
+        }
+        if let Some(up) = &self.upsample {
+            h = D::conv2d(up, D::upsample2x(h), cx.params);
+        }
+        h
+    }
+}

@@ -1,0 +1,8 @@
+//! diffusers interop in one folder: model directories ([`model`]: `config.json`, the weights
+//! by diffusers' tensor names, the scheduler config beside them) and scheduler configs read as
+//! adeis specs ([`scheduler`], one reader per diffusers class).
+
+mod model;
+pub mod scheduler;
+
+pub use model::*;
