@@ -2,12 +2,9 @@
 
 mod cli;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-
-use cli::Dtype;
 
 #[derive(Parser)]
 #[command(
@@ -28,149 +25,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print a schedule's quantities at chosen times and its derived formulas.
-    Schedule {
-        /// A built-in schedule (vp_linear, vp_cosine, ve, edm, discrete,
-        /// discrete_scaled_linear, discrete_squaredcos_cap_v2) or a spec file (.toml or .json)
-        /// with a [schedule] table.
-        schedule: String,
-        /// Comma-separated times, each inside the schedule's t range (default: 11 evenly
-        /// spaced times from t_min to t_max).
-        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
-        at: Option<Vec<f64>>,
-        /// Print JSON (an object with one array per quantity) instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Schedule(cli::schedule::ScheduleArgs),
     /// Validate a spec file and print what adeis derives from it: the schedule's formulas,
     /// the sampler plan (steps, NFE) with the coefficients of its first steps, the gradient
     /// plan (VJP count).
-    Check {
-        /// Spec file (.toml or .json) or a diffusers scheduler_config.json; optional with
-        /// --model.
-        spec: Option<PathBuf>,
-        /// The spec file, as a flag (the same as the positional argument).
-        #[arg(long = "spec", conflicts_with = "spec")]
-        spec_flag: Option<PathBuf>,
-        /// A model to check and describe (`diffusers:DIR` prints the architecture: parameter
-        /// count, blocks, resolutions); a spec without [schedule] takes its scheduler config.
-        #[arg(long)]
-        model: Option<String>,
-        /// The number of sampler steps: a diffusers scheduler config's inference steps (it
-        /// has none of its own), or in place of an adeis spec's sampler.steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// How many steps of the coefficient table to print.
-        #[arg(long, default_value_t = 3)]
-        rows: usize,
-    },
+    Check(cli::check::CheckArgs),
     /// Sample from x_T with the spec's [schedule] and [sampler] on a model.
-    Sample {
-        /// Spec file (.toml or .json) with [schedule] and [sampler] tables, or a diffusers
-        /// scheduler_config.json (with --steps).
-        #[arg(long)]
-        spec: PathBuf,
-        /// The number of sampler steps: a diffusers scheduler config's inference steps, or in
-        /// place of an adeis spec's sampler.steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t),
-        /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel
-        /// directory: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
-        #[arg(long)]
-        model: String,
-        /// The starting noise: a .npy array of shape [batch, dim] (f32 or f64), or
-        /// [batch, channels, height, width] for a diffusers model.
-        #[arg(long = "x-t")]
-        x_t: PathBuf,
-        /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
-        /// conditioned on a sequence): for a class-conditional diffusers model, its
-        /// class-embedding vectors.
-        #[arg(long)]
-        cond: Option<PathBuf>,
-        /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
-        /// the labels inline (`3,1`).
-        #[arg(long = "class-labels")]
-        class_labels: Option<PathBuf>,
-        /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
-        /// (1: the conditional model, 0: the unconditional one); in place of the spec's
-        /// [guidance] scale.
-        #[arg(long = "guidance-scale", allow_hyphen_values = true)]
-        guidance_scale: Option<f64>,
-        /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
-        /// digits model has its own).
-        #[arg(long = "null-class")]
-        null_class: Option<usize>,
-        /// Where to write the samples (.npy, x_T's shape, in the run's precision).
-        #[arg(long)]
-        out: PathBuf,
-        /// Seed of the SDE samplers' noise (replayable: the same seed gives the same noise).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Also write the states at every model evaluation and the final one
-        /// (.npy, [points, batch, dim]).
-        #[arg(long)]
-        trajectory: Option<PathBuf>,
-        /// Precision of the run.
-        #[arg(long, value_enum, default_value_t = Dtype::F32)]
-        dtype: Dtype,
-    },
+    Sample(cli::sample::SampleArgs),
     /// The gradient of a loss on the sample with respect to x_T, the conditioning and the
     /// model's parameters, by the spec's [gradient] method. Prints a JSON summary.
-    Grad {
-        /// Spec file with [schedule], [sampler] and (optionally) [gradient] tables, or a
-        /// diffusers scheduler_config.json (with --steps; the gradient is then the discrete
-        /// adjoint with respect to x_T).
-        #[arg(long)]
-        spec: PathBuf,
-        /// The number of sampler steps: a diffusers scheduler config's inference steps, or in
-        /// place of an adeis spec's sampler.steps.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// `gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json` or `diffusers:DIR` (see `adeis sample
-        /// --help`).
-        #[arg(long)]
-        model: String,
-        /// The starting noise: .npy, [batch, dim] or [batch, channels, height, width].
-        #[arg(long = "x-t")]
-        x_t: PathBuf,
-        /// dL/dx_0 for the batch (.npy, x_T's shape); or use --loss.
-        #[arg(long)]
-        cot: Option<PathBuf>,
-        /// A built-in loss instead of --cot: `mse` (mean squared error to --target).
-        #[arg(long)]
-        loss: Option<String>,
-        /// The target of --loss mse (.npy, x_T's shape).
-        #[arg(long)]
-        target: Option<PathBuf>,
-        /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
-        /// conditioned on a sequence); the Gaussian model's conditioning is its mean, which
-        /// fills z when this is absent; a class-conditional diffusers model's is
-        /// its class-embedding vector (dz.npy is the gradient with respect to it).
-        #[arg(long)]
-        cond: Option<PathBuf>,
-        /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
-        /// the labels inline (`3,1`).
-        #[arg(long = "class-labels")]
-        class_labels: Option<PathBuf>,
-        /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
-        /// (1: the conditional model, 0: the unconditional one); in place of the spec's
-        /// [guidance] scale.
-        #[arg(long = "guidance-scale", allow_hyphen_values = true)]
-        guidance_scale: Option<f64>,
-        /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
-        /// digits model has its own).
-        #[arg(long = "null-class")]
-        null_class: Option<usize>,
-        /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
-        /// gradient.wrt includes "params").
-        #[arg(long = "out-dir")]
-        out_dir: PathBuf,
-        #[arg(long, value_enum, default_value_t = Dtype::F32)]
-        dtype: Dtype,
-        /// Seed of the SDE samplers' noise (replayed by the adjoint).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
+    Grad(cli::grad::GradArgs),
     /// Train the models of `adeis morph`: the digits ones, or with --dataset fashion-mnist the
     /// UNet and the convolutional classifier.
     ///
@@ -183,7 +47,7 @@ enum Command {
     /// DDPM schedule, EMA, Adam with warm-up and cosine decay) saved in diffusers' layout in
     /// OUT/unet, the convolutional classifier in OUT/classifier.safetensors, training.log,
     /// training.json and samples.png. Deterministic for a seed.
-    Train(cli::TrainArgs),
+    Train(cli::train::TrainArgs),
     /// Reward fine-tuning of the Fashion-MNIST UNet's weights through the sampler.
     ///
     /// DRaFT-style: DDIM samples of a batch of classes, the reward log p(class | x_0) of the
@@ -192,7 +56,7 @@ enum Command {
     /// proximal penalty to the trained weights; the held-out reward on fixed seeds picks the
     /// weights kept. Writes OUT/unet (diffusers' layout), before.png, after.png,
     /// reward_curve.png, report.md and report.json.
-    Finetune(cli::FinetuneArgs),
+    Finetune(cli::finetune::FinetuneArgs),
     /// Learn an N-step sampling grid against a teacher by the exact gradient with respect to
     /// the grid times.
     ///
@@ -213,26 +77,13 @@ enum Command {
     /// --methods. With --pairs N it is the evaluation: MMPMR (morphs accepted as both digits at
     /// a false-match rate of 0.1%) per method, with NFE and seconds, printed and written to
     /// OUT/report.md. Writes pair_NNN_a_b.png, loss_curve.png, report.md and report.json.
-    Morph(cli::MorphArgs),
+    Morph(cli::morph::MorphArgs),
     /// Time a gradient (or a sample) on a fixed workload (the MLPs W1 and W2, the W3 UNet)
     /// against its floor, with the process's peak memory.
-    Bench(cli::BenchArgs),
+    Bench(cli::bench::BenchArgs),
     /// Write standard normal noise of a given shape to a .npy file (a starting x_T, a target,
     /// a cotangent), from a seed.
-    Noise {
-        /// The array's shape, comma-separated: `1,3,32,32` for one 3x32x32 image.
-        #[arg(long, value_delimiter = ',', required = true)]
-        shape: Vec<usize>,
-        /// Seed of the normals (the same seed gives the same array).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Where to write it (.npy).
-        #[arg(long)]
-        out: PathBuf,
-        /// Precision of the file.
-        #[arg(long, value_enum, default_value_t = Dtype::F32)]
-        dtype: Dtype,
-    },
+    Noise(cli::noise::NoiseArgs),
 }
 
 /// Ctrl-C: the first asks the running work to stop at its next step (outputs are written
@@ -284,83 +135,21 @@ fn main() -> ExitCode {
 /// The subcommand, run.
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Schedule { schedule, at, json }) => cli::schedule::run(&schedule, at, json),
-        Some(Command::Check {
-            spec,
-            spec_flag,
-            model,
-            steps,
-            rows,
-        }) => cli::check::run(spec.or(spec_flag).as_deref(), model.as_deref(), steps, rows),
-        Some(Command::Sample {
-            spec,
-            steps,
-            model,
-            x_t,
-            cond,
-            class_labels,
-            guidance_scale,
-            null_class,
-            out,
-            seed,
-            trajectory,
-            dtype,
-        }) => cli::sample::run(&cli::sample::SampleArgs {
-            spec,
-            steps,
-            guidance_scale,
-            null_class,
-            model,
-            x_t,
-            cond,
-            class_labels,
-            out,
-            seed,
-            trajectory,
-            dtype,
-        }),
-        Some(Command::Grad {
-            spec,
-            steps,
-            model,
-            x_t,
-            cot,
-            loss,
-            target,
-            cond,
-            class_labels,
-            guidance_scale,
-            null_class,
-            out_dir,
-            dtype,
-            seed,
-        }) => cli::grad::run(&cli::grad::GradArgs {
-            spec,
-            steps,
-            guidance_scale,
-            null_class,
-            model,
-            x_t,
-            cot,
-            loss,
-            target,
-            cond,
-            class_labels,
-            out_dir,
-            seed,
-            dtype,
-        }),
-        Some(Command::Bench(args)) => cli::bench(args),
-        Some(Command::Noise {
-            shape,
-            seed,
-            out,
-            dtype,
-        }) => cli::noise(&shape, seed, &out, dtype),
-        Some(Command::Train(args)) => cli::train(args),
-        Some(Command::Morph(args)) => cli::morph(args),
-        Some(Command::Finetune(args)) => cli::finetune(args),
+        Some(Command::Schedule(args)) => cli::schedule::run(&args.schedule, args.at, args.json),
+        Some(Command::Check(args)) => cli::check::run(
+            args.spec.or(args.spec_flag).as_deref(),
+            args.model.as_deref(),
+            args.steps,
+            args.rows,
+        ),
+        Some(Command::Sample(args)) => cli::sample::run(&args),
+        Some(Command::Grad(args)) => cli::grad::run(&args),
+        Some(Command::Bench(args)) => cli::bench::bench(args),
+        Some(Command::Noise(args)) => cli::noise::noise(&args),
+        Some(Command::Train(args)) => cli::train::train(args),
+        Some(Command::Morph(args)) => cli::morph::morph(args),
+        Some(Command::Finetune(args)) => cli::finetune::finetune(args),
         Some(Command::LearnSteps(args)) => cli::learn::run(&args),
-        None => cli::demo(),
+        None => cli::demo::demo(),
     }
 }

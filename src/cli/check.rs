@@ -1,10 +1,32 @@
 //! `adeis check`: validate a spec and show what the compiler derived from it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use adeis::compiler::{GradMethod, Instr, Quantity};
 use adeis::prelude::*;
 use anyhow::Result;
+
+/// The options of `adeis check`.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Spec file (.toml or .json) or a diffusers scheduler_config.json; optional with
+    /// --model.
+    pub spec: Option<PathBuf>,
+    /// The spec file, as a flag (the same as the positional argument).
+    #[arg(long = "spec", conflicts_with = "spec")]
+    pub spec_flag: Option<PathBuf>,
+    /// A model to check and describe (`diffusers:DIR` prints the architecture: parameter
+    /// count, blocks, resolutions); a spec without [schedule] takes its scheduler config.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The number of sampler steps: a diffusers scheduler config's inference steps (it
+    /// has none of its own), or in place of an adeis spec's sampler.steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// How many steps of the coefficient table to print.
+    #[arg(long, default_value_t = 3)]
+    pub rows: usize,
+}
 
 pub fn run(
     path: Option<&Path>,

@@ -21,21 +21,62 @@ use super::inputs::{
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
+/// The options of `adeis grad` (each flag declared here once).
+#[derive(clap::Args)]
 pub struct GradArgs {
+    /// Spec file with [schedule], [sampler] and (optionally) [gradient] tables, or a
+    /// diffusers scheduler_config.json (with --steps; the gradient is then the discrete
+    /// adjoint with respect to x_T).
+    #[arg(long)]
     pub spec: PathBuf,
+    /// The number of sampler steps: a diffusers scheduler config's inference steps, or in
+    /// place of an adeis spec's sampler.steps.
+    #[arg(long)]
     pub steps: Option<usize>,
-    pub guidance_scale: Option<f64>,
-    pub null_class: Option<usize>,
+    /// `gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json` or `diffusers:DIR` (see `adeis sample
+    /// --help`).
+    #[arg(long)]
     pub model: String,
+    /// The starting noise: .npy, [batch, dim] or [batch, channels, height, width].
+    #[arg(long = "x-t")]
     pub x_t: PathBuf,
+    /// dL/dx_0 for the batch (.npy, x_T's shape); or use --loss.
+    #[arg(long)]
     pub cot: Option<PathBuf>,
+    /// A built-in loss instead of --cot: `mse` (mean squared error to --target).
+    #[arg(long)]
     pub loss: Option<String>,
+    /// The target of --loss mse (.npy, x_T's shape).
+    #[arg(long)]
     pub target: Option<PathBuf>,
+    /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
+    /// conditioned on a sequence); the Gaussian model's conditioning is its mean, which
+    /// fills z when this is absent; a class-conditional diffusers model's is
+    /// its class-embedding vector (dz.npy is the gradient with respect to it).
+    #[arg(long)]
     pub cond: Option<PathBuf>,
+    /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
+    /// the labels inline (`3,1`).
+    #[arg(long = "class-labels")]
     pub class_labels: Option<PathBuf>,
+    /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
+    /// (1: the conditional model, 0: the unconditional one); in place of the spec's
+    /// [guidance] scale.
+    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
+    pub guidance_scale: Option<f64>,
+    /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
+    /// digits model has its own).
+    #[arg(long = "null-class")]
+    pub null_class: Option<usize>,
+    /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
+    /// gradient.wrt includes "params").
+    #[arg(long = "out-dir")]
     pub out_dir: PathBuf,
-    pub seed: u64,
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// Seed of the SDE samplers' noise (replayed by the adjoint).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 enum LossChoice {

@@ -14,18 +14,56 @@ use super::inputs::{conditioned_model, read_x_t, state, CondArgs, GuidanceArgs};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
+/// The options of `adeis sample` (each flag declared here once).
+#[derive(clap::Args)]
 pub struct SampleArgs {
+    /// Spec file (.toml or .json) with [schedule] and [sampler] tables, or a diffusers
+    /// scheduler_config.json (with --steps).
+    #[arg(long)]
     pub spec: PathBuf,
+    /// The number of sampler steps: a diffusers scheduler config's inference steps, or in
+    /// place of an adeis spec's sampler.steps.
+    #[arg(long)]
     pub steps: Option<usize>,
-    pub guidance_scale: Option<f64>,
-    pub null_class: Option<usize>,
+    /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t),
+    /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel
+    /// directory: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json).
+    #[arg(long)]
     pub model: String,
+    /// The starting noise: a .npy array of shape [batch, dim] (f32 or f64), or
+    /// [batch, channels, height, width] for a diffusers model.
+    #[arg(long = "x-t")]
     pub x_t: PathBuf,
+    /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
+    /// conditioned on a sequence): for a class-conditional diffusers model, its
+    /// class-embedding vectors.
+    #[arg(long)]
     pub cond: Option<PathBuf>,
+    /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
+    /// the labels inline (`3,1`).
+    #[arg(long = "class-labels")]
     pub class_labels: Option<PathBuf>,
+    /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
+    /// (1: the conditional model, 0: the unconditional one); in place of the spec's
+    /// [guidance] scale.
+    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
+    pub guidance_scale: Option<f64>,
+    /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
+    /// digits model has its own).
+    #[arg(long = "null-class")]
+    pub null_class: Option<usize>,
+    /// Where to write the samples (.npy, x_T's shape, in the run's precision).
+    #[arg(long)]
     pub out: PathBuf,
+    /// Seed of the SDE samplers' noise (replayable: the same seed gives the same noise).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write the states at every model evaluation and the final one
+    /// (.npy, [points, batch, dim]).
+    #[arg(long)]
     pub trajectory: Option<PathBuf>,
+    /// Precision of the run.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
 }
 

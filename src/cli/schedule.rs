@@ -5,6 +5,22 @@ use anyhow::{bail, Result};
 
 use super::schedule_def;
 
+/// The options of `adeis schedule`.
+#[derive(clap::Args)]
+pub struct ScheduleArgs {
+    /// A built-in schedule (vp_linear, vp_cosine, ve, edm, discrete,
+    /// discrete_scaled_linear, discrete_squaredcos_cap_v2) or a spec file (.toml or .json)
+    /// with a [schedule] table.
+    pub schedule: String,
+    /// Comma-separated times, each inside the schedule's t range (default: 11 evenly
+    /// spaced times from t_min to t_max).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub at: Option<Vec<f64>>,
+    /// Print JSON (an object with one array per quantity) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<()> {
     let def = schedule_def(arg)?;
     let schedule = def.compile()?;
