@@ -108,6 +108,11 @@ pub mod __private {
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The Rust examples of the library's reference page, compiled and run as doctests.
+#[doc = include_str!("../docs/rust.md")]
+#[cfg(doctest)]
+pub struct RustPageDoctests;
+
 /// What a user program usually needs: schedules and specs, the problem and its gradient
 /// methods, the samplers, and the runtime's solve functions, states, losses, guidance and the
 /// closed-form models (the examples start with `use adeis::prelude::*`).

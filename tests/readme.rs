@@ -1,13 +1,36 @@
-//! The README's examples run as written: every ```sh block (but those tagged `long`: the demo,
-//! the 100-pair evaluation and the 51-minute training, which CI or their own tests run) is
-//! executed command by command, from a fresh folder that sees the repository's files, and
-//! every command must succeed; every ```toml block is a spec adeis loads.
+//! The README's examples and those of the reference pages it links (`docs/`) run as written:
+//! every ```sh block (but those tagged `long`: the demo, the 100-pair evaluation and the
+//! 51-minute training, which CI or their own tests run) is executed command by command, page
+//! after page in one fresh folder that sees the repository's files, and every command must
+//! succeed; every ```toml block is a spec adeis loads.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// The README and the reference pages with examples, in the order their commands run (a page
+/// may use what an earlier one wrote).
+const PAGES: [&str; 9] = [
+    "README.md",
+    "docs/main-job.md",
+    "docs/learned-steps.md",
+    "docs/commands.md",
+    "docs/diffusers.md",
+    "docs/rust.md",
+    "docs/spec-files.md",
+    "docs/numerics.md",
+    "docs/benchmarks.md",
+];
+
+/// Every page's text, read.
+fn pages() -> Vec<(&'static str, String)> {
+    PAGES
+        .iter()
+        .map(|p| (*p, std::fs::read_to_string(root().join(p)).unwrap()))
+        .collect()
 }
 
 /// (info string, body) of every fenced block.
@@ -71,14 +94,17 @@ fn commands(body: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn every_readme_command_block_runs_as_written() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // A fresh folder that sees the repository's inputs, so outputs land in the folder.
     for entry in ["examples", "tests", "models", "data", "scripts"] {
         std::os::unix::fs::symlink(root().join(entry), dir.path().join(entry)).unwrap();
     }
     let mut ran = 0;
-    for (info, body) in blocks(&readme) {
+    let all = pages();
+    let page_blocks = all
+        .iter()
+        .flat_map(|(page, text)| blocks(text).into_iter().map(move |b| (*page, b)));
+    for (page, (info, body)) in page_blocks {
         let words: Vec<&str> = info.split_whitespace().collect();
         if words.first() != Some(&"sh") || words.contains(&"long") {
             continue;
@@ -91,7 +117,7 @@ fn every_readme_command_block_runs_as_written() {
                 .as_slice()
             {
                 ["cargo", "run", "--release", "--", ..] => cmd[4..].to_vec(),
-                _ => panic!("a README sh block runs something other than `cargo run --release -- ...`: {cmd:?}; tag the block `long` or make it a command"),
+                _ => panic!("a {page} sh block runs something other than `cargo run --release -- ...`: {cmd:?}; tag the block `long` or make it a command"),
             };
             let out = Command::new(env!("CARGO_BIN_EXE_adeis"))
                 .args(&rest)
@@ -100,7 +126,7 @@ fn every_readme_command_block_runs_as_written() {
                 .unwrap();
             assert!(
                 out.status.success(),
-                "README: `adeis {}` failed:\n{}",
+                "{page}: `adeis {}` failed:\n{}",
                 rest.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -125,9 +151,9 @@ fn every_readme_command_block_runs_as_written() {
 
 #[test]
 fn every_readme_spec_block_loads() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let specs: Vec<String> = blocks(&readme)
-        .into_iter()
+    let specs: Vec<String> = pages()
+        .iter()
+        .flat_map(|(_, text)| blocks(text))
         .filter(|(info, _)| info == "toml")
         .map(|(_, body)| body)
         .collect();
