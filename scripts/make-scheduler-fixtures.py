@@ -38,6 +38,7 @@ from diffusers import (  # noqa: E402
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
+    EulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -48,6 +49,7 @@ CLASSES = {
         DEISMultistepScheduler,
         DPMSolverMultistepScheduler,
         DPMSolverSinglestepScheduler,
+        EulerDiscreteScheduler,
         UniPCMultistepScheduler,
     ]
 }
@@ -137,6 +139,12 @@ CASES = [
     ("unipc_thresholding", "UniPCMultistepScheduler", dict(THRESHOLD), 10),
     ("deis_thresholding", "DEISMultistepScheduler", dict(THRESHOLD), 10),
     ("unipc_disable_corrector", "UniPCMultistepScheduler", dict(disable_corrector=[0, 3, 4]), 10),
+    # Euler: fractional "linspace" timesteps (20 steps), SD's leading, trailing, sigma_min, v.
+    ("euler_linspace", "EulerDiscreteScheduler", dict(), 20),
+    ("euler_leading_sd", "EulerDiscreteScheduler", dict(SD, timestep_spacing="leading", steps_offset=1), 12),
+    ("euler_trailing", "EulerDiscreteScheduler", dict(timestep_spacing="trailing"), 10),
+    ("euler_sigma_min", "EulerDiscreteScheduler", dict(final_sigmas_type="sigma_min"), 15),
+    ("euler_v", "EulerDiscreteScheduler", dict(prediction_type="v_prediction"), 10),
 ]
 
 BATCH = 6
@@ -157,6 +165,17 @@ def gmm_eps(x, alpha, sigma, mix):
     return (x - alpha * x0) / sigma
 
 
+def model_output(eps, sched, alpha, sigma, x_vp):
+    """The mixture's prediction in the form the scheduler's config says the network gives."""
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        return eps
+    x0 = (x_vp - sigma * eps) / alpha
+    if kind == "sample":
+        return x0
+    return alpha * eps - sigma * x0  # v_prediction
+
+
 def float64_twin(cls):
     """The same diffusers scheduler class with every float32 of its source made float64: its
     betas, their products, its sigmas and its upcast copy of the sample. What diffusers'
@@ -168,6 +187,10 @@ def float64_twin(cls):
     twin.__package__ = module.__package__
     exec(compile(src, module.__file__ + " (float64)", "exec"), twin.__dict__)
     return getattr(twin, cls.__name__)
+
+
+def euler(sched):
+    return type(sched).__name__ == "EulerDiscreteScheduler"
 
 
 def sample(name, sched, x_t, mix, noises=None):
@@ -183,6 +206,15 @@ def sample(name, sched, x_t, mix, noises=None):
     for i, t in enumerate(sched.timesteps):
         k = int(t)
         alpha, sigma = ac[k].sqrt(), (1 - ac[k]).sqrt()
+        if euler(sched):
+            # Euler works on x / alpha; the mixture sees x at the scheduler's own sigma (its
+            # fractional timesteps' sigmas are interpolated), as a pipeline's network does
+            # after scale_model_input.
+            s = sched.sigmas[i].to(torch.float64)
+            alpha = 1 / (1 + s**2).sqrt()
+            eps = model_output(gmm_eps(sched.scale_model_input(x, t).to(torch.float64), alpha, s * alpha, mix), sched, alpha, s * alpha, x * alpha)
+            x = sched.step(eps, t, x).prev_sample.to(torch.float64)
+            continue
         if sigma_spacing:
             # Between train timesteps the mixture is told its true noise level (diffusers'
             # sigma s = sigma / alpha); the network of the UNet cases gets the rounded timestep.
@@ -224,16 +256,27 @@ def run(name, cls_name, kwargs, steps, mix):
     x, noises = sample(name, sched, x_t, mix)
     exact = float64_twin(CLASSES[cls_name])(**kwargs)
     exact.set_timesteps(steps)
-    assert exact.timesteps.tolist() == sched.timesteps.tolist()
+    if euler(sched):
+        # Its "linspace" timesteps are fractional: float32 in diffusers, float64 in the twin.
+        assert torch.allclose(exact.timesteps.to(torch.float64), sched.timesteps.to(torch.float64), rtol=1e-6)
+    else:
+        assert exact.timesteps.tolist() == sched.timesteps.tolist()
     x64, _ = sample(name, exact, x_t, mix, noises)
     ref = dict(
         class_name=cls_name,
         steps=steps,
-        timesteps=[int(t) for t in sched.timesteps],
+        timesteps=[float(t) for t in sched.timesteps] if euler(sched) else [int(t) for t in sched.timesteps],
         x_t=x_t.tolist(),
         x_0=x.tolist(),
         x_0_float64=x64.tolist(),
     )
+    if euler(sched):
+        # The state diffusers starts from is x_t * init_noise_sigma in its scaled space, that is
+        # x_t * init_noise_sigma * alpha_max in adeis's (the twin's float64 sigmas).
+        s_max = exact.sigmas.max().to(torch.float64)
+        ref["start_scale"] = float(exact.init_noise_sigma / (1 + s_max**2).sqrt())
+        # ... and it returns its scaled sample x / alpha at the last sigma (1 at sigma = 0).
+        ref["end_scale"] = float((1 + exact.sigmas[-1].to(torch.float64) ** 2).sqrt())
     if noises:
         ref["noise"] = [n.tolist() for n in noises]
     with open(os.path.join(case_dir, "reference.json"), "w") as f:

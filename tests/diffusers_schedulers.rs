@@ -13,6 +13,10 @@ use adeis::runtime::to_f64;
 use adeis::scheduler_config::translate;
 use serde::Deserialize;
 
+fn one() -> f64 {
+    1.0
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
@@ -21,8 +25,20 @@ fn root() -> PathBuf {
 struct Reference {
     class_name: String,
     steps: usize,
-    timesteps: Vec<i64>,
+    /// Whole train timesteps, but EulerDiscreteScheduler's "linspace" ones are fractional
+    /// (float32 in diffusers).
+    timesteps: Vec<f64>,
     x_t: Vec<Vec<f64>>,
+    /// What diffusers' loop starts from, as a multiple of x_t in adeis's (unscaled) terms:
+    /// EulerDiscreteScheduler multiplies x_t by init_noise_sigma = sigma_max for "linspace" and
+    /// "trailing", which is x_t times sqrt(1 - alphas_cumprod[T - 1]) unscaled.
+    #[serde(default = "one")]
+    start_scale: f64,
+    /// What diffusers returns, as a multiple of the final state in adeis's terms:
+    /// EulerDiscreteScheduler returns its scaled sample x / alpha, which is x itself only when
+    /// the last sigma is 0.
+    #[serde(default = "one")]
+    end_scale: f64,
     x_0: Vec<Vec<f64>>,
     x_0_float64: Vec<Vec<f64>>,
     #[serde(default)]
@@ -64,7 +80,8 @@ fn run(spec: &Spec, r: &Reference, model: &GmmModel) -> Vec<f64> {
     let problem = Problem::from_spec(spec).unwrap();
     let dev = Cpu::default();
     let (b, d) = (r.x_t.len(), r.x_t[0].len());
-    let x_t = State::<f64, Cpu>::from_f64(&dev, &flat(&r.x_t), &[b, d]).unwrap();
+    let start: Vec<f64> = flat(&r.x_t).iter().map(|v| v * r.start_scale).collect();
+    let x_t = State::<f64, Cpu>::from_f64(&dev, &start, &[b, d]).unwrap();
     let noise = if r.noise.is_empty() {
         NoiseSource::Seeded(0)
     } else {
@@ -88,7 +105,7 @@ fn run(spec: &Spec, r: &Reference, model: &GmmModel) -> Vec<f64> {
         false,
     )
     .unwrap();
-    to_f64(&out.x)
+    to_f64(&out.x).iter().map(|v| v * r.end_scale).collect()
 }
 
 fn max_abs(a: &[f64], b: &[f64]) -> f64 {
@@ -111,7 +128,22 @@ fn every_fixture_config_reproduces_diffusers_sample() {
         let text = std::fs::read_to_string(case.join("scheduler_config.json")).unwrap();
         let r: Reference = reference(&case);
         let t = translate(&text, r.steps).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.timesteps, r.timesteps, "{name}: timesteps");
+        // The same timesteps: whole ones exactly; fractional ones (Euler's "linspace", which
+        // diffusers computes in float32) to float32's rounding.
+        assert_eq!(t.timesteps.len(), r.timesteps.len(), "{name}: timesteps");
+        for (a, b) in t.timesteps.iter().zip(&r.timesteps) {
+            let tolerance = if b.fract() == 0.0 {
+                0.0
+            } else {
+                f32::EPSILON as f64 * b.abs()
+            };
+            assert!(
+                (a - b).abs() <= tolerance,
+                "{name}: timesteps {:?} and {:?}",
+                t.timesteps,
+                r.timesteps
+            );
+        }
         let x = run(&t.spec, &r, &model);
         let (shipped, exact) = (flat(&r.x_0), flat(&r.x_0_float64));
         // diffusers computes its betas, their products and its sigmas in float32, and each

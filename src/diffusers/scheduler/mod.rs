@@ -1,7 +1,8 @@
 //! diffusers scheduler configs as specs: the `scheduler_config.json` a diffusers user has
 //! (`DDIMScheduler`, `DPMSolverMultistepScheduler`, `DPMSolverSinglestepScheduler`,
-//! `DEISMultistepScheduler`, `UniPCMultistepScheduler`), read as the adeis spec that computes what diffusers computes
-//! with it for a given number of inference steps, step for step.
+//! `DEISMultistepScheduler`, `UniPCMultistepScheduler`, `EulerDiscreteScheduler`), read as the
+//! adeis spec that computes what diffusers computes with it for a given number of inference
+//! steps, step for step.
 //!
 //! diffusers samples on integer train timesteps chosen by `timestep_spacing`; adeis runs the
 //! same discrete schedule (the betas of `beta_schedule`, or `trained_betas`) on those
@@ -20,7 +21,8 @@
 
 //!
 //! One reader per class, each a file implementing [`SchedulerClass`] and registered in
-//! [`READERS`]: [`ddim`], [`dpm_multistep`], [`dpm_singlestep`], [`deis`], [`unipc`]. This
+//! [`READERS`]: [`ddim`], [`dpm_multistep`], [`dpm_singlestep`], [`deis`], [`unipc`],
+//! [`euler`]. This
 //! module reads what every class shares (the beta schedule, `prediction_type`, thresholding,
 //! the sigma spacings, `timestep_spacing`) and ends the multistep classes' grids; the key
 //! tracker is `keys.rs`, the sigma spacings `sigmas.rs`, and the train-timestep spacings the
@@ -30,6 +32,7 @@ mod ddim;
 mod deis;
 mod dpm_multistep;
 mod dpm_singlestep;
+mod euler;
 mod keys;
 mod sigmas;
 mod unipc;
@@ -65,7 +68,8 @@ pub(crate) trait SchedulerClass: Sync {
     }
 
     /// Reads its own keys into `sampler` (which has the prediction and `steps` set): the grid
-    /// itself, or where a multistep scheduler's grid ends.
+    /// itself (train indices, or times with the model's time at each), or where a multistep
+    /// scheduler's grid ends.
     fn read(
         &self,
         c: &mut Config,
@@ -101,11 +105,21 @@ pub(crate) enum Read {
     /// A multistep scheduler's end: at sigma = 0 (`final_sigmas_type = "zero"`) or not, and
     /// the train timesteps left after `lambda_min_clipped`.
     Multistep { final_zero: bool, last: usize },
+    /// The grid as adeis times at diffusers' own noise levels, the network told diffusers'
+    /// (possibly fractional) timestep at each point (EulerDiscreteScheduler).
+    Times {
+        /// The timesteps the model is evaluated at, noisiest first.
+        timesteps: Vec<f64>,
+        /// The grid's times (one more than `timesteps` when the last point is not sigma = 0).
+        times: Vec<f64>,
+        /// The network's time input at each grid point.
+        model_times: Vec<f64>,
+    },
 }
 
 /// Every class adeis reads by its diffusers name (`_class_name`), in the order the errors
 /// name them: adding a class is its file and its row here.
-pub(crate) const READERS: [(&str, &dyn SchedulerClass); 5] = [
+pub(crate) const READERS: [(&str, &dyn SchedulerClass); 6] = [
     ("DDIMScheduler", &ddim::Ddim),
     ("DPMSolverMultistepScheduler", &dpm_multistep::DpmMultistep),
     (
@@ -114,6 +128,7 @@ pub(crate) const READERS: [(&str, &dyn SchedulerClass); 5] = [
     ),
     ("DEISMultistepScheduler", &deis::Deis),
     ("UniPCMultistepScheduler", &unipc::Unipc),
+    ("EulerDiscreteScheduler", &euler::EulerDiscrete),
 ];
 
 /// The diffusers scheduler classes adeis reads.
@@ -150,8 +165,9 @@ pub fn ddim_timesteps(
 pub struct Translated {
     /// The adeis spec: the discrete schedule and the sampler on diffusers' timesteps.
     pub spec: Spec,
-    /// The diffusers timesteps the model is evaluated at, noisiest first.
-    pub timesteps: Vec<i64>,
+    /// The diffusers timesteps the model is evaluated at, noisiest first (whole train
+    /// timesteps but for EulerDiscreteScheduler's "linspace", whose are fractional).
+    pub timesteps: Vec<f64>,
     /// One line per choice worth knowing: how diffusers' option maps, and where adeis's own
     /// variant differs and how to ask for it.
     pub notes: Vec<String>,
@@ -359,6 +375,25 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
     sampler.prediction = prediction;
     let (timesteps, indices) = match class.read(&mut c, &common, &mut sampler, &mut notes)? {
         Read::Grid { timesteps, indices } => (timesteps, indices),
+        Read::Times {
+            timesteps,
+            times,
+            model_times,
+        } => {
+            c.reject_unknown()?;
+            let headline = format!(
+                "{} with {steps} steps, timestep_spacing \"{}\": the model is evaluated at timesteps {}",
+                c.class,
+                spacing.name(),
+                summary(&timesteps)
+            );
+            let grid = ExplicitGrid {
+                timesteps,
+                times,
+                model_times,
+            };
+            return explicit_grid(common, sampler, grid, headline, notes);
+        }
         Read::Multistep { final_zero, last } => {
             if final_zero {
                 sampler.denoise_to_zero = true;
@@ -392,31 +427,15 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                     sampler.count_final_step = true;
                     notes.push("the final sigma_min repeats the last sigma: diffusers' zero-length step there is left out, and counted for lower_order_final (count_final_step)".into());
                 }
-                sampler.grid = GridKind::Explicit;
-                sampler.steps = g.times.len().saturating_sub(1);
-                sampler.times = Some(g.times);
-                sampler.model_times = Some(g.model_times);
                 c.ignore(&["timestep_spacing", "steps_offset"]);
                 c.reject_unknown()?;
-                if sampler.steps < 1 {
-                    return Err(FieldError::value(
-                        "steps",
-                        steps,
-                        "one step that ends at sigma = 0 is the data prediction at the first timestep alone; adeis runs at least 2 steps here",
-                    ));
-                }
-                notes.insert(0, format!("{} with {steps} steps and {key}", c.class));
-                return Ok(Translated {
-                    spec: Spec {
-                        schedule: Some(common.schedule),
-                        sampler: Some(sampler),
-                        gradient: None,
-                        guidance: None,
-                        thresholding: common.thresholding,
-                    },
-                    timesteps: g.timesteps,
-                    notes,
-                });
+                let headline = format!("{} with {steps} steps and {key}", c.class);
+                let grid = ExplicitGrid {
+                    timesteps: g.timesteps.iter().map(|k| *k as f64).collect(),
+                    times: g.times,
+                    model_times: g.model_times,
+                };
+                return explicit_grid(common, sampler, grid, headline, notes);
             }
             let timesteps = spacing_timesteps(spacing, steps, n_train, last, offset);
             let mut indices = timesteps.clone();
@@ -468,6 +487,7 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
             summary(&timesteps)
         ),
     );
+    let timesteps = timesteps.iter().map(|k| *k as f64).collect();
     Ok(Translated {
         spec: Spec {
             schedule: Some(schedule),
@@ -477,6 +497,46 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
             thresholding,
         },
         timesteps,
+        notes,
+    })
+}
+
+/// A grid of adeis times at diffusers' noise levels, with the network's time at each point.
+struct ExplicitGrid {
+    timesteps: Vec<f64>,
+    times: Vec<f64>,
+    model_times: Vec<f64>,
+}
+
+/// The spec of a sampler on an explicit grid of times (`headline` first among the notes).
+fn explicit_grid(
+    common: Common,
+    mut sampler: SamplerSpec,
+    grid: ExplicitGrid,
+    headline: String,
+    mut notes: Vec<String>,
+) -> Result<Translated, FieldError> {
+    sampler.grid = GridKind::Explicit;
+    sampler.steps = grid.times.len().saturating_sub(1);
+    sampler.times = Some(grid.times);
+    sampler.model_times = Some(grid.model_times);
+    if sampler.steps < 1 {
+        return Err(FieldError::value(
+            "steps",
+            common.steps,
+            "one step that ends at sigma = 0 is the data prediction at the first timestep alone; adeis runs at least 2 steps here",
+        ));
+    }
+    notes.insert(0, headline);
+    Ok(Translated {
+        spec: Spec {
+            schedule: Some(common.schedule),
+            sampler: Some(sampler),
+            gradient: None,
+            guidance: None,
+            thresholding: common.thresholding,
+        },
+        timesteps: grid.timesteps,
         notes,
     })
 }
@@ -577,7 +637,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.allowed.contains("\"sde-dpmsolver++\""), "{e}");
-        let e = translate(r#"{"_class_name": "EulerDiscreteScheduler"}"#, 10).unwrap_err();
+        // A class adeis does not read (EulerDiscreteScheduler was this example until it was
+        // read).
+        let e = translate(r#"{"_class_name": "HeunDiscreteScheduler"}"#, 10).unwrap_err();
         assert_eq!(e.key, "_class_name");
         let e = translate(&format!("{{{base}}}"), 0).unwrap_err();
         assert_eq!(e.key, "steps");
@@ -660,5 +722,36 @@ mod tests {
             })
         );
         assert_eq!(t.spec.sampler.unwrap().disable_corrector, vec![2]);
+    }
+
+    #[test]
+    fn euler_refuses_what_it_does_not_run_by_name() {
+        let base = r#""_class_name": "EulerDiscreteScheduler""#;
+        let e = translate(&format!("{{{base}, \"use_karras_sigmas\": true}}"), 10).unwrap_err();
+        assert_eq!(e.key, "use_karras_sigmas");
+        assert!(e.allowed.contains("UniPCMultistepScheduler"), "{e}");
+        assert!(!e.allowed.contains("EulerDiscreteScheduler"), "{e}");
+        let e = translate(
+            &format!("{{{base}, \"interpolation_type\": \"log_linear\"}}"),
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "interpolation_type");
+        let e = translate(
+            &format!("{{{base}, \"timestep_type\": \"continuous\"}}"),
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "timestep_type");
+        // Fractional "linspace" timesteps: 999 (T - 1) / (N - 1) apart, the network told them.
+        let t = translate(&format!("{{{base}}}"), 20).unwrap();
+        assert!(
+            (t.timesteps[1] - 999.0 * 18.0 / 19.0).abs() < 1e-9,
+            "{:?}",
+            t.timesteps
+        );
+        let sampler = t.spec.sampler.unwrap();
+        assert_eq!(sampler.model_times.unwrap()[1], t.timesteps[1]);
+        assert!(sampler.denoise_to_zero);
     }
 }

@@ -37,7 +37,7 @@ pub(crate) struct SigmaGrid {
 }
 
 /// The schedule of a config, compiled (its errors name `beta_schedule`).
-fn compiled(schedule: &ScheduleSpec) -> Result<adeis_compiler::Schedule, FieldError> {
+pub(crate) fn compiled(schedule: &ScheduleSpec) -> Result<adeis_compiler::Schedule, FieldError> {
     let def = schedule
         .to_def()
         .map_err(|e| FieldError::new("beta_schedule", e.to_string()))?;
@@ -122,9 +122,10 @@ pub(crate) fn sigma_grid(
 }
 
 /// Timesteps, the middle elided when there are many.
-pub(crate) fn summary(ts: &[i64]) -> String {
+pub(crate) fn summary<T: std::fmt::Display>(ts: &[T]) -> String {
     if ts.len() <= 8 {
-        format!("{ts:?}")
+        let all: Vec<String> = ts.iter().map(T::to_string).collect();
+        format!("[{}]", all.join(", "))
     } else {
         format!(
             "[{}, {}, {}, ..., {}, {}]",
