@@ -41,7 +41,7 @@ pub use error::RuntimeError;
 pub use executor::{sample, Input, SampleOutput};
 pub use model_fn::{Guidance, ModelFn, Threshold};
 pub use noise::NoiseSource;
-pub use state::{e, Rows, State};
+pub use state::{e, from_f64, rows_from_f64, to_f64, HostValues, Rows, State};
 
 /// The dfdx device adeis runs on by default.
 pub type DefaultDevice = dfdx::tensor::Cpu;
@@ -49,51 +49,3 @@ pub type DefaultDevice = dfdx::tensor::Cpu;
 /// The CUDA device (with the `cuda` feature).
 #[cfg(feature = "cuda")]
 pub type CudaDevice = dfdx::tensor::Cuda;
-
-/// Something whose values can be read back to the host as f64.
-pub trait HostValues {
-    fn host_f64(&self) -> Vec<f64>;
-}
-
-impl<S: dfdx::shapes::Shape, E: dfdx::dtypes::Dtype, D: dfdx::tensor_ops::Device<E>> HostValues
-    for dfdx::tensor::Tensor<S, E, D>
-{
-    fn host_f64(&self) -> Vec<f64> {
-        self.as_vec()
-            .into_iter()
-            .map(|v| v.to_f64().unwrap())
-            .collect()
-    }
-}
-
-impl<E: dfdx::dtypes::Dtype, D: dfdx::tensor_ops::Device<E>> HostValues for State<E, D> {
-    fn host_f64(&self) -> Vec<f64> {
-        self.rows().host_f64()
-    }
-}
-
-/// A tensor's or a state's values as f64 (host copy, C order).
-pub fn to_f64<T: HostValues + ?Sized>(t: &T) -> Vec<f64> {
-    t.host_f64()
-}
-
-/// A batch of vectors (batch, dim) from f64 values.
-pub fn from_f64<E: dfdx::dtypes::Dtype, D: dfdx::tensor_ops::Device<E>>(
-    dev: &D,
-    values: &[f64],
-    batch: usize,
-    dim: usize,
-) -> State<E, D> {
-    State::from_rows(rows_from_f64(dev, values, batch, dim))
-}
-
-/// Rows (batch, width) from f64 values.
-pub fn rows_from_f64<E: dfdx::dtypes::Dtype, D: dfdx::tensor_ops::Device<E>>(
-    dev: &D,
-    values: &[f64],
-    batch: usize,
-    width: usize,
-) -> Rows<E, D> {
-    assert_eq!(values.len(), batch * width, "tensor size");
-    dev.tensor_from_vec(values.iter().map(|v| e::<E>(*v)).collect(), (batch, width))
-}

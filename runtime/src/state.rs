@@ -117,7 +117,7 @@ impl<E: Dtype, D: Device<E>> State<E, D> {
 
     /// The values as f64, in C order (a host copy).
     pub fn to_f64(&self) -> Vec<f64> {
-        crate::HostValues::host_f64(&self.rows)
+        HostValues::host_f64(&self.rows)
     }
 
     /// Zeros of the same shape.
@@ -295,6 +295,52 @@ mod host {
         }
         acc.iter().all(|a| *a == F::zero())
     }
+}
+
+/// Something whose values can be read back to the host as f64.
+pub trait HostValues {
+    fn host_f64(&self) -> Vec<f64>;
+}
+
+impl<S: Shape, E: Dtype, D: Device<E>> HostValues for Tensor<S, E, D> {
+    fn host_f64(&self) -> Vec<f64> {
+        self.as_vec()
+            .into_iter()
+            .map(|v| v.to_f64().unwrap())
+            .collect()
+    }
+}
+
+impl<E: Dtype, D: Device<E>> HostValues for State<E, D> {
+    fn host_f64(&self) -> Vec<f64> {
+        self.rows().host_f64()
+    }
+}
+
+/// A tensor's or a state's values as f64 (host copy, C order).
+pub fn to_f64<T: HostValues + ?Sized>(t: &T) -> Vec<f64> {
+    t.host_f64()
+}
+
+/// A batch of vectors (batch, dim) from f64 values.
+pub fn from_f64<E: Dtype, D: Device<E>>(
+    dev: &D,
+    values: &[f64],
+    batch: usize,
+    dim: usize,
+) -> State<E, D> {
+    State::from_rows(rows_from_f64(dev, values, batch, dim))
+}
+
+/// Rows (batch, width) from f64 values.
+pub fn rows_from_f64<E: Dtype, D: Device<E>>(
+    dev: &D,
+    values: &[f64],
+    batch: usize,
+    width: usize,
+) -> Rows<E, D> {
+    assert_eq!(values.len(), batch * width, "tensor size");
+    dev.tensor_from_vec(values.iter().map(|v| e::<E>(*v)).collect(), (batch, width))
 }
 
 #[cfg(test)]

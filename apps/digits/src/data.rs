@@ -15,31 +15,7 @@ pub const HOLDOUT_EVERY: usize = 6;
 static RAW: &[u8] = include_bytes!("../../../data/digits/digits.u8");
 
 /// Digits as rows of 64 values in [-1, 1] (1 = full ink) and their labels.
-#[derive(Clone, Debug, Default)]
-pub struct Digits {
-    pub images: Vec<Vec<f64>>,
-    pub labels: Vec<usize>,
-}
-
-impl Digits {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-
-    fn push(&mut self, image: Vec<f64>, label: usize) {
-        self.images.push(image);
-        self.labels.push(label);
-    }
-
-    /// Indices of the digits of class `c`.
-    pub fn of_class(&self, c: usize) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.labels[i] == c).collect()
-    }
-}
+pub type Digits = adeis_app_common::labelled::Labelled;
 
 /// All 1797 digits, in the file's order.
 pub fn all() -> Digits {

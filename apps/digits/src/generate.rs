@@ -19,18 +19,7 @@ pub fn schedule() -> Result<Schedule, Error> {
     Ok(def.compile().map_err(adeis_compiler::Error::from)?)
 }
 
-/// A sampler from its spec-file keys (validated like a `[sampler]` table).
-pub fn sampler(keys: serde_json::Value) -> Result<SamplerSpec, Error> {
-    let s: SamplerSpec = serde_json::from_value(keys.clone()).map_err(|e| {
-        adeis_compiler::Error::from(adeis_compiler::FieldError::new(
-            "sampler",
-            format!("{keys}: {e}"),
-        ))
-    })?;
-    s.validate()
-        .map_err(|e| adeis_compiler::Error::from(e.under("sampler")))?;
-    Ok(s)
-}
+pub use adeis_app_common::sampler;
 
 /// The sampling problem of `sampler` on the digits schedule.
 pub fn problem(sampler: &SamplerSpec) -> Result<Problem, Error> {

@@ -87,14 +87,7 @@ pub fn time_features() -> TimeFeatures {
     TimeFeatures::new(FREQS, MAX_FREQ)
 }
 
-/// Rows of one-hot vectors (width CLASSES + 1) for the given classes.
-pub fn one_hot(classes: &[usize], width: usize) -> Vec<f32> {
-    let mut v = vec![0.0f32; classes.len() * width];
-    for (i, &c) in classes.iter().enumerate() {
-        v[i * width + c] = 1.0;
-    }
-    v
-}
+pub use adeis_app_common::training::one_hot;
 
 /// The trained models: denoiser (with its class embedding) and classifier.
 pub struct DigitsModels {

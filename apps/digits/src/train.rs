@@ -62,18 +62,7 @@ impl Default for TrainOptions {
     }
 }
 
-/// Refuses zero steps for a network that is trained: it would write untrained weights (and a
-/// NaN mean loss) as if trained. Each entry is (the option's key, its steps, whether the run
-/// trains that network).
-pub fn check_training_steps(nets: &[(&str, usize, bool)]) -> Result<(), FieldError> {
-    match nets
-        .iter()
-        .find(|(_, steps, trained)| *trained && *steps == 0)
-    {
-        Some((key, _, _)) => Err(FieldError::value(*key, 0, "at least one training step")),
-        None => Ok(()),
-    }
-}
+pub use adeis_app_common::training::check_training_steps;
 
 impl TrainOptions {
     /// Checks the options; errors name the option (`batch`, `lr`, `cfg_dropout`).

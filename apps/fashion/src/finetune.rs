@@ -11,9 +11,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use adeis_app_common::progress::{bar, check_interrupt};
+use adeis_app_common::training::one_hot;
 use adeis_compiler::{FieldError, GradMethod, Problem, Wrt};
-use adeis_digits::nets::one_hot;
-use adeis_digits::progress::{bar, check_interrupt};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::tape_loss;
 use adeis_runtime::optim::{Optimizer, OptimizerKind};
@@ -259,7 +259,8 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
     opts.validate()?;
     let models = FashionModels::load_or_committed(opts.models.as_deref())?;
     let dev = models.dev.clone();
-    let spec = adeis_digits::sampler(serde_json::json!({"method": "ddim", "steps": opts.steps}))?;
+    let spec =
+        adeis_app_common::sampler(serde_json::json!({"method": "ddim", "steps": opts.steps}))?;
     let wrt = Wrt {
         x_t: false,
         cond: false,
@@ -315,7 +316,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
     let (mut best, mut best_p, mut after) = (r0, p.clone(), before.clone());
     let pb = bar(opts.iters, "finetune");
     if !opts.verbose {
-        pb.set_draw_target(adeis_digits::progress::hidden());
+        pb.set_draw_target(adeis_app_common::progress::hidden());
     }
     for k in 0..opts.iters {
         check_interrupt("fine-tuning")?;
@@ -412,16 +413,16 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
     };
     let curve_path = opts.out.join("reward_curve.png");
     let series = [
-        adeis_digits::chart::Series {
+        adeis_app_common::chart::Series {
             name: "training batch".into(),
             values: report.train_reward.clone(),
         },
-        adeis_digits::chart::Series {
+        adeis_app_common::chart::Series {
             name: "held-out noises".into(),
             values: held_curve,
         },
     ];
-    adeis_digits::chart::line_chart(&adeis_digits::chart::LineChart {
+    adeis_app_common::chart::line_chart(&adeis_app_common::chart::LineChart {
         title: "Reward fine-tuning: mean reward by iteration",
         x_label: "iteration",
         y_label: "mean reward",
@@ -429,7 +430,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         width: 800,
         height: 450,
     })
-    .map_err(|e| adeis_digits::Error::file(&curve_path, e))?
+    .map_err(|e| adeis_app_common::Error::file(&curve_path, e))?
     .save_png(&curve_path)?;
     unet::save(&best_p, &opts.out.join("unet"))?;
     write_atomic(&opts.out.join("report.md"), markdown(&report).as_bytes())?;

@@ -28,7 +28,7 @@ pub fn noise(dev: &Cpu, seed: u64, n: usize) -> Result<State<f32, Cpu>, Error> {
 
 /// The sampling problem of `sampler` (spec-file keys) on the UNet's schedule.
 pub fn problem(keys: serde_json::Value) -> Result<Problem, Error> {
-    let spec = adeis_digits::sampler(keys)?;
+    let spec = adeis_app_common::sampler(keys)?;
     problem_of(&spec)
 }
 
@@ -100,5 +100,5 @@ pub fn save_grid(pixels: &[f32], per: usize, path: &Path) -> Result<(), Error> {
         .map(|r| r.iter().map(|v| *v as f64).collect())
         .collect();
     let grid: Vec<Vec<Vec<f64>>> = imgs.chunks(per).map(|r| r.to_vec()).collect();
-    adeis_digits::image::digit_grid(&grid, SIDE, 3, 2).save_png(path)
+    adeis_app_common::image::digit_grid(&grid, SIDE, 3, 2).save_png(path)
 }

@@ -14,7 +14,7 @@ pub mod params;
 pub mod train;
 pub mod unet;
 
-pub use adeis_digits::{write_atomic, Error};
+pub use adeis_app_common::{write_atomic, Error};
 pub use models::FashionModels;
 
 /// The committed weights (models/fashion-mnist; see its README), compiled into the program.

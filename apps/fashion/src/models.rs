@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use adeis_app_common::morph::MorphModels;
 use adeis_compiler::{Problem, SamplerSpec};
-use adeis_digits::morph::MorphModels;
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::tape::Taped;
 use adeis_runtime::unet::UNet2D;
@@ -103,9 +103,9 @@ impl MorphModels for FashionModels {
 
 /// The held-out images in the digits application's form (rows of f64), for the morphing
 /// experiment's pairs and verification threshold.
-pub fn heldout_rows() -> adeis_digits::data::Digits {
+pub fn heldout_rows() -> adeis_app_common::labelled::Labelled {
     let h = crate::data::heldout();
-    adeis_digits::data::Digits {
+    adeis_app_common::labelled::Labelled {
         images: h
             .pixels
             .chunks_exact(PIXELS)
@@ -119,9 +119,9 @@ pub fn heldout_rows() -> adeis_digits::data::Digits {
 /// classifier (`opts.models`: a folder with unet/ and classifier.safetensors; None: the
 /// committed models).
 pub fn morph(
-    opts: &adeis_digits::morph::MorphOptions,
-) -> Result<adeis_digits::morph::MorphReport, Error> {
+    opts: &adeis_app_common::morph::MorphOptions,
+) -> Result<adeis_app_common::morph::MorphReport, Error> {
     opts.validate()?;
     let models = FashionModels::load_or_committed(opts.models.as_deref())?;
-    adeis_digits::morph::run_with(&models, &heldout_rows(), opts)
+    adeis_app_common::morph::run_with(&models, &heldout_rows(), opts)
 }

@@ -22,8 +22,8 @@ use adeis_runtime::unet::TorchInit;
 use adeis_runtime::RuntimeError;
 use serde::{Deserialize, Serialize};
 
-use adeis_digits::nets::one_hot;
-use adeis_digits::progress::{bar, check_interrupt};
+use adeis_app_common::progress::{bar, check_interrupt};
+use adeis_app_common::training::one_hot;
 
 use crate::classifier::{Classifier, CLASSIFIER_FILE};
 use crate::data::{self, Fashion, Split, CLASSES, PIXELS, SIDE};
@@ -90,7 +90,7 @@ impl TrainOptions {
     /// Checks the options; errors name the option.
     pub fn validate(&self) -> Result<(), FieldError> {
         // The keys are the flags' (`--denoiser-steps` trains the UNet).
-        adeis_digits::train::check_training_steps(&[
+        adeis_app_common::training::check_training_steps(&[
             (
                 "denoiser_steps",
                 self.unet_steps,

@@ -1,4 +1,5 @@
-//! `adeis morph`: the morphing experiment of the AdjointDEIS paper on the digits models.
+//! `adeis morph`: the morphing experiment of the AdjointDEIS paper on any dataset's models
+//! ([`MorphModels`]: the digits MLPs, the Fashion-MNIST UNet and classifier).
 //!
 //! For each pair of held-out digits (a, b): encode both by ODE inversion (DDIM run backwards)
 //! with their class embeddings z_a, z_b; start from slerp(x_T^a, x_T^b; 1/2) and
@@ -34,8 +35,7 @@ pub use method::MorphMethod;
 pub use report::{describe, table, MethodResult, MorphReport, PairResult};
 pub use verify::{calibrate, choose_pairs, slerp_half, Verifier};
 
-use crate::data::{split, Digits, PIXELS, SIDE};
-use crate::nets::{DigitsModels, FEATURES};
+use crate::labelled::Labelled;
 use crate::progress::{bar, check_interrupt};
 use crate::{sampler, Error};
 use verify::{cosine_distance, identity_terms};
@@ -187,40 +187,6 @@ pub trait MorphModels {
     fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error>;
     /// What the images are, in reports ("digits", "Fashion-MNIST images").
     fn noun(&self) -> &'static str;
-}
-
-impl MorphModels for DigitsModels {
-    type Net = crate::nets::DigitsDenoiser;
-    fn denoiser(&self) -> &Self::Net {
-        &self.denoiser
-    }
-    fn device(&self) -> &Cpu {
-        &self.dev
-    }
-    fn item(&self) -> Vec<usize> {
-        vec![PIXELS]
-    }
-    fn side(&self) -> usize {
-        SIDE
-    }
-    fn features_dim(&self) -> usize {
-        FEATURES
-    }
-    fn cond(&self, classes: &[usize]) -> Result<State<f32, Cpu>, Error> {
-        Ok(DigitsModels::cond(self, classes))
-    }
-    fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
-        DigitsModels::features(self, x)
-    }
-    fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu> {
-        DigitsModels::features_taped(self, x)
-    }
-    fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error> {
-        crate::generate::problem(sampler)
-    }
-    fn noun(&self) -> &'static str {
-        "digits"
-    }
 }
 
 /// Everything the methods share: the models, the two sampling problems, the targets' features,
@@ -453,14 +419,6 @@ fn morph_problem<M: MorphModels>(models: &M, keys: serde_json::Value) -> Result<
     Ok(models.problem(&sampler(keys)?)?.with_wrt(wrt))
 }
 
-/// Runs the experiment on the digits models and writes its outputs into `opts.out`.
-pub fn run(opts: &MorphOptions) -> Result<MorphReport, Error> {
-    opts.validate()?;
-    let models = DigitsModels::load_or_committed(opts.models.as_deref())?;
-    let (_, held) = split();
-    run_with(&models, &held, opts)
-}
-
 /// The images `held` as a state of `models`' item shape.
 fn image_state<M: MorphModels>(models: &M, flat: &[f64], batch: usize) -> State<f32, Cpu> {
     let mut shape = vec![batch];
@@ -472,7 +430,7 @@ fn image_state<M: MorphModels>(models: &M, flat: &[f64], batch: usize) -> State<
 /// threshold from them) and writes its outputs into `opts.out`.
 pub fn run_with<M: MorphModels>(
     models: &M,
-    held: &Digits,
+    held: &Labelled,
     opts: &MorphOptions,
 ) -> Result<MorphReport, Error> {
     opts.validate()?;

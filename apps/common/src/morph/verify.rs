@@ -5,7 +5,7 @@ use adeis_runtime::noise::SplitMix;
 use serde::Serialize;
 
 use super::PairKind;
-use crate::data::Digits;
+use crate::labelled::Labelled;
 
 /// The verification threshold: accept when the feature distance is below `threshold`.
 #[derive(Clone, Debug, Serialize)]
@@ -55,7 +55,7 @@ pub fn calibrate(features: &[Vec<f64>], labels: &[usize], fmr: f64) -> Verifier 
 }
 
 /// The chosen pairs (indices into the held-out digits).
-pub fn choose_pairs(held: &Digits, n: usize, kind: PairKind, seed: u64) -> Vec<(usize, usize)> {
+pub fn choose_pairs(held: &Labelled, n: usize, kind: PairKind, seed: u64) -> Vec<(usize, usize)> {
     let mut rng = SplitMix(seed ^ 0x9A12);
     let mut out = Vec::with_capacity(n);
     while out.len() < n {

@@ -1,0 +1,30 @@
+//! A labelled set of images, the data every application's experiment reads.
+
+/// Images as rows of values in [-1, 1] and their class labels (the digits, Fashion-MNIST's
+/// held-out images).
+#[derive(Clone, Debug, Default)]
+pub struct Labelled {
+    pub images: Vec<Vec<f64>>,
+    pub labels: Vec<usize>,
+}
+
+impl Labelled {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Adds an image with its label.
+    pub fn push(&mut self, image: Vec<f64>, label: usize) {
+        self.images.push(image);
+        self.labels.push(label);
+    }
+
+    /// Indices of the digits of class `c`.
+    pub fn of_class(&self, c: usize) -> Vec<usize> {
+        (0..self.len()).filter(|&i| self.labels[i] == c).collect()
+    }
+}
