@@ -211,7 +211,7 @@ pub fn make_grid(
 }
 
 /// How each time of a grid made by [`make_grid`] moves with each schedule parameter
-/// ([point][parameter]): the logsnr and karras grids are defined in lambda between
+/// (`[point][parameter]`): the logsnr and karras grids are defined in lambda between
 /// lambda(t_start) and lambda(t_end), which move with the parameters, and t_i solves
 /// lambda(t_i; p) = lambda_i(p), so dt_i/dp = (d lambda_i/dp - d lambda/dp (t_i)) / lambda'(t_i).
 /// The grids uniform in t or sqrt(t), and the end points, do not move.

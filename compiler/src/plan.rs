@@ -174,7 +174,7 @@ pub struct Plan {
     /// parameters than the families' forward-mode numbers carry has them for the times only).
     pub params_differentiated: bool,
     /// How each grid time moves with each schedule parameter when the grid is defined through
-    /// the schedule (logsnr and karras grids: [point][parameter]); zeros for given times.
+    /// the schedule (logsnr and karras grids: `[point][parameter]`); zeros for given times.
     pub grid_param_sens: Vec<Vec<f64>>,
 }
 

@@ -59,7 +59,7 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
         Some(self)
     }
 
-    /// theta = [s2]: d eps/d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
+    /// theta = `[s2]`: d eps/d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
     fn vjp(
         &self,
         x: &State<E, D>,

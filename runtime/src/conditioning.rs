@@ -11,7 +11,7 @@ use crate::noise::NoiseSource;
 use crate::state::State;
 
 /// A piecewise-constant conditioning z(t): piece k holds on times in
-/// [boundaries[k+1], boundaries[k]) (boundaries descending from t_max to t_min; the last piece
+/// `[boundaries[k+1], boundaries[k])` (boundaries descending from t_max to t_min; the last piece
 /// includes t_min). The conditioning this model takes is every piece side by side, shape
 /// (batch, pieces * cond_dim), so each piece gets its own gradient from the same adjoints.
 pub struct PiecewiseCond<'a, M: ?Sized> {

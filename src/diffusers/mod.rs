@@ -1,4 +1,4 @@
-//! diffusers interop in one folder: model directories ([`model`]: `config.json`, the weights
+//! diffusers interop in one folder: model directories (`model.rs`: `config.json`, the weights
 //! by diffusers' tensor names, the scheduler config beside them) and scheduler configs read as
 //! adeis specs ([`scheduler`], one reader per diffusers class).
 

@@ -2,7 +2,7 @@
 //!
 //! The 8x8 handwritten digits ([`data`]), a conditional MLP denoiser and a classifier whose
 //! penultimate features are the identity embedding ([`nets`]), their training ([`train`]),
-//! generation ([`generate`]), and the AdjointDEIS morphing experiment with its evaluation
+//! generation ([`generate`](mod@generate)), and the AdjointDEIS morphing experiment with its evaluation
 //! ([`morph`]), written as PNG pictures ([`image`]) and reports. The committed weights are
 //! compiled into the library, so a copied binary needs no source tree.
 

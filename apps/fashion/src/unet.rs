@@ -134,7 +134,7 @@ pub fn save(p: &HostParams, dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens a UNet saved by [`HostParams::save`] (the built-in config; its config.json must be
+/// Opens a UNet saved by [`save`] (the built-in config; its config.json must be
 /// that config).
 pub fn load(dev: &Cpu, dir: &Path) -> Result<UNet2D<f32, Cpu>, Error> {
     let cfg_path = dir.join(CONFIG_FILE);

@@ -1,14 +1,14 @@
 //! The sampler catalogue (docs/math.md section 2): from a `[sampler]` declaration and a compiled
 //! schedule to a filled [`Plan`](crate::plan::Plan).
 //!
-//! - [`registry`](self::registry): the one table of methods (name, family, model-output form,
+//! - [`registry`]: the one table of methods (name, family, model-output form,
 //!   orders, SDE orders, the options that apply).
 //! - [`SamplerSpec`] (`spec.rs`): the `[sampler]` table, each default declared once, and the
 //!   checks that concern every method; the option enums are in `options.rs`.
-//! - `family.rs`: the [`Family`](family::Family) trait each family implements (its own options'
+//! - `family.rs`: the `Family` trait each family implements (its own options'
 //!   rules, its words in the description, its steps) and the plan under construction.
-//! - The families: [`multistep`] (DDIM, DPM-Solver, DPM-Solver++ and their SDE forms, with the
-//!   singlestep forms [`singlestep`] and [`grid_stages`]), [`deis`], [`unipc`].
+//! - The families: `multistep.rs` (DDIM, DPM-Solver, DPM-Solver++ and their SDE forms, with the
+//!   singlestep forms `singlestep.rs` and `grid_stages.rs`), `deis.rs`, `unipc.rs`.
 //! - `sens.rs`: the coefficients' sensitivities to the grid and the schedule's parameters;
 //!   `build.rs`: the plan builder.
 //!

@@ -1,6 +1,6 @@
 //! The sampler catalogue as one table: each `[sampler] method` with its family, the model
 //! output its steps read, its orders for the ODE and the SDE, and the options that apply to
-//! it. Registering a sampler is its variant of [`Method`] and its row of [`REGISTRY`]; the
+//! it. Registering a sampler is its variant of [`Method`] and its row of `REGISTRY`; the
 //! family module it names does the rest.
 
 use serde::{Deserialize, Serialize};
@@ -209,7 +209,7 @@ impl Method {
         self.entry().form
     }
 
-    /// Whether `option` (a key of [`OWNED_OPTIONS`]) applies to this method; options owned
+    /// Whether `option` (a key of `OWNED_OPTIONS`) applies to this method; options owned
     /// by no method's family apply to all.
     pub fn has_option(self, option: &str) -> bool {
         self.entry().options.contains(&option) || !OWNED_OPTIONS.iter().any(|o| o.0 == option)

@@ -20,9 +20,9 @@
 //! option that is off (`dynamic_thresholding_ratio` without `thresholding`).
 
 //!
-//! One reader per class, each a file implementing [`SchedulerClass`] and registered in
-//! [`READERS`]: [`ddim`], [`dpm_multistep`], [`dpm_singlestep`], [`deis`], [`unipc`],
-//! [`euler`]. This
+//! One reader per class, each a file implementing `SchedulerClass` and registered in
+//! `READERS`: `ddim.rs`, `dpm_multistep.rs`, `dpm_singlestep.rs`, `deis.rs`, `unipc.rs`,
+//! `euler.rs`. This
 //! module reads what every class shares (the beta schedule, `prediction_type`, thresholding,
 //! the sigma spacings, `timestep_spacing`) and ends the multistep classes' grids; the key
 //! tracker is `keys.rs`, the sigma spacings `sigmas.rs`, and the train-timestep spacings the

@@ -173,7 +173,7 @@ pub trait MorphModels {
     type Net: Denoiser<f32, Cpu>;
     fn denoiser(&self) -> &Self::Net;
     fn device(&self) -> &Cpu;
-    /// The item shape of an image state ([64] for the digits, [1, 28, 28] for Fashion-MNIST).
+    /// The item shape of an image state (`[64]` for the digits, `[1, 28, 28]` for Fashion-MNIST).
     fn item(&self) -> Vec<usize>;
     /// Side of a (square) image, for the pictures.
     fn side(&self) -> usize;
