@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-io: reading and writing the files adeis exchanges with other tools (.npy arrays,
 //! safetensors files), every output written atomically: a temporary file beside the target,
 //! renamed into place, so an interrupted run leaves no half-written file.
@@ -12,11 +13,14 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]
 pub struct IoError {
+    /// The file.
     pub path: PathBuf,
+    /// What went wrong, for a person to read.
     pub message: String,
 }
 
 impl IoError {
+    /// An error about `path`.
     pub fn new(path: &Path, message: impl std::fmt::Display) -> IoError {
         IoError {
             path: path.to_path_buf(),
@@ -60,6 +64,7 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// No output staged yet.
     pub fn new() -> Outputs {
         Outputs::default()
     }

@@ -11,7 +11,9 @@ use crate::{write_atomic, IoError};
 /// An array read from or written to .npy, values held as f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NpyArray {
+    /// The array's shape, C order.
     pub shape: Vec<usize>,
+    /// Its values, C order.
     pub data: Vec<f64>,
     /// The element size in the file in bytes (2 for f16, 4 for f32, 8 for f64 and i64).
     pub word: usize,

@@ -10,8 +10,11 @@ use crate::{write_atomic, IoError};
 
 /// A named tensor: shape and values (written as f32 or f64).
 pub struct NamedTensor {
+    /// The tensor's name in the file (diffusers' parameter names, `dx_t`, ...).
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its values, C order.
     pub data: Vec<f64>,
 }
 
@@ -86,8 +89,11 @@ pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 /// A tensor as the file stores it: its dtype's name (`F32`, `BF16`, ...), shape and values.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredTensor {
+    /// The dtype's name as the file spells it.
     pub dtype: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its values, converted to f64.
     pub values: Vec<f64>,
 }
 

@@ -16,8 +16,11 @@ use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 /// conditioning z, when given, is mu (one row per sample); otherwise `mu` is used.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GaussianModel {
+    /// The mean of every coordinate (used where no conditioning z is given).
     pub mu: f64,
+    /// The data's variance s2 (its one differentiable parameter).
     pub s2: f64,
+    /// The data's dimension.
     pub dim: usize,
 }
 
@@ -33,6 +36,7 @@ impl GaussianModel {
 /// The Gaussian model's one parameter gradient: dL/d s2.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct GaussianGrads {
+    /// dL/d s2.
     pub s2: f64,
 }
 
@@ -168,8 +172,11 @@ impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for GaussianModel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GmmModel {
+    /// The components' weights (positive, summing to 1).
     pub weights: Vec<f64>,
+    /// The components' means, each of the data's dimension.
     pub means: Vec<Vec<f64>>,
+    /// The components' variances s2_k.
     pub variances: Vec<f64>,
 }
 
@@ -228,6 +235,7 @@ impl GmmModel {
         Ok(())
     }
 
+    /// The data's dimension (that of the means).
     pub fn dim_of(&self) -> usize {
         self.means[0].len()
     }

@@ -15,11 +15,14 @@ use crate::state::State;
 /// includes t_min). The conditioning this model takes is every piece side by side, shape
 /// (batch, pieces * cond_dim), so each piece gets its own gradient from the same adjoints.
 pub struct PiecewiseCond<'a, M: ?Sized> {
+    /// The model each piece's conditioning is given to.
     pub model: &'a M,
+    /// The pieces' boundaries in time, descending from t_max to t_min.
     pub boundaries: Vec<f64>,
 }
 
 impl<M: ?Sized> PiecewiseCond<'_, M> {
+    /// The number of pieces.
     pub fn pieces(&self) -> usize {
         self.boundaries.len() - 1
     }

@@ -12,8 +12,11 @@ use crate::state::State;
 /// dependence on time; what the gradient with respect to the grid times needs).
 #[derive(Clone, Debug)]
 pub struct Cotangents<E: Dtype, D: Device<E>> {
+    /// cot^T d out/dx.
     pub x: State<E, D>,
+    /// cot^T d out/dz, for a model with conditioning.
     pub cond: Option<State<E, D>>,
+    /// The time quantities' cotangents, where the model differentiates them.
     pub time: Option<TimeCot>,
 }
 
@@ -22,8 +25,11 @@ pub struct Cotangents<E: Dtype, D: Device<E>> {
 /// closed-form model on alpha and sigma only.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TimeCot {
+    /// cot^T d out/d(the network's time input).
     pub model_t: f64,
+    /// cot^T d out/d alpha.
     pub alpha: f64,
+    /// cot^T d out/d sigma.
     pub sigma: f64,
 }
 

@@ -7,7 +7,14 @@ use adeis_compiler::FieldError;
 pub enum RuntimeError {
     /// A state, model output or cotangent stopped being finite.
     #[error("the solver produced NaN or Inf in {what} at step {step} (t = {t})")]
-    NonFinite { what: String, step: usize, t: f64 },
+    NonFinite {
+        /// What stopped being finite (the state, a model output, a cotangent).
+        what: String,
+        /// The plan's step at which it did.
+        step: usize,
+        /// The time there.
+        t: f64,
+    },
     /// Tensors whose shapes do not fit together.
     #[error("{0}")]
     Shape(String),
@@ -27,5 +34,8 @@ pub enum RuntimeError {
     #[error(
         "interrupted during {during}; files already written are complete, nothing is half-written"
     )]
-    Interrupted { during: String },
+    Interrupted {
+        /// The work that stopped ("step 1234 of the sampler").
+        during: String,
+    },
 }

@@ -17,12 +17,16 @@ use crate::state::State;
 /// samplers' noise.
 #[derive(Clone, Copy, Debug)]
 pub struct Input<'a, E: Dtype, D: Device<E>> {
+    /// The starting state x_T.
     pub x_t: &'a State<E, D>,
+    /// The conditioning z, for a model that takes one.
     pub cond: Option<&'a State<E, D>>,
+    /// Where the SDE samplers' noises come from.
     pub noise: &'a NoiseSource<E, D>,
 }
 
 impl<'a, E: Dtype, D: Device<E>> Input<'a, E, D> {
+    /// What a run starts from.
     pub fn new(
         x_t: &'a State<E, D>,
         cond: Option<&'a State<E, D>>,
@@ -35,6 +39,7 @@ impl<'a, E: Dtype, D: Device<E>> Input<'a, E, D> {
 /// What a sampling run returns.
 #[derive(Clone, Debug)]
 pub struct SampleOutput<E: Dtype, D: Device<E>> {
+    /// The sample x_0.
     pub x: State<E, D>,
     /// The states at every model evaluation (time, state), then the final state, when asked.
     pub trajectory: Option<Vec<(f64, State<E, D>)>>,
@@ -72,11 +77,14 @@ fn tuple(shape: &[usize]) -> String {
 /// (tensors are shared, not copied), and holds only what is live, not one entry per step.
 #[derive(Clone, Debug)]
 pub struct Slots<E: Dtype, D: Device<E>> {
+    /// The states by slot.
     pub states: HashMap<usize, State<E, D>>,
+    /// The model outputs by slot.
     pub outs: HashMap<usize, State<E, D>>,
 }
 
 impl<E: Dtype, D: Device<E>> Slots<E, D> {
+    /// The state in slot `i`, if it is live.
     pub fn state(&self, i: usize) -> Option<&State<E, D>> {
         self.states.get(&i)
     }
@@ -84,10 +92,15 @@ impl<E: Dtype, D: Device<E>> Slots<E, D> {
 
 /// Runs the instructions of a plan over a range, on given slots.
 pub struct Exec<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
+    /// The plan run.
     pub plan: &'p Plan,
+    /// The model with its conversions.
     pub model: &'p ModelFn<'m, E, D, M>,
+    /// The conditioning z.
     pub z: Option<&'p State<E, D>>,
+    /// Where the SDE noises come from.
     pub noise: &'p NoiseSource<E, D>,
+    /// Model evaluations so far.
     pub nfe: usize,
     /// A recording run keeps the model outputs too (the gradient with respect to the grid
     /// times reads them).
@@ -98,6 +111,7 @@ pub struct Exec<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
 }
 
 impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E, D, M> {
+    /// An executor of `plan` on `model` from `input`, before its first instruction.
     pub fn new(plan: &'p Plan, model: &'p ModelFn<'m, E, D, M>, input: &Input<'p, E, D>) -> Self {
         let (last_state, last_out) = plan.last_uses();
         Exec {

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-runtime: the tensor side of adeis, on dfdx.
 //!
 //! It runs the problems the compiler builds ([`adeis_compiler::Problem`]: a compiled schedule,

@@ -10,7 +10,9 @@ use crate::taped::Taped;
 
 /// A loss value and its gradient with respect to x_0.
 pub struct LossGrad<E: Dtype, D: Device<E>> {
+    /// L at the sample.
     pub value: f64,
+    /// dL/dx_0, of the sample's shape.
     pub grad: State<E, D>,
 }
 

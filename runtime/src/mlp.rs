@@ -19,10 +19,12 @@ use crate::{e, host, to_f64};
 /// Sinusoidal time features with frequencies `w_k = exp(linspace(0, ln max_freq, n))`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TimeFeatures {
+    /// The frequencies w_k.
     pub freqs: Vec<f64>,
 }
 
 impl TimeFeatures {
+    /// `n` frequencies from 1 to `max_freq`, evenly spaced in log.
     pub fn new(n: usize, max_freq: f64) -> TimeFeatures {
         let freqs = (0..n)
             .map(|k| {
@@ -37,10 +39,12 @@ impl TimeFeatures {
         TimeFeatures { freqs }
     }
 
+    /// The number of features (a sine and a cosine per frequency).
     pub fn len(&self) -> usize {
         2 * self.freqs.len()
     }
 
+    /// Whether there are no frequencies.
     pub fn is_empty(&self) -> bool {
         self.freqs.is_empty()
     }
@@ -69,14 +73,20 @@ type InputGradParts<E, D> = (Rows<E, D>, Rows<E, D>, Vec<f64>);
 /// A dfdx module as a denoiser. `IN` must equal dim + cond_dim + time features.
 #[derive(Clone, Debug)]
 pub struct MlpDenoiser<M, const IN: usize, const OUT: usize> {
+    /// The dfdx module, mapping rows [x, z, time features] of width `IN` to `OUT`.
     pub module: M,
+    /// The dimension of x.
     pub dim: usize,
+    /// The width of the conditioning z (0 without).
     pub cond_dim: usize,
+    /// The time features appended to each row.
     pub time: TimeFeatures,
+    /// What the module's output is: eps, x0 or v.
     pub prediction: Prediction,
 }
 
 impl<M, const IN: usize, const OUT: usize> MlpDenoiser<M, IN, OUT> {
+    /// The denoiser of `module`; panics unless IN = dim + cond_dim + time features.
     pub fn new(
         module: M,
         dim: usize,

@@ -11,7 +11,9 @@ use crate::state::State;
 /// the model at the null conditioning `null_cond`.
 #[derive(Clone, Debug)]
 pub struct Guidance<E: Dtype, D: Device<E>> {
+    /// The guidance scale S (1: the conditional model, 0: the unconditional one).
     pub scale: f64,
+    /// The conditioning that means "no condition", one row per sample.
     pub null_cond: State<E, D>,
 }
 
@@ -21,15 +23,20 @@ pub struct Guidance<E: Dtype, D: Device<E>> {
 /// torch's default, as diffusers computes it).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Threshold {
+    /// The quantile of |x0| per sample (diffusers' `dynamic_thresholding_ratio`).
     pub quantile: f64,
+    /// The cap on s (diffusers' `sample_max_value`).
     pub max: f64,
 }
 
 /// A denoiser with the conversions a solver needs: eps or data prediction from any
 /// parameterisation, with optional guidance and thresholding.
 pub struct ModelFn<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> {
+    /// The denoiser.
     pub model: &'a M,
+    /// Classifier-free guidance, when asked for.
     pub guidance: Option<Guidance<E, D>>,
+    /// Dynamic thresholding of the x0 prediction, when asked for.
     pub threshold: Option<Threshold>,
 }
 
@@ -76,6 +83,7 @@ pub fn convert<E: Dtype, D: Device<E>>(
 }
 
 impl<'a, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> ModelFn<'a, E, D, M> {
+    /// The bare model: no guidance, no thresholding.
     pub fn new(model: &'a M) -> Self {
         ModelFn {
             model,

@@ -10,7 +10,9 @@ use crate::state::State;
 /// Where an SDE sampler's noises come from.
 #[derive(Clone, Debug)]
 pub enum NoiseSource<E: Dtype, D: Device<E>> {
+    /// Normals drawn from a seed, one stream per noise index (replayable: the adjoint draws the same ones).
     Seeded(u64),
+    /// The noises themselves, one per noise the plan draws, in order.
     Given(Vec<State<E, D>>),
 }
 
@@ -20,6 +22,7 @@ pub enum NoiseSource<E: Dtype, D: Device<E>> {
 pub struct SplitMix(pub u64);
 
 impl SplitMix {
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
         let mut z = self.0;

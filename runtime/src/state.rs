@@ -82,10 +82,12 @@ impl<E: Dtype, D: Device<E>> State<E, D> {
         }
     }
 
+    /// The rows [batch, item size].
     pub fn rows(&self) -> &Rows<E, D> {
         &self.rows
     }
 
+    /// The rows [batch, item size], taken.
     pub fn into_rows(self) -> Rows<E, D> {
         self.rows
     }
@@ -95,6 +97,7 @@ impl<E: Dtype, D: Device<E>> State<E, D> {
         &self.item
     }
 
+    /// The number of items.
     pub fn batch(&self) -> usize {
         self.rows.shape().0
     }
@@ -111,6 +114,7 @@ impl<E: Dtype, D: Device<E>> State<E, D> {
         s
     }
 
+    /// The device the state lives on.
     pub fn device(&self) -> D {
         self.rows.device().clone()
     }
@@ -299,6 +303,7 @@ mod host {
 
 /// Something whose values can be read back to the host as f64.
 pub trait HostValues {
+    /// The values, C order, as f64.
     fn host_f64(&self) -> Vec<f64>;
 }
 

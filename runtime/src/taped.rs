@@ -60,8 +60,11 @@ pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
 /// afresh (`leaf.clone().leaky_trace()`), so that their gradients accumulate under their ids.
 #[derive(Clone, Debug)]
 pub struct TimeLeaves<E: Dtype, D: Device<E>> {
+    /// The network's time input.
     pub model_t: Tensor<Rank0, E, D>,
+    /// alpha(t).
     pub alpha: Tensor<Rank0, E, D>,
+    /// sigma(t).
     pub sigma: Tensor<Rank0, E, D>,
 }
 

@@ -28,6 +28,7 @@ use crate::state::State;
 pub struct Gradient<E: Dtype, D: Device<E>, G> {
     /// The sample x_0 the loss was taken on.
     pub x0: State<E, D>,
+    /// dL/dx_T (the cotangent the recursion carries to the start).
     pub dx_t: State<E, D>,
     /// dL/dz, when the gradient is taken with respect to the conditioning.
     pub dz: Option<State<E, D>>,

@@ -27,10 +27,13 @@ pub struct Conv2d<E: Dtype, D: Storage<E>> {
     /// [out, in kh kw]: diffusers' [out, in, kh, kw] in the same memory order.
     weight: Tensor<(usize, usize), E, D>,
     bias: Option<Tensor<(usize,), E, D>>,
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels.
     pub out_channels: usize,
     /// (kh, kw)
     pub kernel: (usize, usize),
+    /// The stride, the same along both axes.
     pub stride: usize,
     /// Zero padding (top, left, bottom, right).
     pub padding: [usize; 4],
@@ -115,6 +118,7 @@ impl<E: Dtype, D: Storage<E>> Conv2d<E, D> {
         &self.weight
     }
 
+    /// The bias [out], if the convolution has one.
     pub fn bias(&self) -> Option<&Tensor<(usize,), E, D>> {
         self.bias.as_ref()
     }

@@ -92,10 +92,12 @@ impl<E: Dtype> HostWeights<E> {
 }
 
 impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> DenseLinear<I, O, E, D> {
+    /// The weight [O, I].
     pub fn weight(&self) -> &Tensor<Rank2<O, I>, E, D> {
         &self.weight
     }
 
+    /// The bias [O].
     pub fn bias(&self) -> &Tensor<Rank1<O>, E, D> {
         &self.bias
     }

@@ -24,6 +24,7 @@ pub struct Linear<E: Dtype, D: Storage<E>> {
 }
 
 impl<E: Float, D: Device<E>> Linear<E, D> {
+    /// A linear map y = W x + b with weight [out, in] and an optional bias [out].
     pub fn new(weight: Tensor<(usize, usize), E, D>, bias: Option<Tensor<(usize,), E, D>>) -> Self {
         if let Some(b) = &bias {
             assert_eq!(b.shape().0, weight.shape().0, "one bias per output");
@@ -35,18 +36,22 @@ impl<E: Float, D: Device<E>> Linear<E, D> {
         }
     }
 
+    /// The weight [out, in].
     pub fn weight(&self) -> &Tensor<(usize, usize), E, D> {
         &self.weight
     }
 
+    /// The bias [out], if there is one.
     pub fn bias(&self) -> Option<&Tensor<(usize,), E, D>> {
         self.bias.as_ref()
     }
 
+    /// The number of outputs.
     pub fn out_features(&self) -> usize {
         self.weight.shape().0
     }
 
+    /// The number of inputs.
     pub fn in_features(&self) -> usize {
         self.weight.shape().1
     }
@@ -114,16 +119,24 @@ pub fn silu<S: Shape, E: Float, D: Device<E>, T: Tape<E, D>>(
 /// output projection, the residual connection, and division by `rescale_output_factor`.
 #[derive(Clone, Debug)]
 pub struct Attention<E: Dtype, D: Storage<E>> {
+    /// The GroupNorm before the projections.
     pub group_norm: GroupNorm<E, D>,
+    /// The query projection.
     pub to_q: Linear<E, D>,
+    /// The key projection.
     pub to_k: Linear<E, D>,
+    /// The value projection.
     pub to_v: Linear<E, D>,
+    /// The output projection.
     pub to_out: Linear<E, D>,
+    /// The number of heads (channels / `attention_head_dim`).
     pub heads: usize,
+    /// The residual sum is divided by it.
     pub rescale_output_factor: f64,
 }
 
 impl<E: Float, D: NnDevice<E>> Attention<E, D> {
+    /// The block on images `x` [batch, channels, height, width], on x's tape.
     pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>, params: ParamGrads) -> Image<E, D, T> {
         let shape = *x.shape();
         let (b, c, h, w) = shape;
@@ -215,6 +228,8 @@ pub fn timestep_embedding_slope(
     })
 }
 
+/// diffusers' sinusoidal timestep embedding (`get_timestep_embedding`) of the model time `t`,
+/// `dim` wide, computed in f32 as diffusers computes it (then converted to `E`).
 pub fn timestep_embedding<E: Float>(
     t: f64,
     dim: usize,

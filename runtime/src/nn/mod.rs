@@ -95,11 +95,14 @@ impl Float for f64 {
 /// backward work (the parameters then get no gradient, or zeros where one is read).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParamGrads {
+    /// The backward pass computes the parameters' gradients.
     Compute,
+    /// The backward pass leaves the parameters out.
     Skip,
 }
 
 impl ParamGrads {
+    /// `Compute` when the parameters' gradients are wanted.
     pub fn when(wanted: bool) -> Self {
         if wanted {
             ParamGrads::Compute

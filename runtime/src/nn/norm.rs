@@ -14,16 +14,22 @@ use super::{Float, Image};
 /// GroupNorm over (channels / groups, height, width) with a per-channel affine map.
 #[derive(Clone, Debug)]
 pub struct GroupNorm<E: Dtype, D: Storage<E>> {
+    /// The per-channel scale.
     pub weight: Tensor<(usize,), E, D>,
+    /// The per-channel shift.
     pub bias: Tensor<(usize,), E, D>,
+    /// The number of groups the channels are split into.
     pub groups: usize,
+    /// The epsilon added to the variance.
     pub eps: f64,
 }
 
 /// The activation applied after a normalisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// None.
     Identity,
+    /// SiLU, x sigmoid(x).
     Silu,
 }
 

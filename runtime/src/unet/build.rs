@@ -22,6 +22,7 @@ pub trait ParamSource {
 /// (`query`, `key`, `value`, `proj_attn`) answer for `to_q`, `to_k`, `to_v`, `to_out.0`.
 #[derive(Clone, Debug, Default)]
 pub struct TensorMapSource {
+    /// The tensors by name: (shape, values).
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
     /// Named in errors (the file).
     pub origin: String,
@@ -90,11 +91,13 @@ impl ParamSource for TensorMapSource {
 /// 1 / fan-in, GroupNorm scales 1, biases and shifts small.
 #[derive(Clone, Debug)]
 pub struct RandomParams {
+    /// The seed of the values.
     pub seed: u64,
     count: u64,
 }
 
 impl RandomParams {
+    /// Values from `seed`.
     pub fn new(seed: u64) -> RandomParams {
         RandomParams { seed, count: 0 }
     }
@@ -130,6 +133,7 @@ pub struct TorchInit {
 }
 
 impl TorchInit {
+    /// Values from `seed`.
     pub fn new(seed: u64) -> TorchInit {
         TorchInit {
             rng: SplitMix(seed ^ 0x7041_1417),

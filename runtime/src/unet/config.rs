@@ -69,58 +69,86 @@ fn d_default() -> String {
 /// `sample_size`, are read and ignored).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct UNet2DConfig {
+    /// `_class_name`: "UNet2DModel" (another class is refused by name).
     #[serde(rename = "_class_name", default)]
     pub class_name: Option<String>,
+    /// Channels of the input image.
     #[serde(default = "d_channels")]
     pub in_channels: usize,
+    /// Channels of the output.
     #[serde(default = "d_channels")]
     pub out_channels: usize,
+    /// Maps the input from [0, 1] to [-1, 1] first.
     #[serde(default)]
     pub center_input_sample: bool,
+    /// "positional" (sinusoidal); "fourier" is refused.
     #[serde(default = "d_positional")]
     pub time_embedding_type: String,
+    /// The time embedding's width (default: 4 x the first block's channels).
     #[serde(default)]
     pub time_embedding_dim: Option<usize>,
+    /// The sinusoids' frequency shift (diffusers' `freq_shift`).
     #[serde(default)]
     pub freq_shift: f64,
+    /// Cosines before sines in the sinusoidal projection.
     #[serde(default = "d_true")]
     pub flip_sin_to_cos: bool,
+    /// The down blocks' types, finest first.
     #[serde(default = "d_down")]
     pub down_block_types: Vec<String>,
+    /// The mid block's type, or none.
     #[serde(default = "d_mid")]
     pub mid_block_type: Option<String>,
+    /// The up blocks' types, coarsest first.
     #[serde(default = "d_up")]
     pub up_block_types: Vec<String>,
+    /// Each level's channels, finest first.
     #[serde(default = "d_block_out")]
     pub block_out_channels: Vec<usize>,
+    /// Resnets per down block (the up blocks have one more).
     #[serde(default = "d_layers")]
     pub layers_per_block: usize,
+    /// The mid block's residual scale.
     #[serde(default = "d_one")]
     pub mid_block_scale_factor: f64,
+    /// The downsampling convolution's padding (0 pads right and bottom by one).
     #[serde(default = "d_one_usize")]
     pub downsample_padding: usize,
+    /// "conv" (a strided convolution); others are refused.
     #[serde(default = "d_conv")]
     pub downsample_type: String,
+    /// "conv" (nearest upsampling and a convolution); others are refused.
     #[serde(default = "d_conv")]
     pub upsample_type: String,
+    /// diffusers' training dropout: read and not applied (adeis samples and differentiates the
+    /// model in evaluation mode).
     #[serde(default)]
     pub dropout: f64,
+    /// The activation: "silu" or "swish" (the same; others are refused).
     #[serde(default = "d_silu")]
     pub act_fn: String,
+    /// Channels per attention head (none: one head).
     #[serde(default = "d_head_dim")]
     pub attention_head_dim: Option<usize>,
+    /// GroupNorm's groups in the resnets and the output.
     #[serde(default = "d_groups")]
     pub norm_num_groups: Option<usize>,
+    /// GroupNorm's groups in the attention blocks: null or `norm_num_groups`.
     #[serde(default)]
     pub attn_norm_num_groups: Option<usize>,
+    /// GroupNorm's epsilon.
     #[serde(default = "d_eps")]
     pub norm_eps: f64,
+    /// "default" (the time embedding added); "scale_shift" is refused.
     #[serde(default = "d_default")]
     pub resnet_time_scale_shift: String,
+    /// Whether the mid block has its attention.
     #[serde(default = "d_true")]
     pub add_attention: bool,
+    /// Must be null: the class embedding is `num_class_embeds`' table.
     #[serde(default)]
     pub class_embed_type: Option<String>,
+    /// The number of classes of a class-conditional model (its embedding table's rows).
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
 }
@@ -132,14 +160,18 @@ fn d_one_usize() -> usize {
 /// A down block type adeis builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownKind {
+    /// `DownBlock2D`: resnets.
     Down,
+    /// `AttnDownBlock2D`: resnets, each followed by a self-attention.
     AttnDown,
 }
 
 /// An up block type adeis builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpKind {
+    /// `UpBlock2D`: resnets.
     Up,
+    /// `AttnUpBlock2D`: resnets, each followed by a self-attention.
     AttnUp,
 }
 

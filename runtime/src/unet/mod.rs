@@ -34,7 +34,9 @@ pub use config::UNet2DConfig;
 /// A parameter tensor by its diffusers name, with its shape there.
 #[derive(Clone, Debug)]
 pub enum ParamTensor<E: Dtype, D: Storage<E>> {
+    /// A vector parameter (biases, norm scales).
     Vector(Tensor<(usize,), E, D>),
+    /// A matrix parameter: linear weights, and convolution weights [out, in kh kw].
     Matrix(Tensor<(usize, usize), E, D>),
 }
 
@@ -70,10 +72,12 @@ pub struct UNet2D<E: Dtype, D: Storage<E>> {
 /// (flat, one tensor per parameter).
 #[derive(Clone, Debug)]
 pub struct UNetGrads<E: Dtype, D: Storage<E>> {
+    /// One flat gradient per parameter.
     pub tensors: Vec<Tensor<(usize,), E, D>>,
 }
 
 impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
+    /// The model's config.
     pub fn config(&self) -> &UNet2DConfig {
         &self.config
     }
