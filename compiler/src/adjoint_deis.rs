@@ -18,13 +18,23 @@ use crate::schedule::Schedule;
 /// in lambda of two grid states (`(1 - u) lo + u hi`) where the adjoint grid differs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RecordedState {
+    /// A state slot of the forward plan.
     Slot(usize),
-    Lerp { lo: usize, hi: usize, u: f64 },
+    /// `(1 - u) lo + u hi` of two recorded slots.
+    Lerp {
+        /// The slot below.
+        lo: usize,
+        /// The slot above.
+        hi: usize,
+        /// The weight of `hi`.
+        u: f64,
+    },
 }
 
 /// One point of the adjoint grid.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdjointPoint {
+    /// The point's time.
     pub time: TimeInfo,
     /// The forward state at this point, when states are recorded.
     pub state: RecordedState,
@@ -36,6 +46,7 @@ pub struct AdjointPoint {
 /// One adjoint step, from point k to point k + 1.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdjointStep {
+    /// The factor on the adjoint state, alpha_s / alpha_t.
     pub decay: f64,
     /// The factor on J_x at the step's start.
     pub now: f64,
@@ -43,12 +54,14 @@ pub struct AdjointStep {
     pub prev: f64,
     /// The DDIM re-solve of back-solved states: x(k + 1) = x_coef x(k) + eps_coef eps(x(k)).
     pub x_coef: f64,
+    /// The factor on eps(x(k)) in that re-solve.
     pub eps_coef: f64,
 }
 
 /// AdjointDEIS compiled for one sampling plan.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdjointDeisPlan {
+    /// AdjointDEIS-1 or -2M.
     pub order: AdjointOrder,
     /// M + 1 points, t_min up to t_max.
     pub points: Vec<AdjointPoint>,

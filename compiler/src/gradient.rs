@@ -82,9 +82,12 @@ impl std::str::FromStr for GradMethod {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum States {
+    /// Keep every forward state.
     #[default]
     Record,
+    /// Binomial checkpointing (the discrete adjoint), `checkpoints` slots.
     Checkpoint,
+    /// Re-solve the states by DDIM alongside the adjoint (AdjointDEIS).
     Backsolve,
 }
 
@@ -92,8 +95,11 @@ pub enum States {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WrtKey {
+    /// The starting noise x_T.
     XT,
+    /// The conditioning z.
     Cond,
+    /// The model's parameters theta.
     Params,
     /// Every time of the sampling grid (the learned-samplers gradient).
     Times,
@@ -106,9 +112,11 @@ fn d_wrt() -> Vec<WrtKey> {
     vec![WrtKey::XT]
 }
 
+/// The `[gradient]` table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GradientSpec {
+    /// discrete, adjoint_deis or tape.
     #[serde(default)]
     pub method: GradMethod,
     /// 1 or 2, for adjoint_deis (default 1).
@@ -117,11 +125,13 @@ pub struct GradientSpec {
     /// The adjoint grid's steps, for adjoint_deis (default: the sampler's grid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// Where the forward states come from.
     #[serde(default)]
     pub states: States,
     /// Checkpoint slots, with states = "checkpoint".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<usize>,
+    /// What to differentiate with respect to.
     #[serde(default = "d_wrt")]
     pub wrt: Vec<WrtKey>,
 }
@@ -140,6 +150,7 @@ impl Default for GradientSpec {
 }
 
 impl GradientSpec {
+    /// Whether the table differentiates with respect to `k`.
     pub fn wants(&self, k: WrtKey) -> bool {
         self.wrt.contains(&k)
     }
@@ -149,6 +160,7 @@ impl GradientSpec {
         self.order.unwrap_or(1)
     }
 
+    /// Checks the keys against each other and the method; errors name the key.
     pub fn validate(&self) -> Result<(), FieldError> {
         let err = |field: &str, message: String| Err(FieldError::new(field, message));
         let m = self.method.name();
@@ -279,7 +291,10 @@ pub enum DiscreteStates {
     /// Keep every state of the forward pass.
     Record,
     /// Binomial (revolve-style) checkpointing with this many slots; segments are recomputed.
-    Checkpoint { slots: usize },
+    Checkpoint {
+        /// The number of states kept at once.
+        slots: usize,
+    },
 }
 
 /// Where AdjointDEIS gets the states x_t it evaluates the model at.
@@ -301,6 +316,7 @@ pub enum AdjointOrder {
 }
 
 impl AdjointOrder {
+    /// 1 or 2.
     pub fn get(self) -> usize {
         match self {
             AdjointOrder::One => 1,
@@ -314,12 +330,18 @@ impl AdjointOrder {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Adjoint {
     /// The exact gradient of the sampler that ran: its plan transposed, one VJP per evaluation.
-    Discrete { states: DiscreteStates },
+    Discrete {
+        /// Recorded or checkpointed.
+        states: DiscreteStates,
+    },
     /// The continuous adjoint, AdjointDEIS-1 or -2M, on the sampling grid (`steps: None`) or on
     /// its own grid of `steps` steps uniform in lambda over [t_min, t_max].
     AdjointDeis {
+        /// AdjointDEIS-1 or -2M.
         order: AdjointOrder,
+        /// Its own grid's steps (None: the sampling grid).
         steps: Option<NonZeroUsize>,
+        /// Recorded or back-solved states.
         states: ContinuousStates,
     },
     /// The whole loop on dfdx's tape (the reference; memory grows with the steps).

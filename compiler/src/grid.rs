@@ -13,6 +13,7 @@ use crate::schedule::Schedule;
 pub enum GridKind {
     /// Uniform in lambda (half log-SNR).
     Logsnr,
+    /// Uniform in t.
     TimeUniform,
     /// Uniform in sqrt(t).
     TimeQuadratic,
@@ -56,12 +57,17 @@ pub fn check_steps(key: &str, steps: usize) -> Result<(), FieldError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestepSpacing {
+    /// diffusers' "linspace": evenly spaced over 0..T-1, rounded.
     Linspace,
+    /// diffusers' "leading": whole multiples of the ratio of train to inference steps, plus
+    /// `steps_offset`.
     Leading,
+    /// diffusers' "trailing": down from T by T / N, rounded, minus one.
     Trailing,
 }
 
 impl TimestepSpacing {
+    /// The spec's spelling.
     pub fn name(self) -> &'static str {
         match self {
             TimestepSpacing::Linspace => "linspace",

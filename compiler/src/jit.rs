@@ -21,6 +21,7 @@ use crate::expr::primitives::{libm, Imp, Native, POW_SYMBOL, PRIMITIVES};
 use crate::expr::{Expr, Table, TableFn};
 use crate::program::Program;
 
+/// Cranelift could not compile a program (the message is cranelift's).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("JIT compilation failed: {0}")]
 pub struct JitError(pub String);
@@ -78,14 +79,17 @@ impl fmt::Debug for JitFn {
 }
 
 impl JitFn {
+    /// The number of parameters the function takes.
     pub fn n_params(&self) -> usize {
         self.n_params
     }
 
+    /// The number of outputs it writes.
     pub fn n_outputs(&self) -> usize {
         self.outputs.len()
     }
 
+    /// The outputs' names, in order.
     pub fn outputs(&self) -> &[String] {
         &self.outputs
     }

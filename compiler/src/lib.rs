@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-compiler: everything in adeis that depends on time only.
 //!
 //! Formulas (text, macro tokens or built-in constructors) become [`expr::Expr`] trees in a

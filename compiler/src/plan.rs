@@ -15,7 +15,9 @@ use crate::schedule::{ParamPartials, Schedule};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pred {
+    /// The noise prediction.
     Eps,
+    /// The data (x0) prediction.
     Data,
 }
 
@@ -23,9 +25,13 @@ pub enum Pred {
 /// train index for a discrete schedule), and the schedule's alpha and sigma there.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TimeInfo {
+    /// The sampler's time.
     pub t: f64,
+    /// What the network is given as its time.
     pub model_t: f64,
+    /// alpha(t).
     pub alpha: f64,
+    /// sigma(t).
     pub sigma: f64,
 }
 
@@ -33,8 +39,11 @@ pub struct TimeInfo {
 /// d(model_t)/dt, d alpha/dt = f alpha and d sigma/dt = (f - d lambda/dt) sigma.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TimeDerivs {
+    /// d(model time)/dt.
     pub model_t: f64,
+    /// d alpha/dt.
     pub alpha: f64,
+    /// d sigma/dt.
     pub sigma: f64,
 }
 
@@ -62,27 +71,37 @@ pub type GridSens = Vec<(usize, f64)>;
 /// An operand of an affine combination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operand {
+    /// A state slot.
     State(usize),
+    /// A model-output slot.
     Out(usize),
     /// The i-th standard normal noise of an SDE sampler (replayable).
     Noise(usize),
 }
 
+/// One instruction of a plan.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Instr {
     /// out = model(state `input`, at `time`) in the form `pred`.
     Eval {
+        /// The output slot written.
         out: usize,
+        /// The state slot read.
         input: usize,
+        /// The evaluation's time.
         time: TimeInfo,
+        /// The form asked of the model.
         pred: Pred,
         /// The grid step this evaluation belongs to.
         step: usize,
     },
     /// state `dst` = sum of coefficient * operand.
     Combine {
+        /// The state slot written.
         dst: usize,
+        /// (operand, coefficient) pairs.
         terms: Vec<(Operand, f64)>,
+        /// The grid step the combination belongs to.
         step: usize,
     },
 }
@@ -134,6 +153,7 @@ impl fmt::Display for Instr {
 /// grid, and the plan's output is a copy of that prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FinalDenoise {
+    /// The state the denoising evaluation reads.
     pub input: usize,
     /// The index of the evaluation in `instrs`.
     pub eval: usize,
@@ -142,10 +162,15 @@ pub struct FinalDenoise {
 /// A forward plan with its coefficient tables filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
+    /// The instructions, in order.
     pub instrs: Vec<Instr>,
+    /// State slots used.
     pub n_states: usize,
+    /// Model-output slots used.
     pub n_outputs: usize,
+    /// Noises drawn (SDE samplers).
     pub n_noises: usize,
+    /// The slot of the sample the plan returns (a state, or the final denoising's output).
     pub output: usize,
     /// The time of each state (x_T's is the grid's first).
     pub states: Vec<TimeInfo>,
@@ -155,6 +180,7 @@ pub struct Plan {
     pub grid_states: Vec<usize>,
     /// The terminal denoising step, when the plan has one.
     pub final_denoise: Option<FinalDenoise>,
+    /// Method, order and grid, for people.
     pub description: String,
     /// How each state's time quantities move with its own time.
     pub state_derivs: Vec<TimeDerivs>,
@@ -187,6 +213,7 @@ impl Plan {
             .count()
     }
 
+    /// The grid's steps.
     pub fn steps(&self) -> usize {
         self.grid.len() - 1
     }
@@ -355,6 +382,7 @@ impl<'a> PlanBuilder<'a> {
         self.grid.len()
     }
 
+    /// The grid step the next instructions belong to.
     pub fn set_step(&mut self, step: usize) {
         self.step = step;
     }
@@ -374,6 +402,7 @@ impl<'a> PlanBuilder<'a> {
         out
     }
 
+    /// A new noise index.
     pub fn noise(&mut self) -> usize {
         self.n_noises += 1;
         self.n_noises - 1
@@ -486,6 +515,7 @@ impl<'a> PlanBuilder<'a> {
         self.combine(time, vec![(Operand::Out(o), 1.0)], Some(vec![vec![]]))
     }
 
+    /// The plan, returning slot `output` (a state or the final denoising's output).
     pub fn finish(self, output: usize, grid: Vec<f64>, description: String) -> Plan {
         Plan {
             n_states: self.states.len(),

@@ -82,22 +82,27 @@ impl Problem {
         build_plan_on(&self.schedule, &self.sampler, grid)
     }
 
+    /// The compiled schedule.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
     }
 
+    /// The sampler declaration.
     pub fn sampler(&self) -> &SamplerSpec {
         &self.sampler
     }
 
+    /// The sampler's plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }
 
+    /// The gradient method.
     pub fn adjoint(&self) -> &Adjoint {
         &self.adjoint
     }
 
+    /// What the gradient is taken with respect to.
     pub fn wrt(&self) -> Wrt {
         self.wrt
     }

@@ -12,18 +12,34 @@ use crate::expr::parse::{parse_expr, ParseError, Scope};
 use crate::expr::simplify::simplify;
 use crate::expr::{Expr, Name, Table};
 
+/// A program that does not hold together.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ProgramError {
+    /// A name defined twice.
     #[error("`{0}` is defined twice")]
     DuplicateName(Name),
     #[error("`{def}` refers to `{missing}`, which is not defined before it")]
-    UnknownDef { def: Name, missing: Name },
+    /// A sub-expression that refers to one not defined before it.
+    UnknownDef {
+        /// The sub-expression.
+        def: Name,
+        /// The name it refers to.
+        missing: Name,
+    },
     #[error("in `{def}`: {error}")]
-    Parse { def: Name, error: ParseError },
+    /// A sub-expression that does not parse.
+    Parse {
+        /// The sub-expression.
+        def: Name,
+        /// Where and why.
+        error: ParseError,
+    },
+    /// A name that is neither the input, a parameter, a sub-expression nor a table.
     #[error(transparent)]
     Unbound(UnboundName),
 }
 
+/// Named sub-expressions of one input variable and parameters, with tables: what the JIT compiles.
 #[derive(Clone, Debug)]
 pub struct Program {
     input: Name,
@@ -45,10 +61,12 @@ impl Program {
         }
     }
 
+    /// The input variable's name.
     pub fn input(&self) -> &str {
         &self.input
     }
 
+    /// The parameters with their default values.
     pub fn params(&self) -> &[(Name, f64)] {
         &self.params
     }
@@ -58,26 +76,32 @@ impl Program {
         self.params.iter().map(|(_, v)| *v).collect()
     }
 
+    /// The index of parameter `name`.
     pub fn param_index(&self, name: &str) -> Option<usize> {
         self.params.iter().position(|(n, _)| &**n == name)
     }
 
+    /// The named sub-expressions, in definition order.
     pub fn defs(&self) -> &[(Name, Expr)] {
         &self.defs
     }
 
+    /// The index of sub-expression `name`.
     pub fn def_index(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
 
+    /// The expression of sub-expression `name`.
     pub fn def_expr(&self, name: &str) -> Option<&Expr> {
         self.def_index(name).map(|i| &self.defs[i].1)
     }
 
+    /// The tables.
     pub fn tables(&self) -> &[(Name, Arc<Table>)] {
         &self.tables
     }
 
+    /// The table `name`.
     pub fn table(&self, name: &str) -> Option<&Arc<Table>> {
         self.tables
             .iter()
@@ -85,6 +109,7 @@ impl Program {
             .map(|(_, t)| t)
     }
 
+    /// Adds the table `name` (a name taken already is an error).
     pub fn add_table(&mut self, name: &str, table: Table) -> Result<(), ProgramError> {
         if self.table(name).is_some() {
             return Err(ProgramError::DuplicateName(name.into()));

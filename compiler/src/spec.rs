@@ -25,14 +25,19 @@ fn schedule_error(e: ScheduleError) -> FieldError {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    /// `[schedule]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// `[sampler]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerSpec>,
+    /// `[gradient]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient: Option<GradientSpec>,
+    /// `[guidance]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guidance: Option<GuidanceSpec>,
+    /// `[thresholding]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thresholding: Option<ThresholdingSpec>,
 }
@@ -52,8 +57,10 @@ fn d_max() -> f64 {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ThresholdingSpec {
+    /// The quantile of |x0| per sample (diffusers' `dynamic_thresholding_ratio`).
     #[serde(default = "d_quantile", alias = "dynamic_thresholding_ratio")]
     pub quantile: f64,
+    /// The cap on s (diffusers' `sample_max_value`).
     #[serde(default = "d_max", alias = "sample_max_value")]
     pub max: f64,
 }
@@ -87,7 +94,9 @@ impl ThresholdingSpec {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GuidanceSpec {
+    /// The guidance scale: 1 the conditional model, 0 the unconditional one.
     pub scale: f64,
+    /// A class-conditional diffusers UNet's "no class" label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_class: Option<usize>,
 }
@@ -176,8 +185,11 @@ impl Spec {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BetaSchedule {
+    /// Betas linear in the train index.
     Linear,
+    /// Square roots of the betas linear (Stable Diffusion's).
     ScaledLinear,
+    /// The cosine alphas_cumprod, betas capped at 0.999.
     SquaredcosCapV2,
 }
 
@@ -185,15 +197,22 @@ pub enum BetaSchedule {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
+    /// VP with linear beta(t).
     VpLinear,
+    /// VP cosine.
     VpCosine,
+    /// A DDPM table of train timesteps.
     Discrete,
+    /// Variance exploding.
     Ve,
+    /// EDM: alpha = 1, sigma = t.
     Edm,
+    /// Formulas in t.
     Custom,
 }
 
 impl ScheduleKind {
+    /// The spec's spelling.
     pub fn name(self) -> &'static str {
         match self {
             ScheduleKind::VpLinear => "vp_linear",
@@ -240,37 +259,54 @@ impl ScheduleKind {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
+    /// The family.
     pub kind: ScheduleKind,
+    /// vp_linear's beta at t = 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_min: Option<f64>,
+    /// vp_linear's beta at t = 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_max: Option<f64>,
+    /// vp_cosine's offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s: Option<f64>,
+    /// discrete: diffusers' beta table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_schedule: Option<BetaSchedule>,
+    /// discrete: its number of train timesteps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_train_timesteps: Option<usize>,
+    /// discrete: its first beta.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_start: Option<f64>,
+    /// discrete: its last beta.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta_end: Option<f64>,
+    /// discrete: an explicit beta table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub betas: Option<Vec<f64>>,
+    /// discrete: an explicit alphas_cumprod table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alphas_cumprod: Option<Vec<f64>>,
+    /// ve and edm: the smallest sigma.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigma_min: Option<f64>,
+    /// ve and edm: the largest sigma.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigma_max: Option<f64>,
+    /// custom: `log_alpha(t)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_alpha: Option<String>,
+    /// custom: `alpha(t)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<String>,
+    /// custom: `sigma(t)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sigma: Option<String>,
+    /// custom: `log_sigma(t)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_sigma: Option<String>,
+    /// custom: the parameters with their values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<BTreeMap<String, f64>>,
     #[serde(
@@ -278,6 +314,7 @@ pub struct ScheduleSpec {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "two_numbers"
     )]
+    /// [t_min, t_max].
     pub t_range: Option<[f64; 2]>,
     /// An optional closed form of t(lambda), in `lambda` and the parameters; without one the
     /// inverse is a safeguarded Newton iteration.

@@ -464,6 +464,7 @@ impl DiffusionDecl {
         Ok((sp, g))
     }
 
+    /// The Rust code of the declaration: the problem's type with its `problem()`, `sample`, `gradient` and `optimize`.
     pub fn expand(&self, krate: &TokenStream) -> syn::Result<TokenStream> {
         let (sp, g) = self.specs()?;
         let sampler_literal = sampler_tokens(&sp, krate);

@@ -25,12 +25,15 @@ use crate::schedule::{AlphaFormula, ScheduleDef, ScheduleError, SigmaFormula};
 /// Formula tokens as text, with the character range of every token, so that an error at a
 /// column of the text can be reported at the token there.
 pub struct FormulaText {
+    /// The tokens as formula text.
     pub text: String,
     spans: Vec<(usize, usize, Span)>,
+    /// The span of the whole formula (for errors that name no column).
     pub whole: Span,
 }
 
 impl FormulaText {
+    /// The text of `tokens`, with every token's character range.
     pub fn from_tokens(tokens: TokenStream, whole: Span) -> FormulaText {
         let mut f = FormulaText {
             text: String::new(),

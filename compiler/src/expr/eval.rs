@@ -5,8 +5,11 @@ use super::{Expr, Name, Table};
 
 /// What an expression's names evaluate to.
 pub trait Env {
+    /// The value of the variable `name` (the input or a parameter).
     fn var(&self, name: &str) -> Option<f64>;
+    /// The value of the sub-expression `name` at the input.
     fn def(&self, name: &str) -> Option<f64>;
+    /// The table `name`.
     fn table(&self, name: &str) -> Option<&Table>;
 }
 

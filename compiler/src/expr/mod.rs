@@ -22,21 +22,28 @@ pub type Name = Arc<str>;
 /// A scalar expression.
 #[derive(Clone, Debug)]
 pub enum Expr {
+    /// A number.
     Const(f64),
     /// A variable: the program's input (`t`, or `lambda` for an inverse) or a parameter.
     Var(Name),
     /// A reference to a named sub-expression of the same program, evaluated at the input.
     Def(Name),
+    /// -a.
     Neg(Box<Expr>),
+    /// a + b.
     Add(Box<Expr>, Box<Expr>),
+    /// a - b.
     Sub(Box<Expr>, Box<Expr>),
+    /// a * b.
     Mul(Box<Expr>, Box<Expr>),
+    /// a / b.
     Div(Box<Expr>, Box<Expr>),
     /// Integer power, evaluated by binary exponentiation (the same algorithm in the interpreter
     /// and the JIT, so both agree to the bit).
     Powi(Box<Expr>, i32),
     /// Real power `a^b`.
     Pow(Box<Expr>, Box<Expr>),
+    /// A primitive function of its arguments.
     Call(Func, Vec<Expr>),
     /// A piecewise-linear table evaluated at the argument (`interp(table, x)`), or its slope
     /// (`interp_slope(table, x)`).
@@ -46,11 +53,14 @@ pub enum Expr {
 /// The two functions of a piecewise-linear table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TableFn {
+    /// The table's value, linear between its points (`interp`).
     Value,
+    /// The table's slope on the segment holding the argument (`interp_slope`).
     Slope,
 }
 
 impl TableFn {
+    /// The name in formula text.
     pub fn name(self) -> &'static str {
         match self {
             TableFn::Value => "interp",
@@ -107,10 +117,12 @@ impl Table {
         Ok(Table { xs, ys })
     }
 
+    /// The x values, increasing.
     pub fn xs(&self) -> &[f64] {
         &self.xs
     }
 
+    /// The y values, one per x.
     pub fn ys(&self) -> &[f64] {
         &self.ys
     }
@@ -126,6 +138,7 @@ impl Table {
         (self.ys[i + 1] - self.ys[i]) / (self.xs[i + 1] - self.xs[i])
     }
 
+    /// The value at `x`, linear between points and extended linearly beyond the ends (NaN at NaN).
     pub fn value(&self, x: f64) -> f64 {
         if x.is_nan() {
             return f64::NAN;
@@ -134,6 +147,7 @@ impl Table {
         self.ys[i] + self.slope_of(i) * (x - self.xs[i])
     }
 
+    /// The slope at `x`: that of the segment holding it (the end segments' beyond the ends).
     pub fn slope(&self, x: f64) -> f64 {
         if x.is_nan() {
             return f64::NAN;
@@ -141,6 +155,7 @@ impl Table {
         self.slope_of(self.segment(x))
     }
 
+    /// The value or the slope at `x`.
     pub fn eval(&self, f: TableFn, x: f64) -> f64 {
         match f {
             TableFn::Value => self.value(x),
@@ -150,18 +165,22 @@ impl Table {
 }
 
 impl Expr {
+    /// The constant `v`.
     pub fn c(v: f64) -> Expr {
         Expr::Const(v)
     }
 
+    /// The variable `name`.
     pub fn var(name: &str) -> Expr {
         Expr::Var(name.into())
     }
 
+    /// A reference to the sub-expression `name`.
     pub fn def(name: &str) -> Expr {
         Expr::Def(name.into())
     }
 
+    /// The number, if this is a constant.
     pub fn as_const(&self) -> Option<f64> {
         match self {
             Expr::Const(v) => Some(*v),

@@ -17,13 +17,18 @@ use super::{Expr, Name, TableFn};
 /// The names a formula may use.
 #[derive(Clone, Debug)]
 pub struct Scope {
+    /// The input variable (`t`, or `lambda` in an inverse).
     pub input: Name,
+    /// The parameters.
     pub params: Vec<Name>,
+    /// The sub-expressions defined before this formula.
     pub defs: Vec<Name>,
+    /// The tables.
     pub tables: Vec<Name>,
 }
 
 impl Scope {
+    /// The scope with `input` alone.
     pub fn new(input: &str) -> Scope {
         Scope {
             input: input.into(),
@@ -33,16 +38,19 @@ impl Scope {
         }
     }
 
+    /// ... and these parameters.
     pub fn with_params(mut self, names: &[&str]) -> Scope {
         self.params.extend(names.iter().map(|n| Name::from(*n)));
         self
     }
 
+    /// ... and these sub-expressions.
     pub fn with_defs(mut self, names: &[&str]) -> Scope {
         self.defs.extend(names.iter().map(|n| Name::from(*n)));
         self
     }
 
+    /// ... and these tables.
     pub fn with_tables(mut self, names: &[&str]) -> Scope {
         self.tables.extend(names.iter().map(|n| Name::from(*n)));
         self
@@ -62,8 +70,11 @@ impl Scope {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("at column {}: {message}", column + 1)]
 pub struct ParseError {
+    /// Where the error starts (0-based character column).
     pub column: usize,
+    /// How many characters it covers.
     pub len: usize,
+    /// What is wrong, and what would be right.
     pub message: String,
 }
 

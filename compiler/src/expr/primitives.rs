@@ -10,22 +10,39 @@ use super::Expr;
 /// A primitive function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Func {
+    /// e^x.
     Exp,
+    /// The natural logarithm (also `log`).
     Ln,
+    /// The square root.
     Sqrt,
+    /// Sine.
     Sin,
+    /// Cosine.
     Cos,
+    /// Tangent.
     Tan,
+    /// Arctangent.
     Atan,
+    /// Arccosine.
     Acos,
+    /// Arcsine.
     Asin,
+    /// Hyperbolic tangent.
     Tanh,
+    /// 1 / (1 + e^-x), stable on both tails.
     Sigmoid,
+    /// ln(1 + e^x), stable on both tails.
     Softplus,
+    /// e^x - 1, accurate near 0.
     Expm1,
+    /// ln(1 + x), accurate near 0 (also `log1p`).
     Ln1p,
+    /// |x|.
     Abs,
+    /// The smaller of two (NaN if either is).
     Min,
+    /// The larger of two (NaN if either is).
     Max,
     /// `sign(x)`: -1, 0 or 1 (the derivative of `abs`).
     Sign,
@@ -36,25 +53,32 @@ pub enum Func {
 /// How a primitive is computed.
 #[derive(Clone, Copy, Debug)]
 pub enum Imp {
+    /// f(x).
     Unary(unsafe extern "C" fn(f64) -> f64),
+    /// f(x, y).
     Binary(unsafe extern "C" fn(f64, f64) -> f64),
 }
 
 /// A cranelift instruction that computes the primitive exactly as `imp` does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Native {
+    /// cranelift's `sqrt`.
     Sqrt,
+    /// cranelift's `fabs`.
     Abs,
 }
 
 /// One row of the primitive table.
 pub struct Primitive {
+    /// The function.
     pub func: Func,
     /// The name in formula text and in the printer.
     pub name: &'static str,
     /// Other spellings the parser accepts.
     pub aliases: &'static [&'static str],
+    /// The implementation the interpreter calls and the JIT imports.
     pub imp: Imp,
+    /// The cranelift instruction the JIT uses instead, where there is one.
     pub native: Option<Native>,
     /// The symbol under which the JIT imports `imp`.
     pub symbol: &'static str,
@@ -63,6 +87,7 @@ pub struct Primitive {
 }
 
 impl Primitive {
+    /// The number of arguments.
     pub fn arity(&self) -> usize {
         match self.imp {
             Imp::Unary(_) => 1,
@@ -70,6 +95,7 @@ impl Primitive {
         }
     }
 
+    /// The value at `args` (the same function the JIT calls).
     pub fn eval(&self, args: &[f64]) -> f64 {
         // SAFETY: every implementation is a pure function of its f64 arguments (C's libm or
         // ours), defined for every input.
@@ -92,6 +118,7 @@ fn c(v: f64) -> Expr {
 
 macro_rules! unary_imp {
     ($name:ident, |$x:ident| $body:expr) => {
+        #[doc = concat!("`", stringify!($name), "(x)`, the primitive's implementation.")]
         pub extern "C" fn $name($x: f64) -> f64 {
             $body
         }
@@ -102,17 +129,29 @@ macro_rules! unary_imp {
 /// directly, without a wrapper in between, and the interpreter calls the same ones.
 pub mod libm {
     extern "C" {
+        /// C's `exp`.
         pub fn exp(x: f64) -> f64;
+        /// C's `log`.
         pub fn log(x: f64) -> f64;
+        /// C's `sin`.
         pub fn sin(x: f64) -> f64;
+        /// C's `cos`.
         pub fn cos(x: f64) -> f64;
+        /// C's `tan`.
         pub fn tan(x: f64) -> f64;
+        /// C's `atan`.
         pub fn atan(x: f64) -> f64;
+        /// C's `acos`.
         pub fn acos(x: f64) -> f64;
+        /// C's `asin`.
         pub fn asin(x: f64) -> f64;
+        /// C's `tanh`.
         pub fn tanh(x: f64) -> f64;
+        /// C's `expm1`.
         pub fn expm1(x: f64) -> f64;
+        /// C's `log1p`.
         pub fn log1p(x: f64) -> f64;
+        /// C's `pow`.
         pub fn pow(x: f64, y: f64) -> f64;
     }
 }
@@ -372,6 +411,7 @@ impl Func {
         p
     }
 
+    /// The name in formula text.
     pub fn name(self) -> &'static str {
         self.primitive().name
     }
@@ -384,6 +424,7 @@ impl Func {
             .map(|p| p.func)
     }
 
+    /// Every primitive, in the table's order.
     pub fn all() -> impl Iterator<Item = Func> {
         PRIMITIVES.iter().map(|p| p.func)
     }

@@ -43,10 +43,12 @@ fn prec(e: &Expr) -> u8 {
 
 /// Prints an expression, naming the program's input variable in sub-expression references.
 pub struct Printer<'a> {
+    /// The program's input variable.
     pub input: &'a str,
 }
 
 impl Printer<'_> {
+    /// `e` as formula text that parses back to it.
     pub fn print(&self, e: &Expr) -> String {
         let mut s = String::new();
         self.write(e, &mut s);

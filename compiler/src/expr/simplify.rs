@@ -17,6 +17,7 @@ fn is(e: &Expr, v: f64) -> bool {
     matches!(e, Expr::Const(c) if *c == v)
 }
 
+/// -a, folded where a is a constant or a negation.
 pub fn neg(a: Expr) -> Expr {
     match a {
         Expr::Const(c) => Expr::Const(-c),
@@ -34,6 +35,7 @@ pub fn neg(a: Expr) -> Expr {
     }
 }
 
+/// x + y, with constants folded and zeros dropped.
 pub fn add(x: Expr, y: Expr) -> Expr {
     match (x, y) {
         (Expr::Const(a), Expr::Const(c)) => Expr::Const(a + c),
@@ -47,6 +49,7 @@ pub fn add(x: Expr, y: Expr) -> Expr {
     }
 }
 
+/// x - y, with constants folded and zeros dropped.
 pub fn sub(x: Expr, y: Expr) -> Expr {
     match (x, y) {
         (Expr::Const(a), Expr::Const(c)) => Expr::Const(a - c),
@@ -59,6 +62,7 @@ pub fn sub(x: Expr, y: Expr) -> Expr {
     }
 }
 
+/// x * y, with constants folded, ones dropped and zeros absorbing.
 pub fn mul(x: Expr, y: Expr) -> Expr {
     match (x, y) {
         (Expr::Const(a), Expr::Const(c)) => Expr::Const(a * c),
@@ -87,6 +91,7 @@ pub fn mul(x: Expr, y: Expr) -> Expr {
     }
 }
 
+/// x / y, with constants folded and division by one dropped.
 pub fn div(x: Expr, y: Expr) -> Expr {
     match (x, y) {
         (Expr::Const(a), Expr::Const(c)) if c != 0.0 => Expr::Const(a / c),
@@ -111,6 +116,7 @@ pub fn div(x: Expr, y: Expr) -> Expr {
     }
 }
 
+/// x^n for an integer n (0 and 1 folded).
 pub fn powi(x: Expr, n: i32) -> Expr {
     match x {
         Expr::Const(a) => Expr::Const(powi_f64(a, n)),
@@ -131,6 +137,7 @@ pub fn powi(x: Expr, n: i32) -> Expr {
     }
 }
 
+/// x^y (an integer constant y becomes `powi`).
 pub fn pow(x: Expr, y: Expr) -> Expr {
     match (x, y) {
         // SAFETY: libm pow is defined for every input; the interpreter uses the same.
@@ -143,6 +150,7 @@ pub fn pow(x: Expr, y: Expr) -> Expr {
     }
 }
 
+/// f(args), folded when every argument is a constant.
 pub fn call(f: Func, args: Vec<Expr>) -> Expr {
     if args.iter().all(|a| a.as_const().is_some()) {
         let vals: Vec<f64> = args.iter().map(|a| a.as_const().unwrap()).collect();

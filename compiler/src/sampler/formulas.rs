@@ -77,6 +77,7 @@ impl StepVars {
 
 /// A named set of coefficient formulas: shared definitions, the set's own, and the outputs.
 pub struct FormulaSet {
+    /// The set's name (in errors and the JIT's symbols).
     pub name: &'static str,
     base: &'static [(&'static str, &'static str)],
     defs: &'static [(&'static str, &'static str)],
@@ -113,6 +114,7 @@ impl Coefs {
             .unwrap_or_else(|| panic!("coefficient `{name}` is not an output of this set"))
     }
 
+    /// The coefficient `name`, if the set has it.
     pub fn try_get(&self, name: &str) -> Option<f64> {
         self.names
             .iter()
@@ -129,6 +131,7 @@ impl Coefs {
 }
 
 impl FormulaSet {
+    /// A set: shared definitions `base`, its own `defs`, and the outputs.
     pub const fn new(
         name: &'static str,
         base: &'static [(&'static str, &'static str)],

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Equation {
+    /// The probability-flow ODE.
     #[default]
     Ode,
+    /// The reverse SDE.
     Sde,
 }
 
@@ -33,8 +35,10 @@ pub enum Prediction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SolverType {
+    /// The midpoint form.
     #[default]
     Midpoint,
+    /// Heun's form.
     Heun,
 }
 
@@ -42,7 +46,9 @@ pub enum SolverType {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum UnipcVariant {
+    /// B(h) = h.
     Bh1,
+    /// B(h) = e^h - 1.
     #[default]
     Bh2,
 }
@@ -52,8 +58,10 @@ pub enum UnipcVariant {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ThirdOrder {
+    /// From the Taylor expansion (order 3).
     #[default]
     Taylor,
+    /// As the DPM-Solver reference code and diffusers write them.
     Reference,
 }
 
@@ -62,8 +70,10 @@ pub enum ThirdOrder {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DeisBasis {
+    /// In t (tAB).
     #[default]
     T,
+    /// In log rho = -lambda.
     LogRho,
 }
 
@@ -80,8 +90,10 @@ impl DeisBasis {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Stages {
+    /// At fractions of each step in lambda.
     #[default]
     Lambda,
+    /// At the grid's own points.
     Grid,
 }
 

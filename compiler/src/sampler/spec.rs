@@ -35,26 +35,34 @@ fn is_false(b: &bool) -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplerSpec {
+    /// The method (a row of the registry).
     pub method: Method,
+    /// Its order.
     #[serde(default = "d_order")]
     pub order: usize,
+    /// The number of steps of a made grid.
     #[serde(default = "d_steps")]
     pub steps: usize,
+    /// How the grid is made.
     #[serde(default = "default_grid")]
     pub grid: GridKind,
     /// ode or sde; absent: sde for the `sde_*` methods, ode otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equation: Option<Equation>,
+    /// What the network predicts.
     #[serde(default)]
     pub prediction: Prediction,
     /// Multistep (default for dpm_solver_pp, deis, unipc) or singlestep (default for
     /// dpm_solver, whose orders 2 and 3 are DPM-Solver-2 and -3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multistep: Option<bool>,
+    /// DPM-Solver's second-order update.
     #[serde(default)]
     pub solver_type: SolverType,
+    /// DPM-Solver's third-order multistep coefficients.
     #[serde(default)]
     pub third_order: ThirdOrder,
+    /// UniPC's B(h).
     #[serde(default)]
     pub variant: UnipcVariant,
     /// DEIS's interpolation variable.
@@ -86,6 +94,7 @@ pub struct SamplerSpec {
     /// `euler_at_final`), not only below 15 steps as `lower_order_final` lowers it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub euler_at_final: bool,
+    /// The karras grid's rho.
     #[serde(default = "d_rho")]
     pub rho: f64,
     /// Explicit times (noisiest first); implies grid = "explicit".

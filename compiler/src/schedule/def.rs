@@ -14,14 +14,18 @@ use crate::program::Program;
 /// The first formula of a schedule: `log_alpha(t)` or `alpha(t)`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AlphaFormula {
+    /// `log_alpha(t) = ...`.
     LogAlpha(String),
+    /// `alpha(t) = ...`.
     Alpha(String),
 }
 
 /// The second formula: `sigma(t)` or `log_sigma(t)`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SigmaFormula {
+    /// `sigma(t) = ...`.
     Sigma(String),
+    /// `log_sigma(t) = ...`.
     LogSigma(String),
 }
 
@@ -200,6 +204,7 @@ impl ScheduleDef {
         Ok(def)
     }
 
+    /// The schedule's name (the built-in's, or "custom").
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -226,26 +231,32 @@ impl ScheduleDef {
         }
     }
 
+    /// Its formulas and derived quantities as a program.
     pub fn program(&self) -> &Program {
         &self.program
     }
 
+    /// How t(lambda) is computed.
     pub fn inverse(&self) -> &Inverse {
         &self.inverse
     }
 
+    /// The smallest time.
     pub fn t_min(&self) -> f64 {
         self.t_min
     }
 
+    /// The largest time.
     pub fn t_max(&self) -> f64 {
         self.t_max
     }
 
+    /// The parameters' default values.
     pub fn default_params(&self) -> Vec<f64> {
         self.program.default_params()
     }
 
+    /// The parameters' names.
     pub fn param_names(&self) -> Vec<String> {
         self.program
             .params()

@@ -10,10 +10,32 @@ use crate::expr::Table;
 /// The DDPM beta tables of docs/math.md section 1.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DiscreteBetas {
-    Linear { start: f64, end: f64, n: usize },
-    ScaledLinear { start: f64, end: f64, n: usize },
-    SquaredCosCapV2 { n: usize },
+    /// Betas linear from `start` to `end` over `n` train timesteps.
+    Linear {
+        /// The first beta.
+        start: f64,
+        /// The last beta.
+        end: f64,
+        /// The number of train timesteps.
+        n: usize,
+    },
+    /// Square roots of the betas linear from sqrt(`start`) to sqrt(`end`) (Stable Diffusion's).
+    ScaledLinear {
+        /// The first beta.
+        start: f64,
+        /// The last beta.
+        end: f64,
+        /// The number of train timesteps.
+        n: usize,
+    },
+    /// The cosine alphas_cumprod of `n` train timesteps, betas capped at 0.999.
+    SquaredCosCapV2 {
+        /// The number of train timesteps.
+        n: usize,
+    },
+    /// An explicit beta table.
     Betas(Vec<f64>),
+    /// An explicit alphas_cumprod table.
     AlphasCumprod(Vec<f64>),
 }
 

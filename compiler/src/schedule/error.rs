@@ -7,61 +7,109 @@ use crate::jit::JitError;
 /// key concerned.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ScheduleError {
+    /// A formula that does not parse.
     #[error("{}", error.render(text))]
     Formula {
+        /// Its spec key.
         field: String,
+        /// Its text.
         text: String,
+        /// Where and why.
         error: ParseError,
     },
+    /// A formula the schedule needs is missing.
     #[error("missing formula `{field}`: give {alternatives}")]
     MissingFormula {
+        /// Its key.
         field: &'static str,
+        /// What would do instead.
         alternatives: &'static str,
     },
+    /// Two formulas for the same quantity.
     #[error("both `{first}` and `{second}` are given: give exactly one of them")]
     BothFormulas {
+        /// One key.
         first: &'static str,
+        /// The other.
         second: &'static str,
     },
     #[error("the formulas refer to each other in a cycle: {}", names.join(" -> "))]
-    Cycle { names: Vec<String> },
+    /// Formulas that refer to each other in a cycle.
+    Cycle {
+        /// The names around the cycle.
+        names: Vec<String>,
+    },
     #[error(
         "t range [{t_min}, {t_max}] is {why}: it must be [t_min, t_max] with finite t_min < t_max"
     )]
+    /// A t range that is not [t_min, t_max] with finite t_min < t_max.
     Range {
+        /// Its start.
         t_min: f64,
+        /// Its end.
         t_max: f64,
+        /// What is wrong with it.
         why: &'static str,
     },
+    /// A parameter value that is not allowed.
     #[error("parameter `{name}` = {value} is not allowed: {allowed}")]
     Param {
+        /// The parameter.
         name: String,
+        /// Its value.
         value: f64,
+        /// What is allowed.
         allowed: String,
     },
     #[error("unknown parameter `{name}`; this schedule has: {}", known_list(known))]
-    UnknownParam { name: String, known: Vec<String> },
+    /// A parameter the schedule does not have.
+    UnknownParam {
+        /// The name given.
+        name: String,
+        /// The schedule's parameters.
+        known: Vec<String>,
+    },
     #[error("{message}")]
-    Table { field: String, message: String },
+    /// A table that does not hold together.
+    Table {
+        /// Its spec key.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A quantity that must be positive is not.
     #[error("{quantity}(t) must be positive on the t range, but {quantity}({t}) = {value}")]
     NotPositive {
+        /// Its name.
         quantity: &'static str,
+        /// Where.
         t: f64,
+        /// Its value there.
         value: f64,
     },
+    /// A quantity that is not finite.
     #[error("{quantity}({t}) = {value} is not finite")]
     NotFinite {
+        /// Its name.
         quantity: &'static str,
+        /// Where.
         t: f64,
+        /// Its value there.
         value: f64,
     },
+    /// lambda that does not decrease strictly.
     #[error("lambda(t) = log alpha - log sigma must decrease strictly in t, but on [{t0}, {t1}] it goes from {lambda0} to {lambda1}")]
     LambdaNotDecreasing {
+        /// The interval's start.
         t0: f64,
+        /// Its end.
         t1: f64,
+        /// lambda at its start.
         lambda0: f64,
+        /// lambda at its end.
         lambda1: f64,
     },
+    /// The JIT failed.
     #[error(transparent)]
     Jit(#[from] JitError),
 }

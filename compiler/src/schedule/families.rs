@@ -8,10 +8,12 @@ use crate::schedule::def::{AlphaFormula, SigmaFormula};
 pub(crate) const VP_LOG_SIGMA: &str = "0.5 * ln(-expm1(2 * log_alpha(t)))";
 
 impl ScheduleDef {
+    /// VP with linear beta(t) = beta_min + t (beta_max - beta_min), t in [1e-3, 1].
     pub fn vp_linear(beta_min: f64, beta_max: f64) -> Result<ScheduleDef, ScheduleError> {
         Self::vp_linear_on(beta_min, beta_max, [1e-3, 1.0])
     }
 
+    /// ... on the t range `t_range`.
     pub fn vp_linear_on(
         beta_min: f64,
         beta_max: f64,
@@ -39,10 +41,12 @@ impl ScheduleDef {
         )
     }
 
+    /// VP cosine (Nichol and Dhariwal) with offset `s`, t in [1e-3, 0.9946].
     pub fn vp_cosine(s: f64) -> Result<ScheduleDef, ScheduleError> {
         Self::vp_cosine_on(s, [1e-3, 0.9946])
     }
 
+    /// ... on the t range `t_range`.
     pub fn vp_cosine_on(s: f64, t_range: [f64; 2]) -> Result<ScheduleDef, ScheduleError> {
         if !(s > 0.0 && s.is_finite()) {
             return Err(ScheduleError::Param {
@@ -71,10 +75,12 @@ impl ScheduleDef {
         )
     }
 
+    /// VE: alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t, t in [0, 1].
     pub fn ve(sigma_min: f64, sigma_max: f64) -> Result<ScheduleDef, ScheduleError> {
         Self::ve_on(sigma_min, sigma_max, [0.0, 1.0])
     }
 
+    /// ... on the t range `t_range`.
     pub fn ve_on(
         sigma_min: f64,
         sigma_max: f64,

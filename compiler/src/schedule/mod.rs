@@ -28,19 +28,26 @@ pub use inverse::{newton_inverse, Inverse};
 /// A time-only quantity of a schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Quantity {
+    /// alpha(t).
     Alpha,
+    /// sigma(t).
     Sigma,
+    /// lambda(t) = log alpha - log sigma.
     Lambda,
+    /// log alpha(t).
     LogAlpha,
+    /// log sigma(t).
     LogSigma,
     /// f(t) = d log(alpha)/dt
     F,
     /// g^2(t) = -2 sigma^2 d lambda/dt
     G2,
+    /// d lambda/dt.
     DLambdaDt,
 }
 
 impl Quantity {
+    /// Every quantity, in the compiled schedule's output order.
     pub const ALL: [Quantity; 8] = [
         Quantity::Alpha,
         Quantity::Sigma,
@@ -70,13 +77,21 @@ impl Quantity {
 /// All quantities at one time, as the compiled schedule returns them.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct ScheduleValues {
+    /// alpha(t).
     pub alpha: f64,
+    /// sigma(t).
     pub sigma: f64,
+    /// lambda(t).
     pub lambda: f64,
+    /// log alpha(t).
     pub log_alpha: f64,
+    /// log sigma(t).
     pub log_sigma: f64,
+    /// f(t) = d log alpha/dt.
     pub f: f64,
+    /// g^2(t) = -2 sigma^2 d lambda/dt.
     pub g2: f64,
+    /// d lambda/dt.
     pub dlambda_dt: f64,
 }
 
@@ -94,6 +109,7 @@ impl ScheduleValues {
         }
     }
 
+    /// The quantity `q`.
     pub fn get(&self, q: Quantity) -> f64 {
         match q {
             Quantity::Alpha => self.alpha,
@@ -123,24 +139,31 @@ pub struct Schedule {
 /// d alpha, d sigma and d lambda with respect to one schedule parameter, at a fixed time.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ParamPartials {
+    /// d alpha/dp.
     pub alpha: f64,
+    /// d sigma/dp.
     pub sigma: f64,
+    /// d lambda/dp.
     pub lambda: f64,
 }
 
 impl Schedule {
+    /// The symbolic schedule it was compiled from.
     pub fn def(&self) -> &ScheduleDef {
         &self.def
     }
 
+    /// The parameters' values it was compiled with.
     pub fn params(&self) -> &[f64] {
         &self.params
     }
 
+    /// The smallest time.
     pub fn t_min(&self) -> f64 {
         self.def.t_min
     }
 
+    /// The largest time.
     pub fn t_max(&self) -> f64 {
         self.def.t_max
     }
@@ -153,14 +176,17 @@ impl Schedule {
         ScheduleValues::from_slice(&out)
     }
 
+    /// alpha(t).
     pub fn alpha(&self, t: f64) -> f64 {
         self.eval(t).alpha
     }
 
+    /// sigma(t).
     pub fn sigma(&self, t: f64) -> f64 {
         self.eval(t).sigma
     }
 
+    /// lambda(t).
     pub fn lambda(&self, t: f64) -> f64 {
         let mut out = [0.0; 2];
         self.newton.call(t, &self.params, &mut out);

@@ -118,7 +118,7 @@ impl<E: Dtype, D: Storage<E>> Conv2d<E, D> {
         &self.weight
     }
 
-    /// The bias [out], if the convolution has one.
+    /// The bias `[out]`, if the convolution has one.
     pub fn bias(&self) -> Option<&Tensor<(usize,), E, D>> {
         self.bias.as_ref()
     }

@@ -97,7 +97,7 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> DenseLinear<I, O, E
         &self.weight
     }
 
-    /// The bias [O].
+    /// The bias `[O]`.
     pub fn bias(&self) -> &Tensor<Rank1<O>, E, D> {
         &self.bias
     }

@@ -24,7 +24,7 @@ pub struct Linear<E: Dtype, D: Storage<E>> {
 }
 
 impl<E: Float, D: Device<E>> Linear<E, D> {
-    /// A linear map y = W x + b with weight [out, in] and an optional bias [out].
+    /// A linear map y = W x + b with weight `[out, in]` and an optional bias `[out]`.
     pub fn new(weight: Tensor<(usize, usize), E, D>, bias: Option<Tensor<(usize,), E, D>>) -> Self {
         if let Some(b) = &bias {
             assert_eq!(b.shape().0, weight.shape().0, "one bias per output");
@@ -41,7 +41,7 @@ impl<E: Float, D: Device<E>> Linear<E, D> {
         &self.weight
     }
 
-    /// The bias [out], if there is one.
+    /// The bias `[out]`, if there is one.
     pub fn bias(&self) -> Option<&Tensor<(usize,), E, D>> {
         self.bias.as_ref()
     }
