@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-macros: the proc-macro shell of the DSL. All parsing, validation and code generation
 //! live in `adeis_compiler::dsl`, an ordinary library with unit tests; use the macros through
 //! `adeis::schedule!`, which passes the facade's path so a renamed dependency still works.

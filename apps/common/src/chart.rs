@@ -33,18 +33,26 @@ pub fn register_fonts() {
 /// One named line of a chart.
 #[derive(Clone, Debug)]
 pub struct Series {
+    /// The legend's name.
     pub name: String,
+    /// The values, one per x = 0, 1, 2, ...
     pub values: Vec<f64>,
 }
 
 /// A line chart of series against their index.
 #[derive(Clone, Debug)]
 pub struct LineChart<'a> {
+    /// The title above the plot.
     pub title: &'a str,
+    /// The x axis' label.
     pub x_label: &'a str,
+    /// The y axis' label.
     pub y_label: &'a str,
+    /// The lines.
     pub series: &'a [Series],
+    /// The picture's width in pixels.
     pub width: u32,
+    /// The picture's height in pixels.
     pub height: u32,
 }
 

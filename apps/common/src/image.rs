@@ -5,10 +5,14 @@ use std::path::Path;
 
 use crate::{write_atomic, Error};
 
+/// A colour: red, green, blue.
 pub type Rgb = [u8; 3];
 
+/// White.
 pub const WHITE: Rgb = [255, 255, 255];
+/// Black.
 pub const BLACK: Rgb = [0, 0, 0];
+/// A light grey (grid lines, gaps).
 pub const GRAY: Rgb = [200, 200, 200];
 
 /// Distinguishable line colours (Okabe-Ito, readable by colour-blind viewers).
@@ -26,12 +30,16 @@ pub const PALETTE: [Rgb; 8] = [
 /// An RGB raster.
 #[derive(Clone, Debug)]
 pub struct Canvas {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// The pixels, row by row.
     pub pixels: Vec<Rgb>,
 }
 
 impl Canvas {
+    /// A canvas of one colour.
     pub fn new(width: usize, height: usize, background: Rgb) -> Canvas {
         Canvas {
             width,
@@ -47,10 +55,12 @@ impl Canvas {
         }
     }
 
+    /// The pixel at (x, y).
     pub fn get(&self, x: usize, y: usize) -> Rgb {
         self.pixels[y * self.width + x]
     }
 
+    /// Fills the rectangle at (x, y) of w x h pixels with `c`, clipped to the canvas.
     pub fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: Rgb) {
         for yy in y..y + h {
             for xx in x..x + w {
@@ -71,6 +81,7 @@ impl Canvas {
         }
     }
 
+    /// The canvas as PNG file bytes (8-bit RGB).
     pub fn png_bytes(&self) -> Result<Vec<u8>, png::EncodingError> {
         let mut out = Vec::new();
         {

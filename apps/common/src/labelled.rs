@@ -4,15 +4,19 @@
 /// held-out images).
 #[derive(Clone, Debug, Default)]
 pub struct Labelled {
+    /// The images, each a row of values in [-1, 1].
     pub images: Vec<Vec<f64>>,
+    /// Their classes.
     pub labels: Vec<usize>,
 }
 
 impl Labelled {
+    /// The number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

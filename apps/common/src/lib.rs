@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-app-common: what the applications of adeis share, so that each application is its
 //! data, its models and its experiment: the error type ([`Error`]) and atomic writes, PNG
 //! canvases and image grids ([`image`]), line charts with their fonts compiled in ([`chart`]),
@@ -30,7 +31,12 @@ pub enum Error {
     Compile(#[from] adeis_compiler::Error),
     /// A file that could not be read or written.
     #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl From<adeis_io::IoError> for Error {

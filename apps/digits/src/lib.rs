@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-digits: the digits application of adeis, on the library's problem-and-solve API.
 //!
 //! The 8x8 handwritten digits ([`data`]), a conditional MLP denoiser and a classifier whose

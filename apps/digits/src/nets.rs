@@ -22,7 +22,9 @@ pub const COND_DIM: usize = 16;
 pub const NULL_CLASS: usize = CLASSES;
 /// Sinusoidal time frequencies exp(linspace(0, ln MAX_FREQ, FREQS)).
 pub const FREQS: usize = 16;
+/// The largest time frequency.
 pub const MAX_FREQ: f64 = 500.0;
+/// The hidden layers' width.
 pub const HIDDEN: usize = 256;
 /// The denoiser's input: [x (64), z (16), sin/cos time features (32)].
 pub const NET_IN: usize = PIXELS + COND_DIM + 2 * FREQS;
@@ -54,6 +56,7 @@ pub type FeatureNet = (
     Gelu,
     Dense<128, FEATURES>,
 );
+/// The classifier: the feature network and its cosine head.
 pub type ClassifierNet = (FeatureNet, Dense<FEATURES, CLASSES>);
 /// The scale s of the cosine classifier.
 pub const COSINE_SCALE: f32 = 16.0;
@@ -72,9 +75,12 @@ pub fn classifier_logits<T: Tape<f32, Cpu> + Merge<T> + Default>(
 
 /// A network built on the CPU in f32.
 pub type Built<M> = <M as BuildOnDevice<Cpu, f32>>::Built;
+/// The digits denoiser: the network on [x, z, time features] rows.
 pub type DigitsDenoiser = MlpDenoiser<Built<DenoiserNet>, NET_IN, PIXELS>;
 
+/// The denoiser's file name (with the class embedding).
 pub const DENOISER_FILE: &str = "denoiser.safetensors";
+/// The classifier's file name.
 pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
 
 /// The committed weights (trained by `adeis train`, see models/digits/README.md), compiled
@@ -83,6 +89,7 @@ static COMMITTED_DENOISER: &[u8] = include_bytes!("../../../models/digits/denois
 static COMMITTED_CLASSIFIER: &[u8] =
     include_bytes!("../../../models/digits/classifier.safetensors");
 
+/// The denoiser's time features.
 pub fn time_features() -> TimeFeatures {
     TimeFeatures::new(FREQS, MAX_FREQ)
 }
@@ -91,9 +98,13 @@ pub use adeis_app_common::training::one_hot;
 
 /// The trained models: denoiser (with its class embedding) and classifier.
 pub struct DigitsModels {
+    /// The denoiser.
     pub denoiser: DigitsDenoiser,
+    /// The class embedding (one-hot class to z).
     pub embedding: Built<EmbeddingNet>,
+    /// The classifier.
     pub classifier: Built<ClassifierNet>,
+    /// The CPU device.
     pub dev: Cpu,
 }
 
@@ -163,6 +174,7 @@ pub fn load_classifier(dev: &Cpu, dir: &Path) -> Result<Built<ClassifierNet>, Er
 }
 
 impl DigitsModels {
+    /// The models from a trained denoiser file (embedding and network) and classifier.
     pub fn from_parts(
         file: Built<DenoiserFile>,
         classifier: Built<ClassifierNet>,

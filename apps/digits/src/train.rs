@@ -20,11 +20,17 @@ use crate::{write_atomic, Error};
 /// What `adeis train` does.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
+    /// The output folder.
     pub out: PathBuf,
+    /// Denoiser training steps.
     pub denoiser_steps: usize,
+    /// Classifier training steps.
     pub classifier_steps: usize,
+    /// Examples per step.
     pub batch: usize,
+    /// Adam's peak learning rate.
     pub lr: f64,
+    /// The seed of the batches, times, noises and dropout.
     pub seed: u64,
     /// Probability that a training example's class is replaced by "no class".
     pub cfg_dropout: f64,
@@ -39,7 +45,9 @@ pub struct TrainOptions {
 /// One of the two networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
+    /// The conditional denoiser.
     Denoiser,
+    /// The classifier.
     Classifier,
 }
 
@@ -103,20 +111,35 @@ impl TrainOptions {
 /// What training did (written as training.json beside the weights).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct TrainReport {
+    /// The seed.
     pub seed: u64,
+    /// Examples per step.
     pub batch: usize,
+    /// The peak learning rate.
     pub lr: f64,
+    /// The classifier-free dropout.
     pub cfg_dropout: f64,
+    /// Denoiser steps.
     pub denoiser_steps: usize,
+    /// Its training loss at the end.
     pub denoiser_final_loss: f64,
+    /// Its denoising loss on the held-out digits.
     pub denoiser_heldout_loss: f64,
+    /// Its training time.
     pub denoiser_seconds: f64,
+    /// Classifier steps.
     pub classifier_steps: usize,
+    /// Its training loss at the end.
     pub classifier_final_loss: f64,
+    /// Its accuracy on the held-out digits.
     pub classifier_heldout_accuracy: f64,
+    /// Its training time.
     pub classifier_seconds: f64,
+    /// Training digits.
     pub train_digits: usize,
+    /// Held-out digits.
     pub heldout_digits: usize,
+    /// Threads used.
     pub threads: usize,
     /// Fraction of the sample grid's digits the classifier reads as the class asked for.
     pub samples_read_as_asked: Option<f64>,

@@ -20,6 +20,7 @@ use crate::Error;
 pub const FEATURES: usize = 64;
 /// The scale s of the cosine head.
 pub const COSINE_SCALE: f32 = 16.0;
+/// The classifier's file name.
 pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
 /// (input channels, output channels, stride) of the convolutions.
 const CONVS: [(usize, usize, usize); 4] = [(1, 32, 1), (32, 64, 2), (64, 64, 2), (64, 128, 1)];

@@ -35,15 +35,19 @@ static HELDOUT: &[u8] = include_bytes!("../../../data/fashion-mnist/heldout-1000
 /// Images (flat, `len() * PIXELS` values in [-1, 1]) and their labels.
 #[derive(Clone, Debug, Default)]
 pub struct Fashion {
+    /// The pixels, `len() * PIXELS` values.
     pub pixels: Vec<f32>,
+    /// The classes.
     pub labels: Vec<usize>,
 }
 
 impl Fashion {
+    /// The number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

@@ -32,13 +32,17 @@ use crate::{unet, write_atomic, Error, FashionModels};
 pub struct FinetuneOptions {
     /// Folder with unet/ and classifier.safetensors; None: the committed models.
     pub models: Option<PathBuf>,
+    /// The output folder.
     pub out: PathBuf,
+    /// Optimisation iterations.
     pub iters: usize,
     /// Images per iteration (classes cycle through 0..9).
     pub batch: usize,
     /// DDIM steps N.
     pub steps: usize,
+    /// The learning rate.
     pub lr: f64,
+    /// The optimiser of the weights.
     pub optimizer: OptimizerKind,
     /// The proximal penalty's weight lambda.
     pub penalty: f64,
@@ -46,12 +50,15 @@ pub struct FinetuneOptions {
     pub eval_per_class: usize,
     /// Evaluate every this many iterations.
     pub eval_every: usize,
+    /// The seed of the training noises.
     pub seed: u64,
+    /// How the gradient through the sampler is taken.
     pub gradient: GradMethod,
     /// Early stopping: weights whose held-out samples' diversity falls below this fraction of
     /// the trained model's are never kept (the reward can be raised by collapsing each class
     /// onto one image).
     pub min_diversity: f64,
+    /// Print progress.
     pub verbose: bool,
 }
 
@@ -77,6 +84,7 @@ impl Default for FinetuneOptions {
 }
 
 impl FinetuneOptions {
+    /// Checks the options; errors name the option.
     pub fn validate(&self) -> Result<(), FieldError> {
         let range = |key: &str, v: usize, lo: usize, hi: usize| {
             if v < lo || v > hi {
@@ -114,34 +122,53 @@ impl FinetuneOptions {
 /// What fine-tuning measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct FinetuneReport {
+    /// Iterations run.
     pub iters: usize,
+    /// Images per iteration.
     pub batch: usize,
+    /// DDIM steps.
     pub steps: usize,
+    /// The learning rate.
     pub lr: f64,
+    /// The optimiser.
     pub optimizer: OptimizerKind,
+    /// The proximal penalty's weight.
     pub penalty: f64,
+    /// The seed.
     pub seed: u64,
+    /// The gradient method.
     pub gradient: GradMethod,
+    /// The UNet's parameter count.
     pub unet_params: usize,
     /// Mean reward log p(class | x_0) of each iteration's training batch (before its step).
     pub train_reward: Vec<f64>,
     /// (iteration, mean held-out reward, fraction of held-out samples read as their class,
     /// diversity of the held-out samples).
     pub heldout: Vec<(usize, f64, f64, f64)>,
+    /// The diversity floor, as a fraction of the trained model's.
     pub min_diversity: f64,
     /// The iteration whose weights were kept (best held-out reward among the evaluations whose
     /// diversity is at least min_diversity of the trained model's; 0: the trained model).
     pub kept_iteration: usize,
+    /// The held-out reward of the trained model.
     pub heldout_reward_before: f64,
+    /// ... and of the kept weights.
     pub heldout_reward_after: f64,
+    /// The held-out samples read as their class, trained model.
     pub heldout_accuracy_before: f64,
+    /// ... and kept weights.
     pub heldout_accuracy_after: f64,
+    /// The held-out samples' diversity, trained model.
     pub heldout_diversity_before: f64,
+    /// ... and kept weights.
     pub heldout_diversity_after: f64,
     /// |theta - theta_0| / |theta_0| of the kept weights.
     pub relative_change: f64,
+    /// Seconds in all.
     pub seconds: f64,
+    /// Seconds per iteration.
     pub seconds_per_iteration: f64,
+    /// The process's peak memory.
     pub peak_memory_mib: Option<f64>,
 }
 

@@ -32,6 +32,7 @@ pub fn problem(keys: serde_json::Value) -> Result<Problem, Error> {
     problem_of(&spec)
 }
 
+/// The sampling problem of `spec` on the UNet's schedule.
 pub fn problem_of(spec: &SamplerSpec) -> Result<Problem, Error> {
     Ok(Problem::new(schedule()?, spec)
         .map_err(|e| adeis_compiler::Error::from(e.under("sampler")))?)

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! adeis-fashion: the Fashion-MNIST application of adeis at real size.
 //!
 //! Fashion-MNIST ([`data`]), a class-conditional convolutional `UNet2DModel` in diffusers'

@@ -17,8 +17,11 @@ use crate::{unet, Error};
 
 /// The UNet and the classifier.
 pub struct FashionModels {
+    /// The class-conditional UNet.
     pub unet: UNet2D<f32, Cpu>,
+    /// The convolutional classifier.
     pub classifier: Classifier,
+    /// The CPU device.
     pub dev: Cpu,
 }
 

@@ -12,8 +12,11 @@ use crate::Error;
 /// Named parameter tensors: names, shapes (C order) and values.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HostParams {
+    /// The parameters' names (diffusers' for the UNet).
     pub names: Vec<String>,
+    /// Their shapes, C order.
     pub shapes: Vec<Vec<usize>>,
+    /// Their values.
     pub values: Vec<Vec<f64>>,
 }
 
@@ -34,6 +37,7 @@ impl HostParams {
         self.values.iter().map(|v| v.len()).sum()
     }
 
+    /// Whether there are no scalars.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

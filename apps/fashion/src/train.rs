@@ -34,7 +34,9 @@ use crate::{write_atomic, Error};
 /// One of the two networks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Network {
+    /// The class-conditional UNet.
     Unet,
+    /// The classifier.
     Classifier,
 }
 
@@ -46,21 +48,31 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// The folder of the IDX files.
     pub data: PathBuf,
+    /// UNet training steps.
     pub unet_steps: usize,
+    /// Classifier training steps.
     pub classifier_steps: usize,
+    /// Examples per step.
     pub batch: usize,
+    /// The peak learning rate.
     pub lr: f64,
     /// Linear warm-up of the learning rate over this many steps.
     pub warmup: usize,
+    /// The seed of the batches, times, noises and dropout.
     pub seed: u64,
+    /// The probability that a training example's class is replaced by "no class".
     pub cfg_dropout: f64,
+    /// The EMA's decay per step.
     pub ema_decay: f64,
+    /// The optimiser.
     pub optimizer: OptimizerKind,
     /// Save a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// Write a grid of generated images (samples.png) at the end.
     pub sample_grid: bool,
     /// Use only the first this many training images (None: all 60,000).
     pub train_images: Option<usize>,
+    /// Train only this network and load the other from `out`.
     pub only: Option<Network>,
 }
 
@@ -160,25 +172,45 @@ impl TrainOptions {
 /// What training did (training.json beside the weights).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainReport {
+    /// The seed.
     pub seed: u64,
+    /// Examples per step.
     pub batch: usize,
+    /// The peak learning rate.
     pub lr: f64,
+    /// Warm-up steps.
     pub warmup: usize,
+    /// The optimiser.
     pub optimizer: OptimizerKind,
+    /// The classifier-free dropout.
     pub cfg_dropout: f64,
+    /// The EMA's decay.
     pub ema_decay: f64,
+    /// The UNet's parameter count.
     pub unet_params: usize,
+    /// UNet steps.
     pub unet_steps: usize,
+    /// Its training loss at the end.
     pub unet_final_loss: f64,
+    /// Its denoising loss on the held-out images.
     pub unet_heldout_loss: f64,
+    /// Its training time.
     pub unet_seconds: f64,
+    /// The classifier's parameter count.
     pub classifier_params: usize,
+    /// Classifier steps.
     pub classifier_steps: usize,
+    /// Its training loss at the end.
     pub classifier_final_loss: f64,
+    /// Its accuracy on the held-out images.
     pub classifier_heldout_accuracy: f64,
+    /// Its training time.
     pub classifier_seconds: f64,
+    /// Training images.
     pub train_images: usize,
+    /// Held-out images.
     pub heldout_images: usize,
+    /// Threads used.
     pub threads: usize,
     /// Fraction of the sample grid's images the classifier reads as the class asked for.
     pub samples_read_as_asked: Option<f64>,
@@ -205,9 +237,13 @@ fn clip(g: &mut [f64], max: f64) -> f64 {
 
 /// A denoising batch: noisy images at random train indices, their noise and their classes.
 pub struct NoisyBatch {
+    /// The noisy images.
     pub x_t: Vec<f32>,
+    /// The noise in each.
     pub eps: Vec<f32>,
+    /// Each image's train index.
     pub times: Vec<f64>,
+    /// Each image's class (or "no class").
     pub labels: Vec<usize>,
 }
 

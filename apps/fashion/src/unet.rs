@@ -17,11 +17,17 @@ use crate::Error;
 
 /// The class row that means "no class".
 pub const NULL_CLASS: usize = CLASSES;
+/// The UNet's config file (diffusers' layout).
 pub const CONFIG_FILE: &str = "config.json";
+/// Its weights file.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+/// Its scheduler config.
 pub const SCHEDULER_FILE: &str = "scheduler_config.json";
+/// Train timesteps of its DDPM schedule.
 pub const TRAIN_TIMESTEPS: usize = 1000;
+/// The schedule's first beta.
 pub const BETA_START: f64 = 1e-4;
+/// The schedule's last beta.
 pub const BETA_END: f64 = 0.02;
 
 /// The UNet's config.json: three levels (28, 14, 7 pixels) of 32, 64, 64 channels, one resnet
@@ -78,6 +84,7 @@ pub fn scheduler_json() -> serde_json::Value {
     })
 }
 
+/// The UNet's built-in config.
 pub fn config() -> UNet2DConfig {
     serde_json::from_value(config_json()).expect("the built-in config parses")
 }

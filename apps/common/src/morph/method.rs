@@ -11,14 +11,21 @@ use serde::Serialize;
 pub enum MorphMethod {
     /// The initial morph (ODE sample from the blended start), not optimised.
     None,
+    /// AdjointDEIS.
     AdjointDeis {
+        /// 1 or 2 (-2M).
         order: usize,
+        /// On the SDE sampler.
         sde: bool,
     },
+    /// The exact discrete adjoint.
     Discrete {
+        /// On the SDE sampler.
         sde: bool,
     },
+    /// The full tape.
     Tape {
+        /// On the SDE sampler.
         sde: bool,
     },
 }
@@ -131,6 +138,7 @@ impl MorphMethod {
             .expect("every method is in ALL")
     }
 
+    /// The `--methods` name.
     pub fn name(self) -> &'static str {
         self.entry().1
     }
@@ -140,6 +148,7 @@ impl MorphMethod {
         self.entry().2
     }
 
+    /// Whether the method runs the SDE.
     pub fn sde(self) -> bool {
         match self {
             MorphMethod::None => false,

@@ -81,16 +81,23 @@ pub enum PairKind {
 pub struct MorphOptions {
     /// Folder with denoiser.safetensors and classifier.safetensors; None: the committed models.
     pub models: Option<PathBuf>,
+    /// The output folder.
     pub out: PathBuf,
+    /// The number of pairs.
     pub pairs: usize,
+    /// Which pairs: of different classes or of the same class.
     pub kind: PairKind,
+    /// The methods compared.
     pub methods: Vec<MorphMethod>,
     /// Optimisation iterations K.
     pub iters: usize,
     /// Sampler steps N (DDIM for the ODE, SDE-DPM-Solver++1 for the SDE, logsnr grid).
     pub steps: usize,
+    /// The optimiser of x_T and z.
     pub optimizer: OptimizerKind,
+    /// Its learning rate.
     pub lr: f64,
+    /// The seed of the pairs' choice.
     pub seed: u64,
     /// AdjointDEIS on its own grid of this many steps (uniform in lambda, states interpolated);
     /// None: on the sampling grid.
@@ -170,8 +177,11 @@ impl MorphOptions {
 /// conditioning, the classifier's identity features (plain and on the tape), the image shape
 /// and the schedule the denoiser was trained on.
 pub trait MorphModels {
+    /// The denoiser's type.
     type Net: Denoiser<f32, Cpu>;
+    /// The denoiser.
     fn denoiser(&self) -> &Self::Net;
+    /// The device everything runs on.
     fn device(&self) -> &Cpu;
     /// The item shape of an image state (`[64]` for the digits, `[1, 28, 28]` for Fashion-MNIST).
     fn item(&self) -> Vec<usize>;
@@ -181,7 +191,9 @@ pub trait MorphModels {
     fn features_dim(&self) -> usize;
     /// The conditioning z of each class, one row each.
     fn cond(&self, classes: &[usize]) -> Result<State<f32, Cpu>, Error>;
+    /// The classifier's identity features of images `x`, one row each.
     fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu>;
+    /// The same on the tape (for the identity loss's gradient).
     fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu>;
     /// The sampling problem of `sampler` on the denoiser's schedule.
     fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error>;

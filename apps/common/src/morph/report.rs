@@ -16,27 +16,40 @@ use crate::Error;
 /// One pair's outcome under one method.
 #[derive(Clone, Debug, Serialize)]
 pub struct PairResult {
+    /// The identity loss of the initial morph.
     pub loss_initial: f64,
+    /// ... and of the optimised one.
     pub loss_final: f64,
+    /// The feature distance of the morph to image a.
     pub d_a: f64,
+    /// ... and to image b.
     pub d_b: f64,
+    /// Whether the verifier accepts the morph as both.
     pub accepted: bool,
+    /// The morph's pixels.
     pub morph: Vec<f64>,
 }
 
 /// One method over all pairs.
 #[derive(Clone, Debug, Serialize)]
 pub struct MethodResult {
+    /// The `--methods` name.
     pub method: String,
+    /// How the tables name it.
     pub label: String,
+    /// The fraction of morphs accepted as both images (MMPMR).
     pub mmpmr: f64,
+    /// The mean identity loss at the start.
     pub mean_loss_initial: f64,
+    /// ... and at the end.
     pub mean_loss_final: f64,
     /// Forward model evaluations per morph (encoding included), and VJPs.
     pub nfe_per_morph: usize,
+    /// VJPs per morph.
     pub vjps_per_morph: usize,
     /// Wall time of the method over all pairs (one batch) and per morph.
     pub seconds: f64,
+    /// Seconds per morph.
     pub seconds_per_morph: f64,
     /// Mean identity loss over the pairs after each iteration (index 0: the start).
     pub loss_curve: Vec<f64>,
@@ -46,27 +59,40 @@ pub struct MethodResult {
     pub grad_cosine: Option<f64>,
     /// |gradient| / |exact gradient| at the same point.
     pub grad_norm_ratio: Option<f64>,
+    /// Each pair's outcome.
     pub pairs: Vec<PairResult>,
 }
 
 /// Everything `adeis morph` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct MorphReport {
+    /// The pairs, as indices of the held-out images.
     pub pairs: Vec<(usize, usize)>,
+    /// The pairs' classes.
     pub classes: Vec<(usize, usize)>,
+    /// Optimisation iterations.
     pub iters: usize,
+    /// Sampler steps.
     pub steps: usize,
+    /// The optimiser.
     pub optimizer: OptimizerKind,
+    /// Its learning rate.
     pub lr: f64,
+    /// The seed of the pairs' choice.
     pub seed: u64,
+    /// AdjointDEIS's own grid's steps, if it had one.
     pub adjoint_steps: Option<usize>,
+    /// The verification threshold and its error rates.
     pub verifier: Verifier,
     /// Mean absolute pixel error of decoding the encoded originals (DDIM inversion round trip).
     pub reconstruction_error: f64,
+    /// Model evaluations per morph spent on encoding the two images.
     pub encode_nfe_per_morph: usize,
     /// The unoptimised morph of each pair (ODE sample from the blended start).
     pub initial_morphs: Vec<Vec<f64>>,
+    /// Each method's results.
     pub methods: Vec<MethodResult>,
+    /// The files written.
     pub outputs: Vec<String>,
     /// Side of the (square) images.
     pub image_side: usize,

@@ -10,15 +10,19 @@ use crate::labelled::Labelled;
 /// The verification threshold: accept when the feature distance is below `threshold`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verifier {
+    /// The cosine distance below which two images are taken as one identity.
     pub threshold: f64,
     /// False-match rate on the impostor pairs at this threshold (target 0.1%).
     pub fmr: f64,
     /// False non-match rate on the genuine pairs.
     pub fnmr: f64,
+    /// The number of genuine pairs (same class) the rates come from.
     pub genuine_pairs: usize,
+    /// The number of impostor pairs (different classes).
     pub impostor_pairs: usize,
 }
 
+/// 1 - cos(a, b).
 pub fn cosine_distance(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
