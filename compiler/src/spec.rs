@@ -211,45 +211,124 @@ pub enum ScheduleKind {
     Custom,
 }
 
+/// One schedule family: its spec name, the keys its `[schedule]` table may have besides
+/// `kind`, and how its symbolic schedule is built from them (the constructors are in
+/// `schedule/families.rs`, `schedule/discrete.rs` and `schedule/def.rs`). Adding a family is a
+/// `ScheduleKind` variant, its constructor, its row here (and its keys as fields of
+/// [`ScheduleSpec`], which is one flat table).
+struct KindEntry {
+    kind: ScheduleKind,
+    name: &'static str,
+    keys: &'static [&'static str],
+    build: fn(&ScheduleSpec) -> Result<ScheduleDef, ScheduleError>,
+}
+
+/// Every schedule family.
+const KINDS: [KindEntry; 6] = [
+    KindEntry {
+        kind: ScheduleKind::VpLinear,
+        name: "vp_linear",
+        keys: &["beta_min", "beta_max", "t_range"],
+        build: |s| {
+            ScheduleDef::vp_linear_on(
+                s.beta_min.unwrap_or(0.1),
+                s.beta_max.unwrap_or(20.0),
+                s.t_range.unwrap_or([1e-3, 1.0]),
+            )
+        },
+    },
+    KindEntry {
+        kind: ScheduleKind::VpCosine,
+        name: "vp_cosine",
+        keys: &["s", "t_range"],
+        build: |s| {
+            ScheduleDef::vp_cosine_on(s.s.unwrap_or(0.008), s.t_range.unwrap_or([1e-3, 0.9946]))
+        },
+    },
+    KindEntry {
+        kind: ScheduleKind::Discrete,
+        name: "discrete",
+        keys: &[
+            "beta_schedule",
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "betas",
+            "alphas_cumprod",
+            "t_range",
+        ],
+        build: ScheduleSpec::build_discrete,
+    },
+    KindEntry {
+        kind: ScheduleKind::Ve,
+        name: "ve",
+        keys: &["sigma_min", "sigma_max", "t_range"],
+        build: |s| {
+            ScheduleDef::ve_on(
+                s.sigma_min.unwrap_or(0.01),
+                s.sigma_max.unwrap_or(50.0),
+                s.t_range.unwrap_or([0.0, 1.0]),
+            )
+        },
+    },
+    KindEntry {
+        kind: ScheduleKind::Edm,
+        name: "edm",
+        keys: &["sigma_min", "sigma_max"],
+        build: |s| ScheduleDef::edm(s.sigma_min.unwrap_or(0.002), s.sigma_max.unwrap_or(80.0)),
+    },
+    KindEntry {
+        kind: ScheduleKind::Custom,
+        name: "custom",
+        keys: &[
+            "log_alpha",
+            "alpha",
+            "sigma",
+            "log_sigma",
+            "params",
+            "t_range",
+            "inverse",
+        ],
+        build: ScheduleSpec::build_custom,
+    },
+];
+
+/// The built-in schedules by their `adeis schedule` name: a family at its defaults, or a
+/// discrete table by its beta schedule.
+const BUILTINS: [(&str, ScheduleKind, Option<BetaSchedule>); 7] = [
+    ("vp_linear", ScheduleKind::VpLinear, None),
+    ("vp_cosine", ScheduleKind::VpCosine, None),
+    ("ve", ScheduleKind::Ve, None),
+    ("edm", ScheduleKind::Edm, None),
+    ("discrete", ScheduleKind::Discrete, None),
+    (
+        "discrete_scaled_linear",
+        ScheduleKind::Discrete,
+        Some(BetaSchedule::ScaledLinear),
+    ),
+    (
+        "discrete_squaredcos_cap_v2",
+        ScheduleKind::Discrete,
+        Some(BetaSchedule::SquaredcosCapV2),
+    ),
+];
+
 impl ScheduleKind {
+    fn entry(self) -> &'static KindEntry {
+        const { &KINDS }
+            .iter()
+            .find(|e| e.kind == self)
+            .expect("every schedule kind has its row in KINDS")
+    }
+
     /// The spec's spelling.
     pub fn name(self) -> &'static str {
-        match self {
-            ScheduleKind::VpLinear => "vp_linear",
-            ScheduleKind::VpCosine => "vp_cosine",
-            ScheduleKind::Discrete => "discrete",
-            ScheduleKind::Ve => "ve",
-            ScheduleKind::Edm => "edm",
-            ScheduleKind::Custom => "custom",
-        }
+        self.entry().name
     }
 
     /// The keys a `[schedule]` table of this kind may have besides `kind`.
     pub fn keys(self) -> &'static [&'static str] {
-        match self {
-            ScheduleKind::VpLinear => &["beta_min", "beta_max", "t_range"],
-            ScheduleKind::VpCosine => &["s", "t_range"],
-            ScheduleKind::Discrete => &[
-                "beta_schedule",
-                "num_train_timesteps",
-                "beta_start",
-                "beta_end",
-                "betas",
-                "alphas_cumprod",
-                "t_range",
-            ],
-            ScheduleKind::Ve => &["sigma_min", "sigma_max", "t_range"],
-            ScheduleKind::Edm => &["sigma_min", "sigma_max"],
-            ScheduleKind::Custom => &[
-                "log_alpha",
-                "alpha",
-                "sigma",
-                "log_sigma",
-                "params",
-                "t_range",
-                "inverse",
-            ],
-        }
+        self.entry().keys
     }
 }
 
@@ -426,28 +505,7 @@ impl ScheduleSpec {
     }
 
     fn build(&self) -> Result<ScheduleDef, ScheduleError> {
-        match self.kind {
-            ScheduleKind::VpLinear => ScheduleDef::vp_linear_on(
-                self.beta_min.unwrap_or(0.1),
-                self.beta_max.unwrap_or(20.0),
-                self.t_range.unwrap_or([1e-3, 1.0]),
-            ),
-            ScheduleKind::VpCosine => ScheduleDef::vp_cosine_on(
-                self.s.unwrap_or(0.008),
-                self.t_range.unwrap_or([1e-3, 0.9946]),
-            ),
-            ScheduleKind::Ve => ScheduleDef::ve_on(
-                self.sigma_min.unwrap_or(0.01),
-                self.sigma_max.unwrap_or(50.0),
-                self.t_range.unwrap_or([0.0, 1.0]),
-            ),
-            ScheduleKind::Edm => ScheduleDef::edm(
-                self.sigma_min.unwrap_or(0.002),
-                self.sigma_max.unwrap_or(80.0),
-            ),
-            ScheduleKind::Discrete => self.build_discrete(),
-            ScheduleKind::Custom => self.build_custom(),
-        }
+        (self.kind.entry().build)(self)
     }
 
     fn build_discrete(&self) -> Result<ScheduleDef, ScheduleError> {
@@ -587,27 +645,30 @@ impl ScheduleSpec {
         )
     }
 
-    /// The table of a built-in schedule by its `adeis schedule` name.
+    /// The table of a built-in schedule by its `adeis schedule` name ("discrete_linear" is
+    /// "discrete").
     pub fn builtin(name: &str) -> Option<ScheduleSpec> {
-        let kind = match name {
-            "vp_linear" => ScheduleKind::VpLinear,
-            "vp_cosine" => ScheduleKind::VpCosine,
-            "ve" => ScheduleKind::Ve,
-            "edm" => ScheduleKind::Edm,
-            "discrete" | "discrete_linear" => ScheduleKind::Discrete,
-            "discrete_scaled_linear" | "discrete_squaredcos_cap_v2" => {
-                let mut s = ScheduleSpec::of_kind(ScheduleKind::Discrete);
-                s.beta_schedule = Some(if name == "discrete_scaled_linear" {
-                    BetaSchedule::ScaledLinear
-                } else {
-                    BetaSchedule::SquaredcosCapV2
-                });
-                return Some(s);
-            }
-            _ => return None,
+        let name = if name == "discrete_linear" {
+            "discrete"
+        } else {
+            name
         };
-        Some(ScheduleSpec::of_kind(kind))
+        let (_, kind, betas) = BUILTINS.iter().find(|b| b.0 == name)?;
+        let mut s = ScheduleSpec::of_kind(*kind);
+        s.beta_schedule = *betas;
+        Some(s)
     }
+
+    /// The names `adeis schedule` accepts for the built-in schedules.
+    pub const BUILTIN_NAMES: [&'static str; BUILTINS.len()] = {
+        let mut names = [""; BUILTINS.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = BUILTINS[i].0;
+            i += 1;
+        }
+        names
+    };
 }
 
 #[cfg(test)]

@@ -126,13 +126,6 @@ impl ScheduleDef {
 
     /// The names `adeis schedule` accepts for the built-in schedules (see
     /// [`crate::spec::ScheduleSpec::builtin`]).
-    pub const BUILTIN_NAMES: [&'static str; 7] = [
-        "vp_linear",
-        "vp_cosine",
-        "ve",
-        "edm",
-        "discrete",
-        "discrete_scaled_linear",
-        "discrete_squaredcos_cap_v2",
-    ];
+    pub const BUILTIN_NAMES: [&'static str; crate::spec::ScheduleSpec::BUILTIN_NAMES.len()] =
+        crate::spec::ScheduleSpec::BUILTIN_NAMES;
 }
