@@ -60,6 +60,6 @@ pub fn demo() -> Result<()> {
         100.0 * agree
     );
     println!("morphs: {}", adeis_digits::morph::describe(&fashion_out));
-    println!("\nThe evaluations in the README: `cargo run --release -- morph --pairs 100` (digits, about 10 seconds) and `cargo run --release -- morph --dataset fashion-mnist --pairs 20 --iters 30 --steps 10` (about 9 minutes).");
+    println!("\nThe evaluations of docs/main-job.md: `cargo run --release -- morph --pairs 100` (digits, about 10 seconds) and `cargo run --release -- morph --dataset fashion-mnist --pairs 20 --iters 30 --steps 10` (about 9 minutes).");
     Ok(())
 }
