@@ -17,6 +17,8 @@
 //! ```
 
 pub mod allocator;
+// The benchmark workloads are the command's (`adeis bench`), not the library's API.
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod diffusers;
 pub mod error;
