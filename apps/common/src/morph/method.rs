@@ -3,83 +3,66 @@
 
 use std::num::NonZeroUsize;
 
-use adeis_compiler::{Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, FieldError};
+use adeis_compiler::{Adjoint, AdjointOrder, FieldError, GradMethod};
 use serde::Serialize;
 
-/// A way to produce the morph: no optimisation, or a gradient method with its equation.
+/// A way to produce the morph: no optimisation, or a gradient method (the compiler's one list
+/// of them, [`GradMethod`]) with its order and equation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum MorphMethod {
     /// The initial morph (ODE sample from the blended start), not optimised.
     None,
-    /// AdjointDEIS.
-    AdjointDeis {
-        /// 1 or 2 (-2M).
+    /// Optimised by a gradient method.
+    Gradient {
+        /// The gradient method.
+        method: GradMethod,
+        /// AdjointDEIS's order (1, or 2 for -2M); 1 for the others.
         order: usize,
-        /// On the SDE sampler.
-        sde: bool,
-    },
-    /// The exact discrete adjoint.
-    Discrete {
-        /// On the SDE sampler.
-        sde: bool,
-    },
-    /// The full tape.
-    Tape {
         /// On the SDE sampler.
         sde: bool,
     },
 }
 
+/// A gradient method of the comparison.
+const fn by(method: GradMethod, order: usize, sde: bool) -> MorphMethod {
+    MorphMethod::Gradient { method, order, sde }
+}
+
 impl MorphMethod {
-    /// Every method with its `--methods` name and the name the tables use.
+    /// Every method with its `--methods` name and the name the tables use (a gradient method
+    /// joins the comparison with its rows here).
     pub const ALL: [(MorphMethod, &'static str, &'static str); 9] = {
-        use MorphMethod::*;
+        use GradMethod::{AdjointDeis, Discrete, Tape};
         [
-            (None, "none", "no optimisation"),
+            (MorphMethod::None, "none", "no optimisation"),
             (
-                AdjointDeis {
-                    order: 1,
-                    sde: false,
-                },
+                by(AdjointDeis, 1, false),
                 "adjoint_deis_1",
                 "AdjointDEIS-1 (ODE)",
             ),
             (
-                AdjointDeis {
-                    order: 1,
-                    sde: true,
-                },
+                by(AdjointDeis, 1, true),
                 "adjoint_deis_1_sde",
                 "AdjointDEIS-1 (SDE)",
             ),
             (
-                AdjointDeis {
-                    order: 2,
-                    sde: false,
-                },
+                by(AdjointDeis, 2, false),
                 "adjoint_deis_2m",
                 "AdjointDEIS-2M (ODE)",
             ),
             (
-                AdjointDeis {
-                    order: 2,
-                    sde: true,
-                },
+                by(AdjointDeis, 2, true),
                 "adjoint_deis_2m_sde",
                 "AdjointDEIS-2M (SDE)",
             ),
+            (by(Discrete, 1, false), "discrete", "discrete adjoint (ODE)"),
             (
-                Discrete { sde: false },
-                "discrete",
-                "discrete adjoint (ODE)",
-            ),
-            (
-                Discrete { sde: true },
+                by(Discrete, 1, true),
                 "discrete_sde",
                 "discrete adjoint (SDE)",
             ),
-            (Tape { sde: false }, "tape", "full tape (ODE)"),
-            (Tape { sde: true }, "tape_sde", "full tape (SDE)"),
+            (by(Tape, 1, false), "tape", "full tape (ODE)"),
+            (by(Tape, 1, true), "tape_sde", "full tape (SDE)"),
         ]
     };
 
@@ -152,30 +135,27 @@ impl MorphMethod {
     pub fn sde(self) -> bool {
         match self {
             MorphMethod::None => false,
-            MorphMethod::AdjointDeis { sde, .. }
-            | MorphMethod::Discrete { sde }
-            | MorphMethod::Tape { sde } => sde,
+            MorphMethod::Gradient { sde, .. } => sde,
         }
     }
 
     /// The gradient method as a value (None: no optimisation), AdjointDEIS on its own grid of
     /// `adjoint_steps` steps when given.
     pub fn adjoint(self, adjoint_steps: Option<usize>) -> Option<Adjoint> {
-        Some(match self {
-            MorphMethod::None => return None,
-            MorphMethod::AdjointDeis { order, .. } => Adjoint::AdjointDeis {
+        let MorphMethod::Gradient { method, order, .. } = self else {
+            return None;
+        };
+        Some(match method.default_adjoint() {
+            Adjoint::AdjointDeis { states, .. } => Adjoint::AdjointDeis {
                 order: if order == 2 {
                     AdjointOrder::TwoM
                 } else {
                     AdjointOrder::One
                 },
                 steps: adjoint_steps.and_then(NonZeroUsize::new),
-                states: ContinuousStates::Record,
+                states,
             },
-            MorphMethod::Discrete { .. } => Adjoint::Discrete {
-                states: DiscreteStates::Record,
-            },
-            MorphMethod::Tape { .. } => Adjoint::Tape,
+            other => other,
         })
     }
 }

@@ -330,7 +330,8 @@ impl<M: MorphModels> Experiment<'_, M> {
                 if k == 0 {
                     // The discrete adjoint is the reference itself: no second gradient for it.
                     let a = flat(&g);
-                    let b = if method == (MorphMethod::Discrete { sde }) {
+                    let discrete = method.adjoint(None) == Some(Adjoint::default());
+                    let b = if discrete {
                         a.clone()
                     } else {
                         let exact = self.problem(sde).clone().with_adjoint(Adjoint::default())?;
