@@ -9,7 +9,7 @@
 
 use super::keys::Config;
 use super::sigmas::compiled;
-use super::{ddim_timesteps, final_zero, Common, Read, SchedulerClass};
+use super::{check_timesteps, ddim_timesteps, final_zero, Common, Read, SchedulerClass};
 use adeis_compiler::grid::{numpy_linspace, TimestepSpacing};
 use adeis_compiler::{FieldError, Method, SamplerSpec};
 
@@ -41,26 +41,7 @@ impl SchedulerClass for EulerDiscrete {
                 .map(|k| k as f64)
                 .collect(),
         };
-        if let Some(k) = timesteps
-            .iter()
-            .find(|k| !(0.0..=(n_train - 1) as f64).contains(*k))
-        {
-            return Err(FieldError::value(
-                "steps_offset",
-                common.offset,
-                format!("it puts timestep {k} outside 0..{n_train}"),
-            ));
-        }
-        if let Some(w) = timesteps.windows(2).find(|w| w[1] >= w[0]) {
-            return Err(FieldError::value(
-                "steps",
-                steps,
-                format!(
-                    "diffusers' timesteps for it repeat ({} then {}); use fewer steps",
-                    w[0], w[1]
-                ),
-            ));
-        }
+        check_timesteps(&timesteps, n_train, (common.offset, steps), "")?;
         // diffusers' sigma table and its linear interpolation (np.interp) at each timestep;
         // adeis's discrete schedule puts train timestep k at t = (k + 1) / T, and the grid's
         // times are where its e^{-lambda} is each sigma.

@@ -451,23 +451,13 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         ..
     } = common;
     c.reject_unknown()?;
-    if let Some(k) = indices.iter().find(|k| **k < 0 || **k >= n_train as i64) {
-        return Err(FieldError::value(
-            "steps_offset",
-            offset,
-            format!("it puts timestep {k} outside 0..{n_train}"),
-        ));
-    }
-    if let Some(w) = indices.windows(2).find(|w| w[1] >= w[0]) {
-        return Err(FieldError::value(
-            "steps",
-            steps,
-            format!(
-                "diffusers' timesteps for it repeat ({} then {}: its spacing rounds to whole train timesteps); use fewer steps",
-                w[0], w[1]
-            ),
-        ));
-    }
+    let whole: Vec<f64> = indices.iter().map(|k| *k as f64).collect();
+    check_timesteps(
+        &whole,
+        n_train,
+        (offset, steps),
+        ": its spacing rounds to whole train timesteps",
+    )?;
     if indices.len() < 2 {
         return Err(FieldError::value(
             "steps",
@@ -539,6 +529,37 @@ fn explicit_grid(
         timesteps: grid.timesteps,
         notes,
     })
+}
+
+/// Refuses timesteps outside 0..`n_train` (naming `steps_offset`, which shifts them there)
+/// and timesteps that repeat (naming `steps`; `why` says why they can).
+pub(crate) fn check_timesteps(
+    timesteps: &[f64],
+    n_train: usize,
+    (offset, steps): (i64, usize),
+    why: &str,
+) -> Result<(), FieldError> {
+    if let Some(k) = timesteps
+        .iter()
+        .find(|k| !(0.0..=(n_train - 1) as f64).contains(*k))
+    {
+        return Err(FieldError::value(
+            "steps_offset",
+            offset,
+            format!("it puts timestep {k} outside 0..{n_train}"),
+        ));
+    }
+    if let Some(w) = timesteps.windows(2).find(|w| w[1] >= w[0]) {
+        return Err(FieldError::value(
+            "steps",
+            steps,
+            format!(
+                "diffusers' timesteps for it repeat ({} then {}{why}); use fewer steps",
+                w[0], w[1]
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `solver_order` (default `default`, 1 to 3) and `lower_order_final` (default
