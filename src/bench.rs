@@ -44,6 +44,8 @@ pub struct BenchResult {
     pub method: String,
     /// AdjointDEIS's order, for that method.
     pub order: Option<usize>,
+    /// The sampler (order 1): ddim or rex.
+    pub sampler: String,
     /// Sampler steps N.
     pub steps: usize,
     /// Timed runs (the median is reported).
@@ -99,6 +101,9 @@ pub struct BenchOptions {
     pub repeat: usize,
     /// The discrete adjoint with binomial checkpointing (sqrt(N) slots) instead of recording.
     pub checkpoint: bool,
+    /// The sampler, at order 1: ddim, or rex (Euler tableau, the reversible coupling), which
+    /// the reversible gradient needs and every other method can run too.
+    pub sampler: Method,
 }
 
 impl BenchOptions {
@@ -126,6 +131,7 @@ impl BenchOptions {
                 states: ContinuousStates::Record,
             },
             GradMethod::Tape => Adjoint::Tape,
+            GradMethod::Reversible => Adjoint::Reversible,
         })
     }
 }
@@ -147,7 +153,7 @@ fn run_workload<Dev: NnDevice<f32>, const IN: usize, const H: usize, const D: us
         .map_err(adeis_compiler::Error::from)?
         .compile()
         .map_err(adeis_compiler::Error::from)?;
-    let problem = Problem::new(schedule, &SamplerSpec::new(Method::Ddim, 1, opts.steps))
+    let problem = Problem::new(schedule, &SamplerSpec::new(opts.sampler, 1, opts.steps))
         .map_err(adeis_compiler::Error::from)?
         .with_wrt(Wrt::ALL);
     let x_t = from_f64::<f32, Dev>(&dev, &normals(1, 0, batch * D), batch, D);
@@ -213,7 +219,7 @@ fn run_unet_workload<Dev: NnDevice<f32>>(
         .map_err(adeis_compiler::Error::from)?
         .compile()
         .map_err(adeis_compiler::Error::from)?;
-    let mut sampler = SamplerSpec::new(Method::Ddim, 1, opts.steps);
+    let mut sampler = SamplerSpec::new(opts.sampler, 1, opts.steps);
     sampler.grid = adeis_compiler::grid::GridKind::Explicit;
     sampler.train_indices = Some(even_train_indices(opts.steps));
     let problem = Problem::new(schedule, &sampler)
@@ -346,6 +352,7 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
             },
             order: matches!(method, BenchMethod::Gradient(GradMethod::AdjointDeis))
                 .then_some(opts.order),
+            sampler: opts.sampler.name().into(),
             steps,
             repeat,
             seconds,
@@ -409,10 +416,11 @@ impl BenchResult {
     /// One line for the terminal.
     pub fn to_text(&self) -> String {
         format!(
-            "{} {}{} N={}: {:.4} s/{} (median of {}), NFE {}, VJP {}, floor {:.4} s (forward {:.2} ms, VJP {:.2} ms), ratio {:.3}, peak memory {}",
+            "{} {}{} ({}) N={}: {:.4} s/{} (median of {}), NFE {}, VJP {}, floor {:.4} s (forward {:.2} ms, VJP {:.2} ms), ratio {:.3}, peak memory {}",
             self.workload,
             self.method,
             self.order.map(|o| format!(" order {o}")).unwrap_or_default(),
+            self.sampler,
             self.steps,
             self.seconds,
             if self.method == "sample" { "sample" } else { "gradient" },

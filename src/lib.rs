@@ -124,7 +124,7 @@ pub mod prelude {
     pub use adeis_compiler::schedule::{AlphaFormula, DiscreteBetas, SigmaFormula};
     pub use adeis_compiler::{
         Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, Equation, Expr, FieldError,
-        Method, Prediction, Problem, Program, Quantity, SamplerSpec, Schedule, ScheduleDef,
+        Method, Pred, Prediction, Problem, Program, Quantity, SamplerSpec, Schedule, ScheduleDef,
         ScheduleError, ScheduleSpec, ScheduleValues, Spec, Wrt,
     };
     pub use adeis_compiler::{GuidanceSpec, ThresholdingSpec};

@@ -186,3 +186,60 @@ fn diffusion_types_differentiate_the_grid_and_the_schedule() {
         .collect();
     assert_eq!(names, ["beta_min", "beta_max"]);
 }
+
+adeis::diffusion! {
+    /// A reversible sampler with its exact gradient by the inverse sweep.
+    pub Reversing {
+        schedule: vp_linear,
+        equation: ode,
+        prediction: eps,
+        sampler: rex(order = 2, tableau = heun, coupling = 0.99, form = eps, steps = 6),
+        gradient: reversible,
+        wrt: [x_t, times],
+        loss: squared_norm,
+    }
+}
+
+#[test]
+fn a_reversible_sampler_and_its_gradient_are_declared() {
+    let dev = Cpu::default();
+    let model = GaussianModel {
+        mu: 0.2,
+        s2: 0.5,
+        dim: 3,
+    };
+    let x_t = from_f64::<f64, Cpu>(&dev, &normals(4, 0, 6), 2, 3);
+    let sp = Reversing::sampler();
+    assert_eq!(sp.coupling, 0.99);
+    assert_eq!(sp.form, Some(Pred::Eps));
+    let (_, g) = Reversing::gradient(&model, &x_t, None, 0).unwrap();
+    assert!(g.reconstruction.unwrap() < 1e-13, "{:?}", g.reconstruction);
+    // The discrete adjoint of the same plan: the same gradient.
+    let problem = Reversing::problem().unwrap();
+    let exact = problem.clone().with_adjoint(Adjoint::default()).unwrap();
+    let x0 = to_f64(
+        &sample(
+            problem.plan(),
+            &ModelFn::new(&model),
+            &Input::new(&x_t, None, &NoiseSource::Seeded(0)),
+            false,
+        )
+        .unwrap()
+        .x,
+    );
+    let cot = from_f64::<f64, Cpu>(&dev, &x0.iter().map(|v| 2.0 * v).collect::<Vec<_>>(), 2, 3);
+    let noise = NoiseSource::Seeded(0);
+    let d = gradient(
+        &exact,
+        &ModelFn::new(&model),
+        &Input::new(&x_t, None, &noise),
+        |_| Ok(cot.clone()),
+    )
+    .unwrap();
+    for (a, b) in to_f64(&g.dx_t).iter().zip(to_f64(&d.dx_t)) {
+        assert!((a - b).abs() < 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    for (a, b) in g.dtimes.unwrap().iter().zip(d.dtimes.unwrap()) {
+        assert!((a - b).abs() < 1e-10 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}

@@ -94,3 +94,63 @@ fn spec_errors_are_clear() {
     .to_string();
     assert!(e.contains("at `schedule.sigma_max`"), "{e}");
 }
+
+#[test]
+fn a_rex_sampler_takes_a_tableau_as_arrays_and_the_reversible_gradient() {
+    let text = |tableau: &str, order: usize, extra: &str| {
+        format!(
+            "[schedule]\nkind = \"vp_linear\"\n\n[sampler]\nmethod = \"rex\"\norder = {order}\nsteps = 5\ntableau = {tableau}\n{extra}\n[gradient]\nmethod = \"reversible\"\nwrt = [\"x_t\", \"times\"]\n"
+        )
+    };
+    let problem = |t: String| -> Result<adeis::compiler::Problem, String> {
+        let spec = parse_spec(&t, SpecFormat::Toml).map_err(|e| e.to_string())?;
+        adeis::compiler::Problem::from_spec(&spec).map_err(|e| e.to_string())
+    };
+    // Heun's tableau as arrays is the named one: the same plan.
+    let given = problem(text(
+        "{ c = [0.0, 1.0], a = [[0.0, 0.0], [1.0, 0.0]], b = [0.5, 0.5] }",
+        2,
+        "coupling = 0.95",
+    ))
+    .unwrap();
+    let named = problem(text("\"heun\"", 2, "coupling = 0.95")).unwrap();
+    assert_eq!(given.plan().instrs, named.plan().instrs);
+    assert!(given.plan().reversal.is_some());
+    assert!(
+        given.plan().description.contains("tableau given"),
+        "{}",
+        given.plan().description
+    );
+    // Errors name the key and say what is allowed.
+    let e = problem(text("\"rk5\"", 2, "")).unwrap_err();
+    assert!(e.starts_with("sampler.tableau: tableau = \"rk5\": a named tableau (euler, midpoint, heun, ralston3, heun3, rk4)"), "{e}");
+    let e = problem(text("\"rk4\"", 2, "")).unwrap_err();
+    assert!(
+        e.contains("sampler.order") && e.contains("tableau `rk4` has order 4"),
+        "{e}"
+    );
+    let e = problem(text("\"euler\"", 1, "coupling = 1.5")).unwrap_err();
+    assert!(
+        e.starts_with("sampler.coupling: coupling = 1.5: the coupling zeta is in (0, 1]"),
+        "{e}"
+    );
+    let e = problem(text(
+        "{ c = [0.0, 0.5], a = [[0.0, 0.0], [1.0, 0.0]], b = [0.5, 0.5] }",
+        2,
+        "",
+    ))
+    .unwrap_err();
+    assert!(e.contains("c[1] = 0.5 but row 1 of a sums to 1"), "{e}");
+    // An option of rex on another method, and the reversible gradient on a sampler without an
+    // inverse, say why.
+    let e = problem(
+        "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\ncoupling = 0.9\n".into(),
+    )
+    .unwrap_err();
+    assert!(e.contains("sampler.coupling") && e.contains("rex"), "{e}");
+    let e = problem(
+        "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\n[gradient]\nmethod = \"reversible\"\n".into(),
+    )
+    .unwrap_err();
+    assert!(e.starts_with("gradient.method") && e.contains("rex"), "{e}");
+}

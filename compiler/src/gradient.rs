@@ -19,15 +19,19 @@ pub enum GradMethod {
     Discrete,
     /// The whole loop on dfdx's tape (reference; memory grows with the steps).
     Tape,
+    /// A reversible sampler's (rex) exact gradient by its algebraic inverse: no recorded or
+    /// checkpointed states, memory independent of the steps.
+    Reversible,
 }
 
 impl GradMethod {
     /// Every method, as the spec, the DSL and the commands name them (one list that each of
     /// them parses with [`str::parse`]).
-    pub const ALL: [GradMethod; 3] = [
+    pub const ALL: [GradMethod; 4] = [
         GradMethod::Discrete,
         GradMethod::AdjointDeis,
         GradMethod::Tape,
+        GradMethod::Reversible,
     ];
 
     /// The method's name in specs, the DSL and on the command line.
@@ -36,6 +40,7 @@ impl GradMethod {
             GradMethod::AdjointDeis => "adjoint_deis",
             GradMethod::Discrete => "discrete",
             GradMethod::Tape => "tape",
+            GradMethod::Reversible => "reversible",
         }
     }
 
@@ -50,6 +55,7 @@ impl GradMethod {
                 states: ContinuousStates::Record,
             },
             GradMethod::Tape => Adjoint::Tape,
+            GradMethod::Reversible => Adjoint::Reversible,
         }
     }
 }
@@ -116,7 +122,7 @@ fn d_wrt() -> Vec<WrtKey> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GradientSpec {
-    /// discrete, adjoint_deis or tape.
+    /// discrete, adjoint_deis, tape or reversible.
     #[serde(default)]
     pub method: GradMethod,
     /// 1 or 2, for adjoint_deis (default 1).
@@ -172,7 +178,7 @@ impl GradientSpec {
                     "adjoint_deis has orders 1 and 2 (AdjointDEIS-1 and -2M)",
                 ))
             }
-            (GradMethod::Discrete | GradMethod::Tape, Some(o)) => {
+            (GradMethod::Discrete | GradMethod::Tape | GradMethod::Reversible, Some(o)) => {
                 return Err(FieldError::value(
                     "order",
                     o,
@@ -203,6 +209,9 @@ impl GradientSpec {
             }
             (GradMethod::AdjointDeis, States::Checkpoint) => {
                 return err("states", "states = \"checkpoint\" is for the discrete adjoint; adjoint_deis records or back-solves".into())
+            }
+            (GradMethod::Reversible, s) if s != States::Record => {
+                return err("states", "the reversible gradient reconstructs its states by the sampler's inverse; `states` is for adjoint_deis and discrete".into())
             }
             _ => {}
         }
@@ -346,6 +355,9 @@ pub enum Adjoint {
     },
     /// The whole loop on dfdx's tape (the reference; memory grows with the steps).
     Tape,
+    /// A reversible sampler's exact gradient through its algebraic inverse (no recorded
+    /// states; the plan must have a [`Reversal`](crate::plan::Reversal)).
+    Reversible,
 }
 
 impl Default for Adjoint {
@@ -363,6 +375,7 @@ impl Adjoint {
             Adjoint::Discrete { .. } => GradMethod::Discrete,
             Adjoint::AdjointDeis { .. } => GradMethod::AdjointDeis,
             Adjoint::Tape => GradMethod::Tape,
+            Adjoint::Reversible => GradMethod::Reversible,
         }
     }
 }
@@ -394,6 +407,7 @@ impl GradientSpec {
                 },
             },
             GradMethod::Tape => Adjoint::Tape,
+            GradMethod::Reversible => Adjoint::Reversible,
         })
     }
 

@@ -26,7 +26,9 @@ pub use expr::{Expr, Func, Name, Table};
 pub use gradient::{
     Adjoint, AdjointOrder, ContinuousStates, DiscreteStates, GradMethod, GradientSpec, Wrt, WrtKey,
 };
-pub use plan::{FinalDenoise, GridSens, Instr, Operand, Plan, Pred, TimeDerivs, TimeInfo};
+pub use plan::{
+    FinalDenoise, GridSens, Instr, Operand, Plan, Pred, Reversal, ReverseStep, TimeDerivs, TimeInfo,
+};
 pub use problem::Problem;
 pub use program::{Program, ProgramError};
 pub use sampler::{build_plan, build_plan_on, Equation, Method, Prediction, SamplerSpec};

@@ -202,6 +202,34 @@ pub struct Plan {
     /// How each grid time moves with each schedule parameter when the grid is defined through
     /// the schedule (logsnr and karras grids: `[point][parameter]`); zeros for given times.
     pub grid_param_sens: Vec<Vec<f64>>,
+    /// How a reversible sampler's plan runs backwards, step by step (None: the sampler is not
+    /// algebraically reversible).
+    pub reversal: Option<Reversal>,
+}
+
+/// The algebraic inverse of a reversible sampler's plan (Rex, BDIA, EDICT), step by step:
+/// what the reversible gradient runs to reconstruct the states of each step from those of
+/// the next, and what exact inversion runs to encode. The plan's slot numbers are kept: an
+/// inverse program redefines the slots its step read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reversal {
+    /// One entry per grid step, in the plan's order.
+    pub steps: Vec<ReverseStep>,
+    /// The states that carry the sampler past its last grid step (x_N and its companion):
+    /// what the backward sweep starts from.
+    pub last: Vec<usize>,
+}
+
+/// The inverse of one grid step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReverseStep {
+    /// Instructions that, run on the states the step carried forward (the next step's
+    /// `carried`, or [`Reversal::last`]), define every slot the step's own instructions read:
+    /// its evaluations' outputs and stage states again, and `carried`.
+    pub inverse: Vec<Instr>,
+    /// The states the step started from (x_n and its companion; the same slot twice where
+    /// they coincide, as at x_T).
+    pub carried: Vec<usize>,
 }
 
 impl Plan {
@@ -211,6 +239,18 @@ impl Plan {
             .iter()
             .filter(|i| matches!(i, Instr::Eval { .. }))
             .count()
+    }
+
+    /// The model evaluations of the reversal's inverse steps (0 for a plan without one): what
+    /// the reversible gradient evaluates beyond the forward sweep.
+    pub fn inverse_nfe(&self) -> usize {
+        self.reversal.as_ref().map_or(0, |r| {
+            r.steps
+                .iter()
+                .flat_map(|s| &s.inverse)
+                .filter(|i| matches!(i, Instr::Eval { .. }))
+                .count()
+        })
     }
 
     /// The grid's steps.
@@ -309,6 +349,7 @@ pub struct PlanBuilder<'a> {
     n_outputs: usize,
     n_noises: usize,
     step: usize,
+    reversal: Option<Reversal>,
 }
 
 impl<'a> PlanBuilder<'a> {
@@ -346,6 +387,7 @@ impl<'a> PlanBuilder<'a> {
             n_outputs: 0,
             n_noises: 0,
             step: 0,
+            reversal: None,
         }
     }
 
@@ -481,6 +523,39 @@ impl<'a> PlanBuilder<'a> {
         }
     }
 
+    /// As [`PlanBuilder::combine_at_grid_with_sens`] for a state at grid point `i` that is
+    /// not the one holding there (a reversible sampler's companion state).
+    pub fn combine_beside_grid_with_sens(
+        &mut self,
+        i: usize,
+        terms: Vec<(Operand, f64)>,
+        sens: Vec<GridSens>,
+    ) -> usize {
+        assert_eq!(terms.len(), sens.len(), "one sensitivity per term");
+        self.combine(self.grid_time(i), terms, Some(sens))
+    }
+
+    /// The number of instructions emitted so far.
+    pub fn instr_count(&self) -> usize {
+        self.instrs.len()
+    }
+
+    /// The instructions emitted from index `from` on.
+    pub fn instrs_from(&self, from: usize) -> &[Instr] {
+        &self.instrs[from..]
+    }
+
+    /// Records the inverse of the grid step just emitted (the steps' inverses come in the
+    /// plan's order) and, as the states it carried forward, the plan's last ones so far.
+    pub fn push_inverse(&mut self, step: ReverseStep, carried_forward: Vec<usize>) {
+        let r = self.reversal.get_or_insert_with(|| Reversal {
+            steps: vec![],
+            last: vec![],
+        });
+        r.steps.push(step);
+        r.last = carried_forward;
+    }
+
     /// A new intermediate state at time `t` (a singlestep stage), off the grid.
     pub fn combine_at_stage(&mut self, t: f64, terms: Vec<(Operand, f64)>) -> usize {
         let time = self.stage_time(t, None);
@@ -535,6 +610,7 @@ impl<'a> PlanBuilder<'a> {
             state_params: self.state_params,
             params_differentiated: self.schedule.param_names().len() <= MAX_DUAL_PARAMS,
             grid_param_sens: vec![],
+            reversal: self.reversal,
         }
     }
 }

@@ -54,6 +54,16 @@ impl Problem {
 
     /// The same problem with another gradient method (AdjointDEIS is compiled here).
     pub fn with_adjoint(mut self, adjoint: Adjoint) -> Result<Problem, FieldError> {
+        if adjoint == Adjoint::Reversible && self.plan.reversal.is_none() {
+            return Err(FieldError::value(
+                "method",
+                "\"reversible\"",
+                format!(
+                    "the reversible gradient runs an algebraically reversible sampler backwards (sampler method = \"rex\"); `{}` is not one: use \"discrete\" (or \"tape\", \"adjoint_deis\")",
+                    self.sampler.method.name()
+                ),
+            ));
+        }
         self.deis = match adjoint {
             Adjoint::AdjointDeis { order, steps, .. } => Some(AdjointDeisPlan::new(
                 &self.schedule,

@@ -135,6 +135,85 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
         }
     }
 
+    /// Runs the instructions of a program over the plan's slots (a reversible sampler's
+    /// inverse step), keeping everything it defines.
+    pub fn run_program(
+        &mut self,
+        slots: &mut Slots<E, D>,
+        program: &[Instr],
+    ) -> Result<(), RuntimeError> {
+        for ins in program {
+            self.execute(slots, ins)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps these states whatever their last reader (what a backward sweep starts from).
+    pub fn pin(&mut self, states: &[usize]) {
+        for s in states {
+            self.last_state[*s] = usize::MAX;
+        }
+    }
+
+    /// One instruction: a model evaluation or an affine combination into its slot.
+    fn execute(&mut self, slots: &mut Slots<E, D>, ins: &Instr) -> Result<(), RuntimeError> {
+        match ins {
+            Instr::Eval {
+                out,
+                input,
+                time,
+                pred,
+                step,
+            } => {
+                // Ctrl-C is honoured within one model evaluation, at any number of steps.
+                crate::interrupt::check_with(|| format!("step {step} of the sampler"))?;
+                let x = slots.states.get(input).expect("plan order");
+                let o = self.model.predict(x, self.z, time, *pred);
+                self.nfe += 1;
+                if !o.is_finite() {
+                    return Err(RuntimeError::NonFinite {
+                        what: "the model output".into(),
+                        step: *step,
+                        t: time.t,
+                    });
+                }
+                slots.outs.insert(*out, o);
+            }
+            Instr::Combine { dst, terms, step } => {
+                // The SDE noises are drawn here; the states and outputs are read in place.
+                let noises = terms
+                    .iter()
+                    .filter_map(|(op, _)| match op {
+                        Operand::Noise(i) => Some(self.noise.get(*i, &self.x_t)),
+                        _ => None,
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut noise = noises.iter();
+                let operands: Vec<(&State<E, D>, f64)> = terms
+                    .iter()
+                    .map(|(op, c)| {
+                        let v = match op {
+                            Operand::State(s) => slots.states.get(s).expect("plan order"),
+                            Operand::Out(o) => slots.outs.get(o).expect("plan order"),
+                            Operand::Noise(_) => noise.next().expect("drawn above"),
+                        };
+                        (v, *c)
+                    })
+                    .collect();
+                let (new, finite) = State::combination(&operands);
+                if !finite {
+                    return Err(RuntimeError::NonFinite {
+                        what: "the state".into(),
+                        step: *step,
+                        t: self.plan.state_time(*dst),
+                    });
+                }
+                slots.states.insert(*dst, new);
+            }
+        }
+        Ok(())
+    }
+
     /// Runs instructions `from..to`. With `keep`, no state is freed (a recording run);
     /// otherwise each state is dropped after its last reader. Outputs always are.
     pub fn run(
@@ -144,61 +223,9 @@ impl<'p, 'm, E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized> Exec<'p, 'm, E,
         to: usize,
         keep: bool,
     ) -> Result<(), RuntimeError> {
+        let plan = self.plan;
         for k in from..to {
-            match &self.plan.instrs[k] {
-                Instr::Eval {
-                    out,
-                    input,
-                    time,
-                    pred,
-                    step,
-                } => {
-                    // Ctrl-C is honoured within one model evaluation, at any number of steps.
-                    crate::interrupt::check_with(|| format!("step {step} of the sampler"))?;
-                    let x = slots.states.get(input).expect("plan order");
-                    let o = self.model.predict(x, self.z, time, *pred);
-                    self.nfe += 1;
-                    if !o.is_finite() {
-                        return Err(RuntimeError::NonFinite {
-                            what: "the model output".into(),
-                            step: *step,
-                            t: time.t,
-                        });
-                    }
-                    slots.outs.insert(*out, o);
-                }
-                Instr::Combine { dst, terms, step } => {
-                    // The SDE noises are drawn here; the states and outputs are read in place.
-                    let noises = terms
-                        .iter()
-                        .filter_map(|(op, _)| match op {
-                            Operand::Noise(i) => Some(self.noise.get(*i, &self.x_t)),
-                            _ => None,
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let mut noise = noises.iter();
-                    let operands: Vec<(&State<E, D>, f64)> = terms
-                        .iter()
-                        .map(|(op, c)| {
-                            let v = match op {
-                                Operand::State(s) => slots.states.get(s).expect("plan order"),
-                                Operand::Out(o) => slots.outs.get(o).expect("plan order"),
-                                Operand::Noise(_) => noise.next().expect("drawn above"),
-                            };
-                            (v, *c)
-                        })
-                        .collect();
-                    let (new, finite) = State::combination(&operands);
-                    if !finite {
-                        return Err(RuntimeError::NonFinite {
-                            what: "the state".into(),
-                            step: *step,
-                            t: self.plan.state_time(*dst),
-                        });
-                    }
-                    slots.states.insert(*dst, new);
-                }
-            }
+            self.execute(slots, &plan.instrs[k])?;
             // Free what this instruction read for the last time. Model outputs go even when
             // recording, unless asked for: the adjoints need only the states.
             match &self.plan.instrs[k] {

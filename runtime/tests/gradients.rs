@@ -18,7 +18,7 @@ use adeis_runtime::{
 use dfdx::prelude::*;
 
 mod common;
-use common::{fitted_order, spec, vp};
+use common::{fitted_order, rel_err, spec, vp};
 
 type Dev = Cpu;
 const DIM: usize = 3;
@@ -33,17 +33,6 @@ fn linear_loss(
     a0: State<f64, Dev>,
 ) -> impl FnOnce(&State<f64, Dev>) -> Result<State<f64, Dev>, RuntimeError> {
     move |_| Ok(a0)
-}
-
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let num = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    num / den
 }
 
 /// The exact gradients of L = sum(a0 x0) for Gaussian data (docs/math.md section 4), mu as z.

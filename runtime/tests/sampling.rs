@@ -9,7 +9,7 @@ use adeis_runtime::{from_f64, sample, to_f64, Denoiser, Input, ModelFn, NoiseSou
 use dfdx::prelude::*;
 
 mod common;
-use common::{fitted_order, spec, vp};
+use common::{fitted_order, gaussian_exact, spec, vp};
 
 type Dev = Cpu;
 
@@ -26,19 +26,6 @@ fn gaussian() -> GaussianModel {
         s2: 0.3,
         dim: DIM,
     }
-}
-
-/// The probability-flow ODE's exact map for Gaussian data (docs/math.md section 4).
-fn gaussian_exact(schedule: &Schedule, x_t: &[f64], g: &GaussianModel) -> Vec<f64> {
-    let (ti, tf) = (
-        schedule.time_info(schedule.t_max()),
-        schedule.time_info(schedule.t_min()),
-    );
-    let v = |t: &adeis_runtime::TimeInfo| t.alpha * t.alpha * g.s2 + t.sigma * t.sigma;
-    let k = (v(&tf) / v(&ti)).sqrt();
-    x_t.iter()
-        .map(|x| tf.alpha * g.mu + k * (x - ti.alpha * g.mu))
-        .collect()
 }
 
 fn run<M: Denoiser<f64, Dev>>(

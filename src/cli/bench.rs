@@ -14,7 +14,7 @@ pub struct BenchArgs {
     /// cpu, or cuda (a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// sample, discrete, adjoint_deis or tape.
+    /// sample, discrete, adjoint_deis, tape or reversible.
     #[arg(long, default_value = "discrete")]
     pub method: String,
     /// AdjointDEIS order (1 or 2).
@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// States of the discrete adjoint: record or checkpoint (sqrt(N) slots).
     #[arg(long, default_value = "record")]
     pub states: String,
+    /// The sampler, at order 1: ddim, or rex (Euler tableau, reversible coupling); default
+    /// rex for --method reversible, ddim otherwise.
+    #[arg(long)]
+    pub sampler: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -59,6 +63,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if checkpoint && method != BenchMethod::Gradient(GradMethod::Discrete) {
         bail!("--states checkpoint is for --method discrete");
     }
+    use adeis::compiler::Method;
+    let sampler = match a.sampler.as_deref() {
+        None if method == BenchMethod::Gradient(GradMethod::Reversible) => Method::Rex,
+        None | Some("ddim") => Method::Ddim,
+        Some("rex") => Method::Rex,
+        Some(other) => bail!("--sampler {other}: ddim or rex"),
+    };
     let r = run(&BenchOptions {
         workload: a.workload,
         device: a.device,
@@ -67,6 +78,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         steps: a.steps,
         repeat: a.repeat,
         checkpoint,
+        sampler,
     })
     .map_err(|e| match e {
         adeis::Error::Option(fe) => option_error(fe),

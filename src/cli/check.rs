@@ -139,6 +139,8 @@ pub fn run(
         GradMethod::Discrete => (plan.nfe(), plan.nfe()),
         GradMethod::AdjointDeis => (gradient.steps.unwrap_or(plan.steps()), plan.nfe()),
         GradMethod::Tape => (0, plan.nfe()),
+        // The forward sweep, then each step's inverse evaluates the step's stages again.
+        GradMethod::Reversible => (plan.nfe(), plan.nfe() + plan.inverse_nfe()),
     };
     println!(
         "\ngradient: {}{}{}, wrt [{}]: forward NFE {nfe}, VJPs {vjps}{}",

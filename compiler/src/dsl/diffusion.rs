@@ -233,6 +233,36 @@ impl DiffusionDecl {
                     OptValue::Num(v, _) => sp.rho = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
                 },
+                "coupling" => match o.value {
+                    OptValue::Num(v, _) => sp.coupling = v,
+                    _ => return Err(syn::Error::new(o.value.span(), "`coupling` takes a number")),
+                },
+                "tableau" => {
+                    let OptValue::Word(w) = &o.value else {
+                        return Err(syn::Error::new(
+                            o.value.span(),
+                            "`tableau` takes a name (a tableau given as arrays goes in a spec file)",
+                        ));
+                    };
+                    let names: Vec<(&str, &str)> = crate::sampler::Tableau::NAMES
+                        .iter()
+                        .map(|(n, _)| (*n, *n))
+                        .collect();
+                    let name = word(w, &names)?;
+                    sp.tableau = Some(crate::sampler::TableauSpec::Named(name.into()));
+                }
+                "form" => {
+                    let OptValue::Word(w) = &o.value else {
+                        return Err(syn::Error::new(o.value.span(), "`form` takes data or eps"));
+                    };
+                    sp.form = Some(word(
+                        w,
+                        &[
+                            ("data", crate::plan::Pred::Data),
+                            ("eps", crate::plan::Pred::Eps),
+                        ],
+                    )?);
+                }
                 "grid" | "solver_type" | "variant" | "third_order" | "deis_basis" | "stages" => {
                     let OptValue::Word(w) = &o.value else {
                         return Err(syn::Error::new(
@@ -342,6 +372,9 @@ impl DiffusionDecl {
                         "denoise_to_zero",
                         "count_final_step",
                         "euler_at_final",
+                        "tableau",
+                        "coupling",
+                        "form",
                     ];
                     let hint = did_you_mean(&k, keys)
                         .map(|h| format!("; did you mean `{h}`?"))
@@ -701,6 +734,21 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     }
     let rho = sp.rho;
     field(sp.rho != d.rho, "rho", quote!(#rho));
+    let coupling = sp.coupling;
+    field(sp.coupling != d.coupling, "coupling", quote!(#coupling));
+    if let Some(crate::sampler::TableauSpec::Named(name)) = &sp.tableau {
+        field(
+            true,
+            "tableau",
+            quote!(::std::option::Option::Some(
+                #krate::compiler::sampler::TableauSpec::Named(::std::string::String::from(#name))
+            )),
+        );
+    }
+    if let Some(form) = sp.form {
+        let form = variant(krate, quote!(Pred), &form);
+        field(true, "form", quote!(::std::option::Option::Some(#form)));
+    }
     let method = variant(krate, quote!(Method), &sp.method);
     let (order, steps) = (sp.order, sp.steps);
     quote! {

@@ -45,6 +45,10 @@ impl Dual {
         self.chain(e, e)
     }
 
+    pub fn ln(self) -> Dual {
+        self.chain(self.v.ln(), 1.0 / self.v)
+    }
+
     pub fn exp_m1(self) -> Dual {
         self.chain(self.v.exp_m1(), self.v.exp())
     }

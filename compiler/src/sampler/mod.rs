@@ -8,7 +8,8 @@
 //! - `family.rs`: the `Family` trait each family implements (its own options'
 //!   rules, its words in the description, its steps) and the plan under construction.
 //! - The families: `multistep.rs` (DDIM, DPM-Solver, DPM-Solver++ and their SDE forms, with the
-//!   singlestep forms `singlestep.rs` and `grid_stages.rs`), `deis.rs`, `unipc.rs`.
+//!   singlestep forms `singlestep.rs` and `grid_stages.rs`), `deis.rs`, `unipc.rs`, `rex.rs`
+//!   (reversible: it emits each step's inverse too) with its Butcher tableaus (`tableau.rs`).
 //! - `sens.rs`: the coefficients' sensitivities to the grid and the schedule's parameters;
 //!   `build.rs`: the plan builder.
 //!
@@ -27,9 +28,11 @@ mod grid_stages;
 mod multistep;
 mod options;
 pub mod registry;
+mod rex;
 mod sens;
 mod singlestep;
 mod spec;
+pub mod tableau;
 mod unipc;
 
 pub use build::{build_plan, build_plan_on};
@@ -37,3 +40,4 @@ pub use grid_stages::grid_orders;
 pub use options::{DeisBasis, Equation, Prediction, SolverType, Stages, ThirdOrder, UnipcVariant};
 pub use registry::Method;
 pub use spec::SamplerSpec;
+pub use tableau::{Tableau, TableauSpec};

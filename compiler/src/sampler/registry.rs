@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::family::Family;
-use super::{deis, multistep, unipc};
+use super::{deis, multistep, rex, unipc};
 use crate::plan::Pred;
 
 /// The sampler methods (`[sampler] method`), in the registry's order.
@@ -27,6 +27,9 @@ pub enum Method {
     SdeDpmSolver,
     /// SDE-DPM-Solver++ 1 and 2M (data form; always the SDE).
     SdeDpmSolverPp,
+    /// Rex: a Runge-Kutta tableau in Lawson's variables with the reversible coupling (exact
+    /// algebraic inverse; the `reversible` gradient).
+    Rex,
 }
 
 /// One row of the catalogue.
@@ -57,7 +60,7 @@ const DPM_UPDATES: &[&str] = &["solver_type", "third_order"];
 const DPM_FORMS: &[&str] = &["solver_type", "third_order", "multistep", "stages"];
 
 /// The catalogue, one row a method.
-pub(crate) const REGISTRY: [Entry; 7] = [
+pub(crate) const REGISTRY: [Entry; 8] = [
     Entry {
         method: Method::Ddim,
         name: "ddim",
@@ -135,12 +138,23 @@ pub(crate) const REGISTRY: [Entry; 7] = [
         multistep_by_default: true,
         options: &["solver_type", "third_order", "stages"],
     },
+    Entry {
+        method: Method::Rex,
+        name: "rex",
+        family: &rex::Rex,
+        form: Pred::Data,
+        orders: &[1, 2, 3, 4],
+        sde_orders: &[],
+        sde_only: false,
+        multistep_by_default: false,
+        options: &["tableau", "coupling", "form"],
+    },
 ];
 
 /// The options that belong to some methods only (a row's `options` names them), and what a
 /// spec that gives one to a method without it is told (`{m}`: the method; `{with}`: the
 /// methods that have it).
-pub(crate) const OWNED_OPTIONS: [(&str, &str); 8] = [
+pub(crate) const OWNED_OPTIONS: [(&str, &str); 11] = [
     ("variant", "`variant` is UniPC's; method `{m}` has none"),
     ("corrector", "`corrector` is UniPC's; method `{m}` has none"),
     (
@@ -166,6 +180,18 @@ pub(crate) const OWNED_OPTIONS: [(&str, &str); 8] = [
     (
         "stages",
         "\"grid\" is singlestep DPM-Solver's ({with}); method `{m}` has no stages",
+    ),
+    (
+        "tableau",
+        "`tableau` is the Runge-Kutta tableau of {with}; method `{m}` has its own steps",
+    ),
+    (
+        "coupling",
+        "`coupling` is the reversible coupling of {with}; method `{m}` is not reversible",
+    ),
+    (
+        "form",
+        "`form` (data | eps) chooses the Lawson variables of {with}; method `{m}` has its form fixed",
     ),
 ];
 

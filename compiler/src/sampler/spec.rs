@@ -9,10 +9,12 @@ use super::options::{
     DeisBasis, Equation, Prediction, SolverType, Stages, ThirdOrder, UnipcVariant,
 };
 use super::registry::Method;
+use super::tableau::TableauSpec;
 use crate::error::{first_rise, FieldError};
 use crate::grid::{
     check_grid, make_grid, spacing_timesteps, train_index_times, GridKind, TimestepSpacing,
 };
+use crate::plan::Pred;
 use crate::schedule::Schedule;
 
 fn d_true() -> bool {
@@ -26,6 +28,12 @@ fn d_steps() -> usize {
 }
 fn d_rho() -> f64 {
     7.0
+}
+fn d_coupling() -> f64 {
+    super::rex::DEFAULT_COUPLING
+}
+fn is_default_coupling(z: &f64) -> bool {
+    *z == d_coupling()
 }
 fn is_false(b: &bool) -> bool {
     !*b
@@ -118,6 +126,17 @@ pub struct SamplerSpec {
     /// them as constants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_times: Option<Vec<f64>>,
+    /// Rex's Butcher tableau: a name (euler, midpoint, heun, ralston3, heun3, rk4) or arrays
+    /// `{ c, a, b }`; absent: the default tableau of `order`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tableau: Option<TableauSpec>,
+    /// Rex's reversible coupling zeta, in (0, 1].
+    #[serde(default = "d_coupling", skip_serializing_if = "is_default_coupling")]
+    pub coupling: f64,
+    /// Rex's Lawson variables: the data form (gamma = alpha/sigma, the default) or the noise
+    /// form (chi = sigma/alpha).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<Pred>,
 }
 
 fn default_grid() -> GridKind {
@@ -152,6 +171,9 @@ impl SamplerSpec {
             timestep_spacing: None,
             steps_offset: None,
             model_times: None,
+            tableau: None,
+            coupling: d_coupling(),
+            form: None,
         }
     }
 
@@ -243,6 +265,9 @@ impl SamplerSpec {
             ("stages", self.stages != Stages::default()),
             ("disable_corrector", !self.disable_corrector.is_empty()),
             ("deis_basis", self.deis_basis != DeisBasis::default()),
+            ("tableau", self.tableau.is_some()),
+            ("coupling", !is_default_coupling(&self.coupling)),
+            ("form", self.form.is_some()),
         ];
         for (key, set) in owned_set {
             if let (true, Some(why)) = (set, self.method.refuses(key)) {

@@ -131,6 +131,7 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         dschedule: None,
         nfe: exec.nfe,
         vjps,
+        reconstruction: None,
     })
 }
 

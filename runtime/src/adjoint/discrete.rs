@@ -15,7 +15,9 @@ use crate::model_fn::ModelFn;
 use crate::noise::NoiseSource;
 use crate::state::State;
 
-struct Reverse<'a, E: Dtype, D: Device<E>, G> {
+/// The transposition of a plan's instructions, with the cotangents pending by slot (shared
+/// with the reversible gradient, which runs it on reconstructed states).
+pub(super) struct Reverse<'a, E: Dtype, D: Device<E>, G> {
     // Pending cotangents by slot: sparse, so the bookkeeping does not grow with the steps.
     xbar: HashMap<usize, State<E, D>>,
     obar: HashMap<usize, State<E, D>>,
@@ -38,9 +40,70 @@ fn dot<E: Dtype, D: Device<E>>(a: &State<E, D>, b: &State<E, D>) -> f64 {
     a.to_f64().iter().zip(b.to_f64()).map(|(p, q)| p * q).sum()
 }
 
-impl<E: Dtype, D: Device<E>, G> Reverse<'_, E, D, G> {
+impl<'a, E: Dtype, D: Device<E>, G> Reverse<'a, E, D, G> {
+    /// Nothing transposed yet, for the gradient with respect to `wrt`.
+    pub(super) fn new<M: Denoiser<E, D, Grads = G> + ?Sized>(
+        plan: &'a Plan,
+        model: &ModelFn<E, D, M>,
+        input: &Input<'a, E, D>,
+        wrt: Wrt,
+    ) -> Self {
+        let sensitivities = wrt.times || wrt.schedule;
+        Reverse {
+            xbar: HashMap::new(),
+            obar: HashMap::new(),
+            zbar: None,
+            theta: wrt.params.then(|| model.model.zero_grads()),
+            wrt,
+            vjps: 0,
+            plan,
+            dtimes: sensitivities.then(|| vec![0.0; plan.grid.len() + plan.param_names.len()]),
+            noise: input.noise,
+            x_t: input.x_t,
+        }
+    }
+
+    /// Seeds the cotangent of the plan's output.
+    pub(super) fn seed(&mut self, output: usize, g: State<E, D>) {
+        self.xbar.insert(output, g);
+    }
+
+    /// The gradient once every instruction is transposed: dL/dx_T is the cotangent of slot 0.
+    pub(super) fn finish(
+        mut self,
+        input: &Input<'_, E, D>,
+        x0: State<E, D>,
+        nfe: usize,
+    ) -> Gradient<E, D, G> {
+        let dx_t = self
+            .xbar
+            .remove(&0)
+            .unwrap_or_else(|| input.x_t.zeros_like());
+        let (dtimes, dschedule) = match self.dtimes.take() {
+            None => (None, None),
+            Some(acc) => super::shared::finish_sens(self.plan, self.wrt, acc),
+        };
+        Gradient {
+            x0,
+            dx_t,
+            dz: if self.wrt.cond {
+                input
+                    .cond
+                    .map(|z| self.zbar.take().unwrap_or_else(|| z.zeros_like()))
+            } else {
+                None
+            },
+            dtheta: self.theta,
+            dtimes,
+            dschedule,
+            nfe,
+            vjps: self.vjps,
+            reconstruction: None,
+        }
+    }
+
     /// Transposes instructions `from..to` (in reverse), reading states from `slots`.
-    fn run<M: Denoiser<E, D, Grads = G> + ?Sized>(
+    pub(super) fn run<M: Denoiser<E, D, Grads = G> + ?Sized>(
         &mut self,
         slots: &Slots<E, D>,
         span: (usize, usize),
@@ -153,24 +216,13 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     let start = exec.start();
     let bounds = plan.step_bounds();
     let n_steps = bounds.len() - 1;
-    let mut rev = Reverse {
-        xbar: HashMap::new(),
-        obar: HashMap::new(),
-        zbar: None,
-        theta: wrt.params.then(|| model.model.zero_grads()),
-        wrt,
-        vjps: 0,
-        plan,
-        dtimes: sensitivities.then(|| vec![0.0; plan.grid.len() + plan.param_names.len()]),
-        noise: input.noise,
-        x_t: input.x_t,
-    };
+    let mut rev = Reverse::new(plan, model, input, wrt);
     let x0 = match states {
         DiscreteStates::Record => {
             let mut slots = start;
             exec.run(&mut slots, 0, plan.instrs.len(), true)?;
             let x0 = slots.states[&plan.output].clone();
-            rev.xbar.insert(plan.output, cotangent(&x0, loss_grad)?);
+            rev.seed(plan.output, cotangent(&x0, loss_grad)?);
             rev.run(&slots, (0, plan.instrs.len()), model, input.cond)?;
             x0
         }
@@ -180,7 +232,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             exec.run(&mut slots, 0, plan.instrs.len(), false)?;
             let x0 = slots.states[&plan.output].clone();
             drop(slots);
-            rev.xbar.insert(plan.output, cotangent(&x0, loss_grad)?);
+            rev.seed(plan.output, cotangent(&x0, loss_grad)?);
             let mut r = Revolve {
                 exec: &mut exec,
                 rev: &mut rev,
@@ -191,30 +243,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             x0
         }
     };
-    let dx_t = rev
-        .xbar
-        .remove(&0)
-        .unwrap_or_else(|| input.x_t.zeros_like());
-    let (dtimes, dschedule) = match rev.dtimes.take() {
-        None => (None, None),
-        Some(acc) => super::shared::finish_sens(plan, wrt, acc),
-    };
-    Ok(Gradient {
-        x0,
-        dx_t,
-        dz: if wrt.cond {
-            input
-                .cond
-                .map(|z| rev.zbar.take().unwrap_or_else(|| z.zeros_like()))
-        } else {
-            None
-        },
-        dtheta: rev.theta,
-        dtimes,
-        dschedule,
-        nfe: exec.nfe,
-        vjps: rev.vjps,
-    })
+    Ok(rev.finish(input, x0, exec.nfe))
 }
 
 /// Binomial checkpointing over the steps of a plan.

@@ -2,7 +2,8 @@
 //! parameters, the grid's times and the schedule's parameters (docs/math.md section 3), by the
 //! method the [`Problem`] carries. One entry point, [`gradient`]; each method is one file
 //! implementing [`GradientMethod`]: the exact discrete adjoint of the plan ([`discrete`]),
-//! AdjointDEIS-1 / -2M ([`deis`]) and the full tape ([`tape`]). What they share (time
+//! AdjointDEIS-1 / -2M ([`deis`]), the full tape ([`tape`]) and the reversible samplers'
+//! inverse sweep ([`reversible`]). What they share (time
 //! sensitivities, sparse sums, the checked loss gradient) is in `shared.rs`.
 //!
 //! Adding a gradient method: its file here with a type implementing [`GradientMethod`], its
@@ -11,6 +12,7 @@
 
 pub mod deis;
 pub mod discrete;
+pub mod reversible;
 mod shared;
 pub mod tape;
 
@@ -44,6 +46,10 @@ pub struct Gradient<E: Dtype, D: Device<E>, G> {
     pub nfe: usize,
     /// Vector-Jacobian products of the model.
     pub vjps: usize,
+    /// The reversible gradient's drift: max |x_T reconstructed - x_T| / max |x_T|, where the
+    /// backward sweep's reconstruction of x_T lands against the x_T that ran (None for the
+    /// methods that record or recompute their states).
+    pub reconstruction: Option<f64>,
 }
 
 /// A gradient method: what it refuses before any model evaluation, and the gradient itself.
@@ -98,6 +104,7 @@ pub fn gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             loss_grad,
         ),
         Adjoint::Tape => by(&tape::FullTape, problem, model, input, loss_grad),
+        Adjoint::Reversible => by(&reversible::Reversible, problem, model, input, loss_grad),
     }
 }
 

@@ -229,7 +229,15 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
             }
         }
     }
-    let x0_taped = states[plan.output].take().expect("plan output");
+    let mut x0_taped = states[plan.output].take().expect("plan output");
+    // A state no instruction reads (a reversible sampler's last companion) holds the tape of
+    // whatever was recorded through it; that tape joins the output's, so that the backward
+    // pass has every operation the output depends on.
+    for dead in states.iter_mut().filter_map(Option::take) {
+        let (_, tape) = dead.split_tape();
+        let (x, own) = x0_taped.split_tape();
+        x0_taped = x.put_tape(own.merge(tape));
+    }
     let x0 = x_t.like(x0_taped.retaped::<NoneTape>());
     let cot = super::shared::cotangent(&x0, loss_grad)?;
     let mut g = (x0_taped * cot.into_rows()).sum().backward();
@@ -280,6 +288,7 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
         dschedule,
         nfe,
         vjps: 0,
+        reconstruction: None,
     })
 }
 

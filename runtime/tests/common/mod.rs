@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use adeis_compiler::{Method, SamplerSpec, Schedule, ScheduleDef};
+use adeis_runtime::analytic::GaussianModel;
 
 /// The VP linear schedule (0.1, 20) on [1e-3, 1].
 pub fn vp() -> Schedule {
@@ -61,4 +62,29 @@ pub fn central4(loss: impl Fn(&[f64]) -> f64, at: &[f64], i: usize, h: f64) -> f
         loss(&v)
     };
     (at_offset(-2.0) - 8.0 * at_offset(-1.0) + 8.0 * at_offset(1.0) - at_offset(2.0)) / (12.0 * h)
+}
+
+/// The probability-flow ODE's exact map for Gaussian data (docs/math.md section 4).
+pub fn gaussian_exact(schedule: &Schedule, x_t: &[f64], g: &GaussianModel) -> Vec<f64> {
+    let (ti, tf) = (
+        schedule.time_info(schedule.t_max()),
+        schedule.time_info(schedule.t_min()),
+    );
+    let v = |t: &adeis_runtime::TimeInfo| t.alpha * t.alpha * g.s2 + t.sigma * t.sigma;
+    let k = (v(&tf) / v(&ti)).sqrt();
+    x_t.iter()
+        .map(|x| tf.alpha * g.mu + k * (x - ti.alpha * g.mu))
+        .collect()
+}
+
+/// ||a - b|| / ||b|| (Euclidean).
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let num = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den
 }
