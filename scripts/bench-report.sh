@@ -3,6 +3,8 @@
 # process per row (so "peak memory" is that run's own). Usage:
 #   scripts/bench-report.sh [quick|full]      (quick: W1 only; full: W1 and W2)
 #   scripts/bench-report.sh w3|torch [ROUNDS] (against PyTorch, see below)
+#   scripts/bench-report.sh reversible [w3]   (the gradient methods on Rex: W1 and W2 at
+#                                              N = 10, 50, 200; with w3, W3 at N = 10, 50 too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
@@ -62,6 +64,42 @@ case "$mode" in
   w3) side_by_side "${2:-3}" "w3 10" "w3 50"; exit 0 ;;
   torch) side_by_side "${2:-3}" "w1 200" "w2 50" "w3 10"; exit 0 ;;
 esac
+
+# The gradient methods on one reversible sampler (Rex, Euler tableau, order 1): recorded and
+# checkpointed discrete adjoint, the tape and the reversible gradient, one process per row.
+rrow() { # workload method steps repeat [states]
+  local json
+  json=$("$bin" bench --workload "$1" --method "$2" --sampler rex --steps "$3" --repeat "$4" --states "${5:-record}" --json)
+  python3 - "$json" "${5:-record}" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1]); states = sys.argv[2]
+m = r["method"] + ("" if states == "record" else f" ({states})")
+mem = r["peak_memory_bytes"] / 2**20 if r["peak_memory_bytes"] else float("nan")
+drift = f"{r['reconstruction']:.1e}" if r["reconstruction"] is not None else "-"
+print(f"| {r['workload']} | {m} | {r['steps']} | {r['seconds']:.4f} | {r['nfe']} | {r['vjps']} | {r['ratio']:.3f} | {mem:.1f} | {drift} |")
+PY
+}
+if [ "$mode" = reversible ]; then
+  echo "| workload | method (sampler rex) | N | s / gradient | NFE | VJP | gradient / floor | peak MiB | x_T drift |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for w in w1 w2; do
+    for n in 10 50 200; do
+      rrow $w discrete $n 3
+      rrow $w discrete $n 3 checkpoint
+      rrow $w tape $n 3
+      rrow $w reversible $n 3
+    done
+  done
+  if [ "${2:-}" = w3 ]; then
+    for n in 10 50; do
+      rrow w3 discrete $n 1
+      rrow w3 discrete $n 1 checkpoint
+      rrow w3 tape $n 1
+      rrow w3 reversible $n 1
+    done
+  fi
+  exit 0
+fi
 
 row() { # workload method order steps repeat [states]
   local json

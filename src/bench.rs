@@ -68,6 +68,8 @@ pub struct BenchResult {
     pub ratio: f64,
     /// The process's peak resident memory (None where the system does not say).
     pub peak_memory_bytes: Option<u64>,
+    /// The reversible gradient's drift at x_T (max |x_T reconstructed - x_T| / max |x_T|).
+    pub reconstruction: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -273,20 +275,20 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
         let f = ModelFn::new(model);
         let noise = NoiseSource::Seeded(0);
         let input = Input::new(&x_t, z.as_ref(), &noise);
-        let once = || -> Result<(usize, usize), Error> {
+        let once = || -> Result<(usize, usize, Option<f64>), Error> {
             match adjoint {
                 None => {
                     let out = sample(problem.plan(), &f, &input, false)?;
-                    Ok((out.nfe, 0))
+                    Ok((out.nfe, 0, None))
                 }
                 Some(_) => {
                     let g = gradient(&problem, &f, &input, |x0| mse(x0, &target).map(|l| l.grad))?;
-                    Ok((g.nfe, g.vjps))
+                    Ok((g.nfe, g.vjps, g.reconstruction))
                 }
             }
         };
         // A warm-up run, which also counts the network calls.
-        let (nfe, vjps) = once()?;
+        let (nfe, vjps, reconstruction) = once()?;
         // The floor: the same network calls as one run of the method, back to back at a
         // mid-grid evaluation (nfe forwards, then vjps VJPs; the tape: nfe forward+backward
         // passes), timed as a whole and alternated with the method's runs so that both see the
@@ -363,6 +365,7 @@ impl<Dev: Device<f32>> Workload<'_, Dev> {
             floor_seconds: floor,
             ratio: seconds / floor,
             peak_memory_bytes: peak_memory_bytes(),
+            reconstruction,
         })
     }
 }
@@ -416,7 +419,7 @@ impl BenchResult {
     /// One line for the terminal.
     pub fn to_text(&self) -> String {
         format!(
-            "{} {}{} ({}) N={}: {:.4} s/{} (median of {}), NFE {}, VJP {}, floor {:.4} s (forward {:.2} ms, VJP {:.2} ms), ratio {:.3}, peak memory {}",
+            "{} {}{} ({}) N={}: {:.4} s/{} (median of {}), NFE {}, VJP {}, floor {:.4} s (forward {:.2} ms, VJP {:.2} ms), ratio {:.3}, peak memory {}{}",
             self.workload,
             self.method,
             self.order.map(|o| format!(" order {o}")).unwrap_or_default(),
@@ -431,7 +434,8 @@ impl BenchResult {
             self.forward_seconds * 1e3,
             self.vjp_seconds * 1e3,
             self.ratio,
-            self.peak_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "unknown".into())
+            self.peak_memory_bytes.map(|b| format!("{:.1} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "unknown".into()),
+            self.reconstruction.map(|r| format!(", x_T reconstructed to {r:.1e}")).unwrap_or_default()
         )
     }
 }

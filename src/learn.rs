@@ -13,6 +13,7 @@ use std::time::Instant;
 use adeis_compiler::grid::{make_grid, GridKind};
 use adeis_compiler::{build_plan_on, DiscreteStates, Equation, SamplerSpec, Schedule, Wrt};
 use adeis_runtime::adjoint::discrete::discrete_adjoint;
+use adeis_runtime::adjoint::reversible::reversible_gradient;
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::optim::{Optimizer, OptimizerKind};
 use adeis_runtime::{from_f64, sample, to_f64, Denoiser, Input, ModelFn, NoiseSource, State};
@@ -293,28 +294,36 @@ where
         let plan = build_plan_on(schedule, &o.student, times.clone());
         let noise = NoiseSource::Seeded(0);
         let mut loss = f64::NAN;
-        let g = discrete_adjoint(
-            &plan,
-            lm.model,
-            &Input::new(&x_train, tc, &noise),
-            wrt,
-            DiscreteStates::Record,
-            |x0| {
-                let v = to_f64(x0);
-                loss = mse(&v, &target_train);
-                let d: Vec<f64> = v
-                    .iter()
-                    .zip(&target_train)
-                    .map(|(a, b)| scale * (a - b))
-                    .collect();
-                Ok(x0.like(adeis_runtime::rows_from_f64(
-                    &dev,
-                    &d,
-                    x0.batch(),
-                    x0.width(),
-                )))
-            },
-        )?;
+        let loss_grad = |x0: &State<E, Cpu>| {
+            let v = to_f64(x0);
+            loss = mse(&v, &target_train);
+            let d: Vec<f64> = v
+                .iter()
+                .zip(&target_train)
+                .map(|(a, b)| scale * (a - b))
+                .collect();
+            Ok(x0.like(adeis_runtime::rows_from_f64(
+                &dev,
+                &d,
+                x0.batch(),
+                x0.width(),
+            )))
+        };
+        let input = Input::new(&x_train, tc, &noise);
+        // A reversible student (rex) is differentiated by its inverse sweep: no recorded
+        // states; the gradient is the discrete adjoint's.
+        let g = if plan.reversal.is_some() {
+            reversible_gradient(&plan, lm.model, &input, wrt, loss_grad)?
+        } else {
+            discrete_adjoint(
+                &plan,
+                lm.model,
+                &input,
+                wrt,
+                DiscreteStates::Record,
+                loss_grad,
+            )?
+        };
         (nfe, vjps) = (g.nfe, g.vjps);
         if !loss.is_finite() {
             return Err(Error::Usage(format!(

@@ -284,3 +284,69 @@ fn the_reversible_gradient_matches_finite_differences() {
         }
     }
 }
+
+#[test]
+fn rex_has_the_order_of_its_tableau_on_a_gaussian_mixture() {
+    let s = vp();
+    let gmm = adeis_runtime::analytic::GmmModel {
+        weights: vec![0.3, 0.5, 0.2],
+        means: vec![
+            vec![1.0, -0.5, 0.2],
+            vec![-1.2, 0.8, 0.0],
+            vec![0.3, 0.3, -1.5],
+        ],
+        variances: vec![0.05, 0.1, 0.08],
+    };
+    let dev = Dev::default();
+    let x_t: State<f64, Dev> = from_f64(&dev, &normals(7, 0, 6), 2, 3);
+    let noise = NoiseSource::Seeded(0);
+    let run = |sp: &SamplerSpec| {
+        let plan = build_plan(&s, sp).unwrap();
+        to_f64(
+            &sample(
+                &plan,
+                &ModelFn::new(&gmm),
+                &Input::new(&x_t, None, &noise),
+                false,
+            )
+            .unwrap()
+            .x,
+        )
+    };
+    // A very fine reference solve, as the other samplers' mixture test has it.
+    let mut fine = SamplerSpec::new(Method::DpmSolverPp, 3, 3000);
+    fine.lower_order_final = false;
+    let reference = run(&fine);
+    let mut failures = Vec::new();
+    for (tableau, order, ns) in [
+        ("euler", 1, [160, 320, 640, 1280]),
+        ("midpoint", 2, [40, 80, 160, 320]),
+        ("ralston3", 3, [40, 80, 160, 320]),
+        ("rk4", 4, [20, 40, 80, 160]),
+    ] {
+        for form in [Pred::Eps, Pred::Data] {
+            // The coupling's bias is O(1 - zeta) times the gap between x and its companion,
+            // O(h) for the Euler tableau: at zeta = 0.999 Euler's error stops falling at 1e-4
+            // (docs/numerics.md), so Euler's order is measured uncoupled (zeta = 1).
+            let spec = |n: usize| {
+                let mut sp = rex(tableau, order, n, form);
+                if order == 1 {
+                    sp.coupling = 1.0;
+                }
+                sp
+            };
+            let errs: Vec<f64> = ns
+                .iter()
+                .map(|&n| max_rel_err(&run(&spec(n)), &reference))
+                .collect();
+            let p = fitted_order(&ns, &errs);
+            eprintln!("rex {tableau} ({form:?}) on the mixture: errors {errs:?} -> order {p:.2}");
+            if p < order as f64 - 0.3 {
+                failures.push(format!(
+                    "rex {tableau} {form:?}: order {p:.2}, expected {order}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -44,8 +44,9 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// How the gradient through the sampler is taken: discrete (the exact discrete adjoint,
-    /// memory independent of the steps), adjoint_deis (AdjointDEIS-1) or tape (the reference;
-    /// memory grows with the steps).
+    /// memory independent of the steps), adjoint_deis (AdjointDEIS-1), tape (the reference;
+    /// memory grows with the steps) or reversible (the sampler becomes Rex on half the steps,
+    /// and its inverse gives the gradient without recorded states).
     #[arg(long, default_value_t = adeis::compiler::GradMethod::Discrete)]
     pub gradient: adeis::compiler::GradMethod,
     /// Early stopping: never keep weights whose held-out samples' diversity (within-class RMS

@@ -271,6 +271,8 @@ where
         "grid": wrt.times.then(|| problem.plan().grid.clone()),
         "nfe": g.nfe,
         "vjps": g.vjps,
+        // The reversible gradient's drift: where its inverse sweep lands against x_T.
+        "reconstruction": g.reconstruction,
         "seconds": secs,
         "peak_memory_bytes": peak_memory_bytes(),
         "loss": loss_value,

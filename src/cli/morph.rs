@@ -25,7 +25,8 @@ pub struct MorphArgs {
     #[arg(long, conflicts_with = "digits")]
     pub same_class: bool,
     /// Comma-separated: none, adjoint_deis_1, adjoint_deis_1_sde, adjoint_deis_2m,
-    /// adjoint_deis_2m_sde, discrete, discrete_sde, tape, tape_sde.
+    /// adjoint_deis_2m_sde, discrete, discrete_sde, tape, tape_sde, rex_reversible (Rex on half
+    /// the steps, at DDIM's NFE, by the reversible gradient).
     #[arg(long, default_value = MorphMethod::DEFAULT)]
     pub methods: String,
     /// Optimisation iterations K per method.

@@ -286,8 +286,13 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
     opts.validate()?;
     let models = FashionModels::load_or_committed(opts.models.as_deref())?;
     let dev = models.dev.clone();
-    let spec =
-        adeis_app_common::sampler(serde_json::json!({"method": "ddim", "steps": opts.steps}))?;
+    // The reversible gradient needs a reversible sampler: Rex (Euler tableau) on half the
+    // steps, at DDIM's NFE.
+    let spec = adeis_app_common::sampler(if opts.gradient == GradMethod::Reversible {
+        serde_json::json!({"method": "rex", "steps": opts.steps.div_ceil(2)})
+    } else {
+        serde_json::json!({"method": "ddim", "steps": opts.steps})
+    })?;
     let wrt = Wrt {
         x_t: false,
         cond: false,

@@ -10,7 +10,7 @@
 //!
 //! [`Reversal`]: adeis_compiler::Reversal
 
-use adeis_compiler::{Plan, Problem, Reversal};
+use adeis_compiler::{Plan, Problem, Reversal, Wrt};
 use dfdx::prelude::*;
 
 use super::discrete::Reverse;
@@ -51,40 +51,50 @@ impl GradientMethod for Reversible {
         input: &Input<E, D>,
         loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
     ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
-        let plan = problem.plan();
-        let reversal = reversal_of(plan)?;
-        let wrt = problem.wrt();
-        check_shapes(model.model, input.x_t, input.cond)?;
-        let sensitivities = wrt.times || wrt.schedule;
-        if sensitivities {
-            super::shared::check_sens(plan, wrt)?;
-        }
-        let mut exec = Exec::new(plan, model, input);
-        exec.keep_outputs = sensitivities;
-        exec.pin(&reversal.last);
-        let mut slots = exec.start();
-        exec.run(&mut slots, 0, plan.instrs.len(), false)?;
-        let x0 = slots.states[&plan.output].clone();
-        keep_only(&mut slots, &reversal.last);
-        let mut rev = Reverse::new(plan, model, input, wrt);
-        rev.seed(plan.output, cotangent(&x0, loss_grad)?);
-        let bounds = plan.step_bounds();
-        for seg in (0..bounds.len() - 1).rev() {
-            // A segment past the grid's steps (the final denoising) has no inverse: it read
-            // the last states, which are there.
-            let step = reversal.steps.get(plan.instrs[bounds[seg]].step());
-            if let Some(s) = step {
-                exec.run_program(&mut slots, &s.inverse)?;
-            }
-            rev.run(&slots, (bounds[seg], bounds[seg + 1]), model, input.cond)?;
-            keep_only(&mut slots, step.map_or(&reversal.last, |s| &s.carried));
-        }
-        let drift = slots.state(0).map(|x| relative_drift(x, input.x_t));
-        let nfe = exec.nfe;
-        let mut g = rev.finish(input, x0, nfe);
-        g.reconstruction = drift;
-        Ok(g)
+        reversible_gradient(problem.plan(), model, input, problem.wrt(), loss_grad)
     }
+}
+
+/// The gradient of a reversible plan by its inverse sweep, with respect to `wrt`;
+/// `loss_grad` maps the sample x_0 to dL/dx_0. A plan without a [`Reversal`] is refused.
+pub fn reversible_gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
+    plan: &Plan,
+    model: &ModelFn<E, D, M>,
+    input: &Input<E, D>,
+    wrt: Wrt,
+    loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
+) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
+    let reversal = reversal_of(plan)?;
+    check_shapes(model.model, input.x_t, input.cond)?;
+    let sensitivities = wrt.times || wrt.schedule;
+    if sensitivities {
+        super::shared::check_sens(plan, wrt)?;
+    }
+    let mut exec = Exec::new(plan, model, input);
+    exec.keep_outputs = sensitivities;
+    exec.pin(&reversal.last);
+    let mut slots = exec.start();
+    exec.run(&mut slots, 0, plan.instrs.len(), false)?;
+    let x0 = slots.states[&plan.output].clone();
+    keep_only(&mut slots, &reversal.last);
+    let mut rev = Reverse::new(plan, model, input, wrt);
+    rev.seed(plan.output, cotangent(&x0, loss_grad)?);
+    let bounds = plan.step_bounds();
+    for seg in (0..bounds.len() - 1).rev() {
+        // A segment past the grid's steps (the final denoising) has no inverse: it read the
+        // last states, which are there.
+        let step = reversal.steps.get(plan.instrs[bounds[seg]].step());
+        if let Some(s) = step {
+            exec.run_program(&mut slots, &s.inverse)?;
+        }
+        rev.run(&slots, (bounds[seg], bounds[seg + 1]), model, input.cond)?;
+        keep_only(&mut slots, step.map_or(&reversal.last, |s| &s.carried));
+    }
+    let drift = slots.state(0).map(|x| relative_drift(x, input.x_t));
+    let nfe = exec.nfe;
+    let mut g = rev.finish(input, x0, nfe);
+    g.reconstruction = drift;
+    Ok(g)
 }
 
 /// Drops every output and every state but `states`.

@@ -31,8 +31,8 @@ const fn by(method: GradMethod, order: usize, sde: bool) -> MorphMethod {
 impl MorphMethod {
     /// Every method with its `--methods` name and the name the tables use (a gradient method
     /// joins the comparison with its rows here).
-    pub const ALL: [(MorphMethod, &'static str, &'static str); 9] = {
-        use GradMethod::{AdjointDeis, Discrete, Tape};
+    pub const ALL: [(MorphMethod, &'static str, &'static str); 10] = {
+        use GradMethod::{AdjointDeis, Discrete, Reversible, Tape};
         [
             (MorphMethod::None, "none", "no optimisation"),
             (
@@ -63,6 +63,11 @@ impl MorphMethod {
             ),
             (by(Tape, 1, false), "tape", "full tape (ODE)"),
             (by(Tape, 1, true), "tape_sde", "full tape (SDE)"),
+            (
+                by(Reversible, 1, false),
+                "rex_reversible",
+                "Rex reversible (ODE, N/2 steps)",
+            ),
         ]
     };
 

@@ -20,7 +20,7 @@ pub mod verify;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use adeis_compiler::{Adjoint, FieldError, Problem, SamplerSpec, Wrt};
+use adeis_compiler::{Adjoint, FieldError, GradMethod, Problem, SamplerSpec, Wrt};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::loss::identity_loss;
 use adeis_runtime::optim::{Optimizer, OptimizerKind};
@@ -208,6 +208,8 @@ struct Experiment<'a, M: MorphModels> {
     /// DDIM (ODE) and SDE-DPM-Solver++1 (SDE), with respect to x_T and z.
     ode: Problem,
     sde: Problem,
+    /// Rex (Euler tableau) on half the steps, at DDIM's NFE: the reversible gradient's sampler.
+    rex: Problem,
     v_a: Rows<f32, Cpu>,
     v_b: Rows<f32, Cpu>,
     /// v_a and v_b on the host, for the per-pair scores.
@@ -243,11 +245,16 @@ impl<M: MorphModels> Experiment<'_, M> {
             .collect()
     }
 
-    fn problem(&self, sde: bool) -> &Problem {
-        if sde {
-            &self.sde
-        } else {
-            &self.ode
+    /// The sampler a method runs: Rex for the reversible gradient, otherwise DDIM or the SDE
+    /// sampler.
+    fn problem(&self, method: MorphMethod) -> &Problem {
+        match method {
+            MorphMethod::Gradient {
+                method: GradMethod::Reversible,
+                ..
+            } => &self.rex,
+            m if m.sde() => &self.sde,
+            _ => &self.ode,
         }
     }
 
@@ -261,11 +268,16 @@ impl<M: MorphModels> Experiment<'_, M> {
         )
     }
 
-    fn sample(&self, x: &[f64], z: &[f64], sde: bool) -> Result<(State<f32, Cpu>, usize), Error> {
+    fn sample(
+        &self,
+        x: &[f64],
+        z: &[f64],
+        method: MorphMethod,
+    ) -> Result<(State<f32, Cpu>, usize), Error> {
         let (xt, zt) = self.states(x, z);
         let noise = NoiseSource::Seeded(self.seed);
         let out = sample(
-            self.problem(sde).plan(),
+            self.problem(method).plan(),
             &ModelFn::new(self.models.denoiser()),
             &Input::new(&xt, Some(&zt), &noise),
             false,
@@ -299,16 +311,15 @@ impl<M: MorphModels> Experiment<'_, M> {
         pb: &indicatif::ProgressBar,
     ) -> Result<MethodResult, Error> {
         let start = Instant::now();
-        let sde = method.sde();
         let (mut x, mut z) = (self.x_init.clone(), self.z_init.clone());
-        let (x0, nfe0) = self.sample(&x, &z, sde)?;
+        let (x0, nfe0) = self.sample(&x, &z, method)?;
         let initial = self.score(&x0);
         let mean = |s: &[(f64, f64, f64)]| s.iter().map(|r| r.0).sum::<f64>() / s.len() as f64;
         let mut curve = vec![mean(&initial)];
         let (mut nfe, mut vjps) = (nfe0, 0);
         let (mut grad_cosine, mut grad_norm_ratio) = (None, None);
         if let Some(adjoint) = method.adjoint(opts.adjoint_steps) {
-            let problem = self.problem(sde).clone().with_adjoint(adjoint)?;
+            let problem = self.problem(method).clone().with_adjoint(adjoint)?;
             let (mut step_x, mut step_z) = (
                 Optimizer::new(opts.optimizer, opts.lr, x.len()),
                 Optimizer::new(opts.optimizer, opts.lr, z.len()),
@@ -334,7 +345,10 @@ impl<M: MorphModels> Experiment<'_, M> {
                     let b = if discrete {
                         a.clone()
                     } else {
-                        let exact = self.problem(sde).clone().with_adjoint(Adjoint::default())?;
+                        let exact = self
+                            .problem(method)
+                            .clone()
+                            .with_adjoint(Adjoint::default())?;
                         flat(&self.gradient(&exact, &xt, &zt)?)
                     };
                     grad_cosine = Some(1.0 - cosine_distance(&a, &b));
@@ -378,7 +392,7 @@ impl<M: MorphModels> Experiment<'_, M> {
         let (x0, n) = if method == MorphMethod::None {
             (x0, 0)
         } else {
-            self.sample(&x, &z, sde)?
+            self.sample(&x, &z, method)?
         };
         nfe += n;
         let fin = self.score(&x0);
@@ -456,6 +470,10 @@ pub fn run_with<M: MorphModels>(
         models,
         serde_json::json!({"method": "sde_dpm_solver_pp", "order": 1, "steps": opts.steps}),
     )?;
+    let rex = morph_problem(
+        models,
+        serde_json::json!({"method": "rex", "order": 1, "steps": opts.steps.div_ceil(2)}),
+    )?;
     // The output folder is made only once there is something to write (a run that fails
     // leaves none behind); a path that cannot become a folder fails now, before the run.
     check_output_folder(&opts.out)?;
@@ -504,6 +522,7 @@ pub fn run_with<M: MorphModels>(
         models,
         ode,
         sde,
+        rex,
         v_host: (to_f64(&v_a), to_f64(&v_b)),
         v_a,
         v_b,
@@ -518,7 +537,7 @@ pub fn run_with<M: MorphModels>(
         seed: opts.seed,
     };
     // How faithful the encoding is: decode x_T^a with z_a.
-    let (dec_a, _) = experiment.sample(&xa, &to_f64(&za), false)?;
+    let (dec_a, _) = experiment.sample(&xa, &to_f64(&za), MorphMethod::None)?;
     let reconstruction_error = to_f64(&dec_a)
         .iter()
         .zip(&img_a)
@@ -526,7 +545,8 @@ pub fn run_with<M: MorphModels>(
         .sum::<f64>()
         / img_a.len() as f64;
     let encode_nfe = enc_a.nfe + enc_b.nfe;
-    let (initial, _) = experiment.sample(&experiment.x_init, &experiment.z_init, false)?;
+    let (initial, _) =
+        experiment.sample(&experiment.x_init, &experiment.z_init, MorphMethod::None)?;
 
     let optimised = opts
         .methods
