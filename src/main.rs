@@ -32,6 +32,10 @@ enum Command {
     Check(cli::check::CheckArgs),
     /// Sample from x_T with the spec's [schedule] and [sampler] on a model.
     Sample(cli::sample::SampleArgs),
+    /// Encode samples x_0 into the noise x_T the spec's sampler maps to them: the exact
+    /// inverse of a reversible sampler (rex, with its companion state), the ODE inversion
+    /// otherwise.
+    Invert(cli::invert::InvertArgs),
     /// The gradient of a loss on the sample with respect to x_T, the conditioning and the
     /// model's parameters, by the spec's [gradient] method. Prints a JSON summary.
     Grad(cli::grad::GradArgs),
@@ -143,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             args.rows,
         ),
         Some(Command::Sample(args)) => cli::sample::run(&args),
+        Some(Command::Invert(args)) => cli::invert::run(&args),
         Some(Command::Grad(args)) => cli::grad::run(&args),
         Some(Command::Bench(args)) => cli::bench::bench(args),
         Some(Command::Noise(args)) => cli::noise::noise(&args),

@@ -218,6 +218,10 @@ pub struct Reversal {
     /// The states that carry the sampler past its last grid step (x_N and its companion):
     /// what the backward sweep starts from.
     pub last: Vec<usize>,
+    /// The slot of the companion at the start (x^_T), defined by the plan's first
+    /// instruction as a copy of x_T; sampling from a given pair (x_T, x^_T), as exact
+    /// inversion returns it, puts x^_T there and skips that copy.
+    pub companion: Option<usize>,
 }
 
 /// The inverse of one grid step.
@@ -535,6 +539,24 @@ impl<'a> PlanBuilder<'a> {
         self.combine(self.grid_time(i), terms, Some(sens))
     }
 
+    /// The companion of x_T (a reversible sampler's second state at the start): a copy of
+    /// x_T as the plan's first instruction, which sampling from a given pair replaces.
+    pub fn companion_start(&mut self) -> usize {
+        assert!(
+            self.instrs.is_empty(),
+            "the companion is the first instruction"
+        );
+        let slot =
+            self.combine_beside_grid_with_sens(0, vec![(Operand::State(0), 1.0)], vec![vec![]]);
+        let r = self.reversal.get_or_insert_with(|| Reversal {
+            steps: vec![],
+            last: vec![],
+            companion: None,
+        });
+        r.companion = Some(slot);
+        slot
+    }
+
     /// The number of instructions emitted so far.
     pub fn instr_count(&self) -> usize {
         self.instrs.len()
@@ -551,6 +573,7 @@ impl<'a> PlanBuilder<'a> {
         let r = self.reversal.get_or_insert_with(|| Reversal {
             steps: vec![],
             last: vec![],
+            companion: None,
         });
         r.steps.push(step);
         r.last = carried_forward;

@@ -350,3 +350,45 @@ fn rex_has_the_order_of_its_tableau_on_a_gaussian_mixture() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+#[test]
+fn exact_inversion_regenerates_the_sample_and_ddim_inversion_does_not() {
+    let dev = Cpu::seed_from_u64(0);
+    let net = dev.build_module::<Net, f64>();
+    let mlp = MlpDenoiser::<_, 13, 3>::new(
+        net,
+        3,
+        2,
+        TimeFeatures::new(4, 1000.0),
+        adeis_compiler::Prediction::Eps,
+    );
+    let f = ModelFn::new(&mlp);
+    let x0: State<f64, Cpu> = from_f64(&dev, &normals(11, 0, 12), 4, 3);
+    let z: State<f64, Cpu> = from_f64(&dev, &normals(12, 0, 8), 4, 2);
+    let noise = NoiseSource::Seeded(0);
+    let round_trip = |sp: &SamplerSpec| -> f64 {
+        let problem = Problem::new(vp(), sp).unwrap();
+        let inv = adeis_runtime::invert(&problem, &f, &x0, None, Some(&z)).unwrap();
+        let input = Input::new(&inv.x_t, Some(&z), &noise);
+        let again = match &inv.companion {
+            Some(c) => adeis_runtime::sample_from_pair(problem.plan(), &f, &input, c).unwrap(),
+            None => sample(problem.plan(), &f, &input, false).unwrap(),
+        };
+        assert_eq!(inv.exact, inv.companion.is_some());
+        max_rel_err(&to_f64(&again.x), &to_f64(&x0))
+    };
+    let ddim = round_trip(&SamplerSpec::new(Method::Ddim, 1, 10));
+    for sp in [
+        rex("euler", 1, 10, Pred::Eps),
+        rex("rk4", 4, 10, Pred::Eps),
+        rex("midpoint", 2, 50, Pred::Eps),
+    ] {
+        let err = round_trip(&sp);
+        eprintln!(
+            "{}: x_0 regenerated to {err:.1e} (DDIM 10 steps: {ddim:.1e})",
+            sp.method.name()
+        );
+        assert!(err < 1e-10, "{err:.2e}");
+        assert!(ddim > 1e3 * err, "DDIM inversion {ddim:.2e} vs {err:.2e}");
+    }
+}

@@ -12,25 +12,31 @@ use super::model::{read_labels, CommandModel, ModelChoice};
 
 /// --x-t: [batch, dim] for a vector model, [batch, channels, height, width] for an image model.
 pub fn read_x_t(choice: &ModelChoice, path: &Path) -> Result<NpyArray> {
+    read_state("--x-t", choice, path)
+}
+
+/// A state the model takes (x_T, x_0 or a companion), from the .npy file given to `flag`:
+/// [batch, dim], or images for a UNet; finite and not empty.
+pub fn read_state(flag: &str, choice: &ModelChoice, path: &Path) -> Result<NpyArray> {
     let x = if !choice.takes_images() {
-        let x = super::read_2d("--x-t", path)?;
+        let x = super::read_2d(flag, path)?;
         choice.check_dim(x.shape[1])?;
         x
     } else {
-        let a = read_npy(path).map_err(|e| anyhow!("--x-t: {e}"))?;
+        let a = read_npy(path).map_err(|e| anyhow!("{flag}: {e}"))?;
         if a.shape.len() != 4 {
             bail!(
-                "--x-t: {} has shape {:?}; this model takes images [batch, channels, height, width]",
+                "{flag}: {} has shape {:?}; this model takes images [batch, channels, height, width]",
                 path.display(),
                 a.shape
             );
         }
         a
     };
-    check_finite("--x-t", path, &x)?;
+    check_finite(flag, path, &x)?;
     if x.shape.contains(&0) {
         bail!(
-            "--x-t: {} has shape {:?}: an empty array (every dimension must be at least 1)",
+            "{flag}: {} has shape {:?}: an empty array (every dimension must be at least 1)",
             path.display(),
             x.shape
         );

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod finetune;
 pub mod grad;
 pub mod inputs;
+pub mod invert;
 pub mod learn;
 pub mod model;
 pub mod morph;

@@ -10,7 +10,7 @@ use adeis::runtime::to_f64;
 use adeis::Outputs;
 use anyhow::Result;
 
-use super::inputs::{conditioned_model, read_x_t, state, CondArgs, GuidanceArgs};
+use super::inputs::{conditioned_model, read_state, read_x_t, state, CondArgs, GuidanceArgs};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -34,6 +34,11 @@ pub struct SampleArgs {
     /// [batch, channels, height, width] for a diffusers model.
     #[arg(long = "x-t")]
     pub x_t: PathBuf,
+    /// A reversible sampler's companion x^_T (as `adeis invert` writes it): the sampler
+    /// starts from the pair (x_T, x^_T) instead of x^_T = x_T, and regenerates the inverted
+    /// samples exactly.
+    #[arg(long)]
+    pub companion: Option<PathBuf>,
     /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
     /// conditioned on a sequence): for a class-conditional diffusers model, its
     /// class-embedding vectors.
@@ -81,7 +86,10 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         ("--trajectory", args.trajectory.as_ref()),
     ] {
         let Some(p) = p else { continue };
-        if [&args.x_t, &args.spec].contains(&p) || args.cond.as_ref() == Some(p) {
+        if [&args.x_t, &args.spec].contains(&p)
+            || args.cond.as_ref() == Some(p)
+            || args.companion.as_ref() == Some(p)
+        {
             anyhow::bail!(
                 "{flag} {} is one of the inputs; give the output another name",
                 p.display()
@@ -100,13 +108,46 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
+    let companion = args
+        .companion
+        .as_ref()
+        .map(|p| {
+            let c = read_state("--companion", &choice, p)?;
+            if c.shape != x.shape {
+                anyhow::bail!(
+                    "--companion: {} has shape {:?}; --x-t has {:?}",
+                    p.display(),
+                    c.shape,
+                    x.shape
+                );
+            }
+            Ok(c)
+        })
+        .transpose()?;
+    if companion.is_some() && problem.plan().reversal.is_none() {
+        anyhow::bail!(
+            "--companion is a reversible sampler's second state (method = \"rex\"); this spec's sampler is {}",
+            problem.plan().description
+        );
+    }
+    if companion.is_some() && args.trajectory.is_some() {
+        anyhow::bail!("--trajectory is not recorded from a pair (--companion); leave one out");
+    }
     let dim = x.shape[1];
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| run_typed::<f32, _>(
-            args, &problem, &options, m, &x
+            args,
+            &problem,
+            &options,
+            m,
+            (&x, companion.as_ref())
         )),
         Dtype::F64 => with_model!(&choice, f64, dim, |m| run_typed::<f64, _>(
-            args, &problem, &options, m, &x
+            args,
+            &problem,
+            &options,
+            m,
+            (&x, companion.as_ref())
         )),
     }
 }
@@ -116,7 +157,7 @@ fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
     problem: &Problem,
     model_options: &super::inputs::SpecModelOptions,
     model: &M,
-    x: &NpyArray,
+    (x, companion): (&NpyArray, Option<&NpyArray>),
 ) -> Result<()>
 where
     Cpu: Device<E>,
@@ -147,12 +188,11 @@ where
     }
     let start = Instant::now();
     let noise = NoiseSource::Seeded(args.seed);
-    let out = sample(
-        problem.plan(),
-        &model_fn,
-        &Input::new(&x_t, z.as_ref(), &noise),
-        args.trajectory.is_some(),
-    )?;
+    let input = Input::new(&x_t, z.as_ref(), &noise);
+    let out = match companion.map(state::<E>).transpose()? {
+        Some(c) => adeis::runtime::sample_from_pair(problem.plan(), &model_fn, &input, &c)?,
+        None => sample(problem.plan(), &model_fn, &input, args.trajectory.is_some())?,
+    };
     let secs = start.elapsed().as_secs_f64();
     // The sample and its trajectory appear together or not at all.
     let mut files = Outputs::new();

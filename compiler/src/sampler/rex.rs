@@ -41,9 +41,9 @@ impl Rex {
     }
 
     /// The form whose Lawson variables the steps use: by default the network's own (data for
-    /// an x0 network, eps for eps and v), where the inverse loses no digits to a conversion
-    /// that divides by alpha or sigma (Rex's reference code defaults to data; measured in
-    /// docs/numerics.md).
+    /// an x0 network, eps for eps and v), whose inverse drifts least in the reversible
+    /// gradient; inverting real images favours the data form (Rex's reference default). Both
+    /// are measured in docs/numerics.md.
     fn form(spec: &SamplerSpec) -> Pred {
         spec.form.unwrap_or(match spec.prediction {
             Prediction::X0 => Pred::Data,
@@ -98,7 +98,10 @@ impl Family for Rex {
         let tableau = Rex::tableau(spec).expect("validated");
         let form = Rex::form(spec);
         let zeta = spec.coupling;
-        let (mut x, mut xh) = (run.x, run.x);
+        // x^_T is its own slot (a copy of x_T), so that a pair from exact inversion can start
+        // the sampler; the copy's transposition adds the companion's cotangent to x_T's.
+        run.b.set_step(0);
+        let (mut x, mut xh) = (run.x, run.b.companion_start());
         for n in 0..run.n {
             run.b.set_step(n);
             let base = n as isize;

@@ -1,0 +1,204 @@
+//! `adeis invert`: encode samples x_0 into the noise x_T the spec's sampler maps to them (the
+//! exact inverse of a reversible sampler, with its companion written beside x_T; the ODE
+//! inversion otherwise).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use adeis::npy::{npy_bytes, NpyArray};
+use adeis::prelude::*;
+use adeis::runtime::dfdx::prelude::*;
+use adeis::runtime::{invert, to_f64};
+use adeis::Outputs;
+use anyhow::Result;
+
+use super::inputs::{conditioned_model, read_state, state, CondArgs, GuidanceArgs};
+use super::model::{parse_model, with_model, CommandModel};
+use super::Dtype;
+
+/// The options of `adeis invert`.
+#[derive(clap::Args)]
+pub struct InvertArgs {
+    /// Spec file (.toml or .json) with [schedule] and [sampler] tables, or a diffusers
+    /// scheduler_config.json (with --steps).
+    #[arg(long)]
+    pub spec: PathBuf,
+    /// The number of sampler steps, in place of the spec's.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// The model, as for `adeis sample`.
+    #[arg(long)]
+    pub model: String,
+    /// The samples to encode: .npy, [batch, dim], or [batch, channels, height, width] for a
+    /// diffusers model.
+    #[arg(long = "x-0")]
+    pub x_0: PathBuf,
+    /// A reversible sampler's companion at t_min (default: x_0 itself).
+    #[arg(long = "companion-0")]
+    pub companion_0: Option<PathBuf>,
+    /// The conditioning z (.npy), as for `adeis sample`.
+    #[arg(long)]
+    pub cond: Option<PathBuf>,
+    /// Class labels of a class-conditional diffusers model (.npy of integers, or `3,1`).
+    #[arg(long = "class-labels")]
+    pub class_labels: Option<PathBuf>,
+    /// Classifier-free guidance scale, in place of the spec's.
+    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
+    pub guidance_scale: Option<f64>,
+    /// The "no class" label of a class-conditional diffusers UNet, for guidance.
+    #[arg(long = "null-class")]
+    pub null_class: Option<usize>,
+    /// Where to write x_T (.npy, x_0's shape). A reversible sampler's companion x^_T goes
+    /// beside it, as NAME_companion.npy (or --companion-out): `adeis sample --companion`
+    /// regenerates x_0 from the pair exactly.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where to write the companion, in place of NAME_companion.npy.
+    #[arg(long = "companion-out")]
+    pub companion_out: Option<PathBuf>,
+    /// Precision of the run.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+}
+
+/// NAME_companion.npy beside NAME.npy.
+fn companion_path(out: &Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}_companion.npy"))
+}
+
+pub fn run(args: &InvertArgs) -> Result<()> {
+    let companion_out = args
+        .companion_out
+        .clone()
+        .unwrap_or_else(|| companion_path(&args.out));
+    let inputs = [
+        Some(&args.x_0),
+        Some(&args.spec),
+        args.cond.as_ref(),
+        args.companion_0.as_ref(),
+    ];
+    for (flag, p) in [("--out", &args.out), ("--companion-out", &companion_out)] {
+        if inputs.contains(&Some(p)) {
+            anyhow::bail!(
+                "{flag} {} is one of the inputs; give the output another name",
+                p.display()
+            );
+        }
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                anyhow::bail!(
+                    "{flag} {}: the folder {} does not exist",
+                    p.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    if companion_out == args.out {
+        anyhow::bail!("--companion-out is the same file as --out; give them different names");
+    }
+    let choice = parse_model(&args.model)?;
+    let (problem, options) = super::load_problem(&args.spec, args.steps, "invert", &choice)?;
+    let x = read_state("--x-0", &choice, &args.x_0)?;
+    let companion = args
+        .companion_0
+        .as_ref()
+        .map(|p| {
+            let c = read_state("--companion-0", &choice, p)?;
+            if c.shape != x.shape {
+                anyhow::bail!(
+                    "--companion-0: {} has shape {:?}; --x-0 has {:?}",
+                    p.display(),
+                    c.shape,
+                    x.shape
+                );
+            }
+            Ok(c)
+        })
+        .transpose()?;
+    let dim = x.shape[1];
+    let files = (args.out.as_path(), companion_out.as_path());
+    match args.dtype {
+        Dtype::F32 => with_model!(&choice, f32, dim, |m| run_typed::<f32, _>(
+            args,
+            &problem,
+            &options,
+            m,
+            (&x, companion.as_ref()),
+            files
+        )),
+        Dtype::F64 => with_model!(&choice, f64, dim, |m| run_typed::<f64, _>(
+            args,
+            &problem,
+            &options,
+            m,
+            (&x, companion.as_ref()),
+            files
+        )),
+    }
+}
+
+fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
+    args: &InvertArgs,
+    problem: &Problem,
+    model_options: &super::inputs::SpecModelOptions,
+    model: &M,
+    (x, companion): (&NpyArray, Option<&NpyArray>),
+    (out, companion_out): (&Path, &Path),
+) -> Result<()>
+where
+    Cpu: Device<E>,
+{
+    let word = std::mem::size_of::<E>();
+    let x0 = state::<E>(x)?;
+    let companion = companion.map(state::<E>).transpose()?;
+    let (z, model_fn) = conditioned_model(
+        model,
+        &x0,
+        &CondArgs {
+            cond: args.cond.as_ref(),
+            labels: args.class_labels.as_ref(),
+        },
+        model_options,
+        &GuidanceArgs {
+            scale: args.guidance_scale,
+            null_class: args.null_class,
+        },
+    )?;
+    let start = Instant::now();
+    let inv = invert(problem, &model_fn, &x0, companion.as_ref(), z.as_ref())?;
+    let secs = start.elapsed().as_secs_f64();
+    // x_T and its companion appear together or not at all.
+    let mut files = Outputs::new();
+    files.stage(out, &npy_bytes(&inv.x_t.shape(), &to_f64(&inv.x_t), word))?;
+    if let Some(c) = &inv.companion {
+        files.stage(companion_out, &npy_bytes(&c.shape(), &to_f64(c), word))?;
+    }
+    files.commit()?;
+    println!(
+        "{} {} samples with {}: NFE {}, {secs:.3} s -> {}{}",
+        if inv.exact {
+            "inverted exactly"
+        } else {
+            "ODE-inverted"
+        },
+        x0.batch(),
+        problem.plan().description,
+        inv.nfe,
+        out.display(),
+        if inv.companion.is_some() {
+            format!(
+                " and its companion {} (adeis sample --x-t {} --companion {} regenerates x_0)",
+                companion_out.display(),
+                out.display(),
+                companion_out.display()
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
