@@ -154,3 +154,40 @@ fn a_rex_sampler_takes_a_tableau_as_arrays_and_the_reversible_gradient() {
     .unwrap_err();
     assert!(e.starts_with("gradient.method") && e.contains("rex"), "{e}");
 }
+
+#[test]
+fn momentum_is_checked_against_the_method_and_its_beta() {
+    let err = |sampler: &str| -> String {
+        let text = format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\n{sampler}\n");
+        let spec = parse_spec(&text, SpecFormat::Toml).unwrap();
+        match adeis::compiler::Problem::from_spec(&spec) {
+            Ok(p) => format!("ok: {}", p.plan().description),
+            Err(e) => e.to_string(),
+        }
+    };
+    let ok = err("method = \"dpm_solver_pp\"\norder = 2\nmomentum = \"hb\"\nmomentum_beta = 0.8");
+    assert!(ok.contains("heavy-ball momentum beta 0.8"), "{ok}");
+    let e = err("method = \"dpm_solver_pp\"\norder = 2\nmomentum = \"hb\"");
+    assert!(
+        e.starts_with("sampler.momentum_beta: momentum = \"hb\" needs momentum_beta in (0, 1]"),
+        "{e}"
+    );
+    let e = err("method = \"dpm_solver_pp\"\nmomentum = \"hb\"\nmomentum_beta = 1.5");
+    assert!(
+        e.starts_with("sampler.momentum_beta: momentum_beta = 1.5"),
+        "{e}"
+    );
+    let e = err("method = \"unipc\"\nmomentum = \"hb\"\nmomentum_beta = 0.8");
+    assert!(
+        e.contains("sampler.momentum") && e.contains("ddim, dpm_solver, dpm_solver_pp"),
+        "{e}"
+    );
+    let e = err("method = \"dpm_solver_pp\"\nmomentum_beta = 0.8");
+    assert!(e.starts_with("sampler.momentum_beta: goes with"), "{e}");
+    let e = err(
+        "method = \"dpm_solver_pp\"\nequation = \"sde\"\nmomentum = \"hb\"\nmomentum_beta = 0.8",
+    );
+    assert!(e.contains("the SDE samplers have none"), "{e}");
+    let e = err("method = \"dpm_solver_pp\"\nmomentum = \"ghvb\"\nmomentum_beta = 0.8");
+    assert!(e.contains("not built yet"), "{e}");
+}

@@ -233,6 +233,30 @@ impl DiffusionDecl {
                     OptValue::Num(v, _) => sp.rho = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
                 },
+                "momentum_beta" => match o.value {
+                    OptValue::Num(v, _) => sp.momentum_beta = Some(v),
+                    _ => {
+                        return Err(syn::Error::new(
+                            o.value.span(),
+                            "`momentum_beta` takes a number",
+                        ))
+                    }
+                },
+                "momentum" => {
+                    let OptValue::Word(w) = &o.value else {
+                        return Err(syn::Error::new(
+                            o.value.span(),
+                            "`momentum` takes hb or ghvb",
+                        ));
+                    };
+                    sp.momentum = Some(word(
+                        w,
+                        &[
+                            ("hb", crate::sampler::Momentum::Hb),
+                            ("ghvb", crate::sampler::Momentum::Ghvb),
+                        ],
+                    )?);
+                }
                 "coupling" => match o.value {
                     OptValue::Num(v, _) => sp.coupling = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`coupling` takes a number")),
@@ -375,6 +399,8 @@ impl DiffusionDecl {
                         "tableau",
                         "coupling",
                         "form",
+                        "momentum",
+                        "momentum_beta",
                     ];
                     let hint = did_you_mean(&k, keys)
                         .map(|h| format!("; did you mean `{h}`?"))
@@ -743,6 +769,17 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
             quote!(::std::option::Option::Some(
                 #krate::compiler::sampler::TableauSpec::Named(::std::string::String::from(#name))
             )),
+        );
+    }
+    if let Some(m) = sp.momentum {
+        let m = variant(krate, quote!(sampler::Momentum), &m);
+        field(true, "momentum", quote!(::std::option::Option::Some(#m)));
+    }
+    if let Some(beta) = sp.momentum_beta {
+        field(
+            true,
+            "momentum_beta",
+            quote!(::std::option::Option::Some(#beta)),
         );
     }
     if let Some(form) = sp.form {

@@ -37,7 +37,9 @@ mod unipc;
 
 pub use build::{build_plan, build_plan_on};
 pub use grid_stages::grid_orders;
-pub use options::{DeisBasis, Equation, Prediction, SolverType, Stages, ThirdOrder, UnipcVariant};
+pub use options::{
+    DeisBasis, Equation, Momentum, Prediction, SolverType, Stages, ThirdOrder, UnipcVariant,
+};
 pub use registry::Method;
 pub use spec::SamplerSpec;
 pub use tableau::{Tableau, TableauSpec};

@@ -5,9 +5,9 @@
 use super::family::{Family, PlanRun};
 use super::formulas::{FormulaSet, DATA_BASE, NOISE1, NOISE_BASE};
 use super::{grid_stages, singlestep};
-use super::{Equation, SamplerSpec, SolverType, Stages, ThirdOrder};
+use super::{Equation, Momentum, SamplerSpec, SolverType, Stages, ThirdOrder};
 use crate::error::FieldError;
-use crate::plan::{Operand, Pred};
+use crate::plan::{GridSens, Operand, Pred};
 
 /// The family of every closed-form multistep update.
 pub(crate) struct Multistep;
@@ -203,6 +203,49 @@ impl Family for Multistep {
             ));
         }
         let sde = spec.effective_equation() == Equation::Sde;
+        match (spec.momentum, spec.momentum_beta) {
+            (None, Some(_)) => {
+                return Err(FieldError::new(
+                    "momentum_beta",
+                    "goes with `momentum = \"hb\"`, which is not set",
+                ))
+            }
+            (Some(Momentum::Ghvb), _) => {
+                return Err(FieldError::value(
+                    "momentum",
+                    "\"ghvb\"",
+                    "the generalised heavy ball is not built yet; \"hb\" (heavy ball) is",
+                ))
+            }
+            (Some(Momentum::Hb), None) => {
+                return Err(FieldError::new(
+                    "momentum_beta",
+                    "momentum = \"hb\" needs momentum_beta in (0, 1] (1: no momentum; the paper's runs use values such as 0.8)",
+                ))
+            }
+            (Some(Momentum::Hb), Some(beta)) => {
+                if !(beta.is_finite() && beta > 0.0 && beta <= 1.0) {
+                    return Err(FieldError::value(
+                        "momentum_beta",
+                        beta,
+                        "a number in (0, 1] (1: no momentum)",
+                    ));
+                }
+                if sde {
+                    return Err(FieldError::new(
+                        "momentum",
+                        "acts on the probability-flow ODE's steps; the SDE samplers have none",
+                    ));
+                }
+                if !spec.is_multistep() && spec.order > 1 {
+                    return Err(FieldError::new(
+                        "momentum",
+                        "acts on a multistep sampler's combination of model outputs; this one is singlestep",
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
         if sde && !spec.is_multistep() && spec.order > 1 && spec.stages == Stages::Lambda {
             return Err(FieldError::new(
                 "multistep",
@@ -240,6 +283,9 @@ impl Family for Multistep {
                 " singlestep"
             });
         }
+        if let (Some(Momentum::Hb), Some(beta)) = (spec.momentum, spec.momentum_beta) {
+            out.push_str(&format!(", heavy-ball momentum beta {beta}"));
+        }
     }
 
     fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun) {
@@ -252,6 +298,8 @@ impl Family for Multistep {
         }
         let pred = spec.method.form();
         let sde = run.sde;
+        // The heavy ball's velocity (a state slot: a combination of model outputs).
+        let mut velocity: Option<usize> = None;
         for i in 0..run.n {
             run.b.set_step(i);
             let v = run.vars_at(i);
@@ -263,6 +311,37 @@ impl Family for Multistep {
             let sens = |name: &str| run.step_sens(i, &partials[c.index(name)], &[]);
             let mut terms = vec![(Operand::State(run.x), c.get("A"))];
             let mut term_sens = vec![sens("A")];
+            if let (Some(Momentum::Hb), Some(beta)) = (spec.momentum, spec.momentum_beta) {
+                // The step is x_{i+1} = A x_i + phi D_i with phi the first-order update's
+                // coefficient and D_i = sum_k (B_k / phi) out_k; the heavy ball steps with
+                // v_i = (1 - beta) v_{i-1} + beta D_i instead (v_0 = D_0).
+                let first = formulas(spec, sde, pred, 1);
+                let (c1, p1) = first.eval_with_partials(&v);
+                let phi = c1.get("B0");
+                let phi_sens = run.step_sens(i, &p1[c1.index("B0")], &[]);
+                let keep = if velocity.is_some() { 1.0 - beta } else { 0.0 };
+                let weight = if velocity.is_some() { beta } else { 1.0 };
+                let mut v_terms = Vec::new();
+                let mut v_sens = Vec::new();
+                if let (Some(prev), true) = (velocity, keep != 0.0) {
+                    v_terms.push((Operand::State(prev), keep));
+                    v_sens.push(vec![]);
+                }
+                for (k, b) in c.outputs().into_iter().enumerate() {
+                    // d(B/phi) = dB/phi - B/phi^2 dphi, times the weight.
+                    let b_sens = sens(&format!("B{k}"));
+                    let ratio_sens =
+                        combine_sens(&b_sens, weight / phi, &phi_sens, -weight * b / (phi * phi));
+                    v_terms.push((run.newest(k), weight * b / phi));
+                    v_sens.push(ratio_sens);
+                }
+                let vel = run.b.combine_beside_grid_with_sens(i, v_terms, v_sens);
+                velocity = Some(vel);
+                terms.push((Operand::State(vel), phi));
+                term_sens.push(phi_sens);
+                run.x = run.b.combine_at_grid_with_sens(i + 1, terms, term_sens);
+                continue;
+            }
             for (k, b) in c.outputs().into_iter().enumerate() {
                 terms.push((run.newest(k), b));
                 term_sens.push(sens(&format!("B{k}")));
@@ -275,4 +354,16 @@ impl Family for Multistep {
             run.x = run.b.combine_at_grid_with_sens(i + 1, terms, term_sens);
         }
     }
+}
+
+/// a sa + b sb, the sensitivities of a linear combination of two coefficients.
+fn combine_sens(sa: &GridSens, a: f64, sb: &GridSens, b: f64) -> GridSens {
+    let mut out: GridSens = sa.iter().map(|(j, d)| (*j, a * d)).collect();
+    for (j, d) in sb {
+        match out.iter_mut().find(|(k, _)| k == j) {
+            Some((_, acc)) => *acc += b * d,
+            None => out.push((*j, b * d)),
+        }
+    }
+    out
 }

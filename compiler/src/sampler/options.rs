@@ -1,5 +1,5 @@
 //! The sampler options that take one of a few named values (`[sampler] equation`,
-//! `prediction`, `solver_type`, `variant`, `third_order`, `deis_basis`, `stages`). Which
+//! `prediction`, `solver_type`, `variant`, `third_order`, `deis_basis`, `stages`, `momentum`). Which
 //! method each applies to is the registry's (`registry.rs`); what it does is its family's.
 
 use serde::{Deserialize, Serialize};
@@ -101,4 +101,15 @@ impl Stages {
     pub(crate) fn is_lambda(&self) -> bool {
         *self == Stages::Lambda
     }
+}
+
+/// Momentum on a multistep sampler's model-output combination ("Diffusion Sampling with
+/// Momentum for Mitigating Divergence Artifacts", Wizadwongsa et al.).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Momentum {
+    /// Polyak's heavy ball: v_n = (1 - beta) v_{n-1} + beta D_n replaces the step's D_n.
+    Hb,
+    /// Generalised heavy ball (GHVB): the momentum inside the multistep combination.
+    Ghvb,
 }

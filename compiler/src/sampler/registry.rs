@@ -56,8 +56,18 @@ pub(crate) struct Entry {
 
 /// The DPM-Solver options of the second- and third-order updates.
 const DPM_UPDATES: &[&str] = &["solver_type", "third_order"];
-/// ... and the choice between the multistep and the singlestep forms.
-const DPM_FORMS: &[&str] = &["solver_type", "third_order", "multistep", "stages"];
+/// ... and the choice between the multistep and the singlestep forms, and momentum on the
+/// multistep form.
+const DPM_FORMS: &[&str] = &[
+    "solver_type",
+    "third_order",
+    "multistep",
+    "stages",
+    "momentum",
+    "momentum_beta",
+];
+/// Momentum on a multistep combination of model outputs.
+const MOMENTUM: &[&str] = &["momentum", "momentum_beta"];
 
 /// The catalogue, one row a method.
 pub(crate) const REGISTRY: [Entry; 8] = [
@@ -70,7 +80,7 @@ pub(crate) const REGISTRY: [Entry; 8] = [
         sde_orders: &[1],
         sde_only: false,
         multistep_by_default: true,
-        options: &[],
+        options: MOMENTUM,
     },
     Entry {
         method: Method::DpmSolver,
@@ -154,7 +164,7 @@ pub(crate) const REGISTRY: [Entry; 8] = [
 /// The options that belong to some methods only (a row's `options` names them), and what a
 /// spec that gives one to a method without it is told (`{m}`: the method; `{with}`: the
 /// methods that have it).
-pub(crate) const OWNED_OPTIONS: [(&str, &str); 11] = [
+pub(crate) const OWNED_OPTIONS: [(&str, &str); 13] = [
     ("variant", "`variant` is UniPC's; method `{m}` has none"),
     ("corrector", "`corrector` is UniPC's; method `{m}` has none"),
     (
@@ -192,6 +202,14 @@ pub(crate) const OWNED_OPTIONS: [(&str, &str); 11] = [
     (
         "form",
         "`form` (data | eps) chooses the Lawson variables of {with}; method `{m}` has its form fixed",
+    ),
+    (
+        "momentum",
+        "`momentum` acts on the multistep samplers' model outputs ({with}); method `{m}` has none",
+    ),
+    (
+        "momentum_beta",
+        "`momentum_beta` goes with `momentum` ({with}); method `{m}` has none",
     ),
 ];
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::options::{
-    DeisBasis, Equation, Prediction, SolverType, Stages, ThirdOrder, UnipcVariant,
+    DeisBasis, Equation, Momentum, Prediction, SolverType, Stages, ThirdOrder, UnipcVariant,
 };
 use super::registry::Method;
 use super::tableau::TableauSpec;
@@ -137,6 +137,12 @@ pub struct SamplerSpec {
     /// form (chi = sigma/alpha).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<Pred>,
+    /// Momentum on a multistep step's combination of model outputs: hb (heavy ball).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<Momentum>,
+    /// The momentum's beta in (0, 1] (1: no momentum), with `momentum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum_beta: Option<f64>,
 }
 
 fn default_grid() -> GridKind {
@@ -174,6 +180,8 @@ impl SamplerSpec {
             tableau: None,
             coupling: d_coupling(),
             form: None,
+            momentum: None,
+            momentum_beta: None,
         }
     }
 
@@ -268,6 +276,8 @@ impl SamplerSpec {
             ("tableau", self.tableau.is_some()),
             ("coupling", !is_default_coupling(&self.coupling)),
             ("form", self.form.is_some()),
+            ("momentum", self.momentum.is_some()),
+            ("momentum_beta", self.momentum_beta.is_some()),
         ];
         for (key, set) in owned_set {
             if let (true, Some(why)) = (set, self.method.refuses(key)) {
