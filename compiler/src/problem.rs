@@ -59,7 +59,7 @@ impl Problem {
                 "method",
                 "\"reversible\"",
                 format!(
-                    "the reversible gradient runs an algebraically reversible sampler backwards (sampler method = \"rex\"); `{}` is not one: use \"discrete\" (or \"tape\", \"adjoint_deis\")",
+                    "the reversible gradient runs an algebraically reversible sampler backwards (sampler method = \"rex\" or \"bdia\"); `{}` is not one: use \"discrete\" (or \"tape\", \"adjoint_deis\")",
                     self.sampler.method.name()
                 ),
             ));

@@ -72,7 +72,10 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         ));
     }
     let companion_slot = reversal.companion.ok_or_else(|| {
-        RuntimeError::Invalid("this reversible plan has no companion at its start".into())
+        RuntimeError::Invalid(format!(
+            "exact inversion returns a pair the sampler starts from; {} starts from x_T alone (its first step is plain DDIM), so its inverse cannot begin from x_0: use method = \"rex\"",
+            plan.description
+        ))
     })?;
     if let Some(c) = companion {
         if c.shape() != x0.shape() {

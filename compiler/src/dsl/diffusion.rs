@@ -233,6 +233,10 @@ impl DiffusionDecl {
                     OptValue::Num(v, _) => sp.rho = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
                 },
+                "gamma" => match o.value {
+                    OptValue::Num(v, _) => sp.gamma = Some(v),
+                    _ => return Err(syn::Error::new(o.value.span(), "`gamma` takes a number")),
+                },
                 "momentum_beta" => match o.value {
                     OptValue::Num(v, _) => sp.momentum_beta = Some(v),
                     _ => {
@@ -401,6 +405,7 @@ impl DiffusionDecl {
                         "form",
                         "momentum",
                         "momentum_beta",
+                        "gamma",
                     ];
                     let hint = did_you_mean(&k, keys)
                         .map(|h| format!("; did you mean `{h}`?"))
@@ -774,6 +779,9 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     if let Some(m) = sp.momentum {
         let m = variant(krate, quote!(sampler::Momentum), &m);
         field(true, "momentum", quote!(::std::option::Option::Some(#m)));
+    }
+    if let Some(gamma) = sp.gamma {
+        field(true, "gamma", quote!(::std::option::Option::Some(#gamma)));
     }
     if let Some(beta) = sp.momentum_beta {
         field(

@@ -9,7 +9,8 @@
 //!   rules, its words in the description, its steps) and the plan under construction.
 //! - The families: `multistep.rs` (DDIM, DPM-Solver, DPM-Solver++ and their SDE forms, with the
 //!   singlestep forms `singlestep.rs` and `grid_stages.rs`), `deis.rs`, `unipc.rs`, `rex.rs`
-//!   (reversible: it emits each step's inverse too) with its Butcher tableaus (`tableau.rs`).
+//!   (reversible: it emits each step's inverse too) with its Butcher tableaus (`tableau.rs`),
+//!   `bdia.rs` (reversible given its last two states).
 //! - `sens.rs`: the coefficients' sensitivities to the grid and the schedule's parameters;
 //!   `build.rs`: the plan builder.
 //!
@@ -19,6 +20,7 @@
 //! and UniPC solves its small order conditions, both on JIT-evaluated schedule values. Tables
 //! are filled once per (schedule, sampler, grid).
 
+mod bdia;
 mod build;
 mod deis;
 mod dual;

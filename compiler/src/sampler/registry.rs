@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::family::Family;
-use super::{deis, multistep, rex, unipc};
+use super::{bdia, deis, multistep, rex, unipc};
 use crate::plan::Pred;
 
 /// The sampler methods (`[sampler] method`), in the registry's order.
@@ -30,6 +30,8 @@ pub enum Method {
     /// Rex: a Runge-Kutta tableau in Lawson's variables with the reversible coupling (exact
     /// algebraic inverse; the `reversible` gradient).
     Rex,
+    /// BDIA: DDIM with the bi-directional correction, reversible given the last two states.
+    Bdia,
 }
 
 /// One row of the catalogue.
@@ -70,7 +72,7 @@ const DPM_FORMS: &[&str] = &[
 const MOMENTUM: &[&str] = &["momentum", "momentum_beta"];
 
 /// The catalogue, one row a method.
-pub(crate) const REGISTRY: [Entry; 8] = [
+pub(crate) const REGISTRY: [Entry; 9] = [
     Entry {
         method: Method::Ddim,
         name: "ddim",
@@ -159,12 +161,23 @@ pub(crate) const REGISTRY: [Entry; 8] = [
         multistep_by_default: false,
         options: &["tableau", "coupling", "form"],
     },
+    Entry {
+        method: Method::Bdia,
+        name: "bdia",
+        family: &bdia::Bdia,
+        form: Pred::Eps,
+        orders: &[1],
+        sde_orders: &[],
+        sde_only: false,
+        multistep_by_default: true,
+        options: &["gamma"],
+    },
 ];
 
 /// The options that belong to some methods only (a row's `options` names them), and what a
 /// spec that gives one to a method without it is told (`{m}`: the method; `{with}`: the
 /// methods that have it).
-pub(crate) const OWNED_OPTIONS: [(&str, &str); 13] = [
+pub(crate) const OWNED_OPTIONS: [(&str, &str); 14] = [
     ("variant", "`variant` is UniPC's; method `{m}` has none"),
     ("corrector", "`corrector` is UniPC's; method `{m}` has none"),
     (
@@ -210,6 +223,10 @@ pub(crate) const OWNED_OPTIONS: [(&str, &str); 13] = [
     (
         "momentum_beta",
         "`momentum_beta` goes with `momentum` ({with}); method `{m}` has none",
+    ),
+    (
+        "gamma",
+        "`gamma` weighs BDIA's backward correction ({with}); method `{m}` has none",
     ),
 ];
 

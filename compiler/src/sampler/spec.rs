@@ -143,6 +143,9 @@ pub struct SamplerSpec {
     /// The momentum's beta in (0, 1] (1: no momentum), with `momentum`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum_beta: Option<f64>,
+    /// BDIA's gamma in (0, 1] (default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
 }
 
 fn default_grid() -> GridKind {
@@ -182,6 +185,7 @@ impl SamplerSpec {
             form: None,
             momentum: None,
             momentum_beta: None,
+            gamma: None,
         }
     }
 
@@ -278,6 +282,7 @@ impl SamplerSpec {
             ("form", self.form.is_some()),
             ("momentum", self.momentum.is_some()),
             ("momentum_beta", self.momentum_beta.is_some()),
+            ("gamma", self.gamma.is_some()),
         ];
         for (key, set) in owned_set {
             if let (true, Some(why)) = (set, self.method.refuses(key)) {

@@ -1,4 +1,4 @@
-//! The gradient of a reversible sampler (Rex) with nothing recorded and nothing recomputed
+//! The gradient of a reversible sampler (Rex, BDIA) with nothing recorded and nothing recomputed
 //! from x_T (docs/math.md section 3.5): one forward sweep keeps only the final states; the
 //! backward sweep runs each step's algebraic inverse (the plan's [`Reversal`]) from the
 //! states the step carried forward, which defines every state and output the step read, and
@@ -29,7 +29,7 @@ pub struct Reversible;
 fn reversal_of(plan: &Plan) -> Result<&Reversal, RuntimeError> {
     plan.reversal.as_ref().ok_or_else(|| {
         RuntimeError::Invalid(format!(
-            "method = \"reversible\" differentiates an algebraically reversible sampler (method = \"rex\"); this plan is {}: use method = \"discrete\"",
+            "method = \"reversible\" differentiates an algebraically reversible sampler (method = \"rex\" or \"bdia\"); this plan is {}: use method = \"discrete\"",
             plan.description
         ))
     })
