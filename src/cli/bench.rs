@@ -29,8 +29,8 @@ pub struct BenchArgs {
     /// States of the discrete adjoint: record or checkpoint (sqrt(N) slots).
     #[arg(long, default_value = "record")]
     pub states: String,
-    /// The sampler, at order 1: ddim, or rex (Euler tableau, reversible coupling); default
-    /// rex for --method reversible, ddim otherwise.
+    /// The sampler, at order 1: ddim, or rex (Euler tableau, reversible coupling, eps form);
+    /// default rex for --method reversible, ddim otherwise.
     #[arg(long)]
     pub sampler: Option<String>,
     /// Print JSON.

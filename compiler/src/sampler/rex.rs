@@ -19,7 +19,7 @@
 use super::dual::{Dual, TIME_SLOTS};
 use super::family::{Family, PlanRun};
 use super::tableau::Tableau;
-use super::{Prediction, SamplerSpec};
+use super::SamplerSpec;
 use crate::error::FieldError;
 use crate::plan::MAX_DUAL_PARAMS;
 use crate::plan::{GridSens, Instr, Operand, Pred, ReverseStep, TimeDerivs};
@@ -40,15 +40,11 @@ impl Rex {
         }
     }
 
-    /// The form whose Lawson variables the steps use: by default the network's own (data for
-    /// an x0 network, eps for eps and v), whose inverse drifts least in the reversible
-    /// gradient; inverting real images favours the data form (Rex's reference default). Both
-    /// are measured in docs/numerics.md.
+    /// The form whose Lawson variables the steps use: data by default, as Rex's own. The eps
+    /// form drifts less in the reversible gradient of some eps networks but can diverge in
+    /// sampling (the trained digits model's samples blow up in it); docs/numerics.md.
     fn form(spec: &SamplerSpec) -> Pred {
-        spec.form.unwrap_or(match spec.prediction {
-            Prediction::X0 => Pred::Data,
-            Prediction::Eps | Prediction::V => Pred::Eps,
-        })
+        spec.form.unwrap_or(Pred::Data)
     }
 }
 
