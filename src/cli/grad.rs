@@ -15,9 +15,7 @@ use adeis::safetensors::safetensors_bytes;
 use adeis::Outputs;
 use anyhow::{bail, Result};
 
-use super::inputs::{
-    check_memory, conditioned_model, read_like, read_x_t, state, CondArgs, GuidanceArgs,
-};
+use super::inputs::{check_memory, conditioned_model, read_like, read_x_t, state, ModelFlags};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -49,25 +47,9 @@ pub struct GradArgs {
     /// The target of --loss mse (.npy, x_T's shape).
     #[arg(long)]
     pub target: Option<PathBuf>,
-    /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
-    /// conditioned on a sequence); the Gaussian model's conditioning is its mean, which
-    /// fills z when this is absent; a class-conditional diffusers model's is
-    /// its class-embedding vector (dz.npy is the gradient with respect to it).
-    #[arg(long)]
-    pub cond: Option<PathBuf>,
-    /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
-    /// the labels inline (`3,1`).
-    #[arg(long = "class-labels")]
-    pub class_labels: Option<PathBuf>,
-    /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
-    /// (1: the conditional model, 0: the unconditional one); in place of the spec's
-    /// [guidance] scale.
-    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
-    pub guidance_scale: Option<f64>,
-    /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
-    /// digits model has its own).
-    #[arg(long = "null-class")]
-    pub null_class: Option<usize>,
+    /// How the model is conditioned and guided.
+    #[command(flatten)]
+    pub model_flags: ModelFlags,
     /// Where to write dx_t.npy, dz.npy (with conditioning) and dparams.safetensors (when
     /// gradient.wrt includes "params").
     #[arg(long = "out-dir")]
@@ -175,15 +157,9 @@ where
     let (z, model_fn) = conditioned_model(
         model,
         &x_t,
-        &CondArgs {
-            cond: args.cond.as_ref(),
-            labels: args.class_labels.as_ref(),
-        },
+        &args.model_flags.cond_args(),
         model_options,
-        &GuidanceArgs {
-            scale: args.guidance_scale,
-            null_class: args.null_class,
-        },
+        &args.model_flags.guidance_args(),
     )?;
     if wrt.cond && z.is_none() {
         bail!("gradient.wrt includes \"cond\" but this model has no conditioning");

@@ -79,6 +79,49 @@ pub fn read_like(flag: &str, path: &Path, x: &NpyArray) -> Result<NpyArray> {
     Ok(a)
 }
 
+/// The flags that say how the model is conditioned and guided, shared by `adeis sample`,
+/// `adeis grad` and `adeis invert`.
+#[derive(clap::Args)]
+pub struct ModelFlags {
+    /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
+    /// conditioned on a sequence): the Gaussian model's conditioning is its mean, which fills
+    /// z when this is absent; a class-conditional diffusers model's is its class-embedding
+    /// vector (`adeis grad` writes dz.npy, the gradient with respect to it).
+    #[arg(long)]
+    pub cond: Option<PathBuf>,
+    /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
+    /// the labels inline (`3,1`).
+    #[arg(long = "class-labels")]
+    pub class_labels: Option<PathBuf>,
+    /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
+    /// (1: the conditional model, 0: the unconditional one); in place of the spec's
+    /// [guidance] scale.
+    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
+    pub guidance_scale: Option<f64>,
+    /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
+    /// digits model has its own).
+    #[arg(long = "null-class")]
+    pub null_class: Option<usize>,
+}
+
+impl ModelFlags {
+    /// Where the conditioning comes from.
+    pub fn cond_args(&self) -> CondArgs<'_> {
+        CondArgs {
+            cond: self.cond.as_ref(),
+            labels: self.class_labels.as_ref(),
+        }
+    }
+
+    /// The guidance the flags set.
+    pub fn guidance_args(&self) -> GuidanceArgs {
+        GuidanceArgs {
+            scale: self.guidance_scale,
+            null_class: self.null_class,
+        }
+    }
+}
+
 /// Where the conditioning comes from on the command line.
 pub struct CondArgs<'a> {
     pub cond: Option<&'a PathBuf>,

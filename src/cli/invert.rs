@@ -12,7 +12,7 @@ use adeis::runtime::{invert, to_f64};
 use adeis::Outputs;
 use anyhow::Result;
 
-use super::inputs::{conditioned_model, read_state, state, CondArgs, GuidanceArgs};
+use super::inputs::{conditioned_model, read_state, state, ModelFlags};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -36,18 +36,9 @@ pub struct InvertArgs {
     /// A reversible sampler's companion at t_min (default: x_0 itself).
     #[arg(long = "companion-0")]
     pub companion_0: Option<PathBuf>,
-    /// The conditioning z (.npy), as for `adeis sample`.
-    #[arg(long)]
-    pub cond: Option<PathBuf>,
-    /// Class labels of a class-conditional diffusers model (.npy of integers, or `3,1`).
-    #[arg(long = "class-labels")]
-    pub class_labels: Option<PathBuf>,
-    /// Classifier-free guidance scale, in place of the spec's.
-    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
-    pub guidance_scale: Option<f64>,
-    /// The "no class" label of a class-conditional diffusers UNet, for guidance.
-    #[arg(long = "null-class")]
-    pub null_class: Option<usize>,
+    /// How the model is conditioned and guided.
+    #[command(flatten)]
+    pub model_flags: ModelFlags,
     /// Where to write x_T (.npy, x_0's shape). A reversible sampler's companion x^_T goes
     /// beside it, as NAME_companion.npy (or --companion-out): `adeis sample --companion`
     /// regenerates x_0 from the pair exactly.
@@ -77,7 +68,7 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     let inputs = [
         Some(&args.x_0),
         Some(&args.spec),
-        args.cond.as_ref(),
+        args.model_flags.cond.as_ref(),
         args.companion_0.as_ref(),
     ];
     for (flag, p) in [("--out", &args.out), ("--companion-out", &companion_out)] {
@@ -158,15 +149,9 @@ where
     let (z, model_fn) = conditioned_model(
         model,
         &x0,
-        &CondArgs {
-            cond: args.cond.as_ref(),
-            labels: args.class_labels.as_ref(),
-        },
+        &args.model_flags.cond_args(),
         model_options,
-        &GuidanceArgs {
-            scale: args.guidance_scale,
-            null_class: args.null_class,
-        },
+        &args.model_flags.guidance_args(),
     )?;
     let start = Instant::now();
     let inv = invert(problem, &model_fn, &x0, companion.as_ref(), z.as_ref())?;

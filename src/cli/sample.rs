@@ -10,7 +10,7 @@ use adeis::runtime::to_f64;
 use adeis::Outputs;
 use anyhow::Result;
 
-use super::inputs::{conditioned_model, read_state, read_x_t, state, CondArgs, GuidanceArgs};
+use super::inputs::{conditioned_model, read_state, read_x_t, state, ModelFlags};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -39,24 +39,9 @@ pub struct SampleArgs {
     /// samples exactly.
     #[arg(long)]
     pub companion: Option<PathBuf>,
-    /// The conditioning z (.npy, [batch, cond_dim]; [batch, tokens, dim] for a model
-    /// conditioned on a sequence): for a class-conditional diffusers model, its
-    /// class-embedding vectors.
-    #[arg(long)]
-    pub cond: Option<PathBuf>,
-    /// Class labels of a class-conditional diffusers model: .npy of integers, [batch], or
-    /// the labels inline (`3,1`).
-    #[arg(long = "class-labels")]
-    pub class_labels: Option<PathBuf>,
-    /// Classifier-free guidance, diffusers' guidance_scale: uncond + S (cond - uncond)
-    /// (1: the conditional model, 0: the unconditional one); in place of the spec's
-    /// [guidance] scale.
-    #[arg(long = "guidance-scale", allow_hyphen_values = true)]
-    pub guidance_scale: Option<f64>,
-    /// The class a class-conditional diffusers UNet reads as "no class", for guidance (the
-    /// digits model has its own).
-    #[arg(long = "null-class")]
-    pub null_class: Option<usize>,
+    /// How the model is conditioned and guided.
+    #[command(flatten)]
+    pub model_flags: ModelFlags,
     /// Where to write the samples (.npy, x_T's shape, in the run's precision).
     #[arg(long)]
     pub out: PathBuf,
@@ -87,7 +72,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     ] {
         let Some(p) = p else { continue };
         if [&args.x_t, &args.spec].contains(&p)
-            || args.cond.as_ref() == Some(p)
+            || args.model_flags.cond.as_ref() == Some(p)
             || args.companion.as_ref() == Some(p)
         {
             anyhow::bail!(
@@ -167,15 +152,9 @@ where
     let (z, model_fn) = conditioned_model(
         model,
         &x_t,
-        &CondArgs {
-            cond: args.cond.as_ref(),
-            labels: args.class_labels.as_ref(),
-        },
+        &args.model_flags.cond_args(),
         model_options,
-        &GuidanceArgs {
-            scale: args.guidance_scale,
-            null_class: args.null_class,
-        },
+        &args.model_flags.guidance_args(),
     )?;
     if args.trajectory.is_some() {
         // The states on the device, their f64 copy and the file's bytes.
