@@ -59,7 +59,8 @@ impl Problem {
                 "method",
                 "\"reversible\"",
                 format!(
-                    "the reversible gradient runs an algebraically reversible sampler backwards (sampler method = \"rex\" or \"bdia\"); `{}` is not one: use \"discrete\" (or \"tape\", \"adjoint_deis\")",
+                    "the reversible gradient runs an algebraically reversible sampler backwards (sampler method = {}); `{}` is not one: use \"discrete\" (or \"tape\", \"adjoint_deis\")",
+                    crate::sampler::registry::reversible_methods(),
                     self.sampler.method.name()
                 ),
             ));

@@ -44,6 +44,54 @@ pub fn read_state(flag: &str, choice: &ModelChoice, path: &Path) -> Result<NpyAr
     Ok(x)
 }
 
+/// Refuses, before anything runs, an output that is one of the inputs or whose folder does not
+/// exist (outputs given as (flag, path); an absent optional output is None).
+pub fn check_outputs(
+    outputs: &[(&str, Option<&PathBuf>)],
+    inputs: &[Option<&PathBuf>],
+) -> Result<()> {
+    for (flag, p) in outputs {
+        let Some(p) = p else { continue };
+        if inputs.contains(&Some(*p)) {
+            bail!(
+                "{flag} {} is one of the inputs; give the output another name",
+                p.display()
+            );
+        }
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                bail!(
+                    "{flag} {}: the folder {} does not exist",
+                    p.display(),
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A reversible sampler's companion state from the file given to `flag`, of the same shape as
+/// the state `like` read from `like_flag`.
+pub fn read_companion(
+    flag: &str,
+    choice: &ModelChoice,
+    path: Option<&PathBuf>,
+    (like, like_flag): (&NpyArray, &str),
+) -> Result<Option<NpyArray>> {
+    let Some(p) = path else { return Ok(None) };
+    let c = read_state(flag, choice, p)?;
+    if c.shape != like.shape {
+        bail!(
+            "{flag}: {} has shape {:?}; {like_flag} has {:?}",
+            p.display(),
+            c.shape,
+            like.shape
+        );
+    }
+    Ok(Some(c))
+}
+
 /// Refuses an input with NaN or an infinity, naming the flag, the file and the first bad
 /// element (in C order), before anything runs on it.
 pub fn check_finite(flag: &str, path: &Path, a: &NpyArray) -> Result<()> {

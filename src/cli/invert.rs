@@ -12,7 +12,9 @@ use adeis::runtime::{invert, to_f64};
 use adeis::Outputs;
 use anyhow::Result;
 
-use super::inputs::{conditioned_model, read_state, state, ModelFlags};
+use super::inputs::{
+    check_outputs, conditioned_model, read_companion, read_state, state, ModelFlags,
+};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -65,51 +67,30 @@ pub fn run(args: &InvertArgs) -> Result<()> {
         .companion_out
         .clone()
         .unwrap_or_else(|| companion_path(&args.out));
-    let inputs = [
-        Some(&args.x_0),
-        Some(&args.spec),
-        args.model_flags.cond.as_ref(),
-        args.companion_0.as_ref(),
-    ];
-    for (flag, p) in [("--out", &args.out), ("--companion-out", &companion_out)] {
-        if inputs.contains(&Some(p)) {
-            anyhow::bail!(
-                "{flag} {} is one of the inputs; give the output another name",
-                p.display()
-            );
-        }
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                anyhow::bail!(
-                    "{flag} {}: the folder {} does not exist",
-                    p.display(),
-                    dir.display()
-                );
-            }
-        }
-    }
+    check_outputs(
+        &[
+            ("--out", Some(&args.out)),
+            ("--companion-out", Some(&companion_out)),
+        ],
+        &[
+            Some(&args.x_0),
+            Some(&args.spec),
+            args.model_flags.cond.as_ref(),
+            args.companion_0.as_ref(),
+        ],
+    )?;
     if companion_out == args.out {
         anyhow::bail!("--companion-out is the same file as --out; give them different names");
     }
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "invert", &choice)?;
     let x = read_state("--x-0", &choice, &args.x_0)?;
-    let companion = args
-        .companion_0
-        .as_ref()
-        .map(|p| {
-            let c = read_state("--companion-0", &choice, p)?;
-            if c.shape != x.shape {
-                anyhow::bail!(
-                    "--companion-0: {} has shape {:?}; --x-0 has {:?}",
-                    p.display(),
-                    c.shape,
-                    x.shape
-                );
-            }
-            Ok(c)
-        })
-        .transpose()?;
+    let companion = read_companion(
+        "--companion-0",
+        &choice,
+        args.companion_0.as_ref(),
+        (&x, "--x-0"),
+    )?;
     let dim = x.shape[1];
     let files = (args.out.as_path(), companion_out.as_path());
     match args.dtype {

@@ -10,7 +10,9 @@ use adeis::runtime::to_f64;
 use adeis::Outputs;
 use anyhow::Result;
 
-use super::inputs::{conditioned_model, read_state, read_x_t, state, ModelFlags};
+use super::inputs::{
+    check_outputs, conditioned_model, read_companion, read_x_t, state, ModelFlags,
+};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -66,49 +68,27 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             args.out.display()
         );
     }
-    for (flag, p) in [
-        ("--out", Some(&args.out)),
-        ("--trajectory", args.trajectory.as_ref()),
-    ] {
-        let Some(p) = p else { continue };
-        if [&args.x_t, &args.spec].contains(&p)
-            || args.model_flags.cond.as_ref() == Some(p)
-            || args.companion.as_ref() == Some(p)
-        {
-            anyhow::bail!(
-                "{flag} {} is one of the inputs; give the output another name",
-                p.display()
-            );
-        }
-        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                anyhow::bail!(
-                    "{flag} {}: the folder {} does not exist",
-                    p.display(),
-                    dir.display()
-                );
-            }
-        }
-    }
+    check_outputs(
+        &[
+            ("--out", Some(&args.out)),
+            ("--trajectory", args.trajectory.as_ref()),
+        ],
+        &[
+            Some(&args.x_t),
+            Some(&args.spec),
+            args.model_flags.cond.as_ref(),
+            args.companion.as_ref(),
+        ],
+    )?;
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
-    let companion = args
-        .companion
-        .as_ref()
-        .map(|p| {
-            let c = read_state("--companion", &choice, p)?;
-            if c.shape != x.shape {
-                anyhow::bail!(
-                    "--companion: {} has shape {:?}; --x-t has {:?}",
-                    p.display(),
-                    c.shape,
-                    x.shape
-                );
-            }
-            Ok(c)
-        })
-        .transpose()?;
+    let companion = read_companion(
+        "--companion",
+        &choice,
+        args.companion.as_ref(),
+        (&x, "--x-t"),
+    )?;
     if companion.is_some() && problem.plan().reversal.is_none() {
         anyhow::bail!(
             "--companion is a reversible sampler's second state (method = \"rex\"); this spec's sampler is {}",

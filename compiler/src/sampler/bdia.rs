@@ -27,6 +27,10 @@ fn gamma(spec: &SamplerSpec) -> f64 {
 }
 
 impl Family for Bdia {
+    fn reversible(&self) -> bool {
+        true
+    }
+
     fn validate(&self, spec: &SamplerSpec) -> Result<(), FieldError> {
         let g = gamma(spec);
         if !(g.is_finite() && g > 0.0 && g <= 1.0) {

@@ -30,6 +30,12 @@ pub(crate) trait Family: Sync {
         None
     }
 
+    /// Whether its steps push their inverses (a `Reversal`): the `reversible` gradient's
+    /// samplers.
+    fn reversible(&self) -> bool {
+        false
+    }
+
     /// Appends the family's own words (its form, its variant) to the plan's description.
     fn describe(&self, _spec: &SamplerSpec, _out: &mut String) {}
 

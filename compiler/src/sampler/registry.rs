@@ -305,6 +305,22 @@ impl Method {
     }
 }
 
+/// The reversible methods' names, "rex or bdia" (for the errors that send a user to them).
+pub fn reversible_methods() -> String {
+    let names: Vec<&str> = REGISTRY
+        .iter()
+        .filter(|e| e.family.reversible())
+        .map(|e| e.name)
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => {
+            let quoted: Vec<String> = rest.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("{} or \"{last}\"", quoted.join(", "))
+        }
+        _ => names.iter().map(|n| format!("\"{n}\"")).collect(),
+    }
+}
+
 /// The methods with an SDE form and their orders, for the error that names them: methods with
 /// the same orders one after another share them ("ddim and dpm_solver (order 1)"); the
 /// `sde_*` methods, SDE-only, stand by name.
@@ -361,6 +377,11 @@ mod tests {
             sde_forms(),
             "ddim and dpm_solver (order 1), dpm_solver_pp (orders 1, 2), sde_dpm_solver, sde_dpm_solver_pp"
         );
+    }
+
+    #[test]
+    fn the_reversible_methods_are_named_from_the_table() {
+        assert_eq!(reversible_methods(), "\"rex\" or \"bdia\"");
     }
 
     #[test]

@@ -49,6 +49,10 @@ impl Rex {
 }
 
 impl Family for Rex {
+    fn reversible(&self) -> bool {
+        true
+    }
+
     fn validate(&self, spec: &SamplerSpec) -> Result<(), FieldError> {
         let tableau = Rex::tableau(spec)?;
         if tableau.order != spec.order {

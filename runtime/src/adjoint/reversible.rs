@@ -29,7 +29,8 @@ pub struct Reversible;
 fn reversal_of(plan: &Plan) -> Result<&Reversal, RuntimeError> {
     plan.reversal.as_ref().ok_or_else(|| {
         RuntimeError::Invalid(format!(
-            "method = \"reversible\" differentiates an algebraically reversible sampler (method = \"rex\" or \"bdia\"); this plan is {}: use method = \"discrete\"",
+            "method = \"reversible\" differentiates an algebraically reversible sampler (method = {}); this plan is {}: use method = \"discrete\"",
+            adeis_compiler::sampler::registry::reversible_methods(),
             plan.description
         ))
     })
