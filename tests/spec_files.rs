@@ -191,3 +191,26 @@ fn momentum_is_checked_against_the_method_and_its_beta() {
     let e = err("method = \"dpm_solver_pp\"\nmomentum = \"ghvb\"\nmomentum_beta = 0.8");
     assert!(e.contains("not built yet"), "{e}");
 }
+
+#[test]
+fn edict_takes_its_mixing_weight_and_no_other_method_does() {
+    let run = |sampler: &str| -> String {
+        let text = format!("[schedule]\nkind = \"vp_linear\"\n\n[sampler]\n{sampler}\n");
+        let spec = parse_spec(&text, SpecFormat::Toml).unwrap();
+        match adeis::compiler::Problem::from_spec(&spec) {
+            Ok(p) => format!("ok: {}", p.plan().description),
+            Err(e) => e.to_string(),
+        }
+    };
+    let ok = run("method = \"edict\"\nsteps = 4");
+    assert!(ok.contains("edict") && ok.contains("mixing 0.93"), "{ok}");
+    let ok = run("method = \"edict\"\nmixing = 0.8\n[gradient]\nmethod = \"reversible\"");
+    assert!(ok.contains("mixing 0.8"), "{ok}");
+    let e = run("method = \"edict\"\nmixing = 0.0");
+    assert!(
+        e.starts_with("sampler.mixing: mixing = 0: EDICT's mixing weight p is in (0, 1]"),
+        "{e}"
+    );
+    let e = run("method = \"ddim\"\nmixing = 0.9");
+    assert!(e.starts_with("sampler.mixing: `mixing` is EDICT's"), "{e}");
+}

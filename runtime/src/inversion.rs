@@ -43,7 +43,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     let Some(reversal) = &plan.reversal else {
         if companion.is_some() {
             return Err(RuntimeError::Invalid(format!(
-                "a companion state is for a reversible sampler (rex); this plan is {}",
+                "a companion state is for a reversible sampler with a second state (rex, edict); this plan is {}",
                 plan.description
             )));
         }
@@ -73,7 +73,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     }
     let companion_slot = reversal.companion.ok_or_else(|| {
         RuntimeError::Invalid(format!(
-            "exact inversion returns a pair the sampler starts from; {} starts from x_T alone (its first step is plain DDIM), so its inverse cannot begin from x_0: use method = \"rex\"",
+            "exact inversion returns a pair the sampler starts from; {} starts from x_T alone (its first step is plain DDIM), so its inverse cannot begin from x_0: use method = \"rex\" or \"edict\"",
             plan.description
         ))
     })?;
@@ -129,7 +129,7 @@ pub fn sample_from_pair<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         .and_then(|r| r.companion)
         .ok_or_else(|| {
             RuntimeError::Invalid(format!(
-                "a companion state is for a reversible sampler (rex); this plan is {}",
+                "a companion state is for a reversible sampler with a second state (rex, edict); this plan is {}",
                 plan.description
             ))
         })?;

@@ -15,7 +15,7 @@ use adeis_runtime::{
 use dfdx::prelude::*;
 
 mod common;
-use common::{fitted_order, gaussian_exact, max_rel_err, rel_err, vp};
+use common::{fitted_order, gaussian_eps, gaussian_exact, max_rel_err, rel_err, sample_values, vp};
 
 type Dev = Cpu;
 
@@ -193,6 +193,7 @@ fn the_reversible_gradient_in_the_times_and_the_schedule_is_the_discrete_adjoint
     for sp in [
         rex("euler", 1, 6, Pred::Data),
         rex("ralston3", 3, 4, Pred::Eps),
+        edict(5, 0.93),
     ] {
         let by = |adjoint: Adjoint| {
             let p = Problem::new(vp(), &sp)
@@ -243,6 +244,7 @@ fn the_reversible_gradient_matches_finite_differences() {
     for sp in [
         rex("ralston3", 3, 5, Pred::Eps),
         rex("midpoint", 2, 7, Pred::Data),
+        edict(6, 0.93),
     ] {
         let problem = Problem::new(vp(), &sp)
             .unwrap()
@@ -382,6 +384,8 @@ fn exact_inversion_regenerates_the_sample_and_ddim_inversion_does_not() {
         rex("euler", 1, 10, Pred::Eps),
         rex("rk4", 4, 10, Pred::Eps),
         rex("midpoint", 2, 50, Pred::Eps),
+        edict(10, 0.93),
+        edict(50, 0.93),
     ] {
         let err = round_trip(&sp);
         eprintln!(
@@ -399,6 +403,53 @@ fn bdia(steps: usize, gamma: f64) -> SamplerSpec {
     s
 }
 
+/// The reversible gradient of `sp` on a seeded eps MLP against the full tape: the relative
+/// errors of dL/dx_T, dL/dz and dL/dtheta (the largest), the drift and the NFE.
+fn reversible_against_tape(sp: &SamplerSpec) -> (f64, f64, usize) {
+    let dev = Cpu::seed_from_u64(0);
+    let net = dev.build_module::<Net, f64>();
+    let mlp = MlpDenoiser::<_, 13, 3>::new(
+        net.clone(),
+        3,
+        2,
+        TimeFeatures::new(4, 1000.0),
+        adeis_compiler::Prediction::Eps,
+    );
+    let x_t: State<f64, Cpu> = from_f64(&dev, &normals(1, 0, 12), 4, 3);
+    let z: State<f64, Cpu> = from_f64(&dev, &normals(2, 0, 8), 4, 2);
+    let a0: State<f64, Cpu> = from_f64(&dev, &normals(3, 0, 12), 4, 3);
+    let noise = NoiseSource::Seeded(0);
+    let input = Input::new(&x_t, Some(&z), &noise);
+    let problem = Problem::new(vp(), sp)
+        .unwrap()
+        .with_adjoint(Adjoint::Reversible)
+        .unwrap()
+        .with_wrt(Wrt::ALL);
+    let a = a0.clone();
+    let rev = gradient(&problem, &ModelFn::new(&mlp), &input, move |_| Ok(a)).unwrap();
+    let tape = tape_gradient(problem.plan(), &mlp, &input, Wrt::ALL, move |_| Ok(a0)).unwrap();
+    let err = [
+        rel_err(&to_f64(&rev.dx_t), &to_f64(&tape.dx_t)),
+        rel_err(
+            &to_f64(rev.dz.as_ref().unwrap()),
+            &to_f64(tape.dz.as_ref().unwrap()),
+        ),
+        rel_err(
+            &params(rev.dtheta.as_ref().unwrap(), &net),
+            &params(tape.dtheta.as_ref().unwrap(), &net),
+        ),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
+    let drift = rev.reconstruction.unwrap();
+    eprintln!(
+        "{}: gradient against the tape {err:.1e}, x_T reconstructed to {drift:.1e}; NFE {}",
+        problem.plan().description,
+        rev.nfe
+    );
+    (err, drift, rev.nfe)
+}
+
 #[test]
 fn bdia_is_the_reference_update_and_its_reversible_gradient_the_tapes() {
     let s = vp();
@@ -407,34 +458,17 @@ fn bdia_is_the_reference_update_and_its_reversible_gradient_the_tapes() {
         s2: 0.5,
         dim: 3,
     };
-    let dev = Cpu::seed_from_u64(0);
     let xv = normals(21, 0, 6);
-    let x_t: State<f64, Cpu> = from_f64(&dev, &xv, 2, 3);
-    let noise = NoiseSource::Seeded(0);
     let gamma = 0.5;
     let plan = build_plan(&s, &bdia(9, gamma)).unwrap();
-    let got = to_f64(
-        &sample(
-            &plan,
-            &ModelFn::new(&g),
-            &Input::new(&x_t, None, &noise),
-            false,
-        )
-        .unwrap()
-        .x,
-    );
+    let got = sample_values(&plan, &g, &xv, 3);
     // The reference code's update, in alpha and sigma: coef_xt = a_s / a_t, coef_eps = s_s -
     // s_t coef_xt; after the first step, minus gamma times the same towards the previous
     // point, plus gamma x_{k-1}.
     let vals = s.fill(&plan.grid);
-    let eps = |x: &[f64], k: usize| -> Vec<f64> {
-        let (a, sg) = (vals[k].alpha, vals[k].sigma);
-        let v = a * a * g.s2 + sg * sg;
-        x.iter().map(|x| sg * (x - a * g.mu) / v).collect()
-    };
     let (mut xs, mut x) = (vec![xv.clone()], xv.clone());
     for k in 0..plan.grid.len() - 1 {
-        let e = eps(&x, k);
+        let e = gaussian_eps(&g, vals[k].alpha, vals[k].sigma, &x);
         let (a_t, s_t, a_s, s_s) = (
             vals[k].alpha,
             vals[k].sigma,
@@ -461,9 +495,18 @@ fn bdia_is_the_reference_update_and_its_reversible_gradient_the_tapes() {
     assert!(max_rel_err(&got, &x) < 1e-12, "{got:?} vs {x:?}");
 
     // Its reversible gradient on an MLP against the tape, and the drift.
-    let net = dev.build_module::<Net, f64>();
+    for sp in [bdia(8, 0.5), bdia(6, 1.0), bdia(12, 0.9)] {
+        let (err, drift, nfe) = reversible_against_tape(&sp);
+        assert!(err < 1e-10, "gamma {:?}: {err:.2e}", sp.gamma);
+        // The inverse divides by gamma every step: the drift grows like gamma^-N (1e-10 at
+        // gamma = 0.5 and 8 steps; Rex's 1/zeta is 1.001), still far below the gradient's limit.
+        assert!(drift < 1e-8, "{drift:.2e}");
+        assert_eq!(nfe, 2 * sp.steps - 1, "the first step has no inverse");
+    }
+    // Exact inversion needs a pair the sampler can start from, which BDIA has not.
+    let dev = Cpu::seed_from_u64(0);
     let mlp = MlpDenoiser::<_, 13, 3>::new(
-        net.clone(),
+        dev.build_module::<Net, f64>(),
         3,
         2,
         TimeFeatures::new(4, 1000.0),
@@ -471,48 +514,6 @@ fn bdia_is_the_reference_update_and_its_reversible_gradient_the_tapes() {
     );
     let x_t: State<f64, Cpu> = from_f64(&dev, &normals(1, 0, 12), 4, 3);
     let z: State<f64, Cpu> = from_f64(&dev, &normals(2, 0, 8), 4, 2);
-    let a0: State<f64, Cpu> = from_f64(&dev, &normals(3, 0, 12), 4, 3);
-    let input = Input::new(&x_t, Some(&z), &noise);
-    for sp in [bdia(8, 0.5), bdia(6, 1.0), bdia(12, 0.9)] {
-        let problem = Problem::new(vp(), &sp)
-            .unwrap()
-            .with_adjoint(Adjoint::Reversible)
-            .unwrap()
-            .with_wrt(Wrt::ALL);
-        let a = a0.clone();
-        let rev = gradient(&problem, &ModelFn::new(&mlp), &input, move |_| Ok(a)).unwrap();
-        let a = a0.clone();
-        let tape = tape_gradient(problem.plan(), &mlp, &input, Wrt::ALL, move |_| Ok(a)).unwrap();
-        let ex = rel_err(&to_f64(&rev.dx_t), &to_f64(&tape.dx_t));
-        let ez = rel_err(
-            &to_f64(rev.dz.as_ref().unwrap()),
-            &to_f64(tape.dz.as_ref().unwrap()),
-        );
-        let ep = rel_err(
-            &params(rev.dtheta.as_ref().unwrap(), &net),
-            &params(tape.dtheta.as_ref().unwrap(), &net),
-        );
-        let drift = rev.reconstruction.unwrap();
-        eprintln!(
-            "{}: x_T {ex:.1e}, z {ez:.1e}, params {ep:.1e}, x_T reconstructed to {drift:.1e}; NFE {}",
-            problem.plan().description,
-            rev.nfe
-        );
-        assert!(
-            ex < 1e-10 && ez < 1e-10 && ep < 1e-10,
-            "{}",
-            problem.plan().description
-        );
-        // The inverse divides by gamma every step: the drift grows like gamma^-N (1e-10 at
-        // gamma = 0.5 and 8 steps; Rex's 1/zeta is 1.001), still far below the gradient's limit.
-        assert!(drift < 1e-8, "{drift:.2e}");
-        assert_eq!(
-            rev.nfe,
-            2 * problem.plan().nfe() - 1,
-            "the first step has no inverse"
-        );
-    }
-    // Exact inversion needs a pair the sampler can start from, which BDIA has not.
     let problem = Problem::new(vp(), &bdia(5, 0.5)).unwrap();
     let err = adeis_runtime::invert(&problem, &ModelFn::new(&mlp), &x_t, None, Some(&z))
         .unwrap_err()
@@ -521,4 +522,54 @@ fn bdia_is_the_reference_update_and_its_reversible_gradient_the_tapes() {
         err.contains("starts from x_T alone") && err.contains("rex"),
         "{err}"
     );
+}
+
+fn edict(steps: usize, mixing: f64) -> SamplerSpec {
+    let mut s = SamplerSpec::new(Method::Edict, 1, steps);
+    s.mixing = Some(mixing);
+    s
+}
+
+#[test]
+fn edict_is_the_reference_update_and_its_reversible_gradient_the_tapes() {
+    let s = vp();
+    let g = GaussianModel {
+        mu: 0.4,
+        s2: 0.5,
+        dim: 3,
+    };
+    let xv = normals(22, 0, 6);
+    let p = 0.93;
+    let plan = build_plan(&s, &edict(9, p)).unwrap();
+    assert_eq!(plan.nfe(), 18, "two evaluations a step");
+    let got = sample_values(&plan, &g, &xv, 3);
+    // The reference code's loop (edict.py's rev_forward): coef_xt = a_s / a_t, coef_eps =
+    // s_s - s_t coef_xt, both noise predictions at t.
+    let vals = s.fill(&plan.grid);
+    let eps = |x: &[f64], k: usize| gaussian_eps(&g, vals[k].alpha, vals[k].sigma, x);
+    let lin = |c: f64, x: &[f64], d: f64, e: &[f64]| -> Vec<f64> {
+        x.iter().zip(e).map(|(x, e)| c * x + d * e).collect()
+    };
+    let (mut x, mut y) = (xv.clone(), xv.clone());
+    for k in 0..plan.grid.len() - 1 {
+        let coef_xt = vals[k + 1].alpha / vals[k].alpha;
+        let coef_eps = vals[k + 1].sigma - vals[k].sigma * coef_xt;
+        let x_inter = lin(coef_xt, &x, coef_eps, &eps(&y, k));
+        let y_inter = lin(coef_xt, &y, coef_eps, &eps(&x_inter, k));
+        x = lin(p, &x_inter, 1.0 - p, &y_inter);
+        y = lin(p, &y_inter, 1.0 - p, &x);
+    }
+    assert!(max_rel_err(&got, &x) < 1e-12, "{got:?} vs {x:?}");
+
+    // Its reversible gradient on an MLP against the tape, and the drift.
+    for sp in [edict(8, 0.93), edict(6, 1.0), edict(12, 0.7)] {
+        let (err, drift, nfe) = reversible_against_tape(&sp);
+        assert!(err < 1e-10, "mixing {:?}: {err:.2e}", sp.mixing);
+        assert!(drift < 1e-10, "{drift:.2e}");
+        assert_eq!(
+            nfe,
+            4 * sp.steps,
+            "two evaluations a step, forward and inverse"
+        );
+    }
 }

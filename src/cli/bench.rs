@@ -29,8 +29,9 @@ pub struct BenchArgs {
     /// States of the discrete adjoint: record or checkpoint (sqrt(N) slots).
     #[arg(long, default_value = "record")]
     pub states: String,
-    /// The sampler, at order 1: ddim, or rex (Euler tableau, reversible coupling, eps form);
-    /// default rex for --method reversible, ddim otherwise.
+    /// The sampler, at order 1, by its spec name: ddim, rex (Euler tableau, reversible
+    /// coupling, eps form), bdia, edict, ...; default rex for --method reversible, ddim
+    /// otherwise.
     #[arg(long)]
     pub sampler: Option<String>,
     /// Print JSON.
@@ -66,9 +67,21 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     use adeis::compiler::Method;
     let sampler = match a.sampler.as_deref() {
         None if method == BenchMethod::Gradient(GradMethod::Reversible) => Method::Rex,
-        None | Some("ddim") => Method::Ddim,
-        Some("rex") => Method::Rex,
-        Some(other) => bail!("--sampler {other}: ddim or rex"),
+        None => Method::Ddim,
+        Some(name) => match Method::ALL.iter().find(|m| m.name() == name) {
+            Some(m) if m.orders().contains(&1) => *m,
+            _ => {
+                let names: Vec<&str> = Method::ALL
+                    .iter()
+                    .filter(|m| m.orders().contains(&1))
+                    .map(|m| m.name())
+                    .collect();
+                bail!(
+                    "--sampler {name}: the workloads run a first-order sampler, one of {}",
+                    names.join(", ")
+                )
+            }
+        },
     };
     let r = run(&BenchOptions {
         workload: a.workload,

@@ -91,7 +91,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     )?;
     if companion.is_some() && problem.plan().reversal.is_none() {
         anyhow::bail!(
-            "--companion is a reversible sampler's second state (method = \"rex\"); this spec's sampler is {}",
+            "--companion is a reversible sampler's second state (method = \"rex\" or \"edict\"); this spec's sampler is {}",
             problem.plan().description
         );
     }

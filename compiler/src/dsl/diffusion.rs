@@ -237,6 +237,10 @@ impl DiffusionDecl {
                     OptValue::Num(v, _) => sp.gamma = Some(v),
                     _ => return Err(syn::Error::new(o.value.span(), "`gamma` takes a number")),
                 },
+                "mixing" => match o.value {
+                    OptValue::Num(v, _) => sp.mixing = Some(v),
+                    _ => return Err(syn::Error::new(o.value.span(), "`mixing` takes a number")),
+                },
                 "momentum_beta" => match o.value {
                     OptValue::Num(v, _) => sp.momentum_beta = Some(v),
                     _ => {
@@ -406,6 +410,7 @@ impl DiffusionDecl {
                         "momentum",
                         "momentum_beta",
                         "gamma",
+                        "mixing",
                     ];
                     let hint = did_you_mean(&k, keys)
                         .map(|h| format!("; did you mean `{h}`?"))
@@ -782,6 +787,9 @@ fn sampler_tokens(sp: &SamplerSpec, krate: &TokenStream) -> TokenStream {
     }
     if let Some(gamma) = sp.gamma {
         field(true, "gamma", quote!(::std::option::Option::Some(#gamma)));
+    }
+    if let Some(mixing) = sp.mixing {
+        field(true, "mixing", quote!(::std::option::Option::Some(#mixing)));
     }
     if let Some(beta) = sp.momentum_beta {
         field(

@@ -11,7 +11,7 @@
 //! x_{k+1} = gamma x_{k-1} + (A_{k+1} - gamma A_{k-1}) x_k + (B_{k+1} - gamma B_{k-1}) eps_k.
 
 use super::dual::Dual;
-use super::family::{Family, PlanRun};
+use super::family::{check_weight, Family, PlanRun};
 use super::SamplerSpec;
 use crate::error::FieldError;
 use crate::plan::{Instr, Operand, Pred, ReverseStep};
@@ -32,15 +32,11 @@ impl Family for Bdia {
     }
 
     fn validate(&self, spec: &SamplerSpec) -> Result<(), FieldError> {
-        let g = gamma(spec);
-        if !(g.is_finite() && g > 0.0 && g <= 1.0) {
-            return Err(FieldError::value(
-                "gamma",
-                g,
-                "BDIA's gamma is in (0, 1] (the inverse divides by it; the reference code uses 0.5)",
-            ));
-        }
-        Ok(())
+        check_weight(
+            "gamma",
+            gamma(spec),
+            "BDIA's gamma is in (0, 1] (the inverse divides by it; the reference code uses 0.5)",
+        )
     }
 
     fn describe(&self, spec: &SamplerSpec, out: &mut String) {

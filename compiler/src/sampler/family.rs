@@ -43,6 +43,15 @@ pub(crate) trait Family: Sync {
     fn emit(&self, spec: &SamplerSpec, run: &mut PlanRun);
 }
 
+/// Checks that a reversible sampler's weight `key` is in (0, 1] (each inverse divides by it);
+/// `why` says what it is and its usual value.
+pub(crate) fn check_weight(key: &'static str, value: f64, why: &str) -> Result<(), FieldError> {
+    if value.is_finite() && value > 0.0 && value <= 1.0 {
+        return Ok(());
+    }
+    Err(FieldError::value(key, value, why))
+}
+
 /// An intermediate point of a singlestep step.
 pub(crate) struct Stage {
     pub alpha: f64,

@@ -10,7 +10,8 @@
 //! - The families: `multistep.rs` (DDIM, DPM-Solver, DPM-Solver++ and their SDE forms, with the
 //!   singlestep forms `singlestep.rs` and `grid_stages.rs`), `deis.rs`, `unipc.rs`, `rex.rs`
 //!   (reversible: it emits each step's inverse too) with its Butcher tableaus (`tableau.rs`),
-//!   `bdia.rs` (reversible given its last two states).
+//!   `bdia.rs` (reversible given its last two states), `edict.rs` (two coupled DDIM
+//!   sequences).
 //! - `sens.rs`: the coefficients' sensitivities to the grid and the schedule's parameters;
 //!   `build.rs`: the plan builder.
 //!
@@ -24,6 +25,7 @@ mod bdia;
 mod build;
 mod deis;
 mod dual;
+mod edict;
 mod family;
 pub mod formulas;
 mod grid_stages;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::family::Family;
-use super::{bdia, deis, multistep, rex, unipc};
+use super::{bdia, deis, edict, multistep, rex, unipc};
 use crate::plan::Pred;
 
 /// The sampler methods (`[sampler] method`), in the registry's order.
@@ -32,6 +32,8 @@ pub enum Method {
     Rex,
     /// BDIA: DDIM with the bi-directional correction, reversible given the last two states.
     Bdia,
+    /// EDICT: two coupled DDIM sequences mixed with weight p, reversible given the pair.
+    Edict,
 }
 
 /// One row of the catalogue.
@@ -72,7 +74,7 @@ const DPM_FORMS: &[&str] = &[
 const MOMENTUM: &[&str] = &["momentum", "momentum_beta"];
 
 /// The catalogue, one row a method.
-pub(crate) const REGISTRY: [Entry; 9] = [
+pub(crate) const REGISTRY: [Entry; 10] = [
     Entry {
         method: Method::Ddim,
         name: "ddim",
@@ -172,12 +174,23 @@ pub(crate) const REGISTRY: [Entry; 9] = [
         multistep_by_default: true,
         options: &["gamma"],
     },
+    Entry {
+        method: Method::Edict,
+        name: "edict",
+        family: &edict::Edict,
+        form: Pred::Eps,
+        orders: &[1],
+        sde_orders: &[],
+        sde_only: false,
+        multistep_by_default: false,
+        options: &["mixing"],
+    },
 ];
 
 /// The options that belong to some methods only (a row's `options` names them), and what a
 /// spec that gives one to a method without it is told (`{m}`: the method; `{with}`: the
 /// methods that have it).
-pub(crate) const OWNED_OPTIONS: [(&str, &str); 14] = [
+pub(crate) const OWNED_OPTIONS: [(&str, &str); 15] = [
     ("variant", "`variant` is UniPC's; method `{m}` has none"),
     ("corrector", "`corrector` is UniPC's; method `{m}` has none"),
     (
@@ -227,6 +240,10 @@ pub(crate) const OWNED_OPTIONS: [(&str, &str); 14] = [
     (
         "gamma",
         "`gamma` weighs BDIA's backward correction ({with}); method `{m}` has none",
+    ),
+    (
+        "mixing",
+        "`mixing` is EDICT's weight p between its two sequences ({with}); method `{m}` has none",
     ),
 ];
 
@@ -381,7 +398,7 @@ mod tests {
 
     #[test]
     fn the_reversible_methods_are_named_from_the_table() {
-        assert_eq!(reversible_methods(), "\"rex\" or \"bdia\"");
+        assert_eq!(reversible_methods(), "\"rex\", \"bdia\" or \"edict\"");
     }
 
     #[test]

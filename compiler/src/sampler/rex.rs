@@ -17,7 +17,7 @@
 //! [`Reversal`](crate::plan::Reversal).
 
 use super::dual::{Dual, TIME_SLOTS};
-use super::family::{Family, PlanRun};
+use super::family::{check_weight, Family, PlanRun};
 use super::tableau::Tableau;
 use super::SamplerSpec;
 use crate::error::FieldError;
@@ -65,15 +65,11 @@ impl Family for Rex {
                 ),
             ));
         }
-        let z = spec.coupling;
-        if !(z.is_finite() && z > 0.0 && z <= 1.0) {
-            return Err(FieldError::value(
-                "coupling",
-                z,
-                "the coupling zeta is in (0, 1] (Rex's default 0.999; the inverse divides by it)",
-            ));
-        }
-        Ok(())
+        check_weight(
+            "coupling",
+            spec.coupling,
+            "the coupling zeta is in (0, 1] (Rex's default 0.999; the inverse divides by it)",
+        )
     }
 
     fn check_given(&self, _spec: &SamplerSpec, key: &str) -> Option<String> {

@@ -146,6 +146,9 @@ pub struct SamplerSpec {
     /// BDIA's gamma in (0, 1] (default 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
+    /// EDICT's mixing weight p in (0, 1] (default 0.93).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixing: Option<f64>,
 }
 
 fn default_grid() -> GridKind {
@@ -186,6 +189,7 @@ impl SamplerSpec {
             momentum: None,
             momentum_beta: None,
             gamma: None,
+            mixing: None,
         }
     }
 
@@ -283,6 +287,7 @@ impl SamplerSpec {
             ("momentum", self.momentum.is_some()),
             ("momentum_beta", self.momentum_beta.is_some()),
             ("gamma", self.gamma.is_some()),
+            ("mixing", self.mixing.is_some()),
         ];
         for (key, set) in owned_set {
             if let (true, Some(why)) = (set, self.method.refuses(key)) {

@@ -88,3 +88,31 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let den = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     num / den
 }
+
+/// The sample of `plan` from `x_t` (a batch of rows of `dim`) on `model`, unconditioned, noise
+/// seed 0, as f64 values.
+pub fn sample_values<M: adeis_runtime::Denoiser<f64, dfdx::prelude::Cpu>>(
+    plan: &adeis_compiler::Plan,
+    model: &M,
+    x_t: &[f64],
+    dim: usize,
+) -> Vec<f64> {
+    use adeis_runtime::{from_f64, sample, to_f64, Input, ModelFn, NoiseSource, State};
+    let dev = dfdx::prelude::Cpu::default();
+    let x: State<f64, dfdx::prelude::Cpu> = from_f64(&dev, x_t, x_t.len() / dim, dim);
+    let out = sample(
+        plan,
+        &ModelFn::new(model),
+        &Input::new(&x, None, &NoiseSource::Seeded(0)),
+        false,
+    )
+    .unwrap();
+    to_f64(&out.x)
+}
+
+/// The exact noise prediction of Gaussian data at grid point k's alpha and sigma:
+/// eps* = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2).
+pub fn gaussian_eps(g: &GaussianModel, alpha: f64, sigma: f64, x: &[f64]) -> Vec<f64> {
+    let v = alpha * alpha * g.s2 + sigma * sigma;
+    x.iter().map(|x| sigma * (x - alpha * g.mu) / v).collect()
+}
