@@ -1004,3 +1004,94 @@ fn invert_then_sample_returns_a_real_image_exactly() {
     assert!(ddim > 1e-3, "{ddim:.2e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Rex's SDE through the commands: a sample's final pair (--companion-out) and its seed give
+/// its x_T back from `adeis invert`; another seed does not; a sampler without a second state
+/// refuses --companion-out.
+#[test]
+fn a_rex_sde_sample_inverts_to_its_noise_given_its_seed() {
+    use adeis::npy::read_npy;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let x_t = noise_file(dir.path(), "x_t.npy", "16,2", "5");
+    let spec = "examples/specs/rex_sde.toml";
+    let model = "gmm:examples/models/ring8.json";
+    let (ok, out, err) = adeis(&[
+        "sample",
+        "--spec",
+        spec,
+        "--model",
+        model,
+        "--x-t",
+        &x_t,
+        "--seed",
+        "3",
+        "--dtype",
+        "f64",
+        "--out",
+        &path("x0.npy"),
+        "--companion-out",
+        &path("x0_c.npy"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("(SDE), tableau shark"), "{out}");
+    let recovered = |seed: &str, name: &str| -> f64 {
+        let (ok, out, err) = adeis(&[
+            "invert",
+            "--spec",
+            spec,
+            "--model",
+            model,
+            "--x-0",
+            &path("x0.npy"),
+            "--companion-0",
+            &path("x0_c.npy"),
+            "--seed",
+            seed,
+            "--dtype",
+            "f64",
+            "--out",
+            &path(name),
+        ]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("inverted exactly") && out.contains("--seed"),
+            "{out}"
+        );
+        let a = read_npy(std::path::Path::new(&path(name))).unwrap().data;
+        let b = read_npy(std::path::Path::new(&x_t)).unwrap().data;
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        a.iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+            / scale
+    };
+    let same = recovered("3", "back.npy");
+    let other = recovered("4", "other.npy");
+    eprintln!("x_T from the SDE sample: {same:.1e} with its seed, {other:.1e} with another");
+    // The reverse SDE pulls every sample into ring8's narrow modes, so x_T's trace in x_0 is
+    // faint and the inverse magnifies round-off by as much: 2e-6 in f64 here, as the
+    // reversible gradient's own reconstruction on this model (whose gradient still equals the
+    // discrete adjoint's to 7e-10: docs/numerics.md). Another path is off by 1e5.
+    assert!(same < 1e-5, "{same:.2e}");
+    assert!(other > 1e-2, "{other:.2e}");
+    let (ok, _, err) = adeis(&[
+        "sample",
+        "--spec",
+        "examples/specs/sample_dpmpp.toml",
+        "--model",
+        model,
+        "--x-t",
+        &x_t,
+        "--out",
+        &path("b.npy"),
+        "--companion-out",
+        &path("b_c.npy"),
+    ]);
+    assert!(
+        !ok && err.contains("--companion-out writes a reversible sampler's second state"),
+        "{err}"
+    );
+    assert!(!dir.path().join("b.npy").exists());
+}

@@ -189,7 +189,17 @@ fn momentum_is_checked_against_the_method_and_its_beta() {
     );
     assert!(e.contains("the SDE samplers have none"), "{e}");
     let e = err("method = \"dpm_solver_pp\"\nmomentum = \"ghvb\"\nmomentum_beta = 0.8");
-    assert!(e.contains("not built yet"), "{e}");
+    assert!(e.contains("use method = \"plms\""), "{e}");
+    let ok = err("method = \"plms\"\norder = 3\nmomentum = \"ghvb\"\nmomentum_beta = 0.8");
+    assert!(
+        ok.contains("plms order 3, generalised heavy-ball momentum beta 0.8"),
+        "{ok}"
+    );
+    let e = err("method = \"plms\"\nmomentum = \"ghvb\"");
+    assert!(
+        e.starts_with("sampler.momentum_beta: momentum = \"ghvb\" needs momentum_beta"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -45,6 +45,19 @@ pub struct SampleOutput<E: Dtype, D: Device<E>> {
     pub trajectory: Option<Vec<(f64, State<E, D>)>>,
     /// Model evaluations made (each may be two network passes with guidance).
     pub nfe: usize,
+    /// A reversible sampler's second state at the end (Rex's x^_0, EDICT's y_0): with x_0, the
+    /// pair whose exact inversion returns this run's x_T.
+    pub companion: Option<State<E, D>>,
+}
+
+/// The final companion state of a reversible plan with one, from the run's slots.
+pub(crate) fn final_companion<E: Dtype, D: Device<E>>(
+    plan: &Plan,
+    slots: &Slots<E, D>,
+) -> Option<State<E, D>> {
+    let r = plan.reversal.as_ref()?;
+    r.companion?;
+    slots.states.get(r.last.get(1)?).cloned()
 }
 
 /// Checks x_t and z against the model.
@@ -283,5 +296,6 @@ pub fn sample<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         x,
         trajectory,
         nfe: exec.nfe,
+        companion: final_companion(plan, &slots),
     })
 }

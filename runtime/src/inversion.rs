@@ -8,7 +8,7 @@ use dfdx::prelude::*;
 
 use crate::denoiser::Denoiser;
 use crate::error::RuntimeError;
-use crate::executor::{check_shapes, sample, Exec, Input, SampleOutput};
+use crate::executor::{check_shapes, final_companion, sample, Exec, Input, SampleOutput};
 use crate::model_fn::ModelFn;
 use crate::noise::NoiseSource;
 use crate::state::State;
@@ -29,17 +29,18 @@ pub struct Inverted<E: Dtype, D: Device<E>> {
 
 /// The noise that `problem`'s sampler maps to `x0` (with `companion`, a reversible sampler's
 /// second state at t_min; absent, x0 itself): the exact inverse for a reversible sampler, the
-/// ODE inversion otherwise.
+/// ODE inversion otherwise. A reversible SDE sampler is inverted given its Brownian path,
+/// `noise` (the one sampling from the result must use again).
 pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     problem: &Problem,
     model: &ModelFn<E, D, M>,
     x0: &State<E, D>,
     companion: Option<&State<E, D>>,
     cond: Option<&State<E, D>>,
+    noise: &NoiseSource<E, D>,
 ) -> Result<Inverted<E, D>, RuntimeError> {
     let plan = problem.plan();
     check_shapes(model.model, x0, cond)?;
-    let noise = NoiseSource::Seeded(0);
     let Some(reversal) = &plan.reversal else {
         if companion.is_some() {
             return Err(RuntimeError::Invalid(format!(
@@ -56,7 +57,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         let out = sample(
             &problem.inversion(),
             model,
-            &Input::new(x0, cond, &noise),
+            &Input::new(x0, cond, noise),
             false,
         )?;
         return Ok(Inverted {
@@ -86,7 +87,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
             )));
         }
     }
-    let mut exec = Exec::new(plan, model, &Input::new(x0, cond, &noise));
+    let mut exec = Exec::new(plan, model, &Input::new(x0, cond, noise));
     let mut slots = exec.start();
     slots.states.clear();
     let (last_x, last_companion) = (reversal.last[0], reversal.last[1]);
@@ -150,5 +151,6 @@ pub fn sample_from_pair<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         x: slots.states[&plan.output].clone(),
         trajectory: None,
         nfe: exec.nfe,
+        companion: final_companion(plan, &slots),
     })
 }

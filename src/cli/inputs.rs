@@ -50,8 +50,14 @@ pub fn check_outputs(
     outputs: &[(&str, Option<&PathBuf>)],
     inputs: &[Option<&PathBuf>],
 ) -> Result<()> {
-    for (flag, p) in outputs {
+    for (k, (flag, p)) in outputs.iter().enumerate() {
         let Some(p) = p else { continue };
+        if let Some((other, _)) = outputs[..k].iter().find(|(_, q)| *q == Some(*p)) {
+            bail!(
+                "{flag} {} is the same file as {other}; give them different names",
+                p.display()
+            );
+        }
         if inputs.contains(&Some(*p)) {
             bail!(
                 "{flag} {} is one of the inputs; give the output another name",

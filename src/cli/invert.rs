@@ -49,6 +49,10 @@ pub struct InvertArgs {
     /// Where to write the companion, in place of NAME_companion.npy.
     #[arg(long = "companion-out")]
     pub companion_out: Option<PathBuf>,
+    /// Seed of a reversible SDE sampler's noise: the inverse runs the Brownian path of this
+    /// seed, and `adeis sample --seed` with the same seed regenerates x_0.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Precision of the run.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
@@ -135,7 +139,15 @@ where
         &args.model_flags.guidance_args(),
     )?;
     let start = Instant::now();
-    let inv = invert(problem, &model_fn, &x0, companion.as_ref(), z.as_ref())?;
+    let noise = adeis::runtime::NoiseSource::Seeded(args.seed);
+    let inv = invert(
+        problem,
+        &model_fn,
+        &x0,
+        companion.as_ref(),
+        z.as_ref(),
+        &noise,
+    )?;
     let secs = start.elapsed().as_secs_f64();
     // x_T and its companion appear together or not at all.
     let mut files = Outputs::new();
@@ -157,10 +169,15 @@ where
         out.display(),
         if inv.companion.is_some() {
             format!(
-                " and its companion {} (adeis sample --x-t {} --companion {} regenerates x_0)",
+                " and its companion {} (adeis sample --x-t {} --companion {}{} regenerates x_0)",
                 companion_out.display(),
                 out.display(),
-                companion_out.display()
+                companion_out.display(),
+                if problem.is_sde() {
+                    format!(" --seed {}", args.seed)
+                } else {
+                    String::new()
+                }
             )
         } else {
             String::new()

@@ -54,6 +54,10 @@ pub struct SampleArgs {
     /// (.npy, [points, batch, dim]).
     #[arg(long)]
     pub trajectory: Option<PathBuf>,
+    /// Also write a reversible sampler's final companion (Rex's x^_0, EDICT's y_0; .npy, the
+    /// sample's shape): `adeis invert --companion-0` with it returns this run's x_T exactly.
+    #[arg(long = "companion-out")]
+    pub companion_out: Option<PathBuf>,
     /// Precision of the run.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
@@ -72,6 +76,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         &[
             ("--out", Some(&args.out)),
             ("--trajectory", args.trajectory.as_ref()),
+            ("--companion-out", args.companion_out.as_ref()),
         ],
         &[
             Some(&args.x_t),
@@ -92,6 +97,17 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     if companion.is_some() && problem.plan().reversal.is_none() {
         anyhow::bail!(
             "--companion is a reversible sampler's second state (method = \"rex\" or \"edict\"); this spec's sampler is {}",
+            problem.plan().description
+        );
+    }
+    let has_companion = problem
+        .plan()
+        .reversal
+        .as_ref()
+        .is_some_and(|r| r.companion.is_some());
+    if args.companion_out.is_some() && !has_companion {
+        anyhow::bail!(
+            "--companion-out writes a reversible sampler's second state (method = \"rex\" or \"edict\"); this spec's sampler is {}",
             problem.plan().description
         );
     }
@@ -161,6 +177,9 @@ where
         let mut shape = vec![traj.len()];
         shape.extend(out.x.shape());
         files.stage(path, &npy_bytes(&shape, &data, word))?;
+    }
+    if let (Some(path), Some(c)) = (&args.companion_out, &out.companion) {
+        files.stage(path, &npy_bytes(&c.shape(), &to_f64(c), word))?;
     }
     files.commit()?;
     let item: Vec<String> = x_t.item().iter().map(|d| d.to_string()).collect();

@@ -66,6 +66,9 @@ pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, Field
             ),
         ));
     }
+    spec.method
+        .family()
+        .check_grid(spec, &schedule.fill(&grid))?;
     let sens = made.then(|| grid_param_sens(schedule, &spec.grid, spec.rho, &grid));
     let mut plan = build_plan_on(schedule, spec, grid);
     if let Some(s) = sens {

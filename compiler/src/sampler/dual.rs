@@ -49,6 +49,11 @@ impl Dual {
         self.chain(self.v.ln(), 1.0 / self.v)
     }
 
+    pub fn sqrt(self) -> Dual {
+        let r = self.v.sqrt();
+        self.chain(r, 0.5 / r)
+    }
+
     pub fn exp_m1(self) -> Dual {
         self.chain(self.v.exp_m1(), self.v.exp())
     }

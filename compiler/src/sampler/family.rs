@@ -30,6 +30,11 @@ pub(crate) trait Family: Sync {
         None
     }
 
+    /// Checks the spec against the grid it will run on (its schedule values, noisiest first).
+    fn check_grid(&self, _spec: &SamplerSpec, _vals: &[ScheduleValues]) -> Result<(), FieldError> {
+        Ok(())
+    }
+
     /// Whether its steps push their inverses (a `Reversal`): the `reversible` gradient's
     /// samplers.
     fn reversible(&self) -> bool {

@@ -11,7 +11,8 @@
 //!   singlestep forms `singlestep.rs` and `grid_stages.rs`), `deis.rs`, `unipc.rs`, `rex.rs`
 //!   (reversible: it emits each step's inverse too) with its Butcher tableaus (`tableau.rs`),
 //!   `bdia.rs` (reversible given its last two states), `edict.rs` (two coupled DDIM
-//!   sequences).
+//!   sequences), `plms.rs` (Adams-Bashforth with the heavy ball and the generalised heavy
+//!   ball).
 //! - `sens.rs`: the coefficients' sensitivities to the grid and the schedule's parameters;
 //!   `build.rs`: the plan builder.
 //!
@@ -31,6 +32,7 @@ pub mod formulas;
 mod grid_stages;
 mod multistep;
 mod options;
+mod plms;
 pub mod registry;
 mod rex;
 mod sens;

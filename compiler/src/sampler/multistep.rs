@@ -214,7 +214,10 @@ impl Family for Multistep {
                 return Err(FieldError::value(
                     "momentum",
                     "\"ghvb\"",
-                    "the generalised heavy ball is not built yet; \"hb\" (heavy ball) is",
+                    format!(
+                        "the generalised heavy ball combines its velocities with Adams-Bashforth's coefficients of equal steps: use method = \"plms\"; on {} use \"hb\" (heavy ball)",
+                        spec.method.name()
+                    ),
                 ))
             }
             (Some(Momentum::Hb), None) => {

@@ -110,6 +110,17 @@ impl Stages {
 pub enum Momentum {
     /// Polyak's heavy ball: v_n = (1 - beta) v_{n-1} + beta D_n replaces the step's D_n.
     Hb,
-    /// Generalised heavy ball (GHVB): the momentum inside the multistep combination.
+    /// Generalised heavy ball (GHVB): the velocity of the raw outputs, combined with
+    /// beta-dependent Adams-Bashforth coefficients (PLMS).
     Ghvb,
+}
+
+impl Momentum {
+    /// The spec's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Momentum::Hb => "hb",
+            Momentum::Ghvb => "ghvb",
+        }
+    }
 }

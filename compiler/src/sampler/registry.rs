@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::family::Family;
-use super::{bdia, deis, edict, multistep, rex, unipc};
+use super::{bdia, deis, edict, multistep, plms, rex, unipc};
 use crate::plan::Pred;
 
 /// The sampler methods (`[sampler] method`), in the registry's order.
@@ -34,6 +34,9 @@ pub enum Method {
     Bdia,
     /// EDICT: two coupled DDIM sequences mixed with weight p, reversible given the pair.
     Edict,
+    /// PLMS: Adams-Bashforth on the noise predictions (equal-step coefficients) with DDIM's
+    /// transfer; the heavy ball or the generalised heavy ball on it.
+    Plms,
 }
 
 /// One row of the catalogue.
@@ -74,7 +77,7 @@ const DPM_FORMS: &[&str] = &[
 const MOMENTUM: &[&str] = &["momentum", "momentum_beta"];
 
 /// The catalogue, one row a method.
-pub(crate) const REGISTRY: [Entry; 10] = [
+pub(crate) const REGISTRY: [Entry; 11] = [
     Entry {
         method: Method::Ddim,
         name: "ddim",
@@ -158,7 +161,7 @@ pub(crate) const REGISTRY: [Entry; 10] = [
         family: &rex::Rex,
         form: Pred::Data,
         orders: &[1, 2, 3, 4],
-        sde_orders: &[],
+        sde_orders: &[1, 2],
         sde_only: false,
         multistep_by_default: false,
         options: &["tableau", "coupling", "form"],
@@ -184,6 +187,17 @@ pub(crate) const REGISTRY: [Entry; 10] = [
         sde_only: false,
         multistep_by_default: false,
         options: &["mixing"],
+    },
+    Entry {
+        method: Method::Plms,
+        name: "plms",
+        family: &plms::Plms,
+        form: Pred::Eps,
+        orders: &[1, 2, 3, 4],
+        sde_orders: &[],
+        sde_only: false,
+        multistep_by_default: true,
+        options: &["momentum", "momentum_beta"],
     },
 ];
 
@@ -392,7 +406,7 @@ mod tests {
     fn the_sde_forms_are_named_from_the_table() {
         assert_eq!(
             sde_forms(),
-            "ddim and dpm_solver (order 1), dpm_solver_pp (orders 1, 2), sde_dpm_solver, sde_dpm_solver_pp"
+            "ddim and dpm_solver (order 1), dpm_solver_pp (orders 1, 2), sde_dpm_solver, sde_dpm_solver_pp, rex (orders 1, 2)"
         );
     }
 

@@ -274,3 +274,95 @@ mod tests {
         );
     }
 }
+
+/// A stochastic Runge-Kutta scheme for Rex's SDE form, on dy = F(y) dv + dW (additive noise
+/// in Lawson's variables): a drift tableau, the share of the increment W each stage input
+/// adds, and whether every stage input is shifted by the space-time Levy area H (ShARK).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StochasticScheme {
+    /// Its name.
+    pub name: &'static str,
+    /// The drift's tableau.
+    pub tableau: Tableau,
+    /// Stage i's input adds `w_in_stage[i] W`.
+    pub w_in_stage: Vec<f64>,
+    /// Stage inputs add H (two noises a step: W and H).
+    pub levy_area: bool,
+    /// The scheme's (weak) order on additive noise.
+    pub order: usize,
+}
+
+impl StochasticScheme {
+    /// The schemes by name with their (weak) orders: Euler-Maruyama and ShARK (the shifted
+    /// additive-noise Runge-Kutta of Foster et al., as in diffrax and Rex's reference code).
+    pub const NAMES: [(&'static str, usize); 2] = [("euler_maruyama", 1), ("shark", 2)];
+
+    /// The scheme named `name` ("euler" is Euler-Maruyama).
+    pub fn named(name: &str) -> Option<StochasticScheme> {
+        match name {
+            "euler_maruyama" | "euler" => Some(StochasticScheme {
+                name: "euler_maruyama",
+                tableau: Tableau::named("euler").expect("named"),
+                w_in_stage: vec![0.0],
+                levy_area: false,
+                order: 1,
+            }),
+            // Psi = h (0.4 f1 + 0.6 f2) + W with f1 at y + H and f2 at time 5/6 h, at
+            // y + 5/6 h f1 + 5/6 W + H.
+            "shark" => Some(StochasticScheme {
+                name: "shark",
+                tableau: Tableau {
+                    name: "shark".into(),
+                    c: vec![0.0, 5.0 / 6.0],
+                    a: vec![vec![0.0, 0.0], vec![5.0 / 6.0, 0.0]],
+                    b: vec![0.4, 0.6],
+                    order: 2,
+                },
+                w_in_stage: vec![0.0, 5.0 / 6.0],
+                levy_area: true,
+                order: 2,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The scheme of `[sampler] tableau` for the SDE (absent: the scheme of `order`).
+    pub fn resolve(
+        spec: Option<&TableauSpec>,
+        order: usize,
+    ) -> Result<StochasticScheme, FieldError> {
+        let names = || {
+            StochasticScheme::NAMES
+                .iter()
+                .map(|(n, o)| format!("{n} (order {o})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match spec {
+            None => StochasticScheme::NAMES
+                .iter()
+                .find(|(_, o)| *o == order)
+                .and_then(|(n, _)| StochasticScheme::named(n))
+                .ok_or_else(|| {
+                    FieldError::value("order", order, format!("rex's SDE schemes are {}", names()))
+                }),
+            Some(TableauSpec::Named(name)) => StochasticScheme::named(name).ok_or_else(|| {
+                FieldError::value(
+                    "tableau",
+                    format!("\"{name}\""),
+                    format!(
+                        "with equation = \"sde\", rex takes a stochastic scheme: {}",
+                        names()
+                    ),
+                )
+            }),
+            Some(TableauSpec::Given { .. }) => Err(FieldError::new(
+                "tableau",
+                format!(
+                    "with equation = \"sde\", rex takes a named stochastic scheme ({}), not arrays",
+                    names()
+                ),
+            )),
+        }
+    }
+}
