@@ -1,5 +1,5 @@
-//! How exact the reversible gradient is in floating point: Rex's inverse sweep reconstructs
-//! x_T from x_0, and the gradient it gives is compared with the discrete adjoint's (recorded
+//! How exact the reversible gradient is in floating point: the inverse sweep of Rex (ODE and
+//! SDE), EDICT and BDIA reconstructs x_T from x_0, and the gradient it gives is compared with the discrete adjoint's (recorded
 //! states) on the same plan, both against the discrete adjoint in f64 (the reference). An MLP
 //! denoiser with seeded weights (16 pixels, 4 conditioning numbers, 8 time frequencies, two
 //! hidden layers of 64, tanh), batch 8, VP linear, logsnr grid. Prints a markdown table
@@ -98,35 +98,74 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (tf, pred) = mlp(Prediction::Eps);
     let eps64 = MlpDenoiser::<_, IN, D>::new(net64.clone(), D, COND, tf.clone(), pred);
     let eps32 = MlpDenoiser::<_, IN, D>::new(net32, D, COND, tf, pred);
-    println!("| tableau | form | N | dtype | x_T reconstructed to | reversible dL/dx_T vs f64 reference | discrete adjoint dL/dx_T vs f64 reference |");
+    println!("| sampler | form | N | dtype | x_T reconstructed to | reversible dL/dx_T vs f64 reference | discrete adjoint dL/dx_T vs f64 reference |");
     println!("|---|---|---|---|---|---|---|");
-    for (tableau, order) in [("euler", 1), ("rk4", 4)] {
-        for form in [Pred::Eps, Pred::Data] {
-            for &n in ns {
-                let mut sp = SamplerSpec::new(Method::Rex, order, n);
-                sp.tableau = Some(adeis::compiler::sampler::TableauSpec::Named(tableau.into()));
-                sp.form = Some(form);
-                let problem = Problem::new(ScheduleDef::vp_linear(0.1, 20.0)?.compile()?, &sp)?
-                    .with_wrt(Wrt::X_T);
-                let (m64, m32) = (
-                    run::<f64, _>(&eps64, &problem)?,
-                    run::<f32, _>(&eps32, &problem)?,
-                );
-                let reference = &m64.discrete;
-                let form = format!("{form:?}").to_lowercase();
-                println!(
-                    "| {tableau} | {form} | {n} | f64 | {:.1e} | {:.1e} | 0 (the reference) |",
-                    m64.drift,
-                    rel(&m64.reversible, reference)
-                );
-                println!(
-                    "| {tableau} | {form} | {n} | f32 | {:.1e} | {:.1e} | {:.1e} |",
-                    m32.drift,
-                    rel(&m32.reversible, reference),
-                    rel(&m32.discrete, reference)
-                );
+    let rex = |tableau: &str, order: usize, form: Pred, sde: bool, n: usize| {
+        let mut sp = SamplerSpec::new(Method::Rex, order, n);
+        sp.tableau = Some(adeis::compiler::sampler::TableauSpec::Named(tableau.into()));
+        sp.form = Some(form);
+        if sde {
+            sp.equation = Some(Equation::Sde);
+        }
+        sp
+    };
+    let mut cases: Vec<(String, &str, SamplerSpec)> = Vec::new();
+    for &n in ns {
+        for (tableau, order) in [("euler", 1), ("rk4", 4)] {
+            for form in [Pred::Eps, Pred::Data] {
+                let name = format!("{form:?}").to_lowercase();
+                let label = format!("rex {tableau}");
+                cases.push((
+                    label,
+                    if name == "eps" { "eps" } else { "data" },
+                    rex(tableau, order, form, false, n),
+                ));
             }
         }
+        cases.push((
+            "rex shark (SDE)".into(),
+            "data",
+            rex("shark", 2, Pred::Data, true, n),
+        ));
+        let mut edict = SamplerSpec::new(Method::Edict, 1, n);
+        edict.mixing = Some(0.93);
+        cases.push(("edict p = 0.93".into(), "eps", edict));
+        let mut bdia = SamplerSpec::new(Method::Bdia, 1, n);
+        bdia.gamma = Some(0.5);
+        cases.push(("bdia gamma = 0.5".into(), "eps", bdia));
+    }
+    cases.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(a.1.cmp(b.1))
+            .then(a.2.steps.cmp(&b.2.steps))
+    });
+    for (label, form, sp) in cases {
+        let n = sp.steps;
+        let problem =
+            Problem::new(ScheduleDef::vp_linear(0.1, 20.0)?.compile()?, &sp)?.with_wrt(Wrt::X_T);
+        // BDIA's inverse divides by gamma each step: at many steps its states overflow.
+        let (m64, m32) = match (
+            run::<f64, _>(&eps64, &problem),
+            run::<f32, _>(&eps32, &problem),
+        ) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                println!("| {label} | {form} | {n} | f32, f64 | fails: {e} | | |");
+                continue;
+            }
+        };
+        let reference = &m64.discrete;
+        println!(
+            "| {label} | {form} | {n} | f64 | {:.1e} | {:.1e} | 0 (the reference) |",
+            m64.drift,
+            rel(&m64.reversible, reference)
+        );
+        println!(
+            "| {label} | {form} | {n} | f32 | {:.1e} | {:.1e} | {:.1e} |",
+            m32.drift,
+            rel(&m32.reversible, reference),
+            rel(&m32.discrete, reference)
+        );
     }
     println!("\nThe network predicts eps: the eps form inverts through the network's own output, the data form through x0 = (x - sigma eps) / alpha.");
     Ok(())

@@ -1095,3 +1095,46 @@ fn a_rex_sde_sample_inverts_to_its_noise_given_its_seed() {
     );
     assert!(!dir.path().join("b.npy").exists());
 }
+
+/// A reversible gradient whose inverse sweep has drifted far from x_T says so on stderr
+/// (BDIA's inverse divides by gamma each step: at 40 steps in f32 it is off by 1e5), and one
+/// that came back says nothing.
+#[test]
+fn a_drifted_reversible_gradient_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let x_t = noise_file(dir.path(), "x_t.npy", "16,2", "5");
+    let target = noise_file(dir.path(), "t.npy", "16,2", "6");
+    let grad = |sampler: &str| -> (String, String) {
+        let spec = path("s.toml");
+        std::fs::write(
+            &spec,
+            format!("[schedule]\nkind = \"vp_linear\"\n[sampler]\n{sampler}\n[gradient]\nmethod = \"reversible\"\n"),
+        )
+        .unwrap();
+        let (ok, out, err) = adeis(&[
+            "grad",
+            "--spec",
+            &spec,
+            "--model",
+            "gmm:examples/models/ring8.json",
+            "--x-t",
+            &x_t,
+            "--loss",
+            "mse",
+            "--target",
+            &target,
+            "--out-dir",
+            &path("g"),
+        ]);
+        assert!(ok, "{err}");
+        (out, err)
+    };
+    let (out, err) = grad("method = \"bdia\"\nsteps = 40");
+    assert!(
+        err.contains("warning: the reversible gradient's inverse sweep came back to x_T off by"),
+        "{out}\n{err}"
+    );
+    let (_, err) = grad("method = \"rex\"\nsteps = 10");
+    assert!(!err.contains("warning"), "{err}");
+}
