@@ -922,7 +922,7 @@ fn outputs_are_written_all_or_nothing() {
 }
 
 /// `adeis invert` on a real image (the first held-out Fashion-MNIST image, the committed
-/// UNet): Rex's and EDICT's exact inverses and `adeis sample --companion` give the image back to
+/// UNet): Rex's, EDICT's and BDIA's exact inverses and `adeis sample --companion` give the image back to
 /// round-off; DDIM's ODE inversion, beside it, does not.
 #[test]
 fn invert_then_sample_returns_a_real_image_exactly() {
@@ -995,10 +995,12 @@ fn invert_then_sample_returns_a_real_image_exactly() {
     let rex = round_trip("examples/specs/rex_invert.toml", "rex", "f64");
     let rex32 = round_trip("examples/specs/rex_invert.toml", "rex", "f32");
     let edict = round_trip("examples/specs/edict_invert.toml", "edict", "f64");
+    let bdia = round_trip("examples/specs/bdia_invert.toml", "bdia", "f64");
     let ddim = round_trip("examples/specs/diffusers_ddim.toml", "ddim", "f64");
-    eprintln!("round trip of a held-out image, 10 steps: Rex f64 {rex:.1e}, f32 {rex32:.1e}; EDICT f64 {edict:.1e}; DDIM inversion f64 {ddim:.1e}");
+    eprintln!("round trip of a held-out image, 10 steps: Rex f64 {rex:.1e}, f32 {rex32:.1e}; EDICT f64 {edict:.1e}; BDIA f64 {bdia:.1e}; DDIM inversion f64 {ddim:.1e}");
     assert!(rex < 1e-10, "{rex:.2e}");
     assert!(edict < 1e-10, "{edict:.2e}");
+    assert!(bdia < 1e-10, "{bdia:.2e}");
     // f32 keeps less: 2e-2 at 10 steps, 1e-3 at 200 (docs/numerics.md).
     assert!(rex32 < 5e-2, "{rex32:.2e}");
     assert!(ddim > 1e-3, "{ddim:.2e}");

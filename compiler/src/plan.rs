@@ -211,17 +211,20 @@ pub struct Plan {
 /// what the reversible gradient runs to reconstruct the states of each step from those of
 /// the next, and what exact inversion runs to encode. The plan's slot numbers are kept: an
 /// inverse program redefines the slots its step read.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reversal {
     /// One entry per grid step, in the plan's order.
     pub steps: Vec<ReverseStep>,
-    /// The states that carry the sampler past its last grid step (x_N and its companion):
-    /// what the backward sweep starts from.
+    /// The states that carry the sampler past its last grid step, the sample x_N first, then
+    /// its companion: what the backward sweep and exact inversion start from.
     pub last: Vec<usize>,
-    /// The slot of the companion at the start (x^_T), defined by the plan's first
-    /// instruction as a copy of x_T; sampling from a given pair (x_T, x^_T), as exact
-    /// inversion returns it, puts x^_T there and skips that copy.
+    /// The slot of the companion at the start: Rex's x^_T and EDICT's y_T (the plan's first
+    /// instruction, a copy of x_T), BDIA's x_1 (its first step, plain DDIM). Sampling from a
+    /// given pair (x_T and this), as exact inversion returns it, puts the companion there and
+    /// starts at `resume_at`, skipping the instructions that defined it.
     pub companion: Option<usize>,
+    /// The first instruction a run from a given pair executes.
+    pub resume_at: usize,
 }
 
 /// The inverse of one grid step.
@@ -548,13 +551,17 @@ impl<'a> PlanBuilder<'a> {
         );
         let slot =
             self.combine_beside_grid_with_sens(0, vec![(Operand::State(0), 1.0)], vec![vec![]]);
-        let r = self.reversal.get_or_insert_with(|| Reversal {
-            steps: vec![],
-            last: vec![],
-            companion: None,
-        });
-        r.companion = Some(slot);
+        self.set_companion(slot);
         slot
+    }
+
+    /// Marks `slot`, defined by the instructions so far, as the companion at the start (see
+    /// [`Reversal::companion`]).
+    pub fn set_companion(&mut self, slot: usize) {
+        let resume_at = self.instrs.len();
+        let r = self.reversal.get_or_insert_with(Reversal::default);
+        r.companion = Some(slot);
+        r.resume_at = resume_at;
     }
 
     /// The number of instructions emitted so far.
@@ -570,11 +577,7 @@ impl<'a> PlanBuilder<'a> {
     /// Records the inverse of the grid step just emitted (the steps' inverses come in the
     /// plan's order) and, as the states it carried forward, the plan's last ones so far.
     pub fn push_inverse(&mut self, step: ReverseStep, carried_forward: Vec<usize>) {
-        let r = self.reversal.get_or_insert_with(|| Reversal {
-            steps: vec![],
-            last: vec![],
-            companion: None,
-        });
+        let r = self.reversal.get_or_insert_with(Reversal::default);
         r.steps.push(step);
         r.last = carried_forward;
     }

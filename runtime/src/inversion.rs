@@ -1,5 +1,5 @@
 //! Encoding a sample back into the noise a sampler maps to it: the exact algebraic inverse of
-//! a reversible sampler (Rex), which returns x_T with its companion x^_T, and, for every other
+//! a reversible sampler (Rex, EDICT, BDIA), which returns x_T with its companion, and, for every other
 //! sampler, the ODE inversion (the sampler run from t_min up to t_max). A pair from exact
 //! inversion regenerates the sample to round-off with [`sample_from_pair`].
 
@@ -44,7 +44,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     let Some(reversal) = &plan.reversal else {
         if companion.is_some() {
             return Err(RuntimeError::Invalid(format!(
-                "a companion state is for a reversible sampler with a second state (rex, edict); this plan is {}",
+                "a companion state is for a reversible sampler (rex, edict, bdia); this plan is {}",
                 plan.description
             )));
         }
@@ -74,7 +74,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     }
     let companion_slot = reversal.companion.ok_or_else(|| {
         RuntimeError::Invalid(format!(
-            "exact inversion returns a pair the sampler starts from; {} starts from x_T alone (its first step is plain DDIM), so its inverse cannot begin from x_0: use method = \"rex\" or \"edict\"",
+            "exact inversion returns a pair the sampler starts from; {} names none",
             plan.description
         ))
     })?;
@@ -130,11 +130,14 @@ pub fn sample_from_pair<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
         .and_then(|r| r.companion)
         .ok_or_else(|| {
             RuntimeError::Invalid(format!(
-                "a companion state is for a reversible sampler with a second state (rex, edict); this plan is {}",
+                "a companion state is for a reversible sampler (rex, edict, bdia); this plan is {}",
                 plan.description
             ))
         })?;
-    debug_assert!(matches!(plan.instrs[0], Instr::Combine { dst, .. } if dst == slot));
+    let resume_at = plan.reversal.as_ref().map_or(0, |r| r.resume_at);
+    debug_assert!(plan.instrs[..resume_at]
+        .iter()
+        .any(|i| matches!(i, Instr::Combine { dst, .. } if *dst == slot)));
     if companion.shape() != input.x_t.shape() {
         return Err(RuntimeError::Shape(format!(
             "the companion has shape {:?}; x_T has {:?}",
@@ -145,8 +148,9 @@ pub fn sample_from_pair<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     let mut exec = Exec::new(plan, model, input);
     let mut slots = exec.start();
     slots.states.insert(slot, companion.clone());
-    // The first instruction is the copy x^_T = x_T, which the given companion replaces.
-    exec.run(&mut slots, 1, plan.instrs.len(), false)?;
+    // The instructions before `resume_at` defined the companion (Rex's and EDICT's copy of
+    // x_T, BDIA's first DDIM step), which the given one replaces.
+    exec.run(&mut slots, resume_at, plan.instrs.len(), false)?;
     Ok(SampleOutput {
         x: slots.states[&plan.output].clone(),
         trajectory: None,

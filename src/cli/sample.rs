@@ -96,7 +96,8 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     )?;
     if companion.is_some() && problem.plan().reversal.is_none() {
         anyhow::bail!(
-            "--companion is a reversible sampler's second state (method = \"rex\" or \"edict\"); this spec's sampler is {}",
+            "--companion is a reversible sampler's second state (method = {}); this spec's sampler is {}",
+            adeis::compiler::sampler::registry::reversible_methods(),
             problem.plan().description
         );
     }
@@ -107,7 +108,8 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         .is_some_and(|r| r.companion.is_some());
     if args.companion_out.is_some() && !has_companion {
         anyhow::bail!(
-            "--companion-out writes a reversible sampler's second state (method = \"rex\" or \"edict\"); this spec's sampler is {}",
+            "--companion-out writes a reversible sampler's second state (method = {}); this spec's sampler is {}",
+            adeis::compiler::sampler::registry::reversible_methods(),
             problem.plan().description
         );
     }

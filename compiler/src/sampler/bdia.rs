@@ -6,7 +6,8 @@
 //!           - gamma [DDIM(x_k, t_k -> t_{k-1}) - x_k],
 //!
 //! which is exactly reversible given the last two states (x_{k-1} solves the same line), with
-//! one model evaluation per step. The first step is plain DDIM. With DDIM(x_k, t_k -> t_j) =
+//! one model evaluation per step. The first step is plain DDIM; exact inversion returns x_T
+//! with x_1, the pair a run from a given pair starts from. With DDIM(x_k, t_k -> t_j) =
 //! (alpha_j / alpha_k) x_k - sigma_j (e^{lambda_j - lambda_k} - 1) eps_k the step is
 //! x_{k+1} = gamma x_{k-1} + (A_{k+1} - gamma A_{k-1}) x_k + (B_{k+1} - gamma B_{k-1}) eps_k.
 
@@ -72,13 +73,15 @@ impl Family for Bdia {
                     ],
                     vec![sens(a_next), sens(b_next)],
                 );
-                // The first step is DDIM: its start is one of the two states carried on.
+                // The first step is DDIM, with no inverse: the next step's inverse gives x_T
+                // back with x_1, and x_1 is the companion a run from a given pair starts with.
+                run.b.set_companion(next);
                 run.b.push_inverse(
                     ReverseStep {
                         inverse: vec![],
-                        carried: vec![cur],
+                        carried: vec![cur, next],
                     },
-                    vec![cur, next],
+                    vec![next, cur],
                 );
                 (prev, cur) = (Some(cur), next);
                 continue;
@@ -110,7 +113,7 @@ impl Family for Bdia {
                     inverse,
                     carried: vec![p, cur],
                 },
-                vec![cur, next],
+                vec![next, cur],
             );
             (prev, cur) = (Some(cur), next);
         }
