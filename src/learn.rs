@@ -11,7 +11,9 @@
 use std::time::Instant;
 
 use adeis_compiler::grid::{make_grid, GridKind};
-use adeis_compiler::{build_plan_on, DiscreteStates, Equation, SamplerSpec, Schedule, Wrt};
+use adeis_compiler::{
+    build_plan, build_plan_on, DiscreteStates, Equation, Plan, SamplerSpec, Schedule, Wrt,
+};
 use adeis_runtime::adjoint::discrete::discrete_adjoint;
 use adeis_runtime::adjoint::reversible::reversible_gradient;
 use adeis_runtime::dfdx::prelude::*;
@@ -219,6 +221,37 @@ fn check_options(o: &LearnOptions) -> Result<(), Error> {
     Ok(())
 }
 
+/// The student's plan on the learned `times`, checked as an explicit grid is (finite, strictly
+/// decreasing, inside the schedule, every coefficient finite): an optimisation that diverges or
+/// collapses two grid points stops here, naming the iteration and the learning rate.
+fn student_plan(
+    schedule: &Schedule,
+    student: &SamplerSpec,
+    times: &[f64],
+    it: usize,
+    lr: f64,
+) -> Result<Plan, Error> {
+    let mut spec = student.clone();
+    spec.grid = GridKind::Explicit;
+    spec.times = Some(times.to_vec());
+    build_plan(schedule, &spec).map_err(|e| {
+        Error::Usage(format!(
+            "learn-steps: at iteration {it} the learned grid is no longer a grid ({}): the optimisation diverged; try a smaller --lr (this run: {})",
+            e.message(),
+            short_number(lr)
+        ))
+    })
+}
+
+/// A number as a user would write it: 0.05, 30, 1e6, 1e300.
+fn short_number(v: f64) -> String {
+    if v != 0.0 && !(1e-3..1e4).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
 /// Runs a sampler on `grid` and returns x_0's values.
 fn run_grid<E: Dtype, M: Denoiser<E, Cpu> + ?Sized>(
     schedule: &Schedule,
@@ -291,7 +324,7 @@ where
     let scale = 2.0 / target_train.len() as f64;
     for it in 0..o.iters {
         let times = grid.times(schedule);
-        let plan = build_plan_on(schedule, &o.student, times.clone());
+        let plan = student_plan(schedule, &o.student, &times, it, o.lr)?;
         let noise = NoiseSource::Seeded(0);
         let mut loss = f64::NAN;
         let loss_grad = |x0: &State<E, Cpu>| {
@@ -329,6 +362,11 @@ where
             return Err(Error::Usage(format!(
                 "learn-steps: the training loss is {loss} at iteration {it}; try a smaller --lr"
             )));
+        }
+        if it == 0 && loss == 0.0 {
+            return Err(Error::Usage(
+                "learn-steps: the training loss is 0 at iteration 0: the student's samples equal the teacher's on every training noise (the model's data have no spread at this precision), so there is no grid to learn".into(),
+            ));
         }
         if train_loss.iter().all(|l| loss < *l) {
             (best, best_iteration) = (grid.clone(), it);

@@ -79,7 +79,7 @@ fn hostile_sizes_and_formulas_get_clear_errors_and_no_crash() {
         (spec("adjoint.toml", "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"ddim\"\nsteps = 10\n[gradient]\nmethod = \"adjoint_deis\"\nsteps = 1000000000\n".into()), "gradient.steps: steps = 1000000000: at most 100000 steps"),
         // A schedule NaN on an interval too narrow for the check grid, where the sampler runs;
         // a user's inverse that is not the inverse.
-        (spec("narrow.toml", "[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 - 0.1*t\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))) * (1 + 0 * sqrt(abs(t - 0.5) - 1e-6))\"\nt_range = [0.01, 1.0]\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\ntimes = [1.0, 0.5, 0.01]\n".into()), "sampler.times: a coefficient of step 0 (t = 1 -> 0.5) is NaN: the schedule is not finite on the grid that runs"),
+        (spec("narrow.toml", "[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2 - 0.1*t\"\nsigma = \"sqrt(1 - exp(2*log_alpha(t))) * (1 + 0 * sqrt(abs(t - 0.5) - 1e-6))\"\nt_range = [0.01, 1.0]\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\ntimes = [1.0, 0.5, 0.01]\n".into()), "sampler.times: the schedule's sigma is NaN at grid point [1], t = 0.5: the schedule is not finite on the grid that runs"),
         (spec("inverse.toml", "[schedule]\nkind = \"custom\"\nlog_alpha = \"-t^2\"\nsigma = \"sqrt(1 - exp(-2*t^2))\"\nt_range = [0.01, 1.0]\ninverse = \"lambda * 0 + 0.5\"\n".into()), "schedule.inverse: the inverse is not t(lambda): at t = 0.01"),
         // Arrays of the wrong length, in TOML as in JSON.
         (spec("range3.toml", "[schedule]\nkind = \"vp_linear\"\nt_range = [0.1, 0.5, 1.0]\n".into()), "invalid length 3, expected two numbers [t_min, t_max]"),
@@ -1139,4 +1139,26 @@ fn a_drifted_reversible_gradient_is_reported() {
     );
     let (_, err) = grad("method = \"rex\"\nsteps = 10");
     assert!(!err.contains("warning"), "{err}");
+}
+
+/// `adeis schedule --at` on a custom schedule that is invalid at one of the times (sigma 0 at
+/// t = 0.4, which its check grid misses) says where instead of printing inf and NaN rows.
+#[test]
+fn schedule_at_an_invalid_time_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("zero.toml");
+    std::fs::write(
+        &spec,
+        "[schedule]\nkind = \"custom\"\nlog_alpha = \"-0.25 * t^2 * (20 - 0.1) - 0.5 * t * 0.1\"\nsigma = \"sqrt(1 - exp(2 * log_alpha(t))) * min(1, abs(t - 0.4) * 1e7)\"\nt_range = [1e-3, 1.0]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = adeis(&["schedule", spec.to_str().unwrap(), "--at", "0.3,0.4,0.5"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("the schedule is not valid at t = 0.4: lambda is inf there")
+            && err.contains("sigma = 0"),
+        "{err}"
+    );
+    let (ok, _, err) = adeis(&["schedule", spec.to_str().unwrap(), "--at", "0.3,0.5"]);
+    assert!(ok, "{err}");
 }

@@ -242,3 +242,60 @@ fn bad_learn_steps_options_are_refused_before_any_output() {
         assert!(!dir.exists(), "{args:?} left {}", dir.display());
     }
 }
+
+/// A learning rate that makes the optimisation diverge or collapse two grid points stops with
+/// the iteration and the learning rate named (it was a panic in the plan builder), and writes
+/// nothing (issue 36's crash family: --lr 1e300, 1e6, 100, 30, 5).
+#[test]
+fn a_diverging_learning_rate_stops_with_the_iteration_named() {
+    for (lr, shown) in [
+        ("1e300", "1e300"),
+        ("1e6", "1e6"),
+        ("100", "100"),
+        ("30", "30"),
+    ] {
+        let dir = out_dir("diverging");
+        let (ok, _, err) = adeis(&[
+            "learn-steps",
+            "--model",
+            "gmm:examples/models/ring8.json",
+            "--lr",
+            lr,
+            "--iters",
+            "20",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(!ok, "--lr {lr} ran");
+        assert!(
+            err.contains("learn-steps: at iteration")
+                && err.contains("the learned grid is no longer a grid")
+                && err.contains(&format!("try a smaller --lr (this run: {shown})")),
+            "--lr {lr}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!dir.exists(), "--lr {lr} left {}", dir.display());
+    }
+}
+
+/// Data without spread at f32 (every sample the same number) leave no grid to learn: an error
+/// before anything is written (it wrote four files and then looped forever drawing loss.svg).
+#[test]
+fn a_degenerate_loss_is_an_error_before_any_output() {
+    let dir = out_dir("degenerate");
+    let (ok, _, err) = adeis(&[
+        "learn-steps",
+        "--model",
+        "gaussian:mu=1e30,s2=1e-30",
+        "--iters",
+        "3",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("the training loss is 0 at iteration 0") && err.contains("no grid to learn"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "left {}", dir.display());
+}

@@ -224,3 +224,30 @@ fn edict_takes_its_mixing_weight_and_no_other_method_does() {
     let e = run("method = \"ddim\"\nmixing = 0.9");
     assert!(e.starts_with("sampler.mixing: `mixing` is EDICT's"), "{e}");
 }
+
+/// A custom schedule that is NaN exactly at a grid time (its check grid misses it) is refused
+/// before any step is built, naming the quantity and the point (it panicked in the builder).
+#[test]
+fn a_schedule_that_is_nan_at_a_grid_time_is_named() {
+    let text = r#"
+[schedule]
+kind = "custom"
+log_alpha = "-0.25 * t^2 * (20 - 0.1) - 0.5 * t * 0.1"
+sigma = "sqrt(1 - exp(2 * log_alpha(t))) * (1 + 0 * sqrt(abs(t - 0.5) - 1e-6))"
+t_range = [1e-3, 1.0]
+
+[sampler]
+method = "ddim"
+grid = "explicit"
+times = [1.0, 0.5, 0.001]
+"#;
+    let spec = parse_spec(text, SpecFormat::Toml).unwrap();
+    let e = match adeis::compiler::Problem::from_spec(&spec) {
+        Ok(p) => panic!("built {}", p.plan().description),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("sampler.times: the schedule's sigma is NaN at grid point [1], t = 0.5"),
+        "{e}"
+    );
+}

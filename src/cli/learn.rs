@@ -243,7 +243,6 @@ fn write_outputs(
     schedule_table: &str,
     accuracy: Option<&[(String, f64)]>,
 ) -> Result<()> {
-    std::fs::create_dir_all(&a.out).map_err(|e| anyhow!("--out {}: {e}", a.out.display()))?;
     let learned = &r.grids[0];
     let best_fixed = r.grids[1..]
         .iter()
@@ -255,7 +254,6 @@ fn write_outputs(
         r.steps, a.model, a.steps, a.method, a.order, a.iters, a.lr, a.seed, r.teacher, learned.heldout_mse, -100.0 * gain, best_fixed.name
     );
     let spec_text = learned_spec_toml(schedule_table, student, &learned.times, &comment);
-    adeis_io::write_atomic(&a.out.join("learned.toml"), spec_text.as_bytes())?;
 
     let mut md = format!(
         "# Learned {}-step grid\n\nStudent: {}, {} steps. Teacher: {}. {} training and {} held-out noises, {} Adam iterations (lr {}), {:.1} s; the grid of iteration {} (lowest training loss) is kept. One gradient with respect to the grid: {} model evaluations and {} VJPs.\n\n",
@@ -299,18 +297,36 @@ fn write_outputs(
         if gain >= 0.0 { "lower" } else { "higher" },
         best_fixed.name
     ));
-    adeis_io::write_atomic(&a.out.join("report.md"), md.as_bytes())?;
     let json = serde_json::json!({
         "report": r,
         "accuracy": accuracy.map(|acc| acc.iter().map(|(n, v)| (n.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>()),
         "gain_against_best_fixed": gain,
     });
-    adeis_io::write_atomic(
-        &a.out.join("report.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    plot_grids(&a.out.join("grids.svg"), r)?;
-    plot_loss(&a.out.join("loss.svg"), r)?;
+    // Every file is made in memory first, then all are written or none (grad's staging): a
+    // plot that fails leaves no half set behind.
+    let files = [
+        ("learned.toml", spec_text.into_bytes()),
+        ("report.md", md.clone().into_bytes()),
+        (
+            "report.json",
+            serde_json::to_string_pretty(&json)?.into_bytes(),
+        ),
+        ("grids.svg", grids_svg(r)?.into_bytes()),
+        ("loss.svg", loss_svg(r)?.into_bytes()),
+    ];
+    let made_dir = !a.out.exists();
+    std::fs::create_dir_all(&a.out).map_err(|e| anyhow!("--out {}: {e}", a.out.display()))?;
+    let mut outputs = adeis::Outputs::new();
+    let staged = files
+        .iter()
+        .try_for_each(|(name, bytes)| outputs.stage(&a.out.join(name), bytes))
+        .and_then(|()| outputs.commit().map(|_| ()));
+    if let Err(e) = staged {
+        if made_dir {
+            let _ = std::fs::remove_dir(&a.out);
+        }
+        return Err(e.into());
+    }
     println!("{md}");
     println!(
         "wrote {}/learned.toml (run it: adeis sample --spec {}/learned.toml --model {} ...), report.md, report.json, grids.svg, loss.svg",
@@ -327,8 +343,9 @@ fn colour(k: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// The grids' times against the step index (log scale in t), one line and marker per grid.
-fn plot_grids(path: &Path, r: &LearnReport) -> Result<()> {
+/// The grids' times against the step index (log scale in t), one line and marker per grid, as
+/// SVG text.
+fn grids_svg(r: &LearnReport) -> Result<String> {
     // Text is laid out with the compiled-in font's metrics.
     adeis_digits::chart::register_fonts();
     let mut svg = String::new();
@@ -382,21 +399,17 @@ fn plot_grids(path: &Path, r: &LearnReport) -> Result<()> {
             .draw()?;
         root.present()?;
     }
-    adeis_io::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+    Ok(svg)
 }
 
-/// The training loss against the iteration (log scale).
-fn plot_loss(path: &Path, r: &LearnReport) -> Result<()> {
+/// The training loss against the iteration (log scale), as SVG text.
+fn loss_svg(r: &LearnReport) -> Result<String> {
     adeis_digits::chart::register_fonts();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 400)).into_drawing_area();
         root.fill(&WHITE)?;
-        let (lo, hi) = r
-            .train_loss
-            .iter()
-            .fold((f64::INFINITY, 0f64), |(a, b), l| (a.min(*l), b.max(*l)));
+        let (lo, hi) = loss_range(&r.train_loss);
         let mut chart = ChartBuilder::on(&root)
             .caption(
                 "training loss: MSE to the teacher on the training noises",
@@ -409,7 +422,7 @@ fn plot_loss(path: &Path, r: &LearnReport) -> Result<()> {
             // labels only the decades, often none within the range.
             .build_cartesian_2d(
                 0f64..r.train_loss.len().max(2) as f64 - 1.0,
-                (lo * 0.9).log10()..(hi * 1.1).log10(),
+                lo.log10()..hi.log10(),
             )?;
         chart
             .configure_mesh()
@@ -423,11 +436,52 @@ fn plot_loss(path: &Path, r: &LearnReport) -> Result<()> {
             r.train_loss
                 .iter()
                 .enumerate()
+                .filter(|(_, l)| **l > 0.0 && l.is_finite())
                 .map(|(i, l)| (i as f64, l.log10())),
             colour(0).stroke_width(2),
         ))?;
         root.present()?;
     }
-    adeis_io::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+    Ok(svg)
+}
+
+/// The loss axis's range: the positive finite losses with a margin, never empty (plotters
+/// loops on a range of zero width or with an infinite end).
+fn loss_range(losses: &[f64]) -> (f64, f64) {
+    let (lo, hi) = losses
+        .iter()
+        .filter(|l| **l > 0.0 && l.is_finite())
+        .fold((f64::INFINITY, 0f64), |(a, b), l| (a.min(*l), b.max(*l)));
+    if !(lo.is_finite() && hi.is_finite() && hi > 0.0) {
+        return (0.1, 10.0);
+    }
+    if hi / lo < 1.5 {
+        return (lo / 1.5, hi * 1.5);
+    }
+    (lo * 0.9, hi * 1.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loss_range;
+
+    /// The loss axis is never empty or infinite, whatever the losses (plotters looped forever on
+    /// an all-zero loss curve).
+    #[test]
+    fn the_loss_axis_has_a_range_for_any_losses() {
+        for losses in [
+            vec![0.0, 0.0, 0.0],
+            vec![f64::NAN, f64::INFINITY],
+            vec![],
+            vec![2.0, 2.0],
+            vec![1e-300, 1e300],
+            vec![0.5, 0.1, 0.05],
+        ] {
+            let (lo, hi) = loss_range(&losses);
+            assert!(
+                lo > 0.0 && hi.is_finite() && lo.log10() < hi.log10(),
+                "{losses:?}: {lo}..{hi}"
+            );
+        }
+    }
 }

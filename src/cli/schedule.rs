@@ -39,6 +39,25 @@ pub fn run(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<()> {
         }
         None => default_times(&def, 11),
     };
+    // A schedule that compiled can still be invalid at a time its check grid missed: say
+    // where, rather than print NaN or inf rows.
+    for &t in &ts {
+        let v = schedule.eval(t);
+        if let Some((name, x)) = v.non_finite() {
+            bail!(
+                "the schedule is not valid at t = {t}: {name} is {x} there (alpha = {}, sigma = {}); a schedule needs alpha > 0, sigma > 0 and finite quantities on its whole t range",
+                v.alpha,
+                v.sigma
+            );
+        }
+        if !(v.alpha > 0.0 && v.sigma > 0.0) {
+            bail!(
+                "the schedule is not valid at t = {t}: alpha = {}, sigma = {}; a schedule needs alpha > 0 and sigma > 0 on its whole t range",
+                v.alpha,
+                v.sigma
+            );
+        }
+    }
     let report = ScheduleReport::new(&schedule, &ts);
     if json {
         println!(

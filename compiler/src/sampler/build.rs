@@ -29,6 +29,7 @@ fn describe(spec: &SamplerSpec, grid: &[f64]) -> String {
 pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, FieldError> {
     spec.validate()?;
     let grid = spec.grid_for(schedule)?;
+    check_schedule_on(schedule, &grid)?;
     let made =
         spec.times.is_none() && spec.train_indices.is_none() && spec.timestep_spacing.is_none();
     if let Some(m) = &spec.model_times {
@@ -76,6 +77,22 @@ pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, Field
     }
     check_finite(&plan)?;
     Ok(plan)
+}
+
+/// The schedule's quantities at every grid point, finite before any step is built from them
+/// (a schedule can be NaN exactly at a grid time that its check grid does not hit).
+fn check_schedule_on(schedule: &Schedule, grid: &[f64]) -> Result<(), FieldError> {
+    for (i, &t) in grid.iter().enumerate() {
+        if let Some((name, x)) = schedule.eval(t).non_finite() {
+            return Err(FieldError::new(
+                "times",
+                format!(
+                    "the schedule's {name} is {x} at grid point [{i}], t = {t}: the schedule is not finite on the grid that runs"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The schedule is validated on a check grid; the plan is checked where it will actually run:

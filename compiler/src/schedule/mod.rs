@@ -96,6 +96,21 @@ pub struct ScheduleValues {
 }
 
 impl ScheduleValues {
+    /// The first quantity that is not finite (alpha, sigma, lambda, d lambda/dt, f, g2), with
+    /// its value: where a schedule is invalid at this time.
+    pub fn non_finite(&self) -> Option<(&'static str, f64)> {
+        [
+            ("alpha", self.alpha),
+            ("sigma", self.sigma),
+            ("lambda", self.lambda),
+            ("d lambda/dt", self.dlambda_dt),
+            ("f", self.f),
+            ("g2", self.g2),
+        ]
+        .into_iter()
+        .find(|(_, x)| !x.is_finite())
+    }
+
     fn from_slice(v: &[f64]) -> ScheduleValues {
         ScheduleValues {
             alpha: v[0],
