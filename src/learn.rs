@@ -183,6 +183,11 @@ fn mse(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64
 }
 
+/// The most training or held-out noises learn-steps takes.
+pub const MAX_NOISES: usize = 100_000;
+/// The most Adam iterations learn-steps takes.
+pub const MAX_ITERS: usize = 100_000;
+
 fn check_options(o: &LearnOptions) -> Result<(), Error> {
     let bad = |key: &str, value: String, why: &str| {
         Err(Error::Option(adeis_compiler::FieldError::value(
@@ -216,6 +221,25 @@ fn check_options(o: &LearnOptions) -> Result<(), Error> {
             if o.train == 0 { "train" } else { "heldout" },
             "0".into(),
             "at least one noise",
+        );
+    }
+    // Every training noise is sampled by the teacher and run through the student at every
+    // iteration, every held-out one by the teacher and five grids: a bound keeps a typo from
+    // running for days or filling the memory.
+    for (key, n) in [("train", o.train), ("heldout", o.heldout)] {
+        if n > MAX_NOISES {
+            return bad(
+                key,
+                n.to_string(),
+                &format!("at most {MAX_NOISES} noises (each one is sampled by the teacher and every grid)"),
+            );
+        }
+    }
+    if o.iters > MAX_ITERS {
+        return bad(
+            "iters",
+            o.iters.to_string(),
+            &format!("at most {MAX_ITERS} iterations"),
         );
     }
     Ok(())

@@ -1162,3 +1162,32 @@ fn schedule_at_an_invalid_time_says_where() {
     let (ok, _, err) = adeis(&["schedule", spec.to_str().unwrap(), "--at", "0.3,0.5"]);
     assert!(ok, "{err}");
 }
+
+/// `grad --out-dir` naming a file is refused before the run, saying so (it was "File exists
+/// (os error 17)" after the gradient).
+#[test]
+fn grad_out_dir_that_is_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let x_t = noise_file(dir.path(), "x_t.npy", "4,2", "5");
+    let target = noise_file(dir.path(), "t.npy", "4,2", "6");
+    let file = dir.path().join("g");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let (ok, _, err) = adeis(&[
+        "grad",
+        "--spec",
+        "examples/specs/rex.toml",
+        "--model",
+        "gmm:examples/models/ring8.json",
+        "--x-t",
+        &x_t,
+        "--loss",
+        "mse",
+        "--target",
+        &target,
+        "--out-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is a file, not a folder"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
+}

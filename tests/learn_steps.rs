@@ -214,6 +214,22 @@ fn bad_learn_steps_options_are_refused_before_any_output() {
         (vec!["--lr", "-1"], "--lr -1: a finite learning rate > 0"),
         (vec!["--iters", "0"], "--iters 0: at least one iteration"),
         (
+            vec!["--iters", "100001"],
+            "--iters 100001: at most 100000 iterations",
+        ),
+        (
+            vec!["--train", "100000000"],
+            "--train 100000000: at most 100000 noises",
+        ),
+        (
+            vec!["--heldout", "100000000"],
+            "--heldout 100000000: at most 100000 noises",
+        ),
+        (
+            vec!["--model", "digits", "--dtype", "f64"],
+            "--dtype f64: the digits models' weights are f32",
+        ),
+        (
             vec!["--method", "sde_dpm_solver_pp"],
             "--method sde_dpm_solver_pp: the grid is learned for an ODE sampler",
         ),

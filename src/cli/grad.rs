@@ -73,6 +73,13 @@ enum LossChoice {
 }
 
 pub fn run(args: &GradArgs) -> Result<()> {
+    // Before the run: an output folder that is a file fails here, not after the gradient.
+    if args.out_dir.exists() && !args.out_dir.is_dir() {
+        bail!(
+            "--out-dir {}: is a file, not a folder; give a folder (it is made if missing)",
+            args.out_dir.display()
+        );
+    }
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;

@@ -129,6 +129,9 @@ pub fn run(a: &LearnArgs) -> Result<()> {
         Ok(())
     };
     let (report, schedule_table, accuracy) = if a.model == "digits" {
+        if a.dtype == Dtype::F64 {
+            bail!("--dtype f64: the digits models' weights are f32 and they run in f32; leave --dtype out (gmm:FILE and gaussian:... run in f64)");
+        }
         if a.schedule != "vp_linear" {
             bail!(
                 "--schedule: the digits model runs on the schedule it was trained on (vp_linear)"
