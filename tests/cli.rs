@@ -1191,3 +1191,29 @@ fn grad_out_dir_that_is_a_file_is_refused() {
     assert!(err.contains("is a file, not a folder"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"not a folder");
 }
+
+/// An output that names an input by another spelling (through a link to its folder, or
+/// `./x.npy` for `x.npy`) is refused before the run, and the input is left as it was.
+#[cfg(unix)]
+#[test]
+fn an_output_that_is_an_input_by_another_name_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let x_t = noise_file(dir.path(), "x.npy", "2,2", "1");
+    let before = std::fs::read(&x_t).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    let other = link.join("x.npy");
+    let (ok, _, err) = adeis(&[
+        "sample",
+        "--spec",
+        "examples/specs/sample_dpmpp.toml",
+        "--model",
+        "gaussian:mu=1.0,s2=0.3",
+        "--x-t",
+        &x_t,
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("is one of the inputs"), "{err}");
+    assert_eq!(std::fs::read(&x_t).unwrap(), before);
+}
