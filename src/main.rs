@@ -130,7 +130,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The one place errors are printed: the whole chain, outermost first.
-            eprintln!("error: {e:#}");
+            // Long words (a 5 MB value echoed by a parser) shortened.
+            let message = adeis::compiler::error::shorten_long_words(&format!("{e:#}"));
+            eprintln!("error: {message}");
             ExitCode::from(2)
         }
     }

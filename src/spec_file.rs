@@ -109,8 +109,38 @@ pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, E
         error,
     };
     let format = SpecFormat::of_path(path);
-    let (spec, notes, from_diffusers) = if format == SpecFormat::Json
-        && crate::diffusers::scheduler::is_scheduler_config(&text)
+    let format_error = |message: String| Error::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let json_keys = if format == SpecFormat::Json {
+        let keys = crate::diffusers::json::read_object(
+            &text,
+            "a spec ({\"schedule\": ..., \"sampler\": ...}) or a diffusers scheduler config",
+        )
+        .map_err(format_error)?;
+        let diffusers_keys: Vec<&str> = crate::diffusers::scheduler::COMMON_KEYS
+            .into_iter()
+            .filter(|k| keys.contains_key(*k))
+            .collect();
+        if !keys.contains_key("_class_name") && !diffusers_keys.is_empty() {
+            return Err(format_error(format!(
+                "a diffusers scheduler config (it has {}) without `_class_name`: add the class it was saved from, one of {}",
+                diffusers_keys
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                crate::diffusers::scheduler::CLASSES.join(", ")
+            )));
+        }
+        Some(keys)
+    } else {
+        None
+    };
+    let (spec, notes, from_diffusers) = if json_keys
+        .as_ref()
+        .is_some_and(|k| k.contains_key("_class_name"))
     {
         let Some(n) = steps else {
             return Err(invalid(FieldError::new(

@@ -324,7 +324,17 @@ fn check_says_how_the_config_maps() {
         "{out}"
     );
     assert!(out.contains("count_final_step = true"), "{out}");
-    assert!(out.contains("9 steps, NFE 10"), "{out}");
+    // The 10 steps asked for are said as such, the final step to sigma = 0 explained.
+    assert!(
+        out.contains("9 steps and the final step to sigma = 0 (denoise_to_zero: the data prediction of the last evaluation), 10 steps as diffusers counts them, NFE 10"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "steps = 9  # + the final step to sigma = 0 (denoise_to_zero) = the 10 steps asked for"
+        ),
+        "{out}"
+    );
     // --steps in place of an adeis spec's sampler.steps.
     let (ok, out, err) = adeis(&["check", "examples/specs/sample_dpmpp.toml", "--steps", "7"]);
     assert!(ok, "{err}");

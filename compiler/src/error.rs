@@ -18,6 +18,33 @@ pub(crate) fn first_rise<T: PartialOrd + std::fmt::Display>(values: &[T]) -> Opt
     ))
 }
 
+/// Words longer than this (no white space) are shortened in messages.
+pub const LONGEST_WORD: usize = 200;
+
+/// `text` with every word (a run without white space) longer than [`LONGEST_WORD`] characters
+/// shortened to its start and end around the count of characters left out, so that an error
+/// about a 5 MB value is a line, not 5 MB.
+pub fn shorten_long_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(4096));
+    let mut rest = text;
+    while !rest.is_empty() {
+        let split = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(split);
+        let chars = word.chars().count();
+        if chars > LONGEST_WORD {
+            let head: String = word.chars().take(60).collect();
+            let end: String = word.chars().skip(chars - 20).collect();
+            out.push_str(&format!("{head}...({} characters)...{end}", chars - 80));
+        } else {
+            out.push_str(word);
+        }
+        let space = tail.len() - tail.trim_start().len();
+        out.push_str(&tail[..space]);
+        rest = &tail[space..];
+    }
+    out
+}
+
 /// A value at a key that is not allowed.
 ///
 /// Displayed as `table.key: key = value: allowed` (`sampler.order: order = 4: method ddim has
@@ -60,7 +87,7 @@ impl FieldError {
         allowed: impl Into<String>,
     ) -> FieldError {
         FieldError {
-            value: Some(value.to_string()),
+            value: Some(shorten_long_words(&value.to_string())),
             ..FieldError::new(key, allowed)
         }
     }
@@ -118,4 +145,26 @@ pub enum Error {
     /// Code generation failed.
     #[error(transparent)]
     Jit(#[from] JitError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_words_are_shortened_and_short_ones_kept() {
+        let long = "x".repeat(5_000_000);
+        let msg = format!("kind = `{long}`: unknown\n  next line");
+        let short = shorten_long_words(&msg);
+        assert!(short.len() < 200, "{}", short.len());
+        assert!(
+            short.starts_with("kind = `xxxx") && short.contains("...(4999923 characters)..."),
+            "{short}"
+        );
+        assert!(short.ends_with("xx`: unknown\n  next line"), "{short}");
+        let plain = "sampler.order: order = 4: method ddim has orders [1]";
+        assert_eq!(shorten_long_words(plain), plain);
+        let e = FieldError::value("beta_schedule", "z".repeat(10_000), "one of linear");
+        assert!(e.to_string().len() < 200, "{e}");
+    }
 }

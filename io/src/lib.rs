@@ -47,6 +47,32 @@ pub fn available_memory_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Refuses an output path that an output file cannot take: no file name, a folder, or
+/// something other than a regular file (a device, a FIFO, a socket: an output is written
+/// beside it and renamed over it, so it would be replaced, not written through). A missing
+/// file is fine.
+pub fn check_output_path(path: &Path) -> Result<(), IoError> {
+    if path.file_name().is_none() {
+        return Err(IoError::new(path, "not a file path"));
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        return Err(IoError::new(
+            path,
+            "is a folder; an output file cannot replace it",
+        ));
+    }
+    if !meta.is_file() {
+        return Err(IoError::new(
+            path,
+            "is not a regular file (a device, a FIFO or a socket); adeis writes each output as a whole file, renamed into place, so give the path of a file",
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let mut one = Outputs::new();
@@ -69,27 +95,47 @@ impl Outputs {
         Outputs::default()
     }
 
-    /// Stages `bytes` for `path`; a path staged twice is an error (one output over another).
+    /// Stages `bytes` for `path`; a path staged twice is an error (one output over another),
+    /// and so is a path whose folder does not exist.
     pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-        if path.file_name().is_none() {
-            return Err(IoError::new(path, "not a file path"));
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        self.stage_in(path, dir, bytes)
+    }
+
+    /// Stages `bytes` for `path` whose folders may not exist yet: they are made at the
+    /// commit, so that a command that fails leaves no empty output folder behind (the
+    /// temporary file waits in the nearest folder that exists, on the same file system).
+    pub fn stage_creating_folders(&mut self, path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+        let mut dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        while !dir.is_dir() {
+            if dir.exists() {
+                return Err(IoError::new(
+                    path,
+                    format!("{} is a file, not a folder", dir.display()),
+                ));
+            }
+            dir = match dir.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
         }
-        if path.is_dir() {
-            return Err(IoError::new(
-                path,
-                "is a folder; an output file cannot replace it",
-            ));
-        }
+        self.stage_in(path, dir, bytes)
+    }
+
+    fn stage_in(&mut self, path: &Path, dir: &Path, bytes: &[u8]) -> Result<(), IoError> {
+        check_output_path(path)?;
         if self.staged.iter().any(|(_, p)| p == path) {
             return Err(IoError::new(
                 path,
                 "given for two outputs of this command; give each its own path",
             ));
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
         let mut builder = tempfile::Builder::new();
         builder.prefix(".adeis-partial-");
         // A temporary file is private (0600); the output is an ordinary file, so it gets the
@@ -114,6 +160,9 @@ impl Outputs {
     pub fn commit(self) -> Result<Vec<PathBuf>, IoError> {
         let mut done = Vec::with_capacity(self.staged.len());
         for (tmp, path) in self.staged {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| IoError::new(dir, e))?;
+            }
             tmp.persist(&path)
                 .map_err(|e| IoError::new(&path, e.error))?;
             done.push(path);
@@ -156,6 +205,38 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"first");
         assert_eq!(std::fs::read(&b).unwrap(), b"second");
         assert_eq!(listing(), 2);
+    }
+
+    /// Folders an output needs are made at the commit only: dropped before it, nothing is
+    /// left, not even the folder.
+    #[test]
+    fn output_folders_appear_at_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("out/unet/weights.bin");
+        let mut out = Outputs::new();
+        out.stage_creating_folders(&deep, b"w").unwrap();
+        drop(out);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut out = Outputs::new();
+        out.stage_creating_folders(&deep, b"w").unwrap();
+        out.commit().unwrap();
+        assert_eq!(std::fs::read(&deep).unwrap(), b"w");
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Outputs::new()
+            .stage_creating_folders(&file.join("a/b.png"), b"p")
+            .unwrap_err();
+        assert!(e.message.contains("is a file, not a folder"), "{e}");
+    }
+
+    /// A device is not replaced by a regular file.
+    #[cfg(unix)]
+    #[test]
+    fn a_device_is_not_an_output() {
+        let e = Outputs::new()
+            .stage(Path::new("/dev/null"), b"x")
+            .unwrap_err();
+        assert!(e.message.contains("not a regular file"), "{e}");
     }
 
     /// The output is whole, and an ordinary file: the mode std::fs::write gives (not the

@@ -47,6 +47,13 @@ pub fn run(
             );
         }
         println!();
+    } else if let Some(c) = &choice {
+        // The committed digits weights are opened, so that check says what runs.
+        if matches!(c, super::model::ModelChoice::Digits) {
+            super::model::DigitsCli::committed()?;
+        }
+        println!("{}: valid", model.unwrap_or_default());
+        println!("{}", c.describe());
     }
     let Some(path) = path else {
         if choice.is_none() {
@@ -74,8 +81,17 @@ pub fn run(
             println!("  - {line}");
         }
         let text = toml::to_string(&spec).unwrap_or_default();
+        let final_step = spec.sampler.as_ref().filter(|s| s.denoise_to_zero);
         for line in text.lines().filter(|l| !l.starts_with("train_indices")) {
-            println!("    {line}");
+            match final_step {
+                // The steps asked for count the final step to sigma = 0, which the spec
+                // writes as denoise_to_zero: said on the line, so 19 does not read as a slip.
+                Some(s) if line.starts_with("steps = ") => println!(
+                    "    {line}  # + the final step to sigma = 0 (denoise_to_zero) = the {} steps asked for",
+                    s.steps + 1
+                ),
+                _ => println!("    {line}"),
+            }
         }
     }
     println!();
@@ -120,8 +136,21 @@ pub fn run(
     };
     let plan = problem.plan();
     println!("\nsampler: {}", plan.description);
+    let sampler = spec.sampler.as_ref().expect("a plan has a sampler");
+    let final_step = if sampler.denoise_to_zero {
+        format!(
+            " and the final step to sigma = 0 (denoise_to_zero: the data prediction of the last evaluation){}",
+            if sampler.count_final_step {
+                format!(", {} steps as diffusers counts them", plan.steps() + 1)
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  {} steps, NFE {}, {} noises, {} states",
+        "  {} steps{final_step}, NFE {}, {} noises, {} states",
         plan.steps(),
         plan.nfe(),
         plan.n_noises,

@@ -15,7 +15,9 @@ use adeis::safetensors::safetensors_bytes;
 use adeis::Outputs;
 use anyhow::{bail, Result};
 
-use super::inputs::{check_memory, conditioned_model, read_like, read_x_t, state, ModelFlags};
+use super::inputs::{
+    check_memory, conditioned_model, read_like, read_x_t, same_file, state, ModelFlags,
+};
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
 
@@ -83,6 +85,11 @@ pub fn run(args: &GradArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
+    let word = match args.dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    super::inputs::check_model_memory(&choice, ("--x-t", &x), word, true)?;
     let loss = match (&args.cot, &args.loss) {
         (Some(_), Some(_)) => bail!("give --cot or --loss, not both"),
         (None, None) => bail!("give --cot cot.npy (dL/dx_0) or --loss mse --target t.npy"),
@@ -119,13 +126,13 @@ where
     let mut out = Outputs::new();
     let dir = &args.out_dir;
     if with_dx_t {
-        out.stage(
+        out.stage_creating_folders(
             &dir.join("dx_t.npy"),
             &npy_bytes(&g.dx_t.shape(), &to_f64(&g.dx_t), word),
         )?;
     }
     if let Some(dz) = &g.dz {
-        out.stage(
+        out.stage_creating_folders(
             &dir.join("dz.npy"),
             &npy_bytes(&dz.shape(), &to_f64(dz), word),
         )?;
@@ -133,20 +140,20 @@ where
     if let Some(dt) = &g.dtimes {
         // One value per grid time, in the grid's order (noisiest first), in f64: the grid is
         // f64 whatever the tensors are.
-        out.stage(&dir.join("dtimes.npy"), &npy_bytes(&[dt.len()], dt, 8))?;
+        out.stage_creating_folders(&dir.join("dtimes.npy"), &npy_bytes(&[dt.len()], dt, 8))?;
     }
     if let Some(ds) = &g.dschedule {
         let map: serde_json::Map<String, serde_json::Value> = ds
             .iter()
             .map(|(name, v)| (name.clone(), serde_json::json!(v)))
             .collect();
-        out.stage(
+        out.stage_creating_folders(
             &dir.join("dschedule.json"),
             serde_json::to_string_pretty(&map).unwrap().as_bytes(),
         )?;
     }
     if let Some(tensors) = g.dtheta.as_ref().and_then(|d| model.named_grads(d)) {
-        out.stage(
+        out.stage_creating_folders(
             &dir.join("dparams.safetensors"),
             &safetensors_bytes(&tensors, word),
         )?;
@@ -225,6 +232,34 @@ where
             }
         }
     };
+    // No output over an input (`--x-t g/dx_t.npy --out-dir g`), none over a device or FIFO.
+    let dir = &args.out_dir;
+    let outputs = [
+        ("dx_t.npy", wrt.x_t),
+        ("dz.npy", wrt.cond),
+        ("dtimes.npy", wrt.times),
+        ("dschedule.json", wrt.schedule),
+        ("dparams.safetensors", wrt.params),
+    ];
+    let inputs = [
+        Some(&args.spec),
+        Some(&args.x_t),
+        args.cot.as_ref(),
+        args.target.as_ref(),
+        args.model_flags.cond.as_ref(),
+        args.model_flags.class_labels.as_ref(),
+    ];
+    for (name, _) in outputs.iter().filter(|(_, written)| *written) {
+        let path = dir.join(name);
+        adeis::check_output_path(&path).map_err(|e| anyhow::anyhow!("--out-dir: {e}"))?;
+        if let Some(input) = inputs.iter().flatten().find(|i| same_file(i, &path)) {
+            bail!(
+                "--out-dir {}: the gradient's {name} would overwrite the input {}; give another output folder",
+                dir.display(),
+                input.display()
+            );
+        }
+    }
     let start = Instant::now();
     let noise = NoiseSource::Seeded(args.seed);
     let g = gradient(
@@ -234,21 +269,9 @@ where
         loss_grad,
     )?;
     let secs = start.elapsed().as_secs_f64();
-    // The folder is made once the gradient exists, and the outputs appear together once all
-    // are written: a failed or interrupted run leaves nothing behind.
-    let made_dir = !args.out_dir.exists();
-    std::fs::create_dir_all(&args.out_dir)
-        .map_err(|e| anyhow::anyhow!("--out-dir {}: {e}", args.out_dir.display()))?;
-    let staged = stage_outputs(args, &g, model, (word, wrt.x_t));
-    let written = match staged.and_then(|o| Ok(o.commit()?)) {
-        Ok(w) => w,
-        Err(e) => {
-            if made_dir {
-                let _ = std::fs::remove_dir(&args.out_dir);
-            }
-            return Err(e);
-        }
-    };
+    // The folder is made at the commit, and the outputs appear together once all are
+    // written: a failed or interrupted run leaves nothing behind.
+    let written = stage_outputs(args, &g, model, (word, wrt.x_t))?.commit()?;
     if let Some(drift) = g
         .reconstruction
         .filter(|d| d.is_nan() || *d > RECONSTRUCTION_WARNING)

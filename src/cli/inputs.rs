@@ -78,6 +78,7 @@ pub fn check_outputs(
                 p.display()
             );
         }
+        adeis::check_output_path(p).map_err(|e| anyhow!("{flag} {}", e))?;
         if inputs.iter().flatten().any(|i| same_file(i, p)) {
             bail!(
                 "{flag} {} is one of the inputs; give the output another name",
@@ -267,6 +268,56 @@ pub fn check_memory(what: &str, count: usize, state_bytes: usize, instead: &str)
         );
     }
     Ok(())
+}
+
+/// Refuses, before the weights are read, images a diffusers UNet cannot run on in this
+/// machine's free memory (the attention's score matrices grow with the square of the
+/// positions: a 512 x 512 image on a 32 x 32 model's attention asks for 256 GiB), naming the
+/// figure, where it comes from, and the size the model was made for. `taped`: the run takes
+/// VJPs (`adeis grad`).
+pub fn check_model_memory(
+    choice: &ModelChoice,
+    (flag, x): (&str, &NpyArray),
+    word: usize,
+    taped: bool,
+) -> Result<()> {
+    let ModelChoice::Diffusers(d) = choice else {
+        return Ok(());
+    };
+    let [batch, _, h, w] = x.shape[..] else {
+        return Ok(());
+    };
+    let e = d.config.memory_estimate(batch, (h, w), word, taped);
+    let Some(free) = adeis_io::available_memory_bytes() else {
+        return Ok(());
+    };
+    if e.bytes <= free as u128 {
+        return Ok(());
+    }
+    let gib = |b: u128| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+    let attention = if e.attention_bytes > 0 {
+        format!(
+            "; its attention at 1/{} resolution sees {p} positions, a {p} x {p} score matrix per head, {} for the batch",
+            1usize << e.attention_level,
+            gib(e.attention_bytes),
+            p = e.attention_positions
+        )
+    } else {
+        String::new()
+    };
+    let made_for = match d.config.sample_size.map(|s| s.height_width()) {
+        Some((sh, sw)) if (sh, sw) != (h as i64, w as i64) => {
+            format!("; the model was made for {sh} x {sw} images (sample_size), not {h} x {w}")
+        }
+        _ => String::new(),
+    };
+    bail!(
+        "{flag} {:?}: one evaluation of this UNet{} needs about {}, more than the {} this machine has free{attention}{made_for}; give smaller images or fewer at a time",
+        x.shape,
+        if taped { " and its VJP" } else { "" },
+        gib(e.bytes),
+        gib(free as u128)
+    )
 }
 
 /// Guidance from the command line, in place of the spec's `[guidance]`.

@@ -89,6 +89,11 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "invert", &choice)?;
     let x = read_state("--x-0", &choice, &args.x_0)?;
+    let word = match args.dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    super::inputs::check_model_memory(&choice, ("--x-0", &x), word, false)?;
     let companion = read_companion(
         "--companion-0",
         &choice,

@@ -23,6 +23,7 @@ use adeis::spec_file::load_spec;
 pub struct LearnArgs {
     /// The model: `digits` (the committed digits denoiser; class labels cycle through 0..9 and
     /// the report adds the classifier's accuracy), `gmm:FILE.json` or `gaussian:mu=M,s2=S`.
+    /// The default mixture is compiled in: it runs from any folder.
     #[arg(long, default_value = "gmm:examples/models/ring8.json")]
     pub model: String,
     /// The schedule of a gmm or gaussian model: a built-in name or a spec file with a

@@ -21,6 +21,8 @@ pub enum ModelChoice {
     Gaussian {
         mu: f64,
         s2: f64,
+        /// The keys the argument left out, filled with their defaults (said by `check`).
+        defaulted: Vec<&'static str>,
     },
     Gmm(GmmModel),
     /// The committed digits denoiser (8x8 images as 64-vectors, class-conditional).
@@ -32,6 +34,10 @@ const HELP: &str = "MODEL is `gaussian:mu=M,s2=S` (isotropic Gaussian data, dime
 `gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}), \
 `digits` (the committed digits denoiser: 8x8 images as rows of 64, --class-labels 0-9, unconditional without) \
 or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion_pytorch_model.safetensors)";
+
+/// The eight-component ring mixture the docs and `adeis learn-steps` use by default.
+pub const RING8_PATH: &str = "examples/models/ring8.json";
+const RING8_JSON: &str = include_str!("../../examples/models/ring8.json");
 
 pub fn parse_model(arg: &str) -> Result<ModelChoice> {
     if let Some(rest) = arg.strip_prefix("gaussian:") {
@@ -61,10 +67,19 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice> {
         if !(s2 > 0.0 && s2.is_finite() && mu.is_finite()) {
             bail!("--model: gaussian needs a finite mu and s2 > 0, got mu = {mu}, s2 = {s2}");
         }
-        return Ok(ModelChoice::Gaussian { mu, s2 });
+        let defaulted = ["mu", "s2"]
+            .into_iter()
+            .filter(|k| !seen.contains(k))
+            .collect();
+        return Ok(ModelChoice::Gaussian { mu, s2, defaulted });
     }
     if let Some(file) = arg.strip_prefix("gmm:") {
-        let text = std::fs::read_to_string(file).map_err(|e| anyhow!("--model: {file}: {e}"))?;
+        // learn-steps' default model, compiled in, so that the default works from any folder.
+        let text = if file == RING8_PATH && !Path::new(file).exists() {
+            RING8_JSON.to_string()
+        } else {
+            std::fs::read_to_string(file).map_err(|e| anyhow!("--model: {file}: {e}"))?
+        };
         let gmm: GmmModel =
             serde_json::from_str(&text).map_err(|e| anyhow!("--model: {file}: {e}"))?;
         gmm.validate()
@@ -122,6 +137,50 @@ impl ModelChoice {
             ModelChoice::Gmm(_) => "the mixture".into(),
             ModelChoice::Digits => "the digits denoiser".into(),
             ModelChoice::Diffusers(d) => format!("the UNet of {}", d.path.display()),
+        }
+    }
+
+    /// What `adeis check --model` says about a model it validated: its kind, the shapes it
+    /// takes, its parameters, and the defaults it filled.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelChoice::Gaussian { mu, s2, defaulted } => {
+                let filled = if defaulted.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "\n  not given, so the defaults: {}",
+                        defaulted
+                            .iter()
+                            .map(|k| format!("{k} = {}", if *k == "mu" { 0 } else { 1 }))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                format!(
+                    "gaussian: data N(mu, s2 I) with mu = {mu}, s2 = {s2}; its eps in closed form\n  takes x_t [batch, dim] of any dim; its conditioning z is the mean (z = mu in every coordinate without --cond){filled}\n"
+                )
+            }
+            ModelChoice::Gmm(g) => {
+                // The first few of each list: a mixture may have thousands of components.
+                let few = |v: &[f64]| {
+                    let shown: Vec<String> = v.iter().take(6).map(|x| format!("{x}")).collect();
+                    let more = if v.len() > 6 { ", ..." } else { "" };
+                    format!("[{}{more}]", shown.join(", "))
+                };
+                format!(
+                    "gmm: a mixture of {} Gaussians in dimension {}, weights {}, variances {}; its eps in closed form\n  takes x_t [batch, {}]; no conditioning\n",
+                    g.weights.len(),
+                    g.dim_of(),
+                    few(&g.weights),
+                    few(&g.variances),
+                    g.dim_of()
+                )
+            }
+            ModelChoice::Digits => format!(
+                "digits: the committed digits denoiser (models/digits, compiled in), eps prediction on the VP linear schedule it was trained on\n  takes x_t [batch, {PIXELS}] (8x8 images as rows); class-conditional: --class-labels 0-9, the null class (unconditional) without\n"
+            ),
+            ModelChoice::Diffusers(d) => format!("diffusers: {}\n", d.path.display()),
         }
     }
 
@@ -408,7 +467,7 @@ fn inline_labels(arg: &Path) -> Option<Vec<usize>> {
 macro_rules! with_model {
     ($choice:expr, $E:ty, $dim:expr, |$m:ident| $body:expr) => {
         match $choice {
-            $crate::cli::model::ModelChoice::Gaussian { mu, s2 } => {
+            $crate::cli::model::ModelChoice::Gaussian { mu, s2, .. } => {
                 let $m = &adeis::runtime::analytic::GaussianModel {
                     mu: *mu,
                     s2: *s2,

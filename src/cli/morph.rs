@@ -91,10 +91,8 @@ pub fn morph(a: MorphArgs) -> Result<()> {
     .map_err(digits_error)?;
     println!("{}", adeis_digits::morph::table(&r));
     println!(
-        "verification threshold {:.4} (FMR {:.3}%, FNMR {:.2}%); wrote {}",
-        r.verifier.threshold,
-        100.0 * r.verifier.fmr,
-        100.0 * r.verifier.fnmr,
+        "verification: {}; wrote {}",
+        adeis_digits::morph::verifier_summary(&r.verifier),
         adeis_digits::morph::describe(&opts.out)
     );
     Ok(())

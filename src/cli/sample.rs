@@ -88,6 +88,11 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let choice = parse_model(&args.model)?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
     let x = read_x_t(&choice, &args.x_t)?;
+    let word = match args.dtype {
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+    };
+    super::inputs::check_model_memory(&choice, ("--x-t", &x), word, false)?;
     let companion = read_companion(
         "--companion",
         &choice,

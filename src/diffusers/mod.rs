@@ -2,6 +2,7 @@
 //! by diffusers' tensor names, the scheduler config beside them) and scheduler configs read as
 //! adeis specs ([`scheduler`], one reader per diffusers class).
 
+pub mod json;
 mod model;
 pub mod scheduler;
 

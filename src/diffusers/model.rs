@@ -54,6 +54,8 @@ pub struct DiffusersDir {
     pub config: UNet2DConfig,
     /// The scheduler config beside the model, when there is one.
     pub scheduler: Option<SchedulerConfig>,
+    /// The architecture keys config.json leaves out (diffusers' defaults fill them).
+    pub defaulted: Vec<&'static str>,
 }
 
 fn invalid(path: &Path, error: FieldError) -> Error {
@@ -63,25 +65,54 @@ fn invalid(path: &Path, error: FieldError) -> Error {
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, Error> {
+/// A diffusers JSON file read through the reader every diffusers and spec JSON file goes
+/// through (`what` says what the file should be), then as T; also the object's keys.
+fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    what: &str,
+) -> Result<(T, serde_json::Map<String, serde_json::Value>), Error> {
     let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
         path: path.to_path_buf(),
         error,
     })?;
-    let mut de = serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| Error::Format {
+    let format = |message: String| Error::Format {
         path: path.to_path_buf(),
-        message: format!("at `{}`: {}", e.path(), e.inner()),
-    })
+        message,
+    };
+    let keys = super::json::read_object(&text, what).map_err(format)?;
+    let value = serde_json::Value::Object(keys.clone());
+    let parsed = serde_path_to_error::deserialize(value)
+        .map_err(|e| format(format!("at `{}`: {}", e.path(), e.inner())))?;
+    Ok((parsed, keys))
 }
 
 fn read_scheduler(path: &Path) -> Result<Option<SchedulerConfig>, Error> {
     if path.exists() {
-        Ok(Some(read_json(path)?))
+        Ok(Some(
+            read_json(path, "a diffusers scheduler_config.json")?.0,
+        ))
     } else {
         Ok(None)
     }
 }
+
+/// The keys that fix a UNet2DModel's architecture, with diffusers' defaults: a config.json
+/// without them gets those defaults (as in diffusers), and an error about the model says so.
+const ARCHITECTURE_DEFAULTS: [(&str, &str); 7] = [
+    ("block_out_channels", "[224, 448, 672, 896]"),
+    (
+        "down_block_types",
+        "[\"DownBlock2D\", \"AttnDownBlock2D\", \"AttnDownBlock2D\", \"AttnDownBlock2D\"]",
+    ),
+    (
+        "up_block_types",
+        "[\"AttnUpBlock2D\", \"AttnUpBlock2D\", \"AttnUpBlock2D\", \"UpBlock2D\"]",
+    ),
+    ("layers_per_block", "2"),
+    ("in_channels", "3"),
+    ("out_channels", "3"),
+    ("norm_num_groups", "32"),
+];
 
 impl DiffusersDir {
     /// Opens `path`: its config.json must describe a `UNet2DModel` adeis runs, and its weights
@@ -107,8 +138,29 @@ impl DiffusersDir {
                 path.display()
             )));
         }
-        let config: UNet2DConfig = read_json(&config_path)?;
-        config.validate().map_err(|e| invalid(&config_path, e))?;
+        let (config, keys): (UNet2DConfig, _) =
+            read_json(&config_path, "a diffusers model's config.json")?;
+        if keys.get("_class_name").is_none() {
+            return Err(Error::Format {
+                path: config_path,
+                message: "no `_class_name`: not a diffusers model config (diffusers writes the model's class there, \"UNet2DModel\" for the models adeis runs)".into(),
+            });
+        }
+        let defaulted: Vec<&'static str> = ARCHITECTURE_DEFAULTS
+            .iter()
+            .filter(|(k, _)| !keys.contains_key(*k))
+            .map(|(k, _)| *k)
+            .collect();
+        let dir = DiffusersDir {
+            path: path.to_path_buf(),
+            scheduler_path: path.join("scheduler_config.json"),
+            config,
+            scheduler: None,
+            defaulted,
+        };
+        dir.config
+            .validate()
+            .map_err(|e| invalid(&config_path, dir.explain_defaults(e)))?;
         if !path.join(WEIGHTS).exists() {
             let bin = path.join("diffusion_pytorch_model.bin");
             return Err(Error::Usage(format!(
@@ -121,13 +173,42 @@ impl DiffusersDir {
                 }
             )));
         }
-        let scheduler_path = path.join("scheduler_config.json");
         Ok(DiffusersDir {
-            path: path.to_path_buf(),
-            scheduler: read_scheduler(&scheduler_path)?,
-            scheduler_path,
-            config,
+            scheduler: read_scheduler(&dir.scheduler_path)?,
+            ..dir
         })
+    }
+
+    /// `e` with a note of the architecture keys config.json leaves to diffusers' defaults
+    /// (an error about channels or blocks often comes from one of them).
+    fn explain_defaults(&self, e: FieldError) -> FieldError {
+        let Some(note) = self.defaults_note() else {
+            return e;
+        };
+        let mut e = e;
+        e.allowed = format!("{}; {note}", e.allowed);
+        e
+    }
+
+    /// "config.json does not give ...: diffusers' defaults apply" (None when it gives all).
+    fn defaults_note(&self) -> Option<String> {
+        if self.defaulted.is_empty() {
+            return None;
+        }
+        let given: Vec<String> = ARCHITECTURE_DEFAULTS
+            .iter()
+            .filter(|(k, _)| self.defaulted.contains(k))
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        Some(format!(
+            "config.json does not give {}, so diffusers' defaults apply: {}",
+            self.defaulted
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            given.join(", ")
+        ))
     }
 
     fn scheduler_path(&self) -> PathBuf {
@@ -218,7 +299,29 @@ impl DiffusersDir {
                 .collect(),
             origin: weights.display().to_string(),
         };
-        let model = UNet2D::new(dev, self.config.clone(), self.prediction()?, &mut source)?;
+        // A NaN or an infinity in the weights is named here, not found as the sampler's NaN.
+        if let Some((name, (shape, values))) = source
+            .tensors
+            .iter()
+            .find(|(_, (_, v))| v.iter().any(|x| !x.is_finite()))
+        {
+            let bad = values.iter().filter(|x| !x.is_finite()).count();
+            let (i, v) = values
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
+                .expect("found above");
+            return Err(Error::Usage(format!(
+                "{}: tensor `{name}` {shape:?} holds {v} at flat index {i} ({bad} non-finite value{} in it): the weights must be finite numbers",
+                weights.display(),
+                if bad == 1 { "" } else { "s" }
+            )));
+        }
+        let model = UNet2D::new(dev, self.config.clone(), self.prediction()?, &mut source)
+            .map_err(|e| match self.defaults_note() {
+                Some(note) => Error::Usage(format!("{e}; {note}")),
+                None => e.into(),
+            })?;
         source.finish()?;
         Ok(model)
     }

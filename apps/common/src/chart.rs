@@ -261,53 +261,168 @@ fn legend<'a, Y: Ranged<ValueType = f64>>(
     Ok(())
 }
 
-/// `canvas` with a strip of `height` pixels above it, holding one label centred over each
-/// column (`columns[k]` = (left x, width) of column k), in DejaVu Sans.
+/// The font size of labels in a strip of `height` pixels.
+fn label_size(height: usize) -> f64 {
+    (height as f64 * 0.55).clamp(9.0, 18.0)
+}
+
+/// `text` in lines no wider than `width` pixels in `font`: broken at spaces and after
+/// hyphens, and a piece wider than a line by itself at characters, so that nothing of the
+/// label is lost (joined, the lines are the label again, less the spaces broken at).
+pub fn wrap_label(text: &str, width: usize, font: &FontDesc) -> Result<Vec<String>, String> {
+    let wide = |t: &str| -> Result<bool, String> {
+        Ok(font.box_size(t).map_err(|e| e.to_string())?.0 as usize > width)
+    };
+    // The pieces: words, each hyphenated word split after its hyphens.
+    let mut pieces: Vec<(String, bool)> = Vec::new(); // (piece, a space before it)
+    for (w, word) in text.split(' ').filter(|w| !w.is_empty()).enumerate() {
+        let mut first = true;
+        for part in word.split_inclusive('-') {
+            pieces.push((part.to_string(), w > 0 && first));
+            first = false;
+        }
+    }
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for (piece, spaced) in pieces {
+        let joined = if line.is_empty() {
+            piece.clone()
+        } else if spaced {
+            format!("{line} {piece}")
+        } else {
+            format!("{line}{piece}")
+        };
+        if !wide(&joined)? {
+            line = joined;
+            continue;
+        }
+        if !line.is_empty() {
+            lines.push(std::mem::take(&mut line));
+        }
+        // The piece alone; too wide, it is cut at characters.
+        for c in piece.chars() {
+            let longer = format!("{line}{c}");
+            if wide(&longer)? && !line.is_empty() {
+                lines.push(std::mem::replace(&mut line, c.to_string()));
+            } else {
+                line = longer;
+            }
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// The font size and the lines of each column's label (see [`wrap_label`]), for a strip
+/// whose single line is `height` pixels: the size shrinks (to 9 px at least) until every word
+/// fits its column whole, so that words are cut at characters only where nothing else fits.
+pub fn header_lines(
+    labels: &[String],
+    columns: &[(usize, usize)],
+    height: usize,
+) -> Result<(f64, Vec<Vec<String>>), String> {
+    register_fonts();
+    let mut size = label_size(height);
+    loop {
+        let font: FontDesc = (FONT, size).into_font();
+        let mut whole = true;
+        for (text, &(_, cw)) in labels.iter().zip(columns) {
+            for piece in text.split(' ').flat_map(|w| w.split_inclusive('-')) {
+                whole &= font.box_size(piece).map_err(|e| e.to_string())?.0 as usize <= cw;
+            }
+        }
+        if whole || size <= 9.0 {
+            let lines = labels
+                .iter()
+                .zip(columns)
+                .map(|(text, &(_, cw))| wrap_label(text, cw, &font))
+                .collect::<Result<_, _>>()?;
+            return Ok((size, lines));
+        }
+        size = (size - 1.0).max(9.0);
+    }
+}
+
+/// `canvas` with a strip above it holding each column's label (`columns[k]` = (left x,
+/// width) of column k), centred and wrapped to the column's width, in DejaVu Sans: a strip of
+/// `height` pixels per line of the longest label.
 pub fn with_column_headers(
     canvas: &Canvas,
     labels: &[String],
     columns: &[(usize, usize)],
     height: usize,
 ) -> Result<Canvas, String> {
-    register_fonts();
-    let (w, h) = (canvas.width as u32, (canvas.height + height) as u32);
+    let (size, lines) = header_lines(labels, columns, height)?;
+    let line_height = (size * 1.2).ceil() as usize;
+    let rows = lines.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let strip = height.max(rows * line_height + (height.saturating_sub(size as usize)).max(4));
+    let (w, h) = (canvas.width as u32, (canvas.height + strip) as u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     for (i, p) in canvas.pixels.iter().enumerate() {
-        let o = (i + canvas.width * height) * 3;
+        let o = (i + canvas.width * strip) * 3;
         buf[o..o + 3].copy_from_slice(p);
     }
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        let size = (height as f64 * 0.55).clamp(9.0, 18.0);
-        for (text, &(x, cw)) in labels.iter().zip(columns) {
-            let font = (FONT, size).into_font().color(&rgb(BLACK));
-            let (tw, _) = root
-                .estimate_text_size(text, &font)
-                .map_err(|e| e.to_string())?;
-            // A label wider than its column is shortened to fit (with an ellipsis).
-            let mut shown = text.clone();
-            while shown.chars().count() > 1
-                && root
-                    .estimate_text_size(&shown, &font)
-                    .map_err(|e| e.to_string())?
-                    .0
-                    > cw as u32
-            {
-                shown.pop();
-                shown.pop();
-                shown.push('…');
+        for (label, &(x, cw)) in lines.iter().zip(columns) {
+            // The label's lines centred in the strip, each centred over its column.
+            let top = (strip - label.len() * line_height) / 2;
+            for (k, text) in label.iter().enumerate() {
+                let font = (FONT, size).into_font().color(&rgb(BLACK));
+                let (tw, _) = root
+                    .estimate_text_size(text, &font)
+                    .map_err(|e| e.to_string())?;
+                let left = x as i32 + (cw as i32 - tw as i32) / 2;
+                let y = (top + k * line_height) as i32;
+                root.draw(&Text::new(text.clone(), (left.max(0), y), font))
+                    .map_err(|e| e.to_string())?;
             }
-            let tw = if shown == *text {
-                tw
-            } else {
-                root.estimate_text_size(&shown, &font)
-                    .map_err(|e| e.to_string())?
-                    .0
-            };
-            let left = x as i32 + (cw as i32 - tw as i32) / 2;
-            let top = ((height as f64 - size) / 2.0).max(0.0) as i32;
-            root.draw(&Text::new(shown, (left.max(0), top), font))
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    Ok(canvas_of(&buf, w, h))
+}
+
+/// `canvas` with a strip of `width` pixels on its left holding each row's label (`rows[k]` =
+/// (top y, height) of row k), right-aligned and wrapped to the strip, in DejaVu Sans.
+pub fn with_row_labels(
+    canvas: &Canvas,
+    labels: &[String],
+    rows: &[(usize, usize)],
+    width: usize,
+) -> Result<Canvas, String> {
+    register_fonts();
+    let size = 13.0;
+    let line_height = (size * 1.2_f64).ceil() as usize;
+    let (w, h) = ((canvas.width + width) as u32, canvas.height as u32);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    for (i, p) in canvas.pixels.iter().enumerate() {
+        let (x, y) = (i % canvas.width, i / canvas.width);
+        let o = (y * w as usize + x + width) * 3;
+        buf[o..o + 3].copy_from_slice(p);
+    }
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let font: FontDesc = (FONT, size).into_font();
+        for (text, &(top, rh)) in labels.iter().zip(rows) {
+            let lines = wrap_label(text, width.saturating_sub(8), &font)?;
+            let block = lines.len() * line_height;
+            let start = top + rh.saturating_sub(block) / 2;
+            for (k, line) in lines.iter().enumerate() {
+                let styled = (FONT, size).into_font().color(&rgb(BLACK));
+                let (tw, _) = root
+                    .estimate_text_size(line, &styled)
+                    .map_err(|e| e.to_string())?;
+                let left = width as i32 - 6 - tw as i32;
+                root.draw(&Text::new(
+                    line.clone(),
+                    (left.max(0), (start + k * line_height) as i32),
+                    styled,
+                ))
                 .map_err(|e| e.to_string())?;
+            }
         }
         root.present().map_err(|e| e.to_string())?;
     }

@@ -79,6 +79,19 @@ pub fn sample_grid(models: &DigitsModels, seed: u64, path: &Path) -> Result<f64,
     let read = models.classify(&imgs);
     let agree = read.iter().zip(&classes).filter(|(a, b)| a == b).count();
     let grid: Vec<Vec<Vec<f64>>> = imgs.chunks(per).map(|r| r.to_vec()).collect();
-    crate::image::digit_grid(&grid, SIDE, 6, 4).save_png(path)?;
+    let (scale, gap) = (6, 4);
+    let cell = SIDE * scale;
+    let rows: Vec<(usize, usize)> = (0..CLASSES)
+        .map(|r| (gap + r * (cell + gap), cell))
+        .collect();
+    let labels: Vec<String> = (0..CLASSES).map(|c| format!("class {c}")).collect();
+    adeis_app_common::chart::with_row_labels(
+        &crate::image::digit_grid(&grid, SIDE, scale, gap),
+        &labels,
+        &rows,
+        60,
+    )
+    .map_err(|e| Error::file(path, e))?
+    .save_png(path)?;
     Ok(agree as f64 / classes.len() as f64)
 }

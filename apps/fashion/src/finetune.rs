@@ -23,9 +23,9 @@ use serde::Serialize;
 
 use crate::classifier::Classifier;
 use crate::data::{CLASSES, CLASS_NAMES};
-use crate::generate::{noise, save_grid};
+use crate::generate::{grid_canvas, noise};
 use crate::params::HostParams;
-use crate::{unet, write_atomic, Error, FashionModels};
+use crate::{unet, Error, FashionModels};
 
 /// What `adeis finetune` does.
 #[derive(Clone, Debug)]
@@ -310,7 +310,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         .with_adjoint(adjoint)
         .map_err(adeis_compiler::Error::from)?;
     let heldout = Heldout::new(opts.eval_per_class, opts.seed)?;
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
+    check_outputs(opts)?;
 
     let start = Instant::now();
     let theta0 = HostParams::of_named(models.unet.named_params());
@@ -379,8 +379,12 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
                 Ok(l.grad)
             },
         )
-        .map_err(|e| {
-            adeis_runtime::RuntimeError::Invalid(format!("fine-tuning iteration {k}: {e}"))
+        .map_err(|e| match e {
+            adeis_runtime::RuntimeError::NonFinite { .. } if k > 0 => {
+                diverged(k, &format!("sampling: {e}"), opts.lr)
+            }
+            e => adeis_runtime::RuntimeError::Invalid(format!("fine-tuning iteration {k}: {e}"))
+                .into(),
         })?;
         report.train_reward.push(reward);
         let dtheta = g.dtheta.expect("wrt params");
@@ -394,18 +398,26 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
             *gi += opts.penalty * (t - t0);
         }
         if grad.iter().any(|v| !v.is_finite()) {
-            return Err(adeis_runtime::RuntimeError::Invalid(format!(
-                "the gradient is not finite at fine-tuning iteration {k}: stopped; try a smaller --lr"
-            ))
-            .into());
+            return Err(diverged(k, "the gradient is not finite", opts.lr));
         }
         opt.step(&mut flat, &grad);
+        if flat.iter().any(|v| !v.is_finite()) {
+            return Err(diverged(k, "the weights are not finite", opts.lr));
+        }
         p.set_flat(&flat);
         unet = unet::model(&dev, &p)?;
         pb.inc(1);
         pb.set_message(format!("reward {reward:.3}"));
         if (k + 1) % opts.eval_every == 0 || k + 1 == opts.iters {
-            let (r, a, d, samples) = heldout.eval(&unet, &models.classifier, &sampling)?;
+            let (r, a, d, samples) =
+                heldout
+                    .eval(&unet, &models.classifier, &sampling)
+                    .map_err(|e| match e {
+                        Error::Runtime(e @ adeis_runtime::RuntimeError::NonFinite { .. }) => {
+                            diverged(k + 1, &format!("sampling the held-out seeds: {e}"), opts.lr)
+                        }
+                        e => e,
+                    })?;
             report.heldout.push((k + 1, r, a, d));
             if r > best && d >= opts.min_diversity * d0 {
                 best = r;
@@ -432,9 +444,18 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
     report.seconds_per_iteration = report.seconds / opts.iters as f64;
     report.peak_memory_mib = adeis_io::peak_memory_bytes().map(|b| b as f64 / 1048576.0);
 
+    // Every output staged, then renamed into place together: a failed or interrupted run
+    // leaves nothing, not even the output folder.
+    let mut files = adeis_io::Outputs::new();
     let per = opts.eval_per_class;
-    save_grid(&before, per, &opts.out.join("before.png"))?;
-    save_grid(&after, per, &opts.out.join("after.png"))?;
+    for (name, pixels) in [("before.png", &before), ("after.png", &after)] {
+        let path = opts.out.join(name);
+        let png = grid_canvas(pixels, per)
+            .map_err(|e| Error::file(&path, e))?
+            .png_bytes()
+            .map_err(|e| Error::file(&path, e))?;
+        files.stage_creating_folders(&path, &png)?;
+    }
     let held_curve: Vec<f64> = {
         // the held-out reward at every evaluated iteration, NaN between (the plot skips NaN)
         let mut v = vec![f64::NAN; opts.iters + 1];
@@ -454,7 +475,7 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
             values: held_curve,
         },
     ];
-    adeis_app_common::chart::line_chart(&adeis_app_common::chart::LineChart {
+    let curve = adeis_app_common::chart::line_chart(&adeis_app_common::chart::LineChart {
         title: "Reward fine-tuning: mean reward by iteration",
         x_label: "iteration",
         y_label: "mean reward",
@@ -463,14 +484,74 @@ pub fn run(opts: &FinetuneOptions) -> Result<FinetuneReport, Error> {
         height: 450,
     })
     .map_err(|e| adeis_app_common::Error::file(&curve_path, e))?
-    .save_png(&curve_path)?;
-    unet::save(&best_p, &opts.out.join("unet"))?;
-    write_atomic(&opts.out.join("report.md"), markdown(&report).as_bytes())?;
-    write_atomic(
+    .png_bytes()
+    .map_err(|e| Error::file(&curve_path, e))?;
+    files.stage_creating_folders(&curve_path, &curve)?;
+    unet::stage(&best_p, &opts.out.join("unet"), &mut files)?;
+    files.stage_creating_folders(&opts.out.join("report.md"), markdown(&report).as_bytes())?;
+    files.stage_creating_folders(
         &opts.out.join("report.json"),
         serde_json::to_string_pretty(&report).unwrap().as_bytes(),
     )?;
+    check_interrupt("fine-tuning")?;
+    files.commit()?;
     Ok(report)
+}
+
+/// The files `adeis finetune` writes into its output folder.
+const OUTPUTS: [&str; 5] = [
+    "before.png",
+    "after.png",
+    "reward_curve.png",
+    "report.md",
+    "report.json",
+];
+
+/// Refuses, before the run, an output folder that is a file, an output that is a folder or
+/// not a regular file, and an output folder whose unet/ is the input model's (fine-tuning
+/// would replace the weights it started from).
+fn check_outputs(opts: &FinetuneOptions) -> Result<(), Error> {
+    let out = &opts.out;
+    if out.exists() && !out.is_dir() {
+        return Err(Error::file(
+            out,
+            "--out is a file, not a folder; give a folder (it is made if missing)",
+        ));
+    }
+    let unet_dir = out.join("unet");
+    if unet_dir.exists() && !unet_dir.is_dir() {
+        return Err(Error::file(
+            &unet_dir,
+            "is a file; the fine-tuned UNet is written as a folder there",
+        ));
+    }
+    for name in OUTPUTS {
+        adeis_io::check_output_path(&out.join(name))?;
+    }
+    for name in unet::FILES {
+        adeis_io::check_output_path(&unet_dir.join(name))?;
+    }
+    if let Some(models) = &opts.models {
+        let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        if same(models, out) || same(&models.join("unet"), &unet_dir) {
+            return Err(Error::file(
+                out,
+                format!(
+                    "--out would replace the weights of --models {} that fine-tuning starts from; give another output folder",
+                    models.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The error of a fine-tuning run whose gradient or weights stopped being finite.
+fn diverged(iteration: usize, what: &str, lr: f64) -> Error {
+    adeis_runtime::RuntimeError::Invalid(format!(
+        "fine-tuning diverged at iteration {iteration} with --lr {lr} ({what}); nothing was written; try a smaller --lr (the default is 1e-5)"
+    ))
+    .into()
 }
 
 /// report.md.

@@ -94,12 +94,29 @@ pub fn sample_grid(
     Ok(agree as f64 / classes.len() as f64)
 }
 
-/// Writes images (flat pixels) as a PNG grid of `per` images per row.
+/// Writes images (flat pixels) as a PNG grid of `per` images per row, row c of class c.
 pub fn save_grid(pixels: &[f32], per: usize, path: &Path) -> Result<(), Error> {
+    grid_canvas(pixels, per)
+        .map_err(|e| Error::file(path, e))?
+        .save_png(path)
+}
+
+/// Images (flat pixels) as a grid of `per` images per row, row c of class c, each row
+/// labelled with its class's name.
+pub fn grid_canvas(pixels: &[f32], per: usize) -> Result<adeis_app_common::image::Canvas, String> {
     let imgs: Vec<Vec<f64>> = pixels
         .chunks_exact(PIXELS)
         .map(|r| r.iter().map(|v| *v as f64).collect())
         .collect();
     let grid: Vec<Vec<Vec<f64>>> = imgs.chunks(per).map(|r| r.to_vec()).collect();
-    adeis_app_common::image::digit_grid(&grid, SIDE, 3, 2).save_png(path)
+    let (scale, gap) = (3, 2);
+    let canvas = adeis_app_common::image::digit_grid(&grid, SIDE, scale, gap);
+    let cell = SIDE * scale;
+    let rows: Vec<(usize, usize)> = (0..grid.len())
+        .map(|r| (gap + r * (cell + gap), cell))
+        .collect();
+    let labels: Vec<String> = (0..grid.len())
+        .map(|r| crate::data::CLASS_NAMES[r % CLASSES].to_string())
+        .collect();
+    adeis_app_common::chart::with_row_labels(&canvas, &labels, &rows, 88)
 }

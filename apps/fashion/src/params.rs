@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use adeis_io::safetensors::{read_stored, read_stored_bytes, write_safetensors, NamedTensor};
+use adeis_io::safetensors::{read_stored, read_stored_bytes, NamedTensor};
 use adeis_runtime::unet::TensorMapSource;
 
 use crate::Error;
@@ -74,6 +74,11 @@ impl HostParams {
 
     /// Writes the tensors as F32 safetensors, atomically.
     pub fn save_safetensors(&self, path: &Path) -> Result<(), Error> {
+        Ok(adeis_io::write_atomic(path, &self.safetensors_bytes())?)
+    }
+
+    /// The parameters as the bytes of a safetensors file (f32).
+    pub fn safetensors_bytes(&self) -> Vec<u8> {
         let tensors: Vec<NamedTensor> = self
             .names
             .iter()
@@ -85,7 +90,7 @@ impl HostParams {
                 data: v.clone(),
             })
             .collect();
-        Ok(write_safetensors(path, &tensors, 4)?)
+        adeis_io::safetensors::safetensors_bytes(&tensors, 4)
     }
 }
 

@@ -125,21 +125,31 @@ pub fn model(dev: &Cpu, p: &HostParams) -> Result<UNet2D<f32, Cpu>, Error> {
     from_source(dev, p.source("training parameters"))
 }
 
-/// Writes the UNet with parameters `p` in diffusers' layout into `dir` (each file atomically).
+/// Writes the UNet with parameters `p` in diffusers' layout into `dir` (its files together).
 pub fn save(p: &HostParams, dir: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    p.save_safetensors(&dir.join(WEIGHTS_FILE))?;
+    let mut files = adeis_io::Outputs::new();
+    stage(p, dir, &mut files)?;
+    files.commit()?;
+    Ok(())
+}
+
+/// The files of [`save`], staged in `files` (`dir` is made at the commit).
+pub fn stage(p: &HostParams, dir: &Path, files: &mut adeis_io::Outputs) -> Result<(), Error> {
+    files.stage_creating_folders(&dir.join(WEIGHTS_FILE), &p.safetensors_bytes())?;
     for (file, json) in [
         (CONFIG_FILE, config_json()),
         (SCHEDULER_FILE, scheduler_json()),
     ] {
-        adeis_io::write_atomic(
+        files.stage_creating_folders(
             &dir.join(file),
             serde_json::to_string_pretty(&json).unwrap().as_bytes(),
         )?;
     }
     Ok(())
 }
+
+/// The files [`save`] writes into a folder.
+pub const FILES: [&str; 3] = [WEIGHTS_FILE, CONFIG_FILE, SCHEDULER_FILE];
 
 /// Opens a UNet saved by [`save`] (the built-in config; its config.json must be
 /// that config).

@@ -65,8 +65,29 @@ fn d_default() -> String {
     "default".into()
 }
 
-/// A `UNet2DModel` config (the keys adeis uses; others, such as `_diffusers_version` or
-/// `sample_size`, are read and ignored).
+/// `sample_size`: the image side the model was trained at, one number or [height, width]
+/// (signed, so that a negative one is named rather than a parse error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SampleSize {
+    /// A square image's side.
+    Side(i64),
+    /// [height, width].
+    HeightWidth([i64; 2]),
+}
+
+impl SampleSize {
+    /// (height, width).
+    pub fn height_width(self) -> (i64, i64) {
+        match self {
+            SampleSize::Side(s) => (s, s),
+            SampleSize::HeightWidth([h, w]) => (h, w),
+        }
+    }
+}
+
+/// A `UNet2DModel` config (the keys adeis uses; others, such as `_diffusers_version`, are
+/// read and ignored).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct UNet2DConfig {
     /// `_class_name`: "UNet2DModel" (another class is refused by name).
@@ -151,7 +172,15 @@ pub struct UNet2DConfig {
     /// The number of classes of a class-conditional model (its embedding table's rows).
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
+    /// The image size the model was trained at (a convolutional UNet runs at others; adeis
+    /// names it when an input's size is far from it).
+    #[serde(default)]
+    pub sample_size: Option<SampleSize>,
 }
+
+/// The largest `sample_size` side a config may give (SDXL's latents are 128, its images
+/// 1024; 16384 leaves room for any image a UNet is trained on).
+pub const MAX_SAMPLE_SIDE: i64 = 16384;
 
 fn d_one_usize() -> usize {
     1
@@ -372,6 +401,19 @@ impl UNet2DConfig {
                 "a finite number other than 0",
             ));
         }
+        if let Some(size) = self.sample_size {
+            let (h, w) = size.height_width();
+            if h < 1 || w < 1 || h > MAX_SAMPLE_SIDE || w > MAX_SAMPLE_SIDE {
+                return Err(FieldError::value(
+                    "sample_size",
+                    match size {
+                        SampleSize::Side(s) => s.to_string(),
+                        SampleSize::HeightWidth([h, w]) => format!("[{h}, {w}]"),
+                    },
+                    format!("an image side from 1 to {MAX_SAMPLE_SIDE}, or [height, width]"),
+                ));
+            }
+        }
         if self.num_class_embeds == Some(0) {
             return Err(FieldError::value(
                 "num_class_embeds",
@@ -380,5 +422,84 @@ impl UNet2DConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// What a run of a [`UNet2DConfig`]'s model on images of one size needs in memory, estimated
+/// from the config alone (before the weights are read): the activations and the attention's
+/// score matrices, which grow with the square of the positions an attention block sees.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryEstimate {
+    /// The bytes of the run's peak, estimated.
+    pub bytes: u128,
+    /// The bytes of one attention block's score matrix at the finest level that attends
+    /// (0 without attention).
+    pub attention_bytes: u128,
+    /// The positions (height x width) that block attends over.
+    pub attention_positions: usize,
+    /// The resolution level of that block (0: the input's).
+    pub attention_level: usize,
+}
+
+impl UNet2DConfig {
+    /// The memory of one model evaluation on `batch` images of `height` x `width` in a
+    /// `word`-byte float: a plain evaluation keeps the skip connections and a few of the
+    /// largest level's activations, and one attention block's scores at a time; an
+    /// evaluation on the tape (a VJP) keeps every activation and every attention block's
+    /// softmax, and the backward pass one more score matrix. An estimate within a small factor,
+    /// for refusing what cannot fit before it is tried.
+    pub fn memory_estimate(
+        &self,
+        batch: usize,
+        (height, width): (usize, usize),
+        word: usize,
+        taped: bool,
+    ) -> MemoryEstimate {
+        let n = self.levels();
+        let layers = self.layers_per_block as u128;
+        let positions = |i: usize| (height >> i).max(1) * (width >> i).max(1);
+        let act = |i: usize| self.block_out_channels[i] as u128 * positions(i) as u128;
+        // Attention blocks per level, and each one's heads.
+        let mut attention = vec![0u128; n];
+        for (i, t) in self.down_block_types.iter().enumerate() {
+            if t == "AttnDownBlock2D" {
+                attention[i] += layers;
+            }
+        }
+        for (j, t) in self.up_block_types.iter().enumerate() {
+            if t == "AttnUpBlock2D" {
+                attention[n - 1 - j] += layers + 1;
+            }
+        }
+        if self.mid_block_type.is_some() && self.add_attention {
+            attention[n - 1] += 1;
+        }
+        let heads = |i: usize| {
+            let c = self.block_out_channels[i];
+            (c / self.attention_head_dim.unwrap_or(c).max(1)).max(1) as u128
+        };
+        let scores = |i: usize| heads(i) * (positions(i) as u128).pow(2);
+        let skips: u128 = (0..n).map(|i| (layers + 1) * act(i)).sum();
+        let largest = (0..n).map(act).max().unwrap_or(0);
+        let finest = (0..n).find(|i| attention[*i] > 0);
+        let one_scores = finest.map_or(0, scores);
+        let elements = if taped {
+            // Every resnet keeps about ten tensors of its level; attention its q, k, v, output
+            // and softmax; the backward pass one score matrix and its gradient.
+            let resnets: u128 = (0..n).map(|i| (2 * layers + 1) * 10 * act(i)).sum();
+            let attn: u128 = (0..n)
+                .map(|i| attention[i] * (6 * act(i) + scores(i)))
+                .sum();
+            resnets + attn + 2 * one_scores
+        } else {
+            skips + 6 * largest + one_scores
+        };
+        let w = word as u128 * batch as u128;
+        MemoryEstimate {
+            bytes: elements * w,
+            attention_bytes: one_scores * w,
+            attention_positions: finest.map_or(0, positions),
+            attention_level: finest.unwrap_or(0),
+        }
     }
 }

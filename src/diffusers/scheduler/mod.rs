@@ -45,7 +45,8 @@ use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
 use adeis_compiler::{
     FieldError, Method, Prediction, SamplerSpec, ScheduleSpec, Spec, ThresholdingSpec,
 };
-use keys::{describe, quoted, standard_json, Config};
+pub(crate) use keys::standard_json;
+use keys::{describe, quoted, Config};
 use sigmas::{sigma_grid, summary, SigmaMode};
 
 /// A diffusers scheduler class adeis reads: what it shares with the others, as hooks, and its
@@ -142,6 +143,27 @@ pub const CLASSES: [&str; READERS.len()] = {
     names
 };
 
+/// The keys of the classes adeis reads whose diffusers default is None, so that null is a
+/// value there; null anywhere else would make diffusers fail, and is refused.
+const NULLABLE: [&str; 6] = [
+    "trained_betas",
+    "variance_type",
+    "sigma_min",
+    "sigma_max",
+    "shift_terminal",
+    "solver_p",
+];
+
+/// Keys every diffusers scheduler config has, whatever its class: a file with them and no
+/// `_class_name` is a diffusers config that lost its class, not an adeis spec.
+pub const COMMON_KEYS: [&str; 5] = [
+    "_diffusers_version",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+];
+
 /// Whether JSON text is a diffusers scheduler config (it names its class).
 pub fn is_scheduler_config(text: &str) -> bool {
     serde_json::from_str::<Map<String, Value>>(&standard_json(text))
@@ -175,8 +197,21 @@ pub struct Translated {
 
 /// The spec that runs `text` (a diffusers scheduler config) for `steps` inference steps.
 pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
-    let keys: Map<String, Value> = serde_json::from_str(&standard_json(text))
-        .map_err(|e| FieldError::new("", format!("not a JSON object: {e}")))?;
+    let keys = super::json::read_object(text, "a diffusers scheduler config")
+        .map_err(|e| FieldError::new("", e))?;
+    if let Some((key, _)) = keys
+        .iter()
+        .find(|(k, v)| v.is_null() && !NULLABLE.contains(&k.as_str()) && !k.starts_with('_'))
+    {
+        return Err(FieldError::value(
+            key.as_str(),
+            "null",
+            format!(
+                "a value, or no `{key}` at all for diffusers' default (null means \"none\" only where diffusers' default is None: {})",
+                quoted(&NULLABLE)
+            ),
+        ));
+    }
     let class_name = match keys.get("_class_name") {
         Some(Value::String(s)) => s.clone(),
         other => {

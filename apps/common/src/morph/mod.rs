@@ -32,7 +32,7 @@ use adeis_runtime::{
 use serde::Serialize;
 
 pub use method::MorphMethod;
-pub use report::{describe, table, MethodResult, MorphReport, PairResult};
+pub use report::{describe, table, verifier_summary, MethodResult, MorphReport, PairResult};
 pub use verify::{calibrate, choose_pairs, slerp_half, Verifier};
 
 use crate::labelled::Labelled;
@@ -411,6 +411,7 @@ impl<M: MorphModels> Experiment<'_, M> {
                 d_a: fin[i].1,
                 d_b: fin[i].2,
                 accepted: fin[i].1 < self.verifier.threshold && fin[i].2 < self.verifier.threshold,
+                accepted_at: self.verifier.accepts(fin[i].1, fin[i].2),
                 morph: morphs[i].clone(),
             })
             .collect();
@@ -419,6 +420,15 @@ impl<M: MorphModels> Experiment<'_, M> {
             method: method.name().into(),
             label: method.label().into(),
             mmpmr: pairs.iter().filter(|p| p.accepted).count() as f64 / pairs.len() as f64,
+            mmpmr_at: (0..self.verifier.operating_points.len())
+                .map(|k| {
+                    pairs.iter().filter(|p| p.accepted_at[k]).count() as f64 / pairs.len() as f64
+                })
+                .collect(),
+            pairs_worse: pairs
+                .iter()
+                .filter(|p| p.loss_final > p.loss_initial)
+                .count(),
             mean_loss_initial: mean(&initial),
             mean_loss_final: mean(&fin),
             // the gradient calls count per batch; every pair's row costs the same
