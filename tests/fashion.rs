@@ -46,6 +46,8 @@ fn train(data: &Path, out: &Path) -> (bool, String, String) {
         "3",
         "--classifier-steps",
         "3",
+        "--verifier-steps",
+        "3",
         "--batch",
         "4",
         "--warmup",
@@ -74,6 +76,7 @@ fn train_writes_diffusers_layout_deterministically_and_sample_opens_it() {
         "unet/diffusion_pytorch_model.safetensors",
         "unet/scheduler_config.json",
         "classifier.safetensors",
+        "verifier.safetensors",
         "training.json",
         "training.log",
     ] {
@@ -83,6 +86,7 @@ fn train_writes_diffusers_layout_deterministically_and_sample_opens_it() {
     for f in [
         "unet/diffusion_pytorch_model.safetensors",
         "classifier.safetensors",
+        "verifier.safetensors",
     ] {
         assert_eq!(
             std::fs::read(a.join(f)).unwrap(),
@@ -270,4 +274,53 @@ fn fashion_unet_matches_diffusers() {
         err / scale < 1e-5,
         "max |adeis - diffusers| = {err:.3e} (max |diffusers| {scale:.3})"
     );
+}
+
+/// The committed verification embedding is the one its training run reported: its features
+/// of the committed held-out images give the thresholds and genuine accept rates at FMR 0.1%,
+/// 1% and 10% that models/fashion-mnist/training.json records (and docs quote), and it
+/// verifies better than the classifier's features at the strict operating points.
+#[test]
+fn committed_verifier_reproduces_its_recorded_operating_points() {
+    use adeis::runtime::dfdx::prelude::*;
+    use adeis_fashion::data::{heldout, SIDE};
+    let models = adeis_fashion::FashionModels::committed().unwrap();
+    let held = heldout();
+    let rows_of = |net: &adeis_fashion::classifier::Classifier| -> Vec<Vec<f64>> {
+        let x = models
+            .dev
+            .tensor_from_vec(held.pixels.clone(), (held.len(), 1usize, SIDE, SIDE));
+        net.features_image(x, adeis::runtime::nn::ParamGrads::Skip)
+            .as_vec()
+            .chunks_exact(adeis_fashion::classifier::FEATURES)
+            .map(|r| r.iter().map(|v| *v as f64).collect())
+            .collect()
+    };
+    let verifier = models.verifier.as_ref().expect("the committed verifier");
+    let v = adeis_digits::morph::calibrate(&rows_of(verifier), &held.labels, 1e-3);
+    let recorded: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("models/fashion-mnist/training.json").unwrap(),
+    )
+    .unwrap();
+    let points = recorded["verifier"]["operating_points"].as_array().unwrap();
+    assert_eq!(points.len(), v.operating_points.len());
+    for (p, q) in v.operating_points.iter().zip(points) {
+        assert!(
+            (p.threshold - q["threshold"].as_f64().unwrap()).abs() < 1e-6,
+            "{p:?} vs {q}"
+        );
+        assert!(
+            (p.gar - q["gar"].as_f64().unwrap()).abs() < 1e-9,
+            "{p:?} vs {q}"
+        );
+    }
+    let c = adeis_digits::morph::calibrate(&rows_of(&models.classifier), &held.labels, 1e-3);
+    for k in 0..2 {
+        assert!(
+            v.operating_points[k].gar > c.operating_points[k].gar + 0.1,
+            "the verifier ({:?}) is no better than the classifier ({:?})",
+            v.operating_points[k],
+            c.operating_points[k]
+        );
+    }
 }

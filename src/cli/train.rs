@@ -12,6 +12,8 @@ use adeis_digits::train::{Network, TrainOptions};
 pub enum OnlyNetwork {
     Denoiser,
     Classifier,
+    /// Fashion-MNIST's verification embedding (the classifier's network with a CosFace head).
+    Verifier,
 }
 
 /// The options of `adeis train`.
@@ -32,6 +34,9 @@ pub struct TrainArgs {
     /// Optimiser steps of the classifier [default: 4000 for digits, 1500 for fashion-mnist].
     #[arg(long)]
     pub classifier_steps: Option<usize>,
+    /// Optimiser steps of Fashion-MNIST's verification embedding [default: 4000].
+    #[arg(long)]
+    pub verifier_steps: Option<usize>,
     /// Images per step [default: 128 for digits, 64 for fashion-mnist].
     #[arg(long)]
     pub batch: Option<usize>,
@@ -78,6 +83,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if a.dataset == DatasetArg::FashionMnist {
         return train_fashion(a);
     }
+    if a.verifier_steps.is_some() {
+        anyhow::bail!(
+            "--verifier-steps: the digits verify with their classifier's features; the verification embedding is Fashion-MNIST's (--dataset fashion-mnist)"
+        );
+    }
     let d = TrainOptions::default();
     let opts = &TrainOptions {
         out: a.out.unwrap_or(d.out),
@@ -89,10 +99,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
         cfg_dropout: a.cfg_dropout,
         checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
         sample_grid: !a.no_sample_grid,
-        only: a.only.map(|n| match n {
-            OnlyNetwork::Denoiser => Network::Denoiser,
-            OnlyNetwork::Classifier => Network::Classifier,
-        }),
+        only: match a.only {
+            None => None,
+            Some(OnlyNetwork::Denoiser) => Some(Network::Denoiser),
+            Some(OnlyNetwork::Classifier) => Some(Network::Classifier),
+            Some(OnlyNetwork::Verifier) => anyhow::bail!(
+                "--only verifier: the digits verify with their classifier's features; the verification embedding is Fashion-MNIST's (--dataset fashion-mnist)"
+            ),
+        },
     };
     let r = adeis_digits::train::run(opts).map_err(digits_error)?;
     println!(
@@ -132,6 +146,7 @@ fn train_fashion(a: TrainArgs) -> Result<()> {
         data: a.data,
         unet_steps: a.denoiser_steps.unwrap_or(d.unet_steps),
         classifier_steps: a.classifier_steps.unwrap_or(d.classifier_steps),
+        verifier_steps: a.verifier_steps.unwrap_or(d.verifier_steps),
         batch: a.batch.unwrap_or(d.batch),
         lr: a.lr.unwrap_or(d.lr),
         warmup: a.warmup,
@@ -145,6 +160,7 @@ fn train_fashion(a: TrainArgs) -> Result<()> {
         only: a.only.map(|n| match n {
             OnlyNetwork::Denoiser => FashionNetwork::Unet,
             OnlyNetwork::Classifier => FashionNetwork::Classifier,
+            OnlyNetwork::Verifier => FashionNetwork::Verifier,
         }),
     };
     let r = adeis_fashion::train::run(opts).map_err(digits_error)?;
@@ -166,8 +182,22 @@ fn train_fashion(a: TrainArgs) -> Result<()> {
             100.0 * a
         );
     }
+    if let Some(v) = &r.verifier {
+        let points: Vec<String> = v
+            .operating_points
+            .iter()
+            .map(|p| format!("{:.1}% at FMR {}%", 100.0 * p.gar, 100.0 * p.target_fmr))
+            .collect();
+        println!(
+            "verifier (CosFace): {} steps in {:.0} s, held-out accuracy {:.1}%, genuine accept rate {}",
+            v.steps,
+            v.seconds,
+            100.0 * v.heldout_accuracy,
+            points.join(", ")
+        );
+    }
     println!(
-        "wrote {0}/unet (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json), {0}/classifier.safetensors, training.json, training.log{1}",
+        "wrote {0}/unet (config.json, diffusion_pytorch_model.safetensors, scheduler_config.json), {0}/classifier.safetensors, {0}/verifier.safetensors, training.json, training.log{1}",
         opts.out.display(),
         if opts.sample_grid { ", samples.png" } else { "" }
     );

@@ -22,6 +22,14 @@ pub const FEATURES: usize = 64;
 pub const COSINE_SCALE: f32 = 16.0;
 /// The classifier's file name.
 pub const CLASSIFIER_FILE: &str = "classifier.safetensors";
+/// The verification embedding's file name: the classifier's network trained with a CosFace
+/// head (see [`Classifier::cosface_logits`]), whose features verify identities in the
+/// morphing evaluation.
+pub const VERIFIER_FILE: &str = "verifier.safetensors";
+/// CosFace's scale s and additive cosine margin m (Wang et al. 2018's values for faces).
+pub const COSFACE_SCALE: f32 = 30.0;
+/// See [`COSFACE_SCALE`].
+pub const COSFACE_MARGIN: f32 = 0.35;
 /// (input channels, output channels, stride) of the convolutions.
 const CONVS: [(usize, usize, usize); 4] = [(1, 32, 1), (32, 64, 2), (64, 64, 2), (64, 128, 1)];
 const GROUPS: usize = 8;
@@ -180,6 +188,29 @@ impl Classifier {
         let norm = (v.retaped::<T>().square().sum::<(usize,), Axis<1>>() + 1e-12).sqrt();
         let unit = v / norm.broadcast_like::<_, Axis<1>>(&shape);
         self.head.forward(unit * COSINE_SCALE)
+    }
+
+    /// CosFace logits (Wang et al. 2018) of features `v` for training the verification
+    /// embedding: s (cos theta_c - m [c = class]), theta_c the angle between the features and
+    /// the head's row c, both normalised (the head's bias unused), so that training pulls
+    /// each class within an angular margin of its own row and the cosine distance between
+    /// features separates identities, not just classes' logits. `one_hot`: the classes.
+    pub fn cosface_logits<T: Tape<f32, Cpu>>(
+        &self,
+        v: Tensor<(usize, usize), f32, Cpu, T>,
+        one_hot: Tensor<(usize, usize), f32, Cpu>,
+    ) -> Tensor<(usize, usize), f32, Cpu, T> {
+        let shape = *v.shape();
+        let norm = (v.retaped::<T>().square().sum::<(usize,), Axis<1>>() + 1e-12).sqrt();
+        let unit = v / norm.broadcast_like::<_, Axis<1>>(&shape);
+        // The head's weight on the same tape (its gradient lands under its id, where
+        // flat_grads reads it).
+        let w = self.head.weight().clone().retaped::<T>();
+        let wshape = *w.shape();
+        let wnorm = (w.retaped::<T>().square().sum::<(usize,), Axis<1>>() + 1e-12).sqrt();
+        let rows = w / wnorm.broadcast_like::<_, Axis<1>>(&wshape);
+        let cos = unit.matmul(rows.permute::<_, Axes2<1, 0>>());
+        (cos - one_hot * COSFACE_MARGIN) * COSFACE_SCALE
     }
 
     fn image_of<T: Tape<f32, Cpu>>(

@@ -23,3 +23,5 @@ static COMMITTED_UNET: &[u8] =
     include_bytes!("../../../models/fashion-mnist/unet/diffusion_pytorch_model.safetensors");
 static COMMITTED_CLASSIFIER: &[u8] =
     include_bytes!("../../../models/fashion-mnist/classifier.safetensors");
+static COMMITTED_VERIFIER: &[u8] =
+    include_bytes!("../../../models/fashion-mnist/verifier.safetensors");

@@ -11,7 +11,7 @@ use adeis_runtime::tape::Taped;
 use adeis_runtime::unet::UNet2D;
 use adeis_runtime::{Rows, State};
 
-use crate::classifier::{Classifier, CLASSIFIER_FILE, FEATURES};
+use crate::classifier::{Classifier, CLASSIFIER_FILE, FEATURES, VERIFIER_FILE};
 use crate::data::{PIXELS, SIDE};
 use crate::{unet, Error};
 
@@ -21,6 +21,10 @@ pub struct FashionModels {
     pub unet: UNet2D<f32, Cpu>,
     /// The convolutional classifier.
     pub classifier: Classifier,
+    /// The verification embedding (the classifier's network trained with a CosFace head):
+    /// the morphing evaluation verifies identities with it; None for a folder trained before
+    /// it existed (the classifier's features verify then).
+    pub verifier: Option<Classifier>,
     /// The CPU device.
     pub dev: Cpu,
 }
@@ -32,6 +36,10 @@ impl FashionModels {
         Ok(FashionModels {
             unet: unet::load(&dev, &dir.join("unet"))?,
             classifier: Classifier::load(&dev, &dir.join(CLASSIFIER_FILE))?,
+            verifier: match dir.join(VERIFIER_FILE) {
+                path if path.exists() => Some(Classifier::load(&dev, &path)?),
+                _ => None,
+            },
             dev,
         })
     }
@@ -59,6 +67,11 @@ impl FashionModels {
                 crate::COMMITTED_CLASSIFIER,
                 Path::new("the committed models/fashion-mnist/classifier.safetensors"),
             )?,
+            verifier: Some(Classifier::from_bytes(
+                &dev,
+                crate::COMMITTED_VERIFIER,
+                Path::new("the committed models/fashion-mnist/verifier.safetensors"),
+            )?),
             dev,
         })
     }
@@ -95,6 +108,24 @@ impl MorphModels for FashionModels {
     }
     fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu> {
         self.classifier.features_taped(x)
+    }
+    fn verification_features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
+        let Some(verifier) = &self.verifier else {
+            return self.features(x);
+        };
+        let rows = x.rows().clone();
+        let b = rows.shape().0;
+        verifier.features_image(
+            rows.reshape_like(&(b, 1usize, SIDE, SIDE)),
+            adeis_runtime::nn::ParamGrads::Skip,
+        )
+    }
+    fn verifier_name(&self) -> &'static str {
+        if self.verifier.is_some() {
+            "the verification embedding's features (the classifier's network trained with a CosFace margin, verifier.safetensors; the identity loss uses the classifier's)"
+        } else {
+            "the classifier's identity features (this models folder has no verifier.safetensors)"
+        }
     }
     fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error> {
         crate::generate::problem_of(sampler)

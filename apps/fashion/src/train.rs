@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use adeis_app_common::progress::{bar, check_interrupt};
 use adeis_app_common::training::one_hot;
 
-use crate::classifier::{Classifier, CLASSIFIER_FILE};
+use crate::classifier::{Classifier, CLASSIFIER_FILE, VERIFIER_FILE};
 use crate::data::{self, Fashion, Split, CLASSES, PIXELS, SIDE};
 use crate::params::HostParams;
 use crate::unet::{self, alphas_cumprod, NULL_CLASS};
@@ -38,6 +38,8 @@ pub enum Network {
     Unet,
     /// The classifier.
     Classifier,
+    /// The verification embedding (the classifier's network with a CosFace head).
+    Verifier,
 }
 
 /// What `adeis train --dataset fashion-mnist` does.
@@ -52,6 +54,8 @@ pub struct TrainOptions {
     pub unet_steps: usize,
     /// Classifier training steps.
     pub classifier_steps: usize,
+    /// Verification-embedding training steps.
+    pub verifier_steps: usize,
     /// Examples per step.
     pub batch: usize,
     /// The peak learning rate.
@@ -83,6 +87,7 @@ impl Default for TrainOptions {
             data: PathBuf::from(data::DEFAULT_DIR),
             unet_steps: 2_400,
             classifier_steps: 1_500,
+            verifier_steps: 4_000,
             batch: 64,
             lr: 2e-3,
             warmup: 200,
@@ -111,7 +116,12 @@ impl TrainOptions {
             (
                 "classifier_steps",
                 self.classifier_steps,
-                self.only != Some(Network::Unet),
+                matches!(self.only, None | Some(Network::Classifier)),
+            ),
+            (
+                "verifier_steps",
+                self.verifier_steps,
+                matches!(self.only, None | Some(Network::Verifier)),
             ),
         ])?;
         if self.batch == 0 || self.batch > 4096 {
@@ -156,7 +166,12 @@ impl TrainOptions {
         steps(
             "classifier_steps",
             self.classifier_steps,
-            self.only != Some(Network::Unet),
+            matches!(self.only, None | Some(Network::Classifier)),
+        )?;
+        steps(
+            "verifier_steps",
+            self.verifier_steps,
+            matches!(self.only, None | Some(Network::Verifier)),
         )?;
         if self.train_images == Some(0) {
             return Err(FieldError::value(
@@ -214,6 +229,25 @@ pub struct TrainReport {
     pub threads: usize,
     /// Fraction of the sample grid's images the classifier reads as the class asked for.
     pub samples_read_as_asked: Option<f64>,
+    /// The verification embedding, when one was trained.
+    #[serde(default)]
+    pub verifier: Option<VerifierReport>,
+}
+
+/// How the verification embedding (CosFace) trained, and how it verifies the held-out images.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifierReport {
+    /// Its steps.
+    pub steps: usize,
+    /// Its training loss at the end.
+    pub final_loss: f64,
+    /// The held-out accuracy of its CosFace head (without the margin).
+    pub heldout_accuracy: f64,
+    /// Its training time.
+    pub seconds: f64,
+    /// Its thresholds and genuine accept rates at FMR 0.1%, 1% and 10% on the held-out
+    /// images' pairs.
+    pub operating_points: Vec<adeis_app_common::morph::verify::OperatingPoint>,
 }
 
 /// Linear warm-up to lr over `warmup` steps, then cosine decay to lr/10.
@@ -314,17 +348,27 @@ pub fn unet_loss(
     Ok((value, Some(g)))
 }
 
-/// The classifier's cross-entropy on images `idx` of `data` (with Gaussian pixel noise of
-/// standard deviation `jitter` from stream (`seed`, `index`), so that generated images, which
-/// are not pixel-exact, are read like real ones), and its gradient when `grad`.
-pub fn classifier_loss(
+/// The head a classifier-shaped network trains with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// The classifier's cosine head (NormFace).
+    Cosine,
+    /// CosFace's margin head: the verification embedding.
+    CosFace,
+}
+
+/// The cross-entropy of a classifier-shaped network with `head` on images `idx` of `data`
+/// (with Gaussian pixel noise of standard deviation `jitter` from stream (`seed`, `index`), so
+/// that generated images, which are not pixel-exact, are read like real ones), and its
+/// gradient when `grad`.
+pub fn network_loss(
     dev: &Cpu,
     p: &HostParams,
     data: &Fashion,
     idx: &[usize],
     jitter: f64,
     (seed, index): (u64, u64),
-    grad: bool,
+    (grad, head): (bool, Head),
 ) -> Result<(f64, Option<Vec<f64>>), Error> {
     let mut source = p.source("classifier parameters");
     let model = Classifier::new(dev, &mut source)?;
@@ -343,14 +387,21 @@ pub fn classifier_loss(
     let x = dev.tensor_from_vec(x, (b, 1usize, SIDE, SIDE));
     let target = dev.tensor_from_vec(one_hot(&classes, CLASSES), (b, CLASSES));
     if !grad {
-        let logits = model.logits_of(model.features_image(x, ParamGrads::Skip));
+        let v = model.features_image(x, ParamGrads::Skip);
+        let logits = match head {
+            Head::Cosine => model.logits_of(v),
+            Head::CosFace => model.cosface_logits(v, target.clone()),
+        };
         return Ok((
             cross_entropy_with_logits_loss(logits, target).array() as f64,
             None,
         ));
     }
-    let logits =
-        model.logits_of(model.features_image(x.trace(Gradients::leaky()), ParamGrads::Compute));
+    let v = model.features_image(x.trace(Gradients::leaky()), ParamGrads::Compute);
+    let logits = match head {
+        Head::Cosine => model.logits_of(v),
+        Head::CosFace => model.cosface_logits(v, target.clone()),
+    };
     let loss = cross_entropy_with_logits_loss(logits, target);
     let value = loss.array() as f64;
     let mut grads = loss.backward();
@@ -530,39 +581,46 @@ fn train_unet(
     Ok((kept, smooth, total / count, start.elapsed().as_secs_f64()))
 }
 
-/// Trains the classifier; returns (parameters, final loss, held-out accuracy, seconds).
+/// Trains the classifier (`head` Cosine) or the verification embedding (CosFace), from its
+/// own seed stream; returns (parameters, final loss, held-out accuracy, seconds).
 fn train_classifier(
     opts: &TrainOptions,
     dev: &Cpu,
-    train: &Fashion,
-    held: &Fashion,
+    (train, held): (&Fashion, &Fashion),
+    head: Head,
     log: &mut Log,
 ) -> Result<(HostParams, f64, f64, f64), Error> {
     let start = Instant::now();
-    let mut p = Classifier::new(dev, &mut TorchInit::new(opts.seed ^ 0xC1A5))?.host_params();
-    log.line(&format!("classifier: {} parameters", p.len()))?;
-    let mut rng = SplitMix(opts.seed ^ 0xC1A5);
-    let path = opts.out.join(CLASSIFIER_FILE);
+    let (name, file, seed, steps) = match head {
+        Head::Cosine => (
+            "classifier",
+            CLASSIFIER_FILE,
+            opts.seed ^ 0xC1A5,
+            opts.classifier_steps,
+        ),
+        Head::CosFace => (
+            "verifier",
+            VERIFIER_FILE,
+            opts.seed ^ 0x7E21,
+            opts.verifier_steps,
+        ),
+    };
+    let mut p = Classifier::new(dev, &mut TorchInit::new(seed))?.host_params();
+    log.line(&format!("{name}: {} parameters", p.len()))?;
+    let mut rng = SplitMix(seed);
+    let path = opts.out.join(file);
     let (kept, smooth) = fit(
         &mut p,
         Fit {
-            name: "classifier",
-            steps: opts.classifier_steps,
+            name,
+            steps,
             opts,
             log,
         },
         None,
         |p, step| {
             let idx: Vec<usize> = (0..opts.batch).map(|_| rng.below(train.len())).collect();
-            let (v, g) = classifier_loss(
-                dev,
-                p,
-                train,
-                &idx,
-                0.1,
-                (opts.seed ^ 0xC1A5, step as u64),
-                true,
-            )?;
+            let (v, g) = network_loss(dev, p, train, &idx, 0.1, (seed, step as u64), (true, head))?;
             Ok((v, g.expect("a gradient")))
         },
         |p| p.save_safetensors(&path),
@@ -613,31 +671,65 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, Error> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let prev = |f: fn(&TrainReport) -> f64| previous.as_ref().map_or(f64::NAN, f);
-    let (unet_p, u_loss, u_held, u_secs, u_steps) = if opts.only == Some(Network::Classifier) {
-        let m = unet::load(&dev, &opts.out.join("unet"))?;
-        (
-            HostParams::of_named(m.named_params()),
-            prev(|p| p.unet_final_loss),
-            prev(|p| p.unet_heldout_loss),
-            prev(|p| p.unet_seconds),
-            previous.as_ref().map_or(0, |p| p.unet_steps),
-        )
+    let (unet_p, u_loss, u_held, u_secs, u_steps) =
+        if matches!(opts.only, Some(Network::Classifier | Network::Verifier)) {
+            let m = unet::load(&dev, &opts.out.join("unet"))?;
+            (
+                HostParams::of_named(m.named_params()),
+                prev(|p| p.unet_final_loss),
+                prev(|p| p.unet_heldout_loss),
+                prev(|p| p.unet_seconds),
+                previous.as_ref().map_or(0, |p| p.unet_steps),
+            )
+        } else {
+            let (p, l, h, s) = train_unet(opts, &dev, &train, &held, &mut log)?;
+            (p, l, h, s, opts.unet_steps)
+        };
+    let (cls_p, c_loss, c_acc, c_secs, c_steps) =
+        if matches!(opts.only, Some(Network::Unet | Network::Verifier)) {
+            let c = Classifier::load(&dev, &opts.out.join(CLASSIFIER_FILE))?;
+            (
+                c.host_params(),
+                prev(|p| p.classifier_final_loss),
+                prev(|p| p.classifier_heldout_accuracy),
+                prev(|p| p.classifier_seconds),
+                previous.as_ref().map_or(0, |p| p.classifier_steps),
+            )
+        } else {
+            let (p, l, a, s) =
+                train_classifier(opts, &dev, (&train, &held), Head::Cosine, &mut log)?;
+            (p, l, a, s, opts.classifier_steps)
+        };
+    // The verification embedding: trained in a whole run and with --only verifier.
+    let verifier = if matches!(opts.only, None | Some(Network::Verifier)) {
+        let (p, loss, accuracy, seconds) =
+            train_classifier(opts, &dev, (&train, &held), Head::CosFace, &mut log)?;
+        let mut source = p.source("verifier parameters");
+        let net = Classifier::new(&dev, &mut source)?;
+        let features = net.features_image(
+            dev.tensor_from_vec(held.pixels.clone(), (held.len(), 1usize, SIDE, SIDE)),
+            ParamGrads::Skip,
+        );
+        let rows: Vec<Vec<f64>> = features
+            .as_vec()
+            .chunks_exact(crate::classifier::FEATURES)
+            .map(|r| r.iter().map(|v| *v as f64).collect())
+            .collect();
+        let v = adeis_app_common::morph::calibrate(&rows, &held.labels, 1e-3);
+        let report = VerifierReport {
+            steps: opts.verifier_steps,
+            final_loss: loss,
+            heldout_accuracy: accuracy,
+            seconds,
+            operating_points: v.operating_points.clone(),
+        };
+        log.line(&format!(
+            "verifier: {}",
+            adeis_app_common::morph::verifier_summary(&v)
+        ))?;
+        Some(report)
     } else {
-        let (p, l, h, s) = train_unet(opts, &dev, &train, &held, &mut log)?;
-        (p, l, h, s, opts.unet_steps)
-    };
-    let (cls_p, c_loss, c_acc, c_secs, c_steps) = if opts.only == Some(Network::Unet) {
-        let c = Classifier::load(&dev, &opts.out.join(CLASSIFIER_FILE))?;
-        (
-            c.host_params(),
-            prev(|p| p.classifier_final_loss),
-            prev(|p| p.classifier_heldout_accuracy),
-            prev(|p| p.classifier_seconds),
-            previous.as_ref().map_or(0, |p| p.classifier_steps),
-        )
-    } else {
-        let (p, l, a, s) = train_classifier(opts, &dev, &train, &held, &mut log)?;
-        (p, l, a, s, opts.classifier_steps)
+        previous.as_ref().and_then(|p| p.verifier.clone())
     };
     let mut report = TrainReport {
         seed: opts.seed,
@@ -660,7 +752,14 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, Error> {
         train_images: train.len(),
         heldout_images: held.len(),
         threads: rayon_threads(),
-        samples_read_as_asked: None,
+        // The grid's figure stands while the UNet it sampled is the one kept.
+        samples_read_as_asked: if matches!(opts.only, Some(Network::Classifier | Network::Verifier))
+        {
+            previous.as_ref().and_then(|p| p.samples_read_as_asked)
+        } else {
+            None
+        },
+        verifier,
     };
     if opts.sample_grid {
         let unet = unet::model(&dev, &unet_p)?;
@@ -688,4 +787,66 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport, Error> {
 
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CosFace head's gradient (its normalised weight on the tape beside the network's own
+    /// backward operations) matches central differences of the loss, for the head's weight and
+    /// for the layers below it.
+    #[test]
+    fn cosface_gradient_matches_finite_differences() {
+        let dev = Cpu::default();
+        let mut p = Classifier::new(&dev, &mut TorchInit::new(3))
+            .unwrap()
+            .host_params();
+        let held = data::heldout();
+        let idx = [0, 1, 2, 3, 4, 5];
+        let loss = |p: &HostParams| {
+            network_loss(&dev, p, &held, &idx, 0.0, (0, 0), (false, Head::CosFace))
+                .unwrap()
+                .0
+        };
+        let (_, g) =
+            network_loss(&dev, &p, &held, &idx, 0.0, (0, 0), (true, Head::CosFace)).unwrap();
+        let g = g.unwrap();
+        let flat = p.flat();
+        let (names, shapes) = (p.names.clone(), p.shapes.clone());
+        let offset = |name: &str| {
+            let k = names.iter().position(|n| n == name).unwrap();
+            let start: usize = shapes[..k]
+                .iter()
+                .map(|s| s.iter().product::<usize>())
+                .sum();
+            start..start + shapes[k].iter().product::<usize>()
+        };
+        for name in ["head.weight", "fc.weight", "conv3.weight"] {
+            // The coordinate with the largest gradient: its difference stands above f32's
+            // rounding of the loss.
+            let r = offset(name);
+            let i = r
+                .clone()
+                .max_by(|a, b| g[*a].abs().total_cmp(&g[*b].abs()))
+                .unwrap();
+            let h = 1e-2;
+            let mut moved = flat.clone();
+            moved[i] = flat[i] + h;
+            p.set_flat(&moved);
+            let up = loss(&p);
+            moved[i] = flat[i] - h;
+            p.set_flat(&moved);
+            let down = loss(&p);
+            p.set_flat(&flat);
+            let fd = (up - down) / (2.0 * h);
+            assert!(g[i].abs() > 1e-3, "{name}: no gradient reached it");
+            assert!(
+                (fd - g[i]).abs() < 0.03 * g[i].abs(),
+                "{name}[{}]: tape {} against central differences {fd}",
+                i - r.start,
+                g[i]
+            );
+        }
+    }
 }

@@ -195,6 +195,17 @@ pub trait MorphModels {
     fn features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu>;
     /// The same on the tape (for the identity loss's gradient).
     fn features_taped(&self, x: Taped<f32, Cpu>) -> Taped<f32, Cpu>;
+    /// The features that verify identities, one row each: a separate verification embedding
+    /// where the models have one (the attack optimises against the identity features and is
+    /// judged by another network, as the paper judges ArcFace-optimised morphs), else the
+    /// identity features.
+    fn verification_features(&self, x: &State<f32, Cpu>) -> Rows<f32, Cpu> {
+        self.features(x)
+    }
+    /// What verifies identities, in words, for the report.
+    fn verifier_name(&self) -> &'static str {
+        "the classifier's identity features"
+    }
     /// The sampling problem of `sampler` on the denoiser's schedule.
     fn problem(&self, sampler: &SamplerSpec) -> Result<Problem, Error>;
     /// What the images are, in reports ("digits", "Fashion-MNIST images").
@@ -214,6 +225,8 @@ struct Experiment<'a, M: MorphModels> {
     v_b: Rows<f32, Cpu>,
     /// v_a and v_b on the host, for the per-pair scores.
     v_host: (Vec<f64>, Vec<f64>),
+    /// The verification features of images a and b, on the host.
+    w_host: (Vec<f64>, Vec<f64>),
     x_init: Vec<f64>,
     z_init: Vec<f64>,
     verifier: Verifier,
@@ -241,6 +254,23 @@ impl<M: MorphModels> Experiment<'_, M> {
                 let f = self.models.features_dim();
                 let r = i * f..(i + 1) * f;
                 identity_terms(v, &va[r.clone()], &vb[r])
+            })
+            .collect()
+    }
+
+    /// Per-pair verification distances (to a, to b) of a batch of morphs.
+    fn verify(&self, x0: &State<f32, Cpu>) -> Vec<(f64, f64)> {
+        let (wa, wb) = &self.w_host;
+        let w = to_f64(&self.models.verification_features(x0));
+        let f = wa.len() / self.batch;
+        w.chunks_exact(f)
+            .enumerate()
+            .map(|(i, v)| {
+                let r = i * f..(i + 1) * f;
+                (
+                    cosine_distance(v, &wa[r.clone()]),
+                    cosine_distance(v, &wb[r]),
+                )
             })
             .collect()
     }
@@ -396,6 +426,7 @@ impl<M: MorphModels> Experiment<'_, M> {
         };
         nfe += n;
         let fin = self.score(&x0);
+        let checked = self.verify(&x0);
         if method != MorphMethod::None {
             curve.push(mean(&fin));
         }
@@ -410,8 +441,11 @@ impl<M: MorphModels> Experiment<'_, M> {
                 loss_final: fin[i].0,
                 d_a: fin[i].1,
                 d_b: fin[i].2,
-                accepted: fin[i].1 < self.verifier.threshold && fin[i].2 < self.verifier.threshold,
-                accepted_at: self.verifier.accepts(fin[i].1, fin[i].2),
+                verify_a: checked[i].0,
+                verify_b: checked[i].1,
+                accepted: checked[i].0 < self.verifier.threshold
+                    && checked[i].1 < self.verifier.threshold,
+                accepted_at: self.verifier.accepts(checked[i].0, checked[i].1),
                 morph: morphs[i].clone(),
             })
             .collect();
@@ -492,8 +526,9 @@ pub fn run_with<M: MorphModels>(
     let mut feats: Vec<Vec<f64>> = Vec::with_capacity(held.len());
     for chunk in held.images.chunks(250) {
         let flat: Vec<f64> = chunk.iter().flatten().copied().collect();
-        let f = to_f64(&models.features(&image_state(models, &flat, chunk.len())));
-        feats.extend(f.chunks_exact(models.features_dim()).map(|r| r.to_vec()));
+        let f = to_f64(&models.verification_features(&image_state(models, &flat, chunk.len())));
+        let width = f.len() / chunk.len();
+        feats.extend(f.chunks_exact(width).map(|r| r.to_vec()));
     }
     let verifier = calibrate(&feats, &held.labels, 1e-3);
 
@@ -534,6 +569,10 @@ pub fn run_with<M: MorphModels>(
         sde,
         rex,
         v_host: (to_f64(&v_a), to_f64(&v_b)),
+        w_host: (
+            to_f64(&models.verification_features(&image_state(models, &img_a, b))),
+            to_f64(&models.verification_features(&image_state(models, &img_b, b))),
+        ),
         v_a,
         v_b,
         x_init: slerp_half(&xa, &xb, pixels),
@@ -595,6 +634,7 @@ pub fn run_with<M: MorphModels>(
         outputs: vec![],
         image_side: models.side(),
         subject: models.noun().into(),
+        verified_by: models.verifier_name().into(),
     };
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
     report::write_outputs(&mut report, &img_a, &img_b, opts)?;

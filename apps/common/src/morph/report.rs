@@ -24,6 +24,11 @@ pub struct PairResult {
     pub d_a: f64,
     /// ... and to image b.
     pub d_b: f64,
+    /// The verification distance of the morph to image a (the identity features' d_a where
+    /// the models have no separate verification embedding).
+    pub verify_a: f64,
+    /// ... and to image b.
+    pub verify_b: f64,
     /// Whether the verifier accepts the morph as both (at FMR 0.1%).
     pub accepted: bool,
     /// ... at each of the verifier's operating points (FMR 0.1%, 1%, 10%).
@@ -105,6 +110,8 @@ pub struct MorphReport {
     pub image_side: usize,
     /// What the images are ("digits", "Fashion-MNIST images").
     pub subject: String,
+    /// What verifies identities.
+    pub verified_by: String,
 }
 
 /// The upscaling of an image of `side` pixels in a pair's picture (about 96 pixels) and in
@@ -327,7 +334,8 @@ fn markdown(r: &MorphReport) -> String {
     let v = &r.verifier;
     let _ = writeln!(
         s,
-        "Verification on the cosine distance of the classifier's features, thresholds set on the held-out {}: {}. MMPMR: the fraction of morphs accepted as both images of their pair, at each operating point.\n",
+        "Verification on the cosine distance of {}, thresholds set on the held-out {}: {}. MMPMR: the fraction of morphs accepted as both images of their pair, at each operating point.\n",
+        r.verified_by,
         r.subject,
         verifier_summary(v)
     );

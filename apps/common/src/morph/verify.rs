@@ -13,7 +13,7 @@ use crate::labelled::Labelled;
 pub const OPERATING_FMRS: [f64; 3] = [1e-3, 1e-2, 1e-1];
 
 /// One operating point of the verifier.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct OperatingPoint {
     /// The false-match rate asked for.
     pub target_fmr: f64,
