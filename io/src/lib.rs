@@ -73,6 +73,32 @@ pub fn check_output_path(path: &Path) -> Result<(), IoError> {
     Ok(())
 }
 
+/// Refuses, before a run, an output folder that cannot become one: the path, or a folder
+/// above it, is a file. A folder that does not exist yet is fine (it is made when the outputs
+/// are written).
+pub fn check_output_folder(dir: &Path) -> Result<(), IoError> {
+    let mut p = dir;
+    loop {
+        if p.exists() {
+            if !p.is_dir() {
+                return Err(IoError::new(
+                    dir,
+                    if p == dir {
+                        "is a file, not a folder; give a folder (it is made if missing)".to_string()
+                    } else {
+                        format!("{} is a file, not a folder", p.display())
+                    },
+                ));
+            }
+            return Ok(());
+        }
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Writes `bytes` to `path` whole or not at all.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let mut one = Outputs::new();

@@ -180,8 +180,25 @@ pub struct GmmModel {
     pub variances: Vec<f64>,
 }
 
+/// A number as a person reads it: 1e300 rather than its 301 digits.
+fn number(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e16 || v.abs() < 1e-5) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The largest size of a mixture mean's coordinate (see [`GmmModel::validate`]).
+pub const MAX_MEAN: f64 = 1e6;
+/// The range of a mixture component's variance (see [`GmmModel::validate`]).
+pub const MIN_VARIANCE: f64 = 1e-12;
+/// See [`MIN_VARIANCE`].
+pub const MAX_VARIANCE: f64 = 1e12;
+
 impl GmmModel {
-    /// Checks the mixture: matching lengths, positive weights and variances, one dimension.
+    /// Checks the mixture: matching lengths, positive weights and variances within the range a
+    /// closed form in f32 computes, means of a size it squares, one dimension.
     pub fn validate(&self) -> Result<(), FieldError> {
         let k = self.weights.len();
         if k == 0 {
@@ -224,6 +241,33 @@ impl GmmModel {
                 v,
                 "must be a finite number > 0",
             ));
+        }
+        // The closed form squares distances and divides by variances in the run's precision
+        // (f32 by default): data scales past these bounds overflow or underflow there.
+        if let Some((i, v)) = self
+            .variances
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(MIN_VARIANCE..=MAX_VARIANCE).contains(*v))
+        {
+            return Err(FieldError::value(
+                format!("variances[{i}]"),
+                number(*v),
+                format!("from {MIN_VARIANCE:e} to {MAX_VARIANCE:e} (the closed form divides by it in the run's precision, f32 by default; rescale the data)"),
+            ));
+        }
+        for (i, m) in self.means.iter().enumerate() {
+            if let Some((j, v)) = m
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !(v.is_finite() && v.abs() <= MAX_MEAN))
+            {
+                return Err(FieldError::value(
+                    format!("means[{i}][{j}]"),
+                    number(*v),
+                    format!("a finite number of at most {MAX_MEAN:e} in size (the closed form squares distances in the run's precision, f32 by default; rescale the data)"),
+                ));
+            }
         }
         let d = self.means[0].len();
         if let Some((i, m)) = self.means.iter().enumerate().find(|(_, m)| m.len() != d) {

@@ -111,6 +111,8 @@ fn schedule_spec(arg: &str) -> Result<ScheduleSpec> {
 }
 
 pub fn run(a: &LearnArgs) -> Result<()> {
+    // An output folder that cannot be one fails here, not after the training.
+    adeis::check_output_folder(&a.out).map_err(|e| anyhow!("--out {e}"))?;
     let student = sampler(&a.method, a.order, a.steps, "steps")?;
     let teacher = sampler("dpm_solver_pp", 2, a.teacher_steps, "teacher_steps")?;
     let opts = LearnOptions {

@@ -441,6 +441,7 @@ pub fn train_classifier(
 /// `adeis train`: both networks, then samples.png and training.json in `opts.out`.
 pub fn run(opts: &TrainOptions) -> Result<TrainReport, Error> {
     opts.validate()?;
+    adeis_io::check_output_folder(&opts.out)?;
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::file(&opts.out, e))?;
     let dev = Cpu::default();
     let (train, held) = split();

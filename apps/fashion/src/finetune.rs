@@ -512,12 +512,7 @@ const OUTPUTS: [&str; 5] = [
 /// would replace the weights it started from).
 fn check_outputs(opts: &FinetuneOptions) -> Result<(), Error> {
     let out = &opts.out;
-    if out.exists() && !out.is_dir() {
-        return Err(Error::file(
-            out,
-            "--out is a file, not a folder; give a folder (it is made if missing)",
-        ));
-    }
+    adeis_io::check_output_folder(out)?;
     let unet_dir = out.join("unet");
     if unet_dir.exists() && !unet_dir.is_dir() {
         return Err(Error::file(

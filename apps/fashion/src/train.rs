@@ -646,6 +646,7 @@ fn train_classifier(
 pub fn run(opts: &TrainOptions) -> Result<TrainReport, Error> {
     opts.validate()?;
     // Everything that can fail on input fails before the output folder exists.
+    adeis_io::check_output_folder(&opts.out)?;
     let train = training_set(opts)?;
     let held = data::heldout();
     let dev = Cpu::default();

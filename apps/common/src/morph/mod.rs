@@ -40,27 +40,6 @@ use crate::progress::{bar, check_interrupt};
 use crate::{sampler, Error};
 use verify::{cosine_distance, identity_terms};
 
-/// Checks that `dir` is a folder or can be made one: it is not a file, and the nearest of its
-/// ancestors that exists is a folder.
-pub fn check_output_folder(dir: &std::path::Path) -> Result<(), Error> {
-    let mut p = dir;
-    loop {
-        if p.exists() {
-            if !p.is_dir() {
-                return Err(Error::file(
-                    dir,
-                    format!("{} is a file, not a folder", p.display()),
-                ));
-            }
-            return Ok(());
-        }
-        match p.parent() {
-            Some(q) if !q.as_os_str().is_empty() => p = q,
-            _ => return Ok(()),
-        }
-    }
-}
-
 /// The size of an optimised x_T or z beyond which a morph has diverged (the noise starts at
 /// about 1 and stays within a few units when the optimisation works).
 const DIVERGED: f64 = 1e3;
@@ -520,7 +499,7 @@ pub fn run_with<M: MorphModels>(
     )?;
     // The output folder is made only once there is something to write (a run that fails
     // leaves none behind); a path that cannot become a folder fails now, before the run.
-    check_output_folder(&opts.out)?;
+    adeis_io::check_output_folder(&opts.out)?;
 
     // Verification threshold on the held-out images (in batches, for memory).
     let mut feats: Vec<Vec<f64>> = Vec::with_capacity(held.len());
