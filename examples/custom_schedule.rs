@@ -5,7 +5,6 @@
 
 use adeis::prelude::*;
 use adeis::runtime::analytic::GaussianModel;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::mse;
 use adeis::runtime::noise::normals;
 use adeis::runtime::{from_f64, to_f64};

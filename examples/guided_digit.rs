@@ -8,7 +8,6 @@
 //! noises; bottom row: after optimisation) and prints how sure the classifier is of DIGIT.
 
 use adeis::prelude::*;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::tape_loss;
 use adeis::runtime::optim::{Optimizer, OptimizerKind};
 use adeis::runtime::{from_f64, to_f64};

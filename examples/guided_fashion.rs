@@ -11,7 +11,6 @@
 //! CLASS before and after.
 
 use adeis::prelude::*;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::tape_loss;
 use adeis::runtime::optim::{Optimizer, OptimizerKind};
 use adeis::runtime::to_f64;

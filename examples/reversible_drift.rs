@@ -8,7 +8,6 @@
 //! Run: `cargo run --release --example reversible_drift` (`-- --quick`: N = 10 and 100 only)
 
 use adeis::prelude::*;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis::runtime::noise::normals;
 use adeis::runtime::{from_f64, to_f64};

@@ -65,12 +65,11 @@ macro_rules! schedule {
 /// loss), checked when it compiles, as a type with `sample`, `gradient` and `optimize`.
 ///
 /// ```
-/// use adeis::runtime::dfdx::prelude::*;
-/// use adeis::runtime::tape::Taped;
+/// use adeis::prelude::*;
 ///
 /// /// Pull the sample towards 1: L = sum((x0 - 1)^2). A loss is a function on dfdx's tape,
 /// /// generic over the dtype and the device like the generated methods.
-/// fn to_one<E: Dtype, D: Device<E>>(x0: Taped<E, D>) -> Tensor<Rank0, E, D, OwnedTape<E, D>> {
+/// fn to_one<E: Dtype, D: Device<E>>(x0: Taped<E, D>) -> TapedLoss<E, D> {
 ///     (x0 - E::from_f64(1.0).unwrap()).square().sum()
 /// }
 ///
@@ -86,10 +85,10 @@ macro_rules! schedule {
 ///     }
 /// }
 ///
-/// let model = adeis::runtime::analytic::GaussianModel { mu: 0.0, s2: 0.5, dim: 2 };
+/// let model = GaussianModel { mu: 0.0, s2: 0.5, dim: 2 };
 /// let dev = Cpu::default();
-/// let x_t = adeis::runtime::from_f64::<f64, Cpu>(&dev, &[0.3, -0.4], 1, 2);
-/// let z = adeis::runtime::from_f64::<f64, Cpu>(&dev, &[0.0, 0.0], 1, 2);
+/// let x_t = from_f64::<f64, Cpu>(&dev, &[0.3, -0.4], 1, 2);
+/// let z = from_f64::<f64, Cpu>(&dev, &[0.0, 0.0], 1, 2);
 /// let (_, _, losses) = Steer::optimize(&model, &x_t, Some(&z), 0, 10, 0.3).unwrap();
 /// assert!(losses[9] < 1e-3 * losses[0], "{losses:?}");
 /// ```
@@ -116,8 +115,11 @@ pub struct ReadmeDoctests;
 pub struct RustPageDoctests;
 
 /// What a user program usually needs: schedules and specs, the problem and its gradient
-/// methods, the samplers, and the runtime's solve functions, states, losses, guidance and the
-/// closed-form models (the examples start with `use adeis::prelude::*`).
+/// methods, the samplers, the runtime's solve functions, states, losses, guidance and the
+/// closed-form models, the tape's types for a loss ([`Taped`](prelude::Taped) in,
+/// [`TapedLoss`](prelude::TapedLoss) out), and dfdx's prelude (devices, tensors, dtypes and
+/// the tensor operations a loss is written with). The examples start with `use
+/// adeis::prelude::*` and need nothing else.
 pub mod prelude {
     pub use crate::error::SpecFileError;
     pub use crate::spec_file::{load_spec, parse_spec};
@@ -129,7 +131,9 @@ pub mod prelude {
     };
     pub use adeis_compiler::{GuidanceSpec, ThresholdingSpec};
     pub use adeis_runtime::analytic::{GaussianModel, GmmModel};
+    pub use adeis_runtime::dfdx::prelude::*;
     pub use adeis_runtime::loss::{mse, tape_loss};
+    pub use adeis_runtime::taped::{Taped, TapedLoss};
     pub use adeis_runtime::{
         from_f64, gradient, sample, to_f64, Denoiser, Gradient, Guidance, Input, ModelFn,
         NoiseSource, RuntimeError, State, Threshold,

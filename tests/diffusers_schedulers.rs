@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use adeis::prelude::*;
 use adeis::runtime::analytic::GmmModel;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::to_f64;
 use adeis::scheduler_config::translate;
 use serde::Deserialize;

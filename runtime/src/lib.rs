@@ -31,7 +31,7 @@ pub mod unet;
 /// gradient method ([`adjoint::tape`]).
 pub mod tape {
     pub use crate::adjoint::tape::tape_gradient;
-    pub use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
+    pub use crate::taped::{Taped, TapedDenoiser, TapedLoss, TimeLeaves};
 }
 
 pub use dfdx;

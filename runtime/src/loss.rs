@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 
 use crate::error::RuntimeError;
 use crate::state::{Rows, State};
-use crate::taped::Taped;
+use crate::taped::{Taped, TapedLoss};
 
 /// A loss value and its gradient with respect to x_0.
 pub struct LossGrad<E: Dtype, D: Device<E>> {
@@ -19,7 +19,7 @@ pub struct LossGrad<E: Dtype, D: Device<E>> {
 /// Evaluates `f` on the rows of x_0 on the tape and back-propagates: any user loss.
 pub fn tape_loss<E: Dtype, D: Device<E>>(
     x0: &State<E, D>,
-    f: impl FnOnce(Taped<E, D>) -> Tensor<Rank0, E, D, OwnedTape<E, D>>,
+    f: impl FnOnce(Taped<E, D>) -> TapedLoss<E, D>,
 ) -> Result<LossGrad<E, D>, RuntimeError> {
     let l = f(x0.rows().leaky_trace());
     let value = l.as_vec()[0].to_f64().unwrap_or(f64::NAN);

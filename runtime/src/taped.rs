@@ -13,6 +13,11 @@ use crate::nn::ParamGrads;
 /// A batch of rows on the tape.
 pub type Taped<E, D> = Tensor<(usize, usize), E, D, OwnedTape<E, D>>;
 
+/// The scalar a loss on the tape returns: a loss of the DSL (`loss: name` in `diffusion!`) is
+/// a `fn<E: Dtype, D: Device<E>>(Taped<E, D>) -> TapedLoss<E, D>`, generic over the dtype
+/// and the device, and [`crate::loss::tape_loss`] takes one as a closure.
+pub type TapedLoss<E, D> = Tensor<Rank0, E, D, OwnedTape<E, D>>;
+
 /// A model that can run on dfdx's tape.
 pub trait TapedDenoiser<E: Dtype, D: Device<E>>: Denoiser<E, D> {
     /// The output rows at (x, z, t), on the tape; `item` is the shape of one item of x.

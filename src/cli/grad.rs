@@ -8,7 +8,6 @@ use std::time::Instant;
 use adeis::bench::peak_memory_bytes;
 use adeis::npy::{npy_bytes, NpyArray};
 use adeis::prelude::*;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::loss::mse;
 use adeis::runtime::to_f64;
 use adeis::safetensors::safetensors_bytes;

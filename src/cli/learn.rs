@@ -8,7 +8,6 @@ use adeis::compiler::grid::GridKind;
 use adeis::compiler::{Method, SamplerSpec, ScheduleSpec};
 use adeis::learn::{learn_steps, learned_spec_toml, LearnModel, LearnOptions, LearnReport};
 use adeis::prelude::*;
-use adeis::runtime::dfdx::prelude::*;
 use adeis_digits::data::CLASSES;
 use adeis_digits::nets::DigitsModels;
 use anyhow::{anyhow, bail, Result};

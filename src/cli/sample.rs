@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use adeis::npy::{npy_bytes, NpyArray};
 use adeis::prelude::*;
-use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::to_f64;
 use adeis::Outputs;
 use anyhow::Result;
