@@ -30,7 +30,8 @@ struct Opt {
 }
 
 enum OptValue {
-    Num(f64, Span),
+    /// A number, and whether it was written as a whole number (`20`, not `20.0`).
+    Num(f64, Span, bool),
     Word(Ident),
     Bool(bool, Span),
 }
@@ -38,7 +39,7 @@ enum OptValue {
 impl OptValue {
     fn span(&self) -> Span {
         match self {
-            OptValue::Num(_, s) | OptValue::Bool(_, s) => *s,
+            OptValue::Num(_, s, _) | OptValue::Bool(_, s) => *s,
             OptValue::Word(i) => i.span(),
         }
     }
@@ -60,13 +61,15 @@ fn parse_call(input: ParseStream) -> syn::Result<Call> {
             content.parse::<Token![=]>()?;
             let value = if content.peek(syn::Lit) {
                 match content.parse::<syn::Lit>()? {
-                    syn::Lit::Int(i) => OptValue::Num(i.base10_parse()?, i.span()),
-                    syn::Lit::Float(f) => OptValue::Num(f.base10_parse()?, f.span()),
+                    syn::Lit::Int(i) => OptValue::Num(i.base10_parse()?, i.span(), true),
+                    syn::Lit::Float(f) => OptValue::Num(f.base10_parse()?, f.span(), false),
                     syn::Lit::Bool(b) => OptValue::Bool(b.value, b.span),
                     other => {
                         return Err(syn::Error::new(
                             other.span(),
-                            "expected a number, true/false or a name",
+                            format!(
+                                "`{key}`: option values are written unquoted: a number (`steps = 20`), true or false, or a name (`grid = logsnr`)"
+                            ),
                         ))
                     }
                 }
@@ -209,11 +212,34 @@ where
 
 fn count(o: &Opt) -> syn::Result<usize> {
     match o.value {
-        OptValue::Num(v, _) if v >= 0.0 && v == v.trunc() => Ok(v as usize),
+        OptValue::Num(v, _, true) if v >= 0.0 => Ok(v as usize),
+        OptValue::Num(v, _, false) if v >= 0.0 && v == v.trunc() => Err(syn::Error::new(
+            o.value.span(),
+            format!(
+                "`{}` takes a whole number, written without a decimal point: `{} = {}`",
+                o.key, o.key, v as usize
+            ),
+        )),
         _ => Err(syn::Error::new(
             o.value.span(),
-            format!("`{}` takes a whole number", o.key),
+            format!("`{}` takes a whole number (0, 1, 2, ...)", o.key),
         )),
+    }
+}
+
+/// The names a word-valued sampler option takes, for the error when it is given something
+/// else.
+fn names_of(key: &str) -> &'static [&'static str] {
+    match key {
+        "grid" => &["logsnr", "time_uniform", "time_quadratic", "karras"],
+        "solver_type" => &["midpoint", "heun"],
+        "deis_basis" => &["t", "log_rho"],
+        "stages" => &["lambda", "grid"],
+        "variant" => &["bh1", "bh2"],
+        "third_order" => &["taylor", "reference"],
+        "momentum" => &["hb", "ghvb"],
+        "form" => &["data", "eps"],
+        _ => &[],
     }
 }
 
@@ -230,19 +256,19 @@ impl DiffusionDecl {
                 "order" => sp.order = count(o)?,
                 "steps" => sp.steps = count(o)?,
                 "rho" => match o.value {
-                    OptValue::Num(v, _) => sp.rho = v,
+                    OptValue::Num(v, _, _) => sp.rho = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`rho` takes a number")),
                 },
                 "gamma" => match o.value {
-                    OptValue::Num(v, _) => sp.gamma = Some(v),
+                    OptValue::Num(v, _, _) => sp.gamma = Some(v),
                     _ => return Err(syn::Error::new(o.value.span(), "`gamma` takes a number")),
                 },
                 "mixing" => match o.value {
-                    OptValue::Num(v, _) => sp.mixing = Some(v),
+                    OptValue::Num(v, _, _) => sp.mixing = Some(v),
                     _ => return Err(syn::Error::new(o.value.span(), "`mixing` takes a number")),
                 },
                 "momentum_beta" => match o.value {
-                    OptValue::Num(v, _) => sp.momentum_beta = Some(v),
+                    OptValue::Num(v, _, _) => sp.momentum_beta = Some(v),
                     _ => {
                         return Err(syn::Error::new(
                             o.value.span(),
@@ -266,7 +292,7 @@ impl DiffusionDecl {
                     )?);
                 }
                 "coupling" => match o.value {
-                    OptValue::Num(v, _) => sp.coupling = v,
+                    OptValue::Num(v, _, _) => sp.coupling = v,
                     _ => return Err(syn::Error::new(o.value.span(), "`coupling` takes a number")),
                 },
                 "tableau" => {
@@ -299,7 +325,7 @@ impl DiffusionDecl {
                     let OptValue::Word(w) = &o.value else {
                         return Err(syn::Error::new(
                             o.value.span(),
-                            format!("`{k}` takes a name"),
+                            format!("`{k}` takes a name: one of {}", names_of(&k).join(", ")),
                         ));
                     };
                     match k.as_str() {

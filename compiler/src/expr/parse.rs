@@ -56,6 +56,26 @@ impl Scope {
         self
     }
 
+    /// The names a formula here may use, in words: the input, the parameters, the quantities
+    /// defined before it, the functions and the constants.
+    fn known(&self) -> String {
+        let mut parts = vec![format!("the input `{}`", self.input)];
+        if !self.params.is_empty() {
+            let p: Vec<String> = self.params.iter().map(|n| format!("`{n}`")).collect();
+            parts.push(format!("the parameters {}", p.join(", ")));
+        }
+        if !self.defs.is_empty() {
+            let d: Vec<String> = self.defs.iter().map(|n| format!("`{n}`")).collect();
+            parts.push(format!("the quantities {}", d.join(", ")));
+        }
+        let f: Vec<String> = Func::all().map(|f| f.name().to_string()).collect();
+        parts.push(format!(
+            "the functions {}, interp, interp_slope and the constant pi",
+            f.join(", ")
+        ));
+        format!("the names here are {}", parts.join("; "))
+    }
+
     fn all_names(&self) -> Vec<String> {
         let mut v: Vec<String> = vec![self.input.to_string()];
         v.extend(self.params.iter().map(|n| n.to_string()));
@@ -578,9 +598,10 @@ impl Parser<'_> {
             return Ok((Expr::Call(f, args.into_iter().map(|(e, _)| e).collect()), d));
         }
         let names = scope.all_names();
+        // A near miss gets its correction; anything else the list of what is allowed here.
         let hint = did_you_mean(name, names.iter().map(|s| s.as_str()))
             .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
+            .unwrap_or_else(|| format!("; {}", scope.known()));
         Err(err(column, len, format!("unknown name `{name}`{hint}")))
     }
 }

@@ -1,0 +1,16 @@
+use adeis::runtime::dfdx::prelude::*;
+use adeis::runtime::tape::Taped;
+
+fn loss<E: Dtype, D: Device<E>>(x0: Taped<E, D>) -> Tensor<Rank0, E, D, OwnedTape<E, D>> {
+    x0.square().sum()
+}
+
+adeis::diffusion! {
+    pub Problem {
+        schedule: vp_linear,
+        sampler: deis(order = 2, steps = 20.0),
+        loss: loss,
+    }
+}
+
+fn main() {}
