@@ -33,7 +33,7 @@ pub use diffusers::scheduler as scheduler_config;
 #[doc(inline)]
 pub use adeis_compiler as compiler;
 #[doc(inline)]
-pub use adeis_io::{check_output_folder, check_output_path, npy, safetensors, Outputs};
+pub use adeis_io::{check_output_folder, check_output_path, npy, safetensors, same_file, Outputs};
 #[doc(inline)]
 pub use adeis_runtime as runtime;
 pub use error::Error;

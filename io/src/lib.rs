@@ -73,6 +73,23 @@ pub fn check_output_path(path: &Path) -> Result<(), IoError> {
     Ok(())
 }
 
+/// Whether two paths name the same file however they are spelled (`x.npy`, `./x.npy`, a
+/// symbolic link): their folders resolved, then the names compared; a path whose folder does
+/// not exist only equals itself.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
+            _ => std::env::current_dir().ok()?,
+        };
+        Some(dir.join(p.file_name()?))
+    };
+    a == b || matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Refuses, before a run, an output folder that cannot become one: the path, or a folder
 /// above it, is a file. A folder that does not exist yet is fine (it is made when the outputs
 /// are written).

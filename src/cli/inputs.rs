@@ -44,22 +44,7 @@ pub fn read_state(flag: &str, choice: &ModelChoice, path: &Path) -> Result<NpyAr
     Ok(x)
 }
 
-/// Whether two paths name the same file however they are spelled (`x.npy`, `./x.npy`, a
-/// symbolic link): their folders resolved, then the names compared; a path whose folder does
-/// not exist only equals itself.
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    let resolve = |p: &Path| -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
-            _ => std::env::current_dir().ok()?,
-        };
-        Some(dir.join(p.file_name()?))
-    };
-    a == b || matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
-}
+pub use adeis::same_file;
 
 /// Refuses, before anything runs, an output that is one of the inputs or whose folder does not
 /// exist (outputs given as (flag, path); an absent optional output is None).

@@ -527,7 +527,7 @@ fn check_outputs(opts: &FinetuneOptions) -> Result<(), Error> {
         adeis_io::check_output_path(&unet_dir.join(name))?;
     }
     if let Some(models) = &opts.models {
-        let same = |a: &std::path::Path, b: &std::path::Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        let same = adeis_io::same_file;
         if same(models, out) || same(&models.join("unet"), &unet_dir) {
             return Err(Error::file(
                 out,
