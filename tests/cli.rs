@@ -769,7 +769,23 @@ fn check_prints_the_derived_plans() {
     assert!(out.contains("[  1] x2 = "), "{out}");
     assert!(!out.contains("[  2] x3 = "), "{out}");
     assert!(
-        out.contains("gradient: discrete (the default), wrt [x_t]: forward NFE 25, VJPs 25"),
+        out.contains("gradient: discrete (the default), wrt [x_t] (the default; wrt = [\"x_t\", \"cond\", \"params\", \"times\", \"schedule\"] chooses among all): forward NFE 25, VJPs 25"),
+        "{out}"
+    );
+    // equation = "sde" says what it does to the sampler.
+    let dir = tempfile::tempdir().unwrap();
+    let sde = dir.path().join("sde.toml");
+    std::fs::write(
+        &sde,
+        "[schedule]\nkind = \"vp_linear\"\n[sampler]\nmethod = \"dpm_solver_pp\"\norder = 2\nsteps = 10\nequation = \"sde\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = adeis(&["check", sde.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "equation = \"sde\": the SDE form of dpm_solver_pp (a fresh noise xi per step"
+        ),
         "{out}"
     );
     let (ok, _, err) = adeis(&["check", "examples/specs/does_not_exist.toml"]);

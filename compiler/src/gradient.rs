@@ -114,6 +114,19 @@ pub enum WrtKey {
     Schedule,
 }
 
+impl WrtKey {
+    /// Its name in specs and the DSL (`wrt = ["x_t", "cond"]`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WrtKey::XT => "x_t",
+            WrtKey::Cond => "cond",
+            WrtKey::Params => "params",
+            WrtKey::Times => "times",
+            WrtKey::Schedule => "schedule",
+        }
+    }
+}
+
 fn d_wrt() -> Vec<WrtKey> {
     vec![WrtKey::XT]
 }

@@ -739,6 +739,15 @@ mod tests {
             spec.schedule_def().unwrap_err().field(),
             "schedule.params.exp"
         );
+
+        // A parameter value outside the schedule's domain: the key is the parameter's.
+        let spec = load("[schedule]\nkind = \"custom\"\nlog_alpha = \"-sqrt(p) * t^2\"\nsigma = \"sqrt(1 - exp(2 * log_alpha(t)))\"\nparams = { p = -1.0 }\nt_range = [0.001, 1.0]\n").unwrap();
+        let e = spec.schedule_def().unwrap_err();
+        assert_eq!(e.field(), "schedule.params.p");
+        assert_eq!(
+            e.to_string(),
+            "schedule.params.p: alpha(0.001) = NaN is not finite (with the parameters `p` = -1)"
+        );
     }
 
     #[test]

@@ -396,6 +396,58 @@ fn validation_names_the_problem() {
     );
 }
 
+/// A parameter value outside the schedule's domain is named with its value and its default
+/// (issue 38: `p = -1` was reported as `alpha(0.001) = NaN is not finite`, naming nothing).
+#[test]
+fn parameter_values_out_of_the_domain_are_named() {
+    let def = ScheduleDef::from_formulas(
+        "custom",
+        &[("p", 1.0), ("q", 1.0), ("unused", 0.0)],
+        vec![],
+        AlphaFormula::LogAlpha("-sqrt(p + q) * t^2 - unused * 0".into()),
+        SigmaFormula::Sigma("sqrt(1 - exp(2 * log_alpha(t)))".into()),
+        [1e-3, 1.0],
+        None,
+    )
+    .unwrap();
+    // p alone puts sqrt's argument below 0: p is named, q and unused (changed, harmless) not.
+    let e = def
+        .compile_with(&[("p", -3.0), ("unused", 5.0)])
+        .unwrap_err();
+    assert_eq!(e.field().as_deref(), Some("params.p"));
+    assert_eq!(
+        e.to_string(),
+        "parameter `p` = -3 is outside this schedule's domain: alpha(0.001) = NaN is not finite \
+         (the default p = 1 gives a valid schedule)"
+    );
+    // Neither alone fails; together they do: both named.
+    let e = def.compile_with(&[("p", -0.5), ("q", -0.75)]).unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "parameters `p` = -0.5, `q` = -0.75 are together outside this schedule's domain: "
+        ),
+        "{e}"
+    );
+    assert!(def.compile_with(&[("p", -0.5)]).is_ok());
+
+    // Declared values that fail: every parameter is named beside the failure (the formulas
+    // may be at fault as much as the values).
+    let e = ScheduleDef::from_formulas(
+        "custom",
+        &[("p", -1.0)],
+        vec![],
+        AlphaFormula::LogAlpha("-sqrt(p) * t^2".into()),
+        SigmaFormula::Sigma("sqrt(1 - exp(2 * log_alpha(t)))".into()),
+        [1e-3, 1.0],
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "alpha(0.001) = NaN is not finite (with the parameters `p` = -1)"
+    );
+}
+
 #[test]
 fn derived_expressions_are_the_hand_derived_ones() {
     let def = ScheduleDef::vp_linear(0.1, 20.0).unwrap();

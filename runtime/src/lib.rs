@@ -11,6 +11,7 @@
 pub mod adjoint;
 pub mod analytic;
 pub mod conditioning;
+pub mod declared;
 pub mod denoiser;
 pub mod error;
 pub mod executor;
@@ -38,6 +39,7 @@ pub use dfdx;
 
 pub use adeis_compiler::TimeInfo;
 pub use adjoint::{gradient, Gradient, GradientMethod};
+pub use declared::{Declared, DeclaredLoss, NoLoss};
 pub use denoiser::{Cotangents, Denoiser, NoParams, TimeCot};
 pub use error::RuntimeError;
 pub use executor::{sample, Input, SampleOutput};

@@ -121,4 +121,28 @@ mod tests {
         let nan: State<f64, Cpu> = from_f64(&dev, &[f64::NAN; 6], 2, 3);
         assert!(mse(&nan, &t).err().unwrap().to_string().contains("NaN"));
     }
+
+    /// A closure loss with captured states: `x0 - &target`, `x0 * &weights` on the tape give
+    /// the hand-derived gradient 2 w^2 (x - target).
+    #[test]
+    fn closure_losses_take_states_as_constants() {
+        let dev = Cpu::default();
+        let x: State<f64, Cpu> = from_f64(&dev, &[0.3, -0.2, 0.5, 0.1], 2, 2);
+        let target = x.with_values(&[1.0, 0.0, -1.0, 0.5]).unwrap();
+        let weights = x.with_values(&[1.0, 2.0, 3.0, 0.5]).unwrap();
+        let g = tape_loss(&x, |x0| ((x0 - &target) * &weights).square().sum()).unwrap();
+        let (xv, tv, wv) = (x.to_f64(), target.to_f64(), weights.to_f64());
+        let want: Vec<f64> = (0..4)
+            .map(|i| 2.0 * wv[i] * wv[i] * (xv[i] - tv[i]))
+            .collect();
+        let value: f64 = (0..4).map(|i| (wv[i] * (xv[i] - tv[i])).powi(2)).sum();
+        assert!((g.value - value).abs() < 1e-12);
+        for (a, b) in g.grad.to_f64().iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        let offset = x.with_values(&[0.1; 4]).unwrap();
+        let g = tape_loss(&x, |x0| (x0 + &offset).sum()).unwrap();
+        assert_eq!(g.grad.to_f64(), vec![1.0; 4]);
+        assert!(x.with_values(&[1.0; 3]).is_err());
+    }
 }

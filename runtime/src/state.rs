@@ -124,6 +124,12 @@ impl<E: Dtype, D: Device<E>> State<E, D> {
         HostValues::host_f64(&self.rows)
     }
 
+    /// A state of this one's shape, on its device, holding `values` (f64, in C order): a
+    /// target like x_0 for a loss, `let target = x_t.with_values(&[1.0, 0.5])?`.
+    pub fn with_values(&self, values: &[f64]) -> Result<State<E, D>, RuntimeError> {
+        State::from_f64(&self.device(), values, &self.shape())
+    }
+
     /// Zeros of the same shape.
     pub fn zeros_like(&self) -> State<E, D> {
         self.like(self.rows.device().zeros_like(self.rows.shape()))
@@ -435,3 +441,33 @@ mod tests {
         assert!(!State::combination(&[(&big, 1.0), (&big, 1.0)]).1);
     }
 }
+
+/// `x0 - &target`, `x0 + &offset`, `x0 * &weights` in a loss: a state's values as a constant
+/// on the tape's rows (element by element; the state must have x_0's shape).
+macro_rules! taped_op_with_state {
+    ($trait:ident, $method:ident, $what:literal) => {
+        impl<'a, E: Dtype, D: Device<E>> $trait<&'a State<E, D>>
+            for Tensor<(usize, usize), E, D, OwnedTape<E, D>>
+        {
+            fn $method(self, rhs: &'a State<E, D>) -> Result<Self, Self::Err> {
+                // A shape mismatch is a bug in the loss, reported as such rather than as
+                // dfdx's bare assertion.
+                assert_eq!(
+                    *self.shape(),
+                    *rhs.rows().shape(),
+                    concat!(
+                        "a loss ",
+                        $what,
+                        " a state of rows (batch, width) {:?} and x_0's rows {:?}: give a state of x_0's shape"
+                    ),
+                    rhs.rows().shape(),
+                    self.shape()
+                );
+                self.$method(rhs.rows().clone())
+            }
+        }
+    };
+}
+taped_op_with_state!(TrySub, try_sub, "subtracts");
+taped_op_with_state!(TryAdd, try_add, "adds");
+taped_op_with_state!(TryMul, try_mul, "multiplies by");

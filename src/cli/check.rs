@@ -149,6 +149,12 @@ pub fn run(
     } else {
         String::new()
     };
+    if sampler.equation == Some(adeis::compiler::Equation::Sde) {
+        println!(
+            "  equation = \"sde\": the SDE form of {} (a fresh noise xi per step, drawn from the seed); equation = \"ode\" or none is the deterministic sampler",
+            sampler.method.name()
+        );
+    }
     println!(
         "  {} steps{final_step}, NFE {}, {} noises, {} states",
         plan.steps(),
@@ -172,7 +178,7 @@ pub fn run(
         GradMethod::Reversible => (plan.nfe(), plan.nfe() + plan.inverse_nfe()),
     };
     println!(
-        "\ngradient: {}{}{}, wrt [{}]: forward NFE {nfe}, VJPs {vjps}{}",
+        "\ngradient: {}{}{}, wrt [{}]{}: forward NFE {nfe}, VJPs {vjps}{}",
         gradient.method.name(),
         if gradient.method == GradMethod::AdjointDeis {
             format!(" order {}", gradient.adjoint_order())
@@ -187,15 +193,15 @@ pub fn run(
         gradient
             .wrt
             .iter()
-            .map(|k| match k {
-                adeis::compiler::WrtKey::XT => "x_t",
-                adeis::compiler::WrtKey::Cond => "cond",
-                adeis::compiler::WrtKey::Params => "params",
-                adeis::compiler::WrtKey::Times => "times",
-                adeis::compiler::WrtKey::Schedule => "schedule",
-            })
+            .map(|k| k.name())
             .collect::<Vec<_>>()
             .join(", "),
+        if gradient.wrt == [adeis::compiler::WrtKey::XT] {
+            // What leaving `wrt` out means, said where a user checks what will run.
+            " (the default; wrt = [\"x_t\", \"cond\", \"params\", \"times\", \"schedule\"] chooses among all)"
+        } else {
+            ""
+        },
         match gradient.states {
             adeis::compiler::gradient::States::Checkpoint => format!(
                 ", checkpointing with {} slots (more forward evaluations)",

@@ -97,12 +97,84 @@ pub struct DiffusionDecl {
     vis: Visibility,
     name: Ident,
     schedule: Path,
+    /// `schedule: Name(param = value, ...)`: the declaration's parameter values.
+    schedule_args: Vec<ScheduleArg>,
     equation: Option<Ident>,
     prediction: Option<Ident>,
     sampler: Call,
     gradient: Option<Call>,
     wrt: Vec<Ident>,
-    loss: Path,
+    loss: Option<Path>,
+}
+
+/// A parameter value in `schedule: Name(param = value)`.
+struct ScheduleArg {
+    name: Ident,
+    value: syn::Expr,
+    /// The value, where it is a number literal (checked at compile time for a built-in).
+    literal: Option<f64>,
+}
+
+/// The number a literal expression (`2.0`, `-1`, `1e-3`) stands for.
+fn literal_number(e: &syn::Expr) -> Option<f64> {
+    match e {
+        syn::Expr::Lit(l) => match &l.lit {
+            syn::Lit::Float(f) => f.base10_parse().ok(),
+            syn::Lit::Int(i) => i.base10_parse().ok(),
+            _ => None,
+        },
+        syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => {
+            literal_number(&u.expr).map(|v| -v)
+        }
+        syn::Expr::Group(g) => literal_number(&g.expr),
+        syn::Expr::Paren(p) => literal_number(&p.expr),
+        _ => None,
+    }
+}
+
+fn parse_schedule_args(input: ParseStream) -> syn::Result<Vec<ScheduleArg>> {
+    let mut args: Vec<ScheduleArg> = vec![];
+    if !input.peek(syn::token::Paren) {
+        return Ok(args);
+    }
+    let content;
+    parenthesized!(content in input);
+    while !content.is_empty() {
+        let name: Ident = content.parse()?;
+        content.parse::<Token![=]>().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("expected `=` and a value after schedule parameter `{name}`"),
+            )
+        })?;
+        let value: syn::Expr = content.parse()?;
+        if let syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(_) | syn::Lit::Bool(_),
+            ..
+        }) = &value
+        {
+            return Err(syn::Error::new_spanned(
+                &value,
+                format!("schedule parameter `{name}` takes a number (`{name} = 2.0`), unquoted"),
+            ));
+        }
+        if args.iter().any(|a| a.name == name) {
+            return Err(syn::Error::new(
+                name.span(),
+                format!("schedule parameter `{name}` is given twice"),
+            ));
+        }
+        let literal = literal_number(&value);
+        args.push(ScheduleArg {
+            name,
+            value,
+            literal,
+        });
+        if !content.is_empty() {
+            content.parse::<Token![,]>()?;
+        }
+    }
+    Ok(args)
 }
 
 const FIELDS: [&str; 7] = [
@@ -123,6 +195,7 @@ impl Parse for DiffusionDecl {
         let body;
         syn::braced!(body in input);
         let mut seen: Vec<Ident> = vec![];
+        let mut schedule_args = vec![];
         let (
             mut schedule,
             mut equation,
@@ -156,7 +229,10 @@ impl Parse for DiffusionDecl {
             seen.push(key.clone());
             body.parse::<Token![:]>()?;
             match k.as_str() {
-                "schedule" => schedule = Some(body.parse::<Path>()?),
+                "schedule" => {
+                    schedule = Some(body.parse::<Path>()?);
+                    schedule_args = parse_schedule_args(&body)?;
+                }
                 "equation" => equation = Some(body.parse::<Ident>()?),
                 "prediction" => prediction = Some(body.parse::<Ident>()?),
                 "sampler" => sampler = Some(parse_call(&body)?),
@@ -178,12 +254,13 @@ impl Parse for DiffusionDecl {
             attrs,
             vis,
             schedule: schedule.ok_or_else(|| missing("schedule"))?,
+            schedule_args,
             equation,
             prediction,
             sampler: sampler.ok_or_else(|| missing("sampler"))?,
             gradient,
             wrt: wrt.unwrap_or_default(),
-            loss: loss.ok_or_else(|| missing("loss"))?,
+            loss,
             name,
         })
     }
@@ -559,7 +636,242 @@ impl DiffusionDecl {
         Ok((sp, g))
     }
 
-    /// The Rust code of the declaration: the problem's type with its `problem()`, `sample`, `gradient` and `optimize`.
+    /// The schedule's code: compile-time checks of its parameter values, the function that
+    /// builds the declared schedule, `problem_with` and (for a `schedule!` type)
+    /// `declared_schedule`.
+    fn schedule_code(
+        &self,
+        krate: &TokenStream,
+        loss_ty: &TokenStream,
+    ) -> syn::Result<ScheduleCode> {
+        let schedule = &self.schedule;
+        // A lower-case single name is a built-in schedule; anything else a schedule! type.
+        let builtin = schedule.get_ident().map(|i| i.to_string()).filter(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
+        });
+        let value_tokens = |a: &ScheduleArg| match a.literal {
+            Some(v) => quote!(#v),
+            None => {
+                let e = &a.value;
+                quote!({ let value: f64 = #e; value })
+            }
+        };
+        let cache = quote! {
+            static CACHE: ::std::sync::OnceLock<::std::sync::Mutex<::std::vec::Vec<(::std::vec::Vec<u64>, ::std::sync::Arc<#krate::compiler::Problem>)>>> =
+                ::std::sync::OnceLock::new();
+            let cache = CACHE.get_or_init(::std::default::Default::default);
+            if let ::std::option::Option::Some((_, p)) = cache.lock().unwrap().iter().find(|(k, _)| *k == key) {
+                return ::std::result::Result::Ok(#krate::runtime::Declared::new(::std::sync::Arc::clone(p)));
+            }
+        };
+        let cache_store = quote! {
+            let problem = ::std::sync::Arc::new(Self::build_problem(compiled)?);
+            cache.lock().unwrap().push((key, ::std::sync::Arc::clone(&problem)));
+            ::std::result::Result::Ok(#krate::runtime::Declared::new(problem))
+        };
+        match builtin {
+            Some(b) => {
+                let span = schedule.get_ident().unwrap().span();
+                let def = crate::spec::ScheduleSpec::builtin(&b)
+                    .ok_or_else(|| {
+                        syn::Error::new(
+                            span,
+                            format!(
+                                "unknown built-in schedule `{b}`: one of {}",
+                                crate::schedule::ScheduleDef::BUILTIN_NAMES.join(", ")
+                            ),
+                        )
+                    })?
+                    .to_def()
+                    .map_err(|e| syn::Error::new(span, e.to_string()))?;
+                let known = def.param_names();
+                for a in &self.schedule_args {
+                    let n = a.name.to_string();
+                    if !known.contains(&n) {
+                        let hint = did_you_mean(&n, known.iter().map(|k| k.as_str()))
+                            .map(|h| format!("; did you mean `{h}`?"))
+                            .unwrap_or_default();
+                        let has = if known.is_empty() {
+                            "has no parameters".to_string()
+                        } else {
+                            format!("has the parameters {}", known.join(", "))
+                        };
+                        return Err(syn::Error::new(
+                            a.name.span(),
+                            format!("`{b}` has no parameter `{n}`: it {has}{hint}"),
+                        ));
+                    }
+                }
+                // Literal values are checked here, as the schedule will check them at run
+                // time: a value outside the schedule's domain is an error at that value.
+                if self.schedule_args.iter().all(|a| a.literal.is_some()) {
+                    let overrides: Vec<(&str, f64)> = self
+                        .schedule_args
+                        .iter()
+                        .map(|a| {
+                            (
+                                known[known.iter().position(|k| a.name == k).unwrap()].as_str(),
+                                a.literal.unwrap(),
+                            )
+                        })
+                        .collect();
+                    let params = def
+                        .params_with(&overrides)
+                        .map_err(|e| syn::Error::new(span, e.to_string()))?;
+                    if let Err(e) = def.validate_params(&params) {
+                        // At the (first) value that puts the schedule out of its domain.
+                        let culprit = match &e {
+                            crate::schedule::ScheduleError::ParamDomain { params, .. } => self
+                                .schedule_args
+                                .iter()
+                                .find(|a| params.iter().any(|(n, _)| a.name == n)),
+                            _ => None,
+                        };
+                        return Err(match culprit {
+                            Some(a) => syn::Error::new_spanned(&a.value, e.to_string()),
+                            None => syn::Error::new(span, e.to_string()),
+                        });
+                    }
+                }
+                let names: Vec<String> = self
+                    .schedule_args
+                    .iter()
+                    .map(|a| a.name.to_string())
+                    .collect();
+                let values: Vec<TokenStream> =
+                    self.schedule_args.iter().map(value_tokens).collect();
+                let doc_params = if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (declared: {})",
+                        self.schedule_args
+                            .iter()
+                            .map(|a| format!(
+                                "{} = {}",
+                                a.name,
+                                quote::ToTokens::to_token_stream(&a.value)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                let problem_with_doc = format!(
+                    "The problem with the built-in `{b}`'s parameters set to `params` (name, value) on top of the declaration's{doc_params}: JIT-compiled on first use and cached per parameter values, for sweeps. An unknown name or a value outside the schedule's domain is an error naming it."
+                );
+                Ok(ScheduleCode {
+                    checks: quote!(),
+                    build: quote! {
+                        Self::schedule_def()?
+                            .compile_with(&Self::declared_params())
+                            .map_err(#krate::compiler::Error::from)
+                    },
+                    extra: quote! {
+                        /// The built-in schedule's symbolic definition (built once).
+                        pub fn schedule_def() -> ::std::result::Result<&'static #krate::compiler::ScheduleDef, #krate::compiler::Error> {
+                            static DEF: ::std::sync::OnceLock<::std::result::Result<#krate::compiler::ScheduleDef, #krate::compiler::Error>> =
+                                ::std::sync::OnceLock::new();
+                            DEF.get_or_init(|| {
+                                ::std::result::Result::Ok(
+                                    #krate::compiler::ScheduleSpec::builtin(#b)
+                                        .expect("a built-in schedule")
+                                        .to_def()?,
+                                )
+                            })
+                            .as_ref()
+                            .map_err(::std::clone::Clone::clone)
+                        }
+
+                        /// The schedule parameters the declaration sets (name, value); the
+                        /// others keep the built-in's defaults.
+                        pub fn declared_params() -> ::std::vec::Vec<(&'static str, f64)> {
+                            ::std::vec![#((#names, #values)),*]
+                        }
+
+                        #[doc = #problem_with_doc]
+                        pub fn problem_with(params: &[(&str, f64)]) -> ::std::result::Result<#krate::runtime::Declared<#loss_ty>, #krate::runtime::RuntimeError> {
+                            let def = Self::schedule_def().map_err(#krate::runtime::RuntimeError::from)?;
+                            let mut overrides = Self::declared_params();
+                            overrides.extend(params.iter().copied());
+                            let values = def
+                                .params_with(&overrides)
+                                .map_err(|e| #krate::runtime::RuntimeError::from(#krate::compiler::Error::from(e)))?;
+                            let key: ::std::vec::Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+                            #cache
+                            let compiled = def
+                                .compile_with(&overrides)
+                                .map_err(|e| #krate::runtime::RuntimeError::from(#krate::compiler::Error::from(e)))?;
+                            #cache_store
+                        }
+                    },
+                })
+            }
+            None => {
+                let checks = self.schedule_args.iter().map(|a| {
+                    let n = a.name.to_string();
+                    // At the parameter's name (the path too, so the error marks that name
+                    // alone): an unknown name fails here, when the program compiles, with the
+                    // schedule's parameter names.
+                    let mut at_name = schedule.clone();
+                    for seg in &mut at_name.segments {
+                        seg.ident.set_span(a.name.span());
+                    }
+                    quote::quote_spanned! {a.name.span()=>
+                        const _: usize = #at_name::__adeis_param(#n);
+                    }
+                });
+                let sets = self.schedule_args.iter().map(|a| {
+                    let n = a.name.to_string();
+                    let v = value_tokens(a);
+                    quote!(.__adeis_set(#schedule::__adeis_param(#n), #v))
+                });
+                let schedule_name = quote::ToTokens::to_token_stream(schedule)
+                    .to_string()
+                    .replace(' ', "");
+                let declared_doc = if self.schedule_args.is_empty() {
+                    format!("The schedule `{schedule_name}` with its defaults (the declaration sets no parameter); start a sweep from it: `Self::problem_with(Self::declared_schedule().param(value))`.")
+                } else {
+                    format!(
+                        "The schedule `{schedule_name}` with the declaration's parameter values ({}); start a sweep from it: `Self::problem_with(Self::declared_schedule().param(value))`.",
+                        self.schedule_args
+                            .iter()
+                            .map(|a| format!("{} = {}", a.name, quote::ToTokens::to_token_stream(&a.value)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                Ok(ScheduleCode {
+                    checks: quote!(#(#checks)*),
+                    build: quote! {
+                        Self::declared_schedule().compile().map_err(#krate::compiler::Error::from)
+                    },
+                    extra: quote! {
+                        #[doc = #declared_doc]
+                        pub fn declared_schedule() -> #schedule {
+                            #schedule::new() #(#sets)*
+                        }
+
+                        /// The problem with `schedule`'s parameter values (the declared sampler,
+                        /// gradient method and wrt): JIT-compiled on first use and cached per
+                        /// parameter values, for sweeps. A value outside the schedule's domain is
+                        /// an error naming the parameter.
+                        pub fn problem_with(schedule: #schedule) -> ::std::result::Result<#krate::runtime::Declared<#loss_ty>, #krate::runtime::RuntimeError> {
+                            let key: ::std::vec::Vec<u64> = schedule.params().iter().map(|v| v.to_bits()).collect();
+                            #cache
+                            let compiled = schedule
+                                .compile()
+                                .map_err(|e| #krate::runtime::RuntimeError::from(#krate::compiler::Error::from(e)))?;
+                            #cache_store
+                        }
+                    },
+                })
+            }
+        }
+    }
+
+    /// The Rust code of the declaration: the problem's type with its `problem()`, `sample`,
+    /// `gradient`, `gradient_with`, `optimize`, `problem_with`, ..., each documented.
     pub fn expand(&self, krate: &TokenStream) -> syn::Result<TokenStream> {
         let (sp, g) = self.specs()?;
         let sampler_literal = sampler_tokens(&sp, krate);
@@ -568,66 +880,157 @@ impl DiffusionDecl {
             attrs,
             vis,
             name,
-            schedule,
             loss,
             ..
         } = self;
-        // A lower-case single name is a built-in schedule; anything else a schedule! type.
-        let builtin = schedule.get_ident().map(|i| i.to_string()).filter(|s| {
-            s.chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())
-        });
-        let schedule_expr = match &builtin {
-            Some(b) => {
-                if crate::spec::ScheduleSpec::builtin(b).is_none() {
-                    return Err(syn::Error::new(
-                        schedule.get_ident().unwrap().span(),
-                        format!(
-                            "unknown built-in schedule `{b}`: one of {}",
-                            crate::schedule::ScheduleDef::BUILTIN_NAMES.join(", ")
-                        ),
-                    ));
-                }
-                quote! {
-                    #krate::compiler::ScheduleSpec::builtin(#b)
-                        .expect("a built-in schedule")
-                        .to_def()?
-                        .compile()
-                        .map_err(#krate::compiler::Error::from)?
-                }
-            }
-            None => quote! {
-                #schedule::new().compile().map_err(#krate::compiler::Error::from)?
+        let loss_ty = match loss {
+            Some(_) => quote!(#name),
+            None => quote!(#krate::runtime::NoLoss),
+        };
+        let ScheduleCode {
+            checks,
+            build,
+            extra,
+        } = self.schedule_code(krate, &loss_ty)?;
+        let wrt_names: Vec<&str> = g.wrt.iter().map(|k| k.name()).collect();
+        let schedule_text = quote::ToTokens::to_token_stream(&self.schedule)
+            .to_string()
+            .replace(' ', "");
+        let summary = format!(
+            "Declared with `adeis::diffusion!`: schedule `{schedule_text}`{}, sampler `{}` (order {}, {} steps), gradient `{}`, with respect to {}{}.",
+            if self.schedule_args.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "({})",
+                    self.schedule_args
+                        .iter()
+                        .map(|a| format!("{} = {}", a.name, quote::ToTokens::to_token_stream(&a.value)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             },
+            sp.method.name(),
+            sp.order,
+            sp.steps,
+            g.method.name(),
+            wrt_names.join(", "),
+            match loss {
+                Some(l) => format!(", loss `{}`", quote::ToTokens::to_token_stream(l).to_string().replace(' ', "")),
+                None => ", no declared loss (the `_with` functions take one)".into(),
+            }
+        );
+        let functions = if loss.is_some() {
+            "Its functions: [`problem`](Self::problem), [`declared`](Self::declared), [`sample`](Self::sample), [`gradient`](Self::gradient), [`gradient_with`](Self::gradient_with), [`optimize`](Self::optimize), [`optimize_with`](Self::optimize_with), [`problem_with`](Self::problem_with), [`build_problem`](Self::build_problem), [`schedule`](Self::schedule), [`sampler`](Self::sampler), [`gradient_spec`](Self::gradient_spec)."
+        } else {
+            "Its functions: [`problem`](Self::problem), [`declared`](Self::declared), [`sample`](Self::sample), [`gradient_with`](Self::gradient_with), [`optimize_with`](Self::optimize_with), [`problem_with`](Self::problem_with), [`build_problem`](Self::build_problem), [`schedule`](Self::schedule), [`sampler`](Self::sampler), [`gradient_spec`](Self::gradient_spec)."
+        };
+        let declared_loss = match loss {
+            Some(loss) => quote! {
+                impl #krate::runtime::DeclaredLoss for #name {
+                    fn loss<E, D>(x0: #krate::runtime::taped::Taped<E, D>) -> #krate::runtime::taped::TapedLoss<E, D>
+                    where
+                        E: #krate::runtime::dfdx::dtypes::Dtype,
+                        D: #krate::runtime::dfdx::tensor_ops::Device<E>,
+                    {
+                        #loss(x0)
+                    }
+                }
+
+                impl #name {
+                    /// The declared loss of the sample x_0 and its gradient by the declared
+                    /// method: `(L, gradient)`, the gradient's `x0` (the sample), `dx_t`
+                    /// (dL/dx_T), `dz` (dL/dz, wrt cond), `dtheta` (wrt params), `dtimes`
+                    /// (dL/dt_i, wrt times), `dschedule` (wrt schedule), `nfe` and `vjps`.
+                    #[allow(clippy::type_complexity)]
+                    pub fn gradient<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64)
+                        -> ::std::result::Result<(f64, #krate::runtime::Gradient<E, D, M::Grads>), #krate::runtime::RuntimeError>
+                    where
+                        E: #krate::runtime::dfdx::dtypes::Dtype,
+                        D: #krate::runtime::dfdx::tensor_ops::Device<E>,
+                        M: #krate::runtime::Denoiser<E, D>,
+                    {
+                        Self::declared()?.gradient(model, x_t, z, seed)
+                    }
+
+                    /// Gradient descent on x_T (and z, when wrt includes cond) on the declared
+                    /// loss for `iters` steps of size `lr`: the optimised x_T, z and the loss
+                    /// before each step.
+                    #[allow(clippy::type_complexity)]
+                    pub fn optimize<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64, iters: usize, lr: f64)
+                        -> ::std::result::Result<(#krate::runtime::State<E, D>, ::std::option::Option<#krate::runtime::State<E, D>>, ::std::vec::Vec<f64>), #krate::runtime::RuntimeError>
+                    where
+                        E: #krate::runtime::dfdx::dtypes::Dtype,
+                        D: #krate::runtime::dfdx::tensor_ops::Device<E>,
+                        M: #krate::runtime::Denoiser<E, D>,
+                    {
+                        Self::declared()?.optimize(model, x_t, z, seed, iters, lr)
+                    }
+                }
+            },
+            None => quote!(),
         };
         Ok(quote! {
             #(#attrs)*
+            #[doc = ""]
+            #[doc = #summary]
+            #[doc = ""]
+            #[doc = #functions]
             #[derive(Clone, Copy, Debug, Default)]
             #vis struct #name;
 
+            #checks
+
+            #declared_loss
+
             impl #name {
-                /// The problem (schedule, sampler plan, gradient method, wrt), built and compiled
-                /// once, on first use.
+                /// The problem (compiled schedule, sampler plan, gradient method, wrt), built
+                /// and JIT-compiled once, on first use; an error (a schedule parameter value
+                /// outside its domain, say) is returned on every call.
                 pub fn problem() -> ::std::result::Result<&'static #krate::compiler::Problem, #krate::runtime::RuntimeError> {
-                    static PROBLEM: ::std::sync::OnceLock<::std::result::Result<#krate::compiler::Problem, #krate::runtime::RuntimeError>> = ::std::sync::OnceLock::new();
+                    Self::problem_arc().map(|p| &**p)
+                }
+
+                fn problem_arc() -> ::std::result::Result<&'static ::std::sync::Arc<#krate::compiler::Problem>, #krate::runtime::RuntimeError> {
+                    static PROBLEM: ::std::sync::OnceLock<::std::result::Result<::std::sync::Arc<#krate::compiler::Problem>, #krate::runtime::RuntimeError>> = ::std::sync::OnceLock::new();
                     PROBLEM
                         .get_or_init(|| {
-                            let build = || -> ::std::result::Result<#krate::compiler::Problem, #krate::compiler::Error> {
-                                let schedule = #schedule_expr;
-                                let gradient = Self::gradient_spec();
-                                ::std::result::Result::Ok(
-                                    #krate::compiler::Problem::new(schedule, &Self::sampler())?
-                                        .with_adjoint(gradient.adjoint()?)?
-                                        .with_wrt(gradient.wrt_set()),
-                                )
+                            let build = || -> ::std::result::Result<#krate::compiler::Schedule, #krate::compiler::Error> {
+                                #build
                             };
-                            build().map_err(#krate::runtime::RuntimeError::from)
+                            let schedule = build().map_err(#krate::runtime::RuntimeError::from)?;
+                            ::std::result::Result::Ok(::std::sync::Arc::new(Self::build_problem(schedule)?))
                         })
                         .as_ref()
                         .map_err(::std::clone::Clone::clone)
                 }
 
-                /// The compiled schedule.
+                /// The declaration as a value (adeis's `runtime::Declared`): `sample`,
+                /// `gradient_with`, `optimize_with` (and `gradient`, `optimize` with the
+                /// declared loss) as methods on the declared problem.
+                pub fn declared() -> ::std::result::Result<#krate::runtime::Declared<#loss_ty>, #krate::runtime::RuntimeError> {
+                    ::std::result::Result::Ok(#krate::runtime::Declared::new(::std::sync::Arc::clone(Self::problem_arc()?)))
+                }
+
+                /// The declared sampler, gradient method and wrt on a compiled schedule (any:
+                /// `Schedule` from a spec file, a built-in, a `schedule!` type), not cached.
+                pub fn build_problem(schedule: #krate::compiler::Schedule) -> ::std::result::Result<#krate::compiler::Problem, #krate::runtime::RuntimeError> {
+                    let build = || -> ::std::result::Result<#krate::compiler::Problem, #krate::compiler::Error> {
+                        let gradient = Self::gradient_spec();
+                        ::std::result::Result::Ok(
+                            #krate::compiler::Problem::new(schedule, &Self::sampler())?
+                                .with_adjoint(gradient.adjoint()?)?
+                                .with_wrt(gradient.wrt_set()),
+                        )
+                    };
+                    build().map_err(#krate::runtime::RuntimeError::from)
+                }
+
+                #extra
+
+                /// The compiled schedule with the declaration's parameters: `alpha(t)`,
+                /// `sigma(t)`, `lambda(t)`, `eval(t)` (every quantity), `t_of_lambda`,
+                /// `t_min()`, `t_max()`.
                 pub fn schedule() -> ::std::result::Result<#krate::compiler::Schedule, #krate::runtime::RuntimeError> {
                     ::std::result::Result::Ok(Self::problem()?.schedule().clone())
                 }
@@ -642,7 +1045,8 @@ impl DiffusionDecl {
                     #gradient_literal
                 }
 
-                /// Samples x_0 from x_T (noise for SDE samplers from `seed`).
+                /// x_0 sampled from x_T (`z`: the conditioning, for a model that takes one;
+                /// the SDE samplers' noise from `seed`).
                 pub fn sample<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64)
                     -> ::std::result::Result<#krate::runtime::State<E, D>, #krate::runtime::RuntimeError>
                 where
@@ -650,64 +1054,65 @@ impl DiffusionDecl {
                     D: #krate::runtime::dfdx::tensor_ops::Device<E>,
                     M: #krate::runtime::Denoiser<E, D>,
                 {
-                    let problem = Self::problem()?;
-                    let noise = #krate::runtime::NoiseSource::Seeded(seed);
-                    let input = #krate::runtime::Input::new(x_t, z, &noise);
-                    ::std::result::Result::Ok(#krate::runtime::sample(problem.plan(), &#krate::runtime::ModelFn::new(model), &input, false)?.x)
+                    Self::declared()?.sample(model, x_t, z, seed)
                 }
 
-                /// The loss on the sample and its gradient by the declared method.
+                /// The loss `loss` of the sample (a closure on x_0's rows on the tape, which may
+                /// capture a target: `|x0| (x0 - &target).square().sum()`, the target made by
+                /// `x_t.with_values(&[...])`) and its gradient by the declared method:
+                /// `(L, gradient)`, the gradient's `x0` (the sample), `dx_t` (dL/dx_T), `dz`
+                /// (wrt cond), `dtheta` (wrt params), `dtimes` (wrt times), `dschedule` (wrt
+                /// schedule), `nfe` and `vjps`.
                 #[allow(clippy::type_complexity)]
-                pub fn gradient<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64)
-                    -> ::std::result::Result<(f64, #krate::runtime::Gradient<E, D, M::Grads>), #krate::runtime::RuntimeError>
+                pub fn gradient_with<E, D, M>(
+                    model: &M,
+                    x_t: &#krate::runtime::State<E, D>,
+                    z: ::std::option::Option<&#krate::runtime::State<E, D>>,
+                    seed: u64,
+                    loss: impl ::std::ops::FnOnce(#krate::runtime::taped::Taped<E, D>) -> #krate::runtime::taped::TapedLoss<E, D>,
+                ) -> ::std::result::Result<(f64, #krate::runtime::Gradient<E, D, M::Grads>), #krate::runtime::RuntimeError>
                 where
                     E: #krate::runtime::dfdx::dtypes::Dtype,
                     D: #krate::runtime::dfdx::tensor_ops::Device<E>,
                     M: #krate::runtime::Denoiser<E, D>,
                 {
-                    let problem = Self::problem()?;
-                    let noise = #krate::runtime::NoiseSource::Seeded(seed);
-                    let input = #krate::runtime::Input::new(x_t, z, &noise);
-                    let mut value = f64::NAN;
-                    let g = #krate::runtime::gradient(
-                        problem,
-                        &#krate::runtime::ModelFn::new(model),
-                        &input,
-                        |x0| {
-                            let lg = #krate::runtime::loss::tape_loss(x0, #loss)?;
-                            value = lg.value;
-                            ::std::result::Result::Ok(lg.grad)
-                        },
-                    )?;
-                    ::std::result::Result::Ok((value, g))
+                    Self::declared()?.gradient_with(model, x_t, z, seed, loss)
                 }
 
-                /// Gradient descent on x_T (and z, when wrt includes cond) for `iters` steps of
-                /// size `lr`; returns the optimised x_T, z and the loss before each step.
+                /// Gradient descent on x_T (and z, when wrt includes cond) on the loss `loss`
+                /// (called once per step) for `iters` steps of size `lr`: the optimised x_T, z
+                /// and the loss before each step.
                 #[allow(clippy::type_complexity)]
-                pub fn optimize<E, D, M>(model: &M, x_t: &#krate::runtime::State<E, D>, z: ::std::option::Option<&#krate::runtime::State<E, D>>, seed: u64, iters: usize, lr: f64)
-                    -> ::std::result::Result<(#krate::runtime::State<E, D>, ::std::option::Option<#krate::runtime::State<E, D>>, ::std::vec::Vec<f64>), #krate::runtime::RuntimeError>
+                pub fn optimize_with<E, D, M>(
+                    model: &M,
+                    x_t: &#krate::runtime::State<E, D>,
+                    z: ::std::option::Option<&#krate::runtime::State<E, D>>,
+                    seed: u64,
+                    iters: usize,
+                    lr: f64,
+                    loss: impl ::std::ops::FnMut(#krate::runtime::taped::Taped<E, D>) -> #krate::runtime::taped::TapedLoss<E, D>,
+                ) -> ::std::result::Result<(#krate::runtime::State<E, D>, ::std::option::Option<#krate::runtime::State<E, D>>, ::std::vec::Vec<f64>), #krate::runtime::RuntimeError>
                 where
                     E: #krate::runtime::dfdx::dtypes::Dtype,
                     D: #krate::runtime::dfdx::tensor_ops::Device<E>,
                     M: #krate::runtime::Denoiser<E, D>,
                 {
-                    let mut x = x_t.clone();
-                    let mut zc = z.cloned();
-                    let mut losses = ::std::vec::Vec::with_capacity(iters);
-                    for _ in 0..iters {
-                        let (value, g) = Self::gradient(model, &x, zc.as_ref(), seed)?;
-                        losses.push(value);
-                        x = x + g.dx_t * (-lr);
-                        if let ::std::option::Option::Some(dz) = g.dz {
-                            zc = zc.map(|zv| zv + dz * (-lr));
-                        }
-                    }
-                    ::std::result::Result::Ok((x, zc, losses))
+                    Self::declared()?.optimize_with(model, x_t, z, seed, iters, lr, loss)
                 }
             }
         })
     }
+}
+
+/// The schedule's part of a declaration's code.
+struct ScheduleCode {
+    /// Compile-time checks (items).
+    checks: TokenStream,
+    /// An expression of type `Result<compiler::Schedule, compiler::Error>` (in a function
+    /// returning that, so it may use `?`).
+    build: TokenStream,
+    /// Associated functions that depend on the schedule's kind.
+    extra: TokenStream,
 }
 
 /// A unit variant of an enum as the path `#krate::compiler::PREFIX::Variant` (its Debug name).

@@ -248,6 +248,17 @@ impl ScheduleDecl {
         self.formulas.iter().find(|f| f.name == name)
     }
 
+    /// An error about a quantity, at its formula's name when the declaration gives that
+    /// formula (alpha's is `alpha` or `log_alpha`), else at the schedule's name.
+    fn at_formula(&self, quantity: &str, e: &ScheduleError) -> syn::Error {
+        let at = self
+            .formula(quantity)
+            .or_else(|| self.formula(&format!("log_{quantity}")))
+            .map(|f| f.name.span())
+            .unwrap_or(self.name.span());
+        syn::Error::new(at, e.to_string())
+    }
+
     /// Builds (and so validates) the symbolic schedule, mapping every error to its token.
     pub fn to_def(&self) -> syn::Result<(ScheduleDef, AlphaFormula, SigmaFormula, [f64; 2])> {
         let pick = |a: &'static str,
@@ -318,16 +329,15 @@ impl ScheduleDecl {
             }
             ScheduleError::Range { .. } => syn::Error::new(rspan, e.to_string()),
             ScheduleError::Cycle { .. } => syn::Error::new(af.name.span(), e.to_string()),
-            // A quantity that is not positive or not finite: at its formula when the
-            // declaration gives that one.
+            // A quantity that is not positive or not finite (with the parameters' defaults,
+            // named): at its formula when the declaration gives that one.
             ScheduleError::NotPositive { quantity, .. }
-            | ScheduleError::NotFinite { quantity, .. } => {
-                let at = self
-                    .formula(quantity)
-                    .map(|f| f.name.span())
-                    .unwrap_or(self.name.span());
-                syn::Error::new(at, e.to_string())
-            }
+            | ScheduleError::NotFinite { quantity, .. } => self.at_formula(quantity, &e),
+            ScheduleError::ParamDomain { cause, .. } => match &**cause {
+                ScheduleError::NotPositive { quantity, .. }
+                | ScheduleError::NotFinite { quantity, .. } => self.at_formula(quantity, &e),
+                _ => syn::Error::new(self.name.span(), e.to_string()),
+            },
             _ => syn::Error::new(self.name.span(), e.to_string()),
         })?;
         Ok((def, alpha, sigma, [a, b]))
@@ -374,9 +384,45 @@ impl ScheduleDecl {
             }
         };
         let name_str = name.to_string();
+        let unknown_param = if pnames.is_empty() {
+            format!("`{name_str}` has no parameters")
+        } else {
+            format!(
+                "`{name_str}` has no parameter of that name: its parameters are {}",
+                pnames.join(", ")
+            )
+        };
         let cache = format_ident!("__ADEIS_SCHEDULE_CACHE_{}", name_str.to_uppercase());
+        let formula_text = |f: &str| match self.formula(f) {
+            Some(f) => format!("`{}(t) = {}`", f.name, f.text.text.trim()),
+            None => String::new(),
+        };
+        let formulas: Vec<String> = FORMULA_NAMES
+            .iter()
+            .map(|f| formula_text(f))
+            .filter(|t| !t.is_empty())
+            .collect();
+        let summary = format!(
+            "Declared with `adeis::schedule!`: {}, t in [{a}, {b}]; {}. Its functions: [`new`](Self::new) (the defaults), a setter per parameter, [`params`](Self::params), [`PARAMS`](Self::PARAMS), [`def`](Self::def) (the symbolic schedule) and [`compile`](Self::compile) (alpha, sigma, lambda, ... JIT-compiled, cached per parameter values).",
+            formulas.join(", "),
+            if pnames.is_empty() {
+                "no parameters".to_string()
+            } else {
+                format!(
+                    "parameters {}",
+                    pnames
+                        .iter()
+                        .zip(&defaults)
+                        .map(|(n, d)| format!("`{n}` (default {d})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
         Ok(quote! {
             #(#attrs)*
+            #[doc = ""]
+            #[doc = #summary]
             #[derive(Clone, Debug, PartialEq)]
             #vis struct #name {
                 params: [f64; #n],
@@ -393,9 +439,31 @@ impl ScheduleDecl {
 
                 #(#setters)*
 
-                /// The parameter values.
+                /// The parameter values, in the order of [`PARAMS`](Self::PARAMS).
                 pub fn params(&self) -> &[f64] {
                     &self.params
+                }
+
+                /// The index of a parameter, in a const context: `diffusion!`'s check of the
+                /// names in `schedule: Name(param = value)`, which fails when the program
+                /// compiles.
+                #[doc(hidden)]
+                pub const fn __adeis_param(name: &str) -> usize {
+                    let mut i = 0;
+                    while i < #n {
+                        if #krate::compiler::dsl::same_name(name, Self::PARAMS[i]) {
+                            return i;
+                        }
+                        i += 1;
+                    }
+                    panic!(#unknown_param)
+                }
+
+                /// Sets a parameter by its index (`diffusion!`'s declared values).
+                #[doc(hidden)]
+                pub fn __adeis_set(mut self, index: usize, value: f64) -> Self {
+                    self.params[index] = value;
+                    self
                 }
 
                 /// The symbolic schedule (validated when the macro expanded; built once).
@@ -443,6 +511,23 @@ impl ScheduleDecl {
 }
 
 pub mod diffusion;
+
+/// Whether two names are equal, in a const context (the generated parameter check of
+/// `schedule: Name(param = value)`).
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
 
 /// Splits `KRATE_PATH; rest`: the facade's macro_rules wrappers pass `$crate` first, so the
 /// generated code names the crate as the user sees it (a renamed dependency still works).

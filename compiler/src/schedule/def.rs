@@ -200,8 +200,65 @@ impl ScheduleDef {
             t_min: t_range[0],
             t_max: t_range[1],
         };
-        def.validate(&def.default_params())?;
+        def.validate(&def.default_params())
+            .map_err(|e| def.name_params(e, &def.default_params()))?;
         Ok(def)
+    }
+
+    /// [`ScheduleDef::validate`] for parameter values other than the defaults: a schedule
+    /// that fails its checks (a quantity not positive or not finite, lambda not decreasing,
+    /// a closed-form inverse that no longer inverts) is reported with the parameters that
+    /// make it fail (each changed parameter tried alone with the others at their defaults).
+    pub fn validate_params(&self, params: &[f64]) -> Result<(), ScheduleError> {
+        let e = match self.validate(params) {
+            Ok(()) => return Ok(()),
+            Err(e @ (ScheduleError::Range { .. } | ScheduleError::Param { .. })) => return Err(e),
+            Err(e) => e,
+        };
+        let defaults = self.default_params();
+        if self.validate(&defaults).is_err() {
+            return Err(self.name_params(e, params));
+        }
+        let changed: Vec<usize> = (0..params.len())
+            .filter(|&i| params[i].to_bits() != defaults[i].to_bits())
+            .collect();
+        let alone: Vec<usize> = changed
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let mut p = defaults.clone();
+                p[i] = params[i];
+                self.validate(&p).is_err()
+            })
+            .collect();
+        let culprits = if alone.is_empty() { changed } else { alone };
+        let names = self.param_names();
+        Err(ScheduleError::ParamDomain {
+            params: culprits
+                .iter()
+                .map(|&i| (names[i].clone(), params[i]))
+                .collect(),
+            defaults_valid: Some(culprits.iter().map(|&i| defaults[i]).collect()),
+            cause: Box::new(e),
+        })
+    }
+
+    /// A failed check of a schedule with parameters, naming them all (no valid defaults to
+    /// compare with).
+    fn name_params(&self, e: ScheduleError, params: &[f64]) -> ScheduleError {
+        match e {
+            ScheduleError::Range { .. } | ScheduleError::Param { .. } => e,
+            _ if params.is_empty() => e,
+            _ => ScheduleError::ParamDomain {
+                params: self
+                    .param_names()
+                    .into_iter()
+                    .zip(params.iter().copied())
+                    .collect(),
+                defaults_valid: None,
+                cause: Box::new(e),
+            },
+        }
     }
 
     /// The schedule's name (the built-in's, or "custom").
@@ -409,7 +466,7 @@ impl ScheduleDef {
     /// Compiles the schedule with some parameters overridden (validated first).
     pub fn compile_with(&self, overrides: &[(&str, f64)]) -> Result<Schedule, ScheduleError> {
         let params = self.params_with(overrides)?;
-        self.validate(&params)?;
+        self.validate_params(&params)?;
         let names = Quantity::ALL.map(|q| q.name());
         let forward = compile(&self.program, &names).map_err(ScheduleError::Jit)?;
         let newton =

@@ -109,9 +109,47 @@ pub enum ScheduleError {
         /// lambda at its end.
         lambda1: f64,
     },
+    /// A quantity out of its domain (not positive, not finite, lambda not decreasing) with
+    /// parameter values other than the defaults: the error names the parameters that cause it.
+    #[error("{}", param_domain_message(params, defaults_valid, cause))]
+    ParamDomain {
+        /// The parameters (name, value) that cause it: each alone where one alone does, else
+        /// every parameter that differs from its default.
+        params: Vec<(String, f64)>,
+        /// The defaults of those parameters, where the schedule is valid with its defaults.
+        defaults_valid: Option<Vec<f64>>,
+        /// The quantity's error.
+        cause: Box<ScheduleError>,
+    },
     /// The JIT failed.
     #[error(transparent)]
     Jit(#[from] JitError),
+}
+
+fn param_domain_message(
+    params: &[(String, f64)],
+    defaults_valid: &Option<Vec<f64>>,
+    cause: &ScheduleError,
+) -> String {
+    let named: Vec<String> = params.iter().map(|(n, v)| format!("`{n}` = {v}")).collect();
+    let Some(defaults) = defaults_valid else {
+        // The declared values themselves fail: the formulas or the values may be at fault.
+        return format!("{cause} (with the parameters {})", named.join(", "));
+    };
+    let (subject, is) = if named.len() == 1 {
+        (format!("parameter {}", named[0]), "is")
+    } else {
+        (format!("parameters {}", named.join(", ")), "are together")
+    };
+    let defaults: Vec<String> = params
+        .iter()
+        .zip(defaults)
+        .map(|((n, _), v)| format!("{n} = {v}"))
+        .collect();
+    format!(
+        "{subject} {is} outside this schedule's domain: {cause} (the default {} gives a valid schedule)",
+        defaults.join(", ")
+    )
 }
 
 fn known_list(known: &[String]) -> String {
@@ -134,6 +172,9 @@ impl ScheduleError {
             ScheduleError::Range { .. } => Some("t_range".into()),
             ScheduleError::Param { name, .. } | ScheduleError::UnknownParam { name, .. } => {
                 Some(name.clone())
+            }
+            ScheduleError::ParamDomain { params, .. } => {
+                params.first().map(|(n, _)| format!("params.{n}"))
             }
             _ => None,
         }
