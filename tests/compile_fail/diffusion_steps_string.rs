@@ -1,7 +1,6 @@
-use adeis::runtime::dfdx::prelude::*;
-use adeis::runtime::tape::Taped;
+use adeis::prelude::*;
 
-fn loss<E: Dtype, D: Device<E>>(x0: Taped<E, D>) -> Tensor<Rank0, E, D, OwnedTape<E, D>> {
+fn loss<E: Dtype, D: Device<E>>(x0: Taped<E, D>) -> TapedLoss<E, D> {
     x0.square().sum()
 }
 
