@@ -19,8 +19,6 @@ Python package registry into a throwaway virtual environment (about 6 GB) and ru
 """
 
 import json
-import sys
-import types
 import os
 import shutil
 import zlib
@@ -41,6 +39,7 @@ from diffusers import (  # noqa: E402
     EulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from fixture_tools import float64_twin  # noqa: E402
 
 CLASSES = {
     c.__name__: c
@@ -174,19 +173,6 @@ def model_output(eps, sched, alpha, sigma, x_vp):
     if kind == "sample":
         return x0
     return alpha * eps - sigma * x0  # v_prediction
-
-
-def float64_twin(cls):
-    """The same diffusers scheduler class with every float32 of its source made float64: its
-    betas, their products, its sigmas and its upcast copy of the sample. What diffusers'
-    formulas give without float32 rounding, to compare float64 runs with to round-off."""
-    module = sys.modules[cls.__module__]
-    with open(module.__file__) as f:
-        src = f.read().replace("torch.float32", "torch.float64").replace("np.float32", "np.float64")
-    twin = types.ModuleType(module.__name__ + "_float64")
-    twin.__package__ = module.__package__
-    exec(compile(src, module.__file__ + " (float64)", "exec"), twin.__dict__)
-    return getattr(twin, cls.__name__)
 
 
 def euler(sched):

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+from fixture_tools import randomise  # noqa: E402
 
 CASES = [
     # name, config, input shape (B, C, H, W), timestep, weight dtype, legacy attention names
@@ -172,14 +173,6 @@ PARAM_GRADS = [
 ]
 
 LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
-
-
-def randomise(model, seed):
-    """Default initialisation plus noise, so that norms and biases are not 1 and 0."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 def run(model, x, t, z, cot, dtype):

@@ -9,7 +9,7 @@ use adeis::npy::{read_npy, write_npy, write_npy_i64};
 use adeis::safetensors::{read_safetensors, TensorMap};
 
 mod support;
-use support::adeis;
+use support::{adeis, reference_npy as npy, rel_err};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,24 +23,6 @@ fn s(p: &Path) -> &str {
 
 fn reference(name: &str) -> TensorMap {
     read_safetensors(&fixture(name).join("reference.safetensors")).unwrap()
-}
-
-/// Writes tensor `key` of the reference as a .npy array in `dir`.
-fn npy(dir: &Path, r: &TensorMap, key: &str) -> PathBuf {
-    let p = dir.join(format!("{key}.npy"));
-    let (shape, data) = &r[key];
-    write_npy(&p, shape, data, 8).unwrap();
-    p
-}
-
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
-        / scale
 }
 
 /// `adeis sample --spec SPEC --model MODEL --x-t X --out OUT`, then `extra`.

@@ -14,7 +14,7 @@ use adeis_runtime::{to_f64, Denoiser, State};
 use dfdx::prelude::*;
 
 mod common;
-use common::{central, central4, max_rel_err};
+use common::{central, central4, max_rel_err, named_grad_errors};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/unet")
@@ -95,22 +95,9 @@ where
                 max_rel_err(&to_f64(dz), &r[&format!("dz.{tag}")].1),
             ));
         }
-        let named = model.named_grads(&acc);
-        let mut params = 0;
-        for (key, (_, want)) in &r {
-            let Some(pname) = key
-                .strip_prefix("dparam.")
-                .and_then(|k| k.strip_suffix(&format!(".{tag}")))
-            else {
-                continue;
-            };
-            let (_, _, got) = named
-                .iter()
-                .find(|(n, _, _)| n == pname)
-                .unwrap_or_else(|| panic!("{name}: no parameter {pname}"));
-            errs.push((pname.to_string(), max_rel_err(got, want)));
-            params += 1;
-        }
+        let param_errs = named_grad_errors(&model.named_grads(&acc), &r, "dparam.", tag);
+        let params = param_errs.len();
+        errs.extend(param_errs);
         assert!(
             params >= 3,
             "{name}: the fixture checks {params} parameters"

@@ -46,6 +46,14 @@ pub fn run(
                 d.prediction()?
             );
         }
+        if let Some(v) = &d.vae {
+            let vae = v.load::<f32>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+            println!(
+                "{}: valid; the sample is its decoded image",
+                v.path.display()
+            );
+            print!("{}", vae.describe());
+        }
         println!();
     } else if let Some(c) = &choice {
         // The committed digits weights are opened, so that check says what runs.

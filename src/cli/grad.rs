@@ -6,16 +6,20 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use adeis::bench::peak_memory_bytes;
+use adeis::diffusers::VaeDir;
 use adeis::npy::{npy_bytes, NpyArray};
 use adeis::prelude::*;
 use adeis::runtime::loss::mse;
+use adeis::runtime::nn::{Float, NnDevice};
 use adeis::runtime::to_f64;
+use adeis::runtime::unet::VaeMap;
 use adeis::safetensors::safetensors_bytes;
 use adeis::Outputs;
 use anyhow::{bail, Result};
 
 use super::inputs::{
-    check_memory, conditioned_model, read_like, read_x_t, same_file, state, ModelFlags,
+    check_memory, conditioned_model, pipeline_vae, read_shaped, read_x_t, same_file, sample_shape,
+    state, ModelFlags,
 };
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
@@ -45,13 +49,15 @@ pub struct GradArgs {
     /// The starting noise: .npy, [batch, dim] or [batch, channels, height, width].
     #[arg(long = "x-t")]
     pub x_t: PathBuf,
-    /// dL/dx_0 for the batch (.npy, x_T's shape); or use --loss.
+    /// dL/dx_0 for the batch (.npy, x_T's shape; with a pipeline folder's VAE, dL/d(image)
+    /// of the decoded images' shape); or use --loss.
     #[arg(long)]
     pub cot: Option<PathBuf>,
     /// A built-in loss instead of --cot: `mse` (mean squared error to --target).
     #[arg(long)]
     pub loss: Option<String>,
-    /// The target of --loss mse (.npy, x_T's shape).
+    /// The target of --loss mse (.npy, x_T's shape; with a pipeline folder's VAE, the
+    /// decoded images' shape).
     #[arg(long)]
     pub target: Option<PathBuf>,
     /// How the model is conditioned and guided.
@@ -89,25 +95,28 @@ pub fn run(args: &GradArgs) -> Result<()> {
         Dtype::F64 => 8,
     };
     super::inputs::check_model_memory(&choice, ("--x-t", &x), word, true)?;
+    // The loss is on the sample: x_0, or a pipeline's decoded image of it.
+    let shape = sample_shape(&choice, &x.shape);
     let loss = match (&args.cot, &args.loss) {
         (Some(_), Some(_)) => bail!("give --cot or --loss, not both"),
         (None, None) => bail!("give --cot cot.npy (dL/dx_0) or --loss mse --target t.npy"),
-        (Some(p), None) => LossChoice::Cot(read_like("--cot", p, &x)?),
+        (Some(p), None) => LossChoice::Cot(read_shaped("--cot", p, &shape)?),
         (None, Some(l)) if l == "mse" => {
             let Some(p) = &args.target else {
                 bail!("--loss mse needs --target t.npy");
             };
-            LossChoice::Mse(read_like("--target", p, &x)?)
+            LossChoice::Mse(read_shaped("--target", p, &shape)?)
         }
         (None, Some(l)) => bail!("--loss {l}: the built-in losses here are: mse (with --target)"),
     };
     let dim = x.shape[1];
+    let vae = pipeline_vae(&choice);
     match args.dtype {
         Dtype::F32 => with_model!(&choice, f32, dim, |m| {
-            run_typed::<f32, _>(args, &problem, &options, m, (&x, &loss))
+            run_typed::<f32, _>(args, &problem, &options, (m, vae), (&x, &loss))
         }),
         Dtype::F64 => with_model!(&choice, f64, dim, |m| {
-            run_typed::<f64, _>(args, &problem, &options, m, (&x, &loss))
+            run_typed::<f64, _>(args, &problem, &options, (m, vae), (&x, &loss))
         }),
     }
 }
@@ -160,17 +169,18 @@ where
     Ok(out)
 }
 
-fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
+fn run_typed<E: Float, M: CommandModel<E>>(
     args: &GradArgs,
     problem: &Problem,
     model_options: &super::inputs::SpecModelOptions,
-    model: &M,
+    (model, vae_dir): (&M, Option<&VaeDir>),
     (x, loss): (&NpyArray, &LossChoice),
 ) -> Result<()>
 where
-    Cpu: Device<E>,
+    Cpu: NnDevice<E>,
 {
     let word = std::mem::size_of::<E>();
+    let vae = vae_dir.map(|d| d.load::<E>(&Cpu::default())).transpose()?;
     let x_t = state::<E>(x)?;
     let wrt = problem.wrt();
     let (z, model_fn) = conditioned_model(
@@ -221,14 +231,26 @@ where
         _ => {}
     }
     let mut loss_value = None;
-    let loss_grad = |x0: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
+    // dL/d(sample) for the sample (x_0, or a pipeline's decoded image).
+    let mut sample_cot = |sample: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
         match loss {
-            LossChoice::Cot(c) => Ok(x0.like(state::<E>(c).expect("checked shape").into_rows())),
+            LossChoice::Cot(c) => {
+                Ok(sample.like(state::<E>(c).expect("checked shape").into_rows()))
+            }
             LossChoice::Mse(t) => {
-                let lg = mse(x0, &state::<E>(t).expect("checked shape"))?;
+                let lg = mse(sample, &state::<E>(t).expect("checked shape"))?;
                 loss_value = Some(lg.value);
                 Ok(lg.grad)
             }
+        }
+    };
+    // With a VAE the loss's cotangent on the image goes back through the decoder to x_0.
+    let loss_grad = |x0: &State<E, Cpu>| -> Result<State<E, Cpu>, RuntimeError> {
+        match &vae {
+            Some(v) => Ok(v
+                .vjp_state_with(VaeMap::DecodeLatents, x0, &mut sample_cot)?
+                .dx),
+            None => sample_cot(x0),
         }
     };
     // No output over an input (`--x-t g/dx_t.npy --out-dir g`), none over a device or FIFO.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use adeis::diffusers::VaeDir;
 use adeis::npy::{read_npy, NpyArray};
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::State;
@@ -124,12 +125,12 @@ pub fn check_finite(flag: &str, path: &Path, a: &NpyArray) -> Result<()> {
     Ok(())
 }
 
-/// An array that must have x_T's shape (`flag` names it in errors).
-pub fn read_like(flag: &str, path: &Path, x: &NpyArray) -> Result<NpyArray> {
+/// An array of `shape` (the sample's: x_T's, or a pipeline's decoded image's), finite.
+pub fn read_shaped(flag: &str, path: &Path, shape: &[usize]) -> Result<NpyArray> {
     let a = read_npy(path).map_err(|e| anyhow!("{flag}: {e}"))?;
     check_finite(flag, path, &a)?;
-    if a.shape != x.shape {
-        let want: Vec<String> = x.shape.iter().map(|d| d.to_string()).collect();
+    if a.shape != shape {
+        let want: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         bail!(
             "{flag} has shape {:?}; the sample has [{}]",
             a.shape,
@@ -137,6 +138,27 @@ pub fn read_like(flag: &str, path: &Path, x: &NpyArray) -> Result<NpyArray> {
         );
     }
     Ok(a)
+}
+
+/// The VAE of a pipeline folder (`diffusers:DIR` with `vae/`), when the model has one: the
+/// sample is then its decoded image.
+pub fn pipeline_vae(choice: &ModelChoice) -> Option<&VaeDir> {
+    match choice {
+        ModelChoice::Diffusers(d) => d.vae.as_ref(),
+        _ => None,
+    }
+}
+
+/// The shape of the sample a command writes and a loss is on: x_T's, or with a pipeline's
+/// VAE the decoded image's.
+pub fn sample_shape(choice: &ModelChoice, x_t: &[usize]) -> Vec<usize> {
+    match (pipeline_vae(choice), x_t) {
+        (Some(v), [b, _, h, w]) => {
+            let f = v.config.downscale();
+            vec![*b, v.config.out_channels, h * f, w * f]
+        }
+        _ => x_t.to_vec(),
+    }
 }
 
 /// The flags that say how the model is conditioned and guided, shared by `adeis sample`,

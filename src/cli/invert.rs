@@ -5,14 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use adeis::diffusers::VaeDir;
 use adeis::npy::{npy_bytes, NpyArray};
 use adeis::prelude::*;
+use adeis::runtime::nn::{Float, NnDevice};
+use adeis::runtime::unet::VaeMap;
 use adeis::runtime::{invert, to_f64};
 use adeis::Outputs;
 use anyhow::Result;
 
 use super::inputs::{
-    check_outputs, conditioned_model, read_companion, read_state, state, ModelFlags,
+    check_outputs, conditioned_model, pipeline_vae, read_companion, read_state, state, ModelFlags,
 };
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
@@ -31,7 +34,8 @@ pub struct InvertArgs {
     #[arg(long)]
     pub model: String,
     /// The samples to encode: .npy, [batch, dim], or [batch, channels, height, width] for a
-    /// diffusers model.
+    /// diffusers model; for a pipeline folder with a VAE, images, which its encoder maps to
+    /// latents (the mean, scaled) before the inversion.
     #[arg(long = "x-0")]
     pub x_0: PathBuf,
     /// A reversible sampler's companion at t_min (default: x_0 itself).
@@ -92,7 +96,27 @@ pub fn run(args: &InvertArgs) -> Result<()> {
         Dtype::F32 => 4,
         Dtype::F64 => 8,
     };
-    super::inputs::check_model_memory(&choice, ("--x-0", &x), word, false)?;
+    let vae = pipeline_vae(&choice);
+    if let Some(v) = vae {
+        if args.companion_0.is_some() {
+            anyhow::bail!(
+                "--companion-0 is a reversible sampler's second state in latent space, and with a pipeline's VAE --x-0 is an image; to regenerate a sample exactly, invert its latents (adeis sample --latents-out) with --model diffusers:{}",
+                v.path.display()
+            );
+        }
+        // The UNet runs on the latents the encoder makes: 2^(levels - 1) times smaller.
+        let f = v.config.downscale();
+        let mut latents = x.clone();
+        latents.shape = vec![
+            x.shape[0],
+            v.config.latent_channels,
+            x.shape[2] / f,
+            x.shape[3] / f,
+        ];
+        super::inputs::check_model_memory(&choice, ("--x-0", &latents), word, false)?;
+    } else {
+        super::inputs::check_model_memory(&choice, ("--x-0", &x), word, false)?;
+    }
     let companion = read_companion(
         "--companion-0",
         &choice,
@@ -106,7 +130,7 @@ pub fn run(args: &InvertArgs) -> Result<()> {
             args,
             &problem,
             &options,
-            m,
+            (m, vae),
             (&x, companion.as_ref()),
             files
         )),
@@ -114,26 +138,32 @@ pub fn run(args: &InvertArgs) -> Result<()> {
             args,
             &problem,
             &options,
-            m,
+            (m, vae),
             (&x, companion.as_ref()),
             files
         )),
     }
 }
 
-fn run_typed<E: adeis::runtime::dfdx::dtypes::Dtype, M: CommandModel<E>>(
+fn run_typed<E: Float, M: CommandModel<E>>(
     args: &InvertArgs,
     problem: &Problem,
     model_options: &super::inputs::SpecModelOptions,
-    model: &M,
+    (model, vae_dir): (&M, Option<&VaeDir>),
     (x, companion): (&NpyArray, Option<&NpyArray>),
     (out, companion_out): (&Path, &Path),
 ) -> Result<()>
 where
-    Cpu: Device<E>,
+    Cpu: NnDevice<E>,
 {
     let word = std::mem::size_of::<E>();
-    let x0 = state::<E>(x)?;
+    let x0 = match vae_dir {
+        Some(dir) => dir
+            .load::<E>(&Cpu::default())?
+            .apply_state(VaeMap::EncodeLatents, &state::<E>(x)?)
+            .map_err(|e| anyhow::anyhow!("--x-0: {e}"))?,
+        None => state::<E>(x)?,
+    };
     let companion = companion.map(state::<E>).transpose()?;
     let (z, model_fn) = conditioned_model(
         model,

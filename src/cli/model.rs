@@ -33,7 +33,7 @@ pub enum ModelChoice {
 const HELP: &str = "MODEL is `gaussian:mu=M,s2=S` (isotropic Gaussian data, dimension from x_t), \
 `gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}), \
 `digits` (the committed digits denoiser: 8x8 images as rows of 64, --class-labels 0-9, unconditional without) \
-or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion_pytorch_model.safetensors)";
+or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion_pytorch_model.safetensors; or a pipeline folder with unet/, scheduler/ and optionally an AutoencoderKL in vae/)";
 
 /// The eight-component ring mixture the docs and `adeis learn-steps` use by default.
 pub const RING8_PATH: &str = "examples/models/ring8.json";

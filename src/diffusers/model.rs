@@ -12,6 +12,7 @@ use adeis_runtime::nn::{Float, NnDevice};
 use adeis_runtime::unet::{TensorMapSource, UNet2D, UNet2DConfig};
 use serde::Deserialize;
 
+use super::VaeDir;
 use crate::error::Error;
 
 /// The weights file diffusers writes.
@@ -56,6 +57,9 @@ pub struct DiffusersDir {
     pub scheduler: Option<SchedulerConfig>,
     /// The architecture keys config.json leaves out (diffusers' defaults fill them).
     pub defaulted: Vec<&'static str>,
+    /// A pipeline folder's VAE (`vae/`): the sample is its decoded image, and a loss is on
+    /// that image.
+    pub vae: Option<VaeDir>,
 }
 
 fn invalid(path: &Path, error: FieldError) -> Error {
@@ -67,7 +71,7 @@ fn invalid(path: &Path, error: FieldError) -> Error {
 
 /// A diffusers JSON file read through the reader every diffusers and spec JSON file goes
 /// through (`what` says what the file should be), then as T; also the object's keys.
-fn read_json<T: for<'de> Deserialize<'de>>(
+pub(super) fn read_json<T: for<'de> Deserialize<'de>>(
     path: &Path,
     what: &str,
 ) -> Result<(T, serde_json::Map<String, serde_json::Value>), Error> {
@@ -114,6 +118,47 @@ const ARCHITECTURE_DEFAULTS: [(&str, &str); 7] = [
     ("norm_num_groups", "32"),
 ];
 
+/// The tensors of a diffusers weights file by name, checked: F32, F16 or BF16 (widened), and
+/// finite (a NaN or an infinity is named here, not found as the sampler's NaN).
+pub fn read_weights(weights: &Path) -> Result<TensorMapSource, Error> {
+    let stored = adeis_io::safetensors::read_stored(weights)?;
+    if let Some((name, t)) = stored
+        .iter()
+        .find(|(_, t)| !matches!(t.dtype.as_str(), "F32" | "F16" | "BF16"))
+    {
+        return Err(Error::Usage(format!(
+            "{}: tensor `{name}` is {}; model weights are read as F32, F16 or BF16",
+            weights.display(),
+            t.dtype
+        )));
+    }
+    let source = TensorMapSource {
+        tensors: stored
+            .into_iter()
+            .map(|(k, t)| (k, (t.shape, t.values)))
+            .collect(),
+        origin: weights.display().to_string(),
+    };
+    if let Some((name, (shape, values))) = source
+        .tensors
+        .iter()
+        .find(|(_, (_, v))| v.iter().any(|x| !x.is_finite()))
+    {
+        let bad = values.iter().filter(|x| !x.is_finite()).count();
+        let (i, v) = values
+            .iter()
+            .enumerate()
+            .find(|(_, x)| !x.is_finite())
+            .expect("found above");
+        return Err(Error::Usage(format!(
+            "{}: tensor `{name}` {shape:?} holds {v} at flat index {i} ({bad} non-finite value{} in it): the weights must be finite numbers",
+            weights.display(),
+            if bad == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(source)
+}
+
 impl DiffusersDir {
     /// Opens `path`: its config.json must describe a `UNet2DModel` adeis runs, and its weights
     /// file must be there (read by [`DiffusersDir::load`]). A pipeline's folder
@@ -123,6 +168,17 @@ impl DiffusersDir {
             let mut dir = DiffusersDir::open(&path.join("unet"))?;
             dir.scheduler_path = path.join("scheduler").join("scheduler_config.json");
             dir.scheduler = read_scheduler(&dir.scheduler_path)?;
+            if path.join("vae").exists() {
+                let vae = VaeDir::open(&path.join("vae"))?;
+                let (latent, unet_in) = (vae.config.latent_channels, dir.config.in_channels);
+                if latent != unet_in {
+                    return Err(Error::Usage(format!(
+                        "{}: the VAE's latent_channels is {latent} but the UNet's in_channels is {unet_in}: they are not one pipeline's models",
+                        path.display()
+                    )));
+                }
+                dir.vae = Some(vae);
+            }
             return Ok(dir);
         }
         if !path.is_dir() {
@@ -157,6 +213,7 @@ impl DiffusersDir {
             config,
             scheduler: None,
             defaulted,
+            vae: None,
         };
         dir.config
             .validate()
@@ -280,43 +337,7 @@ impl DiffusersDir {
     where
         Cpu: NnDevice<E>,
     {
-        let weights = self.path.join(WEIGHTS);
-        let stored = adeis_io::safetensors::read_stored(&weights)?;
-        if let Some((name, t)) = stored
-            .iter()
-            .find(|(_, t)| !matches!(t.dtype.as_str(), "F32" | "F16" | "BF16"))
-        {
-            return Err(Error::Usage(format!(
-                "{}: tensor `{name}` is {}; model weights are read as F32, F16 or BF16",
-                weights.display(),
-                t.dtype
-            )));
-        }
-        let mut source = TensorMapSource {
-            tensors: stored
-                .into_iter()
-                .map(|(k, t)| (k, (t.shape, t.values)))
-                .collect(),
-            origin: weights.display().to_string(),
-        };
-        // A NaN or an infinity in the weights is named here, not found as the sampler's NaN.
-        if let Some((name, (shape, values))) = source
-            .tensors
-            .iter()
-            .find(|(_, (_, v))| v.iter().any(|x| !x.is_finite()))
-        {
-            let bad = values.iter().filter(|x| !x.is_finite()).count();
-            let (i, v) = values
-                .iter()
-                .enumerate()
-                .find(|(_, x)| !x.is_finite())
-                .expect("found above");
-            return Err(Error::Usage(format!(
-                "{}: tensor `{name}` {shape:?} holds {v} at flat index {i} ({bad} non-finite value{} in it): the weights must be finite numbers",
-                weights.display(),
-                if bad == 1 { "" } else { "s" }
-            )));
-        }
+        let mut source = read_weights(&self.path.join(WEIGHTS))?;
         let model = UNet2D::new(dev, self.config.clone(), self.prediction()?, &mut source)
             .map_err(|e| match self.defaults_note() {
                 Some(note) => Error::Usage(format!("{e}; {note}")),

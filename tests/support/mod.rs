@@ -39,3 +39,28 @@ pub fn interrupted(args: &[&str], after: Duration) -> (Output, Duration) {
     let out = child.wait_with_output().unwrap();
     (out, signalled.elapsed())
 }
+
+/// max |a - b| / max |b|: the error relative to the reference's scale.
+#[allow(dead_code)] // not every test binary compares arrays
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// Writes tensor `key` of a reference file's tensors as a .npy array (f64) in `dir`.
+#[allow(dead_code)]
+pub fn reference_npy(
+    dir: &std::path::Path,
+    r: &adeis::safetensors::TensorMap,
+    key: &str,
+) -> std::path::PathBuf {
+    let p = dir.join(format!("{key}.npy"));
+    let (shape, data) = &r[key];
+    adeis::npy::write_npy(&p, shape, data, 8).unwrap();
+    p
+}

@@ -121,3 +121,53 @@ pub fn digit_grid(rows: &[Vec<Vec<f64>>], side: usize, scale: usize, gap: usize)
     }
     canvas
 }
+
+/// Images [channels, height, width] (C order, values in [-1, 1], a diffusers pipeline's output
+/// range) side by side with a `gap`-pixel gray frame, as a diffusers pipeline shows them:
+/// (v + 1) / 2 clamped to [0, 1]; 3 channels as RGB, 1 as gray. None for other channel counts.
+pub fn image_row(
+    images: &[Vec<f64>],
+    (channels, height, width): (usize, usize, usize),
+    gap: usize,
+) -> Option<Canvas> {
+    if channels != 1 && channels != 3 {
+        return None;
+    }
+    let n = images.len();
+    let mut canvas = Canvas::new(n * width + (n + 1) * gap, height + 2 * gap, GRAY);
+    let byte = |v: f64| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8;
+    let plane = height * width;
+    for (k, img) in images.iter().enumerate() {
+        assert_eq!(img.len(), channels * plane, "an image of the given shape");
+        let x0 = gap + k * (width + gap);
+        for y in 0..height {
+            for x in 0..width {
+                let at = |c: usize| byte(img[c * plane + y * width + x]);
+                let rgb = if channels == 3 {
+                    [at(0), at(1), at(2)]
+                } else {
+                    [at(0); 3]
+                };
+                canvas.set((x0 + x) as i64, (gap + y) as i64, rgb);
+            }
+        }
+    }
+    Some(canvas)
+}
+
+#[cfg(test)]
+mod image_row_tests {
+    use super::*;
+
+    #[test]
+    fn image_row_maps_minus_one_to_black_and_one_to_white_per_channel() {
+        // One 1x2 RGB image: pixel 0 is (-1, 0, 1), pixel 1 is (2, -2, 0.5) (clamped).
+        let img = vec![-1.0, 2.0, 0.0, -2.0, 1.0, 0.5];
+        let c = image_row(&[img], (3, 1, 2), 1).unwrap();
+        assert_eq!((c.width, c.height), (4, 3));
+        assert_eq!(c.get(1, 1), [0, 128, 255]);
+        assert_eq!(c.get(2, 1), [255, 0, 191]);
+        assert_eq!(c.get(0, 0), GRAY);
+        assert!(image_row(&[vec![0.0; 4]], (4, 1, 1), 1).is_none());
+    }
+}

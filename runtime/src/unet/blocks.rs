@@ -16,16 +16,18 @@ use crate::nn::{Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, 
 /// block shares it; its operations are on the input's tape), and whether the backward pass
 /// computes the parameters' gradients.
 pub(crate) struct BlockContext<'a, E: Dtype, D: Storage<E>> {
-    pub temb: &'a Tensor<(usize, usize), E, D>,
+    /// The time embedding (None in the VAE, whose resnets have none).
+    pub temb: Option<&'a Tensor<(usize, usize), E, D>>,
     pub params: ParamGrads,
 }
 
-/// `ResnetBlock2D` (time scale shift "default").
+/// `ResnetBlock2D` (time scale shift "default"); without a time embedding (the VAE's,
+/// `temb_channels = None`) it has no `time_emb_proj`.
 #[derive(Clone, Debug)]
 pub(crate) struct Resnet<E: Dtype, D: Storage<E>> {
     pub norm1: GroupNorm<E, D>,
     pub conv1: Conv2d<E, D>,
-    pub time_emb_proj: Linear<E, D>,
+    pub time_emb_proj: Option<Linear<E, D>>,
     pub norm2: GroupNorm<E, D>,
     pub conv2: Conv2d<E, D>,
     pub conv_shortcut: Option<Conv2d<E, D>>,
@@ -77,10 +79,13 @@ impl<E: Float, D: NnDevice<E>> Resnet<E, D> {
         let (silu, params) = (Activation::Silu, cx.params);
         let h = D::group_norm(&self.norm1, x.with_empty_tape(), None, silu, params);
         let h = D::conv2d(&self.conv1, h, params);
-        let t = self
-            .time_emb_proj
-            .forward(layers::silu(cx.temb.clone().retaped::<T>()));
-        let h = D::group_norm(&self.norm2, h, Some(t), silu, params);
+        let t = match (&self.time_emb_proj, cx.temb) {
+            (Some(proj), Some(temb)) => {
+                Some(proj.forward(layers::silu(temb.clone().retaped::<T>())))
+            }
+            _ => None,
+        };
+        let h = D::group_norm(&self.norm2, h, t, silu, params);
         let h = D::conv2d(&self.conv2, h, params);
         let skip = match &self.conv_shortcut {
             Some(c) => D::conv2d(c, x, params),
@@ -157,6 +162,24 @@ impl<E: Float, D: NnDevice<E>> UpBlock<E, D> {
             let skip = skips.pop().expect("one skip per up resnet");
             h = resnet.forward(D::concat_channels(h, skip), cx);
             h = self.after.forward(k, h, cx);
+        }
+        if let Some(up) = &self.upsample {
+            h = D::conv2d(up, D::upsample2x(h), cx.params);
+        }
+        h
+    }
+}
+
+impl<E: Float, D: NnDevice<E>> UpBlock<E, D> {
+    /// The block without skip connections (the VAE decoder's `UpDecoderBlock2D`): its
+    /// resnets in turn, then the upsampling.
+    pub fn forward_without_skips<T: Tape<E, D>>(
+        &self,
+        mut h: Image<E, D, T>,
+        cx: &BlockContext<'_, E, D>,
+    ) -> Image<E, D, T> {
+        for (k, resnet) in self.resnets.iter().enumerate() {
+            h = self.after.forward(k, resnet.forward(h, cx), cx);
         }
         if let Some(up) = &self.upsample {
             h = D::conv2d(up, D::upsample2x(h), cx.params);

@@ -164,16 +164,33 @@ impl ParamSource for TorchInit {
     }
 }
 
-/// Makes tensors from a source, recording every parameter by name.
-struct Builder<'a, E: Dtype, D: Storage<E>> {
+/// Makes tensors from a source, recording every parameter by name (the UNets' and the
+/// VAE's).
+pub(super) struct Builder<'a, E: Dtype, D: Storage<E>> {
     dev: D,
     source: &'a mut dyn ParamSource,
-    params: Vec<Param<E, D>>,
+    pub(super) params: Vec<Param<E, D>>,
     eps: f64,
     groups: usize,
 }
 
-impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
+impl<'a, E: Float, D: NnDevice<E>> Builder<'a, E, D> {
+    /// A builder whose GroupNorms have `groups` groups and epsilon `eps`.
+    pub(super) fn new(
+        dev: &D,
+        source: &'a mut dyn ParamSource,
+        eps: f64,
+        groups: usize,
+    ) -> Builder<'a, E, D> {
+        Builder {
+            dev: dev.clone(),
+            source,
+            params: Vec::new(),
+            eps,
+            groups,
+        }
+    }
+
     fn values(&mut self, name: &str, shape: &[usize]) -> Result<Vec<E>, RuntimeError> {
         Ok(self
             .source
@@ -212,7 +229,7 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         Ok(t)
     }
 
-    fn conv(
+    pub(super) fn conv(
         &mut self,
         prefix: &str,
         (ci, co, k): (usize, usize, usize),
@@ -228,17 +245,27 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         Ok(Conv2d::new(weight, Some(bias), (k, k), stride, padding))
     }
 
-    fn conv3(&mut self, prefix: &str, ci: usize, co: usize) -> Result<Conv2d<E, D>, RuntimeError> {
+    pub(super) fn conv3(
+        &mut self,
+        prefix: &str,
+        ci: usize,
+        co: usize,
+    ) -> Result<Conv2d<E, D>, RuntimeError> {
         self.conv(prefix, (ci, co, 3), 1, [1; 4])
     }
 
-    fn linear(&mut self, prefix: &str, i: usize, o: usize) -> Result<Linear<E, D>, RuntimeError> {
+    pub(super) fn linear(
+        &mut self,
+        prefix: &str,
+        i: usize,
+        o: usize,
+    ) -> Result<Linear<E, D>, RuntimeError> {
         let weight = self.matrix(&format!("{prefix}.weight"), (o, i), &[o, i])?;
         let bias = self.vector(&format!("{prefix}.bias"), o)?;
         Ok(Linear::new(weight, Some(bias)))
     }
 
-    fn norm(&mut self, prefix: &str, c: usize) -> Result<GroupNorm<E, D>, RuntimeError> {
+    pub(super) fn norm(&mut self, prefix: &str, c: usize) -> Result<GroupNorm<E, D>, RuntimeError> {
         Ok(GroupNorm {
             weight: self.vector(&format!("{prefix}.weight"), c)?,
             bias: self.vector(&format!("{prefix}.bias"), c)?,
@@ -247,7 +274,8 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         })
     }
 
-    fn resnet(
+    /// A resnet; `temb` 0: without a time embedding.
+    pub(super) fn resnet(
         &mut self,
         prefix: &str,
         (ci, co, temb): (usize, usize, usize),
@@ -256,7 +284,10 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         Ok(Resnet {
             norm1: self.norm(&format!("{prefix}.norm1"), ci)?,
             conv1: self.conv3(&format!("{prefix}.conv1"), ci, co)?,
-            time_emb_proj: self.linear(&format!("{prefix}.time_emb_proj"), temb, co)?,
+            time_emb_proj: match temb {
+                0 => None,
+                temb => Some(self.linear(&format!("{prefix}.time_emb_proj"), temb, co)?),
+            },
             norm2: self.norm(&format!("{prefix}.norm2"), co)?,
             conv2: self.conv3(&format!("{prefix}.conv2"), co, co)?,
             conv_shortcut: if ci != co {
@@ -268,7 +299,7 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         })
     }
 
-    fn attention(
+    pub(super) fn attention(
         &mut self,
         prefix: &str,
         c: usize,
@@ -301,13 +332,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         let chans = &c.block_out_channels;
         let n = chans.len();
         let temb = c.time_embed_dim();
-        let mut b = Builder {
-            dev: dev.clone(),
-            source,
-            params: Vec::new(),
-            eps: c.norm_eps,
-            groups: c.groups(),
-        };
+        let mut b = Builder::new(dev, source, c.norm_eps, c.groups());
         let conv_in = b.conv3("conv_in", c.in_channels, chans[0])?;
         let time_linear_1 = b.linear("time_embedding.linear_1", chans[0], temb)?;
         let time_linear_2 = b.linear("time_embedding.linear_2", temb, temb)?;

@@ -77,6 +77,22 @@ pub enum SampleSize {
 }
 
 impl SampleSize {
+    /// Checks each side is from 1 to [`MAX_SAMPLE_SIDE`] (the error names `sample_size`).
+    pub fn check(self) -> Result<(), FieldError> {
+        let (h, w) = self.height_width();
+        if h < 1 || w < 1 || h > MAX_SAMPLE_SIDE || w > MAX_SAMPLE_SIDE {
+            return Err(FieldError::value(
+                "sample_size",
+                match self {
+                    SampleSize::Side(s) => s.to_string(),
+                    SampleSize::HeightWidth([h, w]) => format!("[{h}, {w}]"),
+                },
+                format!("an image side from 1 to {MAX_SAMPLE_SIDE}, or [height, width]"),
+            ));
+        }
+        Ok(())
+    }
+
     /// (height, width).
     pub fn height_width(self) -> (i64, i64) {
         match self {
@@ -402,17 +418,7 @@ impl UNet2DConfig {
             ));
         }
         if let Some(size) = self.sample_size {
-            let (h, w) = size.height_width();
-            if h < 1 || w < 1 || h > MAX_SAMPLE_SIDE || w > MAX_SAMPLE_SIDE {
-                return Err(FieldError::value(
-                    "sample_size",
-                    match size {
-                        SampleSize::Side(s) => s.to_string(),
-                        SampleSize::HeightWidth([h, w]) => format!("[{h}, {w}]"),
-                    },
-                    format!("an image side from 1 to {MAX_SAMPLE_SIDE}, or [height, width]"),
-                ));
-            }
+            size.check()?;
         }
         if self.num_class_embeds == Some(0) {
             return Err(FieldError::value(

@@ -12,6 +12,7 @@
 mod blocks;
 mod build;
 pub mod config;
+pub mod vae;
 
 use adeis_compiler::{Prediction, TimeInfo};
 use dfdx::prelude::*;
@@ -30,6 +31,7 @@ use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use config::UNet2DConfig;
+pub use vae::{AutoencoderKL, AutoencoderKLConfig, VaeGrads, VaeMap, VaeVjp};
 
 /// A parameter tensor by its diffusers name, with its shape there.
 #[derive(Clone, Debug)]
@@ -76,6 +78,79 @@ pub struct UNetGrads<E: Dtype, D: Storage<E>> {
     pub tensors: Vec<Tensor<(usize,), E, D>>,
 }
 
+/// The gradient of every parameter of `params` in `grads` (zeros where it has none), flat.
+fn param_grads<E: Float, D: NnDevice<E>>(
+    params: &[Param<E, D>],
+    grads: &mut Gradients<E, D>,
+) -> Vec<Tensor<(usize,), E, D>> {
+    params
+        .iter()
+        .map(|p| {
+            let numel = p.shape.iter().product::<usize>();
+            match &p.tensor {
+                ParamTensor::Vector(t) => {
+                    grads.try_alloc_for(t).expect("gradient allocation");
+                    grads.get(t)
+                }
+                ParamTensor::Matrix(t) => {
+                    grads.try_alloc_for(t).expect("gradient allocation");
+                    grads.get(t).reshape_like(&(numel,))
+                }
+            }
+        })
+        .collect()
+}
+
+/// Zero gradients for every parameter of `params`.
+fn zero_grads<E: Float, D: NnDevice<E>>(params: &[Param<E, D>]) -> UNetGrads<E, D> {
+    let tensors = params
+        .iter()
+        .map(|p| {
+            let n = p.shape.iter().product::<usize>();
+            match &p.tensor {
+                ParamTensor::Vector(t) => t.device().zeros_like(&(n,)),
+                ParamTensor::Matrix(t) => t.device().zeros_like(&(n,)),
+            }
+        })
+        .collect();
+    UNetGrads { tensors }
+}
+
+/// Gradients by diffusers name: (name, shape, values).
+fn named_grads<E: Float, D: NnDevice<E>>(
+    params: &[Param<E, D>],
+    grads: &UNetGrads<E, D>,
+) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    params
+        .iter()
+        .zip(&grads.tensors)
+        .map(|(p, g)| (p.name.clone(), p.shape.clone(), crate::to_f64(g)))
+        .collect()
+}
+
+/// Parameters by diffusers name: (name, shape, values in C order).
+fn named_params<E: Float, D: NnDevice<E>>(
+    params: &[Param<E, D>],
+) -> Vec<(String, Vec<usize>, Vec<E>)> {
+    params
+        .iter()
+        .map(|p| {
+            let values = match &p.tensor {
+                ParamTensor::Vector(t) => t.as_vec(),
+                ParamTensor::Matrix(t) => t.as_vec(),
+            };
+            (p.name.clone(), p.shape.clone(), values)
+        })
+        .collect()
+}
+
+fn num_params<E: Dtype, D: Storage<E>>(params: &[Param<E, D>]) -> usize {
+    params
+        .iter()
+        .map(|p| p.shape.iter().product::<usize>())
+        .sum()
+}
+
 impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
     /// The model's config.
     pub fn config(&self) -> &UNet2DConfig {
@@ -84,10 +159,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
 
     /// The number of scalar parameters.
     pub fn num_params(&self) -> usize {
-        self.params
-            .iter()
-            .map(|p| p.shape.iter().product::<usize>())
-            .sum()
+        num_params(&self.params)
     }
 
     /// The class-embedding vectors of `labels` (one row each): the conditioning z of a
@@ -300,7 +372,10 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
             h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
         }
         h = D::conv2d(&self.conv_in, h, params);
-        let cx = BlockContext { temb: &emb, params };
+        let cx = BlockContext {
+            temb: Some(&emb),
+            params,
+        };
         let mut skips = vec![h.with_empty_tape()];
         for block in &self.down {
             h = block.forward(h, &cx, &mut skips);
@@ -329,46 +404,18 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
 
     /// The gradient of every parameter in `grads` (zeros where it has none), flat.
     fn param_grads(&self, grads: &mut Gradients<E, D>) -> Vec<Tensor<(usize,), E, D>> {
-        self.params
-            .iter()
-            .map(|p| {
-                let numel = p.shape.iter().product::<usize>();
-                match &p.tensor {
-                    ParamTensor::Vector(t) => {
-                        grads.try_alloc_for(t).expect("gradient allocation");
-                        grads.get(t)
-                    }
-                    ParamTensor::Matrix(t) => {
-                        grads.try_alloc_for(t).expect("gradient allocation");
-                        grads.get(t).reshape_like(&(numel,))
-                    }
-                }
-            })
-            .collect()
+        param_grads(&self.params, grads)
     }
 
     /// Parameter gradients by diffusers name: (name, shape, values), for writing them out.
     pub fn named_grads(&self, grads: &UNetGrads<E, D>) -> Vec<(String, Vec<usize>, Vec<f64>)> {
-        self.params
-            .iter()
-            .zip(&grads.tensors)
-            .map(|(p, g)| (p.name.clone(), p.shape.clone(), crate::to_f64(g)))
-            .collect()
+        named_grads(&self.params, grads)
     }
 
     /// Every parameter by diffusers name: (name, shape, values in C order), in the model's
     /// parameter order (the order of [`UNetGrads::tensors`]).
     pub fn named_params(&self) -> Vec<(String, Vec<usize>, Vec<E>)> {
-        self.params
-            .iter()
-            .map(|p| {
-                let values = match &p.tensor {
-                    ParamTensor::Vector(t) => t.as_vec(),
-                    ParamTensor::Matrix(t) => t.as_vec(),
-                };
-                (p.name.clone(), p.shape.clone(), values)
-            })
-            .collect()
+        named_params(&self.params)
     }
 
     /// The gradients of every parameter in `grads` (the gradients of a tape that ran
@@ -430,18 +477,7 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
     }
 
     fn zero_grads(&self) -> UNetGrads<E, D> {
-        let tensors = self
-            .params
-            .iter()
-            .map(|p| {
-                let n = p.shape.iter().product::<usize>();
-                match &p.tensor {
-                    ParamTensor::Vector(t) => t.device().zeros_like(&(n,)),
-                    ParamTensor::Matrix(t) => t.device().zeros_like(&(n,)),
-                }
-            })
-            .collect();
-        UNetGrads { tensors }
+        zero_grads(&self.params)
     }
 
     fn vjp(

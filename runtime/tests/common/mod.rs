@@ -116,3 +116,26 @@ pub fn gaussian_eps(g: &GaussianModel, alpha: f64, sigma: f64, x: &[f64]) -> Vec
     let v = alpha * alpha * g.s2 + sigma * sigma;
     x.iter().map(|x| sigma * (x - alpha * g.mu) / v).collect()
 }
+
+/// The errors of the parameter gradients `named` (name, shape, values) against a fixture's
+/// reference tensors `{key_prefix}NAME.{tag}`: (name, error) for each the fixture holds.
+#[allow(dead_code)]
+pub fn named_grad_errors(
+    named: &[(String, Vec<usize>, Vec<f64>)],
+    reference: &std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    key_prefix: &str,
+    tag: &str,
+) -> Vec<(String, f64)> {
+    let suffix = format!(".{tag}");
+    reference
+        .iter()
+        .filter_map(|(key, (_, want))| {
+            let pname = key.strip_prefix(key_prefix)?.strip_suffix(&suffix)?;
+            let (_, _, got) = named
+                .iter()
+                .find(|(n, _, _)| n == pname)
+                .unwrap_or_else(|| panic!("no parameter {pname}"));
+            Some((pname.to_string(), max_rel_err(got, want)))
+        })
+        .collect()
+}
