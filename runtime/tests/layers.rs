@@ -539,3 +539,28 @@ fn the_channel_concatenation_and_the_upsampling_equal_dfdx_operations() {
         );
     }
 }
+
+/// The exact GELU's slope against a central difference (dfdx 0.13's own `accurate_gelu` is off
+/// by x phi(x) (sqrt(2) - 1): adeis corrects it), and its value against erf.
+#[test]
+fn exact_gelu_value_and_slope() {
+    use adeis_runtime::nn::transformer::gelu_exact;
+    let dev = Cpu::default();
+    let xs = [-3.0, -1.2, -0.3, 0.0, 0.4, 1.0, 2.5];
+    let x: Tensor<(usize,), f64, Cpu> = dev.tensor_from_vec(xs.to_vec(), (xs.len(),));
+    let y = gelu_exact(x.leaky_trace());
+    let values = y.as_vec();
+    let g = y.sum().backward();
+    let slopes = g.get(&x).as_vec();
+    let gelu = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+    for (i, v) in xs.iter().enumerate() {
+        assert!((values[i] - gelu(*v)).abs() < 1e-15, "value at {v}");
+        let h = 1e-5;
+        let fd = (gelu(v + h) - gelu(v - h)) / (2.0 * h);
+        assert!(
+            (slopes[i] - fd).abs() < 1e-9,
+            "slope at {v}: {} vs {fd}",
+            slopes[i]
+        );
+    }
+}

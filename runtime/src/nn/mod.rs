@@ -29,6 +29,7 @@ pub mod dense;
 pub mod gemm;
 pub mod layers;
 pub mod norm;
+pub mod transformer;
 pub mod transpose;
 
 use dfdx::prelude::*;

@@ -3,12 +3,13 @@
 //! what follows each resnet ([`AfterResnet`]), and the context every block reads
 //! ([`BlockContext`]). The forward passes run on any dfdx tape; the model's VJP is the tape's.
 //!
-//! `UNet2DConditionModel`'s cross-attention blocks are a variant of [`AfterResnet`] whose
-//! transformer blocks read the encoder hidden states, which [`BlockContext`] then carries.
+//! `UNet2DConditionModel`'s cross-attention blocks are the variant of [`AfterResnet`] whose
+//! transformers read the encoder hidden states, which [`BlockContext`] carries.
 
 use dfdx::prelude::*;
 
 use crate::nn::layers;
+use crate::nn::transformer::{Tokens, Transformer2D};
 use crate::nn::ParamGrads;
 use crate::nn::{Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, NnDevice};
 
@@ -18,6 +19,9 @@ use crate::nn::{Activation, Attention, Conv2d, Float, GroupNorm, Image, Linear, 
 pub(crate) struct BlockContext<'a, E: Dtype, D: Storage<E>> {
     /// The time embedding (None in the VAE, whose resnets have none).
     pub temb: Option<&'a Tensor<(usize, usize), E, D>>,
+    /// The encoder hidden states the cross-attention blocks read (UNet2DConditionModel's;
+    /// untaped: every block's use of them joins the input's tape).
+    pub encoder: Option<&'a Tokens<E, D>>,
     pub params: ParamGrads,
 }
 
@@ -42,6 +46,9 @@ pub(crate) enum AfterResnet<E: Dtype, D: Storage<E>> {
     /// A self-attention over the image's positions, one per resnet (`AttnDownBlock2D`,
     /// `AttnUpBlock2D`).
     SelfAttention(Vec<Attention<E, D>>),
+    /// A transformer with cross-attention to the encoder hidden states, one per resnet
+    /// (`CrossAttnDownBlock2D`, `CrossAttnUpBlock2D`, `UNetMidBlock2DCrossAttn`).
+    CrossAttention(Vec<Transformer2D<E, D>>),
 }
 
 /// A down block: resnets, each followed by what [`AfterResnet`] says, then the stride-2
@@ -62,11 +69,12 @@ pub(crate) struct UpBlock<E: Dtype, D: Storage<E>> {
     pub upsample: Option<Conv2d<E, D>>,
 }
 
-/// `UNetMidBlock2D`: resnet, attention (unless `add_attention` is false), resnet.
+/// `UNetMidBlock2D`: resnet, attention (unless `add_attention` is false), resnet;
+/// `UNetMidBlock2DCrossAttn`: the attention is a cross-attention transformer.
 #[derive(Clone, Debug)]
 pub(crate) struct MidBlock<E: Dtype, D: Storage<E>> {
     pub first: Resnet<E, D>,
-    pub attention: Option<Attention<E, D>>,
+    pub attention: AfterResnet<E, D>,
     pub second: Resnet<E, D>,
 }
 
@@ -102,7 +110,7 @@ impl<E: Float, D: NnDevice<E>> Resnet<E, D> {
 
 impl<E: Float, D: NnDevice<E>> AfterResnet<E, D> {
     /// What follows resnet `k` of the block.
-    fn forward<T: Tape<E, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
         k: usize,
         h: Image<E, D, T>,
@@ -111,6 +119,12 @@ impl<E: Float, D: NnDevice<E>> AfterResnet<E, D> {
         match self {
             AfterResnet::Nothing => h,
             AfterResnet::SelfAttention(a) => a[k].forward(h, cx.params),
+            AfterResnet::CrossAttention(t) => t[k].forward(
+                h,
+                cx.encoder
+                    .expect("a cross-attention block is given the encoder hidden states"),
+                cx.params,
+            ),
         }
     }
 }
@@ -141,10 +155,8 @@ impl<E: Float, D: NnDevice<E>> MidBlock<E, D> {
         h: Image<E, D, T>,
         cx: &BlockContext<'_, E, D>,
     ) -> Image<E, D, T> {
-        let mut h = self.first.forward(h, cx);
-        if let Some(a) = &self.attention {
-            h = a.forward(h, cx.params);
-        }
+        let h = self.first.forward(h, cx);
+        let h = self.attention.forward(0, h, cx);
         self.second.forward(h, cx)
     }
 }

@@ -9,6 +9,7 @@ use super::blocks::{AfterResnet, DownBlock, MidBlock, Resnet, UpBlock};
 use super::config::{DownKind, UNet2DConfig, UpKind};
 use super::{Param, ParamTensor, UNet2D};
 use crate::error::RuntimeError;
+use crate::nn::transformer::Transformer2D;
 use crate::nn::{Attention, Conv2d, Float, GroupNorm, Linear, NnDevice};
 use crate::noise::{normals, SplitMix};
 
@@ -170,7 +171,7 @@ pub(super) struct Builder<'a, E: Dtype, D: Storage<E>> {
     dev: D,
     source: &'a mut dyn ParamSource,
     pub(super) params: Vec<Param<E, D>>,
-    eps: f64,
+    pub(super) eps: f64,
     groups: usize,
 }
 
@@ -200,7 +201,11 @@ impl<'a, E: Float, D: NnDevice<E>> Builder<'a, E, D> {
             .collect())
     }
 
-    fn vector(&mut self, name: &str, n: usize) -> Result<Tensor<(usize,), E, D>, RuntimeError> {
+    pub(super) fn vector(
+        &mut self,
+        name: &str,
+        n: usize,
+    ) -> Result<Tensor<(usize,), E, D>, RuntimeError> {
         let values = self.values(name, &[n])?;
         let t = self.dev.tensor_from_vec(values, (n,));
         self.params.push(Param {
@@ -213,7 +218,7 @@ impl<'a, E: Float, D: NnDevice<E>> Builder<'a, E, D> {
 
     /// A matrix [rows, cols] stored under `shape` (a conv weight [out, in, kh, kw] is the
     /// matrix [out, in kh kw]).
-    fn matrix(
+    pub(super) fn matrix(
         &mut self,
         name: &str,
         (rows, cols): (usize, usize),
@@ -318,6 +323,146 @@ impl<'a, E: Float, D: NnDevice<E>> Builder<'a, E, D> {
     }
 }
 
+/// What follows one resnet of a block: a self-attention or a cross-attention transformer.
+pub(super) enum Attending<E: Dtype, D: Storage<E>> {
+    SelfAttention(Attention<E, D>),
+    Cross(Transformer2D<E, D>),
+}
+
+/// The [`AfterResnet`] of a block's attention layers, one per resnet (none: nothing).
+fn after_resnets<E: Dtype, D: Storage<E>>(items: Vec<Attending<E, D>>) -> AfterResnet<E, D> {
+    if items.is_empty() {
+        return AfterResnet::Nothing;
+    }
+    let (mut selfs, mut crosses) = (Vec::new(), Vec::new());
+    for item in items {
+        match item {
+            Attending::SelfAttention(a) => selfs.push(a),
+            Attending::Cross(t) => crosses.push(t),
+        }
+    }
+    if crosses.is_empty() {
+        AfterResnet::SelfAttention(selfs)
+    } else {
+        AfterResnet::CrossAttention(crosses)
+    }
+}
+
+/// What the UNets' and the VAE's down and up paths are made of, besides their channels:
+/// `prefix` of the blocks' names ("down_blocks" or "encoder.down_blocks", ...), resnets per
+/// down block, the time embedding's width (0: none), the downsampling's padding, whether the
+/// up blocks concatenate skips, and what follows each resnet of block `i` (given the
+/// builder, the layer's name prefix and its channels).
+pub(super) struct PathSpec<'p, E: Dtype, D: Storage<E>> {
+    pub down_prefix: &'p str,
+    pub up_prefix: &'p str,
+    pub layers: usize,
+    pub temb: usize,
+    pub down_pad: [usize; 4],
+    pub skips: bool,
+    #[allow(clippy::type_complexity)]
+    pub attend: &'p dyn Fn(
+        &mut Builder<'_, E, D>,
+        (&str, usize, usize),
+    ) -> Result<Option<Attending<E, D>>, RuntimeError>,
+}
+
+impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
+    /// The down path over `chans` (finest first): resnets, what `spec.attend` puts after each,
+    /// and a stride-2 convolution except at the last level; `attend` gets (name prefix,
+    /// channels, block index).
+    pub(super) fn down_path(
+        &mut self,
+        chans: &[usize],
+        spec: &PathSpec<'_, E, D>,
+    ) -> Result<Vec<DownBlock<E, D>>, RuntimeError> {
+        let n = chans.len();
+        let mut down = Vec::with_capacity(n);
+        for i in 0..n {
+            let (ci, co) = (if i == 0 { chans[0] } else { chans[i - 1] }, chans[i]);
+            let (mut resnets, mut after) = (Vec::new(), Vec::new());
+            let prefix = format!("{}.{i}", spec.down_prefix);
+            for l in 0..spec.layers {
+                resnets.push(self.resnet(
+                    &format!("{prefix}.resnets.{l}"),
+                    (if l == 0 { ci } else { co }, co, spec.temb),
+                    1.0,
+                )?);
+                after.extend((spec.attend)(
+                    self,
+                    (&format!("{prefix}.attentions.{l}"), co, i),
+                )?);
+            }
+            let downsample = if i + 1 < n {
+                Some(self.conv(
+                    &format!("{prefix}.downsamplers.0.conv"),
+                    (co, co, 3),
+                    2,
+                    spec.down_pad,
+                )?)
+            } else {
+                None
+            };
+            down.push(DownBlock {
+                resnets,
+                after: after_resnets(after),
+                downsample,
+            });
+        }
+        Ok(down)
+    }
+
+    /// The up path over `chans` reversed: layers + 1 resnets per block (on the skips of the
+    /// down path when `spec.skips`), what `spec.attend` puts after each, and nearest
+    /// upsampling with a convolution except at the last block; `attend` gets (name prefix,
+    /// channels, block index).
+    pub(super) fn up_path(
+        &mut self,
+        chans: &[usize],
+        spec: &PathSpec<'_, E, D>,
+    ) -> Result<Vec<UpBlock<E, D>>, RuntimeError> {
+        let n = chans.len();
+        let reversed: Vec<usize> = chans.iter().rev().copied().collect();
+        let mut up = Vec::with_capacity(n);
+        let mut out_ch = reversed[0];
+        for (i, &ch) in reversed.iter().enumerate() {
+            let prev = out_ch;
+            out_ch = ch;
+            let input = reversed[(i + 1).min(n - 1)];
+            let (mut resnets, mut after) = (Vec::new(), Vec::new());
+            let prefix = format!("{}.{i}", spec.up_prefix);
+            for l in 0..=spec.layers {
+                let res_in = if l == 0 { prev } else { out_ch };
+                let skip = match (spec.skips, l == spec.layers) {
+                    (false, _) => 0,
+                    (true, true) => input,
+                    (true, false) => out_ch,
+                };
+                resnets.push(self.resnet(
+                    &format!("{prefix}.resnets.{l}"),
+                    (res_in + skip, out_ch, spec.temb),
+                    1.0,
+                )?);
+                after.extend((spec.attend)(
+                    self,
+                    (&format!("{prefix}.attentions.{l}"), out_ch, i),
+                )?);
+            }
+            let upsample = if i + 1 < n {
+                Some(self.conv3(&format!("{prefix}.upsamplers.0.conv"), out_ch, out_ch)?)
+            } else {
+                None
+            };
+            up.push(UpBlock {
+                resnets,
+                after: after_resnets(after),
+                upsample,
+            });
+        }
+        Ok(up)
+    }
+}
+
 impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
     /// The model of `config` (validated here) with parameters from `source` by their diffusers
     /// names; `prediction` is what it predicts (from the scheduler config).
@@ -343,44 +488,31 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         let pad = c.downsample_padding;
         // downsample_padding = 0 pads right and bottom by one (diffusers' Downsample2D).
         let down_pad = if pad == 0 { [0, 0, 1, 1] } else { [pad; 4] };
-        let mut down = Vec::with_capacity(n);
-        for (i, kind) in c.down_kinds().into_iter().enumerate() {
-            let (ci, co) = (if i == 0 { chans[0] } else { chans[i - 1] }, chans[i]);
-            let mut block = DownBlock {
-                resnets: vec![],
-                after: AfterResnet::Nothing,
-                downsample: None,
-            };
-            let mut attentions = vec![];
-            for l in 0..c.layers_per_block {
-                let input = if l == 0 { ci } else { co };
-                block.resnets.push(b.resnet(
-                    &format!("down_blocks.{i}.resnets.{l}"),
-                    (input, co, temb),
-                    1.0,
-                )?);
-                if kind == DownKind::AttnDown {
-                    attentions.push(b.attention(
-                        &format!("down_blocks.{i}.attentions.{l}"),
-                        co,
-                        c.attention_head_dim,
-                        1.0,
-                    )?);
-                }
+        let (down_kinds, up_kinds) = (c.down_kinds(), c.up_kinds());
+        let self_attention = |b: &mut Builder<'_, E, D>, (prefix, ch): (&str, usize)| {
+            Ok(Some(Attending::SelfAttention(b.attention(
+                prefix,
+                ch,
+                c.attention_head_dim,
+                1.0,
+            )?)))
+        };
+        let attend_down = |b: &mut Builder<'_, E, D>, (prefix, ch, i): (&str, usize, usize)| {
+            match down_kinds[i] {
+                DownKind::AttnDown => self_attention(b, (prefix, ch)),
+                DownKind::Down => Ok(None),
             }
-            if kind == DownKind::AttnDown {
-                block.after = AfterResnet::SelfAttention(attentions);
-            }
-            if i + 1 < n {
-                block.downsample = Some(b.conv(
-                    &format!("down_blocks.{i}.downsamplers.0.conv"),
-                    (co, co, 3),
-                    2,
-                    down_pad,
-                )?);
-            }
-            down.push(block);
-        }
+        };
+        let mut path = PathSpec {
+            down_prefix: "down_blocks",
+            up_prefix: "up_blocks",
+            layers: c.layers_per_block,
+            temb,
+            down_pad,
+            skips: true,
+            attend: &attend_down,
+        };
+        let down = b.down_path(chans, &path)?;
         let mid = match c.mid_block_type {
             Some(_) => {
                 let ch = chans[n - 1];
@@ -388,60 +520,27 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
                 Some(MidBlock {
                     first: b.resnet("mid_block.resnets.0", (ch, ch, temb), scale)?,
                     attention: if c.add_attention {
-                        Some(b.attention(
+                        AfterResnet::SelfAttention(vec![b.attention(
                             "mid_block.attentions.0",
                             ch,
                             c.attention_head_dim,
                             scale,
-                        )?)
+                        )?])
                     } else {
-                        None
+                        AfterResnet::Nothing
                     },
                     second: b.resnet("mid_block.resnets.1", (ch, ch, temb), scale)?,
                 })
             }
             None => None,
         };
-        let reversed: Vec<usize> = chans.iter().rev().copied().collect();
-        let mut up = Vec::with_capacity(n);
-        let mut out_ch = reversed[0];
-        for (i, kind) in c.up_kinds().into_iter().enumerate() {
-            let prev = out_ch;
-            out_ch = reversed[i];
-            let input = reversed[(i + 1).min(n - 1)];
-            let layers = c.layers_per_block + 1;
-            let mut block = UpBlock {
-                resnets: vec![],
-                after: AfterResnet::Nothing,
-                upsample: None,
+        let attend_up =
+            |b: &mut Builder<'_, E, D>, (prefix, ch, i): (&str, usize, usize)| match up_kinds[i] {
+                UpKind::AttnUp => self_attention(b, (prefix, ch)),
+                UpKind::Up => Ok(None),
             };
-            let mut attentions = vec![];
-            for l in 0..layers {
-                let skip = if l + 1 == layers { input } else { out_ch };
-                let res_in = if l == 0 { prev } else { out_ch };
-                block.resnets.push(b.resnet(
-                    &format!("up_blocks.{i}.resnets.{l}"),
-                    (res_in + skip, out_ch, temb),
-                    1.0,
-                )?);
-                if kind == UpKind::AttnUp {
-                    attentions.push(b.attention(
-                        &format!("up_blocks.{i}.attentions.{l}"),
-                        out_ch,
-                        c.attention_head_dim,
-                        1.0,
-                    )?);
-                }
-            }
-            if kind == UpKind::AttnUp {
-                block.after = AfterResnet::SelfAttention(attentions);
-            }
-            if i + 1 < n {
-                block.upsample =
-                    Some(b.conv3(&format!("up_blocks.{i}.upsamplers.0.conv"), out_ch, out_ch)?);
-            }
-            up.push(block);
-        }
+        path.attend = &attend_up;
+        let up = b.up_path(chans, &path)?;
         let norm_out = b.norm("conv_norm_out", chans[0])?;
         let conv_out = b.conv3("conv_out", chans[0], c.out_channels)?;
         let params = b.params;

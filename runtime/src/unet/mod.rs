@@ -11,6 +11,7 @@
 
 mod blocks;
 mod build;
+pub mod condition;
 pub mod config;
 pub mod vae;
 
@@ -30,6 +31,7 @@ use crate::state::State;
 use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
+pub use condition::{UNet2DCondition, UNet2DConditionConfig};
 pub use config::UNet2DConfig;
 pub use vae::{AutoencoderKL, AutoencoderKLConfig, VaeGrads, VaeMap, VaeVjp};
 
@@ -99,6 +101,48 @@ fn param_grads<E: Float, D: NnDevice<E>>(
             }
         })
         .collect()
+}
+
+/// cot^T d out/d(model time) after a backward pass: the time projection's gradient in `grads`,
+/// summed over the batch, against the sinusoids' slope at `t` (projection width, flip,
+/// frequency shift).
+fn model_time_cotangent<E: Float, D: NnDevice<E>>(
+    grads: &mut Gradients<E, D>,
+    proj: &Tensor<(usize, usize), E, D>,
+    t: f64,
+    (width, flip, shift): (usize, bool, f64),
+) -> f64 {
+    grads.try_alloc_for(proj).expect("gradient allocation");
+    let dproj = grads.get(proj).sum::<(usize,), Axis<0>>();
+    let slope = timestep_embedding_slope(t, width, flip, shift);
+    crate::to_f64(&dproj)
+        .iter()
+        .zip(&slope)
+        .map(|(g, s)| g * s)
+        .sum()
+}
+
+/// Checks a UNet's input items: [in_channels, height, width] with height and width divisible
+/// by 2^(levels - 1); `what` the UNet takes ("images", "latents") is named in the error.
+fn check_unet_input(
+    item: &[usize],
+    in_channels: usize,
+    levels: usize,
+    what: &str,
+) -> Result<(), RuntimeError> {
+    let factor = 1usize << (levels - 1);
+    match item {
+        [ch, h, w] if *ch == in_channels && h % factor == 0 && w % factor == 0 => Ok(()),
+        [ch, _, _] if *ch != in_channels => Err(RuntimeError::Shape(format!(
+            "x_t has {ch} channels but the UNet's in_channels is {in_channels}"
+        ))),
+        [_, h, w] => Err(RuntimeError::Shape(format!(
+            "x_t is {h} x {w}: height and width must be divisible by 2^(levels - 1) = {factor} for this UNet's {levels} levels"
+        ))),
+        _ => Err(RuntimeError::Shape(format!(
+            "x_t has items of shape {item:?}; the UNet takes {what} [channels, height, width]"
+        ))),
+    }
 }
 
 /// Zero gradients for every parameter of `params`.
@@ -374,6 +418,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         h = D::conv2d(&self.conv_in, h, params);
         let cx = BlockContext {
             temb: Some(&emb),
+            encoder: None,
             params,
         };
         let mut skips = vec![h.with_empty_tape()];
@@ -439,22 +484,12 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
     }
 
     fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
-        let c = &self.config;
-        let factor = 1usize << (c.levels() - 1);
-        match item {
-            [ch, h, w] if *ch == c.in_channels && h % factor == 0 && w % factor == 0 => Ok(()),
-            [ch, ..] if item.len() == 3 && *ch != c.in_channels => Err(RuntimeError::Shape(format!(
-                "x_t has {ch} channels but the UNet's in_channels is {}",
-                c.in_channels
-            ))),
-            [_, h, w] => Err(RuntimeError::Shape(format!(
-                "x_t is {h} x {w}: height and width must be divisible by 2^(levels - 1) = {factor} for this UNet's {} levels",
-                c.levels()
-            ))),
-            _ => Err(RuntimeError::Shape(format!(
-                "x_t has items of shape {item:?}; the UNet takes images [channels, height, width]"
-            ))),
-        }
+        check_unet_input(
+            item,
+            self.config.in_channels,
+            self.config.levels(),
+            "images",
+        )
     }
 
     fn cond_dim(&self) -> usize {
@@ -510,21 +545,13 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2D<E, D> {
             grads.try_alloc_for(z.rows()).expect("gradient allocation");
             z.like(grads.get(z.rows()))
         });
-        // cot^T d out/d(model time): the projection's gradient, summed over the batch, against
-        // the sinusoids' slope.
-        grads.try_alloc_for(&proj).expect("gradient allocation");
-        let dproj = grads.get(&proj).sum::<(usize,), Axis<0>>();
-        let slope = timestep_embedding_slope(
+        let c = &self.config;
+        let model_t = model_time_cotangent(
+            &mut grads,
+            &proj,
             time.model_t,
-            self.config.block_out_channels[0],
-            self.config.flip_sin_to_cos,
-            self.config.freq_shift,
+            (c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift),
         );
-        let model_t = crate::to_f64(&dproj)
-            .iter()
-            .zip(&slope)
-            .map(|(g, s)| g * s)
-            .sum();
         if let Some((acc, w)) = theta {
             if w != 0.0 {
                 let w = E::from_f64(w).unwrap();

@@ -14,7 +14,7 @@ use dfdx::prelude::*;
 use serde::Deserialize;
 
 use super::blocks::{AfterResnet, BlockContext, DownBlock, MidBlock, UpBlock};
-use super::build::{Builder, ParamSource};
+use super::build::{Builder, ParamSource, PathSpec};
 use super::config::SampleSize;
 use super::{named_grads, named_params, num_params, param_grads, zero_grads, Param, UNetGrads};
 use crate::error::RuntimeError;
@@ -350,9 +350,14 @@ impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
         Ok(MidBlock {
             first: self.resnet(&format!("{prefix}.resnets.0"), (ch, ch, 0), 1.0)?,
             attention: if attention {
-                Some(self.attention(&format!("{prefix}.attentions.0"), ch, None, 1.0)?)
+                AfterResnet::SelfAttention(vec![self.attention(
+                    &format!("{prefix}.attentions.0"),
+                    ch,
+                    None,
+                    1.0,
+                )?])
             } else {
-                None
+                AfterResnet::Nothing
             },
             second: self.resnet(&format!("{prefix}.resnets.1"), (ch, ch, 0), 1.0)?,
         })
@@ -374,34 +379,18 @@ impl<E: Float, D: NnDevice<E>> AutoencoderKL<E, D> {
         let mut b = Builder::new(dev, source, VAE_NORM_EPS, c.norm_num_groups);
         // Encoder (diffusers' parameter order: encoder, decoder, quant_conv, post_quant_conv).
         let conv_in = b.conv3("encoder.conv_in", c.in_channels, chans[0])?;
-        let mut down = Vec::with_capacity(n);
-        for i in 0..n {
-            let (ci, co) = (if i == 0 { chans[0] } else { chans[i - 1] }, chans[i]);
-            let mut resnets = Vec::with_capacity(c.layers_per_block);
-            for l in 0..c.layers_per_block {
-                resnets.push(b.resnet(
-                    &format!("encoder.down_blocks.{i}.resnets.{l}"),
-                    (if l == 0 { ci } else { co }, co, 0),
-                    1.0,
-                )?);
-            }
-            // diffusers' Downsample2D with padding 0 pads right and bottom by one.
-            let downsample = if i + 1 < n {
-                Some(b.conv(
-                    &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
-                    (co, co, 3),
-                    2,
-                    [0, 0, 1, 1],
-                )?)
-            } else {
-                None
-            };
-            down.push(DownBlock {
-                resnets,
-                after: AfterResnet::Nothing,
-                downsample,
-            });
-        }
+        let nothing = |_: &mut Builder<'_, E, D>, _: (&str, usize, usize)| Ok(None);
+        // diffusers' Downsample2D with padding 0 pads right and bottom by one.
+        let path = PathSpec {
+            down_prefix: "encoder.down_blocks",
+            up_prefix: "decoder.up_blocks",
+            layers: c.layers_per_block,
+            temb: 0,
+            down_pad: [0, 0, 1, 1],
+            skips: false,
+            attend: &nothing,
+        };
+        let down = b.down_path(chans, &path)?;
         let top = chans[n - 1];
         let mid = b.vae_mid("encoder.mid_block", top, c.mid_block_add_attention)?;
         let norm_out = b.norm("encoder.conv_norm_out", top)?;
@@ -417,35 +406,7 @@ impl<E: Float, D: NnDevice<E>> AutoencoderKL<E, D> {
         // Decoder.
         let conv_in = b.conv3("decoder.conv_in", c.latent_channels, top)?;
         let mid = b.vae_mid("decoder.mid_block", top, c.mid_block_add_attention)?;
-        let reversed: Vec<usize> = chans.iter().rev().copied().collect();
-        let mut up = Vec::with_capacity(n);
-        let mut out_ch = reversed[0];
-        for (i, &ch) in reversed.iter().enumerate() {
-            let prev = out_ch;
-            out_ch = ch;
-            let mut resnets = Vec::with_capacity(c.layers_per_block + 1);
-            for l in 0..=c.layers_per_block {
-                resnets.push(b.resnet(
-                    &format!("decoder.up_blocks.{i}.resnets.{l}"),
-                    (if l == 0 { prev } else { out_ch }, out_ch, 0),
-                    1.0,
-                )?);
-            }
-            let upsample = if i + 1 < n {
-                Some(b.conv3(
-                    &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
-                    out_ch,
-                    out_ch,
-                )?)
-            } else {
-                None
-            };
-            up.push(UpBlock {
-                resnets,
-                after: AfterResnet::Nothing,
-                upsample,
-            });
-        }
+        let up = b.up_path(chans, &path)?;
         let norm_out = b.norm("decoder.conv_norm_out", chans[0])?;
         let conv_out = b.conv3("decoder.conv_out", chans[0], c.out_channels)?;
         let decoder = Decoder {
@@ -544,7 +505,11 @@ impl<E: Float, D: NnDevice<E>> AutoencoderKL<E, D> {
     }
 
     fn context(params: ParamGrads) -> BlockContext<'static, E, D> {
-        BlockContext { temb: None, params }
+        BlockContext {
+            temb: None,
+            encoder: None,
+            params,
+        }
     }
 
     /// The decoder on latents as `vae.decode` takes them (after `post_quant_conv`).
