@@ -7,6 +7,18 @@ import types
 
 import torch
 
+# Stable Diffusion 1.x's scheduler_config.json (a DDIMScheduler), for the pipeline fixtures.
+SD_DDIM_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
 
 def randomise(model, seed):
     """Default initialisation plus noise, so that norms and biases are not 1 and 0."""

@@ -15,6 +15,15 @@ block) at two levels; SD 2.x's (linear projections, a head count per block, upca
 at three levels with two resnets per block, two transformer blocks where asked, a non-square
 input, freq_shift 1 and bf16 weights.
 
+A Stable-Diffusion-style pipeline folder, `sd_pipeline_ddim/` (model_index.json, unet/ the
+sd1_style UNet, vae/ the sd_style VAE of tests/fixtures/vae, scheduler/ Stable Diffusion's
+DDIMScheduler config), with pipeline_reference.safetensors: StableDiffusionPipeline's loop
+written out (3 steps of DDIMScheduler.step on the classifier-free-guided noise
+uncond + 7.5 (cond - uncond) from the batch [uncond, cond], then
+vae.decode(latents / scaling_factor)), and the gradients of sum(cot_image * image) with
+respect to x_T and the prompt's embeddings by torch autograd (float64 with the scheduler's
+float64 twin; float32 as shipped). Run make-vae-fixtures.py first.
+
 Run it from anywhere (scripts/torch_env.py installs torch and diffusers when missing):
     python3 scripts/make-sd-unet-fixtures.py
 """
@@ -30,10 +39,10 @@ OUT = os.path.join(ROOT, "tests", "fixtures", "unet_condition")
 ensure_torch(__file__)
 
 import torch  # noqa: E402
-from diffusers import UNet2DConditionModel  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from fixture_tools import randomise  # noqa: E402
+from fixture_tools import SD_DDIM_SCHEDULER, float64_twin, randomise  # noqa: E402
 
 CASES = [
     # name, config, latents (B, C, H, W), encoder hidden states (tokens), timestep, weight dtype
@@ -120,6 +129,64 @@ def run(model, x, t, enc, cot, dtype):
     return res
 
 
+SCHEDULER = SD_DDIM_SCHEDULER
+GUIDANCE = 7.5
+
+
+def pipeline():
+    d = os.path.join(OUT, "sd_pipeline_ddim")
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(OUT, "sd1_style")).eval()
+    unet.save_pretrained(os.path.join(d, "unet"), safe_serialization=True)
+    vae = AutoencoderKL.from_pretrained(os.path.join(ROOT, "tests", "fixtures", "vae", "sd_style")).eval()
+    vae.save_pretrained(os.path.join(d, "vae"), safe_serialization=True)
+    DDIMScheduler(**SCHEDULER).save_pretrained(os.path.join(d, "scheduler"))
+    with open(os.path.join(d, "model_index.json"), "w") as f:
+        json.dump(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "_diffusers_version": __import__("diffusers").__version__,
+                "scheduler": ["diffusers", "DDIMScheduler"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": [None, None],
+                "tokenizer": [None, None],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+            },
+            f,
+            indent=2,
+        )
+        f.write("\n")
+    g = torch.Generator().manual_seed(1100)
+    x_t = torch.randn((2, 4, 8, 8), generator=g, dtype=torch.float64)
+    cond = torch.randn((2, 5, 12), generator=g, dtype=torch.float64)
+    uncond = torch.randn((2, 5, 12), generator=g, dtype=torch.float64)
+    cot = torch.randn((2, 3, 16, 16), generator=g, dtype=torch.float64)
+    ref = {"x_t": x_t, "cond": cond, "uncond": uncond, "cot_image": cot}
+    for dtype, tag, cls in [
+        (torch.float64, "f64", float64_twin(DDIMScheduler)),
+        (torch.float32, "f32", DDIMScheduler),
+    ]:
+        sched = cls(**SCHEDULER)
+        sched.set_timesteps(3)
+        u, v = unet.to(dtype), vae.to(dtype)
+        x = x_t.to(dtype).clone().requires_grad_(True)
+        c = cond.to(dtype).clone().requires_grad_(True)
+        embeds = torch.cat([uncond.to(dtype), c])
+        latents = x * sched.init_noise_sigma
+        for t in sched.timesteps:
+            noise = u(torch.cat([latents] * 2), t, encoder_hidden_states=embeds).sample
+            n_u, n_c = noise.chunk(2)
+            latents = sched.step(n_u + GUIDANCE * (n_c - n_u), t, latents).prev_sample
+        image = v.decode(latents / v.config.scaling_factor).sample
+        (image * cot.to(dtype)).sum().backward()
+        ref[f"image.{tag}"] = image.detach().to(torch.float64)
+        ref[f"dx_t.{tag}"] = x.grad.detach().to(torch.float64)
+        ref[f"dz.{tag}"] = c.grad.detach().to(torch.float64)
+    save_file({k: t.contiguous() for k, t in ref.items()}, os.path.join(d, "pipeline_reference.safetensors"))
+    print("sd_pipeline_ddim: 3 DDIM steps, guidance 7.5, latents (2, 4, 8, 8) -> image (2, 3, 16, 16)")
+
+
 def main():
     diffusers_logging.set_verbosity_error()
     os.makedirs(OUT, exist_ok=True)
@@ -146,6 +213,7 @@ def main():
         save_file({key: v.contiguous() for key, v in ref.items()}, os.path.join(d, "reference.safetensors"))
         index.append({"name": name, "weights": wdtype, "input": list(shape), "tokens": tokens, "timestep": t})
         print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters")
+    pipeline()
     with open(os.path.join(OUT, "index.json"), "w") as f:
         json.dump(
             {

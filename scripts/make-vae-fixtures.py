@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
-from fixture_tools import float64_twin, randomise  # noqa: E402
+from fixture_tools import SD_DDIM_SCHEDULER, float64_twin, randomise  # noqa: E402
 
 CASES = [
     # name, config, image shape (B, C, H, W), weight dtype
@@ -195,17 +195,7 @@ PIPELINE_UNET = dict(
     norm_num_groups=4,
     attention_head_dim=4,
 )
-# Stable Diffusion 1.x's scheduler_config.json.
-PIPELINE_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    timestep_spacing="leading",
-)
+PIPELINE_SCHEDULER = SD_DDIM_SCHEDULER
 PIPELINE_STEPS = 3
 
 

@@ -10,7 +10,7 @@ use adeis::npy::{read_npy, write_npy};
 use adeis::safetensors::{read_safetensors, TensorMap};
 
 mod support;
-use support::{adeis, reference_npy as npy, rel_err};
+use support::{adeis, adeis_pipeline, pipeline_tolerance, reference_npy as npy, rel_err};
 
 fn pipeline() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae/pipeline_ddim")
@@ -32,23 +32,9 @@ fn model() -> String {
     format!("diffusers:{}", pipeline().display())
 }
 
-/// `adeis CMD --spec SCHEDULER --steps 3 --model MODEL EXTRA...`: 3 steps of the pipeline's
-/// own scheduler config.
+/// `adeis CMD --spec SCHEDULER --steps 3 --model MODEL EXTRA...`.
 fn run(cmd: &str, model: &str, extra: &[&str]) -> (bool, String, String) {
-    let spec = scheduler();
-    let mut args = vec![cmd, "--spec", s(&spec), "--steps", "3", "--model", model];
-    args.extend_from_slice(extra);
-    adeis(&args)
-}
-
-/// f64 against diffusers' loop in f64 (its scheduler's float64 twin), f32 against the loop as
-/// shipped in f32 (three evaluations' and the decoder's round-off).
-fn tolerance(dtype: &str) -> f64 {
-    if dtype == "f64" {
-        1e-10
-    } else {
-        1e-4
-    }
+    adeis_pipeline(cmd, (&scheduler(), model), extra)
 }
 
 #[test]
@@ -90,8 +76,14 @@ fn pipeline_sample_decodes_the_latents_as_diffusers_does() {
         let e_lat = rel_err(&lat.data, &r[&format!("latents.{dtype}")].1);
         let e_img = rel_err(&image.data, &r[&format!("image.{dtype}")].1);
         eprintln!("pipeline sample ({dtype}): latents {e_lat:.2e}, image {e_img:.2e}");
-        assert!(e_lat < tolerance(dtype), "latents ({dtype}): {e_lat:.2e}");
-        assert!(e_img < tolerance(dtype), "image ({dtype}): {e_img:.2e}");
+        assert!(
+            e_lat < pipeline_tolerance(dtype),
+            "latents ({dtype}): {e_lat:.2e}"
+        );
+        assert!(
+            e_img < pipeline_tolerance(dtype),
+            "image ({dtype}): {e_img:.2e}"
+        );
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG", "a PNG file");
     }
@@ -124,7 +116,7 @@ fn pipeline_grad_goes_through_the_decoder_as_torch_autograd_does() {
         assert_eq!(dx.shape, vec![2, 4, 8, 8]);
         let e = rel_err(&dx.data, &r[&format!("dx_t.{dtype}")].1);
         eprintln!("pipeline grad ({dtype}): dL/dx_T {e:.2e}");
-        assert!(e < tolerance(dtype), "dx_t ({dtype}): {e:.2e}");
+        assert!(e < pipeline_tolerance(dtype), "dx_t ({dtype}): {e:.2e}");
     }
 }
 

@@ -36,9 +36,15 @@ pub fn run(
 ) -> Result<()> {
     let choice = model.map(super::model::parse_model).transpose()?;
     if let Some(super::model::ModelChoice::Diffusers(d)) = &choice {
-        let unet = d.load::<f32>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+        let cpu = adeis::runtime::dfdx::prelude::Cpu::default();
+        let described = match &d.config {
+            adeis::diffusers::UNetConfig::Plain(_) => d.load::<f32>(&cpu)?.describe(),
+            adeis::diffusers::UNetConfig::Conditional(_) => d
+                .load_conditional::<f32>(&cpu, super::model::CLIP_TOKENS)?
+                .describe(),
+        };
         println!("{}: valid", d.path.display());
-        print!("{}", unet.describe());
+        print!("{described}");
         if let Some(s) = d.schedule()? {
             println!(
                 "  scheduler_config.json: {} train steps, predicts {:?}",

@@ -18,8 +18,8 @@ use adeis::Outputs;
 use anyhow::{bail, Result};
 
 use super::inputs::{
-    check_memory, conditioned_model, pipeline_vae, read_shaped, read_x_t, same_file, sample_shape,
-    state, ModelFlags,
+    adopt_cond_tokens, check_memory, conditioned_model, pipeline_vae, read_shaped, read_x_t,
+    same_file, sample_shape, state, ModelFlags,
 };
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
@@ -67,6 +67,11 @@ pub struct GradArgs {
     /// gradient.wrt includes "params").
     #[arg(long = "out-dir")]
     pub out_dir: PathBuf,
+    /// What to differentiate with respect to, in place of the spec's gradient.wrt
+    /// (comma-separated: x_t, cond, params, times, schedule); with a diffusers scheduler
+    /// config, whose gradient is otherwise with respect to x_T alone.
+    #[arg(long)]
+    pub wrt: Option<String>,
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// Seed of the SDE samplers' noise (replayed by the adjoint).
@@ -87,8 +92,14 @@ pub fn run(args: &GradArgs) -> Result<()> {
             args.out_dir.display()
         );
     }
-    let choice = parse_model(&args.model)?;
-    let (problem, options) = super::load_problem(&args.spec, args.steps, "grad", &choice)?;
+    let mut choice = parse_model(&args.model)?;
+    adopt_cond_tokens(&mut choice, args.model_flags.cond.as_ref())?;
+    let (problem, options) = super::load_problem_wrt(
+        &args.spec,
+        (args.steps, args.wrt.as_deref()),
+        "grad",
+        &choice,
+    )?;
     let x = read_x_t(&choice, &args.x_t)?;
     let word = match args.dtype {
         Dtype::F32 => 4,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use adeis::diffusers::VaeDir;
+use adeis::diffusers::{UNetConfig, VaeDir};
 use adeis::npy::{read_npy, NpyArray};
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::State;
@@ -140,6 +140,20 @@ pub fn read_shaped(flag: &str, path: &Path, shape: &[usize]) -> Result<NpyArray>
     Ok(a)
 }
 
+/// A UNet2DConditionModel takes encoder hidden states of any number of tokens: the run's
+/// --cond ([batch, tokens, dim]) says how many.
+pub fn adopt_cond_tokens(choice: &mut ModelChoice, cond: Option<&PathBuf>) -> Result<()> {
+    if let (ModelChoice::Diffusers(d), Some(p)) = (choice, cond) {
+        if matches!(d.config, UNetConfig::Conditional(_)) {
+            let a = read_npy(p).map_err(|e| anyhow!("--cond: {e}"))?;
+            if let [_, tokens, _] = a.shape[..] {
+                d.tokens = Some(tokens);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The VAE of a pipeline folder (`diffusers:DIR` with `vae/`), when the model has one: the
 /// sample is then its decoded image.
 pub fn pipeline_vae(choice: &ModelChoice) -> Option<&VaeDir> {
@@ -184,6 +198,11 @@ pub struct ModelFlags {
     /// digits model has its own).
     #[arg(long = "null-class")]
     pub null_class: Option<usize>,
+    /// The unconditional conditioning of guidance, of --cond's shape: for a
+    /// UNet2DConditionModel the empty prompt's encoder hidden states (StableDiffusionPipeline's
+    /// negative prompt embeddings), [batch, tokens, dim].
+    #[arg(long)]
+    pub uncond: Option<PathBuf>,
 }
 
 impl ModelFlags {
@@ -200,6 +219,7 @@ impl ModelFlags {
         GuidanceArgs {
             scale: self.guidance_scale,
             null_class: self.null_class,
+            uncond: self.uncond.clone(),
         }
     }
 }
@@ -238,6 +258,9 @@ where
         }
         (None, Some(p)) => Ok(Some(model.class_cond(&read_labels(p, batch)?)?)),
         (None, None) => {
+            if let Some(why) = model.missing_cond(batch) {
+                bail!("{why}");
+            }
             if model.needs_labels() {
                 bail!(
                     "this model is class-conditional: give --class-labels labels.npy (integers, one per sample) or --cond z.npy (its class-embedding vectors, [{batch}, {}])",
@@ -291,10 +314,14 @@ pub fn check_model_memory(
     let ModelChoice::Diffusers(d) = choice else {
         return Ok(());
     };
+    // The estimate is UNet2DModel's; a UNet2DConditionModel's is not made yet.
+    let UNetConfig::Plain(config) = &d.config else {
+        return Ok(());
+    };
     let [batch, _, h, w] = x.shape[..] else {
         return Ok(());
     };
-    let e = d.config.memory_estimate(batch, (h, w), word, taped);
+    let e = config.memory_estimate(batch, (h, w), word, taped);
     let Some(free) = adeis_io::available_memory_bytes() else {
         return Ok(());
     };
@@ -312,7 +339,7 @@ pub fn check_model_memory(
     } else {
         String::new()
     };
-    let made_for = match d.config.sample_size.map(|s| s.height_width()) {
+    let made_for = match config.sample_size.map(|s| s.height_width()) {
         Some((sh, sw)) if (sh, sw) != (h as i64, w as i64) => {
             format!("; the model was made for {sh} x {sw} images (sample_size), not {h} x {w}")
         }
@@ -331,6 +358,8 @@ pub fn check_model_memory(
 pub struct GuidanceArgs {
     pub scale: Option<f64>,
     pub null_class: Option<usize>,
+    /// The unconditional conditioning (--uncond): an empty prompt's encoder hidden states.
+    pub uncond: Option<PathBuf>,
 }
 
 /// What a spec says about the model as the solvers call it: its `[guidance]` and
@@ -387,6 +416,9 @@ where
         if args.null_class.is_some() {
             bail!("--null-class is the unconditional class of guidance; give --guidance-scale S too (or a [guidance] table)");
         }
+        if args.uncond.is_some() {
+            bail!("--uncond is the unconditional input of guidance; give --guidance-scale S too (or a [guidance] table)");
+        }
         return Ok(None);
     };
     if !scale.is_finite() {
@@ -395,7 +427,20 @@ where
     if z.is_none() {
         bail!("guidance mixes the conditional and the unconditional model: give the condition (--class-labels or --cond)");
     }
-    let null_class = args.null_class.or(spec.and_then(|g| g.null_class));
-    let null_cond = model.null_cond(x, null_class)?;
+    let null_cond = match &args.uncond {
+        Some(p) => {
+            let u = adeis::npy::read_npy(p).map_err(|e| anyhow!("--uncond: {e}"))?;
+            check_finite("--uncond", p, &u)?;
+            let want = z.map(|z| z.shape()).unwrap_or_default();
+            if u.shape != want {
+                bail!(
+                    "--uncond has shape {:?}; the conditioning (--cond) has {want:?}",
+                    u.shape
+                );
+            }
+            State::from_f64(&x.device(), &u.data, &u.shape)?
+        }
+        None => model.null_cond(x, args.null_class.or(spec.and_then(|g| g.null_class)))?,
+    };
     Ok(Some(adeis::runtime::Guidance { scale, null_cond }))
 }

@@ -15,7 +15,8 @@ use adeis::Outputs;
 use anyhow::Result;
 
 use super::inputs::{
-    check_outputs, conditioned_model, pipeline_vae, read_companion, read_state, state, ModelFlags,
+    adopt_cond_tokens, check_outputs, conditioned_model, pipeline_vae, read_companion, read_state,
+    state, ModelFlags,
 };
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
@@ -89,7 +90,8 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     if companion_out == args.out {
         anyhow::bail!("--companion-out is the same file as --out; give them different names");
     }
-    let choice = parse_model(&args.model)?;
+    let mut choice = parse_model(&args.model)?;
+    adopt_cond_tokens(&mut choice, args.model_flags.cond.as_ref())?;
     let (problem, options) = super::load_problem(&args.spec, args.steps, "invert", &choice)?;
     let x = read_state("--x-0", &choice, &args.x_0)?;
     let word = match args.dtype {

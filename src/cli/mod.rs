@@ -49,8 +49,34 @@ pub fn load_problem(
     command: &str,
     model: &model::ModelChoice,
 ) -> Result<(Problem, inputs::SpecModelOptions)> {
+    load_problem_wrt(path, (steps, None), command, model)
+}
+
+/// [`load_problem`] with `wrt` (grad's --wrt) in place of the spec's `gradient.wrt`.
+pub fn load_problem_wrt(
+    path: &Path,
+    (steps, wrt): (Option<usize>, Option<&str>),
+    command: &str,
+    model: &model::ModelChoice,
+) -> Result<(Problem, inputs::SpecModelOptions)> {
     let loaded = adeis::spec_file::load_spec_file(path, steps)?;
     let mut spec = loaded.spec;
+    if let Some(list) = wrt {
+        let keys = list
+            .split(',')
+            .map(|k| {
+                let k = k.trim();
+                serde_json::from_value::<adeis::compiler::WrtKey>(serde_json::json!(k)).map_err(
+                    |_| {
+                        anyhow!(
+                            "--wrt: `{k}` is not a gradient target; the targets are x_t, cond, params, times, schedule"
+                        )
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        spec.gradient.get_or_insert_with(Default::default).wrt = keys;
+    }
     if spec.schedule.is_none() {
         spec.schedule = model.schedule()?;
     }

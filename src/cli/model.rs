@@ -8,7 +8,7 @@ use adeis::diffusers::DiffusersDir;
 use adeis::runtime::analytic::{GaussianGrads, GaussianModel, GmmModel};
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::nn::Float;
-use adeis::runtime::unet::UNet2D;
+use adeis::runtime::unet::{UNet2D, UNet2DCondition};
 use adeis::runtime::{from_f64, Denoiser, State};
 use adeis::safetensors::NamedTensor;
 use adeis_digits::data::{CLASSES, PIXELS};
@@ -33,7 +33,7 @@ pub enum ModelChoice {
 const HELP: &str = "MODEL is `gaussian:mu=M,s2=S` (isotropic Gaussian data, dimension from x_t), \
 `gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}), \
 `digits` (the committed digits denoiser: 8x8 images as rows of 64, --class-labels 0-9, unconditional without) \
-or `diffusers:DIR` (a diffusers UNet2DModel directory: config.json and diffusion_pytorch_model.safetensors; or a pipeline folder with unet/, scheduler/ and optionally an AutoencoderKL in vae/)";
+or `diffusers:DIR` (a diffusers UNet2DModel or UNet2DConditionModel directory: config.json and diffusion_pytorch_model.safetensors; or a pipeline folder with unet/, scheduler/ and optionally an AutoencoderKL in vae/)";
 
 /// The eight-component ring mixture the docs and `adeis learn-steps` use by default.
 pub const RING8_PATH: &str = "examples/models/ring8.json";
@@ -213,6 +213,12 @@ where
     /// Whether the model needs class labels (or an explicit --cond).
     fn needs_labels(&self) -> bool {
         false
+    }
+
+    /// Why a run without --cond cannot go on, for a model that must be given its
+    /// conditioning (None: it runs without).
+    fn missing_cond(&self, _batch: usize) -> Option<String> {
+        None
     }
 
     /// The null conditioning of classifier-free guidance, for the batch of `x` (`null_class`:
@@ -412,6 +418,35 @@ where
     }
 }
 
+/// The tokens of a CLIP prompt's embeddings, a `UNet2DConditionModel`'s encoder hidden states
+/// when a run gives none.
+pub const CLIP_TOKENS: usize = 77;
+
+impl<E: Float> CommandModel<E> for UNet2DCondition<E, Cpu>
+where
+    Cpu: adeis::runtime::nn::NnDevice<E>,
+{
+    fn missing_cond(&self, batch: usize) -> Option<String> {
+        Some(format!(
+            "this UNet2DConditionModel is conditioned on encoder hidden states (a prompt's embeddings): give --cond E.npy, [{batch}, tokens, {}]",
+            self.config().cross_dim()
+        ))
+    }
+
+    fn null_cond(&self, _x: &State<E, Cpu>, _null_class: Option<usize>) -> Result<State<E, Cpu>> {
+        bail!("guidance: give --uncond E0.npy, the empty prompt's encoder hidden states (as StableDiffusionPipeline's negative prompt embeddings), of --cond's shape")
+    }
+
+    fn named_grads(&self, g: &Self::Grads) -> Option<Vec<NamedTensor>> {
+        Some(
+            UNet2DCondition::named_grads(self, g)
+                .into_iter()
+                .map(|(name, shape, data)| NamedTensor { name, shape, data })
+                .collect(),
+        )
+    }
+}
+
 /// Reads the class labels of --class-labels: integers, shape [batch].
 pub fn read_labels(path: &Path, batch: usize) -> Result<Vec<usize>> {
     if let Some(labels) = inline_labels(path) {
@@ -483,11 +518,21 @@ macro_rules! with_model {
                 let $m = &$crate::cli::model::DigitsCli::committed()?;
                 $body
             }
-            $crate::cli::model::ModelChoice::Diffusers(d) => {
-                let unet = d.load::<$E>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
-                let $m = &unet;
-                $body
-            }
+            $crate::cli::model::ModelChoice::Diffusers(d) => match &d.config {
+                adeis::diffusers::UNetConfig::Plain(_) => {
+                    let unet = d.load::<$E>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+                    let $m = &unet;
+                    $body
+                }
+                adeis::diffusers::UNetConfig::Conditional(_) => {
+                    let unet = d.load_conditional::<$E>(
+                        &adeis::runtime::dfdx::prelude::Cpu::default(),
+                        d.tokens.unwrap_or($crate::cli::model::CLIP_TOKENS),
+                    )?;
+                    let $m = &unet;
+                    $body
+                }
+            },
         }
     };
 }

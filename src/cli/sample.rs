@@ -14,7 +14,8 @@ use adeis_digits::image::image_row;
 use anyhow::Result;
 
 use super::inputs::{
-    check_outputs, conditioned_model, pipeline_vae, read_companion, read_x_t, state, ModelFlags,
+    adopt_cond_tokens, check_outputs, conditioned_model, pipeline_vae, read_companion, read_x_t,
+    state, ModelFlags,
 };
 use super::model::{parse_model, with_model, CommandModel};
 use super::Dtype;
@@ -31,9 +32,10 @@ pub struct SampleArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t),
-    /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel
-    /// directory: config.json, diffusion_pytorch_model.safetensors, scheduler_config.json; or
-    /// a pipeline folder with unet/, scheduler/ and vae/, whose VAE decodes the sample).
+    /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel or
+    /// UNet2DConditionModel directory: config.json, diffusion_pytorch_model.safetensors,
+    /// scheduler_config.json; or a pipeline folder with unet/, scheduler/ and vae/, whose VAE
+    /// decodes the sample).
     #[arg(long)]
     pub model: String,
     /// The starting noise: a .npy array of shape [batch, dim] (f32 or f64), or
@@ -100,7 +102,8 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             args.companion.as_ref(),
         ],
     )?;
-    let choice = parse_model(&args.model)?;
+    let mut choice = parse_model(&args.model)?;
+    adopt_cond_tokens(&mut choice, args.model_flags.cond.as_ref())?;
     if args.latents_out.is_some() && pipeline_vae(&choice).is_none() {
         anyhow::bail!(
             "--latents-out writes a pipeline's latents before its VAE decodes them; {} has no VAE (give a pipeline folder with vae/, or leave --latents-out out: --out holds the sample)",

@@ -1,4 +1,5 @@
-//! diffusers model directories: `config.json` (a `UNet2DModel`), its weights
+//! diffusers model directories: `config.json` (a `UNet2DModel` or a `UNet2DConditionModel`),
+//! its weights
 //! `diffusion_pytorch_model.safetensors` by diffusers' tensor names (F32, F16 or BF16, converted
 //! on load), and the `scheduler_config.json` beside them, whose beta schedule and
 //! `prediction_type` a spec without a `[schedule]` table takes.
@@ -9,7 +10,10 @@ use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
 use adeis_compiler::{FieldError, Prediction, ScheduleSpec};
 use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::nn::{Float, NnDevice};
-use adeis_runtime::unet::{TensorMapSource, UNet2D, UNet2DConfig};
+use adeis_runtime::unet::config::SampleSize;
+use adeis_runtime::unet::{
+    TensorMapSource, UNet2D, UNet2DCondition, UNet2DConditionConfig, UNet2DConfig,
+};
 use serde::Deserialize;
 
 use super::VaeDir;
@@ -44,6 +48,41 @@ pub struct SchedulerConfig {
     pub prediction_type: Option<String>,
 }
 
+/// The UNet classes adeis runs, by their config.
+#[derive(Clone, Debug)]
+pub enum UNetConfig {
+    /// `UNet2DModel` (pixel or latent space, optionally class-conditional).
+    Plain(UNet2DConfig),
+    /// `UNet2DConditionModel` (Stable Diffusion's: conditioned on encoder hidden states).
+    Conditional(UNet2DConditionConfig),
+}
+
+impl UNetConfig {
+    /// Channels of the UNet's input.
+    pub fn in_channels(&self) -> usize {
+        match self {
+            UNetConfig::Plain(c) => c.in_channels,
+            UNetConfig::Conditional(c) => c.in_channels,
+        }
+    }
+
+    /// The size the UNet was trained at, when the config gives it.
+    pub fn sample_size(&self) -> Option<SampleSize> {
+        match self {
+            UNetConfig::Plain(c) => c.sample_size,
+            UNetConfig::Conditional(c) => c.sample_size,
+        }
+    }
+
+    /// The config's own checks.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match self {
+            UNetConfig::Plain(c) => c.validate(),
+            UNetConfig::Conditional(c) => c.validate(),
+        }
+    }
+}
+
 /// A diffusers model directory, its config read and checked.
 #[derive(Clone, Debug)]
 pub struct DiffusersDir {
@@ -52,7 +91,7 @@ pub struct DiffusersDir {
     /// Where the scheduler config is read from, present or not.
     scheduler_path: PathBuf,
     /// The UNet's config.json, checked.
-    pub config: UNet2DConfig,
+    pub config: UNetConfig,
     /// The scheduler config beside the model, when there is one.
     pub scheduler: Option<SchedulerConfig>,
     /// The architecture keys config.json leaves out (diffusers' defaults fill them).
@@ -60,6 +99,9 @@ pub struct DiffusersDir {
     /// A pipeline folder's VAE (`vae/`): the sample is its decoded image, and a loss is on
     /// that image.
     pub vae: Option<VaeDir>,
+    /// For a `UNet2DConditionModel`, the number of tokens of the encoder hidden states a run
+    /// gives it (its `--cond`); None: CLIP's 77.
+    pub tokens: Option<usize>,
 }
 
 fn invalid(path: &Path, error: FieldError) -> Error {
@@ -88,6 +130,17 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(
     let parsed = serde_path_to_error::deserialize(value)
         .map_err(|e| format(format!("at `{}`: {}", e.path(), e.inner())))?;
     Ok((parsed, keys))
+}
+
+/// A JSON value read by [`read_json`] as T; an error names the key path.
+fn parse_as<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    value: serde_json::Value,
+) -> Result<T, Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        message: format!("at `{}`: {}", e.path(), e.inner()),
+    })
 }
 
 fn read_scheduler(path: &Path) -> Result<Option<SchedulerConfig>, Error> {
@@ -170,7 +223,7 @@ impl DiffusersDir {
             dir.scheduler = read_scheduler(&dir.scheduler_path)?;
             if path.join("vae").exists() {
                 let vae = VaeDir::open(&path.join("vae"))?;
-                let (latent, unet_in) = (vae.config.latent_channels, dir.config.in_channels);
+                let (latent, unet_in) = (vae.config.latent_channels, dir.config.in_channels());
                 if latent != unet_in {
                     return Err(Error::Usage(format!(
                         "{}: the VAE's latent_channels is {latent} but the UNet's in_channels is {unet_in}: they are not one pipeline's models",
@@ -194,19 +247,29 @@ impl DiffusersDir {
                 path.display()
             )));
         }
-        let (config, keys): (UNet2DConfig, _) =
+        let (value, keys): (serde_json::Value, _) =
             read_json(&config_path, "a diffusers model's config.json")?;
-        if keys.get("_class_name").is_none() {
-            return Err(Error::Format {
-                path: config_path,
-                message: "no `_class_name`: not a diffusers model config (diffusers writes the model's class there, \"UNet2DModel\" for the models adeis runs)".into(),
-            });
-        }
-        let defaulted: Vec<&'static str> = ARCHITECTURE_DEFAULTS
-            .iter()
-            .filter(|(k, _)| !keys.contains_key(*k))
-            .map(|(k, _)| *k)
-            .collect();
+        let config = match keys.get("_class_name") {
+            None => {
+                return Err(Error::Format {
+                    path: config_path,
+                    message: "no `_class_name`: not a diffusers model config (diffusers writes the model's class there, \"UNet2DModel\" or \"UNet2DConditionModel\" for the models adeis runs)".into(),
+                });
+            }
+            Some(c) if c == "UNet2DConditionModel" => {
+                UNetConfig::Conditional(parse_as(&config_path, value)?)
+            }
+            Some(_) => UNetConfig::Plain(parse_as(&config_path, value)?),
+        };
+        // The defaults note is UNet2DModel's (whose defaults are a pixel-space model's).
+        let defaulted: Vec<&'static str> = match config {
+            UNetConfig::Plain(_) => ARCHITECTURE_DEFAULTS
+                .iter()
+                .filter(|(k, _)| !keys.contains_key(*k))
+                .map(|(k, _)| *k)
+                .collect(),
+            UNetConfig::Conditional(_) => Vec::new(),
+        };
         let dir = DiffusersDir {
             path: path.to_path_buf(),
             scheduler_path: path.join("scheduler_config.json"),
@@ -214,6 +277,7 @@ impl DiffusersDir {
             scheduler: None,
             defaulted,
             vae: None,
+            tokens: None,
         };
         dir.config
             .validate()
@@ -331,17 +395,50 @@ impl DiffusersDir {
         Ok(Some(spec))
     }
 
-    /// The model, its weights converted to E; an error names missing, extra or mis-shaped
-    /// tensors and tensors of another dtype.
+    /// The `UNet2DConditionModel`, its weights converted to E, taking encoder hidden states of
+    /// `tokens` tokens; an error names missing, extra or mis-shaped tensors and tensors of
+    /// another dtype, or says the folder holds a `UNet2DModel`.
+    pub fn load_conditional<E: Float>(
+        &self,
+        dev: &Cpu,
+        tokens: usize,
+    ) -> Result<UNet2DCondition<E, Cpu>, Error>
+    where
+        Cpu: NnDevice<E>,
+    {
+        let UNetConfig::Conditional(config) = &self.config else {
+            return Err(Error::Usage(format!(
+                "{}: a UNet2DModel, not a UNet2DConditionModel",
+                self.path.display()
+            )));
+        };
+        let mut source = read_weights(&self.path.join(WEIGHTS))?;
+        let model = UNet2DCondition::new(dev, config.clone(), self.prediction()?, &mut source)?
+            .with_tokens(tokens);
+        source.finish()?;
+        Ok(model)
+    }
+
+    /// The `UNet2DModel`, its weights converted to E; an error names missing, extra or
+    /// mis-shaped tensors and tensors of another dtype, or says the folder holds a
+    /// `UNet2DConditionModel` ([`DiffusersDir::load_conditional`]).
     pub fn load<E: Float>(&self, dev: &Cpu) -> Result<UNet2D<E, Cpu>, Error>
     where
         Cpu: NnDevice<E>,
     {
+        let UNetConfig::Plain(config) = &self.config else {
+            return Err(Error::Usage(format!(
+                "{}: a UNet2DConditionModel (load it with load_conditional)",
+                self.path.display()
+            )));
+        };
         let mut source = read_weights(&self.path.join(WEIGHTS))?;
-        let model = UNet2D::new(dev, self.config.clone(), self.prediction()?, &mut source)
-            .map_err(|e| match self.defaults_note() {
-                Some(note) => Error::Usage(format!("{e}; {note}")),
-                None => e.into(),
+        let model =
+            UNet2D::new(dev, config.clone(), self.prediction()?, &mut source).map_err(|e| {
+                match self.defaults_note() {
+                    Some(note) => Error::Usage(format!("{e}; {note}")),
+                    None => e.into(),
+                }
             })?;
         source.finish()?;
         Ok(model)

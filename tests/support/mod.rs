@@ -64,3 +64,35 @@ pub fn reference_npy(
     adeis::npy::write_npy(&p, shape, data, 8).unwrap();
     p
 }
+
+/// `adeis CMD --spec SPEC --steps 3 --model MODEL EXTRA...`: 3 steps of a pipeline's own
+/// scheduler config, as the pipeline fixtures' references run them.
+#[allow(dead_code)]
+pub fn adeis_pipeline(
+    cmd: &str,
+    (spec, model): (&std::path::Path, &str),
+    extra: &[&str],
+) -> (bool, String, String) {
+    let mut args = vec![
+        cmd,
+        "--spec",
+        spec.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--model",
+        model,
+    ];
+    args.extend_from_slice(extra);
+    adeis(&args)
+}
+
+/// The pipeline fixtures' tolerance: f64 against diffusers' loop in f64 (its scheduler's
+/// float64 twin), f32 against the loop as shipped in f32.
+#[allow(dead_code)]
+pub fn pipeline_tolerance(dtype: &str) -> f64 {
+    if dtype == "f64" {
+        1e-10
+    } else {
+        1e-4
+    }
+}
