@@ -314,14 +314,18 @@ pub fn check_model_memory(
     let ModelChoice::Diffusers(d) = choice else {
         return Ok(());
     };
-    // The estimate is UNet2DModel's; a UNet2DConditionModel's is not made yet.
-    let UNetConfig::Plain(config) = &d.config else {
-        return Ok(());
-    };
     let [batch, _, h, w] = x.shape[..] else {
         return Ok(());
     };
-    let e = config.memory_estimate(batch, (h, w), word, taped);
+    let e = match &d.config {
+        UNetConfig::Plain(c) => c.memory_estimate(batch, (h, w), word, taped),
+        UNetConfig::Conditional(c) => c.memory_estimate(
+            batch,
+            (h, w),
+            word,
+            (taped, d.tokens.unwrap_or(super::model::CLIP_TOKENS)),
+        ),
+    };
     let Some(free) = adeis_io::available_memory_bytes() else {
         return Ok(());
     };
@@ -339,7 +343,7 @@ pub fn check_model_memory(
     } else {
         String::new()
     };
-    let made_for = match config.sample_size.map(|s| s.height_width()) {
+    let made_for = match d.config.sample_size().map(|s| s.height_width()) {
         Some((sh, sw)) if (sh, sw) != (h as i64, w as i64) => {
             format!("; the model was made for {sh} x {sw} images (sample_size), not {h} x {w}")
         }

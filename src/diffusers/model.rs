@@ -4,6 +4,7 @@
 //! on load), and the `scheduler_config.json` beside them, whose beta schedule and
 //! `prediction_type` a spec without a `[schedule]` table takes.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
@@ -171,27 +172,97 @@ const ARCHITECTURE_DEFAULTS: [(&str, &str); 7] = [
     ("norm_num_groups", "32"),
 ];
 
-/// The tensors of a diffusers weights file by name, checked: F32, F16 or BF16 (widened), and
-/// finite (a NaN or an infinity is named here, not found as the sampler's NaN).
-pub fn read_weights(weights: &Path) -> Result<TensorMapSource, Error> {
-    let stored = adeis_io::safetensors::read_stored(weights)?;
-    if let Some((name, t)) = stored
-        .iter()
-        .find(|(_, t)| !matches!(t.dtype.as_str(), "F32" | "F16" | "BF16"))
-    {
-        return Err(Error::Usage(format!(
-            "{}: tensor `{name}` is {}; model weights are read as F32, F16 or BF16",
-            weights.display(),
-            t.dtype
-        )));
+/// The files holding a diffusers model's weights in `dir`: `diffusion_pytorch_model.safetensors`;
+/// or the shards a `diffusion_pytorch_model.safetensors.index.json` names (diffusers' layout
+/// for large models); or the `fp16` variant of either (`diffusion_pytorch_model.fp16.safetensors`,
+/// as Hugging Face repositories ship it). An error says what the folder lacks.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    for stem in ["diffusion_pytorch_model", "diffusion_pytorch_model.fp16"] {
+        let single = dir.join(format!("{stem}.safetensors"));
+        if single.exists() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{stem}.safetensors.index.json"));
+        if index.exists() {
+            return shards(&index, dir);
+        }
     }
-    let source = TensorMapSource {
-        tensors: stored
-            .into_iter()
-            .map(|(k, t)| (k, (t.shape, t.values)))
-            .collect(),
-        origin: weights.display().to_string(),
+    let bin = dir.join("diffusion_pytorch_model.bin");
+    Err(Error::Usage(format!(
+        "{}: no {WEIGHTS} (nor its shards' {WEIGHTS}.index.json, nor the fp16 variant){}",
+        dir.display(),
+        if bin.exists() {
+            " (only safetensors weights are read: save the model with safe_serialization=True)"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// The shard files of a safetensors index (`{"weight_map": {tensor: file}}`), each a file of
+/// `dir` that exists.
+fn shards(index: &Path, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let (parsed, _): (Index, _) = read_json(index, "a safetensors index (weight_map)")?;
+    let files: BTreeSet<&String> = parsed.weight_map.values().collect();
+    if files.is_empty() {
+        return Err(Error::Format {
+            path: index.to_path_buf(),
+            message: "weight_map is empty: it names no shard".into(),
+        });
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            // A shard is a file beside the index, never a path elsewhere.
+            let plain = Path::new(f).file_name().is_some_and(|n| n == f.as_str());
+            let path = dir.join(f);
+            if !plain || !path.is_file() {
+                return Err(Error::Format {
+                    path: index.to_path_buf(),
+                    message: format!(
+                        "weight_map names the shard {f:?}, which is not a file in {}",
+                        dir.display()
+                    ),
+                });
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// The tensors of a diffusers model folder's weights (one file or its shards, by
+/// [`weight_files`]) by name, checked: F32, F16 or BF16 (widened), each name in one shard only,
+/// and finite (a NaN or an infinity is named here, not found as the sampler's NaN).
+pub fn read_weights(dir: &Path) -> Result<TensorMapSource, Error> {
+    let files = weight_files(dir)?;
+    let mut tensors = BTreeMap::new();
+    for weights in &files {
+        for (name, t) in adeis_io::safetensors::read_stored(weights)? {
+            if !matches!(t.dtype.as_str(), "F32" | "F16" | "BF16") {
+                return Err(Error::Usage(format!(
+                    "{}: tensor `{name}` is {}; model weights are read as F32, F16 or BF16",
+                    weights.display(),
+                    t.dtype
+                )));
+            }
+            if tensors.contains_key(&name) {
+                return Err(Error::Usage(format!(
+                    "{}: tensor `{name}` is in two shards; each tensor belongs to one",
+                    weights.display()
+                )));
+            }
+            tensors.insert(name, (t.shape, t.values));
+        }
+    }
+    let origin = match &files[..] {
+        [one] => one.display().to_string(),
+        many => format!("{} ({} shards)", dir.display(), many.len()),
     };
+    let source = TensorMapSource { tensors, origin };
     if let Some((name, (shape, values))) = source
         .tensors
         .iter()
@@ -205,7 +276,7 @@ pub fn read_weights(weights: &Path) -> Result<TensorMapSource, Error> {
             .expect("found above");
         return Err(Error::Usage(format!(
             "{}: tensor `{name}` {shape:?} holds {v} at flat index {i} ({bad} non-finite value{} in it): the weights must be finite numbers",
-            weights.display(),
+            source.origin,
             if bad == 1 { "" } else { "s" }
         )));
     }
@@ -282,18 +353,7 @@ impl DiffusersDir {
         dir.config
             .validate()
             .map_err(|e| invalid(&config_path, dir.explain_defaults(e)))?;
-        if !path.join(WEIGHTS).exists() {
-            let bin = path.join("diffusion_pytorch_model.bin");
-            return Err(Error::Usage(format!(
-                "{}: no {WEIGHTS}{}",
-                path.display(),
-                if bin.exists() {
-                    " (only safetensors weights are read: save the model with safe_serialization=True)"
-                } else {
-                    ""
-                }
-            )));
-        }
+        weight_files(path)?;
         Ok(DiffusersDir {
             scheduler: read_scheduler(&dir.scheduler_path)?,
             ..dir
@@ -412,7 +472,7 @@ impl DiffusersDir {
                 self.path.display()
             )));
         };
-        let mut source = read_weights(&self.path.join(WEIGHTS))?;
+        let mut source = read_weights(&self.path)?;
         let model = UNet2DCondition::new(dev, config.clone(), self.prediction()?, &mut source)?
             .with_tokens(tokens);
         source.finish()?;
@@ -432,7 +492,7 @@ impl DiffusersDir {
                 self.path.display()
             )));
         };
-        let mut source = read_weights(&self.path.join(WEIGHTS))?;
+        let mut source = read_weights(&self.path)?;
         let model =
             UNet2D::new(dev, config.clone(), self.prediction()?, &mut source).map_err(|e| {
                 match self.defaults_note() {

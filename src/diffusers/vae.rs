@@ -7,7 +7,7 @@ use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::nn::{Float, NnDevice};
 use adeis_runtime::unet::{AutoencoderKL, AutoencoderKLConfig};
 
-use super::model::{read_json, read_weights, WEIGHTS};
+use super::model::{read_json, read_weights, weight_files, WEIGHTS};
 use crate::error::Error;
 
 /// A diffusers `AutoencoderKL` folder, its config read and checked.
@@ -42,12 +42,7 @@ impl VaeDir {
             path: config_path.clone(),
             error,
         })?;
-        if !path.join(WEIGHTS).exists() {
-            return Err(Error::Usage(format!(
-                "{}: no {WEIGHTS} (only safetensors weights are read)",
-                path.display()
-            )));
-        }
+        weight_files(path)?;
         Ok(VaeDir {
             path: path.to_path_buf(),
             config,
@@ -60,7 +55,7 @@ impl VaeDir {
     where
         Cpu: NnDevice<E>,
     {
-        let mut source = read_weights(&self.path.join(WEIGHTS))?;
+        let mut source = read_weights(&self.path)?;
         let vae = AutoencoderKL::new(dev, self.config.clone(), &mut source)?;
         source.finish()?;
         Ok(vae)

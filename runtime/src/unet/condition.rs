@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::blocks::{AfterResnet, BlockContext, DownBlock, MidBlock, UpBlock};
 use super::build::{Attending, Builder, ParamSource, PathSpec};
-use super::config::SampleSize;
+use super::config::{estimate_memory, LevelLoad, MemoryEstimate, SampleSize};
 use super::{
     check_unet_input, model_time_cotangent, named_grads, num_params, param_grads, zero_grads,
     Param, UNetGrads,
@@ -502,6 +502,47 @@ impl UNet2DConditionConfig {
             size.check()?;
         }
         Ok(())
+    }
+}
+
+impl UNet2DConditionConfig {
+    /// The memory of one evaluation on `batch` latents of `height` x `width` with encoder hidden
+    /// states of `tokens` tokens, estimated from the config alone as
+    /// [`super::UNet2DConfig::memory_estimate`] does; each transformer block keeps about thirty
+    /// level-sized activations on the tape (norms, projections, q, k, v, the GEGLU's 8x and 4x
+    /// widths) and its self- and cross-attention scores.
+    pub fn memory_estimate(
+        &self,
+        batch: usize,
+        (height, width): (usize, usize),
+        word: usize,
+        (taped, tokens): (bool, usize),
+    ) -> MemoryEstimate {
+        let n = self.levels();
+        let layers = self.layers_per_block.at(0) as u128;
+        let depth = |i: usize| self.transformer_layers_per_block.at(i) as u128;
+        let mut blocks = vec![0u128; n];
+        for (i, c) in self.down_cross().into_iter().enumerate() {
+            if c == Cross::Yes {
+                blocks[i] += layers * depth(i);
+            }
+        }
+        for (j, c) in self.up_cross().into_iter().enumerate() {
+            if c == Cross::Yes {
+                blocks[n - 1 - j] += (layers + 1) * depth(n - 1 - j);
+            }
+        }
+        blocks[n - 1] += depth(n - 1);
+        let loads: Vec<LevelLoad> = (0..n)
+            .map(|i| LevelLoad {
+                channels: self.block_out_channels[i],
+                attention_blocks: blocks[i],
+                heads: self.heads(i),
+                attention_acts: 30,
+                cross_scores: tokens as u128,
+            })
+            .collect();
+        estimate_memory(&loads, layers as usize, (batch, height, width), word, taped)
     }
 }
 

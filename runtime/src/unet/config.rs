@@ -463,9 +463,7 @@ impl UNet2DConfig {
     ) -> MemoryEstimate {
         let n = self.levels();
         let layers = self.layers_per_block as u128;
-        let positions = |i: usize| (height >> i).max(1) * (width >> i).max(1);
-        let act = |i: usize| self.block_out_channels[i] as u128 * positions(i) as u128;
-        // Attention blocks per level, and each one's heads.
+        // Attention blocks per level.
         let mut attention = vec![0u128; n];
         for (i, t) in self.down_block_types.iter().enumerate() {
             if t == "AttnDownBlock2D" {
@@ -480,32 +478,83 @@ impl UNet2DConfig {
         if self.mid_block_type.is_some() && self.add_attention {
             attention[n - 1] += 1;
         }
-        let heads = |i: usize| {
-            let c = self.block_out_channels[i];
-            (c / self.attention_head_dim.unwrap_or(c).max(1)).max(1) as u128
-        };
-        let scores = |i: usize| heads(i) * (positions(i) as u128).pow(2);
-        let skips: u128 = (0..n).map(|i| (layers + 1) * act(i)).sum();
-        let largest = (0..n).map(act).max().unwrap_or(0);
-        let finest = (0..n).find(|i| attention[*i] > 0);
-        let one_scores = finest.map_or(0, scores);
-        let elements = if taped {
-            // Every resnet keeps about ten tensors of its level; attention its q, k, v, output
-            // and softmax; the backward pass one score matrix and its gradient.
-            let resnets: u128 = (0..n).map(|i| (2 * layers + 1) * 10 * act(i)).sum();
-            let attn: u128 = (0..n)
-                .map(|i| attention[i] * (6 * act(i) + scores(i)))
-                .sum();
-            resnets + attn + 2 * one_scores
-        } else {
-            skips + 6 * largest + one_scores
-        };
-        let w = word as u128 * batch as u128;
-        MemoryEstimate {
-            bytes: elements * w,
-            attention_bytes: one_scores * w,
-            attention_positions: finest.map_or(0, positions),
-            attention_level: finest.unwrap_or(0),
-        }
+        let loads: Vec<LevelLoad> = (0..n)
+            .map(|i| {
+                let c = self.block_out_channels[i];
+                LevelLoad {
+                    channels: c,
+                    attention_blocks: attention[i],
+                    heads: (c / self.attention_head_dim.unwrap_or(c).max(1)).max(1),
+                    // Each attention block keeps its q, k, v, output and two more of the level.
+                    attention_acts: 6,
+                    cross_scores: 0,
+                }
+            })
+            .collect();
+        estimate_memory(
+            &loads,
+            self.layers_per_block,
+            (batch, height, width),
+            word,
+            taped,
+        )
+    }
+}
+
+/// What one resolution level of a UNet holds, for [`estimate_memory`].
+#[derive(Clone, Debug)]
+pub(crate) struct LevelLoad {
+    /// Its channels.
+    pub channels: usize,
+    /// The attention blocks (self-attentions, or transformer blocks) at this level.
+    pub attention_blocks: u128,
+    /// Each one's heads.
+    pub heads: usize,
+    /// The level-sized activations each one keeps on the tape.
+    pub attention_acts: u128,
+    /// Per head and position, the cross-attention's scores (the context's tokens; 0 without).
+    pub cross_scores: u128,
+}
+
+/// The memory of one UNet evaluation on `batch` images of `height` x `width` in a `word`-byte
+/// float, from its levels: a plain evaluation keeps the skip connections, a few of the largest
+/// level's activations and one attention block's scores at a time; an evaluation on the tape
+/// keeps every activation and every attention block's softmax, and the backward pass one more
+/// score matrix. An estimate within a small factor, for refusing what cannot fit.
+pub(crate) fn estimate_memory(
+    levels: &[LevelLoad],
+    layers_per_block: usize,
+    (batch, height, width): (usize, usize, usize),
+    word: usize,
+    taped: bool,
+) -> MemoryEstimate {
+    let n = levels.len();
+    let layers = layers_per_block as u128;
+    let positions = |i: usize| (height >> i).max(1) * (width >> i).max(1);
+    let act = |i: usize| levels[i].channels as u128 * positions(i) as u128;
+    let scores = |i: usize| {
+        let p = positions(i) as u128;
+        levels[i].heads as u128 * (p * p + p * levels[i].cross_scores)
+    };
+    let skips: u128 = (0..n).map(|i| (layers + 1) * act(i)).sum();
+    let largest = (0..n).map(act).max().unwrap_or(0);
+    let finest = (0..n).find(|i| levels[*i].attention_blocks > 0);
+    let one_scores = finest.map_or(0, scores);
+    let elements = if taped {
+        // Every resnet keeps about ten tensors of its level.
+        let resnets: u128 = (0..n).map(|i| (2 * layers + 1) * 10 * act(i)).sum();
+        let attn: u128 = (0..n)
+            .map(|i| levels[i].attention_blocks * (levels[i].attention_acts * act(i) + scores(i)))
+            .sum();
+        resnets + attn + 2 * one_scores
+    } else {
+        skips + 6 * largest + one_scores
+    };
+    let w = word as u128 * batch as u128;
+    MemoryEstimate {
+        bytes: elements * w,
+        attention_bytes: one_scores * w,
+        attention_positions: finest.map_or(0, positions),
+        attention_level: finest.unwrap_or(0),
     }
 }
