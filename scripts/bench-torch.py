@@ -21,6 +21,11 @@ squared error to a fixed target, the gradient with respect to x_T. Methods:
 
     python3 scripts/bench-torch.py --workload w3 --method discrete --steps 10 --repeat 3
 
+Workload W4 (as `adeis bench --workload w4`): Stable Diffusion 1.5's UNet2DConditionModel (860M
+parameters, seeded random weights), batch 1, 4x64x64 latents, 77 x 768 encoder hidden states,
+DDIM on the same evenly spaced train indices of SD's scaled-linear schedule (0.00085..0.012),
+the gradient with respect to x_T and the encoder hidden states.
+
 Workload gemm: one f32 product of two STEPS x STEPS matrices (the machine's GEMM peak through
 PyTorch's BLAS): --workload gemm --method matmul --steps 2048.
 
@@ -40,7 +45,7 @@ from torch_env import ensure_torch  # scripts/ is on the path
 ensure_torch(__file__)
 
 import torch  # noqa: E402
-from diffusers import UNet2DModel  # noqa: E402
+from diffusers import UNet2DConditionModel, UNet2DModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 CIFAR10 = dict(
@@ -60,12 +65,12 @@ CIFAR10 = dict(
 )
 
 
-def w3(steps):
-    torch.manual_seed(0)
-    model = UNet2DModel(**CIFAR10).eval()
+def unet_workload(model, betas, shape, steps, cond=None):
+    """DDIM on N + 1 evenly spaced train indices of `betas` with `model` (its encoder hidden
+    states `cond`, a leaf whose gradient the methods also compute, when given), MSE to a fixed
+    target; the gradient with respect to x_T (and cond)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0)
     # Halves round away from zero, as Rust's f64::round in `adeis bench` (Python's round goes
     # to even: 166.5 -> 166 at N = 6).
@@ -77,15 +82,21 @@ def w3(steps):
         # x_j = a_j x0 + s_j eps with x0 = (x_i - s_i eps) / a_i
         coefs.append((i, a_j / a_i, s_j - a_j * s_i / a_i))
     g = torch.Generator().manual_seed(1)
-    x_t = torch.randn((1, 3, 32, 32), generator=g)
-    target = torch.randn((1, 3, 32, 32), generator=g)
+    x_t = torch.randn(shape, generator=g)
+    target = torch.randn(shape, generator=g)
+    kwargs = {}
 
     def step(x, k):
         i, cx, ce = coefs[k]
-        eps = model(x, torch.tensor(float(i))).sample
+        eps = model(x, torch.tensor(float(i)), **kwargs).sample
         return cx * x + ce * eps
 
+    def with_cond():
+        if cond is not None:
+            kwargs["encoder_hidden_states"] = cond.detach().requires_grad_(True)
+
     def sample():
+        with_cond()
         with torch.no_grad():
             x = x_t
             for k in range(steps):
@@ -99,6 +110,7 @@ def w3(steps):
         return x0.grad
 
     def discrete():
+        with_cond()
         with torch.no_grad():
             states = [x_t]
             for k in range(steps):
@@ -112,6 +124,7 @@ def w3(steps):
         return g
 
     def tape():
+        with_cond()
         x0 = x_t.clone().requires_grad_(True)
         x = x0
         for k in range(steps):
@@ -121,6 +134,36 @@ def w3(steps):
         return x0.grad
 
     return {"sample": sample, "discrete": discrete, "tape": tape}
+
+
+def w3(steps):
+    torch.manual_seed(0)
+    model = UNet2DModel(**CIFAR10).eval()
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    return unet_workload(model, betas, (1, 3, 32, 32), steps)
+
+
+# Stable Diffusion 1.5's unet/config.json (860M parameters).
+SD15 = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+
+
+def w4(steps):
+    torch.manual_seed(0)
+    model = UNet2DConditionModel(**SD15).eval()
+    # SD's scaled-linear betas: linspace in sqrt(beta), squared.
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    cond = torch.randn((1, 77, 768), generator=torch.Generator().manual_seed(2))
+    return unet_workload(model, betas, (1, 4, 64, 64), steps, cond)
 
 
 def mlp(steps, dim, hidden, batch):
@@ -218,6 +261,7 @@ WORKLOADS = {
     "w1": lambda n: mlp(n, 64, 256, 16),
     "w2": lambda n: mlp(n, 784, 2048, 64),
     "w3": lambda n: w3(n),
+    "w4": lambda n: w4(n),
 }
 
 

@@ -4,7 +4,10 @@
 //! 1e-3, DDIM, mean squared error to a fixed target, gradients with respect to x_T, z and all
 //! parameters, seeded weights. W3: google/ddpm-cifar10-32's UNet (35.7M parameters, seeded
 //! weights), batch 1, 3x32x32, DDIM on N evenly spaced train indices of the linear DDPM
-//! schedule, mean squared error to a fixed target, the gradient with respect to x_T.
+//! schedule, mean squared error to a fixed target, the gradient with respect to x_T. W4: Stable
+//! Diffusion 1.5's UNet (860M parameters, seeded weights), 4x64x64 latents, 77 x 768
+//! embeddings, DDIM on SD's schedule, the gradient with respect to x_T and the embeddings
+//! (w4-tiny: the same layout at CI's size).
 
 use std::time::Instant;
 
@@ -19,7 +22,9 @@ use adeis_runtime::loss::mse;
 use adeis_runtime::mlp::{MlpDenoiser, TimeFeatures};
 use adeis_runtime::nn::{Dense, Gelu, NnDevice};
 use adeis_runtime::noise::normals;
-use adeis_runtime::unet::{RandomParams, UNet2D, UNet2DConfig};
+use adeis_runtime::unet::{
+    RandomParams, UNet2D, UNet2DCondition, UNet2DConditionConfig, UNet2DConfig,
+};
 use adeis_runtime::{from_f64, gradient, sample, Denoiser, Input, ModelFn, NoiseSource, State};
 use serde::Serialize;
 
@@ -38,7 +43,7 @@ type Mlp<const IN: usize, const H: usize, const D: usize> =
 /// What one benchmark run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
-    /// The workload (w1, w2, w3, tiny).
+    /// The workload (w1, w2, w3, w4, w4-tiny, tiny).
     pub workload: String,
     /// The method, as `--method` names it.
     pub method: String,
@@ -211,6 +216,26 @@ pub fn even_train_indices(steps: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The UNet workloads' problem: the benchmark's sampler on N evenly spaced train indices of a
+/// discrete `schedule` (where diffusers' DDIM evaluates the network), differentiating `wrt`.
+fn explicit_problem(
+    schedule: &ScheduleSpec,
+    opts: &BenchOptions,
+    wrt: Wrt,
+) -> Result<Problem, Error> {
+    let schedule = schedule
+        .to_def()
+        .map_err(Error::Option)?
+        .compile()
+        .map_err(adeis_compiler::Error::from)?;
+    let mut sampler = bench_sampler(opts);
+    sampler.grid = adeis_compiler::grid::GridKind::Explicit;
+    sampler.train_indices = Some(even_train_indices(opts.steps));
+    Ok(Problem::new(schedule, &sampler)
+        .map_err(adeis_compiler::Error::from)?
+        .with_wrt(wrt))
+}
+
 /// W3: the google/ddpm-cifar10-32 UNet with seeded random weights, batch 1, 3x32x32, DDIM on N
 /// evenly spaced train indices of the linear DDPM schedule, MSE to a fixed target, gradient
 /// with respect to x_T.
@@ -226,18 +251,8 @@ fn run_unet_workload<Dev: NnDevice<f32>>(
         adeis_compiler::Prediction::Eps,
         &mut RandomParams::new(0),
     )?;
-    let schedule = ScheduleSpec::builtin("discrete")
-        .expect("built in")
-        .to_def()
-        .map_err(adeis_compiler::Error::from)?
-        .compile()
-        .map_err(adeis_compiler::Error::from)?;
-    let mut sampler = bench_sampler(opts);
-    sampler.grid = adeis_compiler::grid::GridKind::Explicit;
-    sampler.train_indices = Some(even_train_indices(opts.steps));
-    let problem = Problem::new(schedule, &sampler)
-        .map_err(adeis_compiler::Error::from)?
-        .with_wrt(Wrt::X_T);
+    let schedule = ScheduleSpec::builtin("discrete").expect("built in");
+    let problem = explicit_problem(&schedule, opts, Wrt::X_T)?;
     let n = 3 * 32 * 32;
     let state = |seed: u64| {
         State::from_f64(&dev, &normals(seed, 0, n), &[1, 3, 32, 32]).expect("the W3 shape")
@@ -248,6 +263,91 @@ fn run_unet_workload<Dev: NnDevice<f32>>(
         x_t: state(1),
         z: None,
         target: state(3),
+    };
+    run.measure(&model, opts)
+}
+
+/// The config of Stable Diffusion 1.5's UNet (`runwayml/stable-diffusion-v1-5`'s unet/config.json,
+/// 860M parameters), the UNet of workload W4.
+pub const SD15_UNET_CONFIG: &str = r#"{
+  "_class_name": "UNet2DConditionModel",
+  "act_fn": "silu",
+  "attention_head_dim": 8,
+  "block_out_channels": [320, 640, 1280, 1280],
+  "center_input_sample": false,
+  "cross_attention_dim": 768,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "downsample_padding": 1,
+  "flip_sin_to_cos": true,
+  "freq_shift": 0,
+  "in_channels": 4,
+  "layers_per_block": 2,
+  "mid_block_scale_factor": 1,
+  "norm_eps": 1e-05,
+  "norm_num_groups": 32,
+  "out_channels": 4,
+  "sample_size": 64,
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+}"#;
+
+/// W4-tiny: SD 1.5's UNet layout at a size CI runs (channels 32-64, 8 tokens of 32, 16x16
+/// latents): the same code paths as W4.
+pub const SD_TINY_UNET_CONFIG: &str = r#"{
+  "_class_name": "UNet2DConditionModel",
+  "attention_head_dim": 4,
+  "block_out_channels": [32, 64, 64, 64],
+  "cross_attention_dim": 32,
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "layers_per_block": 2,
+  "norm_num_groups": 8,
+  "sample_size": 16,
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+}"#;
+
+/// W4: Stable Diffusion 1.5's UNet architecture with seeded random weights (nothing is
+/// downloaded), batch 1, 4x64x64 latents, 77 x 768 encoder hidden states, DDIM on N evenly
+/// spaced train indices of SD's scaled-linear schedule, MSE to a fixed target, the gradient with
+/// respect to x_T and the embeddings; `tiny`: the same layout at CI's size.
+fn run_sd_workload<Dev: NnDevice<f32>>(
+    dev: Dev,
+    opts: &BenchOptions,
+    tiny: bool,
+) -> Result<BenchResult, Error> {
+    let (config, side, tokens) = if tiny {
+        (SD_TINY_UNET_CONFIG, 16, 8)
+    } else {
+        (SD15_UNET_CONFIG, 64, 77)
+    };
+    let config: UNet2DConditionConfig =
+        serde_json::from_str(config).expect("the W4 configs are valid JSON");
+    let cross = config.cross_dim();
+    let model = UNet2DCondition::<f32, Dev>::new(
+        &dev,
+        config,
+        adeis_compiler::Prediction::Eps,
+        &mut RandomParams::new(0),
+    )?
+    .with_tokens(tokens);
+    let mut schedule = ScheduleSpec::of_kind(adeis_compiler::spec::ScheduleKind::Discrete);
+    schedule.beta_schedule = Some(adeis_compiler::spec::BetaSchedule::ScaledLinear);
+    schedule.beta_start = Some(0.00085);
+    schedule.beta_end = Some(0.012);
+    let wrt = Wrt {
+        cond: true,
+        ..Wrt::X_T
+    };
+    let problem = explicit_problem(&schedule, opts, wrt)?;
+    let shape = [1, 4, side, side];
+    let state = |seed: u64, shape: &[usize]| {
+        let n = shape.iter().product();
+        State::from_f64(&dev, &normals(seed, 0, n), shape).expect("the W4 shapes")
+    };
+    let run = Workload {
+        name: if tiny { "w4-tiny" } else { "w4" },
+        problem,
+        x_t: state(1, &shape),
+        z: Some(state(2, &[1, tokens, cross])),
+        target: state(3, &shape),
     };
     run.measure(&model, opts)
 }
@@ -418,10 +518,12 @@ fn run_on<Dev: NnDevice<f32>>(dev: Dev, opts: &BenchOptions) -> Result<BenchResu
         "w2" => run_workload::<Dev, W2_IN, 2048, 784>(dev, ("w2", 64), opts),
         "tiny" => run_workload::<Dev, TINY_IN, 16, 4>(dev, ("tiny", 2), opts),
         "w3" => run_unet_workload(dev, opts),
+        "w4" => run_sd_workload(dev, opts, false),
+        "w4-tiny" => run_sd_workload(dev, opts, true),
         other => Err(Error::Option(FieldError::value(
             "workload",
             other,
-            "the workloads are w1, w2, w3 and tiny",
+            "the workloads are w1, w2, w3, w4 (Stable Diffusion 1.5's UNet), w4-tiny and tiny",
         ))),
     }
 }

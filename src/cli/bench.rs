@@ -8,7 +8,9 @@ use super::option_error;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// w1 (D 64, H 256, batch 16), w2 (D 784, H 2048, batch 64), w3 (the google/ddpm-cifar10-32
-    /// UNet, 3x32x32, batch 1; gradient w.r.t. x_T) or tiny (for CI).
+    /// UNet, 3x32x32, batch 1; gradient w.r.t. x_T), w4 (Stable Diffusion 1.5's UNet, 860M
+    /// parameters, 4x64x64 latents, 77 x 768 embeddings; gradient w.r.t. x_T and the
+    /// embeddings; minutes per gradient on a CPU), w4-tiny (its layout at CI's size) or tiny.
     #[arg(long, default_value = "w1")]
     pub workload: String,
     /// cpu, or cuda (a build with the `cuda` feature and an NVIDIA GPU).
