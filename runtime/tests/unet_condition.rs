@@ -174,6 +174,15 @@ fn unet_condition_config_errors_name_the_key() {
         (r#"{"dual_cross_attention": true}"#, "dual_cross_attention"),
         (r#"{"time_cond_proj_dim": 256}"#, "time_cond_proj_dim"),
         (r#"{"layers_per_block": [2, 2, 2, 2]}"#, "layers_per_block"),
+        (r#"{"attention_type": "gated"}"#, "attention_type"),
+        (
+            r#"{"cross_attention_norm": "group_norm"}"#,
+            "cross_attention_norm",
+        ),
+        (
+            r#"{"resnet_out_scale_factor": 2.0}"#,
+            "resnet_out_scale_factor",
+        ),
     ];
     for (json, want) in cases {
         let c: UNet2DConditionConfig = serde_json::from_str(json).unwrap();

@@ -273,6 +273,28 @@ const UNSUPPORTED: [(&str, &str); 14] = [
     ("class_embeddings_concat", "a concatenated class embedding"),
 ];
 
+/// Keys adeis reads only at diffusers' default value (a JSON value, null counting as it):
+/// (key, the default, what another value means).
+const DEFAULT_ONLY: [(&str, &str, &str); 5] = [
+    ("attention_type", "\"default\"", "gated attention (GLIGEN)"),
+    (
+        "cross_attention_norm",
+        "null",
+        "a norm of the encoder hidden states",
+    ),
+    ("resnet_out_scale_factor", "1.0", "a resnet output scale"),
+    (
+        "reverse_transformer_layers_per_block",
+        "null",
+        "per-layer transformer depths of the up blocks",
+    ),
+    (
+        "mid_block_only_cross_attention",
+        "null",
+        "a mid block without self-attention",
+    ),
+];
+
 fn unsupported(key: &str, value: &str, supported: &str) -> FieldError {
     FieldError::value(key, format!("{value:?}"), format!("supported: {supported}"))
 }
@@ -422,6 +444,20 @@ impl UNet2DConditionConfig {
                         key,
                         v.to_string(),
                         format!("null or false: {what} is not supported yet"),
+                    ))
+                }
+            }
+        }
+        for (key, default, what) in DEFAULT_ONLY {
+            let want: serde_json::Value = serde_json::from_str(default).expect("a JSON literal");
+            match self.others.get(key) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(v) if v == &want || v.as_f64().is_some_and(|x| Some(x) == want.as_f64()) => {}
+                Some(v) => {
+                    return Err(FieldError::value(
+                        key,
+                        v.to_string(),
+                        format!("{default} (diffusers' default): {what} is not supported yet"),
                     ))
                 }
             }

@@ -1,7 +1,7 @@
 //! diffusers' `AutoencoderKL`, the VAE of latent diffusion (Stable Diffusion 1.x/2.x, SDXL,
 //! SD3, FLUX): its decoder (latents -> image) and its encoder's latent mean (image -> latents,
 //! for inversion and for losses on images), on any dfdx tape, built from the blocks the UNets
-//! use ([`super::blocks`]) with diffusers' tensor names, and their VJPs with respect to the
+//! use (`blocks.rs`) with diffusers' tensor names, and their VJPs with respect to the
 //! input and every parameter.
 //!
 //! A latent diffusion pipeline samples *scaled* latents: [`VaeMap::DecodeLatents`] undoes the
