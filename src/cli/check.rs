@@ -37,12 +37,7 @@ pub fn run(
     let choice = model.map(super::model::parse_model).transpose()?;
     if let Some(super::model::ModelChoice::Diffusers(d)) = &choice {
         let cpu = adeis::runtime::dfdx::prelude::Cpu::default();
-        let described = match &d.config {
-            adeis::diffusers::UNetConfig::Plain(_) => d.load::<f32>(&cpu)?.describe(),
-            adeis::diffusers::UNetConfig::Conditional(_) => d
-                .load_conditional::<f32>(&cpu, super::model::CLIP_TOKENS)?
-                .describe(),
-        };
+        let described = d.load_unet::<f32>(&cpu)?.describe();
         println!("{}: valid", d.path.display());
         print!("{described}");
         if let Some(s) = d.schedule()? {

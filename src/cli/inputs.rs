@@ -323,7 +323,7 @@ pub fn check_model_memory(
             batch,
             (h, w),
             word,
-            (taped, d.tokens.unwrap_or(super::model::CLIP_TOKENS)),
+            (taped, d.tokens.unwrap_or(adeis::diffusers::CLIP_TOKENS)),
         ),
     };
     let Some(free) = adeis_io::available_memory_bytes() else {

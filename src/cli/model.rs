@@ -8,7 +8,7 @@ use adeis::diffusers::DiffusersDir;
 use adeis::runtime::analytic::{GaussianGrads, GaussianModel, GmmModel};
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::nn::Float;
-use adeis::runtime::unet::{UNet2D, UNet2DCondition};
+use adeis::runtime::unet::{DiffusersUNet, UNet2D, UNet2DCondition};
 use adeis::runtime::{from_f64, Denoiser, State};
 use adeis::safetensors::NamedTensor;
 use adeis_digits::data::{CLASSES, PIXELS};
@@ -193,6 +193,16 @@ impl ModelChoice {
             _ => Ok(None),
         }
     }
+}
+
+/// `$body` with `$m` bound to the UNet of whichever class `$unet` holds.
+macro_rules! each_unet {
+    ($unet:expr, |$m:ident| $body:expr) => {
+        match $unet {
+            DiffusersUNet::Plain($m) => $body,
+            DiffusersUNet::Conditional($m) => $body,
+        }
+    };
 }
 
 /// What the commands ask of a model besides the `Denoiser` interface.
@@ -418,10 +428,6 @@ where
     }
 }
 
-/// The tokens of a CLIP prompt's embeddings, a `UNet2DConditionModel`'s encoder hidden states
-/// when a run gives none.
-pub const CLIP_TOKENS: usize = 77;
-
 impl<E: Float> CommandModel<E> for UNet2DCondition<E, Cpu>
 where
     Cpu: adeis::runtime::nn::NnDevice<E>,
@@ -444,6 +450,36 @@ where
                 .map(|(name, shape, data)| NamedTensor { name, shape, data })
                 .collect(),
         )
+    }
+}
+
+/// A diffusers folder's UNet, whatever its class: each class's own behaviour above.
+impl<E: Float> CommandModel<E> for DiffusersUNet<E, Cpu>
+where
+    Cpu: adeis::runtime::nn::NnDevice<E>,
+{
+    fn default_cond(&self, x: &State<E, Cpu>) -> Option<State<E, Cpu>> {
+        each_unet!(self, |m| m.default_cond(x))
+    }
+
+    fn class_cond(&self, labels: &[usize]) -> Result<State<E, Cpu>> {
+        each_unet!(self, |m| CommandModel::class_cond(m, labels))
+    }
+
+    fn needs_labels(&self) -> bool {
+        each_unet!(self, |m| m.needs_labels())
+    }
+
+    fn missing_cond(&self, batch: usize) -> Option<String> {
+        each_unet!(self, |m| m.missing_cond(batch))
+    }
+
+    fn null_cond(&self, x: &State<E, Cpu>, null_class: Option<usize>) -> Result<State<E, Cpu>> {
+        each_unet!(self, |m| m.null_cond(x, null_class))
+    }
+
+    fn named_grads(&self, g: &Self::Grads) -> Option<Vec<NamedTensor>> {
+        each_unet!(self, |m| CommandModel::named_grads(m, g))
     }
 }
 
@@ -518,21 +554,11 @@ macro_rules! with_model {
                 let $m = &$crate::cli::model::DigitsCli::committed()?;
                 $body
             }
-            $crate::cli::model::ModelChoice::Diffusers(d) => match &d.config {
-                adeis::diffusers::UNetConfig::Plain(_) => {
-                    let unet = d.load::<$E>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
-                    let $m = &unet;
-                    $body
-                }
-                adeis::diffusers::UNetConfig::Conditional(_) => {
-                    let unet = d.load_conditional::<$E>(
-                        &adeis::runtime::dfdx::prelude::Cpu::default(),
-                        d.tokens.unwrap_or($crate::cli::model::CLIP_TOKENS),
-                    )?;
-                    let $m = &unet;
-                    $body
-                }
-            },
+            $crate::cli::model::ModelChoice::Diffusers(d) => {
+                let unet = d.load_unet::<$E>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+                let $m = &unet;
+                $body
+            }
         }
     };
 }

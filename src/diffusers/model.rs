@@ -13,7 +13,7 @@ use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::nn::{Float, NnDevice};
 use adeis_runtime::unet::config::SampleSize;
 use adeis_runtime::unet::{
-    TensorMapSource, UNet2D, UNet2DCondition, UNet2DConditionConfig, UNet2DConfig,
+    DiffusersUNet, TensorMapSource, UNet2D, UNet2DCondition, UNet2DConditionConfig, UNet2DConfig,
 };
 use serde::Deserialize;
 
@@ -48,6 +48,10 @@ pub struct SchedulerConfig {
     #[serde(default)]
     pub prediction_type: Option<String>,
 }
+
+/// The tokens of a CLIP prompt's embeddings, a `UNet2DConditionModel`'s encoder hidden states
+/// when a run gives no other number.
+pub const CLIP_TOKENS: usize = 77;
 
 /// The UNet classes adeis runs, by their config.
 #[derive(Clone, Debug)]
@@ -453,6 +457,21 @@ impl DiffusersDir {
         spec.to_def()
             .map_err(|e| invalid(&self.scheduler_path(), e))?;
         Ok(Some(spec))
+    }
+
+    /// The folder's UNet, whatever its class, its weights converted to E (a
+    /// `UNet2DConditionModel` takes encoder hidden states of [`DiffusersDir::tokens`] tokens,
+    /// CLIP's [`CLIP_TOKENS`] without).
+    pub fn load_unet<E: Float>(&self, dev: &Cpu) -> Result<DiffusersUNet<E, Cpu>, Error>
+    where
+        Cpu: NnDevice<E>,
+    {
+        Ok(match &self.config {
+            UNetConfig::Plain(_) => DiffusersUNet::Plain(self.load(dev)?),
+            UNetConfig::Conditional(_) => DiffusersUNet::Conditional(
+                self.load_conditional(dev, self.tokens.unwrap_or(CLIP_TOKENS))?,
+            ),
+        })
     }
 
     /// The `UNet2DConditionModel`, its weights converted to E, taking encoder hidden states of

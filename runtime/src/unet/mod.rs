@@ -9,6 +9,7 @@
 //! class-embedding vector added to the time embedding (the embedding table's row of the class),
 //! so a gradient method can interpolate and optimise it.
 
+pub mod any;
 mod blocks;
 mod build;
 pub mod condition;
@@ -30,6 +31,7 @@ use crate::nn::{
 use crate::state::State;
 use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
 
+pub use any::DiffusersUNet;
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use condition::{UNet2DCondition, UNet2DConditionConfig};
 pub use config::UNet2DConfig;
