@@ -199,3 +199,81 @@ impl<E: Float, D: NnDevice<E>> UpBlock<E, D> {
         h
     }
 }
+
+/// The time embedding of the UNets (diffusers' `TimestepEmbedding`): two linear maps with SiLU
+/// between, on the sinusoidal projection of the model time.
+#[derive(Clone, Debug)]
+pub(crate) struct TimeEmbedding<E: Dtype, D: Storage<E>> {
+    pub linear_1: Linear<E, D>,
+    pub linear_2: Linear<E, D>,
+}
+
+impl<E: Float, D: NnDevice<E>> TimeEmbedding<E, D> {
+    /// The embedding of a projection, on its tape.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        proj: Tensor<(usize, usize), E, D, T>,
+    ) -> Tensor<(usize, usize), E, D, T> {
+        self.linear_2
+            .forward(layers::silu(self.linear_1.forward(proj)))
+    }
+}
+
+/// What every diffusers UNet runs between its time embedding and its output: the input
+/// convolution, the down blocks (their outputs the skips), the mid block (or none), the up
+/// blocks on the skips, GroupNorm + SiLU and the output convolution.
+#[derive(Clone, Debug)]
+pub(crate) struct UNetBody<E: Dtype, D: Storage<E>> {
+    pub conv_in: Conv2d<E, D>,
+    pub down: Vec<DownBlock<E, D>>,
+    pub mid: Option<MidBlock<E, D>>,
+    pub up: Vec<UpBlock<E, D>>,
+    pub norm_out: GroupNorm<E, D>,
+    pub conv_out: Conv2d<E, D>,
+    /// Maps the input from [0, 1] to [-1, 1] first (`center_input_sample`).
+    pub center_input: bool,
+}
+
+impl<E: Float, D: NnDevice<E>> UNetBody<E, D> {
+    /// The network on `x` with the time (and class) embedding `emb` and, for the
+    /// cross-attention blocks, the encoder hidden states, on x's tape.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Image<E, D, T>,
+        emb: Tensor<(usize, usize), E, D, T>,
+        encoder: Option<&Tokens<E, D>>,
+        params: ParamGrads,
+    ) -> Image<E, D, T> {
+        // The time embedding's operations join x's tape; every block reads it untaped (same
+        // tensor), and dfdx runs the tape's operations in the order they were made.
+        let (emb, emb_tape) = emb.split_tape();
+        let (x, x_tape) = x.split_tape();
+        let mut h = x.put_tape(x_tape.merge(emb_tape));
+        if self.center_input {
+            h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
+        }
+        h = D::conv2d(&self.conv_in, h, params);
+        let cx = BlockContext {
+            temb: Some(&emb),
+            encoder,
+            params,
+        };
+        let mut skips = vec![h.with_empty_tape()];
+        for block in &self.down {
+            h = block.forward(h, &cx, &mut skips);
+        }
+        if let Some(mid) = &self.mid {
+            h = mid.forward(h, &cx);
+        } else {
+            // Without a mid block the first up resnet concatenates the last down output with
+            // itself; dfdx's binary operations need two tensors, so the path goes on with a
+            // copy (the product with 1 records its backward).
+            h = h * E::one();
+        }
+        for block in &self.up {
+            h = block.forward(h, &cx, &mut skips);
+        }
+        let h = D::group_norm(&self.norm_out, h, None, Activation::Silu, params);
+        D::conv2d(&self.conv_out, h, params)
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use adeis_compiler::{FieldError, Prediction};
 use dfdx::prelude::*;
 
-use super::blocks::{AfterResnet, DownBlock, MidBlock, Resnet, UpBlock};
+use super::blocks::{AfterResnet, DownBlock, MidBlock, Resnet, TimeEmbedding, UNetBody, UpBlock};
 use super::config::{DownKind, UNet2DConfig, UpKind};
 use super::{Param, ParamTensor, UNet2D};
 use crate::error::RuntimeError;
@@ -368,6 +368,18 @@ pub(super) struct PathSpec<'p, E: Dtype, D: Storage<E>> {
 }
 
 impl<E: Float, D: NnDevice<E>> Builder<'_, E, D> {
+    /// `time_embedding.linear_1` and `linear_2`: the projection's `width` -> `temb` -> `temb`.
+    pub(super) fn time_embedding(
+        &mut self,
+        width: usize,
+        temb: usize,
+    ) -> Result<TimeEmbedding<E, D>, RuntimeError> {
+        Ok(TimeEmbedding {
+            linear_1: self.linear("time_embedding.linear_1", width, temb)?,
+            linear_2: self.linear("time_embedding.linear_2", temb, temb)?,
+        })
+    }
+
     /// The down path over `chans` (finest first): resnets, what `spec.attend` puts after each,
     /// and a stride-2 convolution except at the last level; `attend` gets (name prefix,
     /// channels, block index).
@@ -479,8 +491,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         let temb = c.time_embed_dim();
         let mut b = Builder::new(dev, source, c.norm_eps, c.groups());
         let conv_in = b.conv3("conv_in", c.in_channels, chans[0])?;
-        let time_linear_1 = b.linear("time_embedding.linear_1", chans[0], temb)?;
-        let time_linear_2 = b.linear("time_embedding.linear_2", temb, temb)?;
+        let time_embedding = b.time_embedding(chans[0], temb)?;
         let class_embedding = match c.num_class_embeds {
             Some(k) => Some(b.matrix("class_embedding.weight", (k, temb), &[k, temb])?),
             None => None,
@@ -544,18 +555,21 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         let norm_out = b.norm("conv_norm_out", chans[0])?;
         let conv_out = b.conv3("conv_out", chans[0], c.out_channels)?;
         let params = b.params;
-        Ok(UNet2D {
-            config,
-            prediction,
+        let body = UNetBody {
             conv_in,
-            time_linear_1,
-            time_linear_2,
-            class_embedding,
             down,
             mid,
             up,
             norm_out,
             conv_out,
+            center_input: c.center_input_sample,
+        };
+        Ok(UNet2D {
+            config,
+            prediction,
+            time_embedding,
+            class_embedding,
+            body,
             params,
             time_projection_in_f64: false,
         })

@@ -14,23 +14,23 @@ use adeis_compiler::{FieldError, Prediction, TimeInfo};
 use dfdx::prelude::*;
 use serde::Deserialize;
 
-use super::blocks::{AfterResnet, BlockContext, DownBlock, MidBlock, UpBlock};
+use super::blocks::{AfterResnet, MidBlock, TimeEmbedding, UNetBody};
 use super::build::{Attending, Builder, ParamSource, PathSpec};
-use super::config::{estimate_memory, LevelLoad, MemoryEstimate, SampleSize};
+use super::config::{
+    d_32_groups, d_default, d_eps, d_one, d_one_usize, d_positional, d_silu, d_true,
+    estimate_memory, LevelLoad, MemoryEstimate, SampleSize,
+};
 use super::{
-    check_unet_input, model_time_cotangent, named_grads, num_params, param_grads, zero_grads,
-    Param, UNetGrads,
+    check_unet_input, model_time_cotangent, named_grads, num_params, param_grads, time_projection,
+    zero_grads, Param, UNetGrads,
 };
 use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
-use crate::nn::layers;
 use crate::nn::transformer::{
     BasicTransformerBlock, GegluFeedForward, LayerNorm, Projection, TokenAttention, Tokens,
     Transformer2D,
 };
-use crate::nn::{
-    timestep_embedding, Activation, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
-};
+use crate::nn::{Conv2d, Float, Image, Linear, NnDevice, ParamGrads};
 use crate::state::State;
 
 /// An int, or one per block (diffusers writes both).
@@ -71,9 +71,6 @@ impl PerBlock {
 fn d_four() -> usize {
     4
 }
-fn d_true() -> bool {
-    true
-}
 fn d_down() -> Vec<String> {
     [
         "CrossAttnDownBlock2D",
@@ -103,35 +100,14 @@ fn d_block_out() -> Vec<usize> {
 fn d_two() -> PerBlock {
     PerBlock::One(2)
 }
-fn d_one() -> PerBlock {
+fn d_one_per_block() -> PerBlock {
     PerBlock::One(1)
 }
 fn d_eight() -> PerBlock {
     PerBlock::One(8)
 }
-fn d_one_f() -> f64 {
-    1.0
-}
-fn d_one_u() -> usize {
-    1
-}
-fn d_silu() -> String {
-    "silu".into()
-}
-fn d_groups() -> usize {
-    32
-}
-fn d_eps() -> f64 {
-    1e-5
-}
 fn d_cross() -> PerBlock {
     PerBlock::One(1280)
-}
-fn d_default() -> String {
-    "default".into()
-}
-fn d_positional() -> String {
-    "positional".into()
 }
 fn d_three() -> usize {
     3
@@ -177,10 +153,10 @@ pub struct UNet2DConditionConfig {
     #[serde(default = "d_two")]
     pub layers_per_block: PerBlock,
     /// The downsampling convolution's padding.
-    #[serde(default = "d_one_u")]
+    #[serde(default = "d_one_usize")]
     pub downsample_padding: usize,
     /// The mid block's residual scale.
-    #[serde(default = "d_one_f")]
+    #[serde(default = "d_one")]
     pub mid_block_scale_factor: f64,
     /// Training dropout: read, not applied.
     #[serde(default)]
@@ -189,7 +165,7 @@ pub struct UNet2DConditionConfig {
     #[serde(default = "d_silu")]
     pub act_fn: String,
     /// GroupNorm's groups.
-    #[serde(default = "d_groups")]
+    #[serde(default = "d_32_groups")]
     pub norm_num_groups: usize,
     /// GroupNorm's epsilon (the resnets' and the output's; the transformers' is 1e-6).
     #[serde(default = "d_eps")]
@@ -198,7 +174,7 @@ pub struct UNet2DConditionConfig {
     #[serde(default = "d_cross")]
     pub cross_attention_dim: PerBlock,
     /// Transformer blocks per cross-attention block: an int or one per level.
-    #[serde(default = "d_one")]
+    #[serde(default = "d_one_per_block")]
     pub transformer_layers_per_block: PerBlock,
     /// The number of heads, an int or one per level (diffusers' name for it; see
     /// `num_attention_heads`).
@@ -592,14 +568,8 @@ const LAYER_NORM_EPS: f64 = 1e-5;
 pub struct UNet2DCondition<E: Dtype, D: Storage<E>> {
     config: UNet2DConditionConfig,
     prediction: Prediction,
-    conv_in: Conv2d<E, D>,
-    time_linear_1: Linear<E, D>,
-    time_linear_2: Linear<E, D>,
-    down: Vec<DownBlock<E, D>>,
-    mid: MidBlock<E, D>,
-    up: Vec<UpBlock<E, D>>,
-    norm_out: GroupNorm<E, D>,
-    conv_out: Conv2d<E, D>,
+    time_embedding: TimeEmbedding<E, D>,
+    body: UNetBody<E, D>,
     params: Vec<Param<E, D>>,
     /// The number of tokens of the encoder hidden states (77 for CLIP's prompts).
     tokens: usize,
@@ -713,8 +683,7 @@ impl<E: Float, D: NnDevice<E>> UNet2DCondition<E, D> {
         let layers = c.layers_per_block.at(0);
         let mut b = Builder::new(dev, source, c.norm_eps, c.norm_num_groups);
         let conv_in = b.conv3("conv_in", c.in_channels, chans[0])?;
-        let time_linear_1 = b.linear("time_embedding.linear_1", chans[0], temb)?;
-        let time_linear_2 = b.linear("time_embedding.linear_2", temb, temb)?;
+        let time_embedding = b.time_embedding(chans[0], temb)?;
         let pad = c.downsample_padding;
         let down_pad = if pad == 0 { [0, 0, 1, 1] } else { [pad; 4] };
         let (down_cross, up_cross) = (c.down_cross(), c.up_cross());
@@ -766,17 +735,20 @@ impl<E: Float, D: NnDevice<E>> UNet2DCondition<E, D> {
         let norm_out = b.norm("conv_norm_out", chans[0])?;
         let conv_out = b.conv3("conv_out", chans[0], c.out_channels)?;
         let params = b.params;
-        Ok(UNet2DCondition {
-            config,
-            prediction,
+        let body = UNetBody {
             conv_in,
-            time_linear_1,
-            time_linear_2,
             down,
-            mid,
+            mid: Some(mid),
             up,
             norm_out,
             conv_out,
+            center_input: c.center_input_sample,
+        };
+        Ok(UNet2DCondition {
+            config,
+            prediction,
+            time_embedding,
+            body,
             params,
             tokens: 77,
         })
@@ -836,24 +808,15 @@ impl<E: Float, D: NnDevice<E>> UNet2DCondition<E, D> {
         s
     }
 
-    /// The time embedding at model times (one per row), on an empty tape of type `T`.
+    /// The sinusoidal projection of the model times, one row each (in f32, as diffusers).
     fn time_projection(&self, dev: &D, times: &[f64]) -> Tensor<(usize, usize), E, D> {
-        let c0 = self.config.block_out_channels[0];
-        let rows: Vec<E> = times
-            .iter()
-            .flat_map(|&t| {
-                timestep_embedding::<E>(t, c0, self.config.flip_sin_to_cos, self.config.freq_shift)
-            })
-            .collect();
-        dev.tensor_from_vec(rows, (times.len(), c0))
-    }
-
-    fn embed_projection<T: Tape<E, D>>(
-        &self,
-        proj: Tensor<(usize, usize), E, D, T>,
-    ) -> Tensor<(usize, usize), E, D, T> {
-        self.time_linear_2
-            .forward(layers::silu(self.time_linear_1.forward(proj)))
+        let c = &self.config;
+        time_projection(
+            dev,
+            times,
+            (c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift),
+            false,
+        )
     }
 
     /// The network on latents `x` with the time embedding `emb` and the encoder hidden states
@@ -866,28 +829,7 @@ impl<E: Float, D: NnDevice<E>> UNet2DCondition<E, D> {
         encoder: &Tokens<E, D>,
         params: ParamGrads,
     ) -> Image<E, D, T> {
-        let (emb, emb_tape) = emb.split_tape();
-        let (x, x_tape) = x.split_tape();
-        let mut h = x.put_tape(x_tape.merge(emb_tape));
-        if self.config.center_input_sample {
-            h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
-        }
-        h = D::conv2d(&self.conv_in, h, params);
-        let cx = BlockContext {
-            temb: Some(&emb),
-            encoder: Some(encoder),
-            params,
-        };
-        let mut skips = vec![h.with_empty_tape()];
-        for block in &self.down {
-            h = block.forward(h, &cx, &mut skips);
-        }
-        h = self.mid.forward(h, &cx);
-        for block in &self.up {
-            h = block.forward(h, &cx, &mut skips);
-        }
-        let h = D::group_norm(&self.norm_out, h, None, Activation::Silu, params);
-        D::conv2d(&self.conv_out, h, params)
+        self.body.forward(x, emb, Some(encoder), params)
     }
 
     /// The network on latents `x` at model time `t` with encoder hidden states `encoder`, on
@@ -901,7 +843,9 @@ impl<E: Float, D: NnDevice<E>> UNet2DCondition<E, D> {
     ) -> Image<E, D, T> {
         let dev = x.device().clone();
         let batch = x.shape().0;
-        let emb = self.embed_projection(self.time_projection(&dev, &vec![t; batch]).retaped::<T>());
+        let emb = self
+            .time_embedding
+            .forward(self.time_projection(&dev, &vec![t; batch]).retaped::<T>());
         self.forward_embedded(x, emb, encoder, params)
     }
 
@@ -979,7 +923,9 @@ impl<E: Float, D: NnDevice<E>> Denoiser<E, D> for UNet2DCondition<E, D> {
         let params = ParamGrads::when(theta.as_ref().is_some_and(|(_, w)| *w != 0.0));
         let batch = x.batch();
         let proj = self.time_projection(&x.device(), &vec![time.model_t; batch]);
-        let emb = self.embed_projection(proj.clone().retaped::<OwnedTape<E, D>>());
+        let emb = self
+            .time_embedding
+            .forward(proj.clone().retaped::<OwnedTape<E, D>>());
         let out = self.forward_embedded(traced, emb, &encoder, params);
         let c = cot.rows().clone().reshape_like(out.shape());
         let mut grads = (out * c).sum().backward();

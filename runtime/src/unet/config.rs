@@ -5,13 +5,13 @@
 use adeis_compiler::FieldError;
 use serde::Deserialize;
 
-fn d_channels() -> usize {
+pub(super) fn d_channels() -> usize {
     3
 }
-fn d_true() -> bool {
+pub(super) fn d_true() -> bool {
     true
 }
-fn d_positional() -> String {
+pub(super) fn d_positional() -> String {
     "positional".into()
 }
 fn d_down() -> Vec<String> {
@@ -43,13 +43,13 @@ fn d_block_out() -> Vec<usize> {
 fn d_layers() -> usize {
     2
 }
-fn d_one() -> f64 {
+pub(super) fn d_one() -> f64 {
     1.0
 }
 fn d_conv() -> String {
     "conv".into()
 }
-fn d_silu() -> String {
+pub(super) fn d_silu() -> String {
     "silu".into()
 }
 fn d_head_dim() -> Option<usize> {
@@ -58,10 +58,14 @@ fn d_head_dim() -> Option<usize> {
 fn d_groups() -> Option<usize> {
     Some(32)
 }
-fn d_eps() -> f64 {
+pub(super) fn d_eps() -> f64 {
     1e-5
 }
-fn d_default() -> String {
+/// GroupNorm's groups where diffusers' default is 32 (the VAE, UNet2DConditionModel).
+pub(super) fn d_32_groups() -> usize {
+    32
+}
+pub(super) fn d_default() -> String {
     "default".into()
 }
 
@@ -198,7 +202,7 @@ pub struct UNet2DConfig {
 /// 1024; 16384 leaves room for any image a UNet is trained on).
 pub const MAX_SAMPLE_SIDE: i64 = 16384;
 
-fn d_one_usize() -> usize {
+pub(super) fn d_one_usize() -> usize {
     1
 }
 

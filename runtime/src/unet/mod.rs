@@ -19,14 +19,13 @@ pub mod vae;
 use adeis_compiler::{Prediction, TimeInfo};
 use dfdx::prelude::*;
 
-use blocks::{BlockContext, DownBlock, MidBlock, UpBlock};
+use blocks::{TimeEmbedding, UNetBody};
 
 use crate::denoiser::{Cotangents, Denoiser, TimeCot};
 use crate::error::RuntimeError;
-use crate::nn::layers;
 use crate::nn::{
     timestep_embedding, timestep_embedding_f64, timestep_embedding_slope, timestep_frequencies,
-    Activation, Conv2d, Float, GroupNorm, Image, Linear, NnDevice, ParamGrads,
+    Float, Image, NnDevice, ParamGrads,
 };
 use crate::state::State;
 use crate::taped::{Taped, TapedDenoiser, TimeLeaves};
@@ -58,15 +57,9 @@ struct Param<E: Dtype, D: Storage<E>> {
 pub struct UNet2D<E: Dtype, D: Storage<E>> {
     config: UNet2DConfig,
     prediction: Prediction,
-    conv_in: Conv2d<E, D>,
-    time_linear_1: Linear<E, D>,
-    time_linear_2: Linear<E, D>,
+    time_embedding: TimeEmbedding<E, D>,
     class_embedding: Option<Tensor<(usize, usize), E, D>>,
-    down: Vec<DownBlock<E, D>>,
-    mid: Option<MidBlock<E, D>>,
-    up: Vec<UpBlock<E, D>>,
-    norm_out: GroupNorm<E, D>,
-    conv_out: Conv2d<E, D>,
+    body: UNetBody<E, D>,
     params: Vec<Param<E, D>>,
     /// The timestep sinusoids in f64 rather than in f32 as diffusers computes them: the model
     /// is then smooth in its time at f64's resolution (for gradients with respect to the
@@ -103,6 +96,32 @@ fn param_grads<E: Float, D: NnDevice<E>>(
             }
         })
         .collect()
+}
+
+/// The sinusoidal projection of model times `times`, one row each (diffusers' `Timesteps` of
+/// (width, flip, frequency shift)), in f32 as diffusers computes it or, with `in_f64`, in f64.
+/// A time equal to the row before is copied, not recomputed.
+fn time_projection<E: Float, D: NnDevice<E>>(
+    dev: &D,
+    times: &[f64],
+    (width, flip, shift): (usize, bool, f64),
+    in_f64: bool,
+) -> Tensor<(usize, usize), E, D> {
+    let mut rows: Vec<E> = Vec::with_capacity(times.len() * width);
+    for (i, &t) in times.iter().enumerate() {
+        if i > 0 && t == times[i - 1] {
+            rows.extend_from_within((i - 1) * width..i * width);
+        } else if in_f64 {
+            rows.extend(
+                timestep_embedding_f64(t, width, flip, shift)
+                    .into_iter()
+                    .map(|v| E::from_f64(v).unwrap()),
+            );
+        } else {
+            rows.extend(timestep_embedding::<E>(t, width, flip, shift));
+        }
+    }
+    dev.tensor_from_vec(rows, (times.len(), width))
 }
 
 /// cot^T d out/d(model time) after a backward pass: the time projection's gradient in `grads`,
@@ -282,7 +301,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
 
     /// The time embedding at model times `times` (one per row; no tape: it depends on the
     /// times only), on an empty tape of type `T`.
-    fn time_embedding<T: Tape<E, D>>(
+    fn embed_times<T: Tape<E, D>>(
         &self,
         dev: &D,
         times: &[f64],
@@ -292,32 +311,13 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
 
     /// The sinusoidal projection of the model times, one row each (diffusers' `Timesteps`).
     fn time_projection(&self, dev: &D, times: &[f64]) -> Tensor<(usize, usize), E, D> {
-        let c0 = self.config.block_out_channels[0];
-        let mut rows: Vec<E> = Vec::with_capacity(times.len() * c0);
-        for (i, &t) in times.iter().enumerate() {
-            if i > 0 && t == times[i - 1] {
-                rows.extend_from_within((i - 1) * c0..i * c0);
-            } else if self.time_projection_in_f64 {
-                rows.extend(
-                    timestep_embedding_f64(
-                        t,
-                        c0,
-                        self.config.flip_sin_to_cos,
-                        self.config.freq_shift,
-                    )
-                    .into_iter()
-                    .map(|v| E::from_f64(v).unwrap()),
-                );
-            } else {
-                rows.extend(timestep_embedding::<E>(
-                    t,
-                    c0,
-                    self.config.flip_sin_to_cos,
-                    self.config.freq_shift,
-                ));
-            }
-        }
-        dev.tensor_from_vec(rows, (times.len(), c0))
+        let c = &self.config;
+        time_projection(
+            dev,
+            times,
+            (c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift),
+            self.time_projection_in_f64,
+        )
     }
 
     /// The time embedding of a projection (diffusers' `TimestepEmbedding`), on its tape.
@@ -325,8 +325,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         &self,
         proj: Tensor<(usize, usize), E, D, T>,
     ) -> Tensor<(usize, usize), E, D, T> {
-        self.time_linear_2
-            .forward(layers::silu(self.time_linear_1.forward(proj)))
+        self.time_embedding.forward(proj)
     }
 
     /// The network on images `x` at model time `t`, with the conditioning `z` (the
@@ -341,7 +340,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
     ) -> Image<E, D, T> {
         let dev = x.device().clone();
         let batch = x.shape().0;
-        let mut emb = self.time_embedding::<T>(&dev, &vec![t; batch]);
+        let mut emb = self.embed_times::<T>(&dev, &vec![t; batch]);
         if let Some(z) = z {
             emb = emb + z;
         }
@@ -366,7 +365,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
                 times.len()
             )));
         }
-        let mut emb = self.time_embedding::<T>(&dev, times);
+        let mut emb = self.embed_times::<T>(&dev, times);
         match (labels, &self.class_embedding) {
             (None, _) => {}
             (Some(labels), Some(table)) => {
@@ -409,37 +408,7 @@ impl<E: Float, D: NnDevice<E>> UNet2D<E, D> {
         emb: Tensor<(usize, usize), E, D, T>,
         params: ParamGrads,
     ) -> Image<E, D, T> {
-        // The time embedding's operations join x's tape; every block reads it untaped (same
-        // tensor), and dfdx runs the tape's operations in the order they were made.
-        let (emb, emb_tape) = emb.split_tape();
-        let (x, x_tape) = x.split_tape();
-        let mut h = x.put_tape(x_tape.merge(emb_tape));
-        if self.config.center_input_sample {
-            h = h * E::from_f64(2.0).unwrap() - E::from_f64(1.0).unwrap();
-        }
-        h = D::conv2d(&self.conv_in, h, params);
-        let cx = BlockContext {
-            temb: Some(&emb),
-            encoder: None,
-            params,
-        };
-        let mut skips = vec![h.with_empty_tape()];
-        for block in &self.down {
-            h = block.forward(h, &cx, &mut skips);
-        }
-        if let Some(mid) = &self.mid {
-            h = mid.forward(h, &cx);
-        } else {
-            // Without a mid block the first up resnet concatenates the last down output with
-            // itself; dfdx's binary operations need two tensors, so the path goes on with a
-            // copy (the product with 1 records its backward).
-            h = h * E::one();
-        }
-        for block in &self.up {
-            h = block.forward(h, &cx, &mut skips);
-        }
-        let h = D::group_norm(&self.norm_out, h, None, Activation::Silu, params);
-        D::conv2d(&self.conv_out, h, params)
+        self.body.forward(x, emb, None, params)
     }
 
     fn image_of(&self, x: &State<E, D>) -> Tensor<(usize, usize, usize, usize), E, D> {

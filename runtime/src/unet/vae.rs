@@ -15,18 +15,12 @@ use serde::Deserialize;
 
 use super::blocks::{AfterResnet, BlockContext, DownBlock, MidBlock, UpBlock};
 use super::build::{Builder, ParamSource, PathSpec};
-use super::config::SampleSize;
+use super::config::{d_32_groups, d_channels, d_one_usize, d_silu, d_true, SampleSize};
 use super::{named_grads, named_params, num_params, param_grads, zero_grads, Param, UNetGrads};
 use crate::error::RuntimeError;
 use crate::nn::{Activation, Conv2d, Float, GroupNorm, Image, NnDevice, ParamGrads};
 use crate::state::State;
 
-fn d_channels() -> usize {
-    3
-}
-fn d_true() -> bool {
-    true
-}
 fn d_down() -> Vec<String> {
     vec!["DownEncoderBlock2D".into()]
 }
@@ -36,17 +30,8 @@ fn d_up() -> Vec<String> {
 fn d_block_out() -> Vec<usize> {
     vec![64]
 }
-fn d_one() -> usize {
-    1
-}
-fn d_silu() -> String {
-    "silu".into()
-}
 fn d_latent() -> usize {
     4
-}
-fn d_groups() -> usize {
-    32
 }
 fn d_scaling() -> f64 {
     0.18215
@@ -78,7 +63,7 @@ pub struct AutoencoderKLConfig {
     #[serde(default = "d_block_out")]
     pub block_out_channels: Vec<usize>,
     /// Resnets per encoder block (the decoder's blocks have one more).
-    #[serde(default = "d_one")]
+    #[serde(default = "d_one_usize")]
     pub layers_per_block: usize,
     /// The activation: "silu" or "swish" (the same; others are refused).
     #[serde(default = "d_silu")]
@@ -87,7 +72,7 @@ pub struct AutoencoderKLConfig {
     #[serde(default = "d_latent")]
     pub latent_channels: usize,
     /// GroupNorm's groups.
-    #[serde(default = "d_groups")]
+    #[serde(default = "d_32_groups")]
     pub norm_num_groups: usize,
     /// The image size the model was trained at (read and range-checked; a convolutional VAE
     /// runs at any size divisible by 2^(levels - 1)).
