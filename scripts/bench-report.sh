@@ -2,7 +2,7 @@
 # Regenerates the benchmark tables of the README: every figure comes from `adeis bench`, one
 # process per row (so "peak memory" is that run's own). Usage:
 #   scripts/bench-report.sh [quick|full]      (quick: W1 only; full: W1 and W2)
-#   scripts/bench-report.sh w3|torch [ROUNDS] (against PyTorch, see below)
+#   scripts/bench-report.sh w3|torch|w4 [ROUNDS] (against PyTorch, see below)
 #   scripts/bench-report.sh reversible [w3]   (the gradient methods on Rex: W1 and W2 at
 #                                              N = 10, 50, 200; with w3, W3 at N = 10, 50, 200
 #                                              too, the tape to N = 50; reversible-w3: W3 only)
@@ -19,23 +19,27 @@ mode=${1:-quick}
 # each figure's median over the rounds and the ratio of the medians.
 #   w3 [ROUNDS]:    W3 at N = 10 and 50 (the real-networks table)
 #   torch [ROUNDS]: W1 at N = 200, W2 at N = 50, W3 at N = 10 (the speed table)
+#   w4 [ROUNDS]:    W4 (Stable Diffusion 1.5's UNet) at N = 2, 10 and 20, the discrete adjoint
+#                   only, one timed run after the warm-up (a gradient takes minutes; PyTorch's
+#                   tape does not fit from N = 12 on this machine)
+# METHODS and REPEAT (environment) override the methods and the timed runs per figure.
 side_by_side() { # rounds "workload steps"...
-  local rounds=$1 py=${ADEIS_TORCH_PYTHON:-python3} out
+  local rounds=$1 py=${ADEIS_TORCH_PYTHON:-python3} out repeat=${REPEAT:-3}
   shift
   out=$(mktemp)
   for r in $(seq 1 "$rounds"); do
     for ws in "$@"; do
       local w n
       read -r w n <<<"$ws"
-      for m in sample discrete tape; do
-        a() { "$bin" bench --workload "$w" --method "$m" --steps "$n" --repeat 3 --json | sed 's/^/adeis /' >>"$out"; }
-        t() { "$py" scripts/bench-torch.py --workload "$w" --method "$m" --steps "$n" --repeat 3 | sed 's/^/torch /' >>"$out"; }
+      for m in ${METHODS:-sample discrete tape}; do
+        a() { "$bin" bench --workload "$w" --method "$m" --steps "$n" --repeat "$repeat" --json | sed 's/^/adeis /' >>"$out"; }
+        t() { "$py" scripts/bench-torch.py --workload "$w" --method "$m" --steps "$n" --repeat "$repeat" | sed 's/^/torch /' >>"$out"; }
         if [ $((r % 2)) = 1 ]; then a; t; else t; a; fi
       done
     done
     echo "round $r of $rounds done" >&2
   done
-  python3 - "$out" <<'PY'
+  python3 - "$out" "$repeat" <<'PY'
 import json, statistics, sys
 runs, order = {}, []
 for line in open(sys.argv[1]):
@@ -56,7 +60,7 @@ for w, n, m in order:
     print(f"| {w} | {m} | {n} | {sa:.4f} | {st:.4f} | {sa / st:.2f} | {ma:.0f} | {mt:.0f} |")
 t = next(v for k, v in runs.items() if k[3] == "torch")[0]
 rounds = len(next(iter(runs.values())))
-print(f"\n{rounds} alternating rounds, each figure the median of 3 runs after a warm-up; PyTorch {t['torch']} on {t['threads']} threads.")
+print(f"\n{rounds} alternating rounds, each figure the median of {sys.argv[2]} runs after a warm-up; PyTorch {t['torch']} on {t['threads']} threads.")
 PY
   rm -f "$out"
 }
@@ -64,6 +68,7 @@ PY
 case "$mode" in
   w3) side_by_side "${2:-3}" "w3 10" "w3 50"; exit 0 ;;
   torch) side_by_side "${2:-3}" "w1 200" "w2 50" "w3 10"; exit 0 ;;
+  w4) METHODS=${METHODS:-discrete} REPEAT=${REPEAT:-1} side_by_side "${2:-1}" "w4 2" "w4 10" "w4 20"; exit 0 ;;
 esac
 
 # The gradient methods on one reversible sampler (Rex, Euler tableau, order 1): recorded and

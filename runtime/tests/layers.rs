@@ -564,3 +564,37 @@ fn exact_gelu_value_and_slope() {
         );
     }
 }
+
+/// The CPU's fused GEGLU equals dfdx's composition (slices, GELU with erf, a product), forward
+/// and backward, on rows wider than a task and a batch of several sequences; its gradient adds
+/// to one the input already has (dfdx 0.13's slice does not: its backward pass assigns, so
+/// the composition is compared on an input read once).
+#[test]
+fn the_fused_geglu_equals_dfdx_composition() {
+    use adeis_runtime::nn::transformer::{geglu_generic, Tokens};
+    let dev = Cpu::seed_from_u64(5);
+    let shape = (2, 300, 2 * 70);
+    let h: Tokens<f64, Cpu> = dev.sample_normal_like(&shape) * 2.0;
+    let cot: Tokens<f64, Cpu> = dev.sample_normal_like(&(2, 300, 70));
+    let run = |kernel: bool, read_twice: bool| {
+        let traced = h.clone().trace(Gradients::leaky());
+        let twice = traced.with_empty_tape();
+        let out = if kernel {
+            <Cpu as NnDevice<f64>>::geglu(traced)
+        } else {
+            geglu_generic(traced)
+        };
+        let values = out.retaped::<NoneTape>().as_vec();
+        let mut loss = (out * cot.clone()).sum();
+        if read_twice {
+            loss = loss + twice.sum();
+        }
+        (values, loss.backward().get(&h).as_vec())
+    };
+    let (a, b) = (run(true, false), run(false, false));
+    assert!(max_rel_err(&a.0, &b.0) < 1e-14, "forward");
+    let dh = max_rel_err(&a.1, &b.1);
+    assert!(dh < 1e-13, "dh: {dh:e}");
+    let added = run(true, true).1;
+    assert!(added.iter().zip(&a.1).all(|(x, y)| *x == *y + 1.0));
+}

@@ -206,7 +206,7 @@ pub(crate) mod cpu {
     use super::{DenseLinear, HostWeights};
     use crate::nn::gemm::matmul;
     use crate::nn::transpose::transpose_into;
-    use crate::nn::{take_output_grad, Float, Linear};
+    use crate::nn::{take_output_grad, Float, Linear, ParamGrads};
 
     pub fn dense<const I: usize, const O: usize, E: Float, T: Tape<E, Cpu>>(
         layer: &DenseLinear<I, O, E, Cpu>,
@@ -222,12 +222,14 @@ pub(crate) mod cpu {
             (n, Const::<O>),
             layer.host(),
             (layer.weight(), Some(layer.bias())),
+            ParamGrads::Compute,
         )
     }
 
     pub fn linear_rows<E: Float, T: Tape<E, Cpu>>(
         layer: &Linear<E, Cpu>,
         x: Tensor<(usize, usize), E, Cpu, T>,
+        params: ParamGrads,
     ) -> Tensor<(usize, usize), E, Cpu, T>
     where
         Cpu: Device<E>,
@@ -236,7 +238,7 @@ pub(crate) mod cpu {
         let (n, i) = *x.shape();
         assert_eq!(i, layer.in_features(), "the linear map's input width");
         let out = (n, layer.out_features());
-        rows(x, out, layer.host(), (layer.weight(), layer.bias()))
+        rows(x, out, layer.host(), (layer.weight(), layer.bias()), params)
     }
 
     /// A layer's weight and bias tensors (their gradients' keys).
@@ -284,13 +286,15 @@ pub(crate) mod cpu {
         out
     }
 
-    /// out = x W^T + b on n rows, and the backward pass: dx += go W, dW += go^T x,
-    /// db += the column sums of go.
+    /// out = x W^T + b on n rows, and the backward pass: dx += go W, and with
+    /// `ParamGrads::Compute` dW += go^T x and db += the column sums of go (otherwise the input
+    /// is not kept: only dW reads it).
     fn rows<S: Shape, S2: Shape, W: Shape, B: Shape, E: Float, T: Tape<E, Cpu>>(
         x: Tensor<S, E, Cpu, T>,
         out_shape: S2,
         host: Arc<HostWeights<E>>,
         (weight, bias): Params<'_, W, B, E>,
+        params: ParamGrads,
     ) -> Tensor<S2, E, Cpu, T>
     where
         Cpu: Device<E>,
@@ -320,6 +324,7 @@ pub(crate) mod cpu {
             out
         };
         let out = x.device().tensor_from_vec(out, out_shape);
+        let xs = (params == ParamGrads::Compute).then_some(xs);
         if T::OWNS_TAPE {
             let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
             let (w_ghost, b_ghost) = (weight.ghost(), bias.map(|b| b.ghost()));
@@ -343,6 +348,9 @@ pub(crate) mod cpu {
                         );
                     }
                 }
+                let Some(xs) = &xs else {
+                    return Ok(());
+                };
                 let dw = grads.get_or_alloc_mut(&w_ghost)?;
                 // SAFETY: dW [o x i] += go^T [o x n] xs [n x i].
                 unsafe {

@@ -92,17 +92,28 @@ impl<E: Float, D: NnDevice<E>> Linear<E, D> {
         &self,
         x: Tensor<(usize, usize), E, D, T>,
     ) -> Tensor<(usize, usize), E, D, T> {
-        D::linear(self, x)
+        D::linear(self, x, ParamGrads::Compute)
     }
 
-    /// On a batch of sequences [b, s, in].
+    /// On rows [n, in]; `params` says whether the backward pass computes the weight's and the
+    /// bias's gradients.
+    pub fn forward_with<T: Tape<E, D>>(
+        &self,
+        x: Tensor<(usize, usize), E, D, T>,
+        params: ParamGrads,
+    ) -> Tensor<(usize, usize), E, D, T> {
+        D::linear(self, x, params)
+    }
+
+    /// On a batch of sequences [b, s, in]; `params` as for [`Linear::forward_with`].
     pub fn forward3<T: Tape<E, D>>(
         &self,
         x: Tensor<(usize, usize, usize), E, D, T>,
+        params: ParamGrads,
     ) -> Tensor<(usize, usize, usize), E, D, T> {
         let (b, s, i) = *x.shape();
         let rows = x.contiguous().reshape_like(&(b * s, i));
-        self.forward(rows)
+        self.forward_with(rows, params)
             .reshape_like(&(b, s, self.out_features()))
     }
 }
@@ -153,16 +164,20 @@ impl<E: Float, D: NnDevice<E>> Attention<E, D> {
         let split = |t: Tensor<(usize, usize, usize), E, D, T>| {
             D::swap_middle_axes(t.reshape_like(&(b, s, heads, d)))
         };
-        let q = split(self.to_q.forward3(seq.with_empty_tape()));
-        let k = split(self.to_k.forward3(seq.with_empty_tape()));
-        let v = split(self.to_v.forward3(seq));
+        let q = split(self.to_q.forward3(seq.with_empty_tape(), params));
+        let k = split(self.to_k.forward3(seq.with_empty_tape(), params));
+        let v = split(self.to_v.forward3(seq, params));
         let scale = E::from_f64(1.0 / (d as f64).sqrt()).unwrap();
         // [b, heads, s, d] -> [b, s, heads d]
         let out =
             D::swap_middle_axes(D::attention_core(q, k, v, scale)).reshape_like(&(b, s, heads * d));
         // [b, s, c] -> [b, c, h, w]
-        let out = D::swap_middle_axes(self.to_out.forward3(out).reshape_like(&(b, s, c, 1)))
-            .reshape_like(&shape);
+        let out = D::swap_middle_axes(
+            self.to_out
+                .forward3(out, params)
+                .reshape_like(&(b, s, c, 1)),
+        )
+        .reshape_like(&shape);
         (out + residual) * E::from_f64(1.0 / self.rescale_output_factor).unwrap()
     }
 }

@@ -42,6 +42,7 @@ pub use layers::{
     Attention, Linear,
 };
 pub use norm::{Activation, ChannelShift, GroupNorm};
+use transformer::Tokens;
 
 /// Elements below which a parallel loop's task is not worth a thread's wake-up.
 const MIN_TASK_ELEMENTS: usize = 32 * 1024;
@@ -71,6 +72,9 @@ pub trait Float: Dtype + num_traits::Float + Send + Sync {
     /// exp(self): in f32 a polynomial the compiler vectorises (within 2 ulp,
     /// `activation::expf_poly`); in f64 `exp` itself.
     fn exp_fast(self) -> Self;
+
+    /// The error function (libm's, as dfdx's `accurate_gelu` evaluates it).
+    fn erf(self) -> Self;
 }
 
 impl Float for f32 {
@@ -80,6 +84,11 @@ impl Float for f32 {
     fn exp_fast(self) -> f32 {
         activation::expf_poly(self)
     }
+
+    #[inline(always)]
+    fn erf(self) -> f32 {
+        libm::erff(self)
+    }
 }
 
 impl Float for f64 {
@@ -88,6 +97,11 @@ impl Float for f64 {
     #[inline(always)]
     fn exp_fast(self) -> f64 {
         self.exp()
+    }
+
+    #[inline(always)]
+    fn erf(self) -> f64 {
+        libm::erf(self)
     }
 }
 
@@ -143,10 +157,12 @@ pub trait NnDevice<E: Float>: Device<E> {
         layer.forward_generic(x)
     }
 
-    /// The runtime-shaped `layer` on rows `x`, on x's tape. By default dfdx's matmul.
+    /// The runtime-shaped `layer` on rows `x`, on x's tape; `params` as for
+    /// [`NnDevice::conv2d`]. By default dfdx's matmul.
     fn linear<T: Tape<E, Self>>(
         layer: &Linear<E, Self>,
         x: Tensor<(usize, usize), E, Self, T>,
+        _params: ParamGrads,
     ) -> Tensor<(usize, usize), E, Self, T> {
         layer.forward_generic(x)
     }
@@ -165,6 +181,12 @@ pub trait NnDevice<E: Float>: Device<E> {
     /// GeLU (tanh approximation) on x's tape. By default dfdx's `fast_gelu`.
     fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Tensor<S, E, Self, T> {
         x.fast_gelu()
+    }
+
+    /// GEGLU on tokens h [batch, tokens, 2 inner]: the first half times GELU (erf) of the
+    /// second, on h's tape. By default dfdx's operations ([`transformer::geglu_generic`]).
+    fn geglu<T: Tape<E, Self>>(h: Tokens<E, Self, T>) -> Tokens<E, Self, T> {
+        transformer::geglu_generic(h)
     }
 
     /// [a, m, n, r] -> [a, n, m, r], contiguous, on x's tape. By default dfdx's `permute`.
@@ -220,8 +242,9 @@ macro_rules! cpu_nn_device {
             fn linear<T: Tape<$e, Cpu>>(
                 layer: &Linear<$e, Cpu>,
                 x: Tensor<(usize, usize), $e, Cpu, T>,
+                params: ParamGrads,
             ) -> Tensor<(usize, usize), $e, Cpu, T> {
-                dense::cpu::linear_rows(layer, x)
+                dense::cpu::linear_rows(layer, x, params)
             }
 
             fn attention_core<T: Tape<$e, Cpu>>(
@@ -237,6 +260,10 @@ macro_rules! cpu_nn_device {
                 x: Tensor<S, $e, Cpu, T>,
             ) -> Tensor<S, $e, Cpu, T> {
                 activation::cpu::gelu(x)
+            }
+
+            fn geglu<T: Tape<$e, Cpu>>(h: Tokens<$e, Cpu, T>) -> Tokens<$e, Cpu, T> {
+                activation::cpu::geglu(h)
             }
 
             fn swap_middle_axes<T: Tape<$e, Cpu>>(x: Image<$e, Cpu, T>) -> Image<$e, Cpu, T> {

@@ -22,20 +22,26 @@ pub struct LayerNorm<E: Dtype, D: Storage<E>> {
 }
 
 impl<E: Float, D: NnDevice<E>> LayerNorm<E, D> {
-    /// The norm of tokens `x`, on x's tape.
-    pub fn forward<T: Tape<E, D>>(&self, x: Tokens<E, D, T>) -> Tokens<E, D, T> {
-        let shape = *x.shape();
-        let w = self
-            .weight
-            .clone()
-            .retaped::<T>()
-            .broadcast_like::<_, Axes2<0, 1>>(&shape);
-        let b = self
-            .bias
-            .clone()
-            .retaped::<T>()
-            .broadcast_like::<_, Axes2<0, 1>>(&shape);
-        x.normalize::<Axis<2>>(self.eps) * w + b
+    /// The norm of tokens `x`, on x's tape; `params` as for [`NnDevice::conv2d`].
+    ///
+    /// It is GroupNorm with one group of each token's channels: tokens [b, s, c] are images
+    /// [b s, c, 1, 1], and the device's GroupNorm (on the CPU one fused operation, not the
+    /// five dfdx records for `normalize`, scale and shift) serves both.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Tokens<E, D, T>,
+        params: ParamGrads,
+    ) -> Tokens<E, D, T> {
+        let (b, s, c) = *x.shape();
+        let as_group_norm = GroupNorm {
+            weight: self.weight.clone(),
+            bias: self.bias.clone(),
+            groups: 1,
+            eps: self.eps,
+        };
+        let images = x.contiguous().reshape_like(&(b * s, c, 1, 1));
+        D::group_norm(&as_group_norm, images, None, Activation::Identity, params)
+            .reshape_like(&(b, s, c))
     }
 }
 
@@ -58,11 +64,12 @@ pub struct TokenAttention<E: Dtype, D: Storage<E>> {
 
 impl<E: Float, D: NnDevice<E>> TokenAttention<E, D> {
     /// Attention of tokens `x` to `context` (None: to themselves), on x's tape (the context,
-    /// untaped, joins it).
+    /// untaped, joins it); `params` as for [`NnDevice::conv2d`].
     pub fn forward<T: Tape<E, D>>(
         &self,
         x: Tokens<E, D, T>,
         context: Option<&Tokens<E, D>>,
+        params: ParamGrads,
     ) -> Tokens<E, D, T> {
         let (b, s, _) = *x.shape();
         let heads = self.heads;
@@ -74,21 +81,21 @@ impl<E: Float, D: NnDevice<E>> TokenAttention<E, D> {
         };
         let (q, k, v) = match context {
             None => (
-                self.to_q.forward3(x.with_empty_tape()),
-                self.to_k.forward3(x.with_empty_tape()),
-                self.to_v.forward3(x),
+                self.to_q.forward3(x.with_empty_tape(), params),
+                self.to_k.forward3(x.with_empty_tape(), params),
+                self.to_v.forward3(x, params),
             ),
             Some(c) => (
-                self.to_q.forward3(x),
-                self.to_k.forward3(c.clone().retaped::<T>()),
-                self.to_v.forward3(c.clone().retaped::<T>()),
+                self.to_q.forward3(x, params),
+                self.to_k.forward3(c.clone().retaped::<T>(), params),
+                self.to_v.forward3(c.clone().retaped::<T>(), params),
             ),
         };
         let scale = E::from_f64(1.0 / (d as f64).sqrt()).unwrap();
         let out = D::attention_core(split(q), split(k), split(v), scale);
         // [b, heads, s, d] -> [b, s, heads d]
         let out = D::swap_middle_axes(out).reshape_like(&(b, s, heads * d));
-        self.to_out.forward3(out)
+        self.to_out.forward3(out, params)
     }
 }
 
@@ -103,15 +110,25 @@ pub struct GegluFeedForward<E: Dtype, D: Storage<E>> {
 }
 
 impl<E: Float, D: NnDevice<E>> GegluFeedForward<E, D> {
-    /// On tokens `x`, on x's tape.
-    pub fn forward<T: Tape<E, D>>(&self, x: Tokens<E, D, T>) -> Tokens<E, D, T> {
-        let h = self.proj.forward3(x);
-        let (b, s, two) = *h.shape();
-        let inner = two / 2;
-        let hidden = h.with_empty_tape().slice((0..b, 0..s, 0..inner));
-        let gate = h.slice((0..b, 0..s, inner..two));
-        self.out.forward3(gelu_exact(gate) * hidden)
+    /// On tokens `x`, on x's tape; `params` as for [`NnDevice::conv2d`].
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Tokens<E, D, T>,
+        params: ParamGrads,
+    ) -> Tokens<E, D, T> {
+        let h = D::geglu(self.proj.forward3(x, params));
+        self.out.forward3(h, params)
     }
+}
+
+/// GEGLU through dfdx's operations: h [batch, tokens, 2 inner] -> the first half times
+/// GELU (erf) of the second.
+pub fn geglu_generic<E: Float, D: Device<E>, T: Tape<E, D>>(h: Tokens<E, D, T>) -> Tokens<E, D, T> {
+    let (b, s, two) = *h.shape();
+    let inner = two / 2;
+    let hidden = h.with_empty_tape().slice((0..b, 0..s, 0..inner));
+    let gate = h.slice((0..b, 0..s, inner..two));
+    gelu_exact(gate) * hidden
 }
 
 /// GELU with erf (torch's default `F.gelu`), on any device, with the right slope.
@@ -155,21 +172,20 @@ pub struct BasicTransformerBlock<E: Dtype, D: Storage<E>> {
 }
 
 impl<E: Float, D: NnDevice<E>> BasicTransformerBlock<E, D> {
-    /// On tokens `x` with the encoder hidden states `context`, on x's tape.
+    /// On tokens `x` with the encoder hidden states `context`, on x's tape; `params` as for
+    /// [`NnDevice::conv2d`].
     pub fn forward<T: Tape<E, D>>(
         &self,
         x: Tokens<E, D, T>,
         context: &Tokens<E, D>,
+        params: ParamGrads,
     ) -> Tokens<E, D, T> {
-        let h = self
-            .attn1
-            .forward(self.norm1.forward(x.with_empty_tape()), None)
-            + x;
-        let h = self
-            .attn2
-            .forward(self.norm2.forward(h.with_empty_tape()), Some(context))
-            + h;
-        self.ff.forward(self.norm3.forward(h.with_empty_tape())) + h
+        let normed = self.norm1.forward(x.with_empty_tape(), params);
+        let h = self.attn1.forward(normed, None, params) + x;
+        let normed = self.norm2.forward(h.with_empty_tape(), params);
+        let h = self.attn2.forward(normed, Some(context), params) + h;
+        let normed = self.norm3.forward(h.with_empty_tape(), params);
+        self.ff.forward(normed, params) + h
     }
 }
 
@@ -229,14 +245,14 @@ impl<E: Float, D: NnDevice<E>> Transformer2D<E, D> {
         };
         let mut tokens = match &self.projection {
             Projection::Conv { proj_in, .. } => to_tokens(D::conv2d(proj_in, normed, params)),
-            Projection::Linear { proj_in, .. } => proj_in.forward3(to_tokens(normed)),
+            Projection::Linear { proj_in, .. } => proj_in.forward3(to_tokens(normed), params),
         };
         for block in &self.blocks {
-            tokens = block.forward(tokens, context);
+            tokens = block.forward(tokens, context, params);
         }
         let out = match &self.projection {
             Projection::Conv { proj_out, .. } => D::conv2d(proj_out, from_tokens(tokens), params),
-            Projection::Linear { proj_out, .. } => from_tokens(proj_out.forward3(tokens)),
+            Projection::Linear { proj_out, .. } => from_tokens(proj_out.forward3(tokens, params)),
         };
         debug_assert_eq!(*out.shape(), (b, c, h, w));
         out + residual
