@@ -138,7 +138,8 @@ fn quiet_on_closed_pipe() {
 }
 
 fn main() -> ExitCode {
-    adeis::allocator::keep_freed_memory();
+    // glibc's settings (`adeis::allocator::keep_freed_memory`) would only reach C code's
+    // allocations here: the command allocates through jemalloc (above).
     quiet_on_closed_pipe();
     // Every subcommand takes negative numbers as values (`--seed -1` is then an invalid value
     // for the seed, said so, rather than an unknown flag `-1`).
