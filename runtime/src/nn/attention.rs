@@ -43,42 +43,40 @@ pub(crate) mod cpu {
     /// softmax scalar: a tenth of a W4 gradient's samples, on one core).
     const LANES: usize = 16;
 
-    /// The largest element of `row` (NaN where the row holds one, as a sum through it would be).
+    /// `f` folded over `row` in [`LANES`] independent lanes from `init`, then over the lanes.
     #[inline(always)]
-    fn row_max<E: Float>(row: &[E]) -> E {
-        let mut lanes = [E::neg_infinity(); LANES];
+    fn row_fold<E: Float>(row: &[E], init: E, f: impl Fn(E, E) -> E) -> E {
+        let mut lanes = [init; LANES];
         let chunks = row.chunks_exact(LANES);
         let rest = chunks.remainder();
         for chunk in chunks {
-            for (m, &v) in lanes.iter_mut().zip(chunk) {
-                // Written as a select, not `max`, so that a NaN is kept (and so it vectorises).
-                *m = if v > *m || v.is_nan() { v } else { *m };
+            for (a, &v) in lanes.iter_mut().zip(chunk) {
+                *a = f(*a, v);
             }
         }
-        for (m, &v) in lanes.iter_mut().zip(rest) {
-            *m = if v > *m || v.is_nan() { v } else { *m };
+        for (a, &v) in lanes.iter_mut().zip(rest) {
+            *a = f(*a, v);
         }
-        lanes.into_iter().fold(
-            E::neg_infinity(),
-            |a, b| if b > a || b.is_nan() { b } else { a },
-        )
+        lanes.into_iter().fold(init, f)
+    }
+
+    /// The largest element of `row` (NaN where the row holds one, as a sum through it would be).
+    #[inline(always)]
+    fn row_max<E: Float>(row: &[E]) -> E {
+        // A select, not `max`, so that a NaN is kept (and so that it vectorises).
+        row_fold(row, E::neg_infinity(), |m, v| {
+            if v > m || v.is_nan() {
+                v
+            } else {
+                m
+            }
+        })
     }
 
     /// The sum of a row.
     #[inline(always)]
-    fn row_sum<E: Float>(x: &[E]) -> E {
-        let mut lanes = [E::zero(); LANES];
-        let chunks = x.chunks_exact(LANES);
-        let rest = chunks.remainder();
-        for chunk in chunks {
-            for (s, &a) in lanes.iter_mut().zip(chunk) {
-                *s += a;
-            }
-        }
-        for (s, &a) in lanes.iter_mut().zip(rest) {
-            *s += a;
-        }
-        lanes.into_iter().fold(E::zero(), |a, b| a + b)
+    fn row_sum<E: Float>(row: &[E]) -> E {
+        row_fold(row, E::zero(), |a, v| a + v)
     }
 
     /// The sum of x y over two rows of one length.

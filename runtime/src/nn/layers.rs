@@ -11,6 +11,7 @@ use std::sync::{Arc, OnceLock};
 use dfdx::prelude::*;
 
 use super::dense::HostWeights;
+use super::transformer::TokenAttention;
 use super::{Activation, Float, GroupNorm, Image, NnDevice, ParamGrads};
 
 /// y = x W^T + b on rows [n, in] (W: [out, in], as torch stores it). On the CPU a kernel
@@ -126,22 +127,15 @@ pub fn silu<S: Shape, E: Float, D: Device<E>, T: Tape<E, D>>(
 }
 
 /// The self-attention block of `UNet2DModel` (diffusers' `Attention` built from the deprecated
-/// attention block): GroupNorm, q/k/v projections, softmax(q k^T / sqrt(d)) v per head, the
-/// output projection, the residual connection, and division by `rescale_output_factor`.
+/// attention block): GroupNorm, the image's positions as tokens through a self-attention (the
+/// transformers' [`TokenAttention`]: q/k/v projections, softmax(q k^T / sqrt(d)) v per head,
+/// the output projection), the residual connection, and division by `rescale_output_factor`.
 #[derive(Clone, Debug)]
 pub struct Attention<E: Dtype, D: Storage<E>> {
     /// The GroupNorm before the projections.
     pub group_norm: GroupNorm<E, D>,
-    /// The query projection.
-    pub to_q: Linear<E, D>,
-    /// The key projection.
-    pub to_k: Linear<E, D>,
-    /// The value projection.
-    pub to_v: Linear<E, D>,
-    /// The output projection.
-    pub to_out: Linear<E, D>,
-    /// The number of heads (channels / `attention_head_dim`).
-    pub heads: usize,
+    /// The projections and the heads.
+    pub attention: TokenAttention<E, D>,
     /// The residual sum is divided by it.
     pub rescale_output_factor: f64,
 }
@@ -151,33 +145,17 @@ impl<E: Float, D: NnDevice<E>> Attention<E, D> {
     pub fn forward<T: Tape<E, D>>(&self, x: Image<E, D, T>, params: ParamGrads) -> Image<E, D, T> {
         let shape = *x.shape();
         let (b, c, h, w) = shape;
-        let (s, heads) = (h * w, self.heads);
-        let d = self.to_q.out_features() / heads;
+        let s = h * w;
         let residual = x.with_empty_tape();
         // [b, c, h w] -> [b, s, c]
-        let seq = D::swap_middle_axes(
+        let tokens = D::swap_middle_axes(
             D::group_norm(&self.group_norm, x, None, Activation::Identity, params)
                 .reshape_like(&(b, c, s, 1)),
         )
         .reshape_like(&(b, s, c));
-        // [b, s, heads d] -> [b, heads, s, d]
-        let split = |t: Tensor<(usize, usize, usize), E, D, T>| {
-            D::swap_middle_axes(t.reshape_like(&(b, s, heads, d)))
-        };
-        let q = split(self.to_q.forward3(seq.with_empty_tape(), params));
-        let k = split(self.to_k.forward3(seq.with_empty_tape(), params));
-        let v = split(self.to_v.forward3(seq, params));
-        let scale = E::from_f64(1.0 / (d as f64).sqrt()).unwrap();
-        // [b, heads, s, d] -> [b, s, heads d]
-        let out =
-            D::swap_middle_axes(D::attention_core(q, k, v, scale)).reshape_like(&(b, s, heads * d));
+        let out = self.attention.forward(tokens, None, params);
         // [b, s, c] -> [b, c, h, w]
-        let out = D::swap_middle_axes(
-            self.to_out
-                .forward3(out, params)
-                .reshape_like(&(b, s, c, 1)),
-        )
-        .reshape_like(&shape);
+        let out = D::swap_middle_axes(out.reshape_like(&(b, s, c, 1))).reshape_like(&shape);
         (out + residual) * E::from_f64(1.0 / self.rescale_output_factor).unwrap()
     }
 }

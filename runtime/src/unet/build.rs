@@ -9,7 +9,7 @@ use super::blocks::{AfterResnet, DownBlock, MidBlock, Resnet, TimeEmbedding, UNe
 use super::config::{DownKind, UNet2DConfig, UpKind};
 use super::{Param, ParamTensor, UNet2D};
 use crate::error::RuntimeError;
-use crate::nn::transformer::Transformer2D;
+use crate::nn::transformer::{TokenAttention, Transformer2D};
 use crate::nn::{Attention, Conv2d, Float, GroupNorm, Linear, NnDevice};
 use crate::noise::{normals, SplitMix};
 
@@ -313,11 +313,13 @@ impl<'a, E: Float, D: NnDevice<E>> Builder<'a, E, D> {
     ) -> Result<Attention<E, D>, RuntimeError> {
         Ok(Attention {
             group_norm: self.norm(&format!("{prefix}.group_norm"), c)?,
-            to_q: self.linear(&format!("{prefix}.to_q"), c, c)?,
-            to_k: self.linear(&format!("{prefix}.to_k"), c, c)?,
-            to_v: self.linear(&format!("{prefix}.to_v"), c, c)?,
-            to_out: self.linear(&format!("{prefix}.to_out.0"), c, c)?,
-            heads: c / head_dim.unwrap_or(c),
+            attention: TokenAttention {
+                to_q: self.linear(&format!("{prefix}.to_q"), c, c)?,
+                to_k: self.linear(&format!("{prefix}.to_k"), c, c)?,
+                to_v: self.linear(&format!("{prefix}.to_v"), c, c)?,
+                to_out: self.linear(&format!("{prefix}.to_out.0"), c, c)?,
+                heads: c / head_dim.unwrap_or(c),
+            },
             rescale_output_factor,
         })
     }
