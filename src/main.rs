@@ -171,7 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Check(args)) => cli::check::run(
             args.spec.or(args.spec_flag).as_deref(),
             args.model.as_deref(),
-            args.steps,
+            (args.steps, &args.flow_shift),
             args.rows,
         ),
         Some(Command::Sample(args)) => cli::sample::run(&args),

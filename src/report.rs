@@ -90,9 +90,17 @@ impl ScheduleReport {
         );
         obj.insert("t_range".into(), json!(self.t_range));
         obj.insert("t".into(), json!(self.ts));
+        // JSON has no infinities (serde_json would write null): a pure-noise end's lambda,
+        // f and g2 are written as the strings Python's json module reads as floats.
+        let number = |v: f64| match v {
+            v if v.is_finite() => json!(v),
+            f64::INFINITY => json!("Infinity"),
+            f64::NEG_INFINITY => json!("-Infinity"),
+            _ => json!("NaN"),
+        };
         for (k, col) in COLUMNS.iter().enumerate() {
-            let vals: Vec<f64> = self.rows.iter().map(|r| r[k]).collect();
-            obj.insert(col.to_string(), json!(vals));
+            let vals: Vec<Value> = self.rows.iter().map(|r| number(r[k])).collect();
+            obj.insert(col.to_string(), Value::Array(vals));
         }
         obj.insert(
             "expressions".into(),

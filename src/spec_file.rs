@@ -100,6 +100,20 @@ pub struct LoadedSpec {
 /// `steps`, the number of inference steps. `steps` also sets an adeis spec's `sampler.steps`
 /// (an error where its grid is given as times or train indices).
 pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, Error> {
+    load_spec_file_with(
+        path,
+        steps,
+        &crate::scheduler_config::FlowShiftInputs::default(),
+    )
+}
+
+/// [`load_spec_file`] with what a flow-matching scheduler config's dynamic shifting takes
+/// beside the steps (`--mu` or `--image-seq-len`).
+pub fn load_spec_file_with(
+    path: &Path,
+    steps: Option<usize>,
+    flow: &crate::scheduler_config::FlowShiftInputs,
+) -> Result<LoadedSpec, Error> {
     let text = std::fs::read_to_string(path).map_err(|error| Error::Read {
         path: path.to_path_buf(),
         error,
@@ -148,9 +162,15 @@ pub fn load_spec_file(path: &Path, steps: Option<usize>) -> Result<LoadedSpec, E
                     "a diffusers scheduler config leaves the number of inference steps to the caller: give --steps N",
                 )));
         };
-        let t = crate::diffusers::scheduler::translate(&text, n).map_err(invalid)?;
+        let t = crate::diffusers::scheduler::translate_with(&text, n, flow).map_err(invalid)?;
         (t.spec, t.notes, true)
     } else {
+        if *flow != crate::scheduler_config::FlowShiftInputs::default() {
+            return Err(invalid(FieldError::new(
+                "mu",
+                "--mu and --image-seq-len set a diffusers flow-matching scheduler config's dynamic shifting; in an adeis spec they are the [schedule] keys `mu` and `image_seq_len` of kind \"flow\"",
+            )));
+        }
         let mut spec = parse_spec(&text, format).map_err(|e| Error::Format {
             path: path.to_path_buf(),
             message: e.to_string(),

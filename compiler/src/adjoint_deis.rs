@@ -153,6 +153,15 @@ impl AdjointDeisPlan {
                 "the adjoint grid needs at least 1 step",
             ));
         }
+        if schedule.eval(plan.grid[0]).is_pure_noise() {
+            return Err(FieldError::new(
+                "method",
+                format!(
+                    "adjoint_deis integrates the adjoint ODE in lambda, in its noise form, up to the sampler's t = {}, which is pure noise (alpha = 0, lambda = -inf); the discrete adjoint (method = \"discrete\") is exact there, or end the grid below pure noise (t_range)",
+                    plan.grid[0]
+                ),
+            ));
+        }
         let adj = adjoint_grid(schedule, plan, steps);
         let vals = schedule.fill(&adj);
         let m = adj.len() - 1;
@@ -197,7 +206,7 @@ impl AdjointDeisPlan {
             .map(|(((&t, v), state), w)| AdjointPoint {
                 time: TimeInfo {
                     t,
-                    model_t: schedule.def().model_time(t),
+                    model_t: schedule.def().model_time(t, v.sigma),
                     alpha: v.alpha,
                     sigma: v.sigma,
                 },

@@ -166,6 +166,20 @@ pub fn make_grid(
             "a sampler needs at least 1 step",
         ));
     }
+    if matches!(kind, GridKind::Logsnr | GridKind::Karras) {
+        for (end, t) in [("start", t_start), ("end", t_end)] {
+            let l = schedule.lambda(t);
+            if !l.is_finite() {
+                return Err(FieldError::value(
+                    "grid",
+                    format!("\"{kind}\""),
+                    format!(
+                        "a {kind} grid is spaced in lambda, which is {l} at its {end} t = {t} (pure noise: a flow's t = 1); use grid = \"time_uniform\" (diffusers' flow sigmas), explicit times, or a t_range that ends below t = {t}"
+                    ),
+                ));
+            }
+        }
+    }
     let n = steps as f64;
     let frac = |i: usize| i as f64 / n;
     let mut ts: Vec<f64> = match kind {

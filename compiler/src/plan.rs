@@ -36,7 +36,8 @@ pub struct TimeInfo {
 }
 
 /// How the time quantities of a model evaluation at a grid point move with that grid time:
-/// d(model_t)/dt, d alpha/dt = f alpha and d sigma/dt = (f - d lambda/dt) sigma.
+/// d(model_t)/dt, d alpha/dt and d sigma/dt (each derived from its own formula, so finite
+/// where alpha = 0 and lambda = -inf).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TimeDerivs {
     /// d(model time)/dt.
@@ -51,9 +52,9 @@ impl TimeDerivs {
     /// At the time whose schedule values are `v`.
     pub fn of(schedule: &Schedule, v: &crate::schedule::ScheduleValues) -> TimeDerivs {
         TimeDerivs {
-            model_t: schedule.def().model_time_slope(),
-            alpha: v.f * v.alpha,
-            sigma: (v.f - v.dlambda_dt) * v.sigma,
+            model_t: schedule.def().model_time_slope(v),
+            alpha: v.dalpha_dt,
+            sigma: v.dsigma_dt,
         }
     }
 
@@ -240,6 +241,17 @@ pub struct ReverseStep {
 }
 
 impl Plan {
+    /// Whether grid point `i` is held fixed by the gradient with respect to the times: a
+    /// point at pure noise (alpha = 0, lambda = -inf: a flow's t = 1), where x_T ~ N(0, I) is
+    /// exact and which cannot move up; a multistep sampler's dependence on it goes as
+    /// 1 / (lambda_1 - lambda_0), whose one-sided derivative there is infinite. Its entry of
+    /// dL/d(times) is 0.
+    pub fn held_fixed(&self, i: usize) -> bool {
+        self.grid_states
+            .get(i)
+            .is_some_and(|&s| self.states[s].alpha == 0.0)
+    }
+
     /// The number of model evaluations.
     pub fn nfe(&self) -> usize {
         self.instrs
@@ -372,7 +384,7 @@ impl<'a> PlanBuilder<'a> {
             .zip(grid)
             .map(|(v, &t)| TimeInfo {
                 t,
-                model_t: schedule.def().model_time(t),
+                model_t: schedule.def().model_time(t, v.sigma),
                 alpha: v.alpha,
                 sigma: v.sigma,
             })
@@ -618,6 +630,7 @@ impl<'a> PlanBuilder<'a> {
 
     /// The plan, returning slot `output` (a state or the final denoising's output).
     pub fn finish(self, output: usize, grid: Vec<f64>, description: String) -> Plan {
+        debug_assert_eq!(grid.len(), self.grid_states.len());
         Plan {
             n_states: self.states.len(),
             instrs: self.instrs,

@@ -193,6 +193,16 @@ pub enum BetaSchedule {
     SquaredcosCapV2,
 }
 
+/// How diffusers' dynamic shifting turns mu into a shift.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeShiftType {
+    /// shift = e^mu.
+    Exponential,
+    /// shift = mu.
+    Linear,
+}
+
 /// The schedule families.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -207,6 +217,8 @@ pub enum ScheduleKind {
     Ve,
     /// EDM: alpha = 1, sigma = t.
     Edm,
+    /// Rectified flow: alpha = 1 - s, sigma = s, s the shifted t.
+    Flow,
     /// Formulas in t.
     Custom,
 }
@@ -224,7 +236,7 @@ struct KindEntry {
 }
 
 /// Every schedule family.
-const KINDS: [KindEntry; 6] = [
+const KINDS: [KindEntry; 7] = [
     KindEntry {
         kind: ScheduleKind::VpLinear,
         name: "vp_linear",
@@ -278,6 +290,23 @@ const KINDS: [KindEntry; 6] = [
         build: |s| ScheduleDef::edm(s.sigma_min.unwrap_or(0.002), s.sigma_max.unwrap_or(80.0)),
     },
     KindEntry {
+        kind: ScheduleKind::Flow,
+        name: "flow",
+        keys: &[
+            "shift",
+            "mu",
+            "time_shift_type",
+            "image_seq_len",
+            "base_shift",
+            "max_shift",
+            "base_image_seq_len",
+            "max_image_seq_len",
+            "num_train_timesteps",
+            "t_range",
+        ],
+        build: ScheduleSpec::build_flow,
+    },
+    KindEntry {
         kind: ScheduleKind::Custom,
         name: "custom",
         keys: &[
@@ -295,11 +324,12 @@ const KINDS: [KindEntry; 6] = [
 
 /// The built-in schedules by their `adeis schedule` name: a family at its defaults, or a
 /// discrete table by its beta schedule.
-const BUILTINS: [(&str, ScheduleKind, Option<BetaSchedule>); 7] = [
+const BUILTINS: [(&str, ScheduleKind, Option<BetaSchedule>); 8] = [
     ("vp_linear", ScheduleKind::VpLinear, None),
     ("vp_cosine", ScheduleKind::VpCosine, None),
     ("ve", ScheduleKind::Ve, None),
     ("edm", ScheduleKind::Edm, None),
+    ("flow", ScheduleKind::Flow, None),
     ("discrete", ScheduleKind::Discrete, None),
     (
         "discrete_scaled_linear",
@@ -395,6 +425,33 @@ pub struct ScheduleSpec {
     )]
     /// [t_min, t_max].
     pub t_range: Option<[f64; 2]>,
+    /// flow: diffusers' static shift of the noise level, s' = shift s / (1 + (shift - 1) s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shift: Option<f64>,
+    /// flow: diffusers' dynamic shifting's mu (the shift is e^mu, or mu itself with
+    /// `time_shift_type = "linear"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mu: Option<f64>,
+    /// flow: how mu shifts, "exponential" (diffusers' default) or "linear".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_shift_type: Option<TimeShiftType>,
+    /// flow: the image's token count, from which mu is interpolated as diffusers' pipelines
+    /// do (between `base_shift` at `base_image_seq_len` and `max_shift` at
+    /// `max_image_seq_len`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_seq_len: Option<f64>,
+    /// flow: mu at `base_image_seq_len` (0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_shift: Option<f64>,
+    /// flow: mu at `max_image_seq_len` (1.15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shift: Option<f64>,
+    /// flow: the token count of `base_shift` (256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image_seq_len: Option<f64>,
+    /// flow: the token count of `max_shift` (4096).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_image_seq_len: Option<f64>,
     /// An optional closed form of t(lambda), in `lambda` and the parameters; without one the
     /// inverse is a safeguarded Newton iteration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -456,6 +513,14 @@ impl ScheduleSpec {
             params: None,
             t_range: None,
             inverse: None,
+            shift: None,
+            mu: None,
+            time_shift_type: None,
+            image_seq_len: None,
+            base_shift: None,
+            max_shift: None,
+            base_image_seq_len: None,
+            max_image_seq_len: None,
         }
     }
 
@@ -480,6 +545,14 @@ impl ScheduleSpec {
             ("params", self.params.is_some()),
             ("t_range", self.t_range.is_some()),
             ("inverse", self.inverse.is_some()),
+            ("shift", self.shift.is_some()),
+            ("mu", self.mu.is_some()),
+            ("time_shift_type", self.time_shift_type.is_some()),
+            ("image_seq_len", self.image_seq_len.is_some()),
+            ("base_shift", self.base_shift.is_some()),
+            ("max_shift", self.max_shift.is_some()),
+            ("base_image_seq_len", self.base_image_seq_len.is_some()),
+            ("max_image_seq_len", self.max_image_seq_len.is_some()),
         ];
         present.iter().filter(|p| p.1).map(|p| p.0).collect()
     }
@@ -580,6 +653,89 @@ impl ScheduleSpec {
             }
         };
         ScheduleDef::discrete(&betas, self.t_range)
+    }
+
+    /// The flow schedule's shift: `shift`, or diffusers' dynamic shifting from `mu` (given, or
+    /// interpolated from `image_seq_len` as diffusers' flow pipelines compute it).
+    pub fn flow_shift(&self) -> Result<f64, ScheduleError> {
+        let conflict = |a: &str, b: &str| ScheduleError::Table {
+            field: b.into(),
+            message: format!("give `{a}` or `{b}`, not both: `{b}` determines the shift"),
+        };
+        if self.shift.is_some() && self.mu.is_some() {
+            return Err(conflict("shift", "mu"));
+        }
+        if self.shift.is_some() && self.image_seq_len.is_some() {
+            return Err(conflict("shift", "image_seq_len"));
+        }
+        if self.mu.is_some() && self.image_seq_len.is_some() {
+            return Err(conflict("mu", "image_seq_len"));
+        }
+        let interpolation = [
+            ("base_shift", self.base_shift),
+            ("max_shift", self.max_shift),
+            ("base_image_seq_len", self.base_image_seq_len),
+            ("max_image_seq_len", self.max_image_seq_len),
+        ];
+        if self.image_seq_len.is_none() {
+            if let Some((key, _)) = interpolation.iter().find(|(_, v)| v.is_some()) {
+                return Err(ScheduleError::Table {
+                    field: (*key).into(),
+                    message: format!("`{key}` goes with `image_seq_len` (it interpolates mu)"),
+                });
+            }
+        }
+        if self.time_shift_type.is_some() && self.mu.is_none() && self.image_seq_len.is_none() {
+            return Err(ScheduleError::Table {
+                field: "time_shift_type".into(),
+                message: "`time_shift_type` goes with `mu` or `image_seq_len` (dynamic shifting)"
+                    .into(),
+            });
+        }
+        let mu = match (self.mu, self.image_seq_len) {
+            (Some(mu), _) => mu,
+            (None, Some(len)) => {
+                let base = self.base_image_seq_len.unwrap_or(256.0);
+                let max = self.max_image_seq_len.unwrap_or(4096.0);
+                if !(max != base && base.is_finite() && max.is_finite()) {
+                    return Err(ScheduleError::Param {
+                        name: "max_image_seq_len".into(),
+                        value: max,
+                        allowed: format!("a finite number other than base_image_seq_len = {base}"),
+                    });
+                }
+                let (lo, hi) = (
+                    self.base_shift.unwrap_or(0.5),
+                    self.max_shift.unwrap_or(1.15),
+                );
+                let m = (hi - lo) / (max - base);
+                len * m + (lo - m * base)
+            }
+            (None, None) => return Ok(self.shift.unwrap_or(1.0)),
+        };
+        let shift = match self.time_shift_type.unwrap_or(TimeShiftType::Exponential) {
+            // exp(mu) / (exp(mu) + (1/s - 1)) = e^mu s / (1 + (e^mu - 1) s).
+            TimeShiftType::Exponential => mu.exp(),
+            // mu / (mu + (1/s - 1)) = mu s / (1 + (mu - 1) s).
+            TimeShiftType::Linear => mu,
+        };
+        if !(shift > 0.0 && shift.is_finite()) {
+            return Err(ScheduleError::Param {
+                name: "mu".into(),
+                value: mu,
+                allowed: "a mu whose shift (e^mu, or mu with time_shift_type = \"linear\") is a finite number > 0".into(),
+            });
+        }
+        Ok(shift)
+    }
+
+    fn build_flow(&self) -> Result<ScheduleDef, ScheduleError> {
+        let scale = self.num_train_timesteps.unwrap_or(1000);
+        ScheduleDef::flow_on(
+            self.flow_shift()?,
+            self.t_range.unwrap_or([1e-3, 1.0]),
+            scale as f64,
+        )
     }
 
     fn build_custom(&self) -> Result<ScheduleDef, ScheduleError> {

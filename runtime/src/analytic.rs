@@ -24,13 +24,113 @@ pub struct GaussianModel {
     pub dim: usize,
 }
 
+/// A number with its partial derivatives in alpha, sigma and s2 (forward mode), for the
+/// Gaussian model's coefficients in every parameterisation.
+#[derive(Clone, Copy, Debug)]
+struct Partials3 {
+    v: f64,
+    /// d/d alpha, d/d sigma, d/d s2.
+    d: [f64; 3],
+}
+
+impl Partials3 {
+    fn var(v: f64, k: usize) -> Partials3 {
+        let mut d = [0.0; 3];
+        d[k] = 1.0;
+        Partials3 { v, d }
+    }
+    fn constant(v: f64) -> Partials3 {
+        Partials3 { v, d: [0.0; 3] }
+    }
+    fn zip(self, o: Partials3, v: f64, f: impl Fn(f64, f64) -> f64) -> Partials3 {
+        Partials3 {
+            v,
+            d: std::array::from_fn(|k| f(self.d[k], o.d[k])),
+        }
+    }
+}
+
+impl std::ops::Add for Partials3 {
+    type Output = Partials3;
+    fn add(self, o: Partials3) -> Partials3 {
+        self.zip(o, self.v + o.v, |a, b| a + b)
+    }
+}
+impl std::ops::Sub for Partials3 {
+    type Output = Partials3;
+    fn sub(self, o: Partials3) -> Partials3 {
+        self.zip(o, self.v - o.v, |a, b| a - b)
+    }
+}
+// The product and quotient rules: derivatives mix the operations.
+#[allow(clippy::suspicious_arithmetic_impl)]
+impl std::ops::Mul for Partials3 {
+    type Output = Partials3;
+    fn mul(self, o: Partials3) -> Partials3 {
+        let (x, y) = (self.v, o.v);
+        self.zip(o, x * y, |a, b| a * y + x * b)
+    }
+}
+#[allow(clippy::suspicious_arithmetic_impl)]
+impl std::ops::Div for Partials3 {
+    type Output = Partials3;
+    fn div(self, o: Partials3) -> Partials3 {
+        let (x, y) = (self.v, o.v);
+        self.zip(o, x / y, |a, b| (a * y - x * b) / (y * y))
+    }
+}
+
 impl GaussianModel {
     /// eps and the two derivative factors at one time: d eps/dx = sigma/v I,
     /// d eps/dmu = -sigma alpha / v I, d eps / d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
     pub fn coefficients(&self, time: &TimeInfo) -> (f64, f64) {
-        let v = time.alpha * time.alpha * self.s2 + time.sigma * time.sigma;
-        (time.sigma / v, -time.sigma * time.alpha / v)
+        let (cx, cmu) = self.coefficient_partials(Prediction::Eps, time);
+        (cx.v, cmu.v)
     }
+
+    /// The model's output in the parameterisation `prediction` is cx x + cmu mu, with
+    /// v = alpha^2 s2 + sigma^2: eps has (sigma, -alpha sigma) / v and the posterior mean
+    /// x0 = E[x0 | x] has (alpha s2, sigma^2) / v (finite at alpha = 0, where it is mu);
+    /// v-prediction is alpha eps - sigma x0 and the flow velocity eps - x0. Each with its
+    /// partials in alpha, sigma and s2.
+    fn coefficient_partials(
+        &self,
+        prediction: Prediction,
+        time: &TimeInfo,
+    ) -> (Partials3, Partials3) {
+        let a = Partials3::var(time.alpha, 0);
+        let s = Partials3::var(time.sigma, 1);
+        let s2 = Partials3::var(self.s2, 2);
+        let v = a * a * s2 + s * s;
+        let zero = Partials3::constant(0.0);
+        let eps = (s / v, zero - a * s / v);
+        let x0 = (a * s2 / v, s * s / v);
+        match prediction {
+            Prediction::Eps => eps,
+            Prediction::X0 => x0,
+            Prediction::V => (a * eps.0 - s * x0.0, a * eps.1 - s * x0.1),
+            Prediction::Flow => (eps.0 - x0.0, eps.1 - x0.1),
+        }
+    }
+
+    /// The model predicting in the parameterisation `prediction` (the same data).
+    pub fn predicting(&self, prediction: Prediction) -> PredictingGaussian {
+        PredictingGaussian {
+            gaussian: self.clone(),
+            prediction,
+        }
+    }
+}
+
+/// The Gaussian data model of [`GaussianModel`] giving its exact output in any
+/// parameterisation: eps, x0, v or the flow velocity (the model a flow-matching run at pure
+/// noise needs: its x0 is finite at alpha = 0, where an eps model's is not).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PredictingGaussian {
+    /// The data.
+    pub gaussian: GaussianModel,
+    /// What it outputs.
+    pub prediction: Prediction,
 }
 
 /// The Gaussian model's one parameter gradient: dL/d s2.
@@ -38,6 +138,140 @@ impl GaussianModel {
 pub struct GaussianGrads {
     /// dL/d s2.
     pub s2: f64,
+}
+
+impl PredictingGaussian {
+    fn mus<E: Dtype, D: Device<E>>(&self, x: &State<E, D>, z: Option<&State<E, D>>) -> Vec<f64> {
+        match z {
+            Some(z) => z.to_f64(),
+            None => vec![self.gaussian.mu; x.batch() * x.width()],
+        }
+    }
+}
+
+impl<E: Dtype, D: Device<E>> Denoiser<E, D> for PredictingGaussian {
+    type Grads = GaussianGrads;
+
+    fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    fn check_input(&self, item: &[usize]) -> Result<(), RuntimeError> {
+        check_vector_input(item, self.gaussian.dim, "the Gaussian model")
+    }
+
+    fn cond_dim(&self) -> usize {
+        self.gaussian.dim
+    }
+
+    fn zero_grads(&self) -> GaussianGrads {
+        GaussianGrads::default()
+    }
+
+    fn as_taped(&self) -> Option<&dyn TapedDenoiser<E, D, Grads = GaussianGrads>> {
+        Some(self)
+    }
+
+    /// theta = `[s2]`; the time cotangents from the coefficients' partials in alpha, sigma.
+    fn vjp(
+        &self,
+        x: &State<E, D>,
+        z: Option<&State<E, D>>,
+        time: &TimeInfo,
+        cot: &State<E, D>,
+        theta: Option<(&mut GaussianGrads, f64)>,
+    ) -> Cotangents<E, D> {
+        let (cx, cmu) = self.gaussian.coefficient_partials(self.prediction, time);
+        let (xs, cs, mus) = (x.to_f64(), cot.to_f64(), self.mus(x, z));
+        // d = sum_i cot_i (d cx x_i + d cmu mu_i) for each of alpha, sigma, s2.
+        let mut d = [0.0; 3];
+        for ((xi, ci), mu) in xs.iter().zip(&cs).zip(&mus) {
+            for (k, dk) in d.iter_mut().enumerate() {
+                *dk += ci * (cx.d[k] * xi + cmu.d[k] * mu);
+            }
+        }
+        if let Some((acc, w)) = theta {
+            acc.s2 += w * d[2];
+        }
+        Cotangents {
+            x: cot.clone() * cx.v,
+            cond: z.map(|_| cot.clone() * cmu.v),
+            time: Some(TimeCot {
+                model_t: 0.0,
+                alpha: d[0],
+                sigma: d[1],
+            }),
+        }
+    }
+
+    fn forward(&self, x: &State<E, D>, z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
+        let (cx, cmu) = self.gaussian.coefficient_partials(self.prediction, time);
+        let out: Vec<f64> = x
+            .to_f64()
+            .iter()
+            .zip(self.mus(x, z))
+            .map(|(xi, mu)| cx.v * xi + cmu.v * mu)
+            .collect();
+        x.like(rows_from_f64(&x.device(), &out, x.batch(), x.width()))
+    }
+}
+
+impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for PredictingGaussian {
+    fn forward_taped(
+        &self,
+        x: Taped<E, D>,
+        _item: &[usize],
+        z: Option<Taped<E, D>>,
+        time: &TimeInfo,
+        _params: ParamGrads,
+    ) -> Taped<E, D> {
+        let (cx, cmu) = self.gaussian.coefficient_partials(self.prediction, time);
+        match z {
+            Some(z) => x * crate::e::<E>(cx.v) + z * crate::e::<E>(cmu.v),
+            None => x * crate::e::<E>(cx.v) + crate::e::<E>(cmu.v * self.gaussian.mu),
+        }
+    }
+
+    /// s2 is a constant of the taped forward pass: the tape has no gradient for it.
+    fn grads_from_tape(&self, _grads: &mut Gradients<E, D>) -> Option<GaussianGrads> {
+        None
+    }
+
+    /// The same coefficients with alpha and sigma on the tape.
+    fn forward_taped_in_time(
+        &self,
+        x: Taped<E, D>,
+        _item: &[usize],
+        z: Option<Taped<E, D>>,
+        leaves: &TimeLeaves<E, D>,
+        _params: ParamGrads,
+    ) -> Option<Taped<E, D>> {
+        let shape = *x.shape();
+        let a = || TimeLeaves::rows(&leaves.alpha, shape);
+        let s = || TimeLeaves::rows(&leaves.sigma, shape);
+        let s2 = crate::e::<E>(self.gaussian.s2);
+        let v = || a().square() * s2 + s().square();
+        // The coefficients of x and mu, as in `coefficient_partials`, built from the leaves
+        // (which may be broadcast any number of times); x and z join once each.
+        let eps = || (s() / v(), (a() * s()).negate() / v());
+        let x0 = || (a() * s2 / v(), s().square() / v());
+        let (cx, cmu) = match self.prediction {
+            Prediction::Eps => eps(),
+            Prediction::X0 => x0(),
+            Prediction::V => {
+                let ((ex, em), (xx, xm)) = (eps(), x0());
+                (a() * ex - s() * xx, a() * em - s() * xm)
+            }
+            Prediction::Flow => {
+                let ((ex, em), (xx, xm)) = (eps(), x0());
+                (ex - xx, em - xm)
+            }
+        };
+        Some(match z {
+            Some(z) => cx * x + cmu * z,
+            None => cx * x + cmu * crate::e::<E>(self.gaussian.mu),
+        })
+    }
 }
 
 impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
@@ -63,7 +297,6 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
         Some(self)
     }
 
-    /// theta = `[s2]`: d eps/d s2 = -sigma alpha^2 (x - alpha mu) / v^2.
     fn vjp(
         &self,
         x: &State<E, D>,
@@ -72,54 +305,11 @@ impl<E: Dtype, D: Device<E>> Denoiser<E, D> for GaussianModel {
         cot: &State<E, D>,
         theta: Option<(&mut GaussianGrads, f64)>,
     ) -> Cotangents<E, D> {
-        let (ax, amu) = self.coefficients(time);
-        if let Some((acc, w)) = theta {
-            let (a, s) = (time.alpha, time.sigma);
-            let v = a * a * self.s2 + s * s;
-            let xs = x.to_f64();
-            let mus = z.map(State::to_f64);
-            let cs = cot.to_f64();
-            let d: f64 = xs
-                .iter()
-                .zip(&cs)
-                .enumerate()
-                .map(|(i, (xi, ci))| {
-                    let mu = mus.as_ref().map_or(self.mu, |m| m[i]);
-                    ci * (-s * a * a * (xi - a * mu) / (v * v))
-                })
-                .sum();
-            acc.s2 += w * d;
-        }
-        // d eps/d alpha = -sigma mu / v - 2 alpha s2 sigma r / v^2 and
-        // d eps/d sigma = r (v - 2 sigma^2) / v^2, with r = x - alpha mu.
-        let (a, s) = (time.alpha, time.sigma);
-        let v = a * a * self.s2 + s * s;
-        let (xs, cs) = (x.to_f64(), cot.to_f64());
-        let mus = z.map(State::to_f64);
-        let mut tc = TimeCot::default();
-        for (i, (xi, ci)) in xs.iter().zip(&cs).enumerate() {
-            let mu = mus.as_ref().map_or(self.mu, |m| m[i]);
-            let r = xi - a * mu;
-            tc.alpha += ci * (-s * mu / v - 2.0 * a * self.s2 * s * r / (v * v));
-            tc.sigma += ci * r * (v - 2.0 * s * s) / (v * v);
-        }
-        Cotangents {
-            x: cot.clone() * ax,
-            cond: z.map(|_| cot.clone() * amu),
-            time: Some(tc),
-        }
+        self.predicting(Prediction::Eps).vjp(x, z, time, cot, theta)
     }
 
     fn forward(&self, x: &State<E, D>, z: Option<&State<E, D>>, time: &TimeInfo) -> State<E, D> {
-        let (ax, amu) = self.coefficients(time);
-        let xs = x.to_f64();
-        let mus = z.map(State::to_f64);
-        let out: Vec<f64> = xs
-            .iter()
-            .enumerate()
-            .map(|(i, xi)| ax * xi + amu * mus.as_ref().map_or(self.mu, |m| m[i]))
-            .collect();
-        x.like(rows_from_f64(&x.device(), &out, x.batch(), x.width()))
+        self.predicting(Prediction::Eps).forward(x, z, time)
     }
 }
 
@@ -127,43 +317,29 @@ impl<E: Dtype, D: Device<E>> TapedDenoiser<E, D> for GaussianModel {
     fn forward_taped(
         &self,
         x: Taped<E, D>,
-        _item: &[usize],
+        item: &[usize],
         z: Option<Taped<E, D>>,
         time: &TimeInfo,
-        _params: ParamGrads,
+        params: ParamGrads,
     ) -> Taped<E, D> {
-        let (ax, amu) = self.coefficients(time);
-        match z {
-            Some(z) => x * crate::e::<E>(ax) + z * crate::e::<E>(amu),
-            None => x * crate::e::<E>(ax) + crate::e::<E>(amu * self.mu),
-        }
+        self.predicting(Prediction::Eps)
+            .forward_taped(x, item, z, time, params)
     }
 
-    /// s2 is a constant of the taped forward pass: the tape has no gradient for it.
     fn grads_from_tape(&self, _grads: &mut Gradients<E, D>) -> Option<GaussianGrads> {
         None
     }
 
-    /// eps = sigma (x - alpha mu) / (alpha^2 s2 + sigma^2) with alpha and sigma on the tape.
     fn forward_taped_in_time(
         &self,
         x: Taped<E, D>,
-        _item: &[usize],
+        item: &[usize],
         z: Option<Taped<E, D>>,
         leaves: &TimeLeaves<E, D>,
-        _params: ParamGrads,
+        params: ParamGrads,
     ) -> Option<Taped<E, D>> {
-        let shape = *x.shape();
-        let a = || TimeLeaves::rows(&leaves.alpha, shape);
-        let s = || TimeLeaves::rows(&leaves.sigma, shape);
-        let v = a().square() * crate::e::<E>(self.s2) + s().square();
-        let mu = match z {
-            Some(z) => z,
-            None => {
-                x.device().ones_like(&shape).retaped::<OwnedTape<E, D>>() * crate::e::<E>(self.mu)
-            }
-        };
-        Some(s() * (x - a() * mu) / v)
+        self.predicting(Prediction::Eps)
+            .forward_taped_in_time(x, item, z, leaves, params)
     }
 }
 

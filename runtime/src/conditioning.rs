@@ -124,6 +124,7 @@ pub fn cycle_sde_encode<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     seed: u64,
 ) -> Result<Encoding<E, D>, RuntimeError> {
     check_shapes(model.model, x0, z)?;
+    crate::executor::check_predictions(plan, model.model.prediction())?;
     if plan.n_noises == 0 {
         return Err(RuntimeError::Invalid(
             "Cycle-SDE encoding needs an SDE sampler (its plan has no noise)".into(),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use adeis_compiler::{Instr, Operand, Plan};
+use adeis_compiler::{Instr, Operand, Plan, Pred, Prediction};
 use dfdx::prelude::*;
 
 use crate::denoiser::Denoiser;
@@ -74,6 +74,41 @@ pub fn check_shapes<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
                 "the conditioning has shape {}; expected {}",
                 tuple(&z.shape()),
                 tuple(&want)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every model evaluation of `plan` can give the form its sampler asks of a model predicting
+/// `prediction`: at pure noise (alpha = 0, a flow's t = 1) an eps model's x0 and an x0 model's
+/// eps are undefined (x0 = (x - sigma eps) / alpha), which would be NaN in every state after.
+pub fn check_predictions(plan: &Plan, prediction: Prediction) -> Result<(), RuntimeError> {
+    for ins in &plan.instrs {
+        let Instr::Eval { time, pred, .. } = ins else {
+            continue;
+        };
+        if !crate::model_fn::converts(*pred, prediction, time) {
+            let want = match pred {
+                Pred::Data => "data (x0)",
+                Pred::Eps => "noise (eps)",
+            };
+            let have = match prediction {
+                Prediction::Eps => "noise (eps)",
+                Prediction::X0 => "data (x0)",
+                Prediction::V => "v",
+                Prediction::Flow => "flow velocity",
+            };
+            return Err(RuntimeError::Invalid(format!(
+                "the sampler asks for the model's {want} prediction at t = {}, where alpha = {} and sigma = {}: a model predicting {have} cannot give it there ({}); a flow (velocity) or v model can, or a grid that ends below pure noise (t_range)",
+                time.t,
+                time.alpha,
+                time.sigma,
+                if time.alpha == 0.0 {
+                    "alpha = 0, pure noise"
+                } else {
+                    "sigma = 0, the data"
+                }
             )));
         }
     }
@@ -276,6 +311,7 @@ pub fn sample<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     record: bool,
 ) -> Result<SampleOutput<E, D>, RuntimeError> {
     check_shapes(model.model, input.x_t, input.cond)?;
+    check_predictions(plan, model.model.prediction())?;
     let mut exec = Exec::new(plan, model, input);
     let mut slots = exec.start();
     exec.run(&mut slots, 0, plan.instrs.len(), record)?;

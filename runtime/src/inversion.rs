@@ -41,6 +41,7 @@ pub fn invert<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
 ) -> Result<Inverted<E, D>, RuntimeError> {
     let plan = problem.plan();
     check_shapes(model.model, x0, cond)?;
+    crate::executor::check_predictions(plan, model.model.prediction())?;
     let Some(reversal) = &plan.reversal else {
         if companion.is_some() {
             return Err(RuntimeError::Invalid(format!(
@@ -124,6 +125,7 @@ pub fn sample_from_pair<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     companion: &State<E, D>,
 ) -> Result<SampleOutput<E, D>, RuntimeError> {
     check_shapes(model.model, input.x_t, input.cond)?;
+    crate::executor::check_predictions(plan, model.model.prediction())?;
     let slot = plan
         .reversal
         .as_ref()

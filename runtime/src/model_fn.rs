@@ -49,7 +49,18 @@ fn linear(want: Pred, model: Prediction, time: &TimeInfo) -> (f64, f64) {
         (Pred::Eps, Prediction::V) => (s, a),
         (Pred::Data, Prediction::Eps) => (1.0 / a, -s / a),
         (Pred::Data, Prediction::V) => (a, -s),
+        // x = a x0 + s eps and u = eps - x0 give x0 = (x - s u) / (a + s) and eps =
+        // (x + a u) / (a + s): finite at pure noise (a = 0), unlike the eps model's x0.
+        (Pred::Eps, Prediction::Flow) => (1.0 / (a + s), a / (a + s)),
+        (Pred::Data, Prediction::Flow) => (1.0 / (a + s), -s / (a + s)),
     }
+}
+
+/// Whether the model's output converts to `want` at `time` (finite coefficients: not an eps
+/// model's x0 at alpha = 0, nor an x0 model's eps at sigma = 0).
+pub fn converts(want: Pred, model: Prediction, time: &TimeInfo) -> bool {
+    let (cx, co) = linear(want, model, time);
+    cx.is_finite() && co.is_finite()
 }
 
 /// d(cx, co)/d alpha and d(cx, co)/d sigma of [`linear`]: ((dcx/da, dco/da), (dcx/ds, dco/ds)).
@@ -61,6 +72,10 @@ fn linear_slopes(want: Pred, model: Prediction, time: &TimeInfo) -> ((f64, f64),
         (Pred::Eps, Prediction::V) => ((0.0, 1.0), (1.0, 0.0)),
         (Pred::Data, Prediction::Eps) => ((-1.0 / (a * a), s / (a * a)), (0.0, -1.0 / a)),
         (Pred::Data, Prediction::V) => ((1.0, 0.0), (0.0, -1.0)),
+        (Pred::Eps, Prediction::Flow) | (Pred::Data, Prediction::Flow) => {
+            let n2 = (a + s) * (a + s);
+            ((-1.0 / n2, s / n2), (-1.0 / n2, -a / n2))
+        }
     }
 }
 
@@ -79,6 +94,8 @@ pub fn convert<E: Dtype, D: Device<E>>(
         (Pred::Eps, Prediction::V) => x.clone() * s + raw * a,
         (Pred::Data, Prediction::Eps) => (x.clone() - raw * s) * (1.0 / a),
         (Pred::Data, Prediction::V) => x.clone() * a - raw * s,
+        (Pred::Eps, Prediction::Flow) => (x.clone() + raw * a) * (1.0 / (a + s)),
+        (Pred::Data, Prediction::Flow) => (x.clone() - raw * s) * (1.0 / (a + s)),
     }
 }
 

@@ -39,6 +39,8 @@ impl Denoiser<f64, Cpu> for As {
             Prediction::X0 => (x.clone() - eps * s) * (1.0 / a),
             // v = alpha eps - sigma x0 = (eps - sigma x) / alpha for VP.
             Prediction::V => (eps - x.clone() * s) * (1.0 / a),
+            // u = eps - x0 = eps (1 + sigma / alpha) - x / alpha.
+            Prediction::Flow => eps * (1.0 + s / a) - x.clone() * (1.0 / a),
         }
     }
     fn vjp(
@@ -54,6 +56,7 @@ impl Denoiser<f64, Cpu> for As {
             Prediction::Eps => (1.0, 0.0),
             Prediction::X0 => (-s / a, 1.0 / a),
             Prediction::V => (1.0 / a, -s / a),
+            Prediction::Flow => (1.0 + s / a, -1.0 / a),
         };
         let inner = Denoiser::<f64, Cpu>::vjp(&self.0, x, z, time, &(cot.clone() * ce), theta);
         Cotangents {
@@ -91,7 +94,7 @@ fn every_parameterisation_samples_the_same() {
             )
         };
         let base = run(&As(g.clone(), Prediction::Eps));
-        for p in [Prediction::X0, Prediction::V] {
+        for p in [Prediction::X0, Prediction::V, Prediction::Flow] {
             let other = run(&As(g.clone(), p));
             let e = base
                 .iter()
@@ -99,6 +102,65 @@ fn every_parameterisation_samples_the_same() {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f64::max);
             assert!(e < 1e-10, "{method:?} {p:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn the_gaussian_in_every_parameterisation_is_its_eps_converted() {
+    let dev = Cpu::default();
+    let g = GaussianModel {
+        mu: 0.4,
+        s2: 0.5,
+        dim: 3,
+    };
+    let x: State<f64, Cpu> = from_f64(&dev, &normals(3, 0, 6), 2, 3);
+    let z: State<f64, Cpu> = from_f64(&dev, &normals(4, 0, 6), 2, 3);
+    let cot: State<f64, Cpu> = from_f64(&dev, &normals(5, 0, 6), 2, 3);
+    let time = TimeInfo {
+        t: 0.4,
+        model_t: 0.4,
+        alpha: 0.8,
+        sigma: 0.6,
+    };
+    for p in [Prediction::X0, Prediction::V, Prediction::Flow] {
+        let (native, wrapped) = (g.predicting(p), As(g.clone(), p));
+        for z in [None, Some(&z)] {
+            let (a, b) = (
+                to_f64(&native.forward(&x, z, &time)),
+                to_f64(&wrapped.forward(&x, z, &time)),
+            );
+            let e = a
+                .iter()
+                .zip(&b)
+                .map(|(u, v)| (u - v).abs())
+                .fold(0.0, f64::max);
+            assert!(e < 1e-14, "{p:?} forward: {e}");
+            let (mut ga, mut gb) = (GaussianGrads::default(), GaussianGrads::default());
+            let ca = native.vjp(&x, z, &time, &cot, Some((&mut ga, 1.0)));
+            let cb = wrapped.vjp(&x, z, &time, &cot, Some((&mut gb, 1.0)));
+            let (xa, xb) = (to_f64(&ca.x), to_f64(&cb.x));
+            let e = xa
+                .iter()
+                .zip(&xb)
+                .map(|(u, v)| (u - v).abs())
+                .fold(0.0, f64::max);
+            assert!(e < 1e-14, "{p:?} dx: {e}");
+            if z.is_some() {
+                let (za, zb) = (to_f64(&ca.cond.unwrap()), to_f64(&cb.cond.unwrap()));
+                let e = za
+                    .iter()
+                    .zip(&zb)
+                    .map(|(u, v)| (u - v).abs())
+                    .fold(0.0, f64::max);
+                assert!(e < 1e-14, "{p:?} dz: {e}");
+            }
+            assert!(
+                (ga.s2 - gb.s2).abs() < 1e-13,
+                "{p:?} ds2: {} vs {}",
+                ga.s2,
+                gb.s2
+            );
         }
     }
 }

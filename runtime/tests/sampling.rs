@@ -585,5 +585,5 @@ fn explicit_train_indices_on_a_discrete_schedule() {
     sp.train_indices = Some(vec![999, 749, 499, 249, 0]);
     let plan = build_plan(&s, &sp).unwrap();
     assert_eq!(plan.grid, vec![1.0, 0.75, 0.5, 0.25, 0.001]);
-    assert_eq!(def.model_time(0.75), 749.0);
+    assert_eq!(s.time_info(0.75).model_t, 749.0);
 }

@@ -23,6 +23,9 @@ pub struct CheckArgs {
     /// has none of its own), or in place of an adeis spec's sampler.steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Dynamic shifting of a flow-matching scheduler config.
+    #[command(flatten)]
+    pub flow_shift: super::FlowShiftFlags,
     /// How many steps of the coefficient table to print.
     #[arg(long, default_value_t = 3)]
     pub rows: usize,
@@ -31,7 +34,7 @@ pub struct CheckArgs {
 pub fn run(
     path: Option<&Path>,
     model: Option<&str>,
-    steps: Option<usize>,
+    (steps, flow): (Option<usize>, &super::FlowShiftFlags),
     rows: usize,
 ) -> Result<()> {
     let choice = model.map(super::model::parse_model).transpose()?;
@@ -70,7 +73,7 @@ pub fn run(
         }
         return Ok(());
     };
-    let loaded = adeis::spec_file::load_spec_file(path, steps)?;
+    let loaded = adeis::spec_file::load_spec_file_with(path, steps, &flow.inputs())?;
     let mut spec = loaded.spec;
     if spec.schedule.is_none() {
         spec.schedule = choice.as_ref().map(|c| c.schedule()).transpose()?.flatten();

@@ -42,6 +42,9 @@ pub struct GradArgs {
     /// place of an adeis spec's sampler.steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Dynamic shifting of a flow-matching scheduler config.
+    #[command(flatten)]
+    pub flow_shift: super::FlowShiftFlags,
     /// `gaussian:mu=1.0,s2=0.3`, `gmm:mixture.json` or `diffusers:DIR` (see `adeis sample
     /// --help`).
     #[arg(long)]
@@ -96,7 +99,7 @@ pub fn run(args: &GradArgs) -> Result<()> {
     adopt_cond_tokens(&mut choice, args.model_flags.cond.as_ref())?;
     let (problem, options) = super::load_problem_wrt(
         &args.spec,
-        (args.steps, args.wrt.as_deref()),
+        (args.steps, args.wrt.as_deref(), &args.flow_shift),
         "grad",
         &choice,
     )?;

@@ -92,7 +92,12 @@ pub fn run(args: &InvertArgs) -> Result<()> {
     }
     let mut choice = parse_model(&args.model)?;
     adopt_cond_tokens(&mut choice, args.model_flags.cond.as_ref())?;
-    let (problem, options) = super::load_problem(&args.spec, args.steps, "invert", &choice)?;
+    let (problem, options) = super::load_problem(
+        &args.spec,
+        (args.steps, &super::FlowShiftFlags::default()),
+        "invert",
+        &choice,
+    )?;
     let x = read_state("--x-0", &choice, &args.x_0)?;
     let word = match args.dtype {
         Dtype::F32 => 4,

@@ -45,21 +45,44 @@ pub fn schedule_def(arg: &str) -> Result<ScheduleDef> {
 /// scheduler config's `prediction_type` must be what the model predicts.
 pub fn load_problem(
     path: &Path,
-    steps: Option<usize>,
+    (steps, flow): (Option<usize>, &FlowShiftFlags),
     command: &str,
     model: &model::ModelChoice,
 ) -> Result<(Problem, inputs::SpecModelOptions)> {
-    load_problem_wrt(path, (steps, None), command, model)
+    load_problem_wrt(path, (steps, None, flow), command, model)
+}
+
+/// What a diffusers flow-matching scheduler config with dynamic shifting takes beside --steps
+/// (the pipeline's `mu`, or the image's token count it computes mu from).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct FlowShiftFlags {
+    /// Dynamic shifting's mu, for a FlowMatchEulerDiscreteScheduler config with
+    /// use_dynamic_shifting (the pipeline's `mu`).
+    #[arg(long)]
+    pub mu: Option<f64>,
+    /// ... or the image's sequence length, from which mu is computed as diffusers' flow
+    /// pipelines compute it (latent height x width / patch size^2; 4096 for 1024x1024 SD3).
+    #[arg(long = "image-seq-len")]
+    pub image_seq_len: Option<usize>,
+}
+
+impl FlowShiftFlags {
+    pub fn inputs(&self) -> adeis::scheduler_config::FlowShiftInputs {
+        adeis::scheduler_config::FlowShiftInputs {
+            mu: self.mu,
+            image_seq_len: self.image_seq_len,
+        }
+    }
 }
 
 /// [`load_problem`] with `wrt` (grad's --wrt) in place of the spec's `gradient.wrt`.
 pub fn load_problem_wrt(
     path: &Path,
-    (steps, wrt): (Option<usize>, Option<&str>),
+    (steps, wrt, flow): (Option<usize>, Option<&str>, &FlowShiftFlags),
     command: &str,
     model: &model::ModelChoice,
 ) -> Result<(Problem, inputs::SpecModelOptions)> {
-    let loaded = adeis::spec_file::load_spec_file(path, steps)?;
+    let loaded = adeis::spec_file::load_spec_file_with(path, steps, &flow.inputs())?;
     let mut spec = loaded.spec;
     if let Some(list) = wrt {
         let keys = list

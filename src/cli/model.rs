@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use adeis::diffusers::DiffusersDir;
-use adeis::runtime::analytic::{GaussianGrads, GaussianModel, GmmModel};
+use adeis::runtime::analytic::{GaussianGrads, GmmModel, PredictingGaussian};
 use adeis::runtime::dfdx::prelude::*;
 use adeis::runtime::nn::Float;
 use adeis::runtime::unet::{DiffusersUNet, UNet2D, UNet2DCondition};
@@ -21,6 +21,8 @@ pub enum ModelChoice {
     Gaussian {
         mu: f64,
         s2: f64,
+        /// What it outputs (`pred=`, eps by default).
+        prediction: adeis::compiler::Prediction,
         /// The keys the argument left out, filled with their defaults (said by `check`).
         defaulted: Vec<&'static str>,
     },
@@ -30,7 +32,7 @@ pub enum ModelChoice {
     Diffusers(Box<DiffusersDir>),
 }
 
-const HELP: &str = "MODEL is `gaussian:mu=M,s2=S` (isotropic Gaussian data, dimension from x_t), \
+const HELP: &str = "MODEL is `gaussian:mu=M,s2=S[,pred=eps|x0|v|flow]` (isotropic Gaussian data, dimension from x_t, its exact output in that parameterisation), \
 `gmm:FILE.json` (a mixture: {\"weights\": [...], \"means\": [[...], ...], \"variances\": [...]}), \
 `digits` (the committed digits denoiser: 8x8 images as rows of 64, --class-labels 0-9, unconditional without) \
 or `diffusers:DIR` (a diffusers UNet2DModel or UNet2DConditionModel directory: config.json and diffusion_pytorch_model.safetensors; or a pipeline folder with unet/, scheduler/ and optionally an AutoencoderKL in vae/)";
@@ -42,6 +44,7 @@ const RING8_JSON: &str = include_str!("../../examples/models/ring8.json");
 pub fn parse_model(arg: &str) -> Result<ModelChoice> {
     if let Some(rest) = arg.strip_prefix("gaussian:") {
         let (mut mu, mut s2) = (0.0, 1.0);
+        let mut prediction = adeis::compiler::Prediction::Eps;
         let mut seen: Vec<&str> = Vec::new();
         for kv in rest.split(',').filter(|s| !s.is_empty()) {
             let (k, v) = kv
@@ -54,6 +57,16 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice> {
                 );
             }
             seen.push(k.trim());
+            if k.trim() == "pred" {
+                prediction = match v.trim() {
+                    "eps" | "epsilon" => adeis::compiler::Prediction::Eps,
+                    "x0" | "sample" => adeis::compiler::Prediction::X0,
+                    "v" | "v_prediction" => adeis::compiler::Prediction::V,
+                    "flow" | "flow_prediction" => adeis::compiler::Prediction::Flow,
+                    other => bail!("--model: gaussian pred = `{other}`; allowed: eps, x0, v, flow"),
+                };
+                continue;
+            }
             let v: f64 = v
                 .trim()
                 .parse()
@@ -61,7 +74,7 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice> {
             match k.trim() {
                 "mu" => mu = v,
                 "s2" => s2 = v,
-                other => bail!("--model: unknown key `{other}` for gaussian (keys: mu, s2)"),
+                other => bail!("--model: unknown key `{other}` for gaussian (keys: mu, s2, pred)"),
             }
         }
         if !(s2 > 0.0 && s2.is_finite() && mu.is_finite()) {
@@ -71,7 +84,12 @@ pub fn parse_model(arg: &str) -> Result<ModelChoice> {
             .into_iter()
             .filter(|k| !seen.contains(k))
             .collect();
-        return Ok(ModelChoice::Gaussian { mu, s2, defaulted });
+        return Ok(ModelChoice::Gaussian {
+            mu,
+            s2,
+            prediction,
+            defaulted,
+        });
     }
     if let Some(file) = arg.strip_prefix("gmm:") {
         // learn-steps' default model, compiled in, so that the default works from any folder.
@@ -125,7 +143,8 @@ impl ModelChoice {
     pub fn prediction(&self) -> Result<adeis::compiler::Prediction> {
         Ok(match self {
             ModelChoice::Diffusers(d) => d.prediction()?,
-            // The closed-form models and the digits denoiser (adeis_digits::nets) predict eps.
+            ModelChoice::Gaussian { prediction, .. } => *prediction,
+            // The mixture and the digits denoiser (adeis_digits::nets) predict eps.
             _ => adeis::compiler::Prediction::Eps,
         })
     }
@@ -144,7 +163,12 @@ impl ModelChoice {
     /// takes, its parameters, and the defaults it filled.
     pub fn describe(&self) -> String {
         match self {
-            ModelChoice::Gaussian { mu, s2, defaulted } => {
+            ModelChoice::Gaussian {
+                mu,
+                s2,
+                prediction,
+                defaulted,
+            } => {
                 let filled = if defaulted.is_empty() {
                     String::new()
                 } else {
@@ -158,7 +182,8 @@ impl ModelChoice {
                     )
                 };
                 format!(
-                    "gaussian: data N(mu, s2 I) with mu = {mu}, s2 = {s2}; its eps in closed form\n  takes x_t [batch, dim] of any dim; its conditioning z is the mean (z = mu in every coordinate without --cond){filled}\n"
+                    "gaussian: data N(mu, s2 I) with mu = {mu}, s2 = {s2}; its {} in closed form\n  takes x_t [batch, dim] of any dim; its conditioning z is the mean (z = mu in every coordinate without --cond){filled}\n",
+                    prediction_name(*prediction)
                 )
             }
             ModelChoice::Gmm(g) => {
@@ -241,7 +266,7 @@ where
     fn named_grads(&self, grads: &Self::Grads) -> Option<Vec<NamedTensor>>;
 }
 
-impl<E: Dtype> CommandModel<E> for GaussianModel
+impl<E: Dtype> CommandModel<E> for PredictingGaussian
 where
     Cpu: Device<E>,
 {
@@ -250,7 +275,7 @@ where
         let n = x.batch() * x.width();
         Some(from_f64(
             &x.device(),
-            &vec![self.mu; n],
+            &vec![self.gaussian.mu; n],
             x.batch(),
             x.width(),
         ))
@@ -538,12 +563,15 @@ fn inline_labels(arg: &Path) -> Option<Vec<usize>> {
 macro_rules! with_model {
     ($choice:expr, $E:ty, $dim:expr, |$m:ident| $body:expr) => {
         match $choice {
-            $crate::cli::model::ModelChoice::Gaussian { mu, s2, .. } => {
+            $crate::cli::model::ModelChoice::Gaussian {
+                mu, s2, prediction, ..
+            } => {
                 let $m = &adeis::runtime::analytic::GaussianModel {
                     mu: *mu,
                     s2: *s2,
                     dim: $dim,
-                };
+                }
+                .predicting(*prediction);
                 $body
             }
             $crate::cli::model::ModelChoice::Gmm(g) => {
@@ -570,5 +598,6 @@ pub fn prediction_name(p: adeis::compiler::Prediction) -> &'static str {
         adeis::compiler::Prediction::Eps => "epsilon",
         adeis::compiler::Prediction::X0 => "sample",
         adeis::compiler::Prediction::V => "v_prediction",
+        adeis::compiler::Prediction::Flow => "flow_prediction",
     }
 }

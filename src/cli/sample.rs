@@ -31,6 +31,9 @@ pub struct SampleArgs {
     /// place of an adeis spec's sampler.steps.
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Dynamic shifting of a flow-matching scheduler config.
+    #[command(flatten)]
+    pub flow_shift: super::FlowShiftFlags,
     /// `gaussian:mu=1.0,s2=0.3` (isotropic Gaussian data, dimension from x_t),
     /// `gmm:mixture.json` (weights, means, variances) or `diffusers:DIR` (a UNet2DModel or
     /// UNet2DConditionModel directory: config.json, diffusion_pytorch_model.safetensors,
@@ -116,7 +119,12 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             args.model
         );
     }
-    let (problem, options) = super::load_problem(&args.spec, args.steps, "sample", &choice)?;
+    let (problem, options) = super::load_problem(
+        &args.spec,
+        (args.steps, &args.flow_shift),
+        "sample",
+        &choice,
+    )?;
     let x = read_x_t(&choice, &args.x_t)?;
     let word = match args.dtype {
         Dtype::F32 => 4,

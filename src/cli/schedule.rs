@@ -50,9 +50,12 @@ pub fn run(arg: &str, at: Option<Vec<f64>>, json: bool) -> Result<()> {
                 v.sigma
             );
         }
-        if !(v.alpha > 0.0 && v.sigma > 0.0) {
+        // Pure noise (alpha = 0) is allowed at the noisiest end, as the schedule's own check
+        // allows it.
+        let pure_noise_end = v.is_pure_noise() && t == def.t_max();
+        if !((v.alpha > 0.0 || pure_noise_end) && v.sigma > 0.0) {
             bail!(
-                "the schedule is not valid at t = {t}: alpha = {}, sigma = {}; a schedule needs alpha > 0 and sigma > 0 on its whole t range",
+                "the schedule is not valid at t = {t}: alpha = {}, sigma = {}; a schedule needs alpha > 0 and sigma > 0 on its whole t range (alpha = 0 only at its largest t)",
                 v.alpha,
                 v.sigma
             );

@@ -413,12 +413,13 @@ impl DiffusersDir {
             "epsilon" => Ok(Prediction::Eps),
             "sample" => Ok(Prediction::X0),
             "v_prediction" => Ok(Prediction::V),
+            "flow_prediction" => Ok(Prediction::Flow),
             other => Err(invalid(
                 &self.scheduler_path(),
                 FieldError::value(
                     "prediction_type",
                     format!("{other:?}"),
-                    "supported: epsilon, sample, v_prediction",
+                    "supported: epsilon, sample, v_prediction, flow_prediction",
                 ),
             )),
         }

@@ -188,7 +188,7 @@ fn noisy_batch(
                 .push((v.alpha * x0 + v.sigma * eps[k * PIXELS + p]) as f32);
         }
         nb.feats.extend(
-            tf.at(schedule.def().model_time(t))
+            tf.at(schedule.def().model_time(t, v.sigma))
                 .into_iter()
                 .map(|f| f as f32),
         );

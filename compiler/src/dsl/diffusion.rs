@@ -541,6 +541,7 @@ impl DiffusionDecl {
                     ("eps", Prediction::Eps),
                     ("x0", Prediction::X0),
                     ("v", Prediction::V),
+                    ("flow", Prediction::Flow),
                 ],
             )?;
         }

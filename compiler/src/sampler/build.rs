@@ -75,7 +75,7 @@ pub fn build_plan(schedule: &Schedule, spec: &SamplerSpec) -> Result<Plan, Field
     if let Some(s) = sens {
         plan.grid_param_sens = s;
     }
-    check_finite(&plan)?;
+    check_finite(&plan, schedule, spec)?;
     Ok(plan)
 }
 
@@ -98,7 +98,7 @@ fn check_schedule_on(schedule: &Schedule, grid: &[f64]) -> Result<(), FieldError
 /// The schedule is validated on a check grid; the plan is checked where it will actually run:
 /// every evaluation's time quantities and every coefficient finite, naming the step and its
 /// time (a schedule can be NaN on an interval too narrow for the check grid to see).
-fn check_finite(plan: &Plan) -> Result<(), FieldError> {
+fn check_finite(plan: &Plan, schedule: &Schedule, spec: &SamplerSpec) -> Result<(), FieldError> {
     let mut t_of_step = vec![f64::NAN; plan.grid.len()];
     for ins in &plan.instrs {
         if let Instr::Eval { time, step, .. } = ins {
@@ -125,6 +125,18 @@ fn check_finite(plan: &Plan) -> Result<(), FieldError> {
         if let Instr::Combine { terms, step, .. } = ins {
             if let Some((_, c)) = terms.iter().find(|(_, c)| !c.is_finite()) {
                 let at = |i: usize| plan.grid.get(i).copied().unwrap_or(f64::NAN);
+                let from = plan.grid.get(*step).map(|t| schedule.eval(*t));
+                if from.is_some_and(|v| v.is_pure_noise()) {
+                    return Err(FieldError::new(
+                        "method",
+                        format!(
+                            "{} order {}: a coefficient of the step from t = {}, where alpha = 0 (pure noise, lambda = -inf), is {c}: this form of the sampler divides by alpha there; from pure noise use a data-form sampler (dpm_solver_pp, sde_dpm_solver_pp, unipc, or rex in its default data form), or a t_range that ends below pure noise",
+                            spec.method.name(),
+                            spec.order,
+                            at(*step)
+                        ),
+                    ));
+                }
                 return Err(FieldError::new(
                     "times",
                     format!(

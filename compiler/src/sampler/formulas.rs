@@ -15,6 +15,10 @@ pub(crate) const VARS: [&str; 13] = [
     "s_u2",
 ];
 
+/// The stand-in for lambda = -inf in the coefficients' partial derivatives (see
+/// [`FormulaSet::eval_with_partials`]).
+pub(crate) const PURE_NOISE_LAMBDA: f64 = -1e30;
+
 /// Values of [`VARS`] for one step (NaN where the step has no such point).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct StepVars {
@@ -195,6 +199,25 @@ impl FormulaSet {
         let mut flat = vec![0.0; jit.n_outputs()];
         jit.call(v.l_t - v.l_s, &v.array(), &mut flat);
         let stride = 2 + VARS.len();
+        // A point at pure noise (lambda = -inf, a flow's t = 1) enters a coefficient through
+        // e^lambda and 1 / (lambda' - lambda), whose values are exact at -inf but whose
+        // partials are inf / inf there. Their limits are the partials at a lambda so far
+        // below every other that those terms are below round-off (1e-30 relative):
+        // evaluated there, the values kept from -inf itself.
+        let lambdas = [2, 5, 6, 7];
+        let mut vars = v.array();
+        if lambdas.iter().any(|&k| vars[k] == f64::NEG_INFINITY) {
+            for k in lambdas {
+                if vars[k] == f64::NEG_INFINITY {
+                    vars[k] = PURE_NOISE_LAMBDA;
+                }
+            }
+            let exact: Vec<f64> = flat.chunks_exact(stride).map(|row| row[0]).collect();
+            jit.call(vars[5] - vars[2], &vars, &mut flat);
+            for (row, value) in flat.chunks_exact_mut(stride).zip(exact) {
+                row[0] = value;
+            }
+        }
         let (l_s, l_t) = (2, 5);
         let mut values = Vec::with_capacity(self.outputs.len());
         let mut partials = Vec::with_capacity(self.outputs.len());

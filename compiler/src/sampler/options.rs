@@ -29,6 +29,10 @@ pub enum Prediction {
     /// v = alpha eps - sigma x0 (diffusers' "v_prediction").
     #[serde(alias = "v_prediction")]
     V,
+    /// The flow velocity eps - x0 (diffusers' "flow_prediction", flow-matching models: for
+    /// alpha = 1 - s, sigma = s it is dx/ds).
+    #[serde(alias = "flow_prediction")]
+    Flow,
 }
 
 /// How a second-order multistep update uses the previous output.

@@ -60,7 +60,21 @@ impl PlanRun<'_> {
             if p == 0.0 {
                 continue;
             }
+            // A variable of a point before the grid's first (l_p1 at step 0), or of a stage the
+            // step does not have, is NaN and unused by the formulas that run there; a NaN
+            // partial of it (a coefficient that is not finite either, which the plan's check
+            // refuses) has no grid time to go to.
+            if at[k].is_some_and(|j| j >= self.vals.len()) {
+                continue;
+            }
             let q = name.as_bytes()[0];
+            // At pure noise (lambda = -inf, a flow's t = 1) a data-form coefficient depends on
+            // lambda there through e^lambda and 1 / (lambda_next - lambda) only, whose
+            // derivatives vanish; their partials evaluate to inf / inf, and the grid time
+            // there is held fixed (see `Plan::held_fixed`).
+            if q == b'l' && at[k].is_some_and(|j| self.vals[j].is_pure_noise()) {
+                continue;
+            }
             // The variable's partials in the parameters at its (fixed) time.
             let pick = |pp: &ParamPartials| match q {
                 b'a' => pp.alpha,
@@ -81,7 +95,10 @@ impl PlanRun<'_> {
                     }
                 }
                 None => {
-                    let st = &stages[(k - 9) / 2];
+                    // A stage the step does not have: as for a point before the grid.
+                    let Some(st) = stages.get((k - 9) / 2) else {
+                        continue;
+                    };
                     let dv = if q == b'a' {
                         st.derivs.alpha
                     } else {
@@ -109,9 +126,15 @@ impl PlanRun<'_> {
             Dual::seeded(v.alpha, slot, d.alpha),
             Dual::seeded(v.sigma, slot, d.sigma),
         );
+        if v.is_pure_noise() {
+            // As in the formulas' partials (`formulas::PURE_NOISE_LAMBDA`): lambda = -inf
+            // enters through terms whose derivatives vanish, and the time there is held fixed.
+            l = Dual::constant(formulas::PURE_NOISE_LAMBDA);
+        }
         for (k, pp) in self.b.grid_params(j).iter().enumerate() {
+            let pp_lambda = if v.is_pure_noise() { 0.0 } else { pp.lambda };
             (l, a, s) = (
-                l.with_param(k, pp.lambda),
+                l.with_param(k, pp_lambda),
                 a.with_param(k, pp.alpha),
                 s.with_param(k, pp.sigma),
             );

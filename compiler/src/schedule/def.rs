@@ -36,6 +36,9 @@ pub struct ScheduleDef {
     /// For a discrete schedule, the number of train steps N (the network's time input is the
     /// train index (t - 1/N) N).
     pub(super) train_steps: Option<usize>,
+    /// Where the network's time input is sigma(t) times this scale rather than t (diffusers'
+    /// flow-matching models take timestep = 1000 sigma, the shifted noise level).
+    pub(super) sigma_time_scale: Option<f64>,
     pub(super) program: Program,
     pub(super) inverse: Inverse,
     pub(super) t_min: f64,
@@ -170,6 +173,9 @@ impl ScheduleDef {
         let dl = program.derivative("lambda", "t");
         debug_assert_eq!(&*dl, Quantity::DLambdaDt.name());
         def(&mut program, "g2", "-2 * sigma(t)^2 * dlambda_dt(t)");
+        // Named `dalpha_dt` and `dsigma_dt` by the same convention.
+        program.derivative("alpha", "t");
+        program.derivative("sigma", "t");
 
         let inverse = match inverse {
             Some(text) => {
@@ -195,6 +201,7 @@ impl ScheduleDef {
         let def = ScheduleDef {
             name: name.to_string(),
             train_steps: None,
+            sigma_time_scale: None,
             program,
             inverse,
             t_min: t_range[0],
@@ -271,21 +278,36 @@ impl ScheduleDef {
         self.train_steps
     }
 
-    /// The time the network is given: the train index (t - 1/N) N for a discrete schedule,
-    /// t itself otherwise.
-    pub fn model_time(&self, t: f64) -> f64 {
-        match self.train_steps {
-            Some(n) => (t - 1.0 / n as f64) * n as f64,
-            None => t,
+    /// The time the network is given at t, where sigma(t) = `sigma`: the train index
+    /// (t - 1/N) N for a discrete schedule, scale sigma where the network takes its noise
+    /// level ([`ScheduleDef::sigma_time_scale`]), t itself otherwise.
+    pub fn model_time(&self, t: f64, sigma: f64) -> f64 {
+        match (self.sigma_time_scale, self.train_steps) {
+            (Some(k), _) => k * sigma,
+            (None, Some(n)) => (t - 1.0 / n as f64) * n as f64,
+            (None, None) => t,
         }
     }
 
-    /// d(model time)/dt: the model time is affine in t.
-    pub fn model_time_slope(&self) -> f64 {
-        match self.train_steps {
-            Some(n) => n as f64,
-            None => 1.0,
+    /// d(model time)/dt at the time whose schedule values are `v`.
+    pub fn model_time_slope(&self, v: &super::ScheduleValues) -> f64 {
+        match (self.sigma_time_scale, self.train_steps) {
+            (Some(k), _) => k * v.dsigma_dt,
+            (None, Some(n)) => n as f64,
+            (None, None) => 1.0,
         }
+    }
+
+    /// The scale k of a network told k sigma(t) as its time (None: told t or the train
+    /// index).
+    pub fn sigma_time_scale(&self) -> Option<f64> {
+        self.sigma_time_scale
+    }
+
+    /// The same schedule with the network told `scale` sigma(t) as its time.
+    pub fn with_sigma_time(mut self, scale: f64) -> ScheduleDef {
+        self.sigma_time_scale = Some(scale);
+        self
     }
 
     /// Its formulas and derived quantities as a program.
@@ -409,8 +431,11 @@ impl ScheduleDef {
                 a + (b - a) * k as f64 / (VALIDATION_POINTS - 1) as f64
             };
             let v = self.eval_interp(t, params);
+            // The noisiest end may be pure noise (alpha = 0, lambda = -inf: a flow's t = 1,
+            // a zero-terminal-SNR schedule), where the samplers' data forms start exactly.
+            let pure_noise_end = k + 1 == VALIDATION_POINTS && v.is_pure_noise();
             for (q, x) in [("alpha", v.alpha), ("sigma", v.sigma)] {
-                if x <= 0.0 {
+                if x <= 0.0 && !(pure_noise_end && q == "alpha") {
                     return Err(ScheduleError::NotPositive {
                         quantity: q,
                         t,
@@ -418,14 +443,20 @@ impl ScheduleDef {
                     });
                 }
             }
-            for q in Quantity::ALL {
-                let x = v.get(q);
-                if !x.is_finite() {
-                    return Err(ScheduleError::NotFinite {
-                        quantity: q.name(),
-                        t,
-                        value: x,
-                    });
+            if pure_noise_end {
+                if let Some((quantity, value)) = v.non_finite() {
+                    return Err(ScheduleError::NotFinite { quantity, t, value });
+                }
+            } else {
+                for q in Quantity::ALL {
+                    let x = v.get(q);
+                    if !x.is_finite() {
+                        return Err(ScheduleError::NotFinite {
+                            quantity: q.name(),
+                            t,
+                            value: x,
+                        });
+                    }
                 }
             }
             if let Some((t0, l0)) = prev {
@@ -441,7 +472,7 @@ impl ScheduleDef {
             prev = Some((t, v.lambda));
             // A closed-form inverse given with the schedule must be the inverse: t(lambda(t))
             // = t at every check point (a wrong one would move every grid time silently).
-            if let Inverse::Closed(_) = &self.inverse {
+            if let (Inverse::Closed(_), false) = (&self.inverse, pure_noise_end) {
                 let back = self.t_of_lambda_interp(v.lambda, params);
                 let tol = 1e-6 * (b - a) + 1e-9 * t.abs();
                 if !(back - t).abs().le(&tol) {

@@ -124,6 +124,57 @@ impl ScheduleDef {
         )
     }
 
+    /// Rectified flow (flow matching): x_t = (1 - s) x_0 + s eps with the noise level
+    /// s(t) = shift t / (1 + (shift - 1) t), diffusers' static shift (shift = 1: s = t), so
+    /// alpha = 1 - s and sigma = s; t in [1e-3, 1], where t = 1 is pure noise (alpha = 0,
+    /// lambda = -inf). The network is told 1000 s, diffusers' flow-matching timestep.
+    pub fn flow(shift: f64) -> Result<ScheduleDef, ScheduleError> {
+        Self::flow_on(shift, [1e-3, 1.0], 1000.0)
+    }
+
+    /// ... on the t range `t_range` (within (0, 1]), the network told `time_scale` s as its
+    /// time.
+    pub fn flow_on(
+        shift: f64,
+        t_range: [f64; 2],
+        time_scale: f64,
+    ) -> Result<ScheduleDef, ScheduleError> {
+        if !(shift > 0.0 && shift.is_finite()) {
+            return Err(ScheduleError::Param {
+                name: "shift".into(),
+                value: shift,
+                allowed: "a finite number > 0 (1: no shift; SD3 uses 3)".into(),
+            });
+        }
+        if !(time_scale > 0.0 && time_scale.is_finite()) {
+            return Err(ScheduleError::Param {
+                name: "num_train_timesteps".into(),
+                value: time_scale,
+                allowed: "a finite number > 0".into(),
+            });
+        }
+        if !(t_range[0] > 0.0 && t_range[1] <= 1.0) {
+            return Err(ScheduleError::Range {
+                t_min: t_range[0],
+                t_max: t_range[1],
+                why: "outside (0, 1]: a flow's sigma is 0 at t = 0 and alpha negative past t = 1",
+            });
+        }
+        // alpha and sigma as they are (not their logs): both are exact at the ends, and
+        // alpha's own derivative stays finite at t = 1, where log alpha is -inf.
+        let def = ScheduleDef::from_formulas(
+            "flow",
+            &[("shift", shift)],
+            vec![],
+            AlphaFormula::Alpha("(1 - t) / (1 + (shift - 1) * t)".into()),
+            SigmaFormula::Sigma("shift * t / (1 + (shift - 1) * t)".into()),
+            t_range,
+            // lambda = ln((1 - t) / (shift t)), so t = 1 / (1 + shift e^lambda).
+            Some("1 / (1 + shift * exp(lambda))"),
+        )?;
+        Ok(def.with_sigma_time(time_scale))
+    }
+
     /// The names `adeis schedule` accepts for the built-in schedules (see
     /// [`crate::spec::ScheduleSpec::builtin`]).
     pub const BUILTIN_NAMES: [&'static str; crate::spec::ScheduleSpec::BUILTIN_NAMES.len()] =

@@ -44,11 +44,16 @@ pub enum Quantity {
     G2,
     /// d lambda/dt.
     DLambdaDt,
+    /// d alpha/dt, derived from alpha's own formula: finite where alpha = 0 (a flow's t = 1),
+    /// where f alpha is inf * 0.
+    DAlphaDt,
+    /// d sigma/dt.
+    DSigmaDt,
 }
 
 impl Quantity {
     /// Every quantity, in the compiled schedule's output order.
-    pub const ALL: [Quantity; 8] = [
+    pub const ALL: [Quantity; 10] = [
         Quantity::Alpha,
         Quantity::Sigma,
         Quantity::Lambda,
@@ -57,6 +62,8 @@ impl Quantity {
         Quantity::F,
         Quantity::G2,
         Quantity::DLambdaDt,
+        Quantity::DAlphaDt,
+        Quantity::DSigmaDt,
     ];
 
     /// The sub-expression name in the schedule's program.
@@ -70,6 +77,8 @@ impl Quantity {
             Quantity::F => "f",
             Quantity::G2 => "g2",
             Quantity::DLambdaDt => "dlambda_dt",
+            Quantity::DAlphaDt => "dalpha_dt",
+            Quantity::DSigmaDt => "dsigma_dt",
         }
     }
 }
@@ -93,22 +102,37 @@ pub struct ScheduleValues {
     pub g2: f64,
     /// d lambda/dt.
     pub dlambda_dt: f64,
+    /// d alpha/dt.
+    pub dalpha_dt: f64,
+    /// d sigma/dt.
+    pub dsigma_dt: f64,
 }
 
 impl ScheduleValues {
     /// The first quantity that is not finite (alpha, sigma, lambda, d lambda/dt, f, g2), with
-    /// its value: where a schedule is invalid at this time.
+    /// its value: where a schedule is invalid at this time. At pure noise (alpha = 0, a flow
+    /// schedule's t = 1) lambda, log alpha, f, g2 and d lambda/dt are infinite by definition
+    /// and only a NaN is invalid.
     pub fn non_finite(&self) -> Option<(&'static str, f64)> {
+        let pure_noise = self.is_pure_noise();
         [
-            ("alpha", self.alpha),
-            ("sigma", self.sigma),
-            ("lambda", self.lambda),
-            ("d lambda/dt", self.dlambda_dt),
-            ("f", self.f),
-            ("g2", self.g2),
+            ("alpha", self.alpha, false),
+            ("sigma", self.sigma, false),
+            ("d alpha/dt", self.dalpha_dt, false),
+            ("d sigma/dt", self.dsigma_dt, false),
+            ("lambda", self.lambda, pure_noise),
+            ("d lambda/dt", self.dlambda_dt, pure_noise),
+            ("f", self.f, pure_noise),
+            ("g2", self.g2, pure_noise),
         ]
         .into_iter()
-        .find(|(_, x)| !x.is_finite())
+        .find(|(_, x, infinite_ok)| !(x.is_finite() || (*infinite_ok && !x.is_nan())))
+        .map(|(name, x, _)| (name, x))
+    }
+
+    /// Whether this time is pure noise: alpha = 0 exactly (and sigma > 0), so lambda = -inf.
+    pub fn is_pure_noise(&self) -> bool {
+        self.alpha == 0.0 && self.sigma > 0.0 && self.lambda == f64::NEG_INFINITY
     }
 
     fn from_slice(v: &[f64]) -> ScheduleValues {
@@ -121,6 +145,8 @@ impl ScheduleValues {
             f: v[5],
             g2: v[6],
             dlambda_dt: v[7],
+            dalpha_dt: v[8],
+            dsigma_dt: v[9],
         }
     }
 
@@ -135,6 +161,8 @@ impl ScheduleValues {
             Quantity::F => self.f,
             Quantity::G2 => self.g2,
             Quantity::DLambdaDt => self.dlambda_dt,
+            Quantity::DAlphaDt => self.dalpha_dt,
+            Quantity::DSigmaDt => self.dsigma_dt,
         }
     }
 }
@@ -160,6 +188,8 @@ pub struct ParamPartials {
     pub sigma: f64,
     /// d lambda/dp.
     pub lambda: f64,
+    /// d(model time)/dp: the network told k sigma(t) sees the parameter move its sigma.
+    pub model_t: f64,
 }
 
 impl Schedule {
@@ -186,7 +216,7 @@ impl Schedule {
     /// Every quantity at `t`.
     #[inline]
     pub fn eval(&self, t: f64) -> ScheduleValues {
-        let mut out = [0.0; 8];
+        let mut out = [0.0; Quantity::ALL.len()];
         self.forward.call(t, &self.params, &mut out);
         ScheduleValues::from_slice(&out)
     }
@@ -222,9 +252,9 @@ impl Schedule {
 
     /// Every quantity at each of `ts` (one native call per time).
     pub fn fill(&self, ts: &[f64]) -> Vec<ScheduleValues> {
-        let mut flat = vec![0.0; ts.len() * 8];
+        let mut flat = vec![0.0; ts.len() * Quantity::ALL.len()];
         self.forward.fill(ts, &self.params, &mut flat);
-        flat.chunks_exact(8)
+        flat.chunks_exact(Quantity::ALL.len())
             .map(ScheduleValues::from_slice)
             .collect()
     }
@@ -235,7 +265,7 @@ impl Schedule {
         let v = self.eval(t);
         TimeInfo {
             t,
-            model_t: self.def.model_time(t),
+            model_t: self.def.model_time(t, v.sigma),
             alpha: v.alpha,
             sigma: v.sigma,
         }
@@ -267,11 +297,13 @@ impl Schedule {
         });
         let mut out = vec![0.0; 3 * names.len()];
         jit.call(t, &self.params, &mut out);
+        let scale = self.def.sigma_time_scale().unwrap_or(0.0);
         out.chunks_exact(3)
             .map(|c| ParamPartials {
                 alpha: c[0],
                 sigma: c[1],
                 lambda: c[2],
+                model_t: scale * c[1],
             })
             .collect()
     }

@@ -39,6 +39,7 @@ pub fn adjoint_deis<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     let (wrt, states) = how;
     check_shapes(model.model, input.x_t, input.cond)?;
+    crate::executor::check_predictions(plan, model.model.prediction())?;
     let z = input.cond;
     let record = states == ContinuousStates::Record;
     let mut exec = Exec::new(plan, model, input);

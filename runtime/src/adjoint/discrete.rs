@@ -207,6 +207,7 @@ pub fn discrete_adjoint<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     check_shapes(model.model, input.x_t, input.cond)?;
+    crate::executor::check_predictions(plan, model.model.prediction())?;
     let sensitivities = wrt.times || wrt.schedule;
     if sensitivities {
         super::shared::check_sens(plan, wrt)?;

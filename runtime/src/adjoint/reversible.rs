@@ -67,6 +67,7 @@ pub fn reversible_gradient<E: Dtype, D: Device<E>, M: Denoiser<E, D> + ?Sized>(
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     let reversal = reversal_of(plan)?;
     check_shapes(model.model, input.x_t, input.cond)?;
+    crate::executor::check_predictions(plan, model.model.prediction())?;
     let sensitivities = wrt.times || wrt.schedule;
     if sensitivities {
         super::shared::check_sens(plan, wrt)?;

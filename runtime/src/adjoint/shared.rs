@@ -25,7 +25,7 @@ pub(crate) fn add_eval_sens(
     }
     let n_grid = plan.grid.len();
     for (k, pp) in plan.state_params[input].iter().enumerate() {
-        acc[n_grid + k] += tc.alpha * pp.alpha + tc.sigma * pp.sigma;
+        acc[n_grid + k] += tc.model_t * pp.model_t + tc.alpha * pp.alpha + tc.sigma * pp.sigma;
     }
 }
 
@@ -38,6 +38,11 @@ pub(crate) fn finish_sens(
     mut acc: Vec<f64>,
 ) -> (Option<Vec<f64>>, Option<Vec<(String, f64)>>) {
     let dparams = acc.split_off(plan.grid.len());
+    for (i, dt) in acc.iter_mut().enumerate() {
+        if plan.held_fixed(i) {
+            *dt = 0.0;
+        }
+    }
     let dschedule: Vec<(String, f64)> = plan
         .param_names
         .iter()

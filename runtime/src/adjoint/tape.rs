@@ -96,6 +96,7 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
     loss_grad: impl FnOnce(&State<E, D>) -> Result<State<E, D>, RuntimeError>,
 ) -> Result<Gradient<E, D, M::Grads>, RuntimeError> {
     check_shapes(model, input.x_t, input.cond)?;
+    crate::executor::check_predictions(plan, model.prediction())?;
     let timed = wrt.times || wrt.schedule;
     if timed {
         super::shared::check_sens(plan, wrt)?;
@@ -154,6 +155,13 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                         (Pred::Eps, Prediction::V) => x * ts + raw * ta,
                         (Pred::Data, Prediction::Eps) => (x - raw * ts) / ta,
                         (Pred::Data, Prediction::V) => x * ta - raw * ts,
+                        // A leaf used twice is broadcast twice; its two gradients add.
+                        (Pred::Eps, Prediction::Flow) => {
+                            (x + raw * TimeLeaves::rows(&leaves.alpha, shape)) / (ta + ts)
+                        }
+                        (Pred::Data, Prediction::Flow) => {
+                            (x - raw * TimeLeaves::rows(&leaves.sigma, shape)) / (ta + ts)
+                        }
                     };
                     let mut list = scalar_leaves.lock().expect("the leaves' list");
                     eval_leaves.push((*input, list.len()));
@@ -168,6 +176,12 @@ pub fn tape_gradient<E: Dtype, D: Device<E>, M: TapedDenoiser<E, D> + ?Sized>(
                         (Pred::Eps, Prediction::V) => x * e::<E>(s) + raw * e::<E>(a),
                         (Pred::Data, Prediction::Eps) => (x - raw * e::<E>(s)) * e::<E>(1.0 / a),
                         (Pred::Data, Prediction::V) => x * e::<E>(a) - raw * e::<E>(s),
+                        (Pred::Eps, Prediction::Flow) => {
+                            (x + raw * e::<E>(a)) * e::<E>(1.0 / (a + s))
+                        }
+                        (Pred::Data, Prediction::Flow) => {
+                            (x - raw * e::<E>(s)) * e::<E>(1.0 / (a + s))
+                        }
                     }
                 };
                 outs[*out] = Some(o);

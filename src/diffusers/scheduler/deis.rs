@@ -11,6 +11,14 @@ use adeis_compiler::{FieldError, Method, SamplerSpec};
 pub(crate) struct Deis;
 
 impl SchedulerClass for Deis {
+    fn reads_flow_sigmas(&self) -> bool {
+        true
+    }
+
+    fn flow_repeats_last_sigma(&self) -> bool {
+        true
+    }
+
     fn sigma_modes(&self) -> &'static [SigmaMode] {
         &[SigmaMode::Karras]
     }

@@ -11,6 +11,10 @@ use adeis_compiler::{FieldError, Method, SamplerSpec};
 pub(crate) struct DpmMultistep;
 
 impl SchedulerClass for DpmMultistep {
+    fn reads_flow_sigmas(&self) -> bool {
+        true
+    }
+
     fn sigma_modes(&self) -> &'static [SigmaMode] {
         &[
             SigmaMode::Karras,

@@ -33,18 +33,22 @@ mod deis;
 mod dpm_multistep;
 mod dpm_singlestep;
 mod euler;
+mod flow_match;
 mod keys;
 mod sigmas;
 mod unipc;
 
 use serde_json::{Map, Value};
 
-use adeis_compiler::grid::{spaced_timesteps, spacing_timesteps, GridKind, TimestepSpacing};
+use adeis_compiler::grid::{
+    numpy_linspace, spaced_timesteps, spacing_timesteps, GridKind, TimestepSpacing,
+};
 use adeis_compiler::sampler::{grid_orders, SolverType, Stages};
 use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
 use adeis_compiler::{
     FieldError, Method, Prediction, SamplerSpec, ScheduleSpec, Spec, ThresholdingSpec,
 };
+pub use flow_match::FlowShiftInputs;
 pub(crate) use keys::standard_json;
 use keys::{describe, quoted, Config};
 use sigmas::{sigma_grid, summary, SigmaMode};
@@ -66,6 +70,29 @@ pub(crate) trait SchedulerClass: Sync {
     /// no `steps_offset`; its timesteps are "linspace"'s).
     fn spacings(&self) -> Option<&'static [&'static str]> {
         Some(&["linspace", "leading", "trailing"])
+    }
+
+    /// A class on no beta schedule (flow matching) reads all its keys itself and gives the
+    /// whole spec (None: the class is read through the shared beta schedule and [`read`]).
+    ///
+    /// [`read`]: SchedulerClass::read
+    fn translate_whole(
+        &self,
+        _c: &mut Config,
+        _steps: usize,
+        _inputs: &FlowShiftInputs,
+    ) -> Option<Result<Translated, FieldError>> {
+        None
+    }
+
+    /// Whether it reads `use_flow_sigmas` (with `flow_shift` and dynamic shifting).
+    fn reads_flow_sigmas(&self) -> bool {
+        false
+    }
+
+    /// Whether its flow sigmas end with the last one repeated (DEIS), not at 0.
+    fn flow_repeats_last_sigma(&self) -> bool {
+        false
     }
 
     /// Reads its own keys into `sampler` (which has the prediction and `steps` set): the grid
@@ -120,7 +147,7 @@ pub(crate) enum Read {
 
 /// Every class adeis reads by its diffusers name (`_class_name`), in the order the errors
 /// name them: adding a class is its file and its row here.
-pub(crate) const READERS: [(&str, &dyn SchedulerClass); 6] = [
+pub(crate) const READERS: [(&str, &dyn SchedulerClass); 7] = [
     ("DDIMScheduler", &ddim::Ddim),
     ("DPMSolverMultistepScheduler", &dpm_multistep::DpmMultistep),
     (
@@ -130,6 +157,10 @@ pub(crate) const READERS: [(&str, &dyn SchedulerClass); 6] = [
     ("DEISMultistepScheduler", &deis::Deis),
     ("UniPCMultistepScheduler", &unipc::Unipc),
     ("EulerDiscreteScheduler", &euler::EulerDiscrete),
+    (
+        "FlowMatchEulerDiscreteScheduler",
+        &flow_match::FlowMatchEuler,
+    ),
 ];
 
 /// The diffusers scheduler classes adeis reads.
@@ -197,6 +228,16 @@ pub struct Translated {
 
 /// The spec that runs `text` (a diffusers scheduler config) for `steps` inference steps.
 pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
+    translate_with(text, steps, &FlowShiftInputs::default())
+}
+
+/// [`translate`] with what a flow-matching pipeline passes beside the steps (dynamic
+/// shifting's mu, or the image's sequence length it comes from).
+pub fn translate_with(
+    text: &str,
+    steps: usize,
+    inputs: &FlowShiftInputs,
+) -> Result<Translated, FieldError> {
     let keys = super::json::read_object(text, "a diffusers scheduler config")
         .map_err(|e| FieldError::new("", e))?;
     if let Some((key, _)) = keys
@@ -242,17 +283,13 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         keys,
     };
     c.keys.retain(|k, _| !k.starts_with('_'));
+    if let Some(whole) = class.translate_whole(&mut c, steps, inputs) {
+        return whole;
+    }
     let mut notes = Vec::new();
 
     // The beta schedule.
-    let n_train = c.usize("num_train_timesteps")?.unwrap_or(1000);
-    if !(2..=adeis_compiler::grid::MAX_STEPS).contains(&n_train) {
-        return Err(FieldError::value(
-            "num_train_timesteps",
-            n_train,
-            format!("from 2 to {}", adeis_compiler::grid::MAX_STEPS),
-        ));
-    }
+    let n_train = train_timesteps(&mut c)?;
     let mut schedule = ScheduleSpec::of_kind(ScheduleKind::Discrete);
     let trained = c.take("trained_betas");
     let beta_schedule = c.choice(
@@ -290,11 +327,16 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
         "adeis runs schedules whose signal-to-noise ratio stays positive; zero terminal SNR makes the first timestep pure noise (lambda = -infinity)",
     )?;
 
-    let prediction = match c.choice("prediction_type", &["epsilon", "sample", "v_prediction"])? {
+    let prediction = match c.choice(
+        "prediction_type",
+        &["epsilon", "sample", "v_prediction", "flow_prediction"],
+    )? {
         "epsilon" => Prediction::Eps,
         "sample" => Prediction::X0,
-        _ => Prediction::V,
+        "v_prediction" => Prediction::V,
+        _ => Prediction::Flow,
     };
+    let flow = read_flow_sigmas(&mut c, class, inputs, prediction)?;
     let thresholding = if c.bool("thresholding")?.unwrap_or(false) {
         if let Some(why) = class.refuses_thresholding() {
             return Err(FieldError::value("thresholding", true, why));
@@ -353,23 +395,18 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
             }
         }
     }
-    for (key, why) in [
-        (
-            "use_beta_sigmas",
-            "beta sigmas are not read from scheduler configs yet",
-        ),
-        (
-            "use_flow_sigmas",
-            "flow-matching schedules are not diffusion schedules adeis runs",
-        ),
-        (
-            "use_dynamic_shifting",
-            "dynamic shifting belongs to flow-matching schedules",
-        ),
-    ] {
-        c.only(key, Value::Bool(false), why)?;
+    c.only(
+        "use_beta_sigmas",
+        Value::Bool(false),
+        "beta sigmas are not read from scheduler configs yet",
+    )?;
+    if let (Some(_), Some((key, _))) = (&flow, sigma_mode) {
+        return Err(FieldError::value(
+            key,
+            true,
+            "with use_flow_sigmas diffusers spaces its VP sigmas and ignores the flow sigmas; give one of them",
+        ));
     }
-    c.ignore(&["flow_shift", "time_shift_type"]);
     for key in [
         "sigma_min",
         "sigma_max",
@@ -434,6 +471,52 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
                 sampler.denoise_to_zero = true;
                 sampler.count_final_step = sampler.lower_order_final;
                 notes.push("final_sigmas_type = \"zero\": the last step goes to sigma = 0, the data prediction of the last evaluation (denoise_to_zero, counted as a step: count_final_step)".into());
+            }
+            if let Some(flow) = flow {
+                if !final_zero && class.flow_repeats_last_sigma() {
+                    // DEIS ends its flow sigmas with the last one repeated: a zero-length
+                    // step, which leaves the sample as it is at order 1.
+                    let orders =
+                        grid_orders(steps, sampler.order, sampler.lower_order_final, false);
+                    if orders.last() != Some(&1) {
+                        return Err(FieldError::value(
+                            "steps",
+                            steps,
+                            format!(
+                                "with use_flow_sigmas diffusers' last step, to a repeated last sigma, is of order {} here and moves the sample by a zero-length step adeis does not take; use fewer than 15 steps (lower_order_final) or solver_order = 1",
+                                orders[orders.len() - 1]
+                            ),
+                        ));
+                    }
+                    sampler.count_final_step = sampler.lower_order_final;
+                    notes.push("the last flow sigma repeats: diffusers' zero-length last step is left out, and counted for lower_order_final (count_final_step)".into());
+                } else if !final_zero {
+                    return Err(FieldError::value(
+                        "final_sigmas_type",
+                        "\"sigma_min\"",
+                        "with use_flow_sigmas diffusers ends at the VP schedule's sigma_min, which is no flow noise level; use \"zero\"",
+                    ));
+                }
+                c.ignore(&["timestep_spacing", "steps_offset", "lambda_min_clipped"]);
+                c.reject_unknown()?;
+                notes.push(flow.note.clone());
+                let headline = format!(
+                    "{} with {steps} steps on flow sigmas: the flow schedule (alpha = 1 - s, sigma = s), the network told diffusers' whole timesteps (1000 s, truncated)",
+                    c.class
+                );
+                let sigmas = flow.sigmas(steps, n_train);
+                let mut schedule = ScheduleSpec::of_kind(ScheduleKind::Flow);
+                schedule.num_train_timesteps = Some(n_train);
+                schedule.t_range = Some([sigmas[steps - 1].min(1e-3), 1.0]);
+                let common = Common { schedule, ..common };
+                let n = n_train as f64;
+                let whole: Vec<f64> = sigmas.iter().map(|s| (s * n).trunc()).collect();
+                let grid = ExplicitGrid {
+                    timesteps: whole.clone(),
+                    times: sigmas,
+                    model_times: whole,
+                };
+                return explicit_grid(common, sampler, grid, headline, notes);
             }
             if let Some((key, mode)) = sigma_mode {
                 let g = sigma_grid(&common.schedule, mode, steps, common.cosine, final_zero)?;
@@ -526,6 +609,117 @@ pub fn translate(text: &str, steps: usize) -> Result<Translated, FieldError> {
     })
 }
 
+/// A multistep scheduler's flow sigmas (`use_flow_sigmas`), noisiest first, and what chose
+/// their shift.
+struct FlowSigmas {
+    shift: f64,
+    note: String,
+}
+
+impl FlowSigmas {
+    /// diffusers' N sigmas for N inference steps on T train timesteps, noisiest first.
+    fn sigmas(&self, steps: usize, n_train: usize) -> Vec<f64> {
+        let shift = self.shift;
+        let mut sigmas: Vec<f64> = numpy_linspace(1.0, 1.0 / n_train as f64, steps + 1)
+            .into_iter()
+            .map(|a| 1.0 - a)
+            .map(|s| shift * s / (1.0 + (shift - 1.0) * s))
+            .collect();
+        sigmas.reverse();
+        sigmas.truncate(steps);
+        sigmas
+    }
+}
+
+/// `use_flow_sigmas`, `flow_shift` and dynamic shifting (`use_dynamic_shifting` with mu) of
+/// the multistep classes that read them: diffusers' sigmas 1 - linspace(1, 1/T, N + 1),
+/// shifted by flow_shift (e^mu with dynamic shifting), noisiest first, the final 0 dropped.
+fn read_flow_sigmas(
+    c: &mut Config,
+    class: &dyn SchedulerClass,
+    inputs: &FlowShiftInputs,
+    prediction: Prediction,
+) -> Result<Option<FlowSigmas>, FieldError> {
+    let on = c.bool("use_flow_sigmas")?.unwrap_or(false);
+    let dynamic = c.bool("use_dynamic_shifting")?.unwrap_or(false);
+    let shift = c.f64("flow_shift")?.unwrap_or(1.0);
+    let exponential = c.choice("time_shift_type", &["exponential", "linear"])? == "exponential";
+    let given = *inputs != FlowShiftInputs::default();
+    if !on {
+        if dynamic {
+            return Err(FieldError::value(
+                "use_dynamic_shifting",
+                true,
+                "dynamic shifting shifts flow sigmas: it needs use_flow_sigmas = true",
+            ));
+        }
+        if given {
+            return Err(FieldError::new(
+                "mu",
+                format!(
+                    "--mu and --image-seq-len set a flow-matching scheduler's dynamic shifting; this {} config has none",
+                    c.class
+                ),
+            ));
+        }
+        if prediction == Prediction::Flow {
+            return Err(FieldError::value(
+                "prediction_type",
+                "\"flow_prediction\"",
+                "a flow model's output goes with flow sigmas: set use_flow_sigmas = true",
+            ));
+        }
+        return Ok(None);
+    }
+    if !class.reads_flow_sigmas() {
+        return Err(FieldError::value(
+            "use_flow_sigmas",
+            true,
+            format!(
+                "adeis reads flow sigmas for {} (and FlowMatchEulerDiscreteScheduler)",
+                quoted(
+                    &READERS
+                        .iter()
+                        .filter(|r| r.1.reads_flow_sigmas())
+                        .map(|r| r.0)
+                        .collect::<Vec<_>>()
+                )
+            ),
+        ));
+    }
+    if !(shift > 0.0 && shift.is_finite()) {
+        return Err(FieldError::value(
+            "flow_shift",
+            shift,
+            "a finite number > 0",
+        ));
+    }
+    let (shift, note) = if dynamic {
+        if !exponential {
+            return Err(FieldError::value(
+                "time_shift_type",
+                "\"linear\"",
+                "diffusers' multistep schedulers shift by e^mu only (\"exponential\")",
+            ));
+        }
+        // The flow pipelines' defaults of calculate_shift: these configs have no keys for it.
+        let mu = flow_match::dynamic_mu(inputs, [0.5, 1.15], [256.0, 4096.0])?;
+        (
+            mu.exp(),
+            format!("use_dynamic_shifting: flow_shift = e^mu = {}", mu.exp()),
+        )
+    } else {
+        if given {
+            return Err(FieldError::new(
+                "use_dynamic_shifting",
+                "false: --mu and --image-seq-len set dynamic shifting, which this config does not use",
+            ));
+        }
+        (shift, format!("use_flow_sigmas: flow_shift = {shift}"))
+    };
+    Ok(Some(FlowSigmas { shift, note }))
+}
+
 /// A grid of adeis times at diffusers' noise levels, with the network's time at each point.
 struct ExplicitGrid {
     timesteps: Vec<f64>,
@@ -615,6 +809,19 @@ pub(crate) fn solver_order(
 }
 
 /// `final_sigmas_type`: whether the last step goes to sigma = 0.
+/// `num_train_timesteps` (1000 by default), checked.
+pub(crate) fn train_timesteps(c: &mut Config) -> Result<usize, FieldError> {
+    let n_train = c.usize("num_train_timesteps")?.unwrap_or(1000);
+    if !(2..=adeis_compiler::grid::MAX_STEPS).contains(&n_train) {
+        return Err(FieldError::value(
+            "num_train_timesteps",
+            n_train,
+            format!("from 2 to {}", adeis_compiler::grid::MAX_STEPS),
+        ));
+    }
+    Ok(n_train)
+}
+
 pub(crate) fn final_zero(c: &mut Config) -> Result<bool, FieldError> {
     Ok(c.choice("final_sigmas_type", &["zero", "sigma_min"])? == "zero")
 }
