@@ -1,4 +1,4 @@
-//! One evaluation of the VP linear schedule (all eight quantities, and lambda alone): the
+//! One evaluation of the VP linear schedule (all ten quantities, and lambda alone): the
 //! JIT-compiled program, the interpreter, and hand-written Rust.
 //!
 //! Run: `cargo bench --bench schedule_eval`. Figures are machine-dependent; compare ratios
@@ -13,23 +13,26 @@ use criterion::{criterion_group, criterion_main, Criterion};
 const B0: f64 = 0.1;
 const B1: f64 = 20.0;
 
-/// The eight quantities of VP linear, written by hand in the same order as the compiled ones.
+/// The ten quantities of VP linear, written by hand in the same order as the compiled ones.
 #[inline(never)]
-fn hand_written(t: f64, out: &mut [f64; 8]) {
+fn hand_written(t: f64, out: &mut [f64; 10]) {
     let log_alpha = -(B1 - B0) / 4.0 * t * t - B0 / 2.0 * t;
     let sigma2 = -(2.0 * log_alpha).exp_m1();
     let log_sigma = 0.5 * sigma2.ln();
     let f = -0.5 * (B0 + (B1 - B0) * t);
     let dlambda_dt = f / sigma2;
+    let (alpha, sigma) = (log_alpha.exp(), sigma2.sqrt());
     *out = [
-        log_alpha.exp(),
-        sigma2.sqrt(),
+        alpha,
+        sigma,
         log_alpha - log_sigma,
         log_alpha,
         log_sigma,
         f,
         -2.0 * sigma2 * dlambda_dt,
         dlambda_dt,
+        f * alpha,
+        (f - dlambda_dt) * sigma,
     ];
 }
 
@@ -47,9 +50,9 @@ fn bench(c: &mut Criterion) {
     let jit_lambda = compile(def.program(), &["lambda"]).unwrap();
 
     // Same numbers from all three before timing anything.
-    let mut hand = [0.0; 8];
+    let mut hand = [0.0; 10];
     hand_written(0.37, &mut hand);
-    let mut jit = [0.0; 8];
+    let mut jit = [0.0; 10];
     jit_all.call(0.37, &params, &mut jit);
     for (a, b) in hand.iter().zip(&jit) {
         assert!((a - b).abs() <= 1e-12 * b.abs(), "{a} vs {b}");
@@ -57,7 +60,7 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("vp_linear_all_quantities");
     g.bench_function("jit", |b| {
-        let mut out = [0.0; 8];
+        let mut out = [0.0; 10];
         b.iter(|| {
             jit_all.call(black_box(0.37), &params, &mut out);
             black_box(out[0])
@@ -67,7 +70,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(def.eval_interp(black_box(0.37), &params)))
     });
     g.bench_function("hand_written", |b| {
-        let mut out = [0.0; 8];
+        let mut out = [0.0; 10];
         b.iter(|| {
             hand_written(black_box(0.37), &mut out);
             black_box(out[0])
