@@ -41,8 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_ref()
         .ok_or_else(|| format!("{}: no vae/ (a pipeline folder has one)", dir.display()))?;
     let dev = Cpu::default();
-    let unet = pipeline.load::<f32>(&dev)?;
-    let vae = vae_dir.load::<f32>(&dev)?;
+    let unet = pipeline.load::<f32, _>(&dev)?;
+    let vae = vae_dir.load::<f32, _>(&dev)?;
     // The pipeline's own scheduler, as `adeis sample --spec scheduler_config.json --steps N`.
     let scheduler = dir.join("scheduler").join("scheduler_config.json");
     let spec = adeis::spec_file::load_spec_file(&scheduler, Some(steps))?.spec;

@@ -29,6 +29,10 @@ the gradient with respect to x_T and the encoder hidden states.
 Workload gemm: one f32 product of two STEPS x STEPS matrices (the machine's GEMM peak through
 PyTorch's BLAS): --workload gemm --method matmul --steps 2048.
 
+--device cuda runs any workload on the GPU (the same seeded data, made on the CPU and moved),
+synchronising before each clock reading; the JSON then also has the device's peak allocation
+(torch.cuda.max_memory_allocated).
+
 Without torch and diffusers it installs them into a throwaway environment (as
 make-unet-fixtures.py does) and runs there.
 """
@@ -65,10 +69,17 @@ CIFAR10 = dict(
 )
 
 
+# The device the workloads run on (--device).
+DEVICE = torch.device("cpu")
+
+
 def unet_workload(model, betas, shape, steps, cond=None):
     """DDIM on N + 1 evenly spaced train indices of `betas` with `model` (its encoder hidden
     states `cond`, a leaf whose gradient the methods also compute, when given), MSE to a fixed
     target; the gradient with respect to x_T (and cond)."""
+    model.to(DEVICE)
+    if cond is not None:
+        cond = cond.to(DEVICE)
     for p in model.parameters():
         p.requires_grad_(False)
     abar = torch.cumprod(1 - betas, 0)
@@ -82,13 +93,13 @@ def unet_workload(model, betas, shape, steps, cond=None):
         # x_j = a_j x0 + s_j eps with x0 = (x_i - s_i eps) / a_i
         coefs.append((i, a_j / a_i, s_j - a_j * s_i / a_i))
     g = torch.Generator().manual_seed(1)
-    x_t = torch.randn(shape, generator=g)
-    target = torch.randn(shape, generator=g)
+    x_t = torch.randn(shape, generator=g).to(DEVICE)
+    target = torch.randn(shape, generator=g).to(DEVICE)
     kwargs = {}
 
     def step(x, k):
         i, cx, ce = coefs[k]
-        eps = model(x, torch.tensor(float(i)), **kwargs).sample
+        eps = model(x, torch.tensor(float(i), device=DEVICE), **kwargs).sample
         return cx * x + ce * eps
 
     def with_cond():
@@ -200,9 +211,11 @@ def mlp(steps, dim, hidden, batch):
         s_t, s_u = math.sqrt(1 - a_t * a_t), math.sqrt(1 - a_u * a_u)
         coefs.append((t, a_u / a_t, s_u - a_u * s_t / a_t))
     g = torch.Generator().manual_seed(1)
-    x_t = torch.randn((batch, dim), generator=g)
-    z0 = torch.randn((batch, cond), generator=g)
-    target = torch.randn((batch, dim), generator=g)
+    x_t = torch.randn((batch, dim), generator=g).to(DEVICE)
+    z0 = torch.randn((batch, cond), generator=g).to(DEVICE)
+    target = torch.randn((batch, dim), generator=g).to(DEVICE)
+    net.to(DEVICE)
+    w = w.to(DEVICE)
 
     def step(x, z, k):
         t, cx, ce = coefs[k]
@@ -272,15 +285,28 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     a = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(a.device)
+    cuda = DEVICE.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench-torch: --device cuda, but torch sees no CUDA GPU")
+
+    def synchronize():
+        if cuda:
+            torch.cuda.synchronize()
+
     diffusers_logging.set_verbosity_error()
     torch.set_num_threads(a.threads)
     run = WORKLOADS[a.workload](a.steps)[a.method]
     run()  # warm-up
+    synchronize()
     times = []
     for _ in range(a.repeat):
         t = time.perf_counter()
         run()
+        synchronize()
         times.append(time.perf_counter() - t)
     times.sort()
     print(
@@ -294,6 +320,8 @@ def main():
                 "threads": a.threads,
                 "torch": torch.__version__,
                 "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "device": a.device,
+                "device_peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else None,
             }
         )
     )

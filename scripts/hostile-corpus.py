@@ -80,6 +80,24 @@ def nan_weights(root, name, tensor):
     return d
 
 
+def nan_reference(root, name):
+    """A copy of the fixture UNet's reference.safetensors with one value of diffusers' forward
+    pass (`out.f32`) set to NaN."""
+    import struct
+    src = os.path.join(UNET, "reference.safetensors")
+    with open(src, "rb") as f:
+        blob = bytearray(f.read())
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    start = 8 + n + header["out.f32"]["data_offsets"][0]
+    width = {"F64": 8, "F32": 4}[header["out.f32"]["dtype"]]
+    blob[start:start + width] = struct.pack("<d" if width == 8 else "<f", float("nan"))
+    path = os.path.join(root, name)
+    with open(path, "wb") as f:
+        f.write(blob)
+    return path
+
+
 def digest(path):
     if os.path.isdir(path):
         return sorted(os.listdir(path))
@@ -178,6 +196,10 @@ def cases(root):
     add("grad --out-dir with a FIFO at dx_t.npy", "silent", ["grad", "--spec", SPEC, "--model", GAUSS, "--x-t", x, "--cot", x, "--out-dir", gf], "error", ["not a regular file"], [], {"unchanged": [os.path.join(gf, "dx_t.npy")]})
     if cdev:
         add("sample --out a character device", "silent", ["sample", "--spec", SPEC, "--model", GAUSS, "--x-t", x, "--out", cdev], "error", ["not a regular file"], [], {"unchanged": [cdev]})
+    ref = os.path.join(UNET, "reference.safetensors")
+    add("check --reference with NaN in diffusers' numbers", "silent", ["check", "--model", "diffusers:" + UNET, "--reference", nan_reference(root, "nan_ref.safetensors")], "error", ["out.f32", "NaN", "finite"], [])
+    add("check --reference --device tpu", "unclear", ["check", "--model", "diffusers:" + UNET, "--reference", ref, "--device", "tpu"], "error", ["device", "tpu", "cpu or cuda"], [])
+    add("check --reference of another model", "silent", ["check", "--model", "diffusers:tests/fixtures/unet/attn_down_up", "--reference", ref], "error", [], [])
     add("check --model gaussian:mu=1", "silent", ["check", "--model", "gaussian:mu=1"], "ok", ["s2 = 1"], [])
     add("check --model digits", "silent", ["check", "--model", "digits"], "ok", ["64"], [])
     add("check --model gmm", "silent", ["check", "--model", "gmm:examples/models/ring8.json"], "ok", ["mixture of 8"], [])

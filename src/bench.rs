@@ -495,17 +495,16 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResult, Error> {
     if opts.repeat == 0 {
         return option("repeat", &0, "at least one timed run");
     }
-    match opts.device.as_str() {
-        "cpu" => run_on(Cpu::seed_from_u64(0), opts),
-        #[cfg(feature = "cuda")]
-        "cuda" => run_on(adeis_runtime::CudaDevice::seed_from_u64(0), opts),
-        #[cfg(not(feature = "cuda"))]
-        "cuda" => option(
-            "device",
-            &"cuda",
-            "this build has no CUDA support (build with --features cuda)",
-        ),
-        other => option("device", &other, "cpu or cuda"),
+    crate::device::on_device(&opts.device, BenchJob(opts))
+}
+
+/// A benchmark run on the device `--device` names.
+struct BenchJob<'a>(&'a BenchOptions);
+
+impl crate::device::OnDevice for BenchJob<'_> {
+    type Output = BenchResult;
+    fn run<D: NnDevice<f32>>(self, dev: D) -> Result<BenchResult, Error> {
+        run_on(dev, self.0)
     }
 }
 

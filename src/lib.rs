@@ -20,6 +20,7 @@ pub mod allocator;
 // The benchmark workloads are the command's (`adeis bench`), not the library's API.
 #[cfg(feature = "cli")]
 pub mod bench;
+pub mod device;
 pub mod diffusers;
 pub mod error;
 pub mod learn;

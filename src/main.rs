@@ -168,12 +168,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Schedule(args)) => cli::schedule::run(&args.schedule, args.at, args.json),
-        Some(Command::Check(args)) => cli::check::run(
-            args.spec.or(args.spec_flag).as_deref(),
-            args.model.as_deref(),
-            (args.steps, &args.flow_shift),
-            args.rows,
-        ),
+        Some(Command::Check(args)) => cli::check::run(&args),
         Some(Command::Sample(args)) => cli::sample::run(&args),
         Some(Command::Invert(args)) => cli::invert::run(&args),
         Some(Command::Grad(args)) => cli::grad::run(&args),

@@ -472,7 +472,7 @@ fn time_gradients_hold_with_fixed_model_times() {
     let unet =
         adeis::diffusers::DiffusersDir::open(&root().join("tests/fixtures/unet/attn_down_up"))
             .unwrap()
-            .load::<f64>(&dev)
+            .load::<f64, _>(&dev)
             .unwrap();
     let x_t = State::<f64, Cpu>::from_f64(&dev, &flat(&r.x_t), &r.shape).unwrap();
     let cot: Vec<f64> = (0..flat(&r.x_t).len())

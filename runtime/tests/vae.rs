@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use adeis_io::safetensors::{read_safetensors, TensorMap};
 use adeis_runtime::nn::{Float, NnDevice, ParamGrads};
 use adeis_runtime::to_f64;
-use adeis_runtime::unet::{AutoencoderKL, AutoencoderKLConfig, TensorMapSource, VaeMap};
+use adeis_runtime::unet::{
+    AutoencoderKL, AutoencoderKLConfig, TensorMapSource, VaeMap, VaeReferenceKeys,
+    VAE_REFERENCE_KEYS,
+};
 use dfdx::prelude::*;
 
 mod common;
@@ -66,34 +69,15 @@ where
 {
     for name in CASES {
         let (vae, r) = load::<E>(name);
-        // (map, input, cotangent, output key, input-gradient key, parameter-gradient prefix)
-        let maps = [
-            (
-                VaeMap::Decode,
-                "z",
-                "cot_image",
-                "decode.out",
-                "decode.dz",
-                Some("decode"),
-            ),
-            (
-                VaeMap::EncodeMean,
-                "x",
-                "cot_latent",
-                "encode.mean",
-                "encode.dx",
-                Some("encode"),
-            ),
-            (
-                VaeMap::DecodeLatents,
-                "z",
-                "cot_image",
-                "latents.out",
-                "latents.dlatents",
-                None,
-            ),
-        ];
-        for (map, input, cot, out_key, d_key, prefix) in maps {
+        for VaeReferenceKeys {
+            map,
+            input,
+            cot,
+            output: out_key,
+            input_grad: d_key,
+            param_prefix: prefix,
+        } in VAE_REFERENCE_KEYS
+        {
             let x = image::<E>(&r, input);
             vae.check_input(map, x.shape().concrete().as_ref()).unwrap();
             let out = vae.apply(map, x.clone(), ParamGrads::Skip);

@@ -29,18 +29,105 @@ pub struct CheckArgs {
     /// How many steps of the coefficient table to print.
     #[arg(long, default_value_t = 3)]
     pub rows: usize,
+    /// A reference safetensors file (the inputs and diffusers' float32 forward pass and VJPs,
+    /// as scripts/make-unet-fixtures.py and make-vae-fixtures.py write; the fixtures'
+    /// reference.safetensors): the `diffusers:DIR` UNet or VAE is run on it in f32 and every
+    /// quantity compared; an error above 1e-4 of its scale fails the check.
+    #[arg(long, requires = "model")]
+    pub reference: Option<PathBuf>,
+    /// The device --reference runs on: cpu, or cuda (a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
-pub fn run(
-    path: Option<&Path>,
-    model: Option<&str>,
-    (steps, flow): (Option<usize>, &super::FlowShiftFlags),
-    rows: usize,
-) -> Result<()> {
+impl CheckArgs {
+    /// The spec, given as the positional argument or with --spec.
+    pub fn spec_path(&self) -> Option<&Path> {
+        self.spec.as_deref().or(self.spec_flag.as_deref())
+    }
+}
+
+/// `--reference`: the `diffusers:DIR` model (a UNet, or an `AutoencoderKL` folder) run on the
+/// reference's inputs on `device`, each quantity's error printed; an error if one is over
+/// [`F32_TOLERANCE`].
+fn compare_with_reference(model: &str, reference: &Path, device: &str) -> Result<()> {
+    use adeis::diffusers::reference::{ReferenceCheck, VaeReferenceCheck, F32_TOLERANCE};
+    use adeis::diffusers::VaeDir;
+    let Some(dir) = model.strip_prefix("diffusers:") else {
+        anyhow::bail!(
+            "--reference compares a diffusers:DIR model with diffusers' numbers; --model is {model}"
+        );
+    };
+    let dir = Path::new(dir);
+    let class = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|config| config.get("_class_name")?.as_str().map(str::to_owned));
+    let rows = if class.as_deref() == Some("AutoencoderKL") {
+        let vae = VaeDir::open(dir)?;
+        adeis::device::on_device(
+            device,
+            VaeReferenceCheck {
+                dir: &vae,
+                reference,
+            },
+        )?
+    } else {
+        let super::model::ModelChoice::Diffusers(unet) = super::model::parse_model(model)? else {
+            unreachable!("a diffusers: model string is a diffusers model")
+        };
+        adeis::device::on_device(
+            device,
+            ReferenceCheck {
+                dir: &unet,
+                reference,
+            },
+        )?
+    };
+    let worst = rows
+        .iter()
+        .max_by(|a, b| a.error.total_cmp(&b.error))
+        .expect("a forward pass at least");
+    for row in &rows {
+        println!("  {:<60} {:.2e}", row.what, row.error);
+    }
+    let failed = rows.iter().filter(|r| !r.within(F32_TOLERANCE)).count();
+    println!(
+        "{}: {} quantities on {device} against {}, largest error {:.2e} ({}){}",
+        dir.display(),
+        rows.len(),
+        reference.display(),
+        worst.error,
+        worst.what,
+        if failed == 0 { ", all within 1e-4" } else { "" }
+    );
+    if failed > 0 {
+        anyhow::bail!(
+            "{failed} of {} quantities differ from the reference by more than {F32_TOLERANCE:e} of their scale",
+            rows.len()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(args: &CheckArgs) -> Result<()> {
+    let (path, model, rows) = (args.spec_path(), args.model.as_deref(), args.rows);
+    let (steps, flow) = (args.steps, &args.flow_shift);
+    if let Some(reference) = &args.reference {
+        compare_with_reference(model.unwrap_or_default(), reference, &args.device)?;
+        if path.is_none() {
+            return Ok(());
+        }
+    } else if args.device != "cpu" {
+        anyhow::bail!(
+            "--device {} applies to --reference (the other checks compute nothing)",
+            args.device
+        );
+    }
     let choice = model.map(super::model::parse_model).transpose()?;
     if let Some(super::model::ModelChoice::Diffusers(d)) = &choice {
         let cpu = adeis::runtime::dfdx::prelude::Cpu::default();
-        let described = d.load_unet::<f32>(&cpu)?.describe();
+        let described = d.load_unet::<f32, _>(&cpu)?.describe();
         println!("{}: valid", d.path.display());
         print!("{described}");
         if let Some(s) = d.schedule()? {
@@ -51,7 +138,7 @@ pub fn run(
             );
         }
         if let Some(v) = &d.vae {
-            let vae = v.load::<f32>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+            let vae = v.load::<f32, _>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
             println!(
                 "{}: valid; the sample is its decoded image",
                 v.path.display()

@@ -194,7 +194,9 @@ where
     Cpu: NnDevice<E>,
 {
     let word = std::mem::size_of::<E>();
-    let vae = vae_dir.map(|d| d.load::<E>(&Cpu::default())).transpose()?;
+    let vae = vae_dir
+        .map(|d| d.load::<E, _>(&Cpu::default()))
+        .transpose()?;
     let x_t = state::<E>(x)?;
     let wrt = problem.wrt();
     let (z, model_fn) = conditioned_model(

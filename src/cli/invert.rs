@@ -166,7 +166,7 @@ where
     let word = std::mem::size_of::<E>();
     let x0 = match vae_dir {
         Some(dir) => dir
-            .load::<E>(&Cpu::default())?
+            .load::<E, _>(&Cpu::default())?
             .apply_state(VaeMap::EncodeLatents, &state::<E>(x)?)
             .map_err(|e| anyhow::anyhow!("--x-0: {e}"))?,
         None => state::<E>(x)?,

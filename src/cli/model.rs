@@ -583,7 +583,7 @@ macro_rules! with_model {
                 $body
             }
             $crate::cli::model::ModelChoice::Diffusers(d) => {
-                let unet = d.load_unet::<$E>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
+                let unet = d.load_unet::<$E, _>(&adeis::runtime::dfdx::prelude::Cpu::default())?;
                 let $m = &unet;
                 $body
             }

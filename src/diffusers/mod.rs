@@ -5,6 +5,7 @@
 
 pub mod json;
 mod model;
+pub mod reference;
 pub mod scheduler;
 mod vae;
 

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use adeis_compiler::spec::{BetaSchedule, ScheduleKind};
 use adeis_compiler::{FieldError, Prediction, ScheduleSpec};
-use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::nn::{Float, NnDevice};
 use adeis_runtime::unet::config::SampleSize;
 use adeis_runtime::unet::{
@@ -463,10 +462,10 @@ impl DiffusersDir {
     /// The folder's UNet, whatever its class, its weights converted to E (a
     /// `UNet2DConditionModel` takes encoder hidden states of [`DiffusersDir::tokens`] tokens,
     /// CLIP's [`CLIP_TOKENS`] without).
-    pub fn load_unet<E: Float>(&self, dev: &Cpu) -> Result<DiffusersUNet<E, Cpu>, Error>
-    where
-        Cpu: NnDevice<E>,
-    {
+    pub fn load_unet<E: Float, D: NnDevice<E>>(
+        &self,
+        dev: &D,
+    ) -> Result<DiffusersUNet<E, D>, Error> {
         Ok(match &self.config {
             UNetConfig::Plain(_) => DiffusersUNet::Plain(self.load(dev)?),
             UNetConfig::Conditional(_) => DiffusersUNet::Conditional(
@@ -478,14 +477,11 @@ impl DiffusersDir {
     /// The `UNet2DConditionModel`, its weights converted to E, taking encoder hidden states of
     /// `tokens` tokens; an error names missing, extra or mis-shaped tensors and tensors of
     /// another dtype, or says the folder holds a `UNet2DModel`.
-    pub fn load_conditional<E: Float>(
+    pub fn load_conditional<E: Float, D: NnDevice<E>>(
         &self,
-        dev: &Cpu,
+        dev: &D,
         tokens: usize,
-    ) -> Result<UNet2DCondition<E, Cpu>, Error>
-    where
-        Cpu: NnDevice<E>,
-    {
+    ) -> Result<UNet2DCondition<E, D>, Error> {
         let UNetConfig::Conditional(config) = &self.config else {
             return Err(Error::Usage(format!(
                 "{}: a UNet2DModel, not a UNet2DConditionModel",
@@ -502,10 +498,7 @@ impl DiffusersDir {
     /// The `UNet2DModel`, its weights converted to E; an error names missing, extra or
     /// mis-shaped tensors and tensors of another dtype, or says the folder holds a
     /// `UNet2DConditionModel` ([`DiffusersDir::load_conditional`]).
-    pub fn load<E: Float>(&self, dev: &Cpu) -> Result<UNet2D<E, Cpu>, Error>
-    where
-        Cpu: NnDevice<E>,
-    {
+    pub fn load<E: Float, D: NnDevice<E>>(&self, dev: &D) -> Result<UNet2D<E, D>, Error> {
         let UNetConfig::Plain(config) = &self.config else {
             return Err(Error::Usage(format!(
                 "{}: a UNet2DConditionModel (load it with load_conditional)",

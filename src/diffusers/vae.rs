@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use adeis_runtime::dfdx::prelude::*;
 use adeis_runtime::nn::{Float, NnDevice};
 use adeis_runtime::unet::{AutoencoderKL, AutoencoderKLConfig};
 
@@ -51,10 +50,7 @@ impl VaeDir {
 
     /// The VAE, its weights converted to E; an error names missing, extra or mis-shaped
     /// tensors and tensors of another dtype.
-    pub fn load<E: Float>(&self, dev: &Cpu) -> Result<AutoencoderKL<E, Cpu>, Error>
-    where
-        Cpu: NnDevice<E>,
-    {
+    pub fn load<E: Float, D: NnDevice<E>>(&self, dev: &D) -> Result<AutoencoderKL<E, D>, Error> {
         let mut source = read_weights(&self.path)?;
         let vae = AutoencoderKL::new(dev, self.config.clone(), &mut source)?;
         source.finish()?;

@@ -34,7 +34,10 @@ pub use any::DiffusersUNet;
 pub use build::{ParamSource, RandomParams, TensorMapSource, TorchInit};
 pub use condition::{UNet2DCondition, UNet2DConditionConfig};
 pub use config::UNet2DConfig;
-pub use vae::{AutoencoderKL, AutoencoderKLConfig, VaeGrads, VaeMap, VaeVjp};
+pub use vae::{
+    AutoencoderKL, AutoencoderKLConfig, VaeGrads, VaeMap, VaeReferenceKeys, VaeVjp,
+    VAE_REFERENCE_KEYS,
+};
 
 /// A parameter tensor by its diffusers name, with its shape there.
 #[derive(Clone, Debug)]

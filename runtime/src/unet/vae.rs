@@ -265,6 +265,52 @@ impl AutoencoderKLConfig {
     }
 }
 
+/// How a reference file of diffusers' numbers for a VAE (scripts/make-vae-fixtures.py) names
+/// one map's tensors; each output and gradient key has a dtype suffix (`.f32`, `.f64`).
+#[derive(Clone, Copy, Debug)]
+pub struct VaeReferenceKeys {
+    /// The map.
+    pub map: VaeMap,
+    /// Its input.
+    pub input: &'static str,
+    /// The cotangent on its output.
+    pub cot: &'static str,
+    /// Its output.
+    pub output: &'static str,
+    /// The gradient with respect to its input.
+    pub input_grad: &'static str,
+    /// `<prefix>.dparam.<name>`: the parameter gradients, for the maps the file holds them of.
+    pub param_prefix: Option<&'static str>,
+}
+
+/// The maps a VAE reference file holds: the decoder, the encoder's mean, a pipeline's decode.
+pub const VAE_REFERENCE_KEYS: [VaeReferenceKeys; 3] = [
+    VaeReferenceKeys {
+        map: VaeMap::Decode,
+        input: "z",
+        cot: "cot_image",
+        output: "decode.out",
+        input_grad: "decode.dz",
+        param_prefix: Some("decode"),
+    },
+    VaeReferenceKeys {
+        map: VaeMap::EncodeMean,
+        input: "x",
+        cot: "cot_latent",
+        output: "encode.mean",
+        input_grad: "encode.dx",
+        param_prefix: Some("encode"),
+    },
+    VaeReferenceKeys {
+        map: VaeMap::DecodeLatents,
+        input: "z",
+        cot: "cot_image",
+        output: "latents.out",
+        input_grad: "latents.dlatents",
+        param_prefix: None,
+    },
+];
+
 /// What a VAE computes (each on any tape, with [`AutoencoderKL::apply`], and its VJP with
 /// [`AutoencoderKL::vjp`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
