@@ -19,7 +19,7 @@
 # its libraries and stop with "no CUDA GPU could be opened".
 #
 # Options: --no-dry-run skips the two runs here. Not in CI (it downloads about 1 GB and builds
-# for 15 minutes); CI type-checks the same code with `--features cuda,ci-check`, and
+# for about 20 minutes the first time, 4 after); CI type-checks the same code with `--features cuda,ci-check`, and
 # tests/gpu_kit.rs checks run.sh's logic here on every test run (see docs/gpu.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -6,7 +6,7 @@
 //! - run.sh, in a kit of its own parts, stops with a clear message where a GPU machine would
 //!   lack the driver or the CUDA libraries, before anything runs.
 //!
-//! The kit itself (a CUDA build, about 1 GB of toolkit wheels and 15 minutes) is built by the
+//! The kit itself (a CUDA build, about 1 GB of toolkit wheels and a 20-minute first build) is built by the
 //! ignored test at the end: `cargo test --release --test gpu_kit -- --ignored`.
 
 use std::path::{Path, PathBuf};
@@ -223,7 +223,7 @@ fn run_sh_stops_clearly_without_a_driver_or_the_cuda_libraries() {
 /// Builds the whole kit from this checkout and runs its two dry runs (scripts/gpu-kit.sh
 /// checks both messages and the size itself). Downloads CUDA 13.0's wheels on first use.
 #[test]
-#[ignore = "builds the CUDA kit: ~1 GB of wheels and a 15-minute build"]
+#[ignore = "builds the CUDA kit: ~1 GB of wheels and a 20-minute first build"]
 fn the_gpu_kit_builds_under_64_mib_and_fails_here_only_for_lack_of_a_gpu() {
     let kit = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
