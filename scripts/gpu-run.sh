@@ -159,10 +159,10 @@ done
   echo
   echo "## Gradients on CUDA: adeis and PyTorch on the same GPU"
   echo
-  echo "W2: the MLP (D 784, H 2048, batch 64), gradient w.r.t. x_T, z and the parameters; W3: the CIFAR-10 UNet2DModel (35.7M parameters), 3x32x32, gradient w.r.t. x_T; DDIM, MSE loss. After a warm-up, the median of 3 runs (W2) or one run (W3); device memory: the peak of nvidia-smi's memory.used (sampled every 100 ms) less what was in use before."
+  echo "W2: the MLP (D 784, H 2048, batch 64), gradient w.r.t. x_T, z and the parameters; W3: the CIFAR-10 UNet2DModel (35.7M parameters), 3x32x32, gradient w.r.t. x_T; DDIM, MSE loss. After a warm-up, the median of 3 runs (W2) or one run (W3); device memory: the peak of nvidia-smi's memory.used (sampled every 100 ms) less what was in use before. adeis / floor: the gradient's time over its floor, the NFE forward passes and VJPs it makes timed alone (what the method adds beyond the network)."
   echo
-  echo "| workload | method | N | adeis s | adeis device MiB | PyTorch s | PyTorch device MiB (peak allocated) | adeis / PyTorch |"
-  echo "|---|---|---|---|---|---|---|---|"
+  echo "| workload | method | N | adeis s | adeis / floor | adeis device MiB | PyTorch s | PyTorch device MiB (peak allocated) | adeis / PyTorch |"
+  echo "|---|---|---|---|---|---|---|---|---|"
 } >> "$table"
 say "gradients on CUDA"
 declare -A torch_s torch_mib
@@ -191,7 +191,7 @@ for w in w2 w3; do
       m=$1; order=$2
       label=$m; [ "$m" = adjoint_deis ] && label="adjoint_deis-$order"
       if [ "$(elapsed)" -gt "$budget" ]; then
-        echo "| $w | $label | $n | skipped: the $budget s budget was spent | | | | |" >> "$table"
+        echo "| $w | $label | $n | skipped: the $budget s budget was spent | | | | | |" >> "$table"
         continue
       fi
       log=$out/logs/adeis.$w.$label.$n.log
@@ -199,14 +199,15 @@ for w in w2 w3; do
         json=$(cat "$out/logs/last.json")
         echo "$json" >> "$results"
         s=$(echo "$json" | "$python" -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["seconds"])')
+        floor=$(echo "$json" | "$python" -c 'import json,sys; r = json.load(sys.stdin); print("%.2f (forward %.2f ms, VJP %.2f ms)" % (r["ratio"], 1e3 * r["forward_seconds"], 1e3 * r["vjp_seconds"]))')
       else
-        s="failed: $(why "$log")"; peak_mib="-"
+        s="failed: $(why "$log")"; peak_mib="-"; floor="-"
         [ -n "$first_error" ] || first_error=$(head -n 20 "$log")
       fi
       ts=${torch_s[$w.$m.$n]:-}; tm=${torch_mib[$w.$m.$n]:-}
       ratio=""
       case "$s$ts" in *failed*) ;; *) [ -n "$ts" ] && ratio=$(awk -v a="$s" -v b="$ts" 'BEGIN { printf "%.2f", a / b }') ;; esac
-      echo "| $w | $label | $n | $s | $peak_mib | ${ts:--} | ${tm:--} | ${ratio:--} |" >> "$table"
+      echo "| $w | $label | $n | $s | $floor | $peak_mib | ${ts:--} | ${tm:--} | ${ratio:--} |" >> "$table"
       echo "$w $label N=$n: adeis $s s ($peak_mib MiB), PyTorch ${ts:--} s"
     done
   done
