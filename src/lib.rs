@@ -24,6 +24,7 @@ pub mod device;
 pub mod diffusers;
 pub mod error;
 pub mod learn;
+pub mod model_arg;
 pub mod report;
 pub mod spec_file;
 pub mod threads;

@@ -118,11 +118,23 @@ pub fn load_spec_file_with(
         path: path.to_path_buf(),
         error,
     })?;
+    load_spec_text_with(&text, SpecFormat::of_path(path), path, steps, flow)
+}
+
+/// [`load_spec_file_with`] on text already read (a Python dict as JSON): `origin` names it in
+/// errors, as a file's path would.
+pub fn load_spec_text_with(
+    text: &str,
+    format: SpecFormat,
+    origin: &Path,
+    steps: Option<usize>,
+    flow: &crate::scheduler_config::FlowShiftInputs,
+) -> Result<LoadedSpec, Error> {
+    let (path, text) = (origin, text.to_string());
     let invalid = |error| Error::Invalid {
         path: path.to_path_buf(),
         error,
     };
-    let format = SpecFormat::of_path(path);
     let format_error = |message: String| Error::Format {
         path: path.to_path_buf(),
         message,

@@ -13,6 +13,12 @@ pub fn request() -> bool {
     REQUESTED.swap(true, Ordering::SeqCst)
 }
 
+/// Forgets a stop that was asked for, so that the next run goes on: for a program that runs
+/// again after an interrupted run (the Python package, after its KeyboardInterrupt).
+pub fn clear() {
+    REQUESTED.store(false, Ordering::SeqCst);
+}
+
 /// Whether a stop was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)

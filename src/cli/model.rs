@@ -37,71 +37,18 @@ const HELP: &str = "MODEL is `gaussian:mu=M,s2=S[,pred=eps|x0|v|flow]` (isotropi
 `digits` (the committed digits denoiser: 8x8 images as rows of 64, --class-labels 0-9, unconditional without) \
 or `diffusers:DIR` (a diffusers UNet2DModel or UNet2DConditionModel directory: config.json and diffusion_pytorch_model.safetensors; or a pipeline folder with unet/, scheduler/ and optionally an AutoencoderKL in vae/)";
 
-/// The eight-component ring mixture the docs and `adeis learn-steps` use by default.
-pub const RING8_PATH: &str = "examples/models/ring8.json";
-const RING8_JSON: &str = include_str!("../../examples/models/ring8.json");
-
 pub fn parse_model(arg: &str) -> Result<ModelChoice> {
     if let Some(rest) = arg.strip_prefix("gaussian:") {
-        let (mut mu, mut s2) = (0.0, 1.0);
-        let mut prediction = adeis::compiler::Prediction::Eps;
-        let mut seen: Vec<&str> = Vec::new();
-        for kv in rest.split(',').filter(|s| !s.is_empty()) {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--model: `{kv}` is not key=value; {HELP}"))?;
-            if seen.contains(&k.trim()) {
-                bail!(
-                    "--model: `{}` is given twice in `{arg}`; give each key once",
-                    k.trim()
-                );
-            }
-            seen.push(k.trim());
-            if k.trim() == "pred" {
-                prediction = match v.trim() {
-                    "eps" | "epsilon" => adeis::compiler::Prediction::Eps,
-                    "x0" | "sample" => adeis::compiler::Prediction::X0,
-                    "v" | "v_prediction" => adeis::compiler::Prediction::V,
-                    "flow" | "flow_prediction" => adeis::compiler::Prediction::Flow,
-                    other => bail!("--model: gaussian pred = `{other}`; allowed: eps, x0, v, flow"),
-                };
-                continue;
-            }
-            let v: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| anyhow!("--model: {k} = `{v}` is not a number"))?;
-            match k.trim() {
-                "mu" => mu = v,
-                "s2" => s2 = v,
-                other => bail!("--model: unknown key `{other}` for gaussian (keys: mu, s2, pred)"),
-            }
-        }
-        if !(s2 > 0.0 && s2.is_finite() && mu.is_finite()) {
-            bail!("--model: gaussian needs a finite mu and s2 > 0, got mu = {mu}, s2 = {s2}");
-        }
-        let defaulted = ["mu", "s2"]
-            .into_iter()
-            .filter(|k| !seen.contains(k))
-            .collect();
+        let g = adeis::model_arg::parse_gaussian(rest).map_err(|e| anyhow!("--model: {e}"))?;
         return Ok(ModelChoice::Gaussian {
-            mu,
-            s2,
-            prediction,
-            defaulted,
+            mu: g.mu,
+            s2: g.s2,
+            prediction: g.prediction,
+            defaulted: g.defaulted,
         });
     }
     if let Some(file) = arg.strip_prefix("gmm:") {
-        // learn-steps' default model, compiled in, so that the default works from any folder.
-        let text = if file == RING8_PATH && !Path::new(file).exists() {
-            RING8_JSON.to_string()
-        } else {
-            std::fs::read_to_string(file).map_err(|e| anyhow!("--model: {file}: {e}"))?
-        };
-        let gmm: GmmModel =
-            serde_json::from_str(&text).map_err(|e| anyhow!("--model: {file}: {e}"))?;
-        gmm.validate()
-            .map_err(|e| anyhow!("--model: {file}: {e}"))?;
+        let gmm = adeis::model_arg::read_gmm(file).map_err(|e| anyhow!("--model: {e}"))?;
         return Ok(ModelChoice::Gmm(gmm));
     }
     if arg == "digits" {

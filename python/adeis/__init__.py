@@ -1,0 +1,40 @@
+"""adeis: gradients through diffusion samplers, from Python.
+
+A problem is declared once (a spec: a TOML/JSON file, a diffusers scheduler config with
+``steps=``, or a dict of the same tables) and compiled: its schedule's quantities and every
+sampler's and adjoint's coefficients. It then samples and differentiates on numpy arrays with a
+model that is either a string as on the command line (``"gaussian:mu=1,s2=0.3"``,
+``"gmm:FILE.json"``, ``"diffusers:DIR"``) or an :class:`PyModel` of your own Python callables
+(a PyTorch network: :func:`adeis.torch.from_module`).
+
+>>> import adeis, numpy as np
+>>> p = adeis.Problem.from_spec({"schedule": {"kind": "vp_linear"},
+...                              "sampler": {"method": "ddim", "steps": 10}})
+>>> x_t = np.random.default_rng(0).standard_normal((4, 2))
+>>> g = p.grad("gaussian:mu=1.0,s2=0.3", x_t, loss="mse", target=np.zeros((4, 2)), dtype="f64")
+>>> sorted(k for k in g if k in ("x_t", "x0"))
+['x0', 'x_t']
+"""
+
+from ._adeis import (
+    AdeisError,
+    InputError,
+    ModelError,
+    Problem,
+    PyModel,
+    SolverError,
+    SpecError,
+    version,
+)
+
+__all__ = [
+    "AdeisError",
+    "InputError",
+    "ModelError",
+    "Problem",
+    "PyModel",
+    "SolverError",
+    "SpecError",
+    "version",
+]
+__version__ = version()
