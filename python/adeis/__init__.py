@@ -35,6 +35,19 @@ __all__ = [
     "PyModel",
     "SolverError",
     "SpecError",
+    "invert",
     "version",
 ]
 __version__ = version()
+
+
+def invert(spec, model, x_0, cond=None, steps=None, seed=0, dtype="f32", companion=None):
+    """``adeis invert``: the noise x_T that the spec's sampler maps to ``x_0``.
+
+    The exact inverse for a reversible sampler (rex, edict, bdia), the ODE inversion
+    otherwise; ``Problem.from_spec(spec, steps=steps).invert(...)``. Returns a dict: "x_t",
+    "companion" (a reversible sampler's second state: ``problem.sample(model, x_t,
+    companion=...)`` gives x_0 back exactly), "exact", "nfe".
+    """
+    problem = Problem.from_spec(spec, steps=steps)
+    return problem.invert(model, x_0, cond=cond, seed=seed, dtype=dtype, companion=companion)

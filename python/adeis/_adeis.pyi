@@ -75,8 +75,21 @@ class Problem:
         cond: Optional[ArrayLike] = None,
         seed: int = 0,
         dtype: Dtype = "f32",
+        companion: Optional[ArrayLike] = None,
     ) -> Array:
-        """x_0 from x_t by the spec's sampler (a pipeline folder's: the decoded image)."""
+        """x_0 from x_t by the spec's sampler (a pipeline folder's: the decoded image);
+        ``companion``: a reversible sampler's second state beside x_T."""
+    def invert(
+        self,
+        model: Model,
+        x_0: ArrayLike,
+        cond: Optional[ArrayLike] = None,
+        seed: int = 0,
+        dtype: Dtype = "f32",
+        companion: Optional[ArrayLike] = None,
+    ) -> Dict[str, Any]:
+        """x_T that the sampler maps to x_0: "x_t", "companion" (reversible samplers),
+        "exact", "nfe"."""
     def grad(
         self,
         model: Model,

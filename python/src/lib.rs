@@ -25,7 +25,8 @@ use adeis::runtime::loss::mse;
 use adeis::runtime::nn::{Float, NnDevice};
 use adeis::runtime::unet::{AutoencoderKL, VaeMap};
 use adeis::runtime::{
-    gradient, sample, Denoiser, Input, ModelFn, NoiseSource, RuntimeError, State, Threshold,
+    gradient, invert, sample, sample_from_pair, Denoiser, Input, ModelFn, NoiseSource,
+    RuntimeError, State, Threshold,
 };
 use adeis::scheduler_config::FlowShiftInputs;
 use adeis::spec_file::{load_spec_file_with, load_spec_text_with, SpecFormat};
@@ -505,10 +506,17 @@ enum Loss {
 
 /// The inputs of one run, read from Python before the GIL is released.
 struct RunInputs {
+    /// x_T (x_0 for an inversion).
     x_t: ArrayArg,
     cond: Option<ArrayArg>,
+    /// A reversible sampler's second state: beside x_T for a sample, beside x_0 for an
+    /// inversion.
+    companion: Option<ArrayArg>,
     seed: u64,
+    /// A gradient's loss (None: a sample or an inversion).
     loss: Option<Loss>,
+    /// An inversion: x_T from x_0.
+    invert: bool,
 }
 
 /// What a run returns before it becomes Python objects (values in f64 with their shapes).
@@ -521,6 +529,11 @@ struct RunOutput {
     dschedule: Option<Vec<(String, f64)>>,
     dparams: Option<Vec<NamedGrad>>,
     loss: Option<f64>,
+    /// An inversion's x_T, and whether it is the sampler's exact inverse.
+    inverted: Option<(Vec<usize>, Vec<f64>)>,
+    exact: bool,
+    /// A reversible sampler's second state at the run's end.
+    companion: Option<(Vec<usize>, Vec<f64>)>,
     nfe: usize,
     vjps: usize,
 }
@@ -675,8 +688,11 @@ impl ProblemPy {
     }
 
     /// Samples x_0 from x_t (`[batch, dim]` or `[batch, channels, height, width]`) with the
-    /// spec's sampler; `seed` draws the SDE samplers' noise.
-    #[pyo3(signature = (model, x_t, cond=None, seed=0, dtype="f32"))]
+    /// spec's sampler; `seed` draws the SDE samplers' noise. `companion`: a reversible
+    /// sampler's second state beside x_T (what `invert` returns), with which the sample is
+    /// exactly the x_0 that was inverted.
+    #[pyo3(signature = (model, x_t, cond=None, seed=0, dtype="f32", companion=None))]
+    #[allow(clippy::too_many_arguments)]
     fn sample<'py>(
         &self,
         py: Python<'py>,
@@ -685,16 +701,56 @@ impl ProblemPy {
         cond: Option<&Bound<'py, PyAny>>,
         seed: u64,
         dtype: &str,
+        companion: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let inputs = RunInputs {
             x_t: array_arg("x_t", x_t)?,
             cond: optional_array("cond", cond)?,
+            companion: optional_array("companion", companion)?,
             seed,
             loss: None,
+            invert: false,
         };
         let out = self.run(py, model, inputs, dtype, None)?;
         let (shape, values) = out.x0.expect("a sample");
         Ok(emit(py, values, &shape, dtype))
+    }
+
+    /// The noise x_T that the spec's sampler maps to `x_0`: the exact inverse for a
+    /// reversible sampler (rex, edict, bdia; `companion` its second state at t_min, x_0
+    /// itself by default), the ODE inversion otherwise. For a pipeline folder x_0 is an image,
+    /// which its VAE encodes first. Returns a dict: "x_t", "companion" (a reversible
+    /// sampler's, for `sample(..., companion=...)`), "exact", "nfe".
+    #[pyo3(signature = (model, x_0, cond=None, seed=0, dtype="f32", companion=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn invert<'py>(
+        &self,
+        py: Python<'py>,
+        model: &Bound<'py, PyAny>,
+        x_0: &Bound<'py, PyAny>,
+        cond: Option<&Bound<'py, PyAny>>,
+        seed: u64,
+        dtype: &str,
+        companion: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = RunInputs {
+            x_t: array_arg("x_0", x_0)?,
+            cond: optional_array("cond", cond)?,
+            companion: optional_array("companion", companion)?,
+            seed,
+            loss: None,
+            invert: true,
+        };
+        let out = self.run(py, model, inputs, dtype, None)?;
+        let d = PyDict::new(py);
+        let (shape, values) = out.inverted.expect("an inversion");
+        d.set_item("x_t", emit(py, values, &shape, dtype))?;
+        if let Some((shape, values)) = out.companion {
+            d.set_item("companion", emit(py, values, &shape, dtype))?;
+        }
+        d.set_item("exact", out.exact)?;
+        d.set_item("nfe", out.nfe)?;
+        Ok(d)
     }
 
     /// The gradient of a loss on the sample by the spec's [gradient] method: give `cot`
@@ -752,8 +808,10 @@ impl ProblemPy {
         let inputs = RunInputs {
             x_t: x,
             cond: optional_array("cond", cond)?,
+            companion: None,
             seed,
             loss: Some(loss),
+            invert: false,
         };
         let out = self.run(py, model, inputs, dtype, wrt)?;
         let d = PyDict::new(py);
@@ -1040,8 +1098,31 @@ where
         let noise = NoiseSource::Seeded(inputs.seed);
         let input = Input::new(&x_t, z.as_ref(), &noise);
         let values = |s: &State<E, Cpu>| (s.shape(), s.to_f64());
+        let companion = inputs.companion.as_ref().map(state).transpose()?;
+        if inputs.invert {
+            // x_0 is a pipeline's image: its VAE's latents are what the sampler inverts.
+            let x0 = match self.vae {
+                Some(v) => v
+                    .apply_state(VaeMap::EncodeLatents, &x_t)
+                    .map_err(runtime_err)?,
+                None => x_t,
+            };
+            let inv = invert(problem, &f, &x0, companion.as_ref(), z.as_ref(), &noise)
+                .map_err(runtime_err)?;
+            return Ok(RunOutput {
+                inverted: Some(values(&inv.x_t)),
+                exact: inv.exact,
+                companion: inv.companion.as_ref().map(values),
+                nfe: inv.nfe,
+                ..Default::default()
+            });
+        }
         let Some(loss) = &inputs.loss else {
-            let out = sample(problem.plan(), &f, &input, false).map_err(runtime_err)?;
+            let out = match &companion {
+                Some(c) => sample_from_pair(problem.plan(), &f, &input, c),
+                None => sample(problem.plan(), &f, &input, false),
+            }
+            .map_err(runtime_err)?;
             let x0 = match self.vae {
                 Some(v) => v
                     .apply_state(VaeMap::DecodeLatents, &out.x)
@@ -1050,6 +1131,7 @@ where
             };
             return Ok(RunOutput {
                 x0: Some(values(&x0)),
+                companion: out.companion.as_ref().map(values),
                 nfe: out.nfe,
                 ..Default::default()
             });
@@ -1114,6 +1196,7 @@ where
             loss: loss_value,
             nfe: g.nfe,
             vjps: g.vjps,
+            ..Default::default()
         })
     }
 }

@@ -153,6 +153,32 @@ def test_a_stable_diffusion_pipeline_folder_equals_the_command(run_cli, tmp_path
         p.sample("gaussian:mu=0,s2=1", noise((2, 2), 1))
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_invert_equals_the_command_and_a_reversible_pair_samples_x0_back(run_cli, tmp_path, dtype):
+    spec = {"schedule": {"kind": "vp_linear"},
+            "sampler": {"method": "rex", "tableau": "euler", "form": "data", "steps": 10}}
+    (tmp_path / "rex.json").write_text(json.dumps(spec))
+    model = "gaussian:mu=0.5,s2=0.3"
+    x_0 = noise((3, 4), 11)
+    np.save(tmp_path / "x0.npy", x_0)
+    run_cli("invert", "--spec", tmp_path / "rex.json", "--model", model, "--x-0",
+            tmp_path / "x0.npy", "--dtype", dtype, "--out", tmp_path / "xT.npy")
+    inv = adeis.invert(tmp_path / "rex.json", model, x_0, dtype=dtype)
+    assert inv["exact"] and inv["nfe"] > 0
+    np.testing.assert_array_equal(inv["x_t"], np.load(tmp_path / "xT.npy"))
+    np.testing.assert_array_equal(inv["companion"], np.load(tmp_path / "xT_companion.npy"))
+    p = adeis.Problem.from_spec(spec)
+    back = p.sample(model, inv["x_t"], companion=inv["companion"], dtype=dtype)
+    scale = 1e-12 if dtype == "f64" else 1e-5
+    np.testing.assert_allclose(back, x_0, rtol=0, atol=scale * np.abs(x_0).max())
+    # An ODE sampler is inverted by its ODE, not exactly.
+    ddim = adeis.Problem.from_spec({"schedule": {"kind": "vp_linear"},
+                                    "sampler": {"method": "ddim", "steps": 10}})
+    assert not ddim.invert(model, x_0)["exact"]
+    with pytest.raises(adeis.SolverError, match="companion"):
+        ddim.invert(model, x_0, companion=x_0)
+
+
 def test_errors_name_the_field_the_value_and_what_is_allowed(tmp_path):
     with pytest.raises(adeis.SpecError, match="sampler"):
         adeis.Problem.from_spec({"schedule": {"kind": "vp_linear"}})
