@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use adeis_compiler::grid::{make_grid, GridKind};
 use adeis_compiler::{
-    build_plan, build_plan_on, DiscreteStates, Equation, Plan, SamplerSpec, Schedule, Wrt,
+    build_plan, build_plan_on, DiscreteStates, Equation, Method, Plan, SamplerSpec, Schedule, Wrt,
 };
 use adeis_runtime::adjoint::discrete::discrete_adjoint;
 use adeis_runtime::adjoint::reversible::reversible_gradient;
@@ -163,6 +163,32 @@ pub struct LearnReport {
     pub teacher_samples: Vec<Vec<f64>>,
 }
 
+impl LearnReport {
+    /// The learned grid, the fixed grid with the lowest held-out error, and the learned
+    /// grid's gain against it (1 - learned / best fixed: positive where learning helped).
+    pub fn against_best_fixed(&self) -> (&GridResult, &GridResult, f64) {
+        let learned = &self.grids[0];
+        let best_fixed = self.grids[1..]
+            .iter()
+            .min_by(|x, y| x.heldout_mse.total_cmp(&y.heldout_mse))
+            .expect("learn_steps returns the fixed grids after the learned one");
+        (
+            learned,
+            best_fixed,
+            1.0 - learned.heldout_mse / best_fixed.heldout_mse,
+        )
+    }
+}
+
+/// The `[schedule]` table of a learned spec file.
+pub fn schedule_table(schedule: &adeis_compiler::ScheduleSpec) -> String {
+    #[derive(serde::Serialize)]
+    struct Table<'a> {
+        schedule: &'a adeis_compiler::ScheduleSpec,
+    }
+    toml::to_string(&Table { schedule }).expect("a schedule spec serialises to TOML")
+}
+
 /// The model and what it is conditioned on: one conditioning row per training and per
 /// held-out noise, when the model takes one.
 pub struct LearnModel<'a, E: Dtype, M: Denoiser<E, Cpu> + ?Sized>
@@ -181,6 +207,41 @@ where
 
 fn mse(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / a.len() as f64
+}
+
+/// The sampler learn-steps learns a grid for (or teaches with): `method` at `order` with
+/// `steps` steps on the logsnr grid (replaced by the learned one). Errors name the key
+/// (`method`, `order`, `steps`), the value and what is allowed.
+pub fn logsnr_sampler(
+    method: &str,
+    order: usize,
+    steps: usize,
+) -> Result<SamplerSpec, adeis_compiler::FieldError> {
+    let m: Method = serde_json::from_value(serde_json::json!(method)).map_err(|_| {
+        adeis_compiler::FieldError::value(
+            "method",
+            method,
+            format!(
+                "not a sampler; the ODE samplers are {}",
+                Method::ALL
+                    .iter()
+                    .filter(|m| !m.name().starts_with("sde_") && !m.orders().is_empty())
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    let mut s = SamplerSpec::new(m, order, steps);
+    s.grid = GridKind::Logsnr;
+    s.validate().map_err(|mut e| {
+        if !matches!(e.key.as_str(), "order" | "steps") {
+            e.key = "method".into();
+            e.value = Some(method.into());
+        }
+        e
+    })?;
+    Ok(s)
 }
 
 /// The most training or held-out noises learn-steps takes.

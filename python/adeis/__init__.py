@@ -24,6 +24,7 @@ from ._adeis import (
     PyModel,
     SolverError,
     SpecError,
+    learn_steps,
     version,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "SolverError",
     "SpecError",
     "invert",
+    "learn_steps",
     "version",
 ]
 __version__ = version()

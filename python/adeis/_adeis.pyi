@@ -106,4 +106,26 @@ class Problem:
         "schedule" (name -> float), "params" (name -> array) as wrt asks, and "x0", "loss"
         (loss="mse"), "nfe", "vjps"."""
 
+def learn_steps(
+    model: Optional[Model] = None,
+    schedule: str = "vp_linear",
+    steps: int = 5,
+    method: str = "dpm_solver_pp",
+    order: int = 2,
+    teacher_steps: int = 200,
+    iters: int = 200,
+    lr: float = 0.05,
+    train: int = 256,
+    heldout: int = 512,
+    seed: int = 0,
+    dtype: Dtype = "f32",
+    dim: Optional[int] = None,
+    progress: Optional[Callable[[int, float], Any]] = None,
+) -> Dict[str, Any]:
+    """``adeis learn-steps``: an N-step grid learned against a fine-grid teacher (model:
+    ``gmm:`` or ``gaussian:`` strings, or a PyModel of vectors with ``dim``; the default is the
+    ring8 mixture). Returns "times", "spec" (TOML), "grids", "train_loss", "best_iteration",
+    "gain_against_best_fixed", "seconds", "nfe_per_gradient", "vjps_per_gradient", "student",
+    "teacher"."""
+
 def version() -> str: ...

@@ -13,9 +13,11 @@ use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use adeis::compiler::ScheduleSpec;
 use adeis::compiler::{Prediction, Problem, Spec, WrtKey};
 use adeis::diffusers::DiffusersDir;
 use adeis::diffusers::UNetConfig;
+use adeis::learn::{learned_spec_toml, logsnr_sampler, LearnModel, LearnOptions, LearnReport};
 use adeis::model_arg::{parse_gaussian, read_gmm, GaussianArg};
 use adeis::runtime::analytic::{GaussianGrads, GaussianModel, GmmModel};
 use adeis::runtime::denoiser::{Cotangents, NoParams, TimeCot};
@@ -84,9 +86,8 @@ fn runtime_err(e: RuntimeError) -> PyErr {
 fn facade_err(e: adeis::Error) -> PyErr {
     match e {
         adeis::Error::Runtime(r) => runtime_err(r),
-        adeis::Error::Io(_) | adeis::Error::Usage(_) | adeis::Error::Option(_) => {
-            ModelError::new_err(e.to_string())
-        }
+        adeis::Error::Io(_) | adeis::Error::Usage(_) => ModelError::new_err(e.to_string()),
+        adeis::Error::Option(_) => InputError::new_err(e.to_string()),
         other => spec_err(other),
     }
 }
@@ -1201,6 +1202,213 @@ where
     }
 }
 
+/// The model of a grid learned for vectors: its dimension and its conditioning rows.
+struct VectorModel {
+    dim: usize,
+    /// The conditioning of every row (the Gaussian model's mean), if the model takes one.
+    cond_value: Option<f64>,
+}
+
+impl VectorModel {
+    fn learn<E: Float, M: Denoiser<E, Cpu> + Sync + ?Sized>(
+        &self,
+        model: &M,
+        schedule: &adeis::compiler::Schedule,
+        options: &LearnOptions,
+        progress: &(dyn Fn(usize, f64) -> Result<(), adeis::Error> + Sync),
+    ) -> Result<LearnReport, adeis::Error>
+    where
+        Cpu: NnDevice<E>,
+    {
+        let dev = Cpu::default();
+        let rows = |n: usize| {
+            self.cond_value
+                .map(|v| adeis::runtime::from_f64(&dev, &vec![v; n * self.dim], n, self.dim))
+        };
+        let f = ModelFn::new(model);
+        let lm = LearnModel {
+            model: &f,
+            dim: self.dim,
+            train_cond: rows(options.train),
+            heldout_cond: rows(options.heldout),
+        };
+        adeis::learn::learn_steps(schedule, &lm, options, progress)
+    }
+}
+
+/// Learns an N-step sampling grid against a fine-grid teacher, as `adeis learn-steps` does
+/// (the same defaults): the model is a vector model (`gmm:FILE.json`, `gaussian:...`, or a
+/// PyModel with `dim` and the time cotangents in its vjp). `progress(iteration, loss)` is
+/// called after every update. Returns a dict: "times" (the learned grid), "spec" (the
+/// learned spec as TOML, for `Problem.from_spec`), "grids" (the learned and the fixed grids
+/// with their held-out errors), "train_loss", "best_iteration", "gain_against_best_fixed",
+/// "seconds", "nfe_per_gradient", "vjps_per_gradient", "student", "teacher".
+#[pyfunction]
+#[pyo3(signature = (model=None, schedule="vp_linear", steps=5, method="dpm_solver_pp", order=2, teacher_steps=200, iters=200, lr=0.05, train=256, heldout=512, seed=0, dtype="f32", dim=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn learn_steps<'py>(
+    py: Python<'py>,
+    model: Option<&Bound<'py, PyAny>>,
+    schedule: &str,
+    steps: usize,
+    method: &str,
+    order: usize,
+    teacher_steps: usize,
+    iters: usize,
+    lr: f64,
+    train: usize,
+    heldout: usize,
+    seed: u64,
+    dtype: &str,
+    dim: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let option = |e: adeis::compiler::FieldError| InputError::new_err(e.to_string());
+    let student = logsnr_sampler(method, order, steps).map_err(option)?;
+    let teacher = logsnr_sampler("dpm_solver_pp", 2, teacher_steps).map_err(|mut e| {
+        if e.key == "steps" {
+            e.key = "teacher_steps".into();
+        }
+        option(e)
+    })?;
+    let options = LearnOptions {
+        student: student.clone(),
+        teacher,
+        iters,
+        lr,
+        train,
+        heldout,
+        seed,
+    };
+    let schedule_spec = match ScheduleSpec::builtin(schedule) {
+        Some(s) => s,
+        None => adeis::spec_file::load_spec(Path::new(schedule))
+            .map_err(|e| spec_err(format!("schedule={schedule:?}: neither a built-in schedule ({}) nor a spec file with a [schedule] table: {e}", adeis::compiler::ScheduleDef::BUILTIN_NAMES.join(", "))))?
+            .schedule
+            .ok_or_else(|| spec_err(format!("schedule={schedule:?}: the file has no [schedule] table")))?,
+    };
+    let compiled = schedule_spec
+        .to_def()
+        .map_err(|e| spec_err(format!("schedule={schedule:?}: {e}")))?
+        .compile()
+        .map_err(|e| spec_err(format!("schedule={schedule:?}: {e}")))?;
+    let model_arg = match model {
+        Some(m) => ModelArg::from_py(m)?,
+        None => ModelArg::Gmm(read_gmm(adeis::model_arg::RING8_PATH).map_err(ModelError::new_err)?),
+    };
+    let vector = match (&model_arg, dim) {
+        (ModelArg::Gmm(g), _) => VectorModel { dim: g.dim_of(), cond_value: None },
+        (ModelArg::Gaussian(g), _) => VectorModel { dim: dim.unwrap_or(2), cond_value: Some(g.mu) },
+        (ModelArg::Python(_), Some(d)) if d > 0 => VectorModel { dim: d, cond_value: None },
+        (ModelArg::Python(_), _) => {
+            return Err(InputError::new_err(
+                "learn_steps with a PyModel needs dim=D, the dimension of its vectors",
+            ))
+        }
+        (ModelArg::Diffusers(_), _) => {
+            return Err(ModelError::new_err(
+                "learn_steps takes gmm:FILE, gaussian:... or a PyModel of vectors (a UNet does not yet differentiate its timestep embedding)",
+            ))
+        }
+    };
+    let stopped: Mutex<Option<PyErr>> = Mutex::new(None);
+    let report_progress = |it: usize, loss: f64| -> Result<(), adeis::Error> {
+        interrupt::check("learn_steps")?;
+        if let Some(f) = &progress {
+            Python::attach(|py| f.bind(py).call1((it, loss)).map(|_| ())).map_err(|e| {
+                *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                adeis::Error::Usage("learn_steps: progress raised".into())
+            })?;
+        }
+        Ok(())
+    };
+    let learned = match (&model_arg, dtype) {
+        (ModelArg::Gmm(g), "f32") => interruptible(py, Pool::Awake, || {
+            vector.learn::<f32, _>(g, &compiled, &options, &report_progress)
+        })?,
+        (ModelArg::Gmm(g), "f64") => interruptible(py, Pool::Awake, || {
+            vector.learn::<f64, _>(g, &compiled, &options, &report_progress)
+        })?,
+        (ModelArg::Gaussian(g), "f32" | "f64") => {
+            let m = GaussianModel {
+                mu: g.mu,
+                s2: g.s2,
+                dim: vector.dim,
+            }
+            .predicting(g.prediction);
+            if dtype == "f32" {
+                interruptible(py, Pool::Awake, || {
+                    vector.learn::<f32, _>(&m, &compiled, &options, &report_progress)
+                })?
+            } else {
+                interruptible(py, Pool::Awake, || {
+                    vector.learn::<f64, _>(&m, &compiled, &options, &report_progress)
+                })?
+            }
+        }
+        (ModelArg::Python(m), "f32" | "f64") => {
+            let denoiser = PyDenoiser {
+                model: m.bind(py).get(),
+                cond_item: Vec::new(),
+                failure: Mutex::new(None),
+            };
+            let out = if dtype == "f32" {
+                interruptible(py, Pool::Quiet, || {
+                    vector.learn::<f32, _>(&denoiser, &compiled, &options, &report_progress)
+                })?
+            } else {
+                interruptible(py, Pool::Quiet, || {
+                    vector.learn::<f64, _>(&denoiser, &compiled, &options, &report_progress)
+                })?
+            };
+            if let Some(e) = denoiser.take_failure() {
+                interrupt::clear();
+                return Err(e);
+            }
+            out
+        }
+        (_, other) => {
+            return Err(InputError::new_err(format!(
+                "dtype={other:?}; allowed: \"f32\", \"f64\""
+            )))
+        }
+    };
+    if let Some(e) = stopped.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    let r = learned.map_err(facade_err)?;
+    let (learned, best_fixed, gain) = r.against_best_fixed();
+    let table = adeis::learn::schedule_table(&schedule_spec);
+    let comment = format!(
+        "A {}-step grid learned by adeis.learn_steps (method {method}, order {order}, {iters} iterations, lr {lr}, seed {seed})\nagainst {}: held-out MSE to the teacher {:.4e} ({:+.1}% against the best fixed grid, {}).",
+        r.steps, r.teacher, learned.heldout_mse, -100.0 * gain, best_fixed.name
+    );
+    let d = PyDict::new(py);
+    d.set_item("times", learned.times.clone())?;
+    d.set_item(
+        "spec",
+        learned_spec_toml(&table, &student, &learned.times, &comment),
+    )?;
+    let grids = pyo3::types::PyList::empty(py);
+    for g in &r.grids {
+        let e = PyDict::new(py);
+        e.set_item("name", &g.name)?;
+        e.set_item("times", g.times.clone())?;
+        e.set_item("heldout_mse", g.heldout_mse)?;
+        grids.append(e)?;
+    }
+    d.set_item("grids", grids)?;
+    d.set_item("train_loss", r.train_loss.clone())?;
+    d.set_item("best_iteration", r.best_iteration)?;
+    d.set_item("gain_against_best_fixed", gain)?;
+    d.set_item("seconds", r.seconds)?;
+    d.set_item("nfe_per_gradient", r.nfe_per_gradient)?;
+    d.set_item("vjps_per_gradient", r.vjps_per_gradient)?;
+    d.set_item("student", &r.student)?;
+    d.set_item("teacher", &r.teacher)?;
+    Ok(d)
+}
+
 /// Clears a stop left asked for by an earlier run (a Ctrl-C that came as the run finished).
 #[pyfunction]
 fn _reset_interrupt() {
@@ -1219,6 +1427,7 @@ fn _adeis(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ProblemPy>()?;
     m.add_class::<PyModel>()?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(learn_steps, m)?)?;
     m.add_function(wrap_pyfunction!(_reset_interrupt, m)?)?;
     m.add("AdeisError", py.get_type::<AdeisError>())?;
     m.add("SpecError", py.get_type::<SpecError>())?;

@@ -179,6 +179,57 @@ def test_invert_equals_the_command_and_a_reversible_pair_samples_x0_back(run_cli
         ddim.invert(model, x_0, companion=x_0)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_learn_steps_equals_the_command(run_cli, tmp_path, dtype):
+    options = {"steps": 4, "iters": 8, "train": 32, "heldout": 64, "seed": 3}
+    flags = [f for k, v in options.items() for f in (f"--{k}", v)]
+    run_cli("learn-steps", *flags, "--dtype", dtype, "--out", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())["report"]
+    seen = []
+    got = adeis.learn_steps(dtype=dtype, progress=lambda it, loss: seen.append((it, loss)),
+                            **options)
+    assert got["train_loss"] == report["train_loss"]
+    assert [g["times"] for g in got["grids"]] == [g["times"] for g in report["grids"]]
+    assert got["times"] == report["grids"][0]["times"] and len(got["times"]) == 5
+    assert got["best_iteration"] == report["best_iteration"]
+    assert [loss for _, loss in seen] == got["train_loss"]
+    # The learned spec runs as it is.
+    (tmp_path / "learned.toml").write_text(got["spec"])
+    assert adeis.Problem.from_spec(tmp_path / "learned.toml").times == got["times"]
+
+
+def test_learn_steps_with_a_pymodel_and_its_errors():
+    s2 = 0.5
+    model = NumpyGaussian(s2)
+
+    # The Gaussian of mean 0 without conditioning (the built-in one's rows are its mean, 0).
+    def eps(x, t, alpha, sigma, cond):
+        return model.eps(x, t, alpha, sigma, np.zeros_like(x))
+
+    def vjp(x, t, alpha, sigma, cond, cot):
+        dx, _, times = model.vjp(x, t, alpha, sigma, np.zeros_like(x), cot)
+        return dx, None, times
+
+    by_python = adeis.learn_steps(adeis.PyModel(eps, vjp), dim=2, steps=3, iters=4, train=16,
+                                  heldout=16, dtype="f64")
+    built_in = adeis.learn_steps(f"gaussian:mu=0,s2={s2}", steps=3, iters=4, train=16,
+                                 heldout=16, dtype="f64")
+    np.testing.assert_allclose(by_python["train_loss"], built_in["train_loss"], rtol=1e-10)
+    np.testing.assert_allclose(by_python["times"], built_in["times"], rtol=1e-10)
+    with pytest.raises(adeis.InputError, match="dim"):
+        adeis.learn_steps(adeis.PyModel(lambda x, *a: x))
+    with pytest.raises(adeis.InputError, match="steps"):
+        adeis.learn_steps(steps=40)
+    with pytest.raises(adeis.InputError, match="not a sampler"):
+        adeis.learn_steps(method="heun")
+
+    def stop(it, loss):
+        raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        adeis.learn_steps(iters=5, train=8, heldout=8, progress=stop)
+
+
 def test_errors_name_the_field_the_value_and_what_is_allowed(tmp_path):
     with pytest.raises(adeis.SpecError, match="sampler"):
         adeis.Problem.from_spec({"schedule": {"kind": "vp_linear"}})

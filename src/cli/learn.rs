@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use adeis::compiler::grid::GridKind;
-use adeis::compiler::{Method, SamplerSpec, ScheduleSpec};
+use adeis::compiler::{SamplerSpec, ScheduleSpec};
 use adeis::learn::{learn_steps, learned_spec_toml, LearnModel, LearnOptions, LearnReport};
 use adeis::prelude::*;
 use adeis_digits::data::CLASSES;
@@ -65,31 +64,12 @@ pub struct LearnArgs {
 
 /// A sampler from the flags; `steps_flag` names its steps' flag in errors.
 fn sampler(method: &str, order: usize, steps: usize, steps_flag: &str) -> Result<SamplerSpec> {
-    let m: Method = serde_json::from_value(serde_json::json!(method)).map_err(|_| {
-        anyhow!(
-            "--method {method}: not a sampler; the ODE samplers are {}",
-            Method::ALL
-                .iter()
-                .filter(|m| !m.name().starts_with("sde_") && !m.orders().is_empty())
-                .map(|m| m.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })?;
-    let mut s = SamplerSpec::new(m, order, steps);
-    s.grid = GridKind::Logsnr;
-    s.validate().map_err(|mut e| {
-        match e.key.as_str() {
-            "order" => {}
-            "steps" => e.key = steps_flag.into(),
-            _ => {
-                e.key = "method".into();
-                e.value = Some(method.into());
-            }
+    adeis::learn::logsnr_sampler(method, order, steps).map_err(|mut e| {
+        if e.key == "steps" {
+            e.key = steps_flag.into();
         }
         super::option_error(e)
-    })?;
-    Ok(s)
+    })
 }
 
 /// The schedule's spec (for the learned spec file) from a built-in name or a spec file.
@@ -181,11 +161,7 @@ pub fn run(a: &LearnArgs) -> Result<()> {
             .map_err(|e| anyhow!("--schedule {}: {e}", a.schedule))?
             .compile()
             .map_err(|e| anyhow!("--schedule {}: {e}", a.schedule))?;
-        #[derive(serde::Serialize)]
-        struct Table<'a> {
-            schedule: &'a ScheduleSpec,
-        }
-        let table = toml::to_string(&Table { schedule: &spec })?;
+        let table = adeis::learn::schedule_table(&spec);
         let r = match a.dtype {
             Dtype::F32 => with_model!(&choice, f32, dim, |m| run_vector::<f32, _>(
                 m,
@@ -248,12 +224,7 @@ fn write_outputs(
     schedule_table: &str,
     accuracy: Option<&[(String, f64)]>,
 ) -> Result<()> {
-    let learned = &r.grids[0];
-    let best_fixed = r.grids[1..]
-        .iter()
-        .min_by(|x, y| x.heldout_mse.total_cmp(&y.heldout_mse))
-        .expect("fixed grids");
-    let gain = 1.0 - learned.heldout_mse / best_fixed.heldout_mse;
+    let (learned, best_fixed, gain) = r.against_best_fixed();
     let comment = format!(
         "A {}-step grid learned by `adeis learn-steps --model {} --steps {} --method {} --order {} --iters {} --lr {} --seed {}`\nagainst {}: held-out MSE to the teacher {:.4e} ({:+.1}% against the best fixed grid, {}).",
         r.steps, a.model, a.steps, a.method, a.order, a.iters, a.lr, a.seed, r.teacher, learned.heldout_mse, -100.0 * gain, best_fixed.name
