@@ -43,7 +43,8 @@ __all__ = [
 __version__ = version()
 
 
-def invert(spec, model, x_0, cond=None, steps=None, seed=0, dtype="f32", companion=None):
+def invert(spec, model, x_0, cond=None, steps=None, seed=0, dtype="f32", companion=None,
+           guidance_scale=None, uncond=None):
     """``adeis invert``: the noise x_T that the spec's sampler maps to ``x_0``.
 
     The exact inverse for a reversible sampler (rex, edict, bdia), the ODE inversion
@@ -52,4 +53,5 @@ def invert(spec, model, x_0, cond=None, steps=None, seed=0, dtype="f32", compani
     companion=...)`` gives x_0 back exactly), "exact", "nfe".
     """
     problem = Problem.from_spec(spec, steps=steps)
-    return problem.invert(model, x_0, cond=cond, seed=seed, dtype=dtype, companion=companion)
+    return problem.invert(model, x_0, cond=cond, seed=seed, dtype=dtype, companion=companion,
+                          guidance_scale=guidance_scale, uncond=uncond)

@@ -76,6 +76,8 @@ class Problem:
         seed: int = 0,
         dtype: Dtype = "f32",
         companion: Optional[ArrayLike] = None,
+        guidance_scale: Optional[float] = None,
+        uncond: Optional[ArrayLike] = None,
     ) -> Array:
         """x_0 from x_t by the spec's sampler (a pipeline folder's: the decoded image);
         ``companion``: a reversible sampler's second state beside x_T."""
@@ -87,6 +89,8 @@ class Problem:
         seed: int = 0,
         dtype: Dtype = "f32",
         companion: Optional[ArrayLike] = None,
+        guidance_scale: Optional[float] = None,
+        uncond: Optional[ArrayLike] = None,
     ) -> Dict[str, Any]:
         """x_T that the sampler maps to x_0: "x_t", "companion" (reversible samplers),
         "exact", "nfe"."""
@@ -101,6 +105,8 @@ class Problem:
         seed: int = 0,
         dtype: Dtype = "f32",
         wrt: Optional[List[WrtKey]] = None,
+        guidance_scale: Optional[float] = None,
+        uncond: Optional[ArrayLike] = None,
     ) -> Dict[str, Any]:
         """The gradient by the spec's [gradient] method: keys "x_t", "cond", "times",
         "schedule" (name -> float), "params" (name -> array) as wrt asks, and "x0", "loss"

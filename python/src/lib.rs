@@ -27,7 +27,7 @@ use adeis::runtime::loss::mse;
 use adeis::runtime::nn::{Float, NnDevice};
 use adeis::runtime::unet::{AutoencoderKL, VaeMap};
 use adeis::runtime::{
-    gradient, invert, sample, sample_from_pair, Denoiser, Input, ModelFn, NoiseSource,
+    gradient, invert, sample, sample_from_pair, Denoiser, Guidance, Input, ModelFn, NoiseSource,
     RuntimeError, State, Threshold,
 };
 use adeis::scheduler_config::FlowShiftInputs;
@@ -518,6 +518,8 @@ struct RunInputs {
     loss: Option<Loss>,
     /// An inversion: x_T from x_0.
     invert: bool,
+    /// Classifier-free guidance: the scale and the null conditioning.
+    guidance: Option<(f64, ArrayArg)>,
 }
 
 /// What a run returns before it becomes Python objects (values in f64 with their shapes).
@@ -557,11 +559,6 @@ fn check_spec(spec: &Spec, origin: &str) -> PyResult<()> {
     if spec.sampler.is_none() {
         return Err(spec_err(format!(
             "{origin}: no [sampler] table; sample and grad need one"
-        )));
-    }
-    if spec.guidance.is_some() {
-        return Err(spec_err(format!(
-            "{origin}: a [guidance] table; classifier-free guidance is not in the Python API yet (the command runs it: adeis sample|grad --guidance-scale)"
         )));
     }
     Ok(())
@@ -692,7 +689,7 @@ impl ProblemPy {
     /// spec's sampler; `seed` draws the SDE samplers' noise. `companion`: a reversible
     /// sampler's second state beside x_T (what `invert` returns), with which the sample is
     /// exactly the x_0 that was inverted.
-    #[pyo3(signature = (model, x_t, cond=None, seed=0, dtype="f32", companion=None))]
+    #[pyo3(signature = (model, x_t, cond=None, seed=0, dtype="f32", companion=None, guidance_scale=None, uncond=None))]
     #[allow(clippy::too_many_arguments)]
     fn sample<'py>(
         &self,
@@ -703,10 +700,14 @@ impl ProblemPy {
         seed: u64,
         dtype: &str,
         companion: Option<&Bound<'py, PyAny>>,
+        guidance_scale: Option<f64>,
+        uncond: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let cond = optional_array("cond", cond)?;
         let inputs = RunInputs {
             x_t: array_arg("x_t", x_t)?,
-            cond: optional_array("cond", cond)?,
+            guidance: self.guidance(guidance_scale, uncond, cond.as_ref())?,
+            cond,
             companion: optional_array("companion", companion)?,
             seed,
             loss: None,
@@ -722,7 +723,7 @@ impl ProblemPy {
     /// itself by default), the ODE inversion otherwise. For a pipeline folder x_0 is an image,
     /// which its VAE encodes first. Returns a dict: "x_t", "companion" (a reversible
     /// sampler's, for `sample(..., companion=...)`), "exact", "nfe".
-    #[pyo3(signature = (model, x_0, cond=None, seed=0, dtype="f32", companion=None))]
+    #[pyo3(signature = (model, x_0, cond=None, seed=0, dtype="f32", companion=None, guidance_scale=None, uncond=None))]
     #[allow(clippy::too_many_arguments)]
     fn invert<'py>(
         &self,
@@ -733,10 +734,14 @@ impl ProblemPy {
         seed: u64,
         dtype: &str,
         companion: Option<&Bound<'py, PyAny>>,
+        guidance_scale: Option<f64>,
+        uncond: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let cond = optional_array("cond", cond)?;
         let inputs = RunInputs {
             x_t: array_arg("x_0", x_0)?,
-            cond: optional_array("cond", cond)?,
+            guidance: self.guidance(guidance_scale, uncond, cond.as_ref())?,
+            cond,
             companion: optional_array("companion", companion)?,
             seed,
             loss: None,
@@ -758,7 +763,7 @@ impl ProblemPy {
     /// (dL/dx_0) or `loss="mse"` with `target`. Returns a dict with what the spec's `wrt` (or
     /// `wrt=`) asks for: "x_t", "cond", "times", "schedule" (name -> value), "params" (name ->
     /// array); and "x0" (the sample), "loss" (with loss="mse"), "nfe", "vjps".
-    #[pyo3(signature = (model, x_t, cot=None, loss=None, target=None, cond=None, seed=0, dtype="f32", wrt=None))]
+    #[pyo3(signature = (model, x_t, cot=None, loss=None, target=None, cond=None, seed=0, dtype="f32", wrt=None, guidance_scale=None, uncond=None))]
     #[allow(clippy::too_many_arguments)]
     fn grad<'py>(
         &self,
@@ -772,6 +777,8 @@ impl ProblemPy {
         seed: u64,
         dtype: &str,
         wrt: Option<Vec<String>>,
+        guidance_scale: Option<f64>,
+        uncond: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let x = array_arg("x_t", x_t)?;
         let loss =
@@ -806,9 +813,11 @@ impl ProblemPy {
                     .collect::<PyResult<Vec<_>>>()
             })
             .transpose()?;
+        let cond = optional_array("cond", cond)?;
         let inputs = RunInputs {
             x_t: x,
-            cond: optional_array("cond", cond)?,
+            guidance: self.guidance(guidance_scale, uncond, cond.as_ref())?,
+            cond,
             companion: None,
             seed,
             loss: Some(loss),
@@ -926,6 +935,51 @@ fn interruptible<T: Send>(
 }
 
 impl ProblemPy {
+    /// Classifier-free guidance from `guidance_scale` (else the spec's `[guidance]` scale)
+    /// and `uncond`, the null conditioning, of cond's shape (the empty prompt's encoder hidden
+    /// states for Stable Diffusion): eps = uncond's + S (cond's - uncond's), as
+    /// StableDiffusionPipeline computes it.
+    fn guidance(
+        &self,
+        scale: Option<f64>,
+        uncond: Option<&Bound<'_, PyAny>>,
+        cond: Option<&ArrayArg>,
+    ) -> PyResult<Option<(f64, ArrayArg)>> {
+        let uncond = optional_array("uncond", uncond)?;
+        let Some(scale) = scale.or(self.spec.guidance.as_ref().map(|g| g.scale)) else {
+            if uncond.is_some() {
+                return Err(InputError::new_err(
+                    "uncond is the unconditional input of guidance; give guidance_scale too (or a [guidance] table)",
+                ));
+            }
+            return Ok(None);
+        };
+        if !scale.is_finite() {
+            return Err(InputError::new_err(format!(
+                "guidance_scale = {scale}: a finite number (1 is no guidance, 0 the unconditional model)"
+            )));
+        }
+        let Some(cond) = cond else {
+            return Err(InputError::new_err(
+                "guidance mixes the conditional and the unconditional model: give cond",
+            ));
+        };
+        let Some(uncond) = uncond else {
+            let class = self.spec.guidance.as_ref().and_then(|g| g.null_class);
+            return Err(InputError::new_err(match class {
+                Some(k) => format!("guidance: the spec's null_class = {k} is a class label; the Python API takes uncond=, the null conditioning itself, of cond's shape"),
+                None => "guidance: give uncond, the null conditioning (of cond's shape: the empty prompt's embeddings for Stable Diffusion)".into(),
+            }));
+        };
+        if uncond.shape != cond.shape {
+            return Err(InputError::new_err(format!(
+                "uncond has shape {:?}; cond has {:?}",
+                uncond.shape, cond.shape
+            )));
+        }
+        Ok(Some((scale, uncond)))
+    }
+
     fn run(
         &self,
         py: Python<'_>,
@@ -1092,6 +1146,13 @@ where
         let x_t = state(&inputs.x_t)?;
         let z = inputs.cond.as_ref().map(state).transpose()?;
         let mut f = ModelFn::new(model);
+        f.guidance = match &inputs.guidance {
+            Some((scale, u)) => Some(Guidance {
+                scale: *scale,
+                null_cond: state(u)?,
+            }),
+            None => None,
+        };
         f.threshold = self.spec.thresholding.as_ref().map(|t| Threshold {
             quantile: t.quantile,
             max: t.max,

@@ -147,6 +147,24 @@ def test_a_stable_diffusion_pipeline_folder_equals_the_command(run_cli, tmp_path
     np.testing.assert_array_equal(g["x0"], image)
     np.testing.assert_array_equal(g["x_t"], np.load(tmp_path / "g" / "dx_t.npy"))
     np.testing.assert_array_equal(g["cond"], np.load(tmp_path / "g" / "dz.npy"))
+    # Classifier-free guidance as StableDiffusionPipeline computes it, as the command does.
+    uncond = noise(cond.shape, 12)
+    np.save(tmp_path / "uncond.npy", uncond)
+    run_cli("grad", "--spec", spec, "--model", model, "--x-t", tmp_path / "x_t.npy",
+            "--cond", tmp_path / "cond.npy", "--guidance-scale", 4.5, "--uncond",
+            tmp_path / "uncond.npy", "--loss", "mse", "--target", tmp_path / "target.npy",
+            "--out-dir", tmp_path / "guided")
+    guided = p.grad(model, x_t, cond=cond, guidance_scale=4.5, uncond=uncond, loss="mse",
+                    target=target)
+    np.testing.assert_array_equal(guided["x_t"], np.load(tmp_path / "guided" / "dx_t.npy"))
+    np.testing.assert_array_equal(guided["cond"], np.load(tmp_path / "guided" / "dz.npy"))
+    assert np.abs(guided["x_t"] - g["x_t"]).max() > 0
+    with pytest.raises(adeis.InputError, match="give guidance_scale too"):
+        p.sample(model, x_t, cond=cond, uncond=uncond)
+    with pytest.raises(adeis.InputError, match="give uncond"):
+        p.sample(model, x_t, cond=cond, guidance_scale=3.0)
+    with pytest.raises(adeis.InputError, match="uncond has shape"):
+        p.sample(model, x_t, cond=cond, guidance_scale=3.0, uncond=uncond[:, :2])
     with pytest.raises(adeis.InputError, match="target has shape"):
         p.grad(model, x_t, cond=cond, loss="mse", target=x_t)
     with pytest.raises(adeis.SpecError, match="no \\[schedule\\] table"):
