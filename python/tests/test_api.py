@@ -43,6 +43,18 @@ def test_sample_and_grad_equal_the_command_to_the_last_bit(tmp_path, run_cli, dt
     assert "cond" not in g and "params" not in g
 
 
+def test_the_readmes_python_example_runs(monkeypatch, capsys):
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## From Python"):]
+    block = section[section.index("```python\n") + len("```python\n"):]
+    block = block[: block.index("```")]
+    monkeypatch.chdir(REPO)
+    exec(compile(block, "README.md", "exec"), {})
+    keys, difference = capsys.readouterr().out.splitlines()
+    assert keys.startswith("['loss', 'nfe', 'schedule', 'times', 'vjps', 'x0', 'x_t']"), keys
+    assert float(difference) < 1e-12
+
+
 def test_a_dict_is_the_same_spec_as_its_file(tmp_path):
     spec = {"schedule": json.loads((SPECS / "vp_linear_custom.json").read_text())["schedule"],
             "sampler": {"method": "dpm_solver_pp", "order": 2, "steps": 7}}
