@@ -44,7 +44,7 @@ __version__ = version()
 
 
 def invert(spec, model, x_0, cond=None, steps=None, seed=0, dtype="f32", companion=None,
-           guidance_scale=None, uncond=None):
+           guidance_scale=None, uncond=None, class_labels=None, null_class=None):
     """``adeis invert``: the noise x_T that the spec's sampler maps to ``x_0``.
 
     The exact inverse for a reversible sampler (rex, edict, bdia), the ODE inversion
@@ -54,4 +54,5 @@ def invert(spec, model, x_0, cond=None, steps=None, seed=0, dtype="f32", compani
     """
     problem = Problem.from_spec(spec, steps=steps)
     return problem.invert(model, x_0, cond=cond, seed=seed, dtype=dtype, companion=companion,
-                          guidance_scale=guidance_scale, uncond=uncond)
+                          guidance_scale=guidance_scale, uncond=uncond,
+                          class_labels=class_labels, null_class=null_class)

@@ -78,6 +78,8 @@ class Problem:
         companion: Optional[ArrayLike] = None,
         guidance_scale: Optional[float] = None,
         uncond: Optional[ArrayLike] = None,
+        class_labels: Optional[List[int]] = None,
+        null_class: Optional[int] = None,
     ) -> Array:
         """x_0 from x_t by the spec's sampler (a pipeline folder's: the decoded image);
         ``companion``: a reversible sampler's second state beside x_T."""
@@ -91,6 +93,8 @@ class Problem:
         companion: Optional[ArrayLike] = None,
         guidance_scale: Optional[float] = None,
         uncond: Optional[ArrayLike] = None,
+        class_labels: Optional[List[int]] = None,
+        null_class: Optional[int] = None,
     ) -> Dict[str, Any]:
         """x_T that the sampler maps to x_0: "x_t", "companion" (reversible samplers),
         "exact", "nfe"."""
@@ -107,6 +111,8 @@ class Problem:
         wrt: Optional[List[WrtKey]] = None,
         guidance_scale: Optional[float] = None,
         uncond: Optional[ArrayLike] = None,
+        class_labels: Optional[List[int]] = None,
+        null_class: Optional[int] = None,
     ) -> Dict[str, Any]:
         """The gradient by the spec's [gradient] method: keys "x_t", "cond", "times",
         "schedule" (name -> float), "params" (name -> array) as wrt asks, and "x0", "loss"

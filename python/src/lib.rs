@@ -25,7 +25,7 @@ use adeis::runtime::dfdx::prelude::Cpu;
 use adeis::runtime::interrupt;
 use adeis::runtime::loss::mse;
 use adeis::runtime::nn::{Float, NnDevice};
-use adeis::runtime::unet::{AutoencoderKL, VaeMap};
+use adeis::runtime::unet::{AutoencoderKL, DiffusersUNet, VaeMap};
 use adeis::runtime::{
     gradient, invert, sample, sample_from_pair, Denoiser, Guidance, Input, ModelFn, NoiseSource,
     RuntimeError, State, Threshold,
@@ -468,6 +468,7 @@ impl ModelArg {
 }
 
 /// An array argument: its shape and values (f32 and f64 arrays read in place).
+#[derive(Clone)]
 struct ArrayArg {
     shape: Vec<usize>,
     values: Vec<f64>,
@@ -498,6 +499,7 @@ fn optional_array(name: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Opti
 }
 
 /// What a gradient's loss is on the sample x_0.
+#[derive(Clone)]
 enum Loss {
     /// dL/dx_0 given.
     Cot(ArrayArg),
@@ -506,10 +508,12 @@ enum Loss {
 }
 
 /// The inputs of one run, read from Python before the GIL is released.
+#[derive(Clone)]
 struct RunInputs {
     /// x_T (x_0 for an inversion).
     x_t: ArrayArg,
-    cond: Option<ArrayArg>,
+    /// What the model is conditioned on.
+    c: Conditioning,
     /// A reversible sampler's second state: beside x_T for a sample, beside x_0 for an
     /// inversion.
     companion: Option<ArrayArg>,
@@ -518,8 +522,19 @@ struct RunInputs {
     loss: Option<Loss>,
     /// An inversion: x_T from x_0.
     invert: bool,
-    /// Classifier-free guidance: the scale and the null conditioning.
-    guidance: Option<(f64, ArrayArg)>,
+}
+
+/// A run's conditioning as given: cond or class labels, and guidance.
+#[derive(Clone)]
+struct Conditioning {
+    cond: Option<ArrayArg>,
+    /// Classifier-free guidance: the scale and the null conditioning (None until a
+    /// class-conditional UNet makes it from `null_class`).
+    guidance: Option<(f64, Option<ArrayArg>)>,
+    /// Class labels, one per sample, for a class-conditional UNet2DModel (its cond).
+    class_labels: Option<Vec<usize>>,
+    /// The class that means "no class", for guidance with such a UNet.
+    null_class: Option<usize>,
 }
 
 /// What a run returns before it becomes Python objects (values in f64 with their shapes).
@@ -689,7 +704,7 @@ impl ProblemPy {
     /// spec's sampler; `seed` draws the SDE samplers' noise. `companion`: a reversible
     /// sampler's second state beside x_T (what `invert` returns), with which the sample is
     /// exactly the x_0 that was inverted.
-    #[pyo3(signature = (model, x_t, cond=None, seed=0, dtype="f32", companion=None, guidance_scale=None, uncond=None))]
+    #[pyo3(signature = (model, x_t, cond=None, seed=0, dtype="f32", companion=None, guidance_scale=None, uncond=None, class_labels=None, null_class=None))]
     #[allow(clippy::too_many_arguments)]
     fn sample<'py>(
         &self,
@@ -702,12 +717,12 @@ impl ProblemPy {
         companion: Option<&Bound<'py, PyAny>>,
         guidance_scale: Option<f64>,
         uncond: Option<&Bound<'py, PyAny>>,
+        class_labels: Option<Vec<usize>>,
+        null_class: Option<usize>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let cond = optional_array("cond", cond)?;
         let inputs = RunInputs {
             x_t: array_arg("x_t", x_t)?,
-            guidance: self.guidance(guidance_scale, uncond, cond.as_ref())?,
-            cond,
+            c: self.conditioning(cond, (guidance_scale, uncond), (class_labels, null_class))?,
             companion: optional_array("companion", companion)?,
             seed,
             loss: None,
@@ -723,7 +738,7 @@ impl ProblemPy {
     /// itself by default), the ODE inversion otherwise. For a pipeline folder x_0 is an image,
     /// which its VAE encodes first. Returns a dict: "x_t", "companion" (a reversible
     /// sampler's, for `sample(..., companion=...)`), "exact", "nfe".
-    #[pyo3(signature = (model, x_0, cond=None, seed=0, dtype="f32", companion=None, guidance_scale=None, uncond=None))]
+    #[pyo3(signature = (model, x_0, cond=None, seed=0, dtype="f32", companion=None, guidance_scale=None, uncond=None, class_labels=None, null_class=None))]
     #[allow(clippy::too_many_arguments)]
     fn invert<'py>(
         &self,
@@ -736,12 +751,12 @@ impl ProblemPy {
         companion: Option<&Bound<'py, PyAny>>,
         guidance_scale: Option<f64>,
         uncond: Option<&Bound<'py, PyAny>>,
+        class_labels: Option<Vec<usize>>,
+        null_class: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let cond = optional_array("cond", cond)?;
         let inputs = RunInputs {
             x_t: array_arg("x_0", x_0)?,
-            guidance: self.guidance(guidance_scale, uncond, cond.as_ref())?,
-            cond,
+            c: self.conditioning(cond, (guidance_scale, uncond), (class_labels, null_class))?,
             companion: optional_array("companion", companion)?,
             seed,
             loss: None,
@@ -763,7 +778,7 @@ impl ProblemPy {
     /// (dL/dx_0) or `loss="mse"` with `target`. Returns a dict with what the spec's `wrt` (or
     /// `wrt=`) asks for: "x_t", "cond", "times", "schedule" (name -> value), "params" (name ->
     /// array); and "x0" (the sample), "loss" (with loss="mse"), "nfe", "vjps".
-    #[pyo3(signature = (model, x_t, cot=None, loss=None, target=None, cond=None, seed=0, dtype="f32", wrt=None, guidance_scale=None, uncond=None))]
+    #[pyo3(signature = (model, x_t, cot=None, loss=None, target=None, cond=None, seed=0, dtype="f32", wrt=None, guidance_scale=None, uncond=None, class_labels=None, null_class=None))]
     #[allow(clippy::too_many_arguments)]
     fn grad<'py>(
         &self,
@@ -779,6 +794,8 @@ impl ProblemPy {
         wrt: Option<Vec<String>>,
         guidance_scale: Option<f64>,
         uncond: Option<&Bound<'py, PyAny>>,
+        class_labels: Option<Vec<usize>>,
+        null_class: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let x = array_arg("x_t", x_t)?;
         let loss =
@@ -813,11 +830,9 @@ impl ProblemPy {
                     .collect::<PyResult<Vec<_>>>()
             })
             .transpose()?;
-        let cond = optional_array("cond", cond)?;
         let inputs = RunInputs {
             x_t: x,
-            guidance: self.guidance(guidance_scale, uncond, cond.as_ref())?,
-            cond,
+            c: self.conditioning(cond, (guidance_scale, uncond), (class_labels, null_class))?,
             companion: None,
             seed,
             loss: Some(loss),
@@ -935,22 +950,41 @@ fn interruptible<T: Send>(
 }
 
 impl ProblemPy {
+    /// The conditioning arguments of sample, grad and invert, checked.
+    fn conditioning(
+        &self,
+        cond: Option<&Bound<'_, PyAny>>,
+        (scale, uncond): (Option<f64>, Option<&Bound<'_, PyAny>>),
+        (class_labels, null_class): (Option<Vec<usize>>, Option<usize>),
+    ) -> PyResult<Conditioning> {
+        let cond = optional_array("cond", cond)?;
+        Ok(Conditioning {
+            guidance: self.guidance(
+                (scale, uncond, null_class),
+                cond.is_some() || class_labels.is_some(),
+            )?,
+            class_labels,
+            null_class: null_class.or(self.spec.guidance.as_ref().and_then(|g| g.null_class)),
+            cond,
+        })
+    }
+
     /// Classifier-free guidance from `guidance_scale` (else the spec's `[guidance]` scale)
     /// and `uncond`, the null conditioning, of cond's shape (the empty prompt's encoder hidden
     /// states for Stable Diffusion): eps = uncond's + S (cond's - uncond's), as
     /// StableDiffusionPipeline computes it.
     fn guidance(
         &self,
-        scale: Option<f64>,
-        uncond: Option<&Bound<'_, PyAny>>,
-        cond: Option<&ArrayArg>,
-    ) -> PyResult<Option<(f64, ArrayArg)>> {
+        (scale, uncond, null_class): (Option<f64>, Option<&Bound<'_, PyAny>>, Option<usize>),
+        conditioned: bool,
+    ) -> PyResult<Option<(f64, Option<ArrayArg>)>> {
         let uncond = optional_array("uncond", uncond)?;
         let Some(scale) = scale.or(self.spec.guidance.as_ref().map(|g| g.scale)) else {
-            if uncond.is_some() {
-                return Err(InputError::new_err(
-                    "uncond is the unconditional input of guidance; give guidance_scale too (or a [guidance] table)",
-                ));
+            if uncond.is_some() || null_class.is_some() {
+                return Err(InputError::new_err(format!(
+                    "{} is the unconditional input of guidance; give guidance_scale too (or a [guidance] table)",
+                    if uncond.is_some() { "uncond" } else { "null_class" }
+                )));
             }
             return Ok(None);
         };
@@ -959,23 +993,16 @@ impl ProblemPy {
                 "guidance_scale = {scale}: a finite number (1 is no guidance, 0 the unconditional model)"
             )));
         }
-        let Some(cond) = cond else {
+        if !conditioned {
             return Err(InputError::new_err(
-                "guidance mixes the conditional and the unconditional model: give cond",
+                "guidance mixes the conditional and the unconditional model: give cond (or class_labels)",
             ));
-        };
-        let Some(uncond) = uncond else {
-            let class = self.spec.guidance.as_ref().and_then(|g| g.null_class);
-            return Err(InputError::new_err(match class {
-                Some(k) => format!("guidance: the spec's null_class = {k} is a class label; the Python API takes uncond=, the null conditioning itself, of cond's shape"),
-                None => "guidance: give uncond, the null conditioning (of cond's shape: the empty prompt's embeddings for Stable Diffusion)".into(),
-            }));
-        };
-        if uncond.shape != cond.shape {
-            return Err(InputError::new_err(format!(
-                "uncond has shape {:?}; cond has {:?}",
-                uncond.shape, cond.shape
-            )));
+        }
+        let null_class = null_class.or(self.spec.guidance.as_ref().and_then(|g| g.null_class));
+        if uncond.is_none() && null_class.is_none() {
+            return Err(InputError::new_err(
+                "guidance: give uncond, the null conditioning (of cond's shape: the empty prompt's embeddings for Stable Diffusion), or null_class for a class-conditional UNet2DModel",
+            ));
         }
         Ok(Some((scale, uncond)))
     }
@@ -991,7 +1018,7 @@ impl ProblemPy {
         let mut arg = ModelArg::from_py(model)?;
         // A UNet2DConditionModel takes encoder hidden states of any number of tokens: cond
         // ([batch, tokens, dim]) says how many.
-        if let (ModelArg::Diffusers(d), Some(c)) = (&mut arg, &inputs.cond) {
+        if let (ModelArg::Diffusers(d), Some(c)) = (&mut arg, &inputs.c.cond) {
             if matches!(d.config, UNetConfig::Conditional(_)) && c.shape.len() == 3 {
                 d.tokens = Some(c.shape[1]);
             }
@@ -1028,10 +1055,10 @@ impl ProblemPy {
         }
         let dim = inputs.x_t.shape[1];
         let mut inputs = inputs;
-        if let (ModelArg::Gaussian(g), None) = (&arg, &inputs.cond) {
+        if let (ModelArg::Gaussian(g), None) = (&arg, &inputs.c.cond) {
             // The Gaussian model's conditioning where none is given: its mean in every
             // coordinate, as the command gives it (so that dL/dz exists and the two agree).
-            inputs.cond = Some(ArrayArg {
+            inputs.c.cond = Some(ArrayArg {
                 shape: inputs.x_t.shape.clone(),
                 values: vec![g.mu; inputs.x_t.values.len()],
             });
@@ -1058,6 +1085,13 @@ impl ProblemPy {
     where
         Cpu: NnDevice<E>,
     {
+        let needs_labels =
+            inputs.c.class_labels.is_some() || matches!(inputs.c.guidance, Some((_, None)));
+        if needs_labels && !matches!(arg, ModelArg::Diffusers(_)) {
+            return Err(ModelError::new_err(
+                "class_labels and null_class are a class-conditional UNet2DModel's (diffusers:DIR with num_class_embeds); this model takes cond (and uncond for guidance)",
+            ));
+        }
         let mut run = Run {
             problem,
             spec: &self.spec,
@@ -1069,6 +1103,7 @@ impl ProblemPy {
                 let denoiser = PyDenoiser {
                     model: m.bind(py).get(),
                     cond_item: inputs
+                        .c
                         .cond
                         .as_ref()
                         .map(|c| c.shape[1..].to_vec())
@@ -1104,11 +1139,69 @@ impl ProblemPy {
                     .transpose()
                     .map_err(facade_err)?;
                 run.vae = vae.as_ref();
+                // Class labels become the class embedding's rows, the conditioning the UNet
+                // takes, and null_class its null rows, as the command's --class-labels and
+                // --null-class.
+                let labelled = if needs_labels {
+                    Some(labelled_inputs(&unet, inputs)?)
+                } else {
+                    None
+                };
+                if let Some(i) = &labelled {
+                    run.inputs = i;
+                }
                 let names = |gr: &_| unet.named_grads(gr);
                 interruptible(py, Pool::Awake, || run.on(&unet, Some(&names)))?
             }
         }
     }
+}
+
+/// The inputs with a class-conditional UNet2DModel's class labels (and null class) as its
+/// conditioning (and null conditioning).
+fn labelled_inputs<E: Float>(
+    unet: &DiffusersUNet<E, Cpu>,
+    inputs: &RunInputs,
+) -> PyResult<RunInputs>
+where
+    Cpu: NnDevice<E>,
+{
+    let DiffusersUNet::Plain(u) = unet else {
+        return Err(ModelError::new_err(
+            "class_labels and null_class: a UNet2DConditionModel is conditioned on encoder hidden states; give cond (and uncond for guidance)",
+        ));
+    };
+    let batch = inputs.x_t.shape[0];
+    let rows = |labels: &[usize], what: &str| -> PyResult<ArrayArg> {
+        let c = u
+            .class_cond(labels)
+            .map_err(|e| InputError::new_err(format!("{what}: {e}")))?;
+        Ok(ArrayArg {
+            shape: c.shape(),
+            values: c.to_f64(),
+        })
+    };
+    let mut out = inputs.clone();
+    if let Some(labels) = &inputs.c.class_labels {
+        if inputs.c.cond.is_some() {
+            return Err(InputError::new_err("give class_labels or cond, not both"));
+        }
+        if labels.len() != batch {
+            return Err(InputError::new_err(format!(
+                "class_labels has {} labels; x_t has a batch of {batch}",
+                labels.len()
+            )));
+        }
+        out.c.cond = Some(rows(labels, "class_labels")?);
+    }
+    if let Some((scale, None)) = &inputs.c.guidance {
+        let k = inputs
+            .c
+            .null_class
+            .expect("guidance without uncond has a null class (checked with the arguments)");
+        out.c.guidance = Some((*scale, Some(rows(&vec![k; batch], "null_class")?)));
+    }
+    Ok(out)
 }
 
 /// A parameter's gradient: its name, shape and values.
@@ -1144,13 +1237,39 @@ where
             State::<E, Cpu>::from_f64(&dev, &a.values, &a.shape).map_err(runtime_err)
         };
         let x_t = state(&inputs.x_t)?;
-        let z = inputs.cond.as_ref().map(state).transpose()?;
+        let z = inputs.c.cond.as_ref().map(state).transpose()?;
         let mut f = ModelFn::new(model);
-        f.guidance = match &inputs.guidance {
-            Some((scale, u)) => Some(Guidance {
-                scale: *scale,
-                null_cond: state(u)?,
-            }),
+        if z.is_none() && model.cond_dim() > 0 {
+            return Err(InputError::new_err(format!(
+                "this model is conditioned: give cond, of shape [batch, {}] (class_labels for a class-conditional UNet2DModel)",
+                model
+                    .cond_shape()
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        f.guidance = match &inputs.c.guidance {
+            Some((scale, Some(u))) => {
+                let null_cond = state(u)?;
+                if Some(null_cond.shape()) != z.as_ref().map(|z| z.shape()) {
+                    return Err(InputError::new_err(format!(
+                        "uncond has shape {:?}; the conditioning has {:?}",
+                        null_cond.shape(),
+                        z.as_ref().map(|z| z.shape()).unwrap_or_default()
+                    )));
+                }
+                Some(Guidance {
+                    scale: *scale,
+                    null_cond,
+                })
+            }
+            Some((_, None)) => {
+                return Err(ModelError::new_err(
+                    "guidance with null_class: only a class-conditional UNet2DModel has class labels; give uncond, the null conditioning",
+                ))
+            }
             None => None,
         };
         f.threshold = self.spec.thresholding.as_ref().map(|t| Threshold {

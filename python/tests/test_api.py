@@ -260,6 +260,45 @@ def test_learn_steps_with_a_pymodel_and_its_errors():
         adeis.learn_steps(iters=5, train=8, heldout=8, progress=stop)
 
 
+def test_class_labels_of_a_class_conditional_unet_equal_the_command(run_cli, tmp_path):
+    """The README's diffusers example: a class-conditional UNet2DModel with --class-labels,
+    and guidance against --null-class."""
+    folder = REPO / "tests" / "fixtures" / "unet" / "class_cond_cifar_style"
+    model = f"diffusers:{folder}"
+    spec = SPECS / "diffusers_ddim.toml"
+    config = json.loads((folder / "config.json").read_text())
+    x_t = noise((2, config["in_channels"], 8, 8), 13)
+    target = noise(x_t.shape, 14)
+    np.save(tmp_path / "x_t.npy", x_t)
+    np.save(tmp_path / "target.npy", target)
+    common = ["--spec", spec, "--model", model, "--x-t", tmp_path / "x_t.npy",
+              "--class-labels", "3,1"]
+    run_cli("sample", *common, "--out", tmp_path / "x0.npy")
+    run_cli("grad", *common, "--loss", "mse", "--target", tmp_path / "target.npy",
+            "--out-dir", tmp_path / "g")
+    run_cli("grad", *common, "--guidance-scale", 2.0, "--null-class", 0, "--loss", "mse",
+            "--target", tmp_path / "target.npy", "--out-dir", tmp_path / "guided")
+    p = adeis.Problem.from_spec(spec)
+    np.testing.assert_array_equal(p.sample(model, x_t, class_labels=[3, 1]),
+                                  np.load(tmp_path / "x0.npy"))
+    g = p.grad(model, x_t, class_labels=[3, 1], loss="mse", target=target)
+    np.testing.assert_array_equal(g["x_t"], np.load(tmp_path / "g" / "dx_t.npy"))
+    np.testing.assert_array_equal(g["cond"], np.load(tmp_path / "g" / "dz.npy"))
+    guided = p.grad(model, x_t, class_labels=[3, 1], guidance_scale=2.0, null_class=0,
+                    loss="mse", target=target)
+    np.testing.assert_array_equal(guided["x_t"], np.load(tmp_path / "guided" / "dx_t.npy"))
+    with pytest.raises(adeis.InputError, match="this model is conditioned"):
+        p.sample(model, x_t)
+    with pytest.raises(adeis.InputError, match="class label 99 is out of range"):
+        p.sample(model, x_t, class_labels=[99, 1])
+    with pytest.raises(adeis.InputError, match="2 labels"):
+        p.sample(model, x_t[:1], class_labels=[3, 1])
+    vp = adeis.Problem.from_spec({"schedule": {"kind": "vp_linear"},
+                                  "sampler": {"method": "ddim", "steps": 4}})
+    with pytest.raises(adeis.ModelError, match="class-conditional UNet2DModel"):
+        vp.sample("gaussian:mu=0", noise((2, 2), 1), class_labels=[3, 1])
+
+
 def test_errors_name_the_field_the_value_and_what_is_allowed(tmp_path):
     with pytest.raises(adeis.SpecError, match="sampler"):
         adeis.Problem.from_spec({"schedule": {"kind": "vp_linear"}})
